@@ -1,0 +1,50 @@
+"""tlc: Test-time Local Converter for image restoration models at full resolution.
+
+Restoration networks trained on small crops lose quality on whole images because their global
+operations (global average pooling, instance norm, transposed attention) aggregate over far more
+than they saw in training. :func:`convert` makes those operations local, over a window about the
+size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112.04491).
+
+    >>> model, report = tlc.convert(model, train_size=(256, 256))
+    >>> print(report)
+"""
+
+from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
+from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
+from .ops import (
+    local_group_norm,
+    local_instance_norm,
+    local_mean,
+    local_mean_strided,
+    local_transposed_attention,
+    transposed_attention,
+    window_starts,
+)
+from .rules import DEFAULT_RULES, GLOBAL_AVG_POOL, GROUP_NORM, INSTANCE_NORM, Rule, Site
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_RULES",
+    "GLOBAL_AVG_POOL",
+    "GROUP_NORM",
+    "INSTANCE_NORM",
+    "ConversionError",
+    "ConversionReport",
+    "ConvertedOp",
+    "LocalAvgPool2d",
+    "LocalGroupNorm",
+    "LocalInstanceNorm2d",
+    "Rule",
+    "Site",
+    "SkippedOp",
+    "__version__",
+    "convert",
+    "local_group_norm",
+    "local_instance_norm",
+    "local_mean",
+    "local_mean_strided",
+    "local_transposed_attention",
+    "transposed_attention",
+    "window_starts",
+]

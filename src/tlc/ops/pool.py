@@ -1,0 +1,136 @@
+"""Local average pooling: the stand-in for global average pooling at test time.
+
+Semantics (those of the TLC reference): the mean over every k-window lying fully inside the map
+(stride 1), edge-replicated back to the input size with ``(k-1)//2`` rows/columns before and
+``k//2`` after. Put differently, each pixel takes the mean of a k-window roughly centred on it,
+shifted to lie inside the map. A window at least the map's size on an axis covers that whole axis;
+covering both axes gives the global mean. Windows are clamped to the map, never padded.
+
+Sums are accumulated in float64 (see ``accumulation_dtype``) from prefix sums taken one axis at a
+time, so the cost is O(HW) whatever the window and the result is exact to the output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import Pair, accumulation_dtype, as_pair, check_feature_map
+
+
+def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sums of ``k`` consecutive entries along ``dim`` (valid positions only), in ``dtype``.
+
+    Output length along ``dim`` is ``L - k + 1``. Uses one prefix sum and one difference.
+    """
+    length = x.shape[dim]
+    if k == length:
+        return x.sum(dim=dim, keepdim=True, dtype=dtype)
+    if k == 1:
+        return x.to(dtype)
+    prefix = torch.cumsum(x, dim=dim, dtype=dtype)
+    out = prefix.narrow(dim, k - 1, length - k + 1).clone()
+    out.narrow(dim, 1, length - k).sub_(prefix.narrow(dim, 0, length - k))
+    return out
+
+
+def clamp_window(window: int | Pair, size: tuple[int, int]) -> Pair:
+    """The window actually used on a map of ``size`` (H, W): each axis clamped to the map."""
+    kh, kw = as_pair(window, "window")
+    return min(kh, size[0]), min(kw, size[1])
+
+
+def window_sums(x: torch.Tensor, window: int | Pair, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sums over every window lying fully inside the map.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw) in pixels of ``x``; clamped to (H, W).
+        dtype: accumulation and output dtype; default float64 (float32 on MPS).
+
+    Returns:
+        (N, C, H - kh + 1, W - kw + 1) tensor of sums in ``dtype``; (N, C, 1, 1) when the window
+        covers the map.
+    """
+    check_feature_map(x)
+    kh, kw = clamp_window(window, x.shape[-2:])
+    dtype = dtype or accumulation_dtype(x)
+    if kh == x.shape[-2] and kw == x.shape[-1]:
+        return x.sum(dim=(-2, -1), keepdim=True, dtype=dtype)
+    # Along W first: the map shrinks to W - kw + 1 columns before the second prefix sum.
+    return _sliding_sum(_sliding_sum(x, kw, -1, dtype), kh, -2, dtype)
+
+
+def replicate_to(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Edge-replicate a map of valid-window values back to ``size`` (H, W).
+
+    A valid map of height ``H - k + 1`` gets ``(k-1)//2`` rows on top and ``k//2`` below (likewise
+    for columns), which centres each window on the pixel it is assigned to.
+    """
+    h, w = size
+    vh, vw = valid.shape[-2:]
+    if (vh, vw) == (h, w):
+        return valid
+    if (vh, vw) == (1, 1):
+        return valid.expand(*valid.shape[:-2], h, w).contiguous()
+    pad = ((w - vw) // 2, (w - vw + 1) // 2, (h - vh) // 2, (h - vh + 1) // 2)
+    return F.pad(valid, pad, mode="replicate")
+
+
+def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """Mean over a local window around each pixel: TLC's replacement for global average pooling.
+
+    Args:
+        x: (N, C, H, W) tensor, float16/bfloat16/float32/float64, any H, W >= 1.
+        window: (kh, kw) in pixels of ``x`` (an int means square). Each axis is clamped to the map;
+            a window covering the whole map gives the global mean at every pixel.
+
+    Returns:
+        (N, C, H, W) tensor of local means, same dtype and device as ``x``. Accumulated in float64,
+        so the only error is the final rounding to ``x.dtype``.
+    """
+    check_feature_map(x)
+    kh, kw = clamp_window(window, x.shape[-2:])
+    sums = window_sums(x, (kh, kw))
+    return replicate_to((sums / (kh * kw)).to(x.dtype), x.shape[-2:])
+
+
+# The reference's subsampling strides, tried largest first (`fast_imp`).
+_STRIDES = (5, 4, 3, 2, 1)
+
+
+def local_mean_strided(x: torch.Tensor, window: int | Pair, max_stride: int | Pair = 5) -> torch.Tensor:
+    """The reference's ``fast_imp`` approximation of :func:`local_mean`. Not exact by design.
+
+    The map is subsampled by a stride r per axis (the largest of 5, 4, 3, 2, 1 that divides the
+    size, capped by ``max_stride``), windows of ``k // r`` samples are averaged without the zero
+    border of the prefix sums (so each window sits one sample off), the result is upsampled by
+    nearest neighbour and edge-replicated. It matches the reference's outputs, not local means.
+    Tiny maps where the subsampled window would be empty fall back to the exact :func:`local_mean`.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw) in pixels of ``x``.
+        max_stride: cap on the stride per axis; ``convert`` sets ``max(1, 5 * h_train // train_h)``.
+
+    Returns:
+        (N, C, H, W) tensor, same dtype as ``x``.
+    """
+    check_feature_map(x)
+    kh, kw = as_pair(window, "window")
+    cap_h, cap_w = as_pair(max_stride, "max_stride")
+    h, w = x.shape[-2:]
+    if kh >= h and kw >= w:
+        return local_mean(x, (h, w))
+    rh = min(cap_h, next(r for r in _STRIDES if h % r == 0))
+    rw = min(cap_w, next(r for r in _STRIDES if w % r == 0))
+    sub = x[:, :, ::rh, ::rw]
+    sh, sw = sub.shape[-2:]
+    k1, k2 = min(sh - 1, kh // rh), min(sw - 1, kw // rw)
+    if k1 < 1 or k2 < 1:
+        return local_mean(x, (kh, kw))
+    prefix = torch.cumsum(torch.cumsum(sub, dim=-1, dtype=accumulation_dtype(x)), dim=-2)
+    sums = prefix[..., k1:, k2:] - prefix[..., :-k1, k2:] - prefix[..., k1:, :-k2] + prefix[..., :-k1, :-k2]
+    valid = (sums / (k1 * k2)).to(x.dtype)
+    valid = valid.repeat_interleave(rh, dim=-2).repeat_interleave(rw, dim=-1)
+    return replicate_to(valid, (h, w))

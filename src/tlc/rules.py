@@ -1,0 +1,100 @@
+"""Conversion rules: which global ops become local, and how.
+
+A :class:`Rule` says what it matches and how it builds the local replacement once the calibration
+forward has measured the op's feature size. :data:`DEFAULT_RULES` is the one list
+:func:`tlc.convert` uses unless given another; extend it by passing
+``rules=(*tlc.DEFAULT_RULES, my_rule)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
+from .ops._common import Pair
+
+
+@dataclass(frozen=True)
+class Site:
+    """What the calibration forward measured at one global op, and the window chosen for it.
+
+    Attributes:
+        feature_size: (h, w) of the op's input at the training size, in feature pixels.
+        window: (kh, kw) = ``feature_size * base_size // train_size`` per axis.
+        fast: whether the reference's approximate ``fast_imp`` pooling was asked for.
+        max_stride: the approximation's stride cap, ``max(1, 5 * h // train_h)`` per axis.
+    """
+
+    feature_size: Pair
+    window: Pair
+    fast: bool = False
+    max_stride: Pair = (5, 5)
+
+
+def _never_skip(module: nn.Module) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one kind of global op becomes local.
+
+    Attributes:
+        name: short name shown in reports.
+        matches: True for modules this rule is responsible for (the first matching rule wins;
+            the children of a matched module are not searched).
+        build: returns the local replacement for a matched module at a measured :class:`Site`;
+            it must keep the module's parameter names.
+        skip_reason: for a matched module that must stay global, why (shown in the report);
+            None to convert it.
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    build: Callable[[nn.Module, Site], nn.Module]
+    skip_reason: Callable[[nn.Module], str | None] = _never_skip
+
+
+def _keep_affine(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Move ``weight``/``bias`` over so parameters (and state_dict keys) stay the same."""
+    if getattr(old, "weight", None) is not None:
+        new.weight = old.weight
+        new.bias = old.bias
+    return new
+
+
+def _is_global_avg_pool(module: nn.Module) -> bool:
+    if not isinstance(module, nn.AdaptiveAvgPool2d):
+        return False
+    size = module.output_size
+    return tuple(size) == (1, 1) if isinstance(size, (tuple, list)) else size == 1
+
+
+GLOBAL_AVG_POOL = Rule(
+    name="global-avg-pool",
+    matches=_is_global_avg_pool,
+    build=lambda m, site: LocalAvgPool2d(site.window, fast=site.fast, max_stride=site.max_stride),
+)
+
+INSTANCE_NORM = Rule(
+    name="instance-norm",
+    matches=lambda m: isinstance(m, nn.InstanceNorm2d),
+    build=lambda m, site: _keep_affine(LocalInstanceNorm2d(m.num_features, site.window, m.eps, m.affine), m),
+    skip_reason=lambda m: (
+        "uses running statistics (track_running_stats=True), not per-image ones" if m.track_running_stats else None
+    ),
+)
+
+GROUP_NORM = Rule(
+    name="group-norm",
+    matches=lambda m: isinstance(m, nn.GroupNorm),
+    build=lambda m, site: _keep_affine(
+        LocalGroupNorm(m.num_groups, m.num_channels, site.window, m.eps, m.affine), m
+    ),
+)
+
+#: The rules :func:`tlc.convert` applies by default, in order.
+DEFAULT_RULES: tuple[Rule, ...] = (GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM)

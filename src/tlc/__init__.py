@@ -20,7 +20,7 @@ from .ops import (
     transposed_attention,
     window_starts,
 )
-from .rules import DEFAULT_RULES, GLOBAL_AVG_POOL, GROUP_NORM, INSTANCE_NORM, Rule, Site
+from .rules import DEFAULT_RULES, GLOBAL_AVG_POOL, GROUP_NORM, INSTANCE_NORM, TRANSPOSED_ATTENTION, Rule, Site
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "LocalGroupNorm",
     "LocalInstanceNorm2d",
     "Rule",
+    "TRANSPOSED_ATTENTION",
     "Site",
     "SkippedOp",
     "__version__",

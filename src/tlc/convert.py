@@ -24,7 +24,14 @@ from .rules import DEFAULT_RULES, Rule, Site
 
 
 class ConversionError(RuntimeError):
-    """The model could not be converted (the message names the module at fault)."""
+    """The model could not be converted (the message names the module at fault).
+
+    ``module`` holds that module where one was running, else None.
+    """
+
+    def __init__(self, message: str, module: nn.Module | None = None) -> None:
+        super().__init__(message)
+        self.module = module
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,53 @@ def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
             return model(x)
         except Exception as err:
             where = stack[-1] if stack else ""
-            name = f"'{where}' ({type(model.get_submodule(where)).__name__})" if where else "the model itself"
+            module = model.get_submodule(where)
+            name = f"'{where}' ({type(module).__name__})" if where else "the model itself"
             raise ConversionError(
-                f"{what} at {x.shape[-2]}x{x.shape[-1]} failed in module {name}: {type(err).__name__}: {err}"
+                f"{what} at {x.shape[-2]}x{x.shape[-1]} failed in module {name}: {type(err).__name__}: {err}",
+                module,
             ) from err
+
+
+def _calibrate(
+    model: nn.Module, targets: list[nn.Module], train: Pair, in_channels: int | None
+) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]]]:
+    """Run the model once at the training size, recording each target's input shapes.
+
+    Returns (the input used, the model's output, shapes seen per id(target)). Without
+    ``in_channels`` it starts from the first convolution's input channels and, if the model
+    registers some other convolution first, retries with the channels of the one that rejected
+    the input.
+    """
+    like = _first_tensor_like(model)
+    device = like.device if like is not None else torch.device("cpu")
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+    channels = in_channels if in_channels is not None else _guess_in_channels(model)
+    tried = {channels}
+    seen: dict[int, list[tuple[int, ...]]] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        seen[id(module)].append(tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ())
+
+    handles = [module.register_forward_pre_hook(record) for module in targets]
+    try:
+        while True:
+            seen.update({id(module): [] for module in targets})
+            generator = torch.Generator().manual_seed(0)
+            x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
+            try:
+                return x, _run(model, x, "the calibration forward"), seen
+            except ConversionError as err:
+                culprit = err.module
+                if in_channels is not None or not isinstance(culprit, nn.modules.conv._ConvNd):
+                    raise
+                if culprit.in_channels in tried or "channels" not in str(err.__cause__):
+                    raise
+                channels = culprit.in_channels
+                tried.add(channels)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _window(feature: Pair, train: Pair, base: Pair) -> Pair:
@@ -233,25 +283,7 @@ def convert(
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
         return target, report
 
-    like = _first_tensor_like(target)
-    device = like.device if like is not None else torch.device("cpu")
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    channels = in_channels if in_channels is not None else _guess_in_channels(target)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
-
-    seen: dict[int, list[tuple[int, ...]]] = {key: [] for key in matched}
-    handles = [
-        module.register_forward_pre_hook(
-            lambda m, args: seen[id(m)].append(tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ())
-        )
-        for module, _ in matched.values()
-    ]
-    try:
-        original = _run(target, x, "the calibration forward")
-    finally:
-        for handle in handles:
-            handle.remove()
+    x, original, seen = _calibrate(target, [m for m, _ in matched.values()], train, in_channels)
 
     replaced: list[tuple[nn.Module, str, nn.Module]] = []
     for key, (module, rule) in matched.items():
@@ -288,11 +320,15 @@ def convert(
             setattr(parent, name, module)
         raise
     before, after = list(_tensors(original)), list(_tensors(converted))
-    if len(before) != len(after) or any(a.shape != b.shape for a, b in zip(before, after)):
-        raise ConversionError("the converted model returns outputs of other shapes than the original")
+    try:
+        # A model that ends in a pooling op returns a full-size map instead of 1x1: compare broadcast.
+        if len(before) != len(after) or any(torch.broadcast_shapes(a.shape, b.shape) != a.shape for a, b in zip(after, before)):
+            raise RuntimeError
+    except RuntimeError:
+        raise ConversionError("the converted model returns outputs of other shapes than the original") from None
     report.max_deviation = max(((a.double() - b.double()).abs().max().item() for a, b in zip(before, after)), default=0.0)
     scale = max((b.abs().max().item() for b in before), default=1.0)
-    tolerance = (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2) * max(1.0, scale)
+    tolerance = (1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2) * max(1.0, scale)
     if report.max_deviation > tolerance:
         warnings.warn(
             f"the converted model differs from the original by {report.max_deviation:.3g} at the training size, "

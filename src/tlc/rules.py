@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .archs.restormer import Attention as RestormerAttention
+from .archs.restormer import LocalAttention as RestormerLocalAttention
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
 from .ops._common import Pair
 
@@ -96,5 +98,12 @@ GROUP_NORM = Rule(
     ),
 )
 
+TRANSPOSED_ATTENTION = Rule(
+    name="transposed-attention",
+    matches=lambda m: isinstance(m, RestormerAttention),
+    # Shares q/k/v and output projections with the global block; only the attention core is local.
+    build=lambda m, site: RestormerLocalAttention.from_global(m, site.window),
+)
+
 #: The rules :func:`tlc.convert` applies by default, in order.
-DEFAULT_RULES: tuple[Rule, ...] = (GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM)
+DEFAULT_RULES: tuple[Rule, ...] = (GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM, TRANSPOSED_ATTENTION)

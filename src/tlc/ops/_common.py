@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 Pair = tuple[int, int]
@@ -9,18 +11,16 @@ Pair = tuple[int, int]
 
 def as_pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
     """Return ``(a, b)`` from an int or a pair of ints, each at least 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        pair = (value, value)
-    else:
-        try:
-            pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-        if len(pair) != 2 or any(isinstance(v, bool) for v in value):  # type: ignore[union-attr]
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    items = (value, value) if not isinstance(value, (tuple, list, torch.Size)) else tuple(value)
+    try:
+        if len(items) != 2 or any(isinstance(v, bool) for v in items):
+            raise TypeError
+        pair = (operator.index(items[0]), operator.index(items[1]))
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if pair[0] < 1 or pair[1] < 1:
         raise ValueError(f"{name} must be at least 1 on both axes, got {pair}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def check_feature_map(x: torch.Tensor, name: str = "x") -> None:

@@ -42,22 +42,23 @@ def local_group_norm(
     acc = accumulation_dtype(x)
     groups = x.reshape(n, num_groups, c // num_groups, h, w)
 
-    # Centring first: E[x^2] - E[x]^2 then cancels far fewer digits.
-    center = groups.mean(dim=(2, 3, 4), keepdim=True, dtype=acc)
-    centred = groups.to(acc) - center
+    # Centre on the group's mean (rounded to the working dtype, so that x - center below is exact
+    # for x near it): E[x^2] - E[x]^2 then cancels far fewer digits.
+    work = compute_dtype(x)
+    center = groups.mean(dim=(2, 3, 4), keepdim=True, dtype=acc).to(work)
+    centred = groups.to(acc) - center.to(acc)
     if c == num_groups:
         first, second = centred[:, :, 0], centred[:, :, 0].square()
     else:
         first, second = centred.mean(dim=2), centred.square().mean(dim=2)
     del centred
     area = kh * kw
-    mean = window_sums(first, (kh, kw), acc) / area  # (N, G, H-kh+1, W-kw+1)
+    mean = window_sums(first, (kh, kw), acc) / area  # (N, G, H-kh+1, W-kw+1), relative to center
     var = (window_sums(second, (kh, kw), acc) / area - mean.square()).clamp_min_(0)
 
-    work = compute_dtype(x)
     rstd = replicate_to(torch.rsqrt(var + eps).to(work), (h, w)).unsqueeze(2)
-    mean = replicate_to((mean + center[:, :, 0]).to(work), (h, w)).unsqueeze(2)
-    out = ((groups.to(work) - mean) * rstd).reshape(n, c, h, w)
+    mean = replicate_to(mean.to(work), (h, w)).unsqueeze(2)
+    out = (((groups.to(work) - center) - mean) * rstd).reshape(n, c, h, w)
     if weight is not None:
         out = out * weight.to(work).view(1, c, 1, 1)
     if bias is not None:

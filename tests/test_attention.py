@@ -1,0 +1,105 @@
+"""Grid-window transposed attention against a loop over windows as the reference runs it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tlc
+
+from .conftest import devices
+
+
+def reference_starts(size: int, window: int) -> list[int]:
+    """Window placement as the conformance README describes the reference's loop."""
+    k = min(size, window)
+    n = (size - 1) // k + 1
+    step = k if n == 1 else math.ceil((size - k) / (n - 1) - 1e-8)
+    starts, i, last = [], 0, False
+    while i < size and not last:
+        if i + k >= size:
+            i, last = size - k, True
+        starts.append(i)
+        i += step
+    return starts
+
+
+def loop_attention(q, k, v, temperature, heads, window):
+    """One window at a time, summing outputs into the map and dividing by the cover count."""
+    n, c, h, w = q.shape
+    k1, k2 = min(h, window[0]), min(w, window[1])
+    total = torch.zeros_like(q)
+    count = torch.zeros(1, 1, h, w, dtype=q.dtype)
+    for i in reference_starts(h, window[0]):
+        for j in reference_starts(w, window[1]):
+            part = [t[:, :, i : i + k1, j : j + k2].reshape(n, heads, c // heads, k1 * k2) for t in (q, k, v)]
+            qn, kn = F.normalize(part[0], dim=-1), F.normalize(part[1], dim=-1)
+            attn = (qn @ kn.transpose(-2, -1) * temperature).softmax(-1)
+            total[:, :, i : i + k1, j : j + k2] += (attn @ part[2]).reshape(n, c, k1, k2)
+            count[:, :, i : i + k1, j : j + k2] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 7, 8, 13, 64, 97, 100, 720, 1280])
+@pytest.mark.parametrize("window", [1, 3, 8, 12, 96, 384, 2000])
+def test_window_starts_follow_the_reference(size, window):
+    starts = tlc.window_starts(size, window)
+    assert starts == reference_starts(size, window)
+    k = min(size, window)
+    covered = torch.zeros(size)
+    for s in starts:
+        covered[s : s + k] += 1
+    assert covered.min() >= 1
+
+
+@pytest.mark.parametrize(
+    "shape,heads,window",
+    [((1, 4, 9, 13), 2, (4, 5)), ((2, 6, 7, 5), 3, (3, 5)), ((2, 2, 11, 3), 1, (2, 2)), ((1, 4, 8, 8), 4, (8, 3))],
+)
+def test_matches_loop_over_windows(shape, heads, window):
+    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    temperature = torch.rand(heads, 1, 1, dtype=torch.float64) + 0.5
+    out = tlc.local_transposed_attention(q, k, v, temperature, heads, window)
+    torch.testing.assert_close(out, loop_attention(q, k, v, temperature, heads, window), rtol=0, atol=1e-12)
+
+
+def test_batch_equals_images_one_by_one():
+    q, k, v = (torch.randn(3, 4, 10, 12) for _ in range(3))
+    temperature = torch.rand(2, 1, 1) + 0.5
+    batched = tlc.local_transposed_attention(q, k, v, temperature, 2, (4, 7))
+    single = torch.cat([tlc.local_transposed_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], temperature, 2, (4, 7)) for i in range(3)])
+    torch.testing.assert_close(batched, single)
+
+
+def test_covering_window_is_the_global_block():
+    q, k, v = (torch.randn(2, 4, 6, 9) for _ in range(3))
+    temperature = torch.rand(2, 1, 1)
+    expected = tlc.transposed_attention(q, k, v, temperature, 2)
+    torch.testing.assert_close(tlc.local_transposed_attention(q, k, v, temperature, 2, (6, 9)), expected)
+    torch.testing.assert_close(tlc.local_transposed_attention(q, k, v, temperature, 2, (60, 90)), expected)
+    assert not torch.allclose(tlc.local_transposed_attention(q, k, v, temperature, 2, (3, 9)), expected)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_float32_close_to_float64(device):
+    q, k, v = (torch.randn(1, 8, 33, 40, dtype=torch.float64) for _ in range(3))
+    temperature = torch.rand(2, 1, 1, dtype=torch.float64) + 0.5
+    exact = tlc.local_transposed_attention(q, k, v, temperature, 2, (16, 16))
+    args = [t.float().to(device) for t in (q, k, v, temperature)]
+    out = tlc.local_transposed_attention(*args[:3], args[3], 2, (16, 16))
+    torch.testing.assert_close(out.double().cpu(), exact, rtol=0, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    q, k, v = (torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    temperature = torch.rand(1, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: tlc.local_transposed_attention(*a[:3], a[3], 1, (3, 4)), (q, k, v, temperature))
+
+
+def test_bad_heads():
+    q = torch.zeros(1, 5, 4, 4)
+    with pytest.raises(ValueError, match="divisible"):
+        tlc.local_transposed_attention(q, q, q, torch.ones(2, 1, 1), 2, (2, 2))

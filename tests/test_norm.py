@@ -1,0 +1,98 @@
+"""Local instance and group norm against brute-force loops, torch's global norms and gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tlc
+
+from .conftest import TOLERANCE, devices
+
+
+def brute_local_group_norm(x, groups, window, weight=None, bias=None, eps=1e-5):
+    """Per pixel: statistics over the group's channels and the window placed as in local_mean."""
+    x = x.double()
+    n, c, h, w = x.shape
+    k1, k2 = min(window[0], h), min(window[1], w)
+    out = torch.empty_like(x)
+    per = c // groups
+    for i in range(h):
+        top = min(max(i - (k1 - 1) // 2, 0), h - k1)
+        for j in range(w):
+            left = min(max(j - (k2 - 1) // 2, 0), w - k2)
+            for g in range(groups):
+                patch = x[:, g * per : (g + 1) * per, top : top + k1, left : left + k2]
+                mean = patch.mean(dim=(1, 2, 3))
+                var = patch.var(dim=(1, 2, 3), unbiased=False)
+                value = x[:, g * per : (g + 1) * per, i, j]
+                out[:, g * per : (g + 1) * per, i, j] = (value - mean[:, None]) / (var[:, None] + eps).sqrt()
+    if weight is not None:
+        out = out * weight.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)
+    return out
+
+
+@pytest.mark.parametrize("shape,window", [((2, 3, 5, 7), (3, 4)), ((1, 2, 1, 6), (2, 3)), ((1, 1, 4, 4), (1, 9))])
+def test_instance_norm_matches_brute_force(shape, window):
+    x = torch.randn(shape, dtype=torch.float64)
+    weight, bias = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1], dtype=torch.float64)
+    out = tlc.local_instance_norm(x, window, weight, bias)
+    torch.testing.assert_close(out, brute_local_group_norm(x, shape[1], window, weight, bias), rtol=0, atol=1e-9)
+
+
+def test_group_norm_matches_brute_force():
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    weight, bias = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    out = tlc.local_group_norm(x, 3, (3, 2), weight, bias, eps=1e-3)
+    torch.testing.assert_close(out, brute_local_group_norm(x, 3, (3, 2), weight, bias, eps=1e-3), rtol=0, atol=1e-9)
+
+
+def test_covering_window_is_torchs_global_norm():
+    x = torch.randn(2, 4, 9, 13)
+    weight, bias = torch.randn(4), torch.randn(4)
+    torch.testing.assert_close(tlc.local_instance_norm(x, (9, 13), weight, bias), F.instance_norm(x, weight=weight, bias=bias))
+    torch.testing.assert_close(tlc.local_group_norm(x, 2, (50, 50), weight, bias), F.group_norm(x, 2, weight, bias))
+    torch.testing.assert_close(tlc.local_group_norm(x, 1, (50, 50)), F.group_norm(x, 1))
+
+
+def test_offset_input_keeps_its_digits():
+    # Values 1000 +- 0.01: float32 E[x^2] - E[x]^2 would cancel every digit of the variance.
+    g = torch.Generator().manual_seed(1)
+    x = (1000 + 0.01 * torch.randn(1, 2, 30, 40, generator=g)).float()
+    out = tlc.local_instance_norm(x, (9, 13))
+    expected = brute_local_group_norm(x, 2, (9, 13))
+    assert (out.double() - expected).abs().max().item() < 1e-4
+
+
+def test_constant_region_gives_zero_not_nan():
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 4:, :] = 3.0  # a step between rows 3 and 4
+    out = tlc.local_instance_norm(x, (3, 3))
+    assert torch.isfinite(out).all()
+    assert out[..., :2, :].abs().max() == 0
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtypes(dtype, device):
+    x = torch.randn(2, 4, 11, 9, dtype=torch.float64)
+    out = tlc.local_group_norm(x.to(device=device, dtype=dtype), 2, (4, 5))
+    assert out.dtype == dtype
+    expected = brute_local_group_norm(x.to(dtype), 2, (4, 5))
+    # Normalised values are O(1) but statistics over small windows amplify input rounding.
+    atol = {torch.float32: 1e-5, torch.bfloat16: 0.1, torch.float16: 1e-2}[dtype]
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=max(atol, TOLERANCE[dtype]))
+
+
+def test_gradcheck_float64():
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: tlc.local_instance_norm(a, (3, 2), b, c), (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda a: tlc.local_group_norm(a, 2, (4, 3)), (x,))
+
+
+def test_bad_groups():
+    with pytest.raises(ValueError, match="divisible"):
+        tlc.local_group_norm(torch.zeros(1, 5, 4, 4), 2, 3)

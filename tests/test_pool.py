@@ -1,0 +1,168 @@
+"""local_mean and its approximation against brute-force loops, a float64 reference and gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tlc
+from tlc.ops import local_mean_strided, window_sums
+
+from .conftest import TOLERANCE, devices
+
+
+def brute_local_mean(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Each pixel takes the mean of the k-window roughly centred on it, shifted to lie inside."""
+    n, c, h, w = x.shape
+    k1, k2 = min(window[0], h), min(window[1], w)
+    out = torch.empty_like(x, dtype=torch.float64)
+    for i in range(h):
+        top = min(max(i - (k1 - 1) // 2, 0), h - k1)
+        for j in range(w):
+            left = min(max(j - (k2 - 1) // 2, 0), w - k2)
+            out[:, :, i, j] = x[:, :, top : top + k1, left : left + k2].double().mean(dim=(-2, -1))
+    return out
+
+
+def reference_float64(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The reference algorithm (2-D prefix sums, four corners, edge replication) in float64."""
+    h, w = x.shape[-2:]
+    k1, k2 = min(h, window[0]), min(w, window[1])
+    s = F.pad(x.double().cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    valid = (s[..., k1:, k2:] - s[..., :-k1, k2:] - s[..., k1:, :-k2] + s[..., :-k1, :-k2]) / (k1 * k2)
+    return F.pad(valid, ((k2 - 1) // 2, k2 // 2, (k1 - 1) // 2, k1 // 2), mode="replicate")
+
+
+SMALL_CASES = [
+    ((1, 1, 1, 1), (1, 1)),
+    ((1, 1, 1, 1), (5, 5)),
+    ((2, 3, 1, 7), (1, 3)),
+    ((2, 3, 1, 7), (5, 5)),
+    ((1, 2, 5, 3), (2, 2)),
+    ((1, 2, 5, 3), (3, 1)),
+    ((1, 2, 5, 3), (9, 2)),
+    ((1, 2, 5, 3), (1, 9)),
+    ((3, 2, 9, 11), (4, 6)),
+    ((3, 2, 9, 11), (9, 11)),
+    ((3, 2, 9, 11), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape,window", SMALL_CASES)
+def test_matches_brute_force_loop(shape, window):
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(tlc.local_mean(x, window), brute_local_mean(x, window), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,window", SMALL_CASES)
+def test_matches_reference_algorithm(shape, window):
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(tlc.local_mean(x, window), reference_float64(x, window), rtol=0, atol=1e-12)
+
+
+def test_window_covering_the_map_is_the_global_mean():
+    x = torch.randn(2, 3, 6, 10)
+    expected = x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+    torch.testing.assert_close(tlc.local_mean(x, (6, 10)), expected)
+    torch.testing.assert_close(tlc.local_mean(x, (100, 1000)), expected)
+
+
+def test_window_covering_one_axis_only_is_local_along_the_other():
+    x = torch.randn(1, 2, 6, 10, dtype=torch.float64)
+    out = tlc.local_mean(x, (50, 3))
+    torch.testing.assert_close(out, brute_local_mean(x, (6, 3)), rtol=0, atol=1e-12)
+    assert not torch.allclose(out, x.mean(dim=(-2, -1), keepdim=True).expand_as(x))
+
+
+def test_int_window_means_square():
+    x = torch.randn(1, 1, 8, 9, dtype=torch.float64)
+    torch.testing.assert_close(tlc.local_mean(x, 3), tlc.local_mean(x, (3, 3)))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtypes_keep_dtype_and_accuracy(dtype, device):
+    x = torch.randn(2, 3, 17, 23, dtype=torch.float64)
+    out = tlc.local_mean(x.to(device=device, dtype=dtype), (5, 8))
+    assert out.dtype == dtype and out.device.type == device
+    expected = brute_local_mean(x.to(dtype).double(), (5, 8))  # the input as rounded to dtype
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=TOLERANCE[dtype])
+
+
+def test_large_float32_map_is_exact_to_1e5():
+    # 4K map far from zero: the reference float32 algorithm is off by ~1.5e-4 here.
+    g = torch.Generator().manual_seed(0)
+    x = 10 + torch.randn(1, 4, 2160, 3840, generator=g)
+    err = (tlc.local_mean(x, (384, 384)).double() - reference_float64(x, (384, 384))).abs().max().item()
+    assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_4k_ones_are_exactly_one(dtype):
+    x = torch.ones(1, 2, 2160, 3840, dtype=dtype)
+    for window in [(384, 384), (2160, 3840), (7, 5000)]:
+        out = tlc.local_mean(x, window)
+        assert out.dtype == dtype
+        assert torch.equal(out, x), window
+
+
+def test_half_precision_large_values_do_not_overflow():
+    # fp16 tops out at 65504: summing in fp16 would give inf after a few thousand pixels.
+    x = torch.full((1, 1, 1080, 1920), 60000.0, dtype=torch.float16)
+    out = tlc.local_mean(x, (200, 300))
+    assert torch.isfinite(out).all() and torch.equal(out, x)
+
+
+def test_gradcheck_float64():
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    for window in [(3, 4), (1, 1), (6, 2), (10, 10)]:
+        assert torch.autograd.gradcheck(lambda t: tlc.local_mean(t, window), (x,))
+
+
+def test_window_sums_are_valid_window_sums():
+    x = torch.arange(12.0, dtype=torch.float64).view(1, 1, 3, 4)
+    sums = window_sums(x, (2, 3))
+    assert sums.shape == (1, 1, 2, 2) and sums.dtype == torch.float64
+    assert sums[0, 0].tolist() == [[0 + 1 + 2 + 4 + 5 + 6, 1 + 2 + 3 + 5 + 6 + 7], [4 + 5 + 6 + 8 + 9 + 10, 5 + 6 + 7 + 9 + 10 + 11]]
+
+
+@pytest.mark.parametrize(
+    "x,window,error",
+    [
+        (torch.zeros(3, 4, 5), (2, 2), ValueError),
+        (torch.zeros(1, 1, 4, 5, dtype=torch.int64), (2, 2), TypeError),
+        (torch.zeros(1, 1, 0, 5), (2, 2), ValueError),
+        (torch.zeros(1, 1, 4, 5), (0, 2), ValueError),
+        (torch.zeros(1, 1, 4, 5), (2, 2, 2), TypeError),
+        (torch.zeros(1, 1, 4, 5), (2.5, 2), TypeError),
+        (torch.zeros(1, 1, 4, 5), "3", TypeError),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(x, window, error):
+    with pytest.raises(error):
+        tlc.local_mean(x, window)
+
+
+class TestStridedApproximation:
+    def test_covering_window_is_global_mean(self):
+        x = torch.randn(1, 2, 10, 15)
+        torch.testing.assert_close(local_mean_strided(x, (10, 15)), x.mean((-2, -1), keepdim=True).expand_as(x))
+
+    def test_stride_one_is_a_one_off_window(self):
+        # With stride 1 the approximation averages the window that starts one sample later.
+        x = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+        out = local_mean_strided(x, (3, 3), max_stride=1)
+        valid = F.avg_pool2d(x[..., 1:, 1:], 3, stride=1)  # windows starting at 1..4
+        torch.testing.assert_close(out, F.pad(valid, (1, 2, 1, 2), mode="replicate"))
+
+    def test_subsampled_by_largest_dividing_stride(self):
+        x = torch.randn(1, 1, 20, 20, dtype=torch.float64)
+        out = local_mean_strided(x, (10, 10), max_stride=5)
+        # stride 5: samples every 5th pixel, window 2 samples, nearest upsampling gives 5x5 blocks
+        assert torch.equal(out[..., 5:10, 5:10], out[..., 5:6, 5:6].expand(1, 1, 5, 5))
+        assert not torch.allclose(out, tlc.local_mean(x, (10, 10)))
+
+    def test_tiny_map_falls_back_to_exact(self):
+        x = torch.randn(1, 1, 1, 9, dtype=torch.float64)
+        torch.testing.assert_close(local_mean_strided(x, (4, 4)), tlc.local_mean(x, (4, 4)))

@@ -9,6 +9,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
+from . import archs, models
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
 from .ops import (
@@ -40,6 +41,8 @@ __all__ = [
     "Site",
     "SkippedOp",
     "__version__",
+    "archs",
+    "models",
     "convert",
     "local_group_norm",
     "local_instance_norm",

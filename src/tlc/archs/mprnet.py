@@ -53,10 +53,10 @@ class CAB(nn.Module):
 
     def __init__(self, n_feat: int, kernel_size: int, reduction: int, bias: bool, act: nn.Module) -> None:
         super().__init__()
+        self.CA = CALayer(n_feat, reduction, bias=bias)  # registered first, as in the checkpoints' key order
         self.body = nn.Sequential(
             conv(n_feat, n_feat, kernel_size, bias=bias), act, conv(n_feat, n_feat, kernel_size, bias=bias)
         )
-        self.CA = CALayer(n_feat, reduction, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.CA(self.body(x)) + x

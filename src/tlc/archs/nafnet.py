@@ -93,7 +93,9 @@ class UNetOfBlocks(nn.Module):
             raise ValueError(f"enc_blk_nums and dec_blk_nums need the same length, got {enc_blk_nums}, {dec_blk_nums}")
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        # Registration order gives the released checkpoints' key order.
         self.encoders, self.decoders = nn.ModuleList(), nn.ModuleList()
+        self.middle_blks = nn.Sequential()
         self.ups, self.downs = nn.ModuleList(), nn.ModuleList()
         chan = width
         for num in enc_blk_nums:

@@ -166,3 +166,32 @@ class TestStridedApproximation:
     def test_tiny_map_falls_back_to_exact(self):
         x = torch.randn(1, 1, 1, 9, dtype=torch.float64)
         torch.testing.assert_close(local_mean_strided(x, (4, 4)), tlc.local_mean(x, (4, 4)))
+
+
+class TestFusedKernel:
+    """The fused CPU kernel (numba) and the torch prefix-sum path compute the same thing."""
+
+    @pytest.mark.parametrize(
+        "shape,window",
+        [((2, 3, 37, 53), (13, 20)), ((1, 1, 1, 7), (1, 3)), ((1, 2, 5, 3), (9, 2)), ((3, 4, 64, 48), (64, 1)), ((1, 5, 100, 90), (3, 90))],
+    )
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+    def test_agrees_with_prefix_sums(self, shape, window, dtype):
+        from tlc.ops._kernels import fused_local_mean_available
+        from tlc.ops.pool import local_mean_by_prefix_sums
+
+        x = (5 + torch.randn(shape, dtype=torch.float64)).to(dtype)
+        assert fused_local_mean_available(x)
+        fused = tlc.local_mean(x, window)
+        assert fused.dtype == dtype
+        ulp = max(torch.finfo(dtype).eps * 8, 1e-12)  # one rounding near 5; float64 running sums drift ~1e-14
+        torch.testing.assert_close(fused, local_mean_by_prefix_sums(x, window), rtol=0, atol=ulp)
+
+    def test_not_used_when_autograd_needs_the_graph(self):
+        from tlc.ops._kernels import fused_local_mean_available
+
+        x = torch.randn(1, 1, 4, 4, requires_grad=True)
+        assert not fused_local_mean_available(x)
+        with torch.no_grad():
+            assert fused_local_mean_available(x)
+        assert tlc.local_mean(x, 2).requires_grad

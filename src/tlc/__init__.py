@@ -9,7 +9,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, models
+from . import archs, metrics, models
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
 from .ops import (
@@ -42,6 +42,7 @@ __all__ = [
     "SkippedOp",
     "__version__",
     "archs",
+    "metrics",
     "models",
     "convert",
     "local_group_norm",

@@ -6,8 +6,9 @@ Semantics (those of the TLC reference): the mean over every k-window lying fully
 shifted to lie inside the map. A window at least the map's size on an axis covers that whole axis;
 covering both axes gives the global mean. Windows are clamped to the map, never padded.
 
-Sums are accumulated in float64 (see ``accumulation_dtype``) from prefix sums taken one axis at a
-time, so the cost is O(HW) whatever the window and the result is exact to the output dtype.
+Sums are accumulated in float64 (see ``accumulation_dtype``), so the result is exact to the output
+dtype, at O(HW) cost whatever the window: on the CPU without autograd by a fused kernel
+(``_kernels``), otherwise by prefix sums taken one axis at a time (differentiable, any device).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map
+from ._kernels import fused_local_mean, fused_local_mean_available
 
 
 def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -89,6 +91,15 @@ def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
         (N, C, H, W) tensor of local means, same dtype and device as ``x``. Accumulated in float64,
         so the only error is the final rounding to ``x.dtype``.
     """
+    check_feature_map(x)
+    kh, kw = clamp_window(window, x.shape[-2:])
+    if (kh, kw) != tuple(x.shape[-2:]) and fused_local_mean_available(x):
+        return fused_local_mean(x, (kh, kw))
+    return local_mean_by_prefix_sums(x, (kh, kw))
+
+
+def local_mean_by_prefix_sums(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """:func:`local_mean` computed with torch ops only (differentiable, any device)."""
     check_feature_map(x)
     kh, kw = clamp_window(window, x.shape[-2:])
     sums = window_sums(x, (kh, kw))

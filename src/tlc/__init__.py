@@ -10,6 +10,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
 """
 
 from . import archs, metrics, models
+from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
 from .ops import (
@@ -30,6 +31,7 @@ __all__ = [
     "GLOBAL_AVG_POOL",
     "GROUP_NORM",
     "INSTANCE_NORM",
+    "CheckpointError",
     "ConversionError",
     "ConversionReport",
     "ConvertedOp",
@@ -45,6 +47,9 @@ __all__ = [
     "metrics",
     "models",
     "convert",
+    "detect",
+    "load_model",
+    "read_state_dict",
     "local_group_norm",
     "local_instance_norm",
     "local_mean",

@@ -72,6 +72,7 @@ class ConversionReport:
     Attributes:
         train_size, base_size: (H, W) in image pixels.
         fast: whether the approximate ``fast_imp`` pooling was used.
+        in_channels: channels of the calibration input.
         converted: every op made local, in model order.
         skipped: every matched op left global, with the reason.
         max_deviation: max |converted - original| over the outputs at the training size.
@@ -80,6 +81,7 @@ class ConversionReport:
     train_size: Pair
     base_size: Pair
     fast: bool = False
+    in_channels: int | None = None
     converted: list[ConvertedOp] = field(default_factory=list)
     skipped: list[SkippedOp] = field(default_factory=list)
     max_deviation: float = 0.0
@@ -284,6 +286,7 @@ def convert(
         return target, report
 
     x, original, seen = _calibrate(target, [m for m, _ in matched.values()], train, in_channels)
+    report.in_channels = x.shape[1]
 
     replaced: list[tuple[nn.Module, str, nn.Module]] = []
     for key, (module, rule) in matched.items():

@@ -68,6 +68,16 @@ def test_synth_builds_a_seeded_paired_set(workspace, tmp_path):
     assert sigma["min"] == pytest.approx(5) and sigma["max"] == pytest.approx(50)
 
 
+def test_synth_blur_lengths_and_angles(workspace, tmp_path):
+    out = tmp_path / "blurred"
+    assert run("synth", workspace / "sharp", out, "--blur", "3", "9", "--blur-pattern", "ramp",
+               "--blur-angle", "10", "20") == 0
+    record = json.loads((out / "degradations.json").read_text())["astronaut.png"]["blur"]
+    assert 10 <= record["angle_deg"] <= 20
+    assert record["length"]["min"] == pytest.approx(3) and record["length"]["max"] == pytest.approx(9)
+    assert run("synth", workspace / "sharp", tmp_path / "bad", "--blur", "9", "3") == 2
+
+
 @pytest.fixture(scope="module")
 def pairs(workspace):
     out = workspace / "pairs"

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how the noise level varies across the frame (default uniform)")
     synth.add_argument("--blur", nargs=2, type=float, default=(0.0, 0.0), metavar=("MIN", "MAX"),
                        help="motion blur length range in pixels (default 0 0: none)")
+    synth.add_argument("--blur-angle", nargs=2, type=float, default=(0.0, 180.0), metavar=("MIN", "MAX"),
+                       help="motion direction range in degrees, one per image (default 0 180: any)")
     synth.add_argument("--blur-pattern", default="uniform", choices=("uniform", "ramp", "step", "blobs"),
                        help="how the blur length varies across the frame (default uniform)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -29,6 +29,7 @@ def synthesize(args: argparse.Namespace, progress: Callable, log: Callable[[str]
         degradation = synth.Degradation(
             noise_sigma_min=args.noise[0], noise_sigma_max=args.noise[1], noise_pattern=args.noise_pattern,
             blur_length_min=args.blur[0], blur_length_max=args.blur[1], blur_pattern=args.blur_pattern,
+            blur_angle_min=args.blur_angle[0], blur_angle_max=args.blur_angle[1],
         )
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import Pair, as_pair, check_feature_map
+from ._common import Pair, as_pair, check_feature_map, compute_dtype
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -80,6 +80,15 @@ def transposed_attention(
     return out.reshape(n, c, h, w)
 
 
+def _segments(size: int, starts: list[int], k: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Cut ``[0, size)`` at every window start and end: the pieces ("segments") each lie wholly
+    inside or outside every window. Returns the segments and a (windows, segments) 0/1 matrix."""
+    cuts = sorted({0, size, *starts, *(s + k for s in starts)})
+    pieces = list(zip(cuts[:-1], cuts[1:]))
+    member = torch.tensor([[float(s <= a and b <= s + k) for a, b in pieces] for s in starts])
+    return pieces, member
+
+
 def local_transposed_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -93,8 +102,16 @@ def local_transposed_attention(
     Windows of ``min(window, map)`` pixels are placed by :func:`window_starts` on each axis; in
     each, q and k are normalised over the window's pixels and the global block runs as in
     :func:`transposed_attention`. Each pixel's output is the mean of the outputs of the windows
-    that cover it. A window covering the map is the global block. All windows are processed in
-    one batched computation (no loop over windows), for any batch size.
+    that cover it. A window covering the map is the global block. Any batch size.
+
+    Computed without cutting windows out of the map: the window edges split the map into a grid
+    of blocks, each lying wholly inside or outside every window. Per-window statistics (``q k^T``,
+    squared norms) are sums of block statistics, and since a pixel's output is
+    ``(mean attention of its windows) @ v``, the averaged attention is applied to each block once.
+    Work and memory are those of the global block whatever the overlap: no window copies, no
+    per-pixel index tensors, no host round trips. The Python loop runs over the blocks (a few
+    times the number of windows), each step one batched matrix product over batch and heads,
+    reading the block in place. Half inputs are computed in float32.
 
     Args:
         q, k, v: (N, C, H, W) each.
@@ -103,7 +120,7 @@ def local_transposed_attention(
         window: (kh, kw) in pixels of the map.
 
     Returns:
-        (N, C, H, W) tensor.
+        (N, C, H, W) tensor, dtype of ``q``.
     """
     check_feature_map(q, "q")
     n, c, h, w = q.shape
@@ -111,22 +128,44 @@ def local_transposed_attention(
     rows, cols = window_starts(h, kh), window_starts(w, kw)
     if len(rows) == 1 and len(cols) == 1:
         return transposed_attention(q, k, v, temperature, num_heads)
+    work = compute_dtype(q)
     k1, k2 = min(h, kh), min(w, kw)
-    device = q.device
-    row_index = torch.tensor(rows, device=device)[:, None] + torch.arange(k1, device=device)  # (nr, k1)
-    col_index = torch.tensor(cols, device=device)[:, None] + torch.arange(k2, device=device)  # (nc, k2)
-    nr, nc = len(rows), len(cols)
+    row_pieces, row_member = _segments(h, rows, k1)  # (nr, row segments)
+    col_pieces, col_member = _segments(w, cols, k2)  # (nc, column segments)
+    row_member = row_member.to(device=q.device, dtype=work)
+    col_member = col_member.to(device=q.device, dtype=work)
+    qh, kh_, vh = (_heads(t, num_heads).to(work) for t in (q, k, v))  # (N, heads, d, H, W)
 
-    def windows(t: torch.Tensor) -> torch.Tensor:
-        # (N, C, H, W) -> (N, nr, nc, heads, d, k1 * k2)
-        t = _heads(t, num_heads)[:, :, :, row_index][..., col_index]  # (N, heads, d, nr, k1, nc, k2)
-        return t.permute(0, 3, 5, 1, 2, 4, 6).reshape(n, nr, nc, num_heads, c // num_heads, k1 * k2)
+    def rows_first(t: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        # (N, heads, d, hs, wt) block -> (N, heads, hs, d, wt) view: one matrix per row, no copy.
+        return t[..., y0:y1, x0:x1].transpose(2, 3)
 
-    out = _attend(windows(q), windows(k), windows(v), temperature.reshape(num_heads, 1, 1))
-    out = out.reshape(n, nr, nc, c, k1, k2).permute(0, 3, 1, 4, 2, 5)  # (N, C, nr, k1, nc, k2)
-    pixel = (row_index[:, :, None, None] * w + col_index[None, None]).reshape(-1)
-    total = q.new_zeros(n, c, h * w).index_add_(2, pixel, out.reshape(n, c, -1))
-    ones = torch.ones(1, dtype=q.dtype, device=device)
-    cover_h = q.new_zeros(h).index_add_(0, row_index.reshape(-1), ones.expand(nr * k1))
-    cover_w = q.new_zeros(w).index_add_(0, col_index.reshape(-1), ones.expand(nc * k2))
-    return total.view(n, c, h, w) / (cover_h[:, None] * cover_w[None, :])
+    # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
+    d = c // num_heads
+    shape = (n, num_heads, len(row_pieces), len(col_pieces))
+    gram = q.new_zeros((*shape, d, d), dtype=work)
+    q_sq = q.new_zeros((*shape, d), dtype=work)
+    k_sq = torch.zeros_like(q_sq)
+    for s, (y0, y1) in enumerate(row_pieces):
+        for t, (x0, x1) in enumerate(col_pieces):
+            qb, kb = rows_first(qh, y0, y1, x0, x1), rows_first(kh_, y0, y1, x0, x1)
+            gram[:, :, s, t] = (qb @ kb.transpose(-1, -2)).sum(2)
+            q_sq[:, :, s, t] = qb.square().sum((2, 4))
+            k_sq[:, :, s, t] = kb.square().sum((2, 4))
+    # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
+    gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
+    q_sq = torch.einsum("is,jt,nhsta->nhija", row_member, col_member, q_sq)
+    k_sq = torch.einsum("is,jt,nhsta->nhija", row_member, col_member, k_sq)
+    eps = 1e-12  # as torch.nn.functional.normalize
+    norms = q_sq.sqrt().clamp_min(eps)[..., :, None] * k_sq.sqrt().clamp_min(eps)[..., None, :]
+    attn = (gram / norms * temperature.to(work).reshape(num_heads, 1, 1, 1, 1)).softmax(dim=-1)
+
+    # Each block gets the mean attention of the windows covering it, applied to its v.
+    cover = row_member.sum(0)[:, None] * col_member.sum(0)[None, :]
+    block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
+    out = torch.empty_like(vh)
+    for s, (y0, y1) in enumerate(row_pieces):
+        for t, (x0, x1) in enumerate(col_pieces):
+            applied = block_attn[:, :, s, t, None] @ rows_first(vh, y0, y1, x0, x1)  # (N, heads, hs, d, wt)
+            out[..., y0:y1, x0:x1] = applied.transpose(2, 3)
+    return out.reshape(n, c, h, w).to(q.dtype)

@@ -52,3 +52,41 @@ def test_state_dict_keys_match_torch_modules():
     for torch_module, local in pairs:
         assert torch_module.state_dict().keys() == local.state_dict().keys()
         local.load_state_dict(torch_module.state_dict(), strict=True)
+
+
+def test_pooled_sequential_equals_pool_then_layers():
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(6, 3, 1), nn.ReLU(), nn.Conv2d(3, 6, 1), nn.Sigmoid()]
+    fused = tlc.LocalPooledSequential(tlc.LocalAvgPool2d((5, 7)), layers)
+    plain = nn.Sequential(tlc.LocalAvgPool2d((5, 7)), *layers)
+    for shape in [(2, 6, 13, 17), (1, 6, 3, 4), (1, 6, 1, 1)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-6)
+    assert fused.state_dict().keys() == nn.Sequential(nn.AdaptiveAvgPool2d(1), *layers).state_dict().keys()
+
+
+def test_pointwise_detection():
+    from tlc.nn import is_pointwise
+
+    assert is_pointwise(nn.Conv2d(4, 4, 1)) and is_pointwise(nn.Conv2d(4, 4, 1, groups=2)) and is_pointwise(nn.GELU())
+    assert not is_pointwise(nn.Conv2d(4, 4, 3, padding=1)) and not is_pointwise(nn.Conv2d(4, 4, 1, stride=2))
+    assert not is_pointwise(nn.Upsample(scale_factor=2))
+
+
+def test_converter_uses_the_fused_form_only_for_pointwise_sequences():
+    se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+    odd = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 3, padding=1))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head, self.se, self.odd = nn.Conv2d(3, 4, 3, padding=1), se, odd
+
+        def forward(self, x):
+            y = self.head(x)
+            return y * self.se(y) + self.odd(y)
+
+    converted, report = tlc.convert(Net(), train_size=16)
+    assert {op.path: op.rule for op in report.converted} == {"se": "global-avg-pool+pointwise", "odd.0": "global-avg-pool"}
+    assert isinstance(converted.se, tlc.LocalPooledSequential) and isinstance(converted.odd[0], tlc.LocalAvgPool2d)

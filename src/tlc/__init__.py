@@ -12,7 +12,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
 from . import archs, metrics, models
 from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
-from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
+from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
 from .ops import (
     local_group_norm,
     local_instance_norm,
@@ -22,7 +22,16 @@ from .ops import (
     transposed_attention,
     window_starts,
 )
-from .rules import DEFAULT_RULES, GLOBAL_AVG_POOL, GROUP_NORM, INSTANCE_NORM, TRANSPOSED_ATTENTION, Rule, Site
+from .rules import (
+    DEFAULT_RULES,
+    GLOBAL_AVG_POOL,
+    GROUP_NORM,
+    INSTANCE_NORM,
+    POOLED_POINTWISE,
+    TRANSPOSED_ATTENTION,
+    Rule,
+    Site,
+)
 
 __version__ = "0.1.0"
 
@@ -38,6 +47,8 @@ __all__ = [
     "LocalAvgPool2d",
     "LocalGroupNorm",
     "LocalInstanceNorm2d",
+    "LocalPooledSequential",
+    "POOLED_POINTWISE",
     "Rule",
     "TRANSPOSED_ATTENTION",
     "Site",

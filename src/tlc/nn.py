@@ -11,6 +11,7 @@ from torch import nn
 
 from .ops import local_group_norm, local_mean, local_mean_strided
 from .ops._common import Pair, as_pair
+from .ops.pool import replicate_to, valid_local_mean
 
 
 class LocalAvgPool2d(nn.Module):
@@ -102,3 +103,44 @@ class LocalInstanceNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, window={self.window}, eps={self.eps}, affine={self.affine}"
+
+
+# Layers that act on each pixel on its own: they commute with edge replication.
+POINTWISE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Sigmoid, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Hardswish,
+    nn.Tanh, nn.Identity,
+)
+
+
+def is_pointwise(module: nn.Module) -> bool:
+    """True for 1x1 stride-1 unpadded convolutions and per-pixel activations."""
+    if isinstance(module, nn.Conv2d):
+        return module.kernel_size == (1, 1) and module.stride == (1, 1) and module.padding in ((0, 0), "valid")
+    return isinstance(module, POINTWISE_LAYERS)
+
+
+class LocalPooledSequential(nn.Sequential):
+    """``nn.Sequential(AdaptiveAvgPool2d(1), pointwise layers...)`` made local, computed cheaply.
+
+    Channel attention and squeeze-excitation apply 1x1 convs and activations to the pooled map;
+    made local, that map is full size. The layers commute with edge replication, so they run on
+    the valid windows' means (about a third of a 720p map at the default window) and the result
+    is replicated afterwards: the same output as pooling then the layers, for less work.
+    Index 0 holds the :class:`LocalAvgPool2d`, the layers keep their indices (and state_dict keys).
+    Input (N, C, H, W) -> output (N, C', H, W).
+    """
+
+    def __init__(self, pool: LocalAvgPool2d, layers: list[nn.Module]) -> None:
+        super().__init__(pool, *layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool, layers = self[0], list(self)[1:]
+        if pool.fast:  # the approximation has no valid-map form
+            y = pool(x)
+            for layer in layers:
+                y = layer(y)
+            return y
+        y = valid_local_mean(x, pool.window)
+        for layer in layers:
+            y = layer(y)
+        return replicate_to(y, x.shape[-2:])

@@ -15,7 +15,7 @@ from torch import nn
 
 from .archs.restormer import Attention as RestormerAttention
 from .archs.restormer import LocalAttention as RestormerLocalAttention
-from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d
+from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, is_pointwise
 from .ops._common import Pair
 
 
@@ -81,6 +81,23 @@ GLOBAL_AVG_POOL = Rule(
     build=lambda m, site: LocalAvgPool2d(site.window, fast=site.fast, max_stride=site.max_stride),
 )
 
+def _is_pooled_pointwise(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Sequential
+        and len(module) >= 2
+        and _is_global_avg_pool(module[0])
+        and all(is_pointwise(layer) for layer in list(module)[1:])
+    )
+
+
+POOLED_POINTWISE = Rule(
+    name="global-avg-pool+pointwise",
+    matches=_is_pooled_pointwise,
+    build=lambda m, site: LocalPooledSequential(
+        LocalAvgPool2d(site.window, fast=site.fast, max_stride=site.max_stride), list(m)[1:]
+    ),
+)
+
 INSTANCE_NORM = Rule(
     name="instance-norm",
     matches=lambda m: isinstance(m, nn.InstanceNorm2d),
@@ -106,4 +123,4 @@ TRANSPOSED_ATTENTION = Rule(
 )
 
 #: The rules :func:`tlc.convert` applies by default, in order.
-DEFAULT_RULES: tuple[Rule, ...] = (GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM, TRANSPOSED_ATTENTION)
+DEFAULT_RULES: tuple[Rule, ...] = (POOLED_POINTWISE, GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM, TRANSPOSED_ATTENTION)

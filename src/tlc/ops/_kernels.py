@@ -19,10 +19,12 @@ except ImportError:  # the torch path is used instead
 
 
 def _box_mean_planes(x, k1, k2, out):  # pragma: no cover (compiled by numba)
-    """x, out: (P, H, W) arrays; out gets each pixel's local mean (windows k1 x k2, clamped)."""
+    """x: (P, H, W); k1 x k2 windows (clamped). out: (P, H, W) gets each pixel's local mean
+    (valid windows edge-replicated), or out: (P, H-k1+1, W-k2+1) gets the valid windows' means."""
     planes, h, w = x.shape
     valid_h, valid_w = h - k1 + 1, w - k2 + 1
-    top, left = (k1 - 1) // 2, (k2 - 1) // 2
+    replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
+    top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
     inv_area = 1.0 / (k1 * k2)
     for p in prange(planes):
         column = np.zeros(w, np.float64)
@@ -37,20 +39,21 @@ def _box_mean_planes(x, k1, k2, out):  # pragma: no cover (compiled by numba)
             total = 0.0
             for j in range(k2):
                 total += column[j]
-            value = total * inv_area
-            for j in range(left + 1):
-                out[p, row, j] = value
+            out[p, row, left] = total * inv_area
             for b in range(1, valid_w):
                 total += column[b + k2 - 1] - column[b - 1]
                 out[p, row, left + b] = total * inv_area
-            value = out[p, row, left + valid_w - 1]
-            for j in range(left + valid_w, w):
-                out[p, row, j] = value
-        # Edge replication of whole rows above and below the valid band.
-        for row in range(top):
-            out[p, row, :] = out[p, top, :]
-        for row in range(top + valid_h, h):
-            out[p, row, :] = out[p, top + valid_h - 1, :]
+            if replicate:
+                for j in range(left):
+                    out[p, row, j] = out[p, row, left]
+                value = out[p, row, left + valid_w - 1]
+                for j in range(left + valid_w, w):
+                    out[p, row, j] = value
+        if replicate:  # whole rows above and below the valid band
+            for row in range(top):
+                out[p, row, :] = out[p, top, :]
+            for row in range(top + valid_h, h):
+                out[p, row, :] = out[p, top + valid_h - 1, :]
 
 
 _compiled = njit(parallel=True, cache=True)(_box_mean_planes) if njit is not None else None
@@ -65,14 +68,17 @@ def fused_local_mean_available(x: torch.Tensor) -> bool:
     )
 
 
-def fused_local_mean(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+def fused_local_mean(x: torch.Tensor, window: tuple[int, int], valid_only: bool = False) -> torch.Tensor:
     """Local mean of a CPU (N, C, H, W) tensor with an already clamped window (kh, kw).
 
-    Half inputs are computed in float32 and rounded back; accumulation is float64 throughout.
+    Returns (N, C, H, W), or with ``valid_only`` the (N, C, H-kh+1, W-kw+1) means of the windows
+    lying inside the map. Half inputs are computed in float32 and rounded back; accumulation is
+    float64 throughout.
     """
     n, c, h, w = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     work = work.contiguous()
-    out = torch.empty_like(work)
-    _compiled(work.view(n * c, h, w).numpy(), window[0], window[1], out.view(n * c, h, w).numpy())
+    size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
+    out = work.new_empty((n, c, *size))
+    _compiled(work.view(n * c, h, w).numpy(), window[0], window[1], out.view(n * c, *size).numpy())
     return out.to(x.dtype)

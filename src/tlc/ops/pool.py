@@ -98,6 +98,25 @@ def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     return local_mean_by_prefix_sums(x, (kh, kw))
 
 
+def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """Means over every window lying fully inside the map: :func:`local_mean` before the edge
+    replication (``replicate_to`` completes it). Pointwise layers applied to this smaller map and
+    then replicated give the same result as on the full map, for less work.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw), clamped to the map.
+
+    Returns:
+        (N, C, H - kh + 1, W - kw + 1) tensor, dtype of ``x``.
+    """
+    check_feature_map(x)
+    kh, kw = clamp_window(window, x.shape[-2:])
+    if (kh, kw) != tuple(x.shape[-2:]) and fused_local_mean_available(x):
+        return fused_local_mean(x, (kh, kw), valid_only=True)
+    return (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
+
+
 def local_mean_by_prefix_sums(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     """:func:`local_mean` computed with torch ops only (differentiable, any device)."""
     check_feature_map(x)

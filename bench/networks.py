@@ -1,0 +1,87 @@
+"""Each network converted by TLC against the same network unconverted, side by side.
+
+Random weights (perturbed, so no block is an identity), TLC with train 256 / base 384 as in the
+paper, one image of 720x1280 by default. On the CPU the widths are reduced so a run takes
+minutes (--full for the released widths, meant for a GPU). Prints ms per image and the ratio
+converted / plain; writes bench/results/networks_<device>.csv.
+
+    python bench/networks.py
+    python bench/networks.py --device cuda --full --dtype float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, median_seconds, write_csv  # noqa: E402
+
+import tlc  # noqa: E402
+
+REDUCED = {
+    "NAFNet": dict(width=16, enc_blk_nums=[1, 1, 1, 4], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
+    "HINet": dict(wf=16, hin_position_left=3, hin_position_right=4),
+    "MPRNet": dict(n_feat=24, scale_unetfeats=12, scale_orsnetfeats=8, num_cab=2),
+    "Restormer": dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 4, 8]),
+}
+FULL = {
+    "NAFNet-width32": ("NAFNet", dict(width=32, enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])),
+    "NAFNet-width64": ("NAFNet", dict(width=64, enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])),
+    "HINet": ("HINet", dict(wf=64, hin_position_left=3, hin_position_right=4)),
+    "MPRNet": ("MPRNet", {}),
+    "Restormer": ("Restormer", {}),
+}
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--size", default="720x1280", help="HxW of the test image")
+    parser.add_argument("--full", action="store_true", help="the released widths (GPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated names to run")
+    args = parser.parse_args()
+    h, w = (int(v) for v in args.size.split("x"))
+    dtype = getattr(torch, args.dtype)
+    nets = FULL if args.full else {name: (name, config) for name, config in REDUCED.items()}
+    if args.only:
+        nets = {k: v for k, v in nets.items() if k in args.only.split(",")}
+    print(f"networks at {h}x{w} on {machine()}, {args.dtype}, {'released' if args.full else 'reduced'} widths")
+    print(f"  {'network':<16}{'params':>10}{'plain ms':>11}{'tlc ms':>10}{'ratio':>8}{'max |diff| at train':>22}")
+    rows = []
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(args.device, dtype)
+    for name, (arch, config) in nets.items():
+        plain = perturbed(tlc.archs.build(arch, **config)).to(args.device, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local, report = tlc.convert(plain, train_size=256, base_size=384)
+        with torch.inference_mode():
+            times = {label: median_seconds(lambda m=m: m(x), args.device, repeats=args.repeats)
+                     for label, m in (("plain", plain), ("tlc", local))}
+        params = sum(p.numel() for p in plain.parameters())
+        ratio = times["tlc"] / times["plain"]
+        print(f"  {name:<16}{params:>10,}{1e3 * times['plain']:>11.1f}{1e3 * times['tlc']:>10.1f}{ratio:>7.2f}x"
+              f"{report.max_deviation:>22.2e}")
+        rows.append({"network": name, "config": str(config), "params": params, "size": args.size, "device": args.device,
+                     "dtype": args.dtype, "plain_ms": round(1e3 * times["plain"], 2), "tlc_ms": round(1e3 * times["tlc"], 2),
+                     "ratio": round(ratio, 3), "converted_ops": len(report.converted), "machine": machine()})
+        del plain, local
+    print(f"wrote {write_csv(f'networks_{torch.device(args.device).type}', rows)}")
+
+
+if __name__ == "__main__":
+    main()

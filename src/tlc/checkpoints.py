@@ -429,6 +429,8 @@ def load_model(
         return _load_entry(entry, Path(weights), arch, strict, config)
     if Path(source).exists():
         return _load_path(Path(source), arch, strict, config)
+    if entry is not None and entry.bundled_weights is not None:
+        return _load_entry(entry, entry.bundled_weights, arch, strict, config)
     if entry is None:
         raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
     raise CheckpointError(_download_hint(entry))

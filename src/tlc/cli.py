@@ -192,7 +192,7 @@ def choose_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
             entry = models.get(args.model)
         except KeyError as err:
             raise UsageError(err.args[0]) from None
-        if args.weights is None and not need_weights:
+        if args.weights is None and entry.bundled_weights is None and not need_weights:
             model, description = archs.build(entry.arch, **entry.config).eval(), f"{entry.name} (random weights)"
         else:
             model, description = load_model(entry.name, weights=args.weights), entry.name

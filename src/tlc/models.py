@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .ops._common import Pair
 
@@ -47,6 +48,7 @@ class ModelEntry:
         licence: the weights' licence.
         url: where to download the weights.
         non_commercial: the licence forbids commercial use.
+        weights_file: for models bundled with tlc, the file name in ``tlc/weights/``.
     """
 
     name: str
@@ -60,6 +62,12 @@ class ModelEntry:
     licence: str
     url: str
     non_commercial: bool = False
+    weights_file: str | None = None
+
+    @property
+    def bundled_weights(self) -> Path | None:
+        """Path of the bundled weights file, or None for released checkpoints users download."""
+        return Path(__file__).resolve().parent / "weights" / self.weights_file if self.weights_file else None
 
     def __str__(self) -> str:
         note = " (non-commercial use only)" if self.non_commercial else ""

@@ -18,6 +18,7 @@ from .hinet import HINet
 from .mprnet import MPRNet
 from .nafnet import NAFNet
 from .restormer import Restormer
+from .unet import UNet
 
 #: Architecture name (as in the reference configs) -> class.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -26,6 +27,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "HINet": HINet,
     "MPRNet": MPRNet,
     "Restormer": Restormer,
+    "UNet": UNet,  # the small study network (plain, instance norm or squeeze-excitation)
 }
 
 
@@ -47,4 +49,4 @@ def build(arch: str, **config: object) -> nn.Module:
     return cls(**config)
 
 
-__all__ = ["ARCHITECTURES", "Baseline", "HINet", "MPRNet", "NAFNet", "Restormer", "build"]
+__all__ = ["ARCHITECTURES", "Baseline", "HINet", "MPRNet", "NAFNet", "Restormer", "UNet", "build"]

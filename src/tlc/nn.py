@@ -44,6 +44,16 @@ class LocalAvgPool2d(nn.Module):
         return f"window={self.window}"
 
 
+def _affine_parameters(module: nn.Module, channels: int, affine: bool) -> None:
+    """``weight``/``bias`` per channel as torch's norms name them (None when not affine)."""
+    if affine:
+        module.weight = nn.Parameter(torch.ones(channels))
+        module.bias = nn.Parameter(torch.zeros(channels))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
 class LocalGroupNorm(nn.Module):
     """Group norm with statistics over a local window (:func:`tlc.local_group_norm`).
 
@@ -62,12 +72,7 @@ class LocalGroupNorm(nn.Module):
         self.window = as_pair(window, "window")
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels))
-            self.bias = nn.Parameter(torch.zeros(num_channels))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, num_channels, affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return local_group_norm(x, self.num_groups, self.window, self.weight, self.bias, self.eps)
@@ -89,12 +94,7 @@ class LocalInstanceNorm2d(nn.Module):
         self.window = as_pair(window, "window")
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, num_features, affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_features:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -87,6 +88,9 @@ def test_converter_uses_the_fused_form_only_for_pointwise_sequences():
             y = self.head(x)
             return y * self.se(y) + self.odd(y)
 
-    converted, report = tlc.convert(Net(), train_size=16)
+    # A 3x3 conv after the pool sees zero padding around a full-size map instead of a 1x1 one:
+    # not equivalent at the training size, and the converter says so.
+    with pytest.warns(UserWarning, match="differs from the original"):
+        converted, report = tlc.convert(Net(), train_size=16)
     assert {op.path: op.rule for op in report.converted} == {"se": "global-avg-pool+pointwise", "odd.0": "global-avg-pool"}
     assert isinstance(converted.se, tlc.LocalPooledSequential) and isinstance(converted.odd[0], tlc.LocalAvgPool2d)

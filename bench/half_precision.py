@@ -1,0 +1,86 @@
+"""Half precision: converted models in float16 / bfloat16 against float32, and a 4K run.
+
+For each bundled model (tlc.models entries with weights in the package), on the held-out
+photographs of its model card with noise varying across the frame (a step from sigma 5 to 50):
+PSNR of the TLC output in float32, float16 and bfloat16, and the largest |PSNR difference| to
+float32. Then one 2160x3840 image through each converted model in each half dtype, checking that
+the output has no inf/NaN. Local statistics accumulate in float64 (pooling, norms) or float32
+(attention) whatever the model's dtype.
+
+    python bench/half_precision.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_csv  # noqa: E402
+
+import tlc  # noqa: E402
+from tlc import synth  # noqa: E402
+from tlc.inference import RunSettings, restore  # noqa: E402
+
+
+def photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name.startswith("motorcycle"):
+        image = skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1]
+    else:
+        image = getattr(skimage.data, name)()
+    image = image.astype(np.float32) / 255
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-4k", action="store_true", help="skip the 2160x3840 run")
+    args = parser.parse_args()
+    entries = [e for e in tlc.models.list() if e.bundled_weights is not None]
+    degradation = synth.Degradation(noise_sigma_min=5, noise_sigma_max=50, noise_pattern="step", noise_pattern_angle=0)
+    print(f"half precision on {machine()}")
+    rows = []
+    for entry in entries:
+        card = json.loads(entry.bundled_weights.with_suffix(".json").read_text())
+        model = tlc.load_model(entry.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local, _ = tlc.convert(model, train_size=entry.train_size, base_size=entry.base_size)
+        scores = {}
+        for dtype in ("float32", "float16", "bfloat16"):
+            net = local.to(args.device, getattr(torch, dtype))
+            values = []
+            for name in card["test_images"]:
+                sharp = photo(name)
+                noisy, _ = synth.degrade(sharp, degradation, seed=0)
+                x = torch.from_numpy(noisy).permute(2, 0, 1)[None]
+                out = restore(net, x, RunSettings(mode="tlc", device=args.device, dtype=dtype))[0].permute(1, 2, 0).numpy()
+                values.append(tlc.metrics.psnr(tlc.metrics.to_uint8(out), tlc.metrics.to_uint8(sharp)))
+            scores[dtype] = float(np.mean(values))
+        finite = {}
+        if not args.no_4k:
+            x = torch.rand(1, 3, 2160, 3840, generator=torch.Generator().manual_seed(0))
+            for dtype in ("float16", "bfloat16"):
+                out = restore(local.to(args.device, getattr(torch, dtype)), x, RunSettings(mode="tlc", device=args.device, dtype=dtype))
+                finite[dtype] = bool(torch.isfinite(out).all())
+        worst = max(abs(scores[d] - scores["float32"]) for d in ("float16", "bfloat16"))
+        print(f"  {entry.name:<14} PSNR float32 {scores['float32']:.3f}  float16 {scores['float16']:.3f}  "
+              f"bfloat16 {scores['bfloat16']:.3f}  max |diff| {worst:.3f} dB  4K finite {finite or 'skipped'}")
+        rows.append({"model": entry.name, **{f"psnr_{d}": round(v, 4) for d, v in scores.items()},
+                     "max_abs_diff_db": round(worst, 4), **{f"finite_4k_{d}": v for d, v in finite.items()},
+                     "machine": machine()})
+    if rows:
+        print(f"wrote {write_csv(f'half_precision_{torch.device(args.device).type}', rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build: an unpinned torch would pull several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test bench clean
+.PHONY: venv test bench demo clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,14 @@ test: venv
 
 bench: venv
 	$(PY) bench/local_mean.py
+	$(PY) bench/attention.py
+	$(PY) bench/networks.py
+	$(PY) bench/half_precision.py
+
+# The built-in demo: held-out photographs, noise varying across the frame, tiny-nafnet in full,
+# tiles and tlc modes; tables printed, comparison strips in demo-output/.
+demo: venv
+	$(PY) -m tlc.demo
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

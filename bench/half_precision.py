@@ -59,7 +59,7 @@ def main() -> None:
         for dtype in ("float32", "float16", "bfloat16"):
             net = local.to(args.device, getattr(torch, dtype))
             values = []
-            for name in card["test_images"]:
+            for name in card["data"]["test_images"]:
                 sharp = photo(name)
                 noisy, _ = synth.degrade(sharp, degradation, seed=0)
                 x = torch.from_numpy(noisy).permute(2, 0, 1)[None]

@@ -181,6 +181,25 @@ REGISTRY: tuple[ModelEntry, ...] = (
 )
 
 
+BUNDLED_URL = "bundled with tlc (trained by bench/train_tiny.py; model card beside the weights)"
+_TINY_TASK = "blind Gaussian denoising (sigma 0-50), trained here on 48x48 crops of scikit-image photographs"
+
+
+def _tiny(name: str, arch: str, config: dict) -> ModelEntry:
+    return ModelEntry(name, arch, config, _TINY_TASK, "params", (48, 48), (72, 72), (), "MIT", BUNDLED_URL,
+                      weights_file=f"{name}.safetensors")
+
+
+#: Small models trained here for the paper's study and the demo; their weights ship with tlc.
+BUNDLED: tuple[ModelEntry, ...] = (
+    _tiny("tiny-unet", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "none", "attention": "none"}),
+    _tiny("tiny-unet-in", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "instance", "attention": "none"}),
+    _tiny("tiny-unet-se", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "none", "attention": "se"}),
+    _tiny("tiny-nafnet", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1]}),
+)
+REGISTRY = REGISTRY + tuple(e for e in BUNDLED if e.bundled_weights is not None and e.bundled_weights.exists())
+
+
 def list() -> builtins.list[ModelEntry]:  # noqa: A001 (the issue names it tlc.models.list)
     """Every registry entry, in registry order."""
     return builtins.list(REGISTRY)

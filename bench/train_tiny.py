@@ -46,7 +46,6 @@ import torch  # noqa: E402
 from torch import nn
 
 import tlc  # noqa: E402
-from tlc.archs.unet import UNet  # noqa: E402
 from tlc.inference import final_output  # noqa: E402
 from tlc.synth import add_noise  # noqa: E402
 
@@ -54,8 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WEIGHTS = ROOT / "src" / "tlc" / "weights"
 
-#: name -> (architecture, constructor keywords). "UNet" is tlc.archs.unet.UNet; the others go
-#: through tlc.archs.build with the reference's keywords.
+#: name -> (architecture, constructor keywords for tlc.archs.build; "UNet" is tlc.archs.unet.UNet).
 MODELS: dict[str, tuple[str, dict]] = {
     "tiny-unet": ("UNet", dict(width=16, depth=3, blocks=2, norm="none", attention="none")),
     "tiny-unet-in": ("UNet", dict(width=16, depth=3, blocks=2, norm="instance", attention="none")),
@@ -118,9 +116,7 @@ def dead_leaves(size: int, rng: np.random.Generator, r_min: float = 2.0, r_max: 
 
 
 def build_model(arch: str, config: dict) -> nn.Module:
-    """The network of a card (``arch``, ``config``)."""
-    if arch == "UNet":
-        return UNet(**config)
+    """The network of a card (``arch``, ``config``), by tlc.archs.build."""
     return tlc.archs.build(arch, **config)
 
 
@@ -297,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     card = {
         "name": args.model,
         "arch": arch,
-        "arch_source": "tlc.archs.unet.UNet" if arch == "UNet" else f"tlc.archs.{arch}",
+        "arch_source": f"tlc.archs.build({arch!r}, **config)",
         "config": config,
         "parameters": params,
         "weights_file": weights.name,

@@ -9,7 +9,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, metrics, models
+from . import archs, data, metrics, models
 from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
@@ -55,6 +55,7 @@ __all__ = [
     "SkippedOp",
     "__version__",
     "archs",
+    "data",
     "metrics",
     "models",
     "convert",

@@ -197,7 +197,7 @@ BUNDLED: tuple[ModelEntry, ...] = (
     _tiny("tiny-unet-se", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "none", "attention": "se"}),
     _tiny("tiny-nafnet", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1]}),
 )
-REGISTRY = REGISTRY + tuple(e for e in BUNDLED if e.bundled_weights is not None and e.bundled_weights.exists())
+REGISTRY = REGISTRY + BUNDLED
 
 
 def list() -> builtins.list[ModelEntry]:  # noqa: A001 (the issue names it tlc.models.list)

@@ -30,7 +30,6 @@ import argparse
 import copy
 import datetime
 import json
-import math
 import os
 import platform
 import sys

@@ -26,18 +26,8 @@ from common import machine, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tlc import synth  # noqa: E402
+from tlc.demo import photograph  # noqa: E402
 from tlc.inference import RunSettings, restore  # noqa: E402
-
-
-def photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    if name.startswith("motorcycle"):
-        image = skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1]
-    else:
-        image = getattr(skimage.data, name)()
-    image = image.astype(np.float32) / 255
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
 
 
 def main() -> None:
@@ -60,7 +50,7 @@ def main() -> None:
             net = local.to(args.device, getattr(torch, dtype))
             values = []
             for name in card["data"]["test_images"]:
-                sharp = photo(name)
+                sharp = photograph(name)
                 noisy, _ = synth.degrade(sharp, degradation, seed=0)
                 x = torch.from_numpy(noisy).permute(2, 0, 1)[None]
                 out = restore(net, x, RunSettings(mode="tlc", device=args.device, dtype=dtype))[0].permute(1, 2, 0).numpy()

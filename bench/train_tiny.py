@@ -46,6 +46,7 @@ from torch import nn
 
 import tlc  # noqa: E402
 from tlc.inference import final_output  # noqa: E402
+from tlc.demo import photograph  # noqa: E402
 from tlc.synth import add_noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,20 +73,7 @@ TEST_IMAGES = ["coffee", "rocket", "motorcycle_left"]
 UNUSED_IMAGES = ["cat (= chelsea)", "motorcycle_right (stereo twin of motorcycle_left)", "colorwheel", "logo"]
 
 
-def load_photo(name: str) -> np.ndarray:
-    """A scikit-image photograph as an H x W x 3 float32 array in [0, 1] (gray repeated to RGB)."""
-    import skimage.data
-
-    if name in ("motorcycle_left", "motorcycle_right"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        image = left if name == "motorcycle_left" else right
-    else:
-        image = getattr(skimage.data, name)()
-    if image.dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3], dtype=np.float32) / 255.0
+load_photo = photograph  # one loader for training, the study and the demo (tlc.demo)
 
 
 def dead_leaves(size: int, rng: np.random.Generator, r_min: float = 2.0, r_max: float = 100.0) -> np.ndarray:

@@ -31,15 +31,19 @@ SETS = {
 
 
 def photograph(name: str) -> np.ndarray:
-    """A scikit-image photograph by name, as H x W x 3 float32 in [0, 1]."""
+    """A scikit-image photograph by name (``motorcycle_left``/``_right`` for the stereo pair), as
+    H x W x 3 float32 in [0, 1], gray repeated to RGB."""
     import skimage.data
 
-    if name.startswith("motorcycle"):
-        image = skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1]
+    if name in ("motorcycle_left", "motorcycle_right"):
+        image = skimage.data.stereo_motorcycle()[0 if name == "motorcycle_left" else 1]
     else:
         image = getattr(skimage.data, name)()
-    image = image.astype(np.float32) / 255
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3], dtype=np.float32) / 255.0
 
 
 def run(out: Path = Path("demo-output")) -> int:

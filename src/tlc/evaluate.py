@@ -285,7 +285,8 @@ def evaluate(
                 except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
                     failures.append(f"{name} [{mode}]: {type(err).__name__}: {str(err).splitlines()[0]}")
                     continue
-                peaks[mode] = max(peaks[mode] or 0.0, memory.peak_mib or 0.0) if memory.peak_mib is not None else peaks[mode]
+                if memory.peak_mib is not None:
+                    peaks[mode] = max(peaks[mode] or 0.0, memory.peak_mib)
                 pixels, _ = data.from_model_output(restored, degraded)
                 outputs[mode] = pixels
                 if mode in todo:

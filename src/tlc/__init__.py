@@ -9,9 +9,10 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, data, metrics, models
+from . import archs, data, functional, metrics, models
 from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
+from .functional import CallSite  # functional call sites (issue 7)
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
 from .ops import (
     local_group_norm,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_RULES",
+    "CallSite",
     "GLOBAL_AVG_POOL",
     "GROUP_NORM",
     "INSTANCE_NORM",
@@ -56,6 +58,7 @@ __all__ = [
     "__version__",
     "archs",
     "data",
+    "functional",
     "metrics",
     "models",
     "convert",

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .functional import CallSite, convert_call_sites
 from .ops._common import Pair, as_pair
 from .rules import DEFAULT_RULES, Rule, Site
 
@@ -76,6 +77,9 @@ class ConversionReport:
         converted: every op made local, in model order.
         skipped: every matched op left global, with the reason.
         max_deviation: max |converted - original| over the outputs at the training size.
+        functional: whether ops called as functions were converted too (``functional=True``).
+        call_sites: with ``functional``, every functional global op found, converted or left
+            global (:class:`tlc.functional.CallSite`).
     """
 
     train_size: Pair
@@ -85,6 +89,8 @@ class ConversionReport:
     converted: list[ConvertedOp] = field(default_factory=list)
     skipped: list[SkippedOp] = field(default_factory=list)
     max_deviation: float = 0.0
+    functional: bool = False
+    call_sites: list[CallSite] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +108,16 @@ class ConversionReport:
         if self.skipped:
             lines.append("left global:")
             lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in self.skipped])
+        if self.functional:  # functional call sites (issue 7)
+            local = [s for s in self.call_sites if s.converted]
+            kept = [s for s in self.call_sites if not s.converted]
+            lines.append(f"functional call sites: {len(local)} converted, {len(kept)} left global")
+            if local:
+                rows = [(s.name, s.op, _size(s.feature_size), _size(s.window)) for s in local]
+                lines += _table(("call site", "op", "feature at train", "window"), rows)
+            if kept:
+                lines.append("call sites left global:")
+                lines += _table(("call site", "op", "reason"), [(s.name, s.op, s.reason) for s in kept])
         return "\n".join(lines)
 
 
@@ -223,6 +239,16 @@ def _window(feature: Pair, train: Pair, base: Pair) -> Pair:
     return max(1, feature[0] * base[0] // train[0]), max(1, feature[1] * base[1] // train[1])
 
 
+def _site(feature: Pair, train: Pair, base: Pair, fast: bool) -> Site:
+    """The window (and ``fast_imp`` stride cap) of a global op whose input is ``feature`` at ``train``."""
+    return Site(
+        feature_size=feature,
+        window=_window(feature, train, base),
+        fast=fast,
+        max_stride=(max(1, 5 * feature[0] // train[0]), max(1, 5 * feature[1] // train[1])),
+    )
+
+
 def convert(
     model: nn.Module,
     train_size: int | Pair = (256, 256),
@@ -232,6 +258,7 @@ def convert(
     rules: Sequence[Rule] | None = None,
     inplace: bool = False,
     in_channels: int | None = None,
+    functional: bool = False,
 ) -> tuple[nn.Module, ConversionReport]:
     """Make a model's global ops local (Test-time Local Converter).
 
@@ -249,6 +276,9 @@ def convert(
         rules: conversion rules, first match wins; default :data:`tlc.DEFAULT_RULES`.
         inplace: modify ``model`` itself instead of a copy.
         in_channels: channels of the calibration input; default that of the model's first conv.
+        functional: also convert global ops called as functions (``x.mean((2, 3), keepdim=True)``,
+            ``F.adaptive_avg_pool2d(x, 1)``, ``F.instance_norm``, ...) outside the modules rules
+            matched; see :mod:`tlc.functional`. They are listed in ``report.call_sites``.
 
     Returns:
         (converted model, :class:`ConversionReport`).
@@ -261,7 +291,7 @@ def convert(
     base = as_pair(base_size, "base_size") if base_size is not None else (int(train[0] * 1.5), int(train[1] * 1.5))
     rules = DEFAULT_RULES if rules is None else tuple(rules)
     target = model if inplace else copy.deepcopy(model)
-    report = ConversionReport(train_size=train, base_size=base, fast=fast)
+    report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
 
     # Candidates: the first matching rule wins and a matched module's children are not searched.
     matched: dict[int, tuple[nn.Module, Rule]] = {}
@@ -281,7 +311,7 @@ def convert(
             if id(child) in places:
                 places[id(child)].append((f"{path}.{name}" if path else name, module, name))
 
-    if not matched:
+    if not matched and not functional:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
         return target, report
 
@@ -303,13 +333,7 @@ def convert(
         if reason is not None:
             report.skipped.append(SkippedOp(paths, rule.name, reason))
             continue
-        feature = shapes[0][-2:]
-        site = Site(
-            feature_size=feature,
-            window=_window(feature, train, base),
-            fast=fast,
-            max_stride=(max(1, 5 * feature[0] // train[0]), max(1, 5 * feature[1] // train[1])),
-        )
+        site = _site(shapes[0][-2:], train, base, fast)
         local = rule.build(module, site)
         for _, parent, name in places[key]:
             setattr(parent, name, local)
@@ -317,11 +341,19 @@ def convert(
         report.converted.append(ConvertedOp(paths, rule.name, site.feature_size, site.window))
 
     try:
-        converted = _run(target, x, "the converted model's check forward")
+        if functional:  # functional call sites (issue 7): calibrated and checked on the module-converted model
+            converted, report.call_sites = convert_call_sites(
+                target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
+                skip=matched_paths,
+            )
+        else:
+            converted = _run(target, x, "the converted model's check forward")
     except ConversionError:
         for parent, name, module in reversed(replaced):
             setattr(parent, name, module)
         raise
+    if functional and not matched and not report.call_sites:  # functional call sites (issue 7)
+        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
     before, after = list(_tensors(original)), list(_tensors(converted))
     try:
         # A model that ends in a pooling op returns a full-size map instead of 1x1: compare broadcast.

@@ -1,0 +1,437 @@
+"""convert(..., functional=True): global ops called as functions become local, by call site."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tlc
+from tlc.functional import CallSiteConverter, installed, local_var, recognise
+
+
+def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Randomise every parameter so no op is an identity (NAFNet's beta/gamma start at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.dim() == 1 else 0.3) + (1.0 if p.dim() == 1 else 0.0))
+    return model
+
+
+def channel_norm(t: torch.Tensor) -> torch.Tensor:
+    """NAFNet's LayerNorm2d without affine: statistics over channels, which must stay as they are."""
+    mu = t.mean(1, keepdim=True)
+    return (t - mu) / ((t - mu).pow(2).mean(1, keepdim=True) + 1e-6).sqrt()
+
+
+class Net(nn.Module):
+    """Two levels of global ops; ``functional`` picks calls or modules, with the same parameters."""
+
+    def __init__(self, functional: bool, c: int = 6) -> None:
+        super().__init__()
+        self.functional = functional
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.pool1 = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, c, 1)
+        self.inorm = nn.InstanceNorm2d(c, affine=True)
+        self.down = nn.Conv2d(c, 2 * c, 2, stride=2)
+        self.gnorm = nn.GroupNorm(3, 2 * c)
+        self.pool2 = nn.AdaptiveAvgPool2d(1)
+        self.fc2 = nn.Conv2d(2 * c, 2 * c, 1)
+        self.up = nn.Conv2d(2 * c, c, 1)
+        self.tail = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.head(x)
+        if self.functional:
+            y = y * torch.sigmoid(self.fc1(y.mean((2, 3), keepdim=True)))
+            y = F.instance_norm(y, weight=self.inorm.weight, bias=self.inorm.bias, eps=self.inorm.eps)
+        else:
+            y = y * torch.sigmoid(self.fc1(self.pool1(y)))
+            y = self.inorm(y)
+        y = channel_norm(y)
+        z = self.down(y)
+        if self.functional:
+            z = F.group_norm(z, 3, self.gnorm.weight, self.gnorm.bias, self.gnorm.eps)
+            z = z * torch.sigmoid(self.fc2(F.adaptive_avg_pool2d(z, 1)))
+        else:
+            z = self.gnorm(z)
+            z = z * torch.sigmoid(self.fc2(self.pool2(z)))
+        z = F.interpolate(self.up(z), size=y.shape[-2:])
+        return x + self.tail(y + z)
+
+
+def pair(seed: int = 0) -> tuple[Net, Net]:
+    functional, modules = perturbed(Net(True), seed), Net(False)
+    modules.load_state_dict(functional.state_dict())
+    return functional.eval(), modules.eval()
+
+
+def image(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_functional_sites_equal_module_conversion(fast):
+    functional, modules = pair()
+    by_calls, report = tlc.convert(functional, 16, rules=(), functional=True, fast=fast)
+    by_modules, _ = tlc.convert(modules, 16, fast=fast)
+    sites = {s.op: s for s in report.call_sites}
+    assert set(sites) == {"mean", "instance_norm", "group_norm", "adaptive_avg_pool2d"}  # no channel means
+    assert all(s.converted and s.module == "" for s in report.call_sites)
+    assert sites["mean"].window == sites["instance_norm"].window == (24, 24)
+    assert sites["group_norm"].feature_size == (8, 8) and sites["adaptive_avg_pool2d"].window == (12, 12)
+    assert report.max_deviation < 1e-5
+
+    x = image(2, 3, 37, 45)  # batch 2, odd sizes: 37x45 and 18x22 maps, windows 24 and 12
+    with torch.no_grad():
+        local, reference, original = by_calls(x), by_modules(x), functional(x)
+    assert (local - reference).abs().max().item() < 1e-5
+    assert (local - original).abs().max().item() > 1e-3  # the conversion changed something
+    assert torch._C._len_torch_function_stack() == 0  # the mode is gone after the forward
+
+
+def test_nafnet_with_size_dependent_padding_and_channel_means():
+    """NAFNet pads by the input size (no fx tracing); its LayerNorm means over channels stay."""
+    model = perturbed(tlc.archs.build("NAFNet", width=8, enc_blk_nums=[1], dec_blk_nums=[1], middle_blk_num=1)).eval()
+    by_calls, report = tlc.convert(model, 16, rules=(), functional=True)
+    by_modules, module_report = tlc.convert(model, 16)
+    # The only functional global ops are the three SCA pools; the six LayerNorms' means are not sites.
+    assert [(s.module, s.op, s.window) for s in report.call_sites] == [
+        ("encoders.0.0.sca.0", "adaptive_avg_pool2d", (24, 24)),
+        ("middle_blks.0.sca.0", "adaptive_avg_pool2d", (12, 12)),
+        ("decoders.0.0.sca.0", "adaptive_avg_pool2d", (24, 24)),
+    ]
+    x = image(2, 3, 29, 43)  # padded inside to 30x44
+    with torch.no_grad():
+        assert (by_calls(x) - by_modules(x)).abs().max().item() < 1e-5
+
+    # With the module rules on, the pools are theirs: no call sites, same model as module-only.
+    both, both_report = tlc.convert(model, 16, functional=True)
+    assert both_report.call_sites == [] and len(both_report.converted) == len(module_report.converted) == 3
+    assert installed(both) is None  # nothing to convert: no hooks left behind
+    with torch.no_grad():
+        assert torch.equal(both(x), by_modules(x))
+
+
+def test_channel_means_only_is_no_global_op():
+    class LayerNormNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return channel_norm(self.conv(x)) + x.mean(-3, keepdim=True) + x.mean(dim=[1, 2], keepdim=True)
+
+    model = perturbed(LayerNormNet())
+    with pytest.warns(UserWarning, match="no global operation found"):
+        converted, report = tlc.convert(model, 16, functional=True)
+    assert report.call_sites == [] and installed(converted) is None
+    x = image(1, 3, 31, 33)
+    assert torch.equal(converted(x), model(x))
+
+
+def test_recognised_forms():
+    x, x3 = torch.rand(2, 3, 5, 7), torch.rand(3, 5, 7)
+    mean = ("mean", None)
+    assert recognise(torch.Tensor.mean, (x, (2, 3)), {"keepdim": True}) == mean
+    assert recognise(torch.Tensor.mean, (x, [-1, -2], True)) == mean
+    assert recognise(torch.mean, (x,), {"dim": (3, -2), "keepdim": True, "dtype": torch.float64}) == mean
+    assert recognise(torch.mean, (x, (2, 3)))[1].startswith("keepdim=False")
+    for not_spatial in ((x, 1), (x, (1, 2)), (x, 3), (x, (0, 2, 3)), (x3, (1, 2)), (x,)):
+        assert recognise(torch.Tensor.mean, not_spatial, {"keepdim": True}) is None
+    assert recognise(F.adaptive_avg_pool2d, (x, (1, 1))) == ("adaptive_avg_pool2d", None)
+    assert recognise(F.adaptive_avg_pool2d, (x, 2)) is None and recognise(F.adaptive_avg_pool2d, (x3, 1)) is None
+    assert recognise(F.avg_pool2d, (x, (5, 7))) == ("avg_pool2d", None)
+    assert recognise(F.avg_pool2d, (x, 5)) is None  # a local pooling already
+    assert recognise(F.avg_pool2d, (x, (5, 7), 1)) is None
+    assert recognise(F.instance_norm, (x,)) == ("instance_norm", None)
+    assert recognise(F.instance_norm, (x, torch.zeros(3), torch.ones(3)), {"use_input_stats": False}) is None
+    assert "running statistics" in recognise(F.instance_norm, (x, torch.zeros(3), torch.ones(3)))[1]
+    assert recognise(F.group_norm, (x, 1)) == ("group_norm", None)
+    assert recognise(torch.Tensor.var, (x, (2, 3), False, True)) == ("var", None)
+    assert recognise(torch.std, (x,), {"dim": (-1, -2), "keepdim": True, "correction": 0}) == ("std", None)
+    assert recognise(torch.Tensor.var, (x, False)) is None  # (input, unbiased): over everything
+    assert "no local max" in recognise(F.adaptive_max_pool2d_with_indices, (x, 1))[1]
+    assert "no local max" in recognise(torch.amax, (x, (2, 3), True))[1]
+    assert recognise(torch.Tensor.mean, (torch.zeros(2, 3, 4, 4, dtype=torch.long), (2, 3))) is None
+
+
+def brute_force(x: torch.Tensor, window: tuple[int, int], stat) -> torch.Tensor:
+    """``stat`` over the window placed for each pixel as tlc places it: starting (k-1)//2 before,
+    shifted to lie inside the map."""
+    n, c, h, w = x.shape
+    kh, kw = min(window[0], h), min(window[1], w)
+    out = torch.empty_like(x)
+    for r in range(h):
+        for q in range(w):
+            top, left = min(max(r - (kh - 1) // 2, 0), h - kh), min(max(q - (kw - 1) // 2, 0), w - kw)
+            out[:, :, r, q] = stat(x[:, :, top : top + kh, left : left + kw])
+    return out
+
+
+class Contrast(nn.Module):
+    """Contrast-aware attention style: std and var over H, W; a pooling whose kernel is the map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        s = y.std((2, 3), keepdim=True)
+        v = torch.var(y, dim=(-1, -2), keepdim=True, correction=0)
+        p = F.avg_pool2d(y, y.shape[-2:])
+        return torch.stack([s.expand_as(y), v.expand_as(y), p.expand_as(y)])
+
+
+def test_var_std_and_full_kernel_avg_pool_equal_brute_force():
+    model = perturbed(Contrast()).double()
+    converted, report = tlc.convert(model, 4, functional=True)  # window 6x6 at full resolution
+    assert [(s.op, s.window) for s in report.call_sites] == [("std", (6, 6)), ("var", (6, 6)), ("avg_pool2d", (6, 6))]
+    x = image(2, 2, 9, 11, dtype=torch.float64)
+    with torch.no_grad():
+        s, v, p = converted(x)
+        y = model.conv(x)
+    flat = lambda t: t.flatten(2)  # noqa: E731
+    assert torch.allclose(s, brute_force(y, (6, 6), lambda t: flat(t).std(-1)), atol=1e-12)
+    assert torch.allclose(v, brute_force(y, (6, 6), lambda t: flat(t).var(-1, correction=0)), atol=1e-12)
+    assert torch.allclose(p, brute_force(y, (6, 6), lambda t: flat(t).mean(-1)), atol=1e-12)
+
+
+def test_local_var_is_exact_for_offset_inputs_and_global_when_covering():
+    x = (1000 + image(1, 2, 40, 30, dtype=torch.float64)).float()  # variance 1/12 under an offset of 1000
+    ref = brute_force(x.double(), (7, 5), lambda t: t.flatten(2).var(-1))
+    assert (local_var(x, (7, 5)).double() - ref).abs().max().item() < 1e-8  # float32 rounding of ~0.08
+    x = x.double()
+    whole = local_var(x, (99, 99), correction=0)
+    assert torch.allclose(whole, x.var((2, 3), keepdim=True, correction=0).expand_as(x), atol=1e-12)
+
+
+class LeftGlobal(nn.Module):
+    """Global ops that cannot be made local, next to one that can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        flat = self.fc(y.mean((2, 3)))[:, :, None, None]  # keepdim=False
+        peak = F.adaptive_max_pool2d(y, 1) + y.amax((2, 3), keepdim=True)
+        return y * torch.sigmoid(flat + peak) + y.mean((2, 3), keepdim=True)
+
+
+def test_sites_that_cannot_be_local_are_reported_and_stay_global():
+    model = perturbed(LeftGlobal())
+    converted, report = tlc.convert(model, 16, functional=True)
+    kept = {s.op: s.reason for s in report.call_sites if not s.converted}
+    assert kept["mean"].startswith("keepdim=False") and "no local max" in kept["adaptive_max_pool2d"]
+    assert "no local max" in kept["amax"]
+    assert [s.op for s in report.call_sites if s.converted] == ["mean"]
+    text = str(report)
+    assert "functional call sites: 1 converted, 3 left global" in text and "keepdim=False" in text
+
+    x = image(2, 3, 33, 35)
+    with torch.no_grad():
+        y = converted.conv(x)
+        expected = y * torch.sigmoid(model.fc(y.mean((2, 3)))[:, :, None, None] + 2 * y.amax((2, 3), keepdim=True))
+        expected = expected + tlc.local_mean(y, (24, 24))
+        assert (converted(x) - expected).abs().max().item() < 1e-5
+
+
+class Pool(nn.Module):
+    def forward(self, t):
+        return t.mean((2, 3), keepdim=True)
+
+
+def spatial_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.mean((-2, -1), keepdim=True)
+
+
+class Levels(nn.Module):
+    """A pooling module shared by two levels, and a helper called at two levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.shared = Pool()
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = y[:, :, ::2, ::2]
+        shared = self.shared(y) + self.shared(z).mean()
+        helper = [spatial_mean(t) for t in (y, z)]
+        return y * shared + helper[0] + F.interpolate(helper[1] * z, size=y.shape[-2:])
+
+
+def test_sites_are_told_apart_by_occurrence_and_shared_modules_are_reported():
+    model = perturbed(Levels())
+    converted, report = tlc.convert(model, 16, functional=True)
+    by_module = {}
+    for s in report.call_sites:
+        by_module.setdefault(s.module, []).append(s)
+    [shared] = by_module["shared"]
+    assert not shared.converted and "several input sizes (CxHxW: 3x8x8, 3x16x16)" in shared.reason
+    helper = by_module[""]
+    assert [(s.occurrence, s.window, s.function) for s in helper if s.location.startswith("test_functional")] == [
+        (0, (24, 24), "spatial_mean"),
+        (1, (12, 12), "spatial_mean"),
+    ]
+    assert "#1" in str(report)
+    x = image(2, 3, 41, 39)
+    with torch.no_grad():
+        y = model.conv(x)
+        z = y[:, :, ::2, ::2]
+        shared_ref = y.mean((2, 3), keepdim=True) + z.mean((2, 3), keepdim=True).mean()
+        expected = y * shared_ref + tlc.local_mean(y, 24) + F.interpolate(tlc.local_mean(z, 12) * z, size=y.shape[-2:])
+        assert (converted(x) - expected).abs().max().item() < 1e-5
+
+
+def test_functional_false_leaves_calls_global():
+    functional, _ = pair()
+    converted, report = tlc.convert(functional, 16)  # the idle nn modules are matched, never called
+    assert report.call_sites == [] and not report.functional and "call sites" not in str(report)
+    assert installed(converted) is None
+    x = image(1, 3, 35, 37)
+    with torch.no_grad():
+        assert torch.equal(converted(x), functional(x))
+
+
+class Flattening(nn.Module):
+    """Squeeze-excitation with a Linear: the pooled map is flattened, so it cannot be full size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        se = self.fc(y.mean((2, 3), keepdim=True).flatten(1))[:, :, None, None]
+        return y * torch.sigmoid(se) + F.adaptive_avg_pool2d(y, 1)
+
+
+def test_a_site_whose_local_result_breaks_the_model_is_left_global():
+    model = perturbed(Flattening())
+    converted, report = tlc.convert(model, 16, functional=True)
+    mean, pool = report.call_sites
+    assert not mean.converted and "fails on its local (N, C, H, W) result" in mean.reason
+    assert pool.converted and report.max_deviation < 1e-5
+    x = image(2, 3, 30, 26)
+    with torch.no_grad():
+        y = model.conv(x)
+        expected = y * torch.sigmoid(model.fc(y.mean((2, 3)))[:, :, None, None]) + tlc.local_mean(y, 24)
+        assert (converted(x) - expected).abs().max().item() < 1e-5
+
+
+class Raising(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.inner = nn.Sequential(nn.Conv2d(3, 3, 1), Pool())
+        self.fail = False
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * self.inner(y)
+        if self.fail:
+            raise ValueError("boom")
+        if x.shape[-1] > 20:  # control flow that calibration (at 16) never took
+            y = y + F.instance_norm(y)
+        return y
+
+
+def test_exceptions_do_not_leak_the_mode_and_unseen_sites_stay_global():
+    model = perturbed(Raising())
+    converted, report = tlc.convert(model, 16, functional=True)
+    assert [(s.module, s.window) for s in report.call_sites] == [("inner.1", (24, 24))]
+    x = image(1, 3, 31, 30)
+    with torch.no_grad():
+        y = model.conv(x)
+        expected = y * tlc.local_mean(model.inner[0](y), 24)
+        expected = expected + F.instance_norm(expected)
+        with pytest.warns(UserWarning, match="instance_norm at .* was not met at calibration; it stays global"):
+            first = converted(x)
+        assert (first - expected).abs().max().item() < 1e-5
+        converted.fail = True
+        with pytest.raises(ValueError, match="boom"):
+            converted(x)
+        assert torch._C._len_torch_function_stack() == 0
+        assert installed(converted)._stack() == []
+        # A submodule called on its own runs converted too; outside the model torch is untouched.
+        assert torch.equal(converted.inner[1](y), tlc.local_mean(y, 24))
+        assert y.mean((2, 3), keepdim=True).shape == (1, 3, 1, 1)
+        converted.fail = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once per site, not on every forward
+            assert torch.equal(converted(x), first)
+
+
+def test_deepcopy_pickle_and_state_dict_keep_the_conversion():
+    functional, _ = pair()
+    converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
+    assert list(converted.state_dict()) == list(functional.state_dict())
+    x = image(1, 3, 40, 36)
+    with torch.no_grad():
+        expected = converted(x)
+        twin = copy.deepcopy(converted)
+        assert installed(twin) is not installed(converted) and isinstance(installed(twin), CallSiteConverter)
+        assert torch.equal(twin(x), expected)
+        buffer = io.BytesIO()
+        torch.save(converted, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert torch.equal(loaded(x), expected)
+        # Converting again replaces the earlier functional conversion instead of stacking a second.
+        again, report = tlc.convert(converted, 16, rules=(), functional=True)
+        assert sum(1 for h in again._forward_pre_hooks.values() if type(h).__name__ == "_Enter") == 1
+        assert len(report.call_sites) == 4 and torch.equal(again(x), expected)
+    assert installed(functional) is None  # the input model is untouched
+
+
+def test_gradients_flow_through_local_sites():
+    functional, _ = pair(seed=3)
+    converted, _ = tlc.convert(functional.double(), 4, rules=(), functional=True)  # windows 6 and 3
+    x = image(1, 3, 7, 9, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(converted, (x,), eps=1e-6, atol=1e-6)
+    converted(x).square().sum().backward()
+    grads = [p.grad for p in converted.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_module_rules_come_first_and_their_skips_stay_global():
+    class Running(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = nn.InstanceNorm2d(4, track_running_stats=True)
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+
+    model = perturbed(Running()).eval()
+    converted, report = tlc.convert(model, 16, functional=True)
+    assert [s.path for s in report.skipped] == ["norm"] and report.call_sites == []
+    # Without the module rules the running-stats norm is an affine map per pixel: not a site either.
+    with pytest.warns(UserWarning, match="no global operation found"):
+        _, report = tlc.convert(model, 16, rules=(), functional=True)
+    assert report.call_sites == []
+
+
+def test_report_lists_windows_and_serialises():
+    functional, _ = pair()
+    _, report = tlc.convert(functional, 16, rules=(), functional=True)
+    text = str(report)
+    assert "functional call sites: 4 converted, 0 left global" in text
+    assert "(model) test_functional.py:" in text and "adaptive_avg_pool2d  8x8" in text and "12x12" in text
+    data = report.to_dict()
+    assert data["functional"] is True
+    assert data["call_sites"][0]["op"] == "mean" and data["call_sites"][0]["window"] == (24, 24)

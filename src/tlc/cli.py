@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--save-images", action="store_true", help="write restored images per mode")
     evaluate.add_argument("--compare", action="store_true", help="write side-by-side crops: input | modes | target")
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N pairs")
+    evaluate.add_argument("--sync-timeout", type=float, default=1800.0, metavar="SECONDS",
+                          help="under torchrun: how long a process waits for the others before failing "
+                               "(default 1800)")
     _add_model_options(evaluate)
     _add_run_options(evaluate, modes=False)
 
@@ -323,29 +326,57 @@ def run_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from . import data
-    from .evaluate import EvalSettings, evaluate
+    from .distributed import DistributedError, PeerFailed, detect_launch, process_group
+    from .evaluate import EvalSettings, EvaluationError, evaluate
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in ("full", "tlc", "tiles")]
     if unknown or not modes:
         raise UsageError(f"--modes takes full, tlc and tiles, got {args.modes!r}")
+    if not args.sync_timeout > 0:
+        raise UsageError(f"--sync-timeout must be a positive number of seconds, got {args.sync_timeout:g}")
     protocol = _protocol(args)
     pairs = data.find_pairs(args.dataset)
     if args.limit is not None:
         pairs = replace(pairs, pairs=pairs.pairs[: args.limit])
     device = _device(args.device)
-    chosen = choose_model(args)
-    per_mode, report = _models_for(chosen, modes, device, args.dtype, args.fast)
-    if report:
-        _say(report)
-    settings = EvalSettings(model=chosen.description, modes=tuple(modes), protocol=protocol,
-                            train_size=chosen.train_size, base_size=chosen.base_size, fast=args.fast,
-                            tile=args.tile, overlap=args.overlap, device=device, dtype=args.dtype)
-    _say(f"{len(pairs.pairs)} pairs ({pairs.layout} layout), modes {', '.join(modes)}, protocol {protocol.name}")
-    result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images, compare=args.compare,
-                      progress=lambda it: _progress(it, total=len(pairs.pairs), desc="evaluating"), log=_say)
-    print(result.table())
-    _say(f"results in {args.out}/ (per_image.csv, summary.json)")
+    try:
+        launch = detect_launch()  # torchrun's RANK, WORLD_SIZE, ...; a plain run is rank 0 of 1
+    except DistributedError as err:
+        raise UsageError(str(err)) from None
+    say = _say if launch.rank == 0 else (lambda text: None)  # rank 0 speaks for the run; the others only fail
+    try:
+        with process_group(launch, device=device, timeout_s=args.sync_timeout) as group:
+            per_mode, report, chosen, error = None, "", None, None
+            try:
+                chosen = choose_model(args)
+                per_mode, report = _models_for(chosen, modes, device, args.dtype, args.fast)
+            except Exception as err:  # told to the others, so none of them waits for this process
+                if not launch.distributed:
+                    raise
+                error = err
+            group.agree(error, "loading the model")
+            if report:
+                say(report)
+            settings = EvalSettings(model=chosen.description, modes=tuple(modes), protocol=protocol,
+                                    train_size=chosen.train_size, base_size=chosen.base_size, fast=args.fast,
+                                    tile=args.tile, overlap=args.overlap, device=device, dtype=args.dtype)
+            processes = f", {launch.world_size} processes" if launch.distributed else ""
+            say(f"{len(pairs.pairs)} pairs ({pairs.layout} layout), modes {', '.join(modes)}, "
+                f"protocol {protocol.name}{processes}")
+            desc = "evaluating (rank 0's share)" if launch.distributed else "evaluating"
+            result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images,
+                              compare=args.compare, progress=lambda it: _progress(it, desc=desc), log=say,
+                              group=group)
+    except PeerFailed:
+        # Rank 0 names the failed process. Exiting 0 lets torchrun wait for rank 0 to say so (a
+        # non-zero exit here would make torchrun kill rank 0 first); the launch fails with rank 0.
+        return 0
+    except DistributedError as err:
+        raise EvaluationError(f"{err}; the rows finished so far are kept: rerun to resume") from None
+    if launch.rank == 0:
+        print(result.table())
+        say(f"results in {args.out}/ (per_image.csv, summary.json)")
     return 1 if result.failures else 0
 
 

@@ -11,6 +11,12 @@ Results go to an output folder:
   protocol, model and settings.
 - with ``save_images``: ``images/<mode>/<name>.png``; with ``compare``: ``compare/<name>.png``,
   centre crops side by side in the order input | modes... | target.
+
+Under torchrun (several processes, one or more machines) the pairs with work left are shared
+round robin; process k appends its rows to ``per_image.rank<k>.csv`` and rank 0 merges them into
+``per_image.csv`` in the single-process order (pairs, then modes) at the end, so the results
+equal a single-process run. An interrupted run leaves those files; the next run, with any
+number of processes, folds them in first and skips their rows. docs/distributed.md has more.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +36,7 @@ import torch
 from torch import nn
 
 from . import data
+from .distributed import Group, shard
 from .inference import RunSettings, restore
 from .metrics import Protocol
 
@@ -75,7 +83,13 @@ class EvalSettings:
 
 @dataclass
 class ModeSummary:
-    """Aggregates of one mode. Memory in MiB: CUDA peak allocated on a GPU, else peak resident."""
+    """Aggregates of one mode.
+
+    seconds_per_image is the mean model time per image (the forward pass, tiling included;
+    reading, scoring and writing excluded), each image timed in the process that ran it: a
+    latency, not wall time divided by images. peak_memory_mib: CUDA peak allocated on a GPU, else
+    peak resident memory of the process; with several processes, the largest of any of them.
+    """
 
     images: int = 0
     psnr: float = float("nan")
@@ -158,18 +172,64 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _repair(path: Path) -> list[dict]:
-    """Rewrite per_image.csv with its complete rows only, so appending after an interruption
-    never glues a new row onto a half-written one."""
-    rows = _read_rows(path)
-    if path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
+def _rank_files(out_dir: Path) -> list[Path]:
+    """The per-process row files (per_image.rank<k>.csv) of a run with several processes, by rank."""
+    found = []
+    for path in out_dir.glob("per_image.rank*.csv"):
+        rank = path.name[len("per_image.rank"):-len(".csv")]
+        if rank.isdigit() and path.is_file():
+            found.append((int(rank), path))
+    return [path for _, path in sorted(found)]
+
+
+def _row_order(pairs: data.PairedSet, modes: tuple[str, ...]) -> Callable[[tuple[int, dict]], tuple]:
+    """Sort key for (position, row): the single-process order (pairs in order, then modes in
+    order); rows of images or modes outside this run keep their relative order at the end."""
+    pair_index = {name: i for i, (name, _, _) in enumerate(pairs.pairs)}
+    mode_index = {mode: i for i, mode in enumerate(modes)}
+
+    def key(item: tuple[int, dict]) -> tuple:
+        position, row = item
+        if row["image"] not in pair_index:
+            return (1, 0, 0, position)
+        return (0, pair_index[row["image"]], mode_index.get(row["mode"], len(modes)), position)
+
+    return key
+
+
+def _merge_rows(out_dir: Path, order: Callable[[tuple[int, dict]], tuple]) -> tuple[list[dict], dict[Path, int]]:
+    """Fold the per-process row files into per_image.csv, in ``order``, and remove them.
+
+    per_image.csv is rewritten atomically with its complete rows only (so appending after an
+    interruption never glues a new row onto a half-written one), then the process files are
+    removed: a crash in between leaves duplicates, and the first copy of an (image, mode) wins.
+
+    Returns:
+        the rows now in per_image.csv, and the number of complete rows read from each process file.
+    """
+    csv_path = out_dir / "per_image.csv"
+    rows = _read_rows(csv_path)
+    seen = {(r["image"], r["mode"]) for r in rows}
+    per_file = {}
+    rank_files = _rank_files(out_dir)
+    for path in rank_files:
+        found = _read_rows(path)
+        per_file[path] = len(found)
+        for r in found:
+            if (r["image"], r["mode"]) not in seen:
+                seen.add((r["image"], r["mode"]))
+                rows.append(r)
+    rows = [r for _, r in sorted(enumerate(rows), key=order)]
+    if csv_path.exists() or rank_files:
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
-    return rows
+        os.replace(tmp, csv_path)
+    for path in rank_files:
+        path.unlink()
+    return rows, per_file
 
 
 def _check_resume(out_dir: Path, settings: EvalSettings) -> None:
@@ -219,58 +279,111 @@ def side_by_side(panels: list[np.ndarray], crop: int = 256, gap: int = 4) -> np.
     return np.concatenate(columns, axis=1)
 
 
-def evaluate(
+@dataclass
+class _Plan:
+    """What rank 0 decides before the work starts, shared with every process.
+
+    Attributes:
+        names: the pair names, in order (each process checks it found the same pairs).
+        done: (image, mode) rows already in per_image.csv.
+        pending: (pair index, compare strip still needed) of the pairs with work left, in order.
+        resumed: rows of this run's pairs and modes already done.
+        peaks: peak memory per mode recorded by an earlier run into the folder (MiB or None).
+        token: written to SHARED_CHECK by rank 0; each process reads it back to prove that it
+            sees the same folder (None for a single process).
+    """
+
+    names: list[str]
+    done: set[tuple[str, str]]
+    pending: list[tuple[int, bool]]
+    resumed: int
+    peaks: dict[str, float | None]
+    token: str | None = None
+
+
+SHARED_CHECK = ".tlc-shared-check"
+
+
+def _prepare(out_dir: Path, pairs: data.PairedSet, settings: EvalSettings, compare: bool, world_size: int,
+             log: Callable[[str], None]) -> _Plan:
+    """Rank 0: check run.json, fold in rows left by an interrupted run, and plan the work left."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_dir, settings)
+    leftovers = _rank_files(out_dir)
+    rows, per_file = _merge_rows(out_dir, _row_order(pairs, settings.modes))
+    if leftovers:
+        log(f"merged {sum(per_file.values())} row(s) left by an interrupted run with several processes "
+            f"({', '.join(p.name for p in leftovers)}) into per_image.csv")
+    done = {(r["image"], r["mode"]) for r in rows}
+    names = [name for name, _, _ in pairs.pairs]
+    resumed = sum(1 for name in names for mode in settings.modes if (name, mode) in done)
+    if resumed:
+        total = len(names) * len(settings.modes)
+        log(f"resuming: {resumed} of {total} (image, mode) rows already in {out_dir / 'per_image.csv'}, skipping them")
+    pending = []
+    for index, name in enumerate(names):
+        need_strip = compare and not (out_dir / "compare" / f"{name}.png").exists()
+        if need_strip or any((name, mode) not in done for mode in settings.modes):
+            pending.append((index, need_strip))
+    token = None
+    if world_size > 1:
+        token = uuid.uuid4().hex
+        _write_text(out_dir / SHARED_CHECK, token)
+    return _Plan(names, done, pending, resumed, _previous_peaks(out_dir / "summary.json", settings.modes), token)
+
+
+def _check_plan(plan: _Plan, pairs: data.PairedSet, out_dir: Path) -> None:
+    """A process other than rank 0: does it see the same pairs and the same results folder?"""
+    if plan.names != [name for name, _, _ in pairs.pairs]:
+        raise EvaluationError("this process found other pairs in the dataset than rank 0 did; "
+                              "every node needs the same dataset")
+    try:
+        seen = (out_dir / SHARED_CHECK).read_text()
+    except OSError:
+        seen = None
+    if seen != plan.token:
+        raise EvaluationError(f"{out_dir} is not the folder rank 0 writes to; with several nodes, --out must be "
+                              "on a filesystem they all share")
+
+
+def _evaluate_share(
     models: dict[str, nn.Module],
     pairs: data.PairedSet,
     settings: EvalSettings,
     out_dir: Path,
+    plan: _Plan,
+    share: list[tuple[int, bool]],
+    csv_path: Path,
     *,
-    save_images: bool = False,
-    compare: bool = False,
-    progress: Callable[[Iterable], Iterable] = lambda it: it,
-    log: Callable[[str], None] = print,
-) -> EvalResult:
-    """Evaluate each mode's model on every pair and write the results to ``out_dir``.
+    save_images: bool,
+    progress: Callable[[Iterable], Iterable],
+) -> tuple[dict[str, float | None], list[tuple[int, str]], int]:
+    """Run this process's pairs, appending a row to ``csv_path`` per (image, mode) as it goes.
 
-    Args:
-        models: mode -> model to run for it (the TLC mode's model already converted), on
-            ``settings.device`` in ``settings.dtype``.
-        pairs: the paired set to score.
-        settings: recorded in run.json; a rerun into the same folder must use the same.
-        out_dir: results folder (created).
-        save_images, compare: also write restored images / comparison strips.
-        progress: wraps the iteration over pairs (e.g. a tqdm progress bar).
-        log: where resume and failure notes go.
+    Returns:
+        peak memory per mode in MiB (None where not measured), the failures as (pair index,
+        message), and the number of rows written.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(out_dir, settings)
-    csv_path = out_dir / "per_image.csv"
-    rows = _repair(csv_path)
-    done = {(r["image"], r["mode"]) for r in rows}
-    names = {name for name, _, _ in pairs.pairs}
-    resumed = sum(1 for key in done if key[0] in names and key[1] in settings.modes)
-    if resumed:
-        total = len(pairs.pairs) * len(settings.modes)
-        log(f"resuming: {resumed} of {total} (image, mode) rows already in {csv_path}, skipping them")
-    peaks = _previous_peaks(out_dir / "summary.json", settings.modes)
-    failures: list[str] = []
+    peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
+    failures: list[tuple[int, str]] = []
+    written = 0
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new_file:
             writer.writeheader()
-        for name, input_path, target_path in progress(pairs.pairs):
-            todo = [m for m in settings.modes if (name, m) not in done]
-            need_images = compare and not (out_dir / "compare" / f"{name}.png").exists()
-            if not todo and not need_images:
-                continue
+            f.flush()
+        for index, need_images in progress(share):
+            name, input_path, target_path = pairs.pairs[index]
+            todo = [m for m in settings.modes if (name, m) not in plan.done]
             try:
                 degraded, target = data.read_image(input_path), data.read_image(target_path)
             except data.ImageError as err:
-                failures.append(f"{name}: {err}")
+                failures.append((index, f"{name}: {err}"))
                 continue
             if degraded.pixels.shape[:2] != target.pixels.shape[:2]:
-                failures.append(f"{name}: input {degraded.pixels.shape[:2]} and target {target.pixels.shape[:2]} differ in size")
+                failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
+                                        f"{target.pixels.shape[:2]} differ in size"))
                 continue
             x = data.to_model_input(degraded)
             outputs = {}
@@ -283,7 +396,7 @@ def evaluate(
                         restored = restore(models[mode], x, settings.run_settings(mode))
                         seconds = time.perf_counter() - start
                 except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
-                    failures.append(f"{name} [{mode}]: {type(err).__name__}: {str(err).splitlines()[0]}")
+                    failures.append((index, f"{name} [{mode}]: {type(err).__name__}: {str(err).splitlines()[0]}"))
                     continue
                 if memory.peak_mib is not None:
                     peaks[mode] = max(peaks[mode] or 0.0, memory.peak_mib)
@@ -294,6 +407,7 @@ def evaluate(
                     writer.writerow({"image": name, "mode": mode, "psnr": f"{value_psnr:.6f}",
                                      "ssim": f"{value_ssim:.6f}", "seconds": f"{seconds:.4f}"})
                     f.flush()
+                    written += 1
                 if save_images:
                     path = out_dir / "images" / mode / f"{name}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,9 +417,39 @@ def evaluate(
                 path = out_dir / "compare" / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 data.write_image(path, strip, bit_depth=8, overwrite=True)
+    return peaks, failures, written
+
+
+def _finish(
+    out_dir: Path,
+    pairs: data.PairedSet,
+    settings: EvalSettings,
+    plan: _Plan,
+    reports: list[tuple[dict, list, int]],
+    *,
+    compare: bool,
+    world_size: int,
+    log: Callable[[str], None],
+) -> EvalResult:
+    """Rank 0: merge every process's rows into per_image.csv and write summary.json."""
+    rows, per_file = _merge_rows(out_dir, _row_order(pairs, settings.modes))
+    if world_size > 1:
+        for rank, (_, _, written) in enumerate(reports):
+            path = out_dir / f"per_image.rank{rank}.csv"
+            if per_file.get(path, 0) < written:
+                raise EvaluationError(
+                    f"rank {rank} wrote {written} row(s) but {per_file.get(path, 0)} are readable in {path}; "
+                    "with several nodes, --out must be on a filesystem they all share")
+    peaks = dict(plan.peaks)
+    for rank_peaks, _, _ in reports:  # peak memory: the largest of any process
+        for mode, value in rank_peaks.items():
+            if value is not None:
+                peaks[mode] = max(peaks.get(mode) or 0.0, value)
+    failures = [text for _, text in sorted((f for _, rank_failures, _ in reports for f in rank_failures),
+                                           key=lambda f: f[0])]
     for failure in failures:
         log(f"failed: {failure}")
-    result = EvalResult(settings, _summarise(_read_rows(csv_path), names, settings.modes, peaks), resumed, failures)
+    result = EvalResult(settings, _summarise(rows, set(plan.names), settings.modes, peaks), plan.resumed, failures)
     summary = {
         "modes": {mode: asdict(s) for mode, s in result.modes.items()},
         "protocol": asdict(settings.protocol),
@@ -313,11 +457,82 @@ def evaluate(
         "settings": settings.to_dict(),
         "pairs": len(pairs.pairs),
         "layout": pairs.layout,
+        "processes": world_size,
         "failures": failures,
         "compare_order": ["input", *settings.modes, "target"] if compare else None,
     }
     _write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return result
+
+
+def evaluate(
+    models: dict[str, nn.Module],
+    pairs: data.PairedSet,
+    settings: EvalSettings,
+    out_dir: Path,
+    *,
+    save_images: bool = False,
+    compare: bool = False,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+    log: Callable[[str], None] = print,
+    group: Group | None = None,
+) -> EvalResult:
+    """Evaluate each mode's model on every pair and write the results to ``out_dir``.
+
+    With several processes (``group`` from :func:`tlc.distributed.process_group`, under torchrun)
+    every process calls this with the same arguments: rank 0 checks run.json, folds in rows left
+    by an interrupted run and plans the pairs with work left; they are shared round robin; each
+    process appends its rows to ``per_image.rank<k>.csv``; rank 0 then merges them into
+    per_image.csv in the single-process order and writes summary.json. Every process returns the
+    same result. A failure in one process stops all of them with rank 0 naming it; the rows
+    written so far are kept, and a rerun, with any number of processes, resumes.
+
+    Args:
+        models: mode -> model to run for it (the TLC mode's model already converted), on
+            ``settings.device`` in ``settings.dtype``.
+        pairs: the paired set to score.
+        settings: recorded in run.json; a rerun into the same folder must use the same.
+        out_dir: results folder (created); shared by all processes.
+        save_images, compare: also write restored images / comparison strips.
+        progress: wraps the iteration over rank 0's pairs (e.g. a tqdm progress bar).
+        log: where rank 0's resume and failure notes go (other ranks log nothing).
+        group: the processes of the run; None: this process alone.
+
+    Raises:
+        EvaluationError: the folder holds other settings or is not shared, or (rank 0) another
+            process failed.
+        tlc.distributed.PeerFailed: (ranks other than 0) another process failed.
+    """
+    group = group or Group()
+    distributed = group.world_size > 1
+    plan = group.run_on_rank0(lambda: _prepare(out_dir, pairs, settings, compare, group.world_size, log),
+                              "checking the results folder")
+    if distributed:
+        error = None
+        if group.rank != 0:
+            try:
+                _check_plan(plan, pairs, out_dir)
+            except EvaluationError as err:
+                error = err
+        group.agree(error, "checking that every process sees the same files")
+        if group.rank == 0:
+            (out_dir / SHARED_CHECK).unlink(missing_ok=True)
+    share = shard(plan.pending, group.rank, group.world_size)
+    csv_path = out_dir / (f"per_image.rank{group.rank}.csv" if distributed else "per_image.csv")
+    report, error = None, None
+    try:
+        report = _evaluate_share(models, pairs, settings, out_dir, plan, share, csv_path, save_images=save_images,
+                                 progress=progress if group.rank == 0 else (lambda it: it))
+    except Exception as err:  # shared with the others below: nobody waits for a process that gave up
+        if not distributed:
+            raise
+        error = err
+    group.agree(error, "evaluating its pairs")
+    reports = group.all_gather(report, "collecting the results")
+    return group.run_on_rank0(
+        lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, world_size=group.world_size,
+                        log=log),
+        "merging the results")
 
 
 def _previous_peaks(path: Path, modes: tuple[str, ...]) -> dict[str, float | None]:

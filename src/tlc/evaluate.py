@@ -499,9 +499,11 @@ def evaluate(
         group: the processes of the run; None: this process alone.
 
     Raises:
-        EvaluationError: the folder holds other settings or is not shared, or (rank 0) another
-            process failed.
-        tlc.distributed.PeerFailed: (ranks other than 0) another process failed.
+        EvaluationError: the folder holds other settings (or, seen from a process other than
+            rank 0, is not the folder rank 0 writes to).
+        tlc.distributed.DistributedError: (rank 0) another process failed, naming it and its
+            error; (any rank) the others stopped answering within the group's timeout.
+        tlc.distributed.PeerFailed: (ranks other than 0) another process failed; rank 0 says which.
     """
     group = group or Group()
     distributed = group.world_size > 1

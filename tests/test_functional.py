@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import tlc
 from tlc.functional import CallSiteConverter, installed, local_var, recognise
@@ -435,3 +436,40 @@ def test_report_lists_windows_and_serialises():
     data = report.to_dict()
     assert data["functional"] is True
     assert data["call_sites"][0]["op"] == "mean" and data["call_sites"][0]["window"] == (24, 24)
+
+
+def test_a_mode_the_model_leaves_open_survives_and_ours_is_removed():
+    class Counting(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.mode = None
+
+        def forward(self, x):
+            y = self.conv(x)
+            if self.mode is not None:
+                self.mode.__enter__()  # entered, never left: still active after the forward
+            return y * y.mean((2, 3), keepdim=True)
+
+    converted, _ = tlc.convert(perturbed(Leaky()), 16, functional=True)
+    converted.mode = mode = Counting()
+    x = image(1, 3, 30, 30)
+    try:
+        with torch.no_grad():
+            out = converted(x)
+        assert torch._C._len_torch_function_stack() == 1 and torch._C._get_function_stack_at(0) is mode
+        assert mode.calls > 0
+    finally:
+        mode.__exit__(None, None, None)
+    y = converted.conv(x)
+    assert torch._C._len_torch_function_stack() == 0
+    assert (out - y * tlc.local_mean(y, 24)).abs().max().item() < 1e-5

@@ -153,7 +153,7 @@ _NO_KEEPDIM = "keepdim=False: the result has no spatial dimensions to hold local
 
 
 def _is_map(x: object) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[-1] > 0 and x.shape[-2] > 0
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[-2:].numel() > 0
 
 
 def _bind(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -335,9 +335,14 @@ _THIS_FILE = __file__
 
 
 def _caller() -> FrameType | None:
-    """The first frame outside torch and this file: the line of model code making the call."""
+    """The line of model code making the call: the first frame outside torch, this file and any
+    ``__torch_function__`` (other modes or tensor subclasses passing the call on)."""
     frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == _THIS_FILE):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH_DIR)
+        or frame.f_code.co_filename == _THIS_FILE
+        or frame.f_code.co_name == "__torch_function__"
+    ):
         frame = frame.f_back
     return frame
 
@@ -370,6 +375,18 @@ class _Leave:
 
     def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
         self.enter.converter._leave(self.enter)
+
+
+def _remove_mode(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off torch's function-mode stack, keeping any mode the model left above it."""
+    depth = torch._C._len_torch_function_stack()
+    found = [i for i in range(depth) if torch._C._get_function_stack_at(i) is mode]
+    if not found:
+        return
+    above = [torch._C._pop_torch_function_stack() for _ in range(depth - 1 - found[-1])]
+    torch._C._pop_torch_function_stack()
+    for other in reversed(above):
+        torch._C._push_on_torch_function_stack(other)
 
 
 class _LocalCalls(TorchFunctionMode):
@@ -460,11 +477,7 @@ class CallSiteConverter:
         mode = getattr(self._thread, "mode", None)
         if not stack and mode is not None:
             self._thread.mode = None
-            depth = torch._C._len_torch_function_stack()
-            if depth and torch._C._get_function_stack_at(depth - 1) is mode:
-                mode.__exit__(None, None, None)
-            else:  # someone left a mode of theirs above ours: leave it, take ours out below it
-                warnings.warn("tlc: another torch function mode is still active at the end of the forward", stacklevel=2)
+            _remove_mode(mode)
 
     # --- the mode's answer to a recognised call
     def _call(self, func: Callable, args: tuple, kwargs: dict, call: _Call) -> object:
@@ -569,7 +582,8 @@ def remove_call_site_conversion(model: nn.Module, only: CallSiteConverter | None
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for hook_id, hook in list(hooks.items()):
-                owner = hook.converter if isinstance(hook, _Enter) else hook.enter.converter if isinstance(hook, _Leave) else None
+                enter = hook.enter if isinstance(hook, _Leave) else hook
+                owner = enter.converter if isinstance(enter, _Enter) else None
                 if owner is not None and (only is None or owner is only):
                     del hooks[hook_id]
                     module._forward_hooks_always_called.pop(hook_id, None)

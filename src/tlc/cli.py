@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", "Restore images with a model, with TLC by default.",
         "  tlc restore blurry.png -o out/ --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth\n"
         "  tlc restore photos/ 'more/*.jpg' -o out/ --weights model.pth --train-size 256 --mode full\n"
-        "  tlc restore big.tif -o out/ --weights model.pth --device cuda --dtype float16\n",
+        "  tlc restore big.tif -o out/ --weights model.pth --device cuda --dtype float16\n"
+        "  tlc restore huge_8k.tif -o out/ --model tiny-nafnet --max-megapixels 2   # tiled TLC, tiles <= 2 MP\n",
     )
     restore.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     restore.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="folder for the results")
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--ext", metavar="SUFFIX", help="output format, e.g. png (default: the input's)")
     _add_model_options(restore)
     _add_run_options(restore, modes=True)
+    restore.add_argument("--max-megapixels", metavar="N",
+                         help="tlc mode: run the converted model tile by tile, no tile (context margins included) "
+                              "over N million pixels, reproducing the whole-image result; bounds memory on huge "
+                              "images, e.g. --max-megapixels 4 (default: the whole image at once)")
+    restore.add_argument("--tile-margin", metavar="PX",
+                         help="with --max-megapixels: context kept around each tile in pixels (default: from the "
+                              "model: its largest local window's reach plus its convolutions' reach)")
 
     evaluate = command(
         "eval", "Score a model on a paired dataset in several modes (resumable).",
@@ -251,8 +259,9 @@ def run_restore(args: argparse.Namespace) -> int:
         _say(f"tlc: warning: {problem}")
     if not paths:
         raise UsageError("no input images found")
+    max_megapixels, tile_margin = _tiling_flags(args)
     settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=_device(args.device),
-                           dtype=args.dtype)
+                           dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
     chosen = choose_model(args)
     models, report = _models_for(chosen, [args.mode], settings.device, settings.dtype, args.fast)
     if report:
@@ -279,6 +288,8 @@ def run_restore(args: argparse.Namespace) -> int:
             continue
         try:
             image = data.read_image(path)
+            if max_megapixels is not None:
+                _say_tile_plan(model, path, image.pixels.shape[:2], max_megapixels, tile_margin)
             restored = restore(model, data.to_model_input(image), settings)
             pixels, alpha = data.from_model_output(restored, image)
             lossy = target.suffix.lower() in (".jpg", ".jpeg")  # 8-bit, no alpha: say so rather than fail
@@ -300,6 +311,46 @@ def run_restore(args: argparse.Namespace) -> int:
     note = f"; {skipped} skipped (already there, use --overwrite)" if skipped else ""
     _say(f"wrote {written} image(s) to {args.output}{note}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _tiling_flags(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    """--max-megapixels and --tile-margin checked, with errors naming the flags."""
+    import math
+
+    if args.max_megapixels is None:
+        if args.tile_margin is not None:
+            raise UsageError("--tile-margin goes with --max-megapixels (it is the tiles' context)")
+        return None, None
+    try:
+        megapixels = float(args.max_megapixels)
+    except ValueError:
+        megapixels = math.nan
+    if not math.isfinite(megapixels) or megapixels <= 0:
+        raise UsageError(f"--max-megapixels must be a positive number of megapixels, e.g. 4; got {args.max_megapixels!r}")
+    if args.mode != "tlc":
+        raise UsageError(f"--max-megapixels runs TLC tile by tile; --mode {args.mode} "
+                         + ("is the whole image in one pass" if args.mode == "full" else "is bounded by --tile already"))
+    margin = None
+    if args.tile_margin is not None:
+        try:
+            margin = int(args.tile_margin)
+        except ValueError:
+            margin = -1
+        if margin < 0:
+            raise UsageError(f"--tile-margin must be a whole number of pixels >= 0; got {args.tile_margin!r}")
+    return megapixels, margin
+
+
+def _say_tile_plan(model: nn.Module, path: Path, size: tuple[int, int], max_megapixels: float, margin: int | None) -> None:
+    """One line per image on how it is tiled, and a warning when tiles are mostly margin."""
+    from .inference import model_tile_plan
+
+    plan = model_tile_plan(model, size, max_megapixels, margin=margin)
+    if len(plan.tiles) > 1:
+        _say(f"{path.name}: {plan}")
+    if plan.overhead > 3:
+        _say(f"tlc: warning: {path.name}: the tiles are mostly context margin ({plan.overhead:.1f}x the pixels of "
+             "one pass); a larger --max-megapixels runs faster")
 
 
 def _protocol(args: argparse.Namespace):

@@ -56,10 +56,10 @@ WEIGHTS = ROOT / "src" / "tlc" / "weights"
 #: name -> (architecture, constructor keywords for tlc.archs.build; "UNet" is tlc.archs.unet.UNet).
 MODELS: dict[str, tuple[str, dict]] = {
     "tiny-unet": ("UNet", dict(width=16, depth=3, blocks=2, norm="none", attention="none")),
-    "tiny-unet-in": ("UNet", dict(width=16, depth=3, blocks=2, norm="instance", attention="none")),
+    "tiny-unet-in": ("UNet", dict(width=16, depth=3, blocks=2, norm="instance", attention="none", padding_mode="reflect")),
     "tiny-unet-se": ("UNet", dict(width=16, depth=3, blocks=2, norm="none", attention="se")),
     "tiny-nafnet": ("NAFNet", dict(width=16, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1])),
-    "tiny-hinet": ("HINet", dict(wf=16, depth=3, hin_position_left=0, hin_position_right=2, padder_size=4)),
+    "tiny-hinet": ("HINet", dict(wf=16, depth=3, hin_position_left=0, hin_position_right=2, padder_size=4, padding_mode="reflect")),
 }
 
 # scikit-image photographs that load without a download (checked: brain, eagle, kidney, lily,

@@ -9,6 +9,7 @@ import torch
 
 import tlc
 from tlc.archs import build
+from tlc.inference import final_output
 
 from .conftest import CONFORMANCE
 
@@ -109,3 +110,19 @@ def test_build_rejects_unknown_names():
         build("ResNet")
     with pytest.raises(ValueError, match="widht"):
         build("NAFNet", widht=3)
+
+
+@pytest.mark.parametrize("arch, config", [("HINet", dict(wf=8, depth=3)), ("UNet", dict(width=8, depth=2, norm="instance"))])
+def test_padding_mode_is_configurable_and_keeps_keys(arch, config):
+    torch.manual_seed(0)
+    zeros = tlc.archs.build(arch, **config).eval()
+    reflect = tlc.archs.build(arch, padding_mode="reflect", **config).eval()
+    reflect.load_state_dict(zeros.state_dict(), strict=True)
+    padded = [m for m in reflect.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
+    assert padded and all(m.padding_mode == "reflect" for m in padded)
+    x = torch.rand(2, 3, 37, 45)
+    with torch.no_grad():
+        a, b = (final_output(m(x)) for m in (zeros, reflect))
+    assert a.shape == b.shape == x.shape and (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="padding_mode"):
+        tlc.archs.build(arch, padding_mode="circular-ish", **config)

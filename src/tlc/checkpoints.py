@@ -45,7 +45,7 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 #: Constructor arguments that do not shape any weight, so detect() cannot see them; they keep their
 #: defaults unless given to load_model.
-NOT_IN_WEIGHTS = {"HINet": ("relu_slope", "padder_size"), "MPRNet": ("padder_size",)}
+NOT_IN_WEIGHTS = {"HINet": ("relu_slope", "padder_size", "padding_mode"), "MPRNet": ("padder_size",), "UNet": ("padding_mode",)}
 
 _EXAMPLES = 8  # how many keys an error message lists before "and N more"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6

@@ -193,10 +193,12 @@ def _tiny(name: str, arch: str, config: dict) -> ModelEntry:
 #: Small models trained here for the paper's study and the demo; their weights ship with tlc.
 BUNDLED: tuple[ModelEntry, ...] = (
     _tiny("tiny-unet", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "none", "attention": "none"}),
-    _tiny("tiny-unet-in", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "instance", "attention": "none"}),
+    _tiny("tiny-unet-in", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "instance", "attention": "none",
+                                   "padding_mode": "reflect"}),
     _tiny("tiny-unet-se", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "none", "attention": "se"}),
     _tiny("tiny-nafnet", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1]}),
-    _tiny("tiny-hinet", "HINet", {"wf": 16, "depth": 3, "hin_position_left": 0, "hin_position_right": 2, "padder_size": 4}),
+    _tiny("tiny-hinet", "HINet", {"wf": 16, "depth": 3, "hin_position_left": 0, "hin_position_right": 2, "padder_size": 4,
+                                 "padding_mode": "reflect"}),
 )
 REGISTRY = REGISTRY + BUNDLED
 

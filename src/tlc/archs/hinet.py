@@ -119,6 +119,11 @@ class HINet(nn.Module):
         relu_slope: LeakyReLU negative slope.
         hin_position_left, hin_position_right: encoder levels (inclusive) that use Half Instance Norm.
         padder_size: the multiple the input is padded to.
+        padding_mode: border handling of every padded convolution, ``"zeros"`` as in the
+            reference, or ``"reflect"`` / ``"replicate"`` (not in the reference; tlc's own
+            ``tiny-hinet`` uses ``"reflect"``: zero padding marks a small training crop's border
+            in every feature map, and instance norm trained on 48-pixel crops comes to rely on
+            that mark, which whole images do not have). Weights do not depend on it.
     """
 
     def __init__(
@@ -130,8 +135,11 @@ class HINet(nn.Module):
         hin_position_left: int = 0,
         hin_position_right: int = 4,
         padder_size: int = 16,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"padding_mode must be zeros, reflect or replicate, got {padding_mode!r}")
         self.depth = depth
         self.padder_size = padder_size
         self.down_path_1 = nn.ModuleList()
@@ -159,6 +167,9 @@ class HINet(nn.Module):
         self.sam12 = SAM(prev, in_chn)
         self.cat12 = nn.Conv2d(2 * prev, prev, 1)
         self.last = nn.Conv2d(prev, in_chn, 3, padding=1)
+        for module in self.modules():  # after construction: the blocks keep the reference's signatures
+            if isinstance(module, nn.Conv2d) and module.padding != (0, 0):
+                module.padding_mode = padding_mode
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = x.shape[-2:]

@@ -170,6 +170,10 @@ def test_exact_margin_reproduces_whole_image_tlc(small_nafnet):
         plan = plan_tiles((203, 317), 0.05, context.exact_margin, context.multiple)
         assert len(plan.tiles) >= 4
         torch.testing.assert_close(run_plan(small_nafnet, x, plan), whole, atol=1e-5, rtol=0)
+        # Cores off the model's 4-px grid: feature pixels no longer line up with the whole image's.
+        unaligned = plan_tiles((203, 317), 0.05, context.exact_margin, 1)
+        assert any(t.core_rows.start % 4 or t.core_cols.start % 4 for t in unaligned.tiles)
+        assert (run_plan(small_nafnet, x, unaligned) - whole).abs().max() > 1e-2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -258,3 +258,13 @@ def test_out_of_memory_on_one_image_is_reported_and_the_rest_continue(workspace,
     err = capsys.readouterr().err
     assert "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB" in err and "more detail" not in err
     assert len(list(out.iterdir())) == 2
+
+
+def test_functional_flag_is_recorded_and_reported(workspace, pairs, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out, "--functional") == 0
+    assert json.loads((out / "run.json").read_text())["functional"] is True
+    assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out) == 2
+    assert "functional differ" in capsys.readouterr().err
+    assert run("inspect", *weights(workspace), "--functional") == 0
+    assert "functional call sites: 0 converted, 0 left global" in capsys.readouterr().out

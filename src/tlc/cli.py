@@ -65,6 +65,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
     group.add_argument("--fast", action="store_true",
                        help="use the reference's approximate fast_imp pooling (not exact)")
+    group.add_argument("--functional", action="store_true",
+                       help="also make global ops called as functions local: x.mean((2, 3), keepdim=True), "
+                            "F.adaptive_avg_pool2d(x, 1), F.instance_norm, ... (see docs/functional.md)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:
@@ -218,7 +221,9 @@ def choose_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
     return ChosenModel(model, description, train, base)
 
 
-def _models_for(chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool) -> tuple[dict, str]:
+def _models_for(
+    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = False
+) -> tuple[dict, str]:
     """mode -> model on the device in the dtype (the TLC one converted), and the report text."""
     from .convert import convert
 
@@ -230,8 +235,11 @@ def _models_for(chosen: ChosenModel, modes: list[str], device: str, dtype: str, 
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a model without global ops: the report says so
-            per_mode["tlc"], conversion = convert(model, chosen.train_size, chosen.base_size, fast=fast)
-        report = (f"TLC: {len(conversion.converted)} global ops made local "
+            per_mode["tlc"], conversion = convert(
+                model, chosen.train_size, chosen.base_size, fast=fast, functional=functional
+            )
+        sites = sum(1 for site in conversion.call_sites if site.window is not None) if functional else 0
+        report = (f"TLC: {len(conversion.converted) + sites} global ops made local "
                   f"(train {chosen.train_size[0]}x{chosen.train_size[1]}, base {chosen.base_size[0]}x{chosen.base_size[1]})")
     return per_mode, report
 
@@ -263,7 +271,7 @@ def run_restore(args: argparse.Namespace) -> int:
     settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=_device(args.device),
                            dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
     chosen = choose_model(args)
-    models, report = _models_for(chosen, [args.mode], settings.device, settings.dtype, args.fast)
+    models, report = _models_for(chosen, [args.mode], settings.device, settings.dtype, args.fast, args.functional)
     if report:
         _say(report)
     model = models[args.mode]
@@ -401,7 +409,7 @@ def run_eval(args: argparse.Namespace) -> int:
             per_mode, report, chosen, error = None, "", None, None
             try:
                 chosen = choose_model(args)
-                per_mode, report = _models_for(chosen, modes, device, args.dtype, args.fast)
+                per_mode, report = _models_for(chosen, modes, device, args.dtype, args.fast, args.functional)
             except Exception as err:  # told to the others, so none of them waits for this process
                 if not launch.distributed:
                     raise
@@ -411,6 +419,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 say(report)
             settings = EvalSettings(model=chosen.description, modes=tuple(modes), protocol=protocol,
                                     train_size=chosen.train_size, base_size=chosen.base_size, fast=args.fast,
+                                    functional=args.functional,
                                     tile=args.tile, overlap=args.overlap, device=device, dtype=args.dtype)
             processes = f", {launch.world_size} processes" if launch.distributed else ""
             say(f"{len(pairs.pairs)} pairs ({pairs.layout} layout), modes {', '.join(modes)}, "
@@ -448,7 +457,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        converted, report = convert(model, chosen.train_size, chosen.base_size, fast=args.fast)
+        converted, report = convert(model, chosen.train_size, chosen.base_size, fast=args.fast,
+                                    functional=args.functional)
     print(report)
     if args.size:
         print(activation_memory(model, converted, report, args.size))

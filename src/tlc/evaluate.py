@@ -57,6 +57,7 @@ class EvalSettings:
         protocol: how outputs are scored.
         train_size, base_size: TLC setting, (H, W) in pixels.
         fast: the approximate fast_imp pooling for TLC.
+        functional: TLC also converts global ops called as functions (``convert(functional=True)``).
         tile, overlap: tiling for mode "tiles".
         device, dtype: where and in what precision the model runs.
     """
@@ -67,6 +68,7 @@ class EvalSettings:
     train_size: tuple[int, int]
     base_size: tuple[int, int]
     fast: bool = False
+    functional: bool = False
     tile: int = 256
     overlap: int = 32
     device: str = "cpu"

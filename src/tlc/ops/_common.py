@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import sys
 
 import torch
 
@@ -15,7 +16,9 @@ def as_pair(value: int | tuple[int, int] | list[int], name: str) -> Pair:
     try:
         if len(items) != 2 or any(isinstance(v, bool) for v in items):
             raise TypeError
-        pair = (operator.index(items[0]), operator.index(items[1]))
+        # Ints pass as they are: a symbolic size (export/compile: a window clamped to the map;
+        # dynamo sees it as an int) would be fixed to its traced value by operator.index.
+        pair = tuple(v if isinstance(v, (int, torch.SymInt)) else operator.index(v) for v in items)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if pair[0] < 1 or pair[1] < 1:
@@ -47,3 +50,18 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype elementwise work is done in: at least float32, so half inputs keep their digits."""
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+# --- Tracing guard (export: ONNX, torch.export, torch.compile) -------------------------------------
+def tracing() -> bool:
+    """True while torch.compile, torch.export or an ONNX exporter traces the ops.
+
+    Sizes may then be symbolic: the ops take their branch-free forms (valid for every size, so a
+    Python branch on the size is not frozen into the graph) and never the numba kernel, which
+    cannot run on the tracer's fake tensors.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    # Only consult torch.onnx when it was imported: no ONNX export can be under way otherwise.
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()

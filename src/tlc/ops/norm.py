@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
+from ._opaque import opaque_local_mean, opaque_local_mean_applies
 from .pool import clamp_window, replicate_to, window_sums
 
 
@@ -52,12 +53,17 @@ def local_group_norm(
     else:
         first, second = centred.mean(dim=2), centred.square().mean(dim=2)
     del centred
-    area = kh * kw
-    mean = window_sums(first, (kh, kw), acc) / area  # (N, G, H-kh+1, W-kw+1), relative to center
-    var = (window_sums(second, (kh, kw), acc) / area - mean.square()).clamp_min_(0)
-
-    rstd = replicate_to(torch.rsqrt(var + eps).to(work), (h, w)).unsqueeze(2)
-    mean = replicate_to(mean.to(work), (h, w)).unsqueeze(2)
+    if opaque_local_mean_applies(first):  # torch.compile: per-pixel statistics, one opaque op each
+        mean = opaque_local_mean(first, as_pair(window, "window"))  # (N, G, H, W), relative to center
+        var = (opaque_local_mean(second, as_pair(window, "window")) - mean.square()).clamp_min_(0)
+        rstd = torch.rsqrt(var + eps).to(work).unsqueeze(2)
+        mean = mean.to(work).unsqueeze(2)
+    else:
+        area = kh * kw
+        mean = window_sums(first, (kh, kw), acc) / area  # (N, G, H-kh+1, W-kw+1), relative to center
+        var = (window_sums(second, (kh, kw), acc) / area - mean.square()).clamp_min_(0)
+        rstd = replicate_to(torch.rsqrt(var + eps).to(work), (h, w)).unsqueeze(2)
+        mean = replicate_to(mean.to(work), (h, w)).unsqueeze(2)
     out = (((groups.to(work) - center) - mean) * rstd).reshape(n, c, h, w)
     if weight is not None:
         out = out * weight.to(work).view(1, c, 1, 1)

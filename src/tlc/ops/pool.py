@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import Pair, accumulation_dtype, as_pair, check_feature_map
+from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
 from ._kernels import fused_local_mean, fused_local_mean_available
+from ._opaque import opaque_local_mean, opaque_local_mean_applies
 
 
 def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -26,6 +27,10 @@ def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch
     Output length along ``dim`` is ``L - k + 1``. Uses one prefix sum and one difference.
     """
     length = x.shape[dim]
+    if tracing():  # export/compile: one branch-free form, valid whatever the (symbolic) length
+        prefix = torch.cumsum(x, dim=dim, dtype=dtype)
+        prefix = torch.cat([torch.zeros_like(prefix.narrow(dim, 0, 1)), prefix], dim=dim)
+        return prefix.narrow(dim, k, length - k + 1) - prefix.narrow(dim, 0, length - k + 1)
     if k == length:
         return x.sum(dim=dim, keepdim=True, dtype=dtype)
     if k == 1:
@@ -39,7 +44,8 @@ def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch
 def clamp_window(window: int | Pair, size: tuple[int, int]) -> Pair:
     """The window actually used on a map of ``size`` (H, W): each axis clamped to the map."""
     kh, kw = as_pair(window, "window")
-    return min(kh, size[0]), min(kw, size[1])
+    # sym_min is min for ints; on the symbolic sizes of export/compile it stays symbolic.
+    return torch.sym_min(kh, size[0]), torch.sym_min(kw, size[1])
 
 
 def window_sums(x: torch.Tensor, window: int | Pair, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -57,7 +63,7 @@ def window_sums(x: torch.Tensor, window: int | Pair, dtype: torch.dtype | None =
     check_feature_map(x)
     kh, kw = clamp_window(window, x.shape[-2:])
     dtype = dtype or accumulation_dtype(x)
-    if kh == x.shape[-2] and kw == x.shape[-1]:
+    if not tracing() and kh == x.shape[-2] and kw == x.shape[-1]:
         return x.sum(dim=(-2, -1), keepdim=True, dtype=dtype)
     # Along W first: the map shrinks to W - kw + 1 columns before the second prefix sum.
     return _sliding_sum(_sliding_sum(x, kw, -1, dtype), kh, -2, dtype)
@@ -71,6 +77,9 @@ def replicate_to(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     h, w = size
     vh, vw = valid.shape[-2:]
+    if tracing():  # export/compile: no branch on the (symbolic) sizes; pads may be zero
+        left, top = (w - vw) // 2, (h - vh) // 2  # after = total - before: provably sums to (h, w)
+        return F.pad(valid, (left, w - vw - left, top, h - vh - top), mode="replicate")
     if (vh, vw) == (h, w):
         return valid
     if (vh, vw) == (1, 1):
@@ -92,8 +101,10 @@ def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
         so the only error is the final rounding to ``x.dtype``.
     """
     check_feature_map(x)
+    if opaque_local_mean_applies(x):  # torch.compile: one opaque op, no window-sized shapes
+        return opaque_local_mean(x, as_pair(window, "window"))
     kh, kw = clamp_window(window, x.shape[-2:])
-    if (kh, kw) != tuple(x.shape[-2:]) and fused_local_mean_available(x):
+    if fused_local_mean_available(x) and (kh, kw) != tuple(x.shape[-2:]):
         return fused_local_mean(x, (kh, kw))
     return local_mean_by_prefix_sums(x, (kh, kw))
 
@@ -112,7 +123,7 @@ def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     """
     check_feature_map(x)
     kh, kw = clamp_window(window, x.shape[-2:])
-    if (kh, kw) != tuple(x.shape[-2:]) and fused_local_mean_available(x):
+    if fused_local_mean_available(x) and (kh, kw) != tuple(x.shape[-2:]):
         return fused_local_mean(x, (kh, kw), valid_only=True)
     return (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
 

@@ -1,0 +1,309 @@
+"""Export of (converted) models to ONNX with dynamic batch, height and width.
+
+Under ``torch.export`` (which the ONNX exporter runs) and ``torch.compile`` the local ops take
+branch-free torch forms (:func:`tlc.ops._common.tracing`): the window is clamped to the map with
+``torch.sym_min``, sums come from zero-padded float64 prefix sums and the edge replication is one
+replicate pad, so a single graph is right at every size. The numba kernel is never traced.
+
+The graph is traced with named dimensions (``torch.export.Dim``); were any branch of the model to
+depend on the image size, ``torch.export`` would refuse rather than freeze one branch into the
+file (:class:`ExportError`). The file is written atomically, after onnxruntime (when installed)
+has reproduced PyTorch on two input sizes.
+
+Needs the ``export`` extra: ``pip install 'tlc[export]'`` (onnx, onnxscript, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .nn import LocalAvgPool2d
+from .ops._common import Pair, as_pair
+
+INPUT_NAME = "image"
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported file does not reproduce PyTorch."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the .onnx file.
+        opset: ONNX opset of the default domain.
+        input_name: name of the (N, C, H, W) input; N, H and W are dynamic (N only with
+            ``dynamic_batch``).
+        output_names: one name per output tensor, in the model's order.
+        checked_shapes: input shapes onnxruntime was run on (empty when not checked).
+        max_abs_diff: max |onnxruntime - PyTorch| over those runs and outputs (None: not checked).
+        seconds: wall time of tracing, conversion and writing (not the check).
+    """
+
+    path: Path
+    opset: int
+    input_name: str
+    output_names: tuple[str, ...]
+    checked_shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_diff: float | None
+    seconds: float
+
+    def __str__(self) -> str:
+        outputs = ", ".join(self.output_names)
+        line = f"ONNX opset {self.opset}: {self.path} ({self.input_name} N x C x H x W -> {outputs}), {self.seconds:.1f} s"
+        if self.max_abs_diff is None:
+            return line + "; not checked (onnxruntime not installed)"
+        shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
+        return line + f"; onnxruntime vs PyTorch on {shapes}: max abs diff {self.max_abs_diff:.2e}"
+
+
+def _output_tensors(output: object) -> list[torch.Tensor]:
+    """The tensors a model returns: one tensor, or a flat list/tuple of them (HINet's stages)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output):
+        return list(output)
+    raise ExportError(f"the model must return a tensor or a list/tuple of tensors, got {type(output).__name__}")
+
+
+def _example(
+    model: nn.Module, shape: tuple[int, int, int], in_channels: int | None, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, int]:
+    """A random (N, C, h, w) input the model runs on, and its number of outputs.
+
+    Without ``in_channels``, C is tried among the convolutions' input channels in module order
+    (the first registered convolution is not always the input's: HINet's encoders come first).
+    """
+    convs = [m.in_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    candidates = [in_channels] if in_channels is not None else list(dict.fromkeys(convs))
+    if not candidates:
+        raise ExportError("cannot tell the model's input channels (it has no convolution): pass in_channels")
+    generator = torch.Generator().manual_seed(0)
+    for channels in candidates:
+        x = torch.rand(shape[0], channels, *shape[1:], generator=generator).to(device=device, dtype=dtype)
+        try:
+            with torch.no_grad():
+                return x, len(_output_tensors(model(x)))
+        except RuntimeError as err:
+            if in_channels is not None or "channels" not in str(err):
+                raise ExportError(f"the model fails on a {tuple(x.shape)} input: {_first_line(err)}") from err
+    raise ExportError(f"the model runs on none of {candidates} input channels: pass in_channels")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the export; every module's own train/eval flag restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.train(flag)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's notices about optional packages (torchvision's ops are not used)."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_size(size: Pair) -> tuple[int, int]:
+    # A second check size, odd on both axes and larger, so windows smaller than the map are exercised.
+    return 2 * size[0] + 1, 2 * size[1] + 3
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    example_size: int | Pair = (64, 64),
+    in_channels: int | None = None,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    overwrite: bool = False,
+    check: bool = True,
+    tolerance: float = 1e-4,
+) -> OnnxExport:
+    """Export a model (typically converted by :func:`tlc.convert`) to ONNX with dynamic N, H, W.
+
+    The model is traced in eval mode (flags restored afterwards) on a random (2, C, h, w) input
+    of ``example_size`` in the model's dtype and device; the graph is valid for every H, W >= 2
+    the model itself accepts (NAFNet and HINet pad internally, so any size). With ``check``
+    and onnxruntime installed, the file is run on the example and on a larger odd size (batch 1)
+    and must match PyTorch within ``tolerance`` before it is written.
+
+    Args:
+        model: module taking one (N, C, H, W) image tensor and returning a tensor or a list of
+            tensors. Approximate ``fast=True`` pooling cannot be exported (its subsampling
+            depends on the size).
+        path: destination file; never overwritten unless ``overwrite``; written atomically.
+        example_size: (h, w) of the tracing input, in pixels (any size the model runs at).
+        in_channels: C of the input; default the first Conv2d's.
+        opset: ONNX opset (18 runs on onnxruntime >= 1.14).
+        dynamic_batch: make N dynamic too (traced at N=2); False fixes N at 1.
+        overwrite: replace an existing file.
+        check: compare onnxruntime with PyTorch before writing.
+        tolerance: max abs difference the check accepts.
+
+    Returns:
+        :class:`OnnxExport` describing the file (path, names, opset, checked error).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ExportError: the model cannot be traced with dynamic sizes, or the check fails.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the .onnx file to write")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    size = as_pair(example_size, "example_size")
+    if min(size) < 2:
+        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
+    fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
+    if fast is not None:
+        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
+                          "depends on the image size; convert with fast=False to export")
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    if dtype not in (torch.float32, torch.float64, torch.float16):
+        raise ExportError(f"export a float32, float64 or float16 model, not {dtype} (onnxruntime lacks most bfloat16 kernels)")
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 (the exporter needs it; say so up front)
+    except ImportError:
+        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'tlc[export]'") from None
+    batch = 2 if dynamic_batch else 1  # size 1 would be traced as a constant
+
+    dims = {2: torch.export.Dim.DYNAMIC(min=2), 3: torch.export.Dim.DYNAMIC(min=2)}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim.DYNAMIC
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with _eval_mode(model), _quiet_exporter():
+            example, outputs = _example(model, (batch, *size), in_channels, device, dtype)
+            channels, names = example.shape[1], _output_names(outputs)
+            try:
+                # As the ONNX exporter itself traces: Python-level (strict=False), and size-oblivious
+                # so that a size of 1 somewhere (a window covering its map) is not a special case.
+                with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+                    program = torch.export.export(model, (example,), dynamic_shapes=(dims,), strict=False)
+            except Exception as err:
+                raise ExportError(f"torch.export could not trace the model with dynamic sizes: {_first_line(err)}") from err
+            _check_sizes_stay_dynamic(program, sorted(dims))
+            try:
+                onnx_program = torch.onnx.export(
+                    program, (example,), input_names=[INPUT_NAME], output_names=list(names),
+                    opset_version=opset, dynamo=True, verbose=False, optimize=True,
+                )
+            except Exception as err:
+                raise ExportError(f"the ONNX exporter failed: {_first_line(err)}") from err
+            onnx_program.save(tmp, external_data=False)
+            _name_dynamic_dims(onnx, tmp, sorted(dims))
+            seconds = time.perf_counter() - start
+            checked: tuple[tuple[int, int, int, int], ...] = ()
+            max_diff = None
+            if check:
+                shapes = [tuple(example.shape), (1, channels, *_check_size(size))]
+                max_diff = _check_onnxruntime(model, tmp, shapes, device, dtype, tolerance)
+                if max_diff is not None:
+                    checked = tuple(shapes)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return OnnxExport(path, opset, INPUT_NAME, names, checked, max_diff, seconds)
+
+
+_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+def _check_sizes_stay_dynamic(program: torch.export.ExportedProgram, axes: list[int]) -> None:
+    """Refuse a trace whose graph holds only for some sizes.
+
+    Dynamic dims that tracing met in a Python branch (``if h > 48``) are silently narrowed or
+    fixed by ``torch.export``; the ONNX file has no such check and would be wrong elsewhere.
+    """
+    from torch.utils._sympy.numbers import int_oo  # the unbounded upper end of a range
+
+    image = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs)
+    shape = image.meta["val"].shape
+    for axis in axes:
+        size = shape[axis]
+        limit = 1 if axis == 0 else 2
+        ranges = program.range_constraints.get(size.node.expr) if isinstance(size, torch.SymInt) else None
+        if ranges is None or ranges.lower > limit or ranges.upper != int_oo:
+            found = f"fixed at {size}" if ranges is None else f"valid for {ranges.lower}..{ranges.upper} only"
+            raise ExportError(f"the traced graph is {found} in {_AXES[axis]}: the model branches on the image size "
+                              "in Python (e.g. fast=True pooling or a size check), so no single graph fits every size")
+
+
+def _name_dynamic_dims(onnx, path: Path, axes: list[int]) -> None:
+    """Rename the exporter's size symbols (``s45``) to batch/height/width throughout the file."""
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[axis].dim_param: _AXES[axis] for axis in axes if dims[axis].dim_param}
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: names[m.group(1)], dim.dim_param)
+    onnx.save(model, str(path))
+
+
+def _output_names(count: int) -> tuple[str, ...]:
+    return ("output",) if count == 1 else tuple(f"output_{i}" for i in range(count))
+
+
+def _check_onnxruntime(
+    model: nn.Module, path: Path, shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype,
+    tolerance: float,
+) -> float | None:
+    """Max |onnxruntime - PyTorch| over random inputs of ``shapes``; None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for shape in shapes:
+        x = torch.rand(shape, generator=generator).to(dtype)
+        with torch.no_grad():
+            expected = _output_tensors(model(x.to(device)))
+        got = session.run(None, {INPUT_NAME: x.numpy()})
+        for want, have in zip(expected, got):
+            diff = (want.float().cpu() - torch.from_numpy(have).float()).abs().max().item()
+            worst = max(worst, diff)
+    if not worst <= tolerance:  # also catches NaN
+        raise ExportError(f"onnxruntime differs from PyTorch by {worst:.2e} (tolerance {tolerance:.0e}); file not written")
+    return worst

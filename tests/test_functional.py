@@ -111,7 +111,8 @@ def test_nafnet_with_size_dependent_padding_and_channel_means():
     ]
     x = image(2, 3, 29, 43)  # padded inside to 30x44
     with torch.no_grad():
-        assert (by_calls(x) - by_modules(x)).abs().max().item() < 1e-5
+        reference = by_modules(x)  # its SCA 1x1 convs run as matrix products: same sums, other order
+        assert (by_calls(x) - reference).abs().max().item() < 1e-6 * reference.abs().max().item()
 
     # With the module rules on, the pools are theirs: no call sites, same model as module-only.
     both, both_report = tlc.convert(model, 16, functional=True)

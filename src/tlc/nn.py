@@ -12,6 +12,7 @@ from torch import nn
 from .ops import local_group_norm, local_mean, local_mean_strided
 from .ops._common import Pair, as_pair
 from .ops._opaque import opaque_local_mean_applies
+from .ops.gate import apply_pointwise
 from .ops.pool import replicate_to, valid_local_mean
 
 
@@ -143,7 +144,5 @@ class LocalPooledSequential(nn.Sequential):
             for layer in layers:
                 y = layer(y)
             return y
-        y = valid_local_mean(x, pool.window)
-        for layer in layers:
-            y = layer(y)
+        y = apply_pointwise(valid_local_mean(x, pool.window), layers)
         return replicate_to(y, x.shape[-2:])

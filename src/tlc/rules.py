@@ -17,6 +17,7 @@ from .archs.restormer import Attention as RestormerAttention
 from .archs.restormer import LocalAttention as RestormerLocalAttention
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, is_pointwise
 from .ops._common import Pair
+from .pooled_gate import build_local_gate, gate_plan
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ POOLED_POINTWISE = Rule(
     ),
 )
 
+POOLED_GATE = Rule(
+    name="pooled-gate",
+    # A module computing x * f(pool(x)) with f per-pixel children (MPRNet's CALayer, RCAN-style
+    # SE), found by tracing its forward: f runs on the valid windows' means only.
+    matches=lambda m: gate_plan(m) is not None,
+    build=lambda m, site: build_local_gate(m, site.window, fast=site.fast, max_stride=site.max_stride),
+)
+
 INSTANCE_NORM = Rule(
     name="instance-norm",
     matches=lambda m: isinstance(m, nn.InstanceNorm2d),
@@ -123,4 +132,6 @@ TRANSPOSED_ATTENTION = Rule(
 )
 
 #: The rules :func:`tlc.convert` applies by default, in order.
-DEFAULT_RULES: tuple[Rule, ...] = (POOLED_POINTWISE, GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM, TRANSPOSED_ATTENTION)
+DEFAULT_RULES: tuple[Rule, ...] = (
+    POOLED_POINTWISE, POOLED_GATE, GLOBAL_AVG_POOL, INSTANCE_NORM, GROUP_NORM, TRANSPOSED_ATTENTION,
+)

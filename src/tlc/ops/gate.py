@@ -1,0 +1,117 @@
+"""Channel-attention gates made local, computed on the small map of valid windows.
+
+Squeeze-excitation / channel attention computes ``x * f(pool(x))`` with ``f`` a chain of 1x1
+convolutions and activations. Made local, ``pool(x)`` is a full-size map of local means, and
+running ``f`` on it at full size costs as much as a 3x3 convolution (measured on a 2-core CPU:
+two 1x1 convolutions 24 -> 6 -> 24 at 720x1280 took 0.7 s, a 3x3 24 -> 24 convolution 0.68 s).
+Edge replication commutes with per-pixel layers, so ``f`` runs on the (H-kh+1) x (W-kw+1) map of
+valid windows only and the gate is replicated while it multiplies: the same numbers, for about
+the cost of the global version's broadcast multiply.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import tracing
+from .pool import replicate_to
+
+try:
+    from numba import njit, prange
+except ImportError:  # the torch path is used instead
+    njit = prange = None
+
+
+def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple[nn.Module, ...]) -> torch.Tensor:
+    """Run per-pixel layers (a module, an ``nn.Sequential`` or a list) on ``y`` (N, C, h, w).
+
+    1x1 convolutions run as matrix products on the CPU: oneDNN's 1x1 convolutions with few
+    channels are slow there (layout conversions dominate), BLAS computes the same sums quickly.
+    Other layers are called as they are.
+    """
+    if isinstance(layers, nn.Module):
+        layers = list(layers) if isinstance(layers, nn.Sequential) else [layers]
+    for layer in layers:
+        if (
+            isinstance(layer, nn.Conv2d)
+            and layer.kernel_size == (1, 1)
+            and layer.stride == (1, 1)
+            and layer.padding in ((0, 0), "valid")
+            and layer.groups == 1
+            and y.device.type == "cpu"
+            and y.dim() == 4
+            and not tracing()
+        ):
+            n, c, h, w = y.shape
+            out = torch.matmul(layer.weight.view(layer.out_channels, c), y.reshape(n, c, h * w))
+            if layer.bias is not None:
+                out = out + layer.bias.view(1, -1, 1)
+            y = out.view(n, layer.out_channels, h, w)
+        else:
+            y = layer(y)
+    return y
+
+
+def _multiply_replicated_planes(x, gate, top, left, out):  # pragma: no cover (compiled by numba)
+    """x, out: (P, H, W); gate: (P, gh, gw). out = x * gate edge-replicated, offset (top, left)."""
+    planes, h, w = x.shape
+    gh, gw = gate.shape[1], gate.shape[2]
+    for p in prange(planes):
+        for i in range(h):
+            gi = min(max(i - top, 0), gh - 1)
+            edge_left = gate[p, gi, 0]
+            edge_right = gate[p, gi, gw - 1]
+            for j in range(left):
+                out[p, i, j] = x[p, i, j] * edge_left
+            for b in range(gw):
+                out[p, i, left + b] = x[p, i, left + b] * gate[p, gi, b]
+            for j in range(left + gw, w):
+                out[p, i, j] = x[p, i, j] * edge_right
+
+
+_compiled = njit(parallel=True, cache=True)(_multiply_replicated_planes) if njit is not None else None
+
+
+def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * replicate_to(gate, x.shape[-2:])`` without building the replicated gate.
+
+    Args:
+        x: (N, C, H, W) tensor.
+        gate: (N, C, gh, gw) values of the valid windows, gh <= H, gw <= W (as from
+            :func:`tlc.ops.pool.valid_local_mean` followed by per-pixel layers).
+
+    Returns:
+        (N, C, H, W) tensor, the dtype ``x * gate`` would have.
+    """
+    h, w = x.shape[-2:]
+    gh, gw = gate.shape[-2:]
+    fused = (
+        _compiled is not None
+        and not tracing()
+        and x.device.type == "cpu"
+        and gate.device.type == "cpu"
+        and x.dim() == 4
+        and gate.shape[:2] == x.shape[:2]
+        and x.dtype == gate.dtype
+        and x.dtype in (torch.float32, torch.float64)
+        and gh <= h
+        and gw <= w
+        and not (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad))
+    )
+    if not fused:
+        return x * replicate_to(gate, (h, w))
+    n, c = x.shape[:2]
+    xs, gs = x.contiguous(), gate.contiguous()
+    out = torch.empty_like(xs)
+    top, left = (h - gh) // 2, (w - gw) // 2  # replicate_to's split: (k-1)//2 before
+    _compiled(xs.view(n * c, h, w).numpy(), gs.view(n * c, gh, gw).numpy(), top, left, out.view(n * c, h, w).numpy())
+    return out
+
+
+def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``replicate_to(gate, like.shape[-2:])``, for graphs that pass the full-size map itself."""
+    return replicate_to(gate, like.shape[-2:])
+
+
+__all__ = ["apply_pointwise", "multiply_replicated", "pad_replicate"]

@@ -13,7 +13,7 @@ holds the model, the input and the Python runtime), and PSNR / max |difference| 
 (clamped to [0, 1], as written to files) against the whole-image TLC output.
 
     python bench/tiled_tlc.py                       # prints a table, writes results/tiled_tlc_cpu.csv
-    python bench/tiled_tlc.py --models tiny-nafnet --budgets 2
+    python bench/tiled_tlc.py --models tiny-hinet   # rerun one model; the others' rows are kept
     python bench/tiled_tlc.py --sweep               # margin sweep, writes results/tiled_tlc_margins_cpu.csv
 
 ``--sweep`` isolates the margin: a held-out photograph (coffee, 400x600, sigma 25) cut into a fixed
@@ -146,6 +146,23 @@ def margin_sweep(models: list[str]) -> list[dict]:
     return rows
 
 
+def merged(name: str, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of other models already in results/<name>.csv (a run for some models
+    keeps the others' figures), in model order of first appearance."""
+    import csv
+
+    from common import RESULTS
+
+    path = RESULTS / f"{name}.csv"
+    done = {row["model"] for row in rows}
+    kept = []
+    if path.exists():
+        with path.open(newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["model"] not in done]
+    order = list(dict.fromkeys([r["model"] for r in kept] + [r["model"] for r in rows]))
+    return sorted(kept + rows, key=lambda row: order.index(row["model"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny-nafnet,tiny-hinet", help="comma-separated registry names")
@@ -161,7 +178,8 @@ def main() -> None:
     if args.sweep:
         torch.set_num_threads(args.threads)
         print(f"margin sweep on {machine()}", flush=True)
-        print(f"wrote {write_csv('tiled_tlc_margins_cpu', margin_sweep(args.models.split(',')))}")
+        rows = margin_sweep(args.models.split(","))
+        print(f"wrote {write_csv('tiled_tlc_margins_cpu', merged('tiled_tlc_margins_cpu', rows))}")
         return
     budgets = [float(b) for b in args.budgets.split(",")]
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -190,7 +208,8 @@ def main() -> None:
                       f"overhead {row['overhead']:.2f}x, {row['seconds']:6.1f} s, peak {row['peak_rss_mib']:>5} MiB "
                       f"(+{row['peak_above_start_mib']}), PSNR vs whole {row['psnr_vs_whole_db'] or '-'} dB, "
                       f"max diff {row['max_abs_diff'] or '-'}", flush=True)
-    path = write_csv("tiled_tlc_cpu" if size == SIZE else f"tiled_tlc_cpu_{size[0]}x{size[1]}", rows)
+    name = "tiled_tlc_cpu" if size == SIZE else f"tiled_tlc_cpu_{size[0]}x{size[1]}"
+    path = write_csv(name, merged(name, rows))
     print(f"wrote {path}")
 
 

@@ -188,7 +188,7 @@ def test_bundled_nafnet_tiles_match_whole_image_tlc(noisy_photo):
     assert plan.grid == (2, 2) and plan.margin == tile_context(model).margin
     tiled = restore(model, noisy_photo, settings)
     assert tiled.shape == whole.shape == (2, 3, 301, 447)
-    assert psnr(tiled, whole) >= 50  # measured 80+ dB
+    assert psnr(tiled, whole) >= 50  # measured 109 dB
     # Without the margin the seams show: the rule is what buys the match.
     seamed = restore(model, noisy_photo, RunSettings(max_megapixels=0.08, tile_margin=0))
     assert psnr(seamed, whole) < psnr(tiled, whole) - 20
@@ -200,7 +200,7 @@ def test_bundled_hinet_tiles_match_whole_image_tlc(noisy_photo):
     whole = restore(model, x)
     plan = model_tile_plan(model, (173, 291), 0.045)
     assert plan.grid == (1, 2)
-    assert psnr(restore(model, x, RunSettings(max_megapixels=0.045)), whole) >= 50
+    assert psnr(restore(model, x, RunSettings(max_megapixels=0.045)), whole) >= 50  # measured 98 dB
 
 
 def test_image_within_the_budget_is_run_whole(small_nafnet):

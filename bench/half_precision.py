@@ -34,8 +34,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-4k", action="store_true", help="skip the 2160x3840 run")
+    parser.add_argument("--models", nargs="+", help="bundled model names (default: all)")
+    parser.add_argument("--only-4k", action="store_true", help="skip the PSNR comparison (CPU half precision is slow)")
     args = parser.parse_args()
-    entries = [e for e in tlc.models.list() if e.bundled_weights is not None]
+    entries = [e for e in tlc.models.list() if e.bundled_weights is not None and (not args.models or e.name in args.models)]
     degradation = synth.Degradation(noise_sigma_min=5, noise_sigma_max=50, noise_pattern="step", noise_pattern_angle=0)
     print(f"half precision on {machine()}")
     rows = []
@@ -46,7 +48,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             local, _ = tlc.convert(model, train_size=entry.train_size, base_size=entry.base_size)
         scores = {}
-        for dtype in ("float32", "float16", "bfloat16"):
+        for dtype in () if args.only_4k else ("float32", "float16", "bfloat16"):
             net = local.to(args.device, getattr(torch, dtype))
             values = []
             for name in card["data"]["test_images"]:
@@ -62,14 +64,15 @@ def main() -> None:
             for dtype in ("float16", "bfloat16"):
                 out = restore(local.to(args.device, getattr(torch, dtype)), x, RunSettings(mode="tlc", device=args.device, dtype=dtype))
                 finite[dtype] = bool(torch.isfinite(out).all())
-        worst = max(abs(scores[d] - scores["float32"]) for d in ("float16", "bfloat16"))
-        print(f"  {entry.name:<14} PSNR float32 {scores['float32']:.3f}  float16 {scores['float16']:.3f}  "
-              f"bfloat16 {scores['bfloat16']:.3f}  max |diff| {worst:.3f} dB  4K finite {finite or 'skipped'}")
+        worst = max((abs(scores[d] - scores["float32"]) for d in ("float16", "bfloat16") if d in scores), default=float("nan"))
+        psnrs = "  ".join(f"{d} {v:.3f}" for d, v in scores.items())
+        print(f"  {entry.name:<14} PSNR {psnrs or 'skipped'}  max |diff| {worst:.3f} dB  4K finite {finite or 'skipped'}", flush=True)
         rows.append({"model": entry.name, **{f"psnr_{d}": round(v, 4) for d, v in scores.items()},
                      "max_abs_diff_db": round(worst, 4), **{f"finite_4k_{d}": v for d, v in finite.items()},
                      "machine": machine()})
     if rows:
-        print(f"wrote {write_csv(f'half_precision_{torch.device(args.device).type}', rows)}")
+        suffix = "_4k" if args.only_4k else ""
+        print(f"wrote {write_csv(f'half_precision{suffix}_{torch.device(args.device).type}', rows)}")
 
 
 if __name__ == "__main__":

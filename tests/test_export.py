@@ -98,10 +98,17 @@ def as_list(y) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def nafnet_onnx(tmp_path_factory, ort):
+    """Exported from train mode (NAFNet has no dropout or batch norm: same outputs), with the
+    decoder in eval mode, to see every module's flag restored."""
     pytest.importorskip("onnxscript")
-    model = tiny_nafnet()
+    model = tiny_nafnet().train()
+    model.decoders.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     path = tmp_path_factory.mktemp("onnx") / "nafnet.onnx"
-    return model, export_onnx(model, path, example_size=(20, 28))
+    result = export_onnx(model, path, example_size=(20, 28))
+    assert model.training and model.intro.training and not model.decoders[0][0].training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    return model, result
 
 
 @pytest.fixture(scope="module")
@@ -148,19 +155,31 @@ def test_export_checks_itself_with_onnxruntime(nafnet_onnx):
     assert "max abs diff" in str(result)
 
 
-def test_export_keeps_the_model_as_it_was(tmp_path, ort):
+class PoolAndGroupNorm(nn.Module):
+    """The local modules NAFNet and HINet lack: a bare LocalAvgPool2d and a LocalGroupNorm with
+    groups of two channels (the group-mean path), as two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = tlc.LocalAvgPool2d((5, 7))
+        self.gnorm = tlc.LocalGroupNorm(2, 4, (4, 6))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        return self.pool(y), self.gnorm(y)
+
+
+def test_bare_pool_and_group_norm_export(tmp_path, ort):
     pytest.importorskip("onnxscript")
-    model = EveryLocalModule()
-    perturbed(model, seed=2).train()
-    model.tail.eval()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = export_onnx(model, tmp_path / "every.onnx", example_size=(12, 18))
-    assert model.training and not model.tail.training and model.head.training  # flags restored
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    x = torch.rand(2, 3, 23, 31)
-    with torch.no_grad():
-        expected = model.eval()(x)
-    assert (run_onnx(ort, result.path, x)[0] - expected).abs().max().item() < 1e-4
+    model = perturbed(PoolAndGroupNorm(), seed=2)
+    result = export_onnx(model, tmp_path / "pool.onnx", example_size=(8, 8), check=False)
+    for shape in [(2, 3, 3, 11), (1, 3, 17, 9)]:  # windows cover one axis, then the other
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 4 + 10
+        with torch.no_grad():
+            expected = model(x)
+        for want, have in zip(expected, run_onnx(ort, result.path, x)):
+            assert (have - want).abs().max().item() < 1e-5 * want.abs().max().item()
 
 
 def test_existing_file_is_not_overwritten(tmp_path):
@@ -203,9 +222,10 @@ class BranchOnParity(BranchOnWidth):
 ])
 def test_size_dependent_graphs_are_refused_and_nothing_is_written(tmp_path, ort, model, message):
     pytest.importorskip("onnxscript")
+    model.train()
     with pytest.raises(ExportError, match=message):
         export_onnx(model, tmp_path / "branch.onnx", example_size=64)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and model.training  # flags restored on failure too
 
 
 def test_bad_arguments(tmp_path):
@@ -217,6 +237,46 @@ def test_bad_arguments(tmp_path):
         export_onnx(EveryLocalModule(), tmp_path / "m.onnx", example_size=(1, 8))
     with pytest.raises(ExportError, match="bfloat16"):
         export_onnx(EveryLocalModule().to(torch.bfloat16), tmp_path / "m.onnx")
+
+
+def test_cli_maps_flags_onto_export_onnx(tmp_path, monkeypatch, capsys):
+    import tlc.cli
+    import tlc.export
+
+    weights = tmp_path / "nafnet.pth"
+    torch.save(perturbed(build("NAFNet", width=4, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])).state_dict(),
+               weights)
+    calls = []
+
+    def fake_export(model, path, **kwargs):
+        calls.append((model, path, kwargs))
+        return "exported"
+
+    monkeypatch.setattr(tlc.export, "export_onnx", fake_export)
+    out = tmp_path / "m.onnx"
+    assert tlc.cli.main(["export", "--weights", str(weights), "--train-size", "16", "-o", str(out),
+                         "--example-size", "20x28", "--opset", "17", "--overwrite", "--no-check"]) == 0
+    assert tlc.cli.main(["export", "--weights", str(weights), "-o", str(out), "--mode", "full"]) == 0
+    (tlc_model, path, kwargs), (full_model, _, full_kwargs) = calls
+    assert path == out and kwargs == {"example_size": (20, 28), "opset": 17, "overwrite": True, "check": False}
+    assert full_kwargs == {"example_size": (64, 64), "opset": 18, "overwrite": False, "check": True}
+    assert sum(isinstance(m, tlc.LocalPooledSequential) for m in tlc_model.modules()) == 3
+    assert not any(isinstance(m, tlc.LocalPooledSequential) for m in full_model.modules())
+    assert "exported" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    import tlc.cli
+
+    weights = tmp_path / "nafnet.pth"
+    torch.save(build("NAFNet", width=4, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]).state_dict(), weights)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"keep me")
+    assert tlc.cli.main(["export", "--weights", str(weights), "--train-size", "16", "-o", str(out)]) == 2
+    assert tlc.cli.main(["export", "--weights", str(weights), "-o", str(tmp_path / "f.onnx"), "--fast"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tlc: error:")]
+    assert len(errors) == 2 and "exists" in errors[0] and "fast_imp" in errors[1]
+    assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "nafnet.pth"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +312,7 @@ def test_compiled_with_gradients_traces_the_torch_path():
     """With gradients the opaque op is not used: Dynamo traces the branch-free torch forms."""
     torch._dynamo.reset()
     model = perturbed(EveryLocalModule(), seed=4)
-    compiled = torch.compile(model, backend="eager", dynamic=True, fullgraph=True)
+    compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
     x = torch.rand(COMPILE_SIZES[0], generator=torch.Generator().manual_seed(0))
     want_in, have_in = x.clone().requires_grad_(), x.clone().requires_grad_()
     want, have = model(want_in), compiled(have_in)
@@ -265,11 +325,16 @@ def test_compiled_with_gradients_traces_the_torch_path():
 @pytest.mark.skipif(not os.environ.get("TLC_SLOW_TESTS"), reason="Inductor builds C++ for 1-2 min: set TLC_SLOW_TESTS=1")
 def test_inductor_compiles_dynamic_sizes():
     """Inductor with dynamic sizes. Without the opaque op its C++ code generation fails on the
-    window-clamped shapes combined with NAFNet's padding arithmetic (a PyTorch bug)."""
+    window-clamped shapes combined with NAFNet's padding arithmetic (a PyTorch bug).
+
+    Inductor reorders float32 sums: the same random NAFNet unconverted differs from eager by up
+    to 2.4e-5 here (mean 1e-6), hence 1e-4 on the max and 2e-6 on the mean.
+    """
     torch._dynamo.reset()
     model = tiny_nafnet()
     compiled = torch.compile(model, dynamic=True)
     for shape in COMPILE_SIZES:
         x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
         with torch.no_grad():
-            assert (compiled(x) - model(x)).abs().max().item() < 1e-5
+            error = (compiled(x) - model(x)).abs()
+        assert error.max().item() < 1e-4 and error.mean().item() < 2e-6

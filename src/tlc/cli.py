@@ -169,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how the blur length varies across the frame (default uniform)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    # --- export (tlc.export.export_onnx; docs/export.md) ---
+    export = command(
+        "export", "Export a model, converted by default, to ONNX with dynamic batch, height and width.",
+        "  tlc export --model tiny-nafnet -o tiny-nafnet-tlc.onnx\n"
+        "  tlc export --weights model.pth --train-size 256 -o model.onnx --opset 18\n"
+        "  tlc export --model hinet-gopro --weights HINet-GoPro.pth --mode full -o hinet.onnx\n"
+        "\nThe file is run in onnxruntime on two sizes and must match PyTorch within 1e-4 before it\n"
+        "is written (atomically; an existing file is kept unless --overwrite).\n",
+    )
+    export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")
+    export.add_argument("--mode", choices=("tlc", "full"), default="tlc",
+                        help="tlc: the converted model (default); full: the model as trained")
+    export.add_argument("--example-size", type=parse_size, default=(64, 64), metavar="H[xW]",
+                        help="size of the tracing input (default 64); the file accepts any size")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    _add_model_options(export)
+    # --- end export ---
     return parser
 
 
@@ -472,6 +492,27 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"restore": run_restore, "eval": run_eval, "inspect": run_inspect, "synth": run_synth}
+
+
+# --- export (tlc.export.export_onnx; docs/export.md) ---
+def run_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_onnx
+
+    chosen = choose_model(args)
+    per_mode, report = _models_for(chosen, [args.mode], "cpu", "float32", args.fast, args.functional)
+    if report:
+        _say(report)
+    try:
+        result = export_onnx(per_mode[args.mode], args.output, example_size=args.example_size, opset=args.opset,
+                             overwrite=args.overwrite, check=not args.no_check)
+    except (ExportError, FileExistsError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    print(result)
+    return 0
+
+
+COMMANDS["export"] = run_export
+# --- end export ---
 
 
 def main(argv: list[str] | None = None) -> int:

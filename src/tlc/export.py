@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +117,16 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's notices about optional packages (torchvision's ops are not used)."""
+    """Silence the exporter's notices about optional packages (torchvision's ops are not used)
+    and the deprecation notices torch raises inside its own tracing."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         logger.setLevel(level)
 

@@ -182,6 +182,25 @@ def test_bare_pool_and_group_norm_export(tmp_path, ort):
             assert (have - want).abs().max().item() < 1e-5 * want.abs().max().item()
 
 
+class EvenSizesOnly(nn.Module):
+    """Down and up by 2 with a skip connection and no padding: odd sizes fail in PyTorch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 2, stride=2)
+        self.pool = tlc.LocalAvgPool2d(3)
+        self.up = nn.ConvTranspose2d(4, 3, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.pool(self.down(x)))
+
+
+def test_the_check_falls_back_to_even_sizes(tmp_path, ort):
+    pytest.importorskip("onnxscript")
+    result = export_onnx(perturbed(EvenSizesOnly()), tmp_path / "even.onnx", example_size=(6, 10))
+    assert result.checked_shapes == ((2, 3, 6, 10), (1, 3, 12, 20)) and result.max_abs_diff < 1e-5
+
+
 def test_existing_file_is_not_overwritten(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"keep me")

@@ -5,10 +5,10 @@ branch-free torch forms (:func:`tlc.ops._common.tracing`): the window is clamped
 ``torch.sym_min``, sums come from zero-padded float64 prefix sums and the edge replication is one
 replicate pad, so a single graph is right at every size. The numba kernel is never traced.
 
-The graph is traced with named dimensions (``torch.export.Dim``); were any branch of the model to
-depend on the image size, ``torch.export`` would refuse rather than freeze one branch into the
-file (:class:`ExportError`). The file is written atomically, after onnxruntime (when installed)
-has reproduced PyTorch on two input sizes.
+A graph that holds only for some sizes (a Python branch on the image size, which ``torch.export``
+resolves for the traced size and records only as a narrowed range) is refused
+(:class:`ExportError`). The file is written atomically, after onnxruntime (when installed) has
+reproduced PyTorch on two input sizes.
 
 Needs the ``export`` extra: ``pip install 'tlc[export]'`` (onnx, onnxscript, onnxruntime).
 """
@@ -160,8 +160,9 @@ def export_onnx(
     The model is traced in eval mode (flags restored afterwards) on a random (2, C, h, w) input
     of ``example_size`` in the model's dtype and device; the graph is valid for every H, W >= 2
     the model itself accepts (NAFNet and HINet pad internally, so any size). With ``check``
-    and onnxruntime installed, the file is run on the example and on a larger odd size (batch 1)
-    and must match PyTorch within ``tolerance`` before it is written.
+    and onnxruntime installed, the file is run on the example and on a larger odd size (batch 1;
+    2h x 2w if the model rejects odd sizes) and must match PyTorch within ``tolerance`` before it
+    is written.
 
     Args:
         model: module taking one (N, C, H, W) image tensor and returning a tensor or a list of
@@ -169,7 +170,8 @@ def export_onnx(
             depends on the size).
         path: destination file; never overwritten unless ``overwrite``; written atomically.
         example_size: (h, w) of the tracing input, in pixels (any size the model runs at).
-        in_channels: C of the input; default the first Conv2d's.
+        in_channels: C of the input; default: the first of the convolutions' input channels
+            the model runs with.
         opset: ONNX opset (18 runs on onnxruntime >= 1.14).
         dynamic_batch: make N dynamic too (traced at N=2); False fixes N at 1.
         overwrite: replace an existing file.

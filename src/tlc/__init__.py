@@ -12,6 +12,7 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
 from . import archs, data, functional, metrics, models
 from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
+from .export import ExportError, OnnxExport, export_onnx
 from .functional import CallSite  # functional call sites (issue 7)
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
 from .ops import (
@@ -47,10 +48,12 @@ __all__ = [
     "ConversionError",
     "ConversionReport",
     "ConvertedOp",
+    "ExportError",
     "LocalAvgPool2d",
     "LocalGroupNorm",
     "LocalInstanceNorm2d",
     "LocalPooledSequential",
+    "OnnxExport",
     "POOLED_GATE",
     "POOLED_POINTWISE",
     "Rule",
@@ -60,6 +63,7 @@ __all__ = [
     "__version__",
     "archs",
     "data",
+    "export_onnx",
     "functional",
     "metrics",
     "models",

@@ -18,6 +18,7 @@ from tlc.inference import (
     TilePlan,
     model_tile_plan,
     plan_tiles,
+    probe_image,
     restore,
     run_plan,
     tile_context,
@@ -138,7 +139,8 @@ def test_context_of_a_known_model_and_exactness_at_its_margin():
     model = nn.Sequential(nn.Conv2d(3, 6, 2, stride=2), LocalAvgPool2d(4), nn.ConvTranspose2d(6, 3, 2, stride=2)).eval()
     context = tile_context(model)
     assert context.multiple == 2 and context.window_reach == (6, 6) and context.conv_reach == (2, 2)
-    assert context.margin == context.exact_margin == (8, 8)
+    assert context.margin == context.rule_margin == context.exact_margin == (8, 8)
+    assert context.measured_margin is None  # one window: the rule is exact, nothing to measure
     x = torch.rand(2, 3, 62, 94)  # the model does not pad: even sizes
     with torch.no_grad():
         whole = model(x)
@@ -154,7 +156,10 @@ def test_context_adds_windows_for_the_exact_bound_and_flags_grid_windows():
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), LocalAvgPool2d(9), LocalAvgPool2d((5, 11)), nn.Conv2d(3, 3, 3, padding=1))
     context = tile_context(model)
     assert context.window_reach == (5, 6) and context.windows_reach == (8, 11) and context.conv_reach == (2, 2)
-    assert context.margin == (7, 8) and context.exact_margin == (10, 13) and not context.grid_windows
+    assert context.rule_margin == (7, 8) and context.exact_margin == (10, 13) and not context.grid_windows
+    assert context.measured_margin is not None and context.target_psnr == 60.0
+    assert all(context.rule_margin[a] <= context.margin[a] <= context.exact_margin[a] for a in range(2))
+    assert tile_context(model, target_psnr=None).margin == (7, 8)
     restormer = convert(
         tlc.archs.build("Restormer", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4]), 32
     )
@@ -192,6 +197,25 @@ def test_bundled_nafnet_tiles_match_whole_image_tlc(noisy_photo):
     # Without the margin the seams show: the rule is what buys the match.
     seamed = restore(model, noisy_photo, RunSettings(max_megapixels=0.08, tile_margin=0))
     assert psnr(seamed, whole) < psnr(tiled, whole) - 20
+
+
+def test_measured_margin_covers_slowly_decaying_instance_norms(noisy_photo):
+    # tiny-unet-in normalises after each of its 14 convolutions: seam errors outlive the rule margin.
+    model = convert(tlc.load_model("tiny-unet-in"), 48, 72)
+    context = tile_context(model)
+    assert context.margin[1] > context.rule_margin[1]
+    whole = restore(model, noisy_photo)
+    tiled = restore(model, noisy_photo, RunSettings(max_megapixels=0.13))
+    rule_only = restore(model, noisy_photo, RunSettings(max_megapixels=0.13, tile_margin=context.rule_margin[1]))
+    assert psnr(tiled, whole) >= 50  # measured 87 dB
+    assert psnr(tiled, whole) > psnr(rule_only, whole) + 15  # rule only: 60 dB, a visible seam (max 0.07)
+
+
+def test_probe_image_is_deterministic_and_in_range():
+    a, b = probe_image((37, 91), 3), probe_image((37, 91), 3)
+    assert a.shape == (1, 3, 37, 91) and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1 and 0.05 < a.std() < 0.4
+    assert not torch.equal(a, probe_image((37, 91), 3, seed=1))
 
 
 def test_bundled_hinet_tiles_match_whole_image_tlc(noisy_photo):

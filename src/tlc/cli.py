@@ -295,6 +295,8 @@ def run_restore(args: argparse.Namespace) -> int:
     if report:
         _say(report)
     model = models[args.mode]
+    if max_megapixels is not None:
+        _say_tile_context(model, tile_margin)
     inputs = {p.resolve() for p in paths}
     planned: dict[Path, Path] = {}
     failed = skipped = written = 0
@@ -367,6 +369,23 @@ def _tiling_flags(args: argparse.Namespace) -> tuple[float | None, int | None]:
         if margin < 0:
             raise UsageError(f"--tile-margin must be a whole number of pixels >= 0; got {args.tile_margin!r}")
     return megapixels, margin
+
+
+def _say_tile_context(model: nn.Module, margin: int | None) -> None:
+    """One line on the tiles' margin and where it comes from; a warning if it is a guess."""
+    from .inference import model_tile_context
+
+    context = model_tile_context(model)
+    if margin is not None:
+        _say(f"tiled TLC: margin {margin} px (--tile-margin), tiles on a {context.multiple}-px grid")
+        return
+    measured = "" if context.measured_margin is None or not context.converged else \
+        f"; measured seam PSNR over {context.target_psnr:g} dB beyond {context.measured_margin[0]}x{context.measured_margin[1]}"
+    _say(f"tiled TLC: margin {context.margin[0]}x{context.margin[1]} px (one window + convolutions "
+         f"{context.rule_margin[0]}x{context.rule_margin[1]}{measured}), tiles on a {context.multiple}-px grid")
+    if not context.converged:
+        _say(f"tlc: warning: this model's seam error was still above {context.target_psnr:g} dB at the largest "
+             f"margin measured ({context.margin[0]}x{context.margin[1]} px); --tile-margin sets a larger one")
 
 
 def _say_tile_plan(model: nn.Module, path: Path, size: tuple[int, int], max_megapixels: float, margin: int | None) -> None:

@@ -195,29 +195,39 @@ class TileContext:
     """How much context a converted model needs around a tile, in image pixels per axis (H, W).
 
     Attributes:
-        margin: the default margin each side: the largest single window's reach plus the
-            convolutions' reach (rounded up to ``multiple``). Errors decay fast beyond one window
-            (measured figures in docs/huge-images.md); this is the rule ``restore`` uses.
-        exact_margin: the reach of every window and convolution added up (rounded up to
-            ``multiple``): an upper bound on the dependency radius, past which tiles reproduce the
-            whole-image output to float rounding. Far larger than needed for deep networks.
+        margin: the margin :func:`restore` uses each side: the larger of ``rule_margin`` and
+            ``measured_margin``, at most ``exact_margin``.
+        rule_margin: the largest single window's reach plus all the convolutions' reach.
+        measured_margin: where this model's own seam error falls below ``target_psnr``
+            (:func:`tile_context`); None when not measured.
+        exact_margin: the reach of every window and convolution added up: an upper bound on the
+            dependency radius, past which tiles reproduce the whole-image output to float
+            rounding. Far larger than needed for deep networks.
         window_reach: the largest single window's reach.
         windows_reach: all windows' reaches added up.
         conv_reach: all convolutions', pools' and resamplings' reaches added up.
         multiple: tiles start at multiples of this (the model's padding factor and downsampling
-            factor), so feature grids align with the whole image's.
+            factor), so feature grids align with the whole image's. Every margin is rounded up
+            to it.
         grid_windows: the model has window ops placed on a grid that depends on the map size
             (Restormer's transposed attention) or approximate ``fast`` pooling: tiles then
             approximate the whole-image output instead of reproducing it.
+        target_psnr: the seam error the measurement aimed at, dB (None: not measured).
+        converged: False when the seam error was still above the target at the largest margin
+            measured (2x ``rule_margin``, at most ``exact_margin``); the margin is then that largest.
     """
 
     margin: Pair
+    rule_margin: Pair
+    measured_margin: Pair | None
     exact_margin: Pair
     window_reach: Pair
     windows_reach: Pair
     conv_reach: Pair
     multiple: int
     grid_windows: bool = False
+    target_psnr: float | None = None
+    converged: bool = True
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -276,7 +286,9 @@ def _window_module(module: nn.Module) -> tuple[Pair, bool] | None:
 _CONV_LIKE = (nn.modules.conv._ConvNd, nn.MaxPool2d, nn.AvgPool2d, nn.PixelShuffle, nn.PixelUnshuffle, nn.Upsample)
 
 
-def tile_context(model: nn.Module, *, probe_size: int = 64, in_channels: int | None = None) -> TileContext:
+def tile_context(
+    model: nn.Module, *, probe_size: int = 64, in_channels: int | None = None, target_psnr: float | None = 60.0
+) -> TileContext:
     """Measure how much context a (TLC-converted) model needs around a tile.
 
     One forward at ``probe_size`` x ``probe_size`` (no grad, eval mode, the model's device and
@@ -284,13 +296,24 @@ def tile_context(model: nn.Module, *, probe_size: int = 64, in_channels: int | N
     convolution, pooling and resampling layer, giving each one's stride s (image pixels per feature
     pixel). A centred window of k feature pixels reaches ``(k // 2 + 1) * s`` image pixels past the
     pixel it serves (a grid-placed one, e.g. Restormer's attention, ``k * s``); a kxk convolution
-    with padding p about ``max(p, k - 1 - p) * s``. See :class:`TileContext` for how they combine.
+    with padding p about ``max(p, k - 1 - p) * s``. The rule margin is the largest window's reach
+    plus all the convolutions' reach; the exact bound adds up every reach.
+
+    Errors past the rule margin decay at a rate that depends on the weights (instance norms after
+    every convolution decay slowest), so with ``target_psnr`` the seam error is also measured:
+    two forwards on a photograph-like probe strip (:func:`probe_image`, 64 x 4 rule margins),
+    whole and cut, give the error at every distance from the cut; the margin is where it stays
+    below the target (measured along the width, and along the height too for models whose
+    structure differs by axis).
+    See :class:`TileContext` for how they combine.
 
     Args:
         model: the converted model (a model without local ops gets the convolutions' reach only).
         probe_size: side of the probe input in pixels, a multiple of the model's downsampling
             (64 suits every bundled and released architecture; the probe's cost grows with it).
         in_channels: channels of the probe input; default that of the model's first conv.
+        target_psnr: the largest RMS seam error allowed in any line of a tile's core, as a PSNR
+            in dB for images on [0, 1] (60: 1e-3); None: the rule margin only, no measurement.
 
     Returns:
         :class:`TileContext` in image pixels.
@@ -342,15 +365,83 @@ def tile_context(model: nn.Module, *, probe_size: int = 64, in_channels: int | N
     def pair(values: list[float]) -> Pair:
         return _round_up(values[0], multiple), _round_up(values[1], multiple)
 
+    rule = pair([window_reach[a] + conv_reach[a] for a in range(2)])
+    exact = pair([windows_reach[a] + conv_reach[a] for a in range(2)])
+    measured, converged = None, True
+    if target_psnr is not None and rule != exact:  # rule == exact: nothing left to measure
+        # Along the width; along the height too only where the structure differs by axis.
+        axes = (1,) if rule[0] == rule[1] and exact[0] == exact[1] else (0, 1)
+        found = {axis: _measured_margin(model, x, axis, rule[axis], exact[axis], multiple, target_psnr) for axis in axes}
+        measured = (found[axes[0]][0], found[1][0])
+        converged = all(ok for _, ok in found.values())
+    margin = rule if measured is None else tuple(min(exact[a], max(rule[a], measured[a])) for a in range(2))
     return TileContext(
-        margin=pair([window_reach[a] + conv_reach[a] for a in range(2)]),
-        exact_margin=pair([windows_reach[a] + conv_reach[a] for a in range(2)]),
+        margin=margin,  # type: ignore[arg-type]
+        rule_margin=rule,
+        measured_margin=measured,
+        exact_margin=exact,
         window_reach=pair(window_reach),
         windows_reach=pair(windows_reach),
         conv_reach=pair(conv_reach),
         multiple=multiple,
         grid_windows=grid,
+        target_psnr=target_psnr if measured is not None else None,
+        converged=converged,
     )
+
+
+def probe_image(size: Pair, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """A deterministic photograph-like test image: (1, channels, H, W) in [0, 1].
+
+    Smooth structure at about 64, 16 and 4 pixels (bilinear upsampling of random grids) plus
+    Gaussian noise of std 0.1 (about 25 on 0..255), clipped.
+    """
+    h, w = as_pair(size, "size")
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.zeros(1, channels, h, w)
+    for scale, amplitude in ((64, 0.5), (16, 0.3), (4, 0.2)):
+        grid = torch.rand(1, channels, h // scale + 2, w // scale + 2, generator=generator)
+        image += amplitude * torch.nn.functional.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+    image += 0.1 * torch.randn(1, channels, h, w, generator=generator)
+    return image.clamp_(0, 1)
+
+
+def _measured_margin(
+    model: nn.Module, like: torch.Tensor, axis: int, rule: int, exact: int, multiple: int, target_psnr: float
+) -> tuple[int, bool]:
+    """The margin past which cutting a probe changes the model's output by less than the target.
+
+    A strip of :func:`probe_image`, ``2 * d`` pixels long along ``axis`` (d = 2x ``rule``, at most
+    ``exact``) and 64 across, is run whole and cut at d; the RMS difference of the outputs in each
+    line before the cut, at each distance from it, is the seam error a tile edge leaves there.
+    Returns (the largest distance still above the target, rounded up to ``multiple``; whether the
+    error fell below the target within d). Half-precision models are measured in a float32 copy,
+    so the profile is the model's, not its rounding's.
+    """
+    import copy
+
+    from .convert import _calibrating
+
+    reach = min(exact, _round_up(max(2 * rule, 8 * multiple), multiple))
+    across = _round_up(64, multiple)
+    size = [across, across]
+    size[axis] = 2 * reach
+    probe = probe_image(tuple(size), like.shape[1]).to(like.device)
+    net = model
+    if like.dtype not in (torch.float32, torch.float64):
+        net = copy.deepcopy(model).float()
+    probe = probe.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
+    dim = 2 + axis
+    with _calibrating(net), torch.inference_mode():
+        whole = final_output(net(probe)).narrow(dim, 0, reach)
+        cut = final_output(net(probe.narrow(dim, 0, reach)))
+    other = tuple(d for d in range(4) if d != dim)
+    error = (cut.double() - whole.double()).square().mean(dim=other).sqrt()  # (reach,): at distance reach - i
+    above = torch.nonzero(error > 10 ** (-target_psnr / 20)).flatten()
+    if above.numel() == 0:
+        return 0, True
+    farthest = reach - int(above.min())  # distance from the cut of the farthest line still above the target
+    return min(_round_up(farthest, multiple), reach), farthest < reach
 
 
 @dataclass(frozen=True)
@@ -550,15 +641,22 @@ def run_plan(
 _CONTEXTS: weakref.WeakKeyDictionary[nn.Module, TileContext] = weakref.WeakKeyDictionary()
 
 
+def model_tile_context(model: nn.Module) -> TileContext:
+    """:func:`tile_context` of ``model`` with the defaults, measured once per model (cached while
+    the model lives)."""
+    context = _CONTEXTS.get(model)
+    if context is None:
+        context = _CONTEXTS[model] = tile_context(model)
+    return context
+
+
 def model_tile_plan(
     model: nn.Module, image_size: Pair, max_megapixels: float, *, margin: int | Pair | None = None
 ) -> TilePlan:
     """The tile plan :func:`restore` uses for ``model`` on an image of ``image_size`` (H, W).
 
-    The model's :func:`tile_context` is measured once per model (cached) and gives the tiles'
-    alignment and, unless ``margin`` (pixels each side) overrides it, their margin.
+    The model's :func:`model_tile_context` gives the tiles' alignment and, unless ``margin``
+    (pixels each side) overrides it, their margin.
     """
-    context = _CONTEXTS.get(model)
-    if context is None:
-        context = _CONTEXTS[model] = tile_context(model)
+    context = model_tile_context(model)
     return plan_tiles(image_size, max_megapixels, context.margin if margin is None else margin, context.multiple)

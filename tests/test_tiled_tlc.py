@@ -157,7 +157,7 @@ def test_context_adds_windows_for_the_exact_bound_and_flags_grid_windows():
     context = tile_context(model)
     assert context.window_reach == (5, 6) and context.windows_reach == (8, 11) and context.conv_reach == (2, 2)
     assert context.rule_margin == (7, 8) and context.exact_margin == (10, 13) and not context.grid_windows
-    assert context.measured_margin is not None and context.target_psnr == 60.0
+    assert context.measured_margin is not None and context.target_psnr == 70.0
     assert all(context.rule_margin[a] <= context.margin[a] <= context.exact_margin[a] for a in range(2))
     assert tile_context(model, target_psnr=None).margin == (7, 8)
     restormer = convert(
@@ -207,7 +207,7 @@ def test_measured_margin_covers_slowly_decaying_instance_norms(noisy_photo):
     whole = restore(model, noisy_photo)
     tiled = restore(model, noisy_photo, RunSettings(max_megapixels=0.13))
     rule_only = restore(model, noisy_photo, RunSettings(max_megapixels=0.13, tile_margin=context.rule_margin[1]))
-    assert psnr(tiled, whole) >= 50  # measured 87 dB
+    assert psnr(tiled, whole) >= 50  # measured 83.5 dB
     assert psnr(tiled, whole) > psnr(rule_only, whole) + 15  # rule only: 60 dB, a visible seam (max 0.07)
 
 

@@ -287,7 +287,7 @@ _CONV_LIKE = (nn.modules.conv._ConvNd, nn.MaxPool2d, nn.AvgPool2d, nn.PixelShuff
 
 
 def tile_context(
-    model: nn.Module, *, probe_size: int = 64, in_channels: int | None = None, target_psnr: float | None = 60.0
+    model: nn.Module, *, probe_size: int = 64, in_channels: int | None = None, target_psnr: float | None = 70.0
 ) -> TileContext:
     """Measure how much context a (TLC-converted) model needs around a tile.
 
@@ -301,7 +301,7 @@ def tile_context(
 
     Errors past the rule margin decay at a rate that depends on the weights (instance norms after
     every convolution decay slowest), so with ``target_psnr`` the seam error is also measured:
-    two forwards on a photograph-like probe strip (:func:`probe_image`, 64 x 4 rule margins),
+    two forwards on a photograph-like probe strip (:func:`probe_image`, 64 x 6 rule margins),
     whole and cut, give the error at every distance from the cut; the margin is where it stays
     below the target (measured along the width, and along the height too for models whose
     structure differs by axis).
@@ -313,7 +313,7 @@ def tile_context(
             (64 suits every bundled and released architecture; the probe's cost grows with it).
         in_channels: channels of the probe input; default that of the model's first conv.
         target_psnr: the largest RMS seam error allowed in any line of a tile's core, as a PSNR
-            in dB for images on [0, 1] (60: 1e-3); None: the rule margin only, no measurement.
+            in dB for images on [0, 1] (70: 3.2e-4); None: the rule margin only, no measurement.
 
     Returns:
         :class:`TileContext` in image pixels.
@@ -411,12 +411,14 @@ def _measured_margin(
 ) -> tuple[int, bool]:
     """The margin past which cutting a probe changes the model's output by less than the target.
 
-    A strip of :func:`probe_image`, ``2 * d`` pixels long along ``axis`` (d = 2x ``rule``, at most
-    ``exact``) and 64 across, is run whole and cut at d; the RMS difference of the outputs in each
-    line before the cut, at each distance from it, is the seam error a tile edge leaves there.
-    Returns (the largest distance still above the target, rounded up to ``multiple``; whether the
-    error fell below the target within d). Half-precision models are measured in a float32 copy,
-    so the profile is the model's, not its rounding's.
+    A strip of :func:`probe_image`, ``3 * d`` pixels long along ``axis`` (d = 2x ``rule``, at most
+    ``exact``) and 64 across, is run whole and cut at ``2 * d``; the RMS difference of the outputs
+    in each line within d of the cut, at each distance from it, is the seam error a tile edge
+    leaves there. (Lines nearer the strip's own far end are not measured: a pixel near a border
+    has its window shifted inwards, towards the cut, which would stand for a tile narrower than
+    any the planner makes.) Returns (the largest distance still above the target, rounded up to
+    ``multiple``; whether the error fell below the target within d). Half-precision models are
+    measured in a float32 copy, so the profile is the model's, not its rounding's.
     """
     import copy
 
@@ -425,7 +427,7 @@ def _measured_margin(
     reach = min(exact, _round_up(max(2 * rule, 8 * multiple), multiple))
     across = _round_up(64, multiple)
     size = [across, across]
-    size[axis] = 2 * reach
+    size[axis] = 3 * reach
     probe = probe_image(tuple(size), like.shape[1]).to(like.device)
     net = model
     if like.dtype not in (torch.float32, torch.float64):
@@ -433,8 +435,8 @@ def _measured_margin(
     probe = probe.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
     dim = 2 + axis
     with _calibrating(net), torch.inference_mode():
-        whole = final_output(net(probe)).narrow(dim, 0, reach)
-        cut = final_output(net(probe.narrow(dim, 0, reach)))
+        whole = final_output(net(probe)).narrow(dim, reach, reach)
+        cut = final_output(net(probe.narrow(dim, 0, 2 * reach))).narrow(dim, reach, reach)
     other = tuple(d for d in range(4) if d != dim)
     error = (cut.double() - whole.double()).square().mean(dim=other).sqrt()  # (reach,): at distance reach - i
     above = torch.nonzero(error > 10 ** (-target_psnr / 20)).flatten()

@@ -92,7 +92,8 @@ def child(job: dict) -> dict:
     settings = RunSettings(mode="tlc")
     if job["run"] != "whole":
         context = tile_context(model)
-        margin = {"default": None, "none": 0, "one window": context.window_reach[0]}[job["margin"]]
+        margin = {"default": None, "none": 0, "one window": context.window_reach[0],
+                  "rule": context.rule_margin[0]}[job["margin"]]
         plan = model_tile_plan(model, size, job["max_megapixels"], margin=margin)
         settings = RunSettings(mode="tlc", max_megapixels=job["max_megapixels"], tile_margin=margin)
         row.update(margin_px=plan.margin[0], grid=f"{plan.grid[0]}x{plan.grid[1]}", tiles=len(plan.tiles),
@@ -126,16 +127,19 @@ def margin_sweep(models: list[str]) -> list[dict]:
         context = tile_context(model)
         with torch.inference_mode():
             whole = restore(model, x).clamp(0, 1)
-            margins = sorted({0, 16, 32, 48, 64, 96, 128, 192, context.window_reach[0], context.margin[0],
-                              context.exact_margin[0]})
+            margins = sorted({0, 16, 32, 48, 64, 96, 128, 192, context.window_reach[0], context.rule_margin[0],
+                              context.margin[0], context.exact_margin[0]})
             for margin in margins:
                 plan = _grid_plan(tuple(x.shape[-2:]), (margin, margin), context.multiple, 4, 6)
                 start = time.perf_counter()
                 out = run_plan(model, x, plan).clamp(0, 1)
                 seconds = time.perf_counter() - start
                 mse = (out.double() - whole.double()).square().mean().item()
-                rule = {context.window_reach[0]: "one window", context.margin[0]: "default",
-                        context.exact_margin[0]: "exact bound"}.get(margin, "")
+                names = {context.window_reach[0]: "one window", context.rule_margin[0]: "rule",
+                         context.margin[0]: "default", context.exact_margin[0]: "exact bound"}
+                rule = names.get(margin, "")
+                if margin == context.margin[0] and margin == context.rule_margin[0]:
+                    rule = "default (rule)"
                 row = {"model": name, "image": "coffee 400x600 sigma 25", "grid": "4x6", "margin_px": margin,
                        "margin_rule": rule, "overhead": round(plan.overhead, 3), "seconds": round(seconds, 1),
                        "psnr_vs_whole_db": round(10 * math.log10(1 / mse), 2) if mse else math.inf,
@@ -193,7 +197,9 @@ def main() -> None:
             whole = str(Path(tmp) / f"whole-{name}.npy")
             jobs = [{"run": "whole"}]
             jobs += [{"run": "tiled", "max_megapixels": b, "margin": "default"} for b in budgets]
-            jobs += [{"run": "tiled", "max_megapixels": max(budgets), "margin": m} for m in ("one window", "none")]
+            context = tile_context(converted(name))
+            extra = ("one window", "none") if context.margin == context.rule_margin else ("rule", "one window", "none")
+            jobs += [{"run": "tiled", "max_megapixels": max(budgets), "margin": m} for m in extra]
             for job in jobs:
                 job.update(model=name, input=str(Path(tmp) / "input.npy"), whole=whole, threads=args.threads)
                 done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],

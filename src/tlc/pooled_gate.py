@@ -50,10 +50,17 @@ def _is_pointwise_module(module: nn.Module) -> bool:
     return is_pointwise(module)
 
 
-def _is_multiply(node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in (operator.mul, torch.mul)
-    return node.op == "call_method" and node.target == "mul"
+def _multiplication_by_input(gate: fx.Node, x: fx.Node) -> fx.Node | None:
+    """The node computing ``x * gate`` (either order) when that is the gate's only use, else None."""
+    users = list(gate.users)
+    if len(users) != 1:
+        return None
+    (user,) = users
+    if user.op == "call_function":
+        multiply = user.target in (operator.mul, torch.mul)
+    else:
+        multiply = user.op == "call_method" and user.target == "mul"
+    return user if multiply and len(user.args) == 2 and not user.kwargs and set(user.args) == {x, gate} else None
 
 
 @dataclass(frozen=True)
@@ -109,15 +116,7 @@ def gate_plan(module: nn.Module) -> GatePlan | None:
         return None
     graph, x, pool = traced
     chain = _chain(module, graph, pool)
-    end = chain[-1] if chain else pool
-    users = list(end.users)
-    fused = (
-        len(users) == 1
-        and _is_multiply(users[0])
-        and len(users[0].args) == 2
-        and not users[0].kwargs
-        and set(users[0].args) == {x, end}
-    )
+    fused = _multiplication_by_input(chain[-1] if chain else pool, x) is not None
     if not chain and not fused:  # nothing to gain over making the pooling local
         return None
     return GatePlan(str(pool.target), tuple(str(n.target) for n in chain), fused)
@@ -165,10 +164,8 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         gate = new
-    users = list(gate.users)
-    plan_fused = len(users) == 1 and _is_multiply(users[0]) and set(users[0].args) == {x, gate} and len(users[0].args) == 2
-    if plan_fused:
-        (mul,) = users
+    mul = _multiplication_by_input(gate, x)
+    if mul is not None:
         with graph.inserting_after(mul):
             fused = graph.call_function(multiply_replicated, (x, gate))
         mul.replace_all_uses_with(fused)

@@ -17,7 +17,7 @@ from .archs.restormer import Attention as RestormerAttention
 from .archs.restormer import LocalAttention as RestormerLocalAttention
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, is_pointwise
 from .ops._common import Pair
-from .pooled_gate import build_local_gate, gate_plan
+from .pooled_gate import build_local_gate, gate_plan, is_global_avg_pool
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,10 @@ def _keep_affine(new: nn.Module, old: nn.Module) -> nn.Module:
     return new
 
 
-def _is_global_avg_pool(module: nn.Module) -> bool:
-    if not isinstance(module, nn.AdaptiveAvgPool2d):
-        return False
-    size = module.output_size
-    return tuple(size) == (1, 1) if isinstance(size, (tuple, list)) else size == 1
-
 
 GLOBAL_AVG_POOL = Rule(
     name="global-avg-pool",
-    matches=_is_global_avg_pool,
+    matches=is_global_avg_pool,
     build=lambda m, site: LocalAvgPool2d(site.window, fast=site.fast, max_stride=site.max_stride),
 )
 
@@ -86,7 +80,7 @@ def _is_pooled_pointwise(module: nn.Module) -> bool:
     return (
         type(module) is nn.Sequential
         and len(module) >= 2
-        and _is_global_avg_pool(module[0])
+        and is_global_avg_pool(module[0])
         and all(is_pointwise(layer) for layer in list(module)[1:])
     )
 

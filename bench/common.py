@@ -40,6 +40,20 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def merged(name: str, rows: list[dict], key: str = "model") -> list[dict]:
+    """``rows`` plus the rows already in results/<name>.csv whose ``key`` column names something
+    not in ``rows`` (a run for some models keeps the others' figures), in the file's order."""
+    path = RESULTS / f"{name}.csv"
+    existing = []
+    if path.exists():
+        with path.open(newline="") as f:
+            existing = list(csv.DictReader(f))
+    done = {row[key] for row in rows}
+    kept = [row for row in existing if row[key] not in done]
+    order = list(dict.fromkeys([r[key] for r in existing] + [r[key] for r in rows]))  # rerun rows keep their place
+    return sorted(kept + rows, key=lambda row: order.index(row[key]))
+
+
 def write_csv(name: str, rows: list[dict]) -> Path:
     """Write rows to bench/results/<name>.csv (atomically) and return the path."""
     RESULTS.mkdir(exist_ok=True)

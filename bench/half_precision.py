@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_csv  # noqa: E402
+from common import machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tlc import synth  # noqa: E402
@@ -72,7 +72,8 @@ def main() -> None:
                      "machine": machine()})
     if rows:
         suffix = "_4k" if args.only_4k else ""
-        print(f"wrote {write_csv(f'half_precision{suffix}_{torch.device(args.device).type}', rows)}")
+        name = f"half_precision{suffix}_{torch.device(args.device).type}"
+        print(f"wrote {write_csv(name, merged(name, rows))}")  # --models keeps the other rows
 
 
 if __name__ == "__main__":

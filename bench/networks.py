@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_seconds, write_csv  # noqa: E402
+from common import machine, median_seconds, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 
@@ -80,7 +80,8 @@ def main() -> None:
                      "dtype": args.dtype, "plain_ms": round(1e3 * times["plain"], 2), "tlc_ms": round(1e3 * times["tlc"], 2),
                      "ratio": round(ratio, 3), "converted_ops": len(report.converted), "machine": machine()})
         del plain, local
-    print(f"wrote {write_csv(f'networks_{torch.device(args.device).type}', rows)}")
+    name = f"networks_{torch.device(args.device).type}"
+    print(f"wrote {write_csv(name, merged(name, rows, key='network'))}")  # --only keeps the other rows
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_csv  # noqa: E402
+from common import machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tlc import synth  # noqa: E402
@@ -148,23 +148,6 @@ def margin_sweep(models: list[str]) -> list[dict]:
                 print(f"  {name:<12} margin {margin:>4} {rule:<12} overhead {row['overhead']:6.2f}x  "
                       f"PSNR vs whole {row['psnr_vs_whole_db']:>7} dB  max diff {row['max_abs_diff']}", flush=True)
     return rows
-
-
-def merged(name: str, rows: list[dict]) -> list[dict]:
-    """``rows`` plus the rows of other models already in results/<name>.csv (a run for some models
-    keeps the others' figures), in model order of first appearance."""
-    import csv
-
-    from common import RESULTS
-
-    path = RESULTS / f"{name}.csv"
-    done = {row["model"] for row in rows}
-    kept = []
-    if path.exists():
-        with path.open(newline="") as f:
-            kept = [row for row in csv.DictReader(f) if row["model"] not in done]
-    order = list(dict.fromkeys([r["model"] for r in kept] + [r["model"] for r in rows]))
-    return sorted(kept + rows, key=lambda row: order.index(row["model"]))
 
 
 def main() -> None:

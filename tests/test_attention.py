@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import tlc
+from tlc.ops import attention
 
 from .conftest import devices
 
@@ -103,3 +104,29 @@ def test_bad_heads():
     q = torch.zeros(1, 5, 4, 4)
     with pytest.raises(ValueError, match="divisible"):
         tlc.local_transposed_attention(q, q, q, torch.ones(2, 1, 1), 2, (2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_norms_agree_with_torch_path(dtype, monkeypatch):
+    # q and k as Restormer makes them: channel chunks of one qkv map (not contiguous), batch 2, odd sizes.
+    qkv = torch.randn(2, 12, 23, 37, dtype=dtype)
+    q, k, v = qkv.chunk(3, dim=1)
+    temperature = torch.rand(2, 1, 1, dtype=dtype) + 0.5
+    compiled = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
+    monkeypatch.setattr(attention, "_compiled_sums_of_squares", None)
+    torch_path = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(compiled, torch_path, rtol=0, atol=tol)
+    torch.testing.assert_close(compiled, loop_attention(q, k, v, temperature, 2, (9, 14)), rtol=0, atol=tol)
+
+
+def test_block_sums_of_squares_exact():
+    pytest.importorskip("numba")
+    q, k = (torch.randn(2, 3, 4, 10, 17, dtype=torch.float64) for _ in range(2))
+    rows, cols = [(0, 3), (3, 4), (4, 10)], [(0, 5), (5, 16), (16, 17)]
+    q_sq, k_sq = attention._block_sums_of_squares(q, k, rows, cols)
+    assert q_sq.shape == (2, 3, 3, 3, 4)
+    for s, (y0, y1) in enumerate(rows):
+        for t, (x0, x1) in enumerate(cols):
+            torch.testing.assert_close(q_sq[:, :, s, t], q[..., y0:y1, x0:x1].square().sum((-2, -1)), rtol=1e-14, atol=0)
+            torch.testing.assert_close(k_sq[:, :, s, t], k[..., y0:y1, x0:x1].square().sum((-2, -1)), rtol=1e-14, atol=0)

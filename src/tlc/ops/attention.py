@@ -10,10 +10,16 @@ averages the window outputs where they overlap (the reference's placement, descr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import Pair, as_pair, check_feature_map, compute_dtype
+from ._common import Pair, as_pair, check_feature_map, compute_dtype, tracing
+
+try:
+    from numba import njit, prange
+except ImportError:  # the torch path is used instead
+    njit = prange = None
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -89,6 +95,71 @@ def _segments(size: int, starts: list[int], k: int) -> tuple[list[tuple[int, int
     return pieces, member
 
 
+def _block_sums_of_squares_planes(q, k, row_cuts, col_cuts, q_out, k_out):  # pragma: no cover (numba)
+    """q, k: (N, C, H, W), any strides. q_out, k_out: (N, C, S, T) float64 get the sums of squares
+    over each block [row_cuts[s], row_cuts[s+1]) x [col_cuts[t], col_cuts[t+1]).
+
+    Reads each row once, front to back (block by block it would read short strided runs, 2x
+    slower). Sums in float64: exact to ~1e-15 relative, no slower than float32 here."""
+    n, c = q.shape[0], q.shape[1]
+    segments_r, segments_c = row_cuts.shape[0] - 1, col_cuts.shape[0] - 1
+    for p in prange(n * c * segments_r):
+        b, ch, s = p // (c * segments_r), (p // segments_r) % c, p % segments_r
+        for t in range(segments_c):
+            q_out[b, ch, s, t] = 0.0
+            k_out[b, ch, s, t] = 0.0
+        for y in range(row_cuts[s], row_cuts[s + 1]):
+            for t in range(segments_c):
+                q_row, k_row = 0.0, 0.0
+                for x in range(col_cuts[t], col_cuts[t + 1]):
+                    qv, kv = np.float64(q[b, ch, y, x]), np.float64(k[b, ch, y, x])
+                    q_row += qv * qv
+                    k_row += kv * kv
+                q_out[b, ch, s, t] += q_row
+                k_out[b, ch, s, t] += k_row
+
+
+_compiled_sums_of_squares = (
+    njit(parallel=True, cache=True)(_block_sums_of_squares_planes) if njit is not None else None
+)
+
+
+def _block_sums_of_squares(
+    q: torch.Tensor, k: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of squares of q and k (N, heads, d, H, W) over each block of the segment grid:
+    (N, heads, row segments, column segments, d) each, dtype of q."""
+    n, heads, d = q.shape[:3]
+    fused = (
+        _compiled_sums_of_squares is not None
+        and not tracing()
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and q.dtype == k.dtype
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    )
+    if not fused:
+        # Row norms along the contiguous axis, squared and summed: no temporary the size of the
+        # block, 2x faster than Gram diagonals and as accurate (1.8e-7 relative to float64).
+        sums = [
+            torch.stack([torch.stack([_sum_of_squares(t[..., y0:y1, x0:x1]) for x0, x1 in col_pieces], 2)
+                         for y0, y1 in row_pieces], 2)
+            for t in (q, k)
+        ]
+        return sums[0], sums[1]
+    # One pass over q and k for all blocks: 2.3x faster than the row norms above.
+    cuts = [np.array([0, *(end for _, end in pieces)]) for pieces in (row_pieces, col_pieces)]
+    sums = [torch.empty(n, heads * d, len(row_pieces), len(col_pieces), dtype=torch.float64) for _ in range(2)]
+    _compiled_sums_of_squares(q.flatten(1, 2).numpy(), k.flatten(1, 2).numpy(), *cuts, *(t.numpy() for t in sums))
+    q_sq, k_sq = (t.reshape(n, heads, d, *t.shape[2:]).permute(0, 1, 3, 4, 2).to(q.dtype) for t in sums)
+    return q_sq, k_sq
+
+
+def _sum_of_squares(block: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) -> (...): sum of squares over the last two axes."""
+    return torch.linalg.vector_norm(block, dim=-1).square().sum(-1)
+
+
 def local_transposed_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -111,7 +182,8 @@ def local_transposed_attention(
     Work and memory are those of the global block whatever the overlap: no window copies, no
     per-pixel index tensors, no host round trips. The Python loop runs over the blocks (a few
     times the number of windows), each step one batched matrix product over batch and heads,
-    reading the block in place. Half inputs are computed in float32.
+    reading the block in place. On CPU without autograd the squared norms of all blocks come
+    from one compiled pass (numba). Half inputs are computed in float32.
 
     Args:
         q, k, v: (N, C, H, W) each.
@@ -136,24 +208,23 @@ def local_transposed_attention(
     col_member = col_member.to(device=q.device, dtype=work)
     qh, kh_, vh = (_heads(t, num_heads).to(work) for t in (q, k, v))  # (N, heads, d, H, W)
 
-    def rows_first(t: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        # (N, heads, d, hs, wt) block -> (N, heads, hs, d, wt) view: one matrix per row, no copy.
-        return t[..., y0:y1, x0:x1].transpose(2, 3)
+    # A block of one image and head as (hs, d, wt): one matrix per row, a strided view with a
+    # single batch stride, which bmm reads in place (with image and head as batch dimensions too,
+    # matmul would first copy the block: 3.6x slower per image at batch 2).
+    planes = [(i, j) for i in range(n) for j in range(num_heads)]
+    blocks = [(s, t, y0, y1, x0, x1) for s, (y0, y1) in enumerate(row_pieces) for t, (x0, x1) in enumerate(col_pieces)]
+
+    def rows_first(x: torch.Tensor, i: int, j: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return x[i, j, :, y0:y1, x0:x1].transpose(0, 1)
 
     # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
     d = c // num_heads
-    shape = (n, num_heads, len(row_pieces), len(col_pieces))
-    gram = q.new_zeros((*shape, d, d), dtype=work)
-    q_sq = q.new_zeros((*shape, d), dtype=work)
-    k_sq = torch.zeros_like(q_sq)
-    for s, (y0, y1) in enumerate(row_pieces):
-        for t, (x0, x1) in enumerate(col_pieces):
-            qb, kb = rows_first(qh, y0, y1, x0, x1), rows_first(kh_, y0, y1, x0, x1)
-            gram[:, :, s, t] = (qb @ kb.transpose(-1, -2)).sum(2)
-            # Squared norms as Gram diagonals: BLAS sums, twice as fast as square().sum() here and
-            # as accurate (measured 1.2e-7 relative to float64 on a 384x512 block).
-            q_sq[:, :, s, t] = torch.diagonal((qb @ qb.transpose(-1, -2)).sum(2), dim1=-2, dim2=-1)
-            k_sq[:, :, s, t] = torch.diagonal((kb @ kb.transpose(-1, -2)).sum(2), dim1=-2, dim2=-1)
+    gram = q.new_empty((n, num_heads, len(row_pieces), len(col_pieces), d, d), dtype=work)
+    for i, j in planes:
+        for s, t, *box in blocks:
+            qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
+            gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(0)
+    q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
     gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
     q_sq = torch.einsum("is,jt,nhsta->nhija", row_member, col_member, q_sq)
@@ -166,8 +237,8 @@ def local_transposed_attention(
     cover = row_member.sum(0)[:, None] * col_member.sum(0)[None, :]
     block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
     out = torch.empty_like(vh)
-    for s, (y0, y1) in enumerate(row_pieces):
-        for t, (x0, x1) in enumerate(col_pieces):
-            applied = block_attn[:, :, s, t, None] @ rows_first(vh, y0, y1, x0, x1)  # (N, heads, hs, d, wt)
-            out[..., y0:y1, x0:x1] = applied.transpose(2, 3)
+    for i, j in planes:
+        for s, t, y0, y1, x0, x1 in blocks:
+            applied = block_attn[i, j, s, t] @ rows_first(vh, i, j, y0, y1, x0, x1)  # (hs, d, wt)
+            out[i, j, :, y0:y1, x0:x1] = applied.transpose(0, 1)
     return out.reshape(n, c, h, w).to(q.dtype)

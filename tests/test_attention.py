@@ -130,3 +130,15 @@ def test_block_sums_of_squares_exact():
         for t, (x0, x1) in enumerate(cols):
             torch.testing.assert_close(q_sq[:, :, s, t], q[..., y0:y1, x0:x1].square().sum((-2, -1)), rtol=1e-14, atol=0)
             torch.testing.assert_close(k_sq[:, :, s, t], k[..., y0:y1, x0:x1].square().sum((-2, -1)), rtol=1e-14, atol=0)
+
+
+def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
+    # The form used off the CPU (images and heads as batch dimensions), checked here on the CPU.
+    qkv = torch.randn(2, 12, 19, 26, dtype=torch.float64)
+    q, k, v = qkv.chunk(3, dim=1)
+    temperature = torch.rand(2, 1, 1, dtype=torch.float64) + 0.5
+    per_plane = tlc.local_transposed_attention(q, k, v, temperature, 2, (8, 11))
+    monkeypatch.setattr(attention, "_one_plane_at_a_time", lambda x: False)
+    batched = tlc.local_transposed_attention(q, k, v, temperature, 2, (8, 11))
+    torch.testing.assert_close(batched, per_plane, rtol=0, atol=1e-13)
+    torch.testing.assert_close(batched, loop_attention(q, k, v, temperature, 2, (8, 11)), rtol=0, atol=1e-12)

@@ -155,6 +155,12 @@ def _block_sums_of_squares(
     return q_sq, k_sq
 
 
+def _one_plane_at_a_time(x: torch.Tensor) -> bool:
+    """Whether the block loops run per image and head (CPU, eager) or once for all of them (other
+    devices; traced graphs, which must not fix the batch size)."""
+    return x.device.type == "cpu" and not tracing()
+
+
 def _sum_of_squares(block: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (...): sum of squares over the last two axes."""
     return torch.linalg.vector_norm(block, dim=-1).square().sum(-1)
@@ -208,14 +214,18 @@ def local_transposed_attention(
     col_member = col_member.to(device=q.device, dtype=work)
     qh, kh_, vh = (_heads(t, num_heads).to(work) for t in (q, k, v))  # (N, heads, d, H, W)
 
-    # A block of one image and head as (hs, d, wt): one matrix per row, a strided view with a
-    # single batch stride, which bmm reads in place (with image and head as batch dimensions too,
-    # matmul would first copy the block: 3.6x slower per image at batch 2).
-    planes = [(i, j) for i in range(n) for j in range(num_heads)]
+    # A block as (..., hs, d, wt): one matrix per row, a strided view. On the CPU one image and
+    # head at a time, so that the view has a single batch stride and bmm reads it in place (with
+    # image and head as batch dimensions matmul first copies the block: 3.6x slower per image at
+    # batch 2). Elsewhere one call for all images and heads: copies are cheap there, launches not.
+    if _one_plane_at_a_time(q):
+        planes = [(i, j) for i in range(n) for j in range(num_heads)]
+    else:
+        planes = [(slice(None), slice(None))]
     blocks = [(s, t, y0, y1, x0, x1) for s, (y0, y1) in enumerate(row_pieces) for t, (x0, x1) in enumerate(col_pieces)]
 
-    def rows_first(x: torch.Tensor, i: int, j: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        return x[i, j, :, y0:y1, x0:x1].transpose(0, 1)
+    def rows_first(x: torch.Tensor, i: int | slice, j: int | slice, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return x[i, j, :, y0:y1, x0:x1].transpose(-3, -2)
 
     # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
     d = c // num_heads
@@ -223,7 +233,7 @@ def local_transposed_attention(
     for i, j in planes:
         for s, t, *box in blocks:
             qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
-            gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(0)
+            gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
     q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
     gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
@@ -239,6 +249,6 @@ def local_transposed_attention(
     out = torch.empty_like(vh)
     for i, j in planes:
         for s, t, y0, y1, x0, x1 in blocks:
-            applied = block_attn[i, j, s, t] @ rows_first(vh, i, j, y0, y1, x0, x1)  # (hs, d, wt)
-            out[i, j, :, y0:y1, x0:x1] = applied.transpose(0, 1)
+            applied = block_attn[i, j, s, t].unsqueeze(-3) @ rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
+            out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)
     return out.reshape(n, c, h, w).to(q.dtype)

@@ -33,6 +33,25 @@ def median_seconds(fn: Callable[[], object], device: torch.device | str = "cpu",
     return statistics.median(times)
 
 
+def interleaved_median_seconds(
+    fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5
+) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the functions taking turns (a, b, a, b, ...) so that a
+    slow spell of a shared machine falls on all of them alike (CUDA synchronised)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> str:
     """A one-line description of where the numbers were measured."""
     if torch.cuda.is_available():

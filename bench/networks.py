@@ -1,7 +1,8 @@
 """Each network converted by TLC against the same network unconverted, side by side.
 
 Random weights (perturbed, so no block is an identity), TLC with train 256 / base 384 as in the
-paper, one image of 720x1280 by default. On the CPU the widths are reduced so a run takes
+paper, one image of 720x1280 by default, plain and converted runs taking turns (median of 5
+each after a warm-up). On the CPU the widths are reduced so a run takes
 minutes (--full for the released widths, meant for a GPU). Prints ms per image and the ratio
 converted / plain; writes bench/results/networks_<device>.csv.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_seconds, merged, write_csv  # noqa: E402
+from common import interleaved_median_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--size", default="720x1280", help="HxW of the test image")
     parser.add_argument("--full", action="store_true", help="the released widths (GPU)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each, taking turns")
     parser.add_argument("--only", help="comma-separated names to run")
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
@@ -70,8 +71,8 @@ def main() -> None:
             warnings.simplefilter("ignore")
             local, report = tlc.convert(plain, train_size=256, base_size=384)
         with torch.inference_mode():
-            times = {label: median_seconds(lambda m=m: m(x), args.device, repeats=args.repeats)
-                     for label, m in (("plain", plain), ("tlc", local))}
+            times = interleaved_median_seconds({"plain": lambda: plain(x), "tlc": lambda: local(x)}, args.device,
+                                               repeats=args.repeats)
         params = sum(p.numel() for p in plain.parameters())
         ratio = times["tlc"] / times["plain"]
         print(f"  {name:<16}{params:>10,}{1e3 * times['plain']:>11.1f}{1e3 * times['tlc']:>10.1f}{ratio:>7.2f}x"

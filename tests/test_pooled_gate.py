@@ -187,3 +187,10 @@ def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
     with torch.no_grad():
         torch.testing.assert_close(apply_pointwise(y, layers), layers(y), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(apply_pointwise(y, list(layers)), layers(y), rtol=1e-5, atol=1e-6)
+        # One bmm per convolution on the map as it lies: no copies in or out (matmul of a matrix
+        # with a batch of maps copied both ways; 0.35 s of MPRNet's 17 s at 720x1280).
+        with torch.profiler.profile() as profile:
+            apply_pointwise(y, layers)
+        ops = [event.name for event in profile.events()]
+        assert ops.count("aten::bmm") == 2
+        assert "aten::copy_" not in ops

@@ -6,7 +6,7 @@ import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
 from ._opaque import opaque_local_mean, opaque_local_mean_applies
-from .pool import clamp_window, replicate_to, window_sums
+from .pool import clamp_window, replicate_to, valid_local_mean
 
 
 def local_group_norm(
@@ -59,9 +59,10 @@ def local_group_norm(
         rstd = torch.rsqrt(var + eps).to(work).unsqueeze(2)
         mean = mean.to(work).unsqueeze(2)
     else:
-        area = kh * kw
-        mean = window_sums(first, (kh, kw), acc) / area  # (N, G, H-kh+1, W-kw+1), relative to center
-        var = (window_sums(second, (kh, kw), acc) / area - mean.square()).clamp_min_(0)
+        # (N, G, H-kh+1, W-kw+1), relative to center; first and second are already in acc, so
+        # these are sums in acc (on the CPU the fused kernel: 10x faster than prefix sums here).
+        mean = valid_local_mean(first, (kh, kw))
+        var = (valid_local_mean(second, (kh, kw)) - mean.square()).clamp_min_(0)
         rstd = replicate_to(torch.rsqrt(var + eps).to(work), (h, w)).unsqueeze(2)
         mean = replicate_to(mean.to(work), (h, w)).unsqueeze(2)
     out = (((groups.to(work) - center) - mean) * rstd).reshape(n, c, h, w)

@@ -65,3 +65,11 @@ def tracing() -> bool:
     # Only consult torch.onnx when it was imported: no ONNX export can be under way otherwise.
     onnx = sys.modules.get("torch.onnx")
     return onnx is not None and onnx.is_in_onnx_export()
+
+
+def cpu_kernel_applies(*tensors: torch.Tensor) -> bool:
+    """Whether a compiled CPU kernel (numba) may compute on ``tensors``: all on the CPU, none
+    needing gradients, not traced (export/compile trace fake tensors, which numba cannot read)."""
+    return not tracing() and all(
+        t.device.type == "cpu" and not (torch.is_grad_enabled() and t.requires_grad) for t in tensors
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import tracing
+from ._common import cpu_kernel_applies
 
 try:
     from numba import njit, prange
@@ -64,12 +64,7 @@ _compiled = njit(parallel=True, cache=True)(_box_mean_planes) if njit is not Non
 def fused_local_mean_available(x: torch.Tensor) -> bool:
     """Whether :func:`fused_local_mean` applies: numba present, a CPU tensor, no autograd needed,
     not traced (export/compile trace fake tensors, which numba cannot read)."""
-    return (
-        _compiled is not None
-        and not tracing()
-        and x.device.type == "cpu"
-        and not (torch.is_grad_enabled() and x.requires_grad)
-    )
+    return _compiled is not None and cpu_kernel_applies(x)
 
 
 def fused_local_mean(x: torch.Tensor, window: tuple[int, int], valid_only: bool = False) -> torch.Tensor:

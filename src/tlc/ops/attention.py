@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import Pair, as_pair, check_feature_map, compute_dtype, tracing
+from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing
 
 try:
     from numba import njit, prange
@@ -132,11 +132,9 @@ def _block_sums_of_squares(
     n, heads, d = q.shape[:3]
     fused = (
         _compiled_sums_of_squares is not None
-        and not tracing()
-        and q.device.type == "cpu"
+        and cpu_kernel_applies(q, k)
         and q.dtype in (torch.float32, torch.float64)
         and q.dtype == k.dtype
-        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
     )
     if not fused:
         # Row norms along the contiguous axis, squared and summed: no temporary the size of the
@@ -187,9 +185,10 @@ def local_transposed_attention(
     ``(mean attention of its windows) @ v``, the averaged attention is applied to each block once.
     Work and memory are those of the global block whatever the overlap: no window copies, no
     per-pixel index tensors, no host round trips. The Python loop runs over the blocks (a few
-    times the number of windows), each step one batched matrix product over batch and heads,
-    reading the block in place. On CPU without autograd the squared norms of all blocks come
-    from one compiled pass (numba). Half inputs are computed in float32.
+    times the number of windows), each step one matrix product batched over the block's rows,
+    reading the block in place: per image and head on the CPU, for all of them at once
+    elsewhere. On the CPU without autograd the squared norms of all blocks come from one
+    compiled pass (numba). Half inputs are computed in float32.
 
     Args:
         q, k, v: (N, C, H, W) each.

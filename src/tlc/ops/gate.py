@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import tracing
+from ._common import cpu_kernel_applies, tracing
 from .pool import replicate_to
 
 try:
@@ -45,9 +45,9 @@ def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple
         ):
             n, c, h, w = y.shape
             weight = layer.weight.view(layer.out_channels, c)
-            # bmm with the weight broadcast keeps the output contiguous (N, C, h*w); matmul would
-            # fold the batch into the columns and hand back a channels-last view, which every
-            # later layer and the gate's multiply then copy.
+            # bmm with the weight broadcast reads and writes the maps as they lie; torch.matmul of
+            # the matrix with the batch of maps copied in and out here (profiled: 0.35 s of
+            # MPRNet's 17 s at 720x1280).
             out = torch.bmm(weight.expand(n, -1, -1), y.reshape(n, c, h * w))
             if layer.bias is not None:
                 out = out + layer.bias.view(1, -1, 1)
@@ -96,16 +96,13 @@ def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     gh, gw = gate.shape[-2:]
     fused = (
         _compiled is not None
-        and not tracing()
-        and x.device.type == "cpu"
-        and gate.device.type == "cpu"
+        and cpu_kernel_applies(x, gate)
         and x.dim() == 4
         and gate.shape[:2] == x.shape[:2]
         and x.dtype == gate.dtype
         and x.dtype in (torch.float32, torch.float64)
         and gh <= h
         and gw <= w
-        and not (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad))
     )
     if not fused:
         return x * replicate_to(gate, (h, w))

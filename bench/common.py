@@ -21,16 +21,7 @@ def synchronize(device: torch.device | str) -> None:
 
 def median_seconds(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_median_seconds({"fn": fn}, device, warmup, repeats)["fn"]
 
 
 def interleaved_median_seconds(

@@ -42,38 +42,32 @@ class SplitGate(nn.Module):
         return torch.sigmoid(self.expand(self.act(self.reduce(self.pool(x))))) * x
 
 
-class AddedGate(nn.Module):
-    """The pooled map is added, not multiplied: replicated, then the original consumer runs."""
+class PoolAndConv(nn.Module):
+    """A global pooling and a 1x1 convolution as children; subclasses combine them."""
 
     def __init__(self, c: int = 8) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Conv2d(c, c, 1)
+
+
+class AddedGate(PoolAndConv):
+    """The pooled map is added, not multiplied: replicated, then the original consumer runs."""
 
     def forward(self, x):
         return x + self.fc(self.pool(x))
 
 
-class PooledTwice(nn.Module):
+class PooledTwice(PoolAndConv):
     """The pooled map is used twice: not the pattern (left to the global-avg-pool rule)."""
-
-    def __init__(self, c: int = 8) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Conv2d(c, c, 1)
 
     def forward(self, x):
         p = self.pool(x)
         return x * self.fc(p) + p
 
 
-class Branching(nn.Module):
+class Branching(PoolAndConv):
     """Data-dependent control flow: fx cannot trace it (left to the global-avg-pool rule)."""
-
-    def __init__(self, c: int = 8) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Conv2d(c, c, 1)
 
     def forward(self, x):
         if x.sum() > 0:

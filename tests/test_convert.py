@@ -257,22 +257,80 @@ def test_shared_module_at_one_size_is_replaced_everywhere():
     assert converted.first[1] is converted.second[1] and isinstance(converted.first[1], tlc.LocalAvgPool2d)
 
 
-def test_squeeze_excitation_with_linear_layers_fails_clearly_and_rolls_back():
+def test_a_site_whose_local_result_breaks_the_model_stays_global_and_the_rest_converts():
     class LinearSE(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3, padding=1)
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(4, 4)
+            self.norm = nn.InstanceNorm2d(4)
 
         def forward(self, x):
-            y = self.conv(x)
+            y = self.norm(self.conv(x))
             return y * self.fc(self.pool(y).view(y.shape[0], -1)).sigmoid()[:, :, None, None]
 
     model = LinearSE()
-    with pytest.raises(tlc.ConversionError, match="check forward at 16x16 failed"):
-        tlc.convert(model, train_size=16, inplace=True)
-    assert isinstance(model.pool, nn.AdaptiveAvgPool2d)
+    converted, report = tlc.convert(model, train_size=16, functional=False)
+    assert [op.path for op in report.converted] == ["norm"]
+    [skipped] = report.skipped
+    assert skipped.path == "pool" and skipped.reason.startswith("the model fails on its local result: RuntimeError")
+    assert isinstance(converted.pool, nn.AdaptiveAvgPool2d) and isinstance(converted.norm, tlc.LocalInstanceNorm2d)
+    x = torch.rand(1, 3, 40, 40)
+    expected = model.norm(model.conv(x))  # by hand: local norm, global pool
+    expected = tlc.local_instance_norm(model.conv(x), (24, 24), eps=model.norm.eps)
+    gate = model.fc(expected.mean((2, 3))).sigmoid()[:, :, None, None]
+    torch.testing.assert_close(converted(x), expected * gate)
+
+
+def test_inplace_conversion_that_fails_leaves_the_model_as_it_was():
+    class Tail(nn.Module):  # a user's global op at the output
+        def forward(self, x):
+            return x - x.mean((2, 3), keepdim=True)
+
+    wrong = tlc.Rule("doubles-channels", lambda m: isinstance(m, Tail), lambda m, site: nn.Conv2d(4, 8, 1))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.InstanceNorm2d(4), Tail())
+    before = dict(model.named_modules())
+    with pytest.raises(tlc.ConversionError, match="other shapes"):
+        tlc.convert(model, train_size=16, inplace=True, rules=[tlc.INSTANCE_NORM, wrong])
+    assert dict(model.named_modules()) == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_calibration_feeds_each_forward_its_own_input():
+    class ScalesInputInPlace(nn.Module):  # as spandrel's RCAN: x.mul_(img_range) before the head
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            x.mul_(255.0)
+            y = self.head(x)
+            return y * self.pool(y)
+
+    _, report = tlc.convert(ScalesInputInPlace(), train_size=16)
+    # Outputs reach ~1e4 (float32 rounding ~1e-3); a second forward on the scaled input would be 255x off.
+    assert report.max_deviation < 1e-2
+
+
+def test_a_model_that_cannot_be_deep_copied_names_the_module():
+    class Unpicklable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.handle = open(__file__)  # file objects refuse deepcopy
+
+        def __deepcopy__(self, memo):
+            raise TypeError("cannot pickle '_io.TextIOWrapper' object")
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), Unpicklable())
+    try:
+        with pytest.raises(tlc.ConversionError, match=r"module '1' \(Unpicklable\) fails copy.deepcopy.*inplace=True"):
+            tlc.convert(model, train_size=16)
+    finally:
+        model[1].handle.close()
 
 
 def test_user_rules_extend_the_defaults():
@@ -323,6 +381,49 @@ def test_in_channels_found_when_another_conv_is_registered_first():
     assert report.converted[0].feature_size == (16, 16)
     with pytest.raises(tlc.ConversionError, match="channels"):
         tlc.convert(LateIntro(), train_size=16, in_channels=3)
+
+
+def test_in_channels_found_when_the_first_conv_sees_the_input_with_its_mean():
+    class IlluminationFirst(nn.Module):  # Retinexformer: the estimator's conv (4 channels) registered first
+        def __init__(self):
+            super().__init__()
+            self.estimator = nn.Conv2d(4, 3, 1)
+            self.body = nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            light = self.estimator(torch.cat([x, x.mean(1, keepdim=True)], 1))
+            y = self.body(x * light + x)
+            return y * self.pool(y)
+
+    _, report = tlc.convert(IlluminationFirst(), train_size=16)
+    assert report.in_channels == 3
+
+
+class LookAlikeConv(nn.Module):  # DO-Conv style: a conv of its own, not an nn.Conv2d
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.in_channels = in_channels
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight, padding=1)
+
+
+def test_in_channels_from_a_look_alike_conv_fed_the_input():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.deep = nn.Conv2d(128, 6, 1)  # registered first, as in DeepRFT
+            self.intro = LookAlikeConv(3, 128)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            y = self.deep(self.intro(x))
+            return y * self.pool(y)
+
+    _, report = tlc.convert(Model(), train_size=16)
+    assert report.in_channels == 3
 
 
 def test_bad_arguments():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .functional import CallSite, convert_call_sites
+from .functional import CallSite, convert_call_sites, remove_call_site_conversion
 from .ops._common import Pair, as_pair
 from .rules import DEFAULT_RULES, Rule, Site
 
@@ -131,11 +132,19 @@ def _first_tensor_like(model: nn.Module) -> torch.Tensor | None:
     return next(itertools.chain(model.parameters(), model.buffers()), None)
 
 
-def _guess_in_channels(model: nn.Module) -> int:
+def _is_conv(module: nn.Module) -> bool:
+    """Convolutions of torch and look-alikes (DO-Conv and kin) that declare ``in_channels``."""
+    channels = getattr(module, "in_channels", None)
+    return isinstance(module, nn.modules.conv._ConvNd) or (isinstance(channels, int) and channels > 0)
+
+
+def _channel_candidates(model: nn.Module) -> list[int]:
+    """Input channel counts to try, most likely first: the convs' ``in_channels`` in order, then 3 and 1."""
+    seen: list[int] = []
     for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return module.in_channels
-    raise ConversionError("cannot tell the model's input channels (it has no convolution): pass in_channels=")
+        if _is_conv(module) and module.in_channels not in seen:
+            seen.append(module.in_channels)
+    return seen + [c for c in (3, 1) if c not in seen]
 
 
 def _tensors(obj: object) -> Iterator[torch.Tensor]:
@@ -147,6 +156,30 @@ def _tensors(obj: object) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _tensors(item)
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``; a failure names the first module that cannot be copied."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as err:
+        culprit = "the model itself"
+        failing = [(path, module) for path, module in model.named_modules() if path and not _copies(module)]
+        innermost = [(p, m) for p, m in failing if not any(q.startswith(p + ".") for q, _ in failing)]
+        if innermost:
+            culprit = f"module '{innermost[0][0]}' ({type(innermost[0][1]).__name__})"
+        raise ConversionError(
+            f"cannot copy the model: {culprit} fails copy.deepcopy ({type(err).__name__}: {err}); "
+            "pass inplace=True to convert the model itself"
+        ) from err
+
+
+def _copies(module: nn.Module) -> bool:
+    try:
+        copy.deepcopy(module)
+    except Exception:
+        return False
+    return True
 
 
 @contextmanager
@@ -181,9 +214,10 @@ def _calibrating(model: nn.Module) -> Iterator[list[str]]:
 
 
 def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
+    """One forward on a copy of ``x`` (models may scale their input in place); errors name the module."""
     with _calibrating(model) as stack:
         try:
-            return model(x)
+            return model(x.clone())
         except Exception as err:
             where = stack[-1] if stack else ""
             module = model.get_submodule(where)
@@ -194,45 +228,87 @@ def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
             ) from err
 
 
+_CHANNEL_MISMATCH = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+
+
+def _next_channels(err: ConversionError, tried: int, fed_input: set[int]) -> int | None:
+    """The channel count a failed calibration suggests, or None.
+
+    A conv fed the model's input directly needs exactly its ``in_channels``; one fed something
+    derived from it (the input concatenated with its own mean, say) got ``tried + extra`` channels,
+    so the input needs ``in_channels - extra``.
+    """
+    culprit = err.module
+    if culprit is None or not _is_conv(culprit):
+        return None
+    if id(culprit) in fed_input:
+        return culprit.in_channels
+    found = _CHANNEL_MISMATCH.search(str(err.__cause__))
+    if found is None:
+        return None
+    wanted, got = int(found.group(1)), int(found.group(2))
+    return tried + wanted - got if tried + wanted - got > 0 else None
+
+
 def _calibrate(
     model: nn.Module, targets: list[nn.Module], train: Pair, in_channels: int | None
 ) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]]]:
     """Run the model once at the training size, recording each target's input shapes.
 
     Returns (the input used, the model's output, shapes seen per id(target)). Without
-    ``in_channels`` it starts from the first convolution's input channels and, if the model
-    registers some other convolution first, retries with the channels of the one that rejected
-    the input.
+    ``in_channels`` the channel count is searched for: the convs' ``in_channels`` in registration
+    order, corrected by what a conv that rejects its input says it expected (a conv fed the input
+    itself tells the count outright, even when another conv is registered first).
     """
     like = _first_tensor_like(model)
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    channels = in_channels if in_channels is not None else _guess_in_channels(model)
-    tried = {channels}
+    candidates = [in_channels] if in_channels is not None else _channel_candidates(model)
+    if not candidates:
+        raise ConversionError("cannot tell the model's input channels (it has no convolution): pass in_channels=")
     seen: dict[int, list[tuple[int, ...]]] = {}
+    fed_input: set[int] = set()
+    probe: dict[str, torch.Tensor] = {}
 
     def record(module: nn.Module, args: tuple) -> None:
-        seen[id(module)].append(tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ())
+        if id(module) in seen:
+            seen[id(module)].append(tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ())
+        if _is_conv(module) and args and torch.is_tensor(args[0]) and _same_data(args[0], probe.get("x")):
+            fed_input.add(id(module))
 
-    handles = [module.register_forward_pre_hook(record) for module in targets]
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in {id(t) for t in targets} or _is_conv(m)]
+    tried: list[int] = []
+    first_error: ConversionError | None = None
     try:
-        while True:
+        while candidates:
+            channels = candidates.pop(0)
+            tried.append(channels)
             seen.update({id(module): [] for module in targets})
+            fed_input.clear()
             generator = torch.Generator().manual_seed(0)
             x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
+            probe["x"] = x
             try:
                 return x, _run(model, x, "the calibration forward"), seen
             except ConversionError as err:
-                culprit = err.module
-                if in_channels is not None or not isinstance(culprit, nn.modules.conv._ConvNd):
+                first_error = first_error or err
+                if in_channels is not None or "channels" not in str(err.__cause__):
                     raise
-                if culprit.in_channels in tried or "channels" not in str(err.__cause__):
-                    raise
-                channels = culprit.in_channels
-                tried.add(channels)
+                suggested = _next_channels(err, channels, fed_input)
+                if suggested is not None and suggested not in tried:
+                    candidates = [suggested] + [c for c in candidates if c != suggested]
+                candidates = [c for c in candidates if c not in tried]
+        assert first_error is not None
+        raise first_error
     finally:
+        probe.clear()
         for handle in handles:
             handle.remove()
+
+
+def _same_data(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether ``a`` is the forward's input (the copy :func:`_run` passes shares its shape and values)."""
+    return b is not None and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
 def _window(feature: Pair, train: Pair, base: Pair) -> Pair:
@@ -275,7 +351,8 @@ def convert(
         fast: use the reference's approximate subsampled pooling (``fast_imp``) for pooling.
         rules: conversion rules, first match wins; default :data:`tlc.DEFAULT_RULES`.
         inplace: modify ``model`` itself instead of a copy.
-        in_channels: channels of the calibration input; default that of the model's first conv.
+        in_channels: channels of the calibration input; default: found by trying the convolutions'
+            ``in_channels`` (the conv fed the input itself decides; see :func:`_calibrate`).
         functional: also convert global ops called as functions (``x.mean((2, 3), keepdim=True)``,
             ``F.adaptive_avg_pool2d(x, 1)``, ``F.instance_norm``, ...) outside the modules rules
             matched; see :mod:`tlc.functional`. They are listed in ``report.call_sites``.
@@ -283,77 +360,158 @@ def convert(
     Returns:
         (converted model, :class:`ConversionReport`).
 
+    A site whose local version breaks the model (its result reshaped as if it were 1x1, say) is
+    put back to its global original and listed in ``report.skipped`` with the error; the others
+    stay converted. Each forward gets its own copy of the input (some models scale it in place).
+
     Raises:
         ConversionError: the model fails at ``train_size`` (e.g. smaller than its downsampling
-            factor) or after conversion; the message names the module.
+            factor), cannot be copied, or returns outputs of other shapes once converted; the
+            message names the module. With ``inplace=True`` the model is then left as it was.
     """
     train = as_pair(train_size, "train_size")
     base = as_pair(base_size, "base_size") if base_size is not None else (int(train[0] * 1.5), int(train[1] * 1.5))
     rules = DEFAULT_RULES if rules is None else tuple(rules)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy_model(model)
     report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
-
-    # Candidates: the first matching rule wins and a matched module's children are not searched.
-    matched: dict[int, tuple[nn.Module, Rule]] = {}
-    matched_paths: list[str] = []
-    for path, module in target.named_modules():  # parents come before their children
-        if any(path.startswith(p + ".") for p in matched_paths):
-            continue
-        rule = next((r for r in rules if r.matches(module)), None)
-        if rule is not None:
-            if module is target:
-                raise ConversionError(f"rule {rule.name!r} matches the model itself; convert a model that holds it")
-            matched[id(module)] = (module, rule)
-            matched_paths.append(path)
-    places: dict[int, list[tuple[str, nn.Module, str]]] = {key: [] for key in matched}
-    for path, module in target.named_modules(remove_duplicate=False):
-        for name, child in module.named_children():
-            if id(child) in places:
-                places[id(child)].append((f"{path}.{name}" if path else name, module, name))
-
+    matched = _match_modules(target, rules)
     if not matched and not functional:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
         return target, report
 
-    x, original, seen = _calibrate(target, [m for m, _ in matched.values()], train, in_channels)
-    report.in_channels = x.shape[1]
-
-    replaced: list[tuple[nn.Module, str, nn.Module]] = []
-    for key, (module, rule) in matched.items():
-        paths = tuple(p for p, _, _ in places[key])
-        shapes = sorted(set(seen[key]))
-        reason = rule.skip_reason(module)
-        if reason is None and not shapes:
-            reason = "not called during the calibration forward"
-        elif reason is None and any(len(s) != 4 for s in shapes):
-            reason = f"input is not (N, C, H, W): {shapes[0]}"
-        elif reason is None and len({s[-2:] for s in shapes}) > 1:
-            sizes = ", ".join(_size(s[-2:]) for s in shapes)
-            reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
-        if reason is not None:
-            report.skipped.append(SkippedOp(paths, rule.name, reason))
-            continue
-        site = _site(shapes[0][-2:], train, base, fast)
-        local = rule.build(module, site)
-        for _, parent, name in places[key]:
-            setattr(parent, name, local)
-            replaced.append((parent, name, module))
-        report.converted.append(ConvertedOp(paths, rule.name, site.feature_size, site.window))
-
+    swaps = _Swaps()
     try:
-        if functional:  # functional call sites (issue 7): calibrated and checked on the module-converted model
+        x, original, seen = _calibrate(target, [m.module for m in matched], train, in_channels)
+        report.in_channels = x.shape[1]
+        for match in matched:
+            _replace(match, seen.get(id(match.module), []), lambda f: _site(f, train, base, fast), swaps, report)
+        converted = _check_modules(target, x, swaps, report)
+        if functional:  # calibrated and checked on the module-converted model
             converted, report.call_sites = convert_call_sites(
                 target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
-                skip=matched_paths,
+                skip=[m.paths[0] for m in matched],
             )
-        else:
-            converted = _run(target, x, "the converted model's check forward")
-    except ConversionError:
-        for parent, name, module in reversed(replaced):
-            setattr(parent, name, module)
+        _verify(report, original, converted, x.dtype)
+    except BaseException:
+        # Nothing half-done reaches the caller: with inplace=True their model is put back as it was.
+        swaps.undo_all()
+        remove_call_site_conversion(target)
         raise
-    if functional and not matched and not report.call_sites:  # functional call sites (issue 7)
+    if functional and not matched and not report.call_sites:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+    return target, report
+
+
+@dataclass
+class _Match:
+    """A module a rule matched, with every (path, parent, attribute name) it is attached at."""
+
+    module: nn.Module
+    rule: Rule
+    places: list[tuple[str, nn.Module, str]]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(path for path, _, _ in self.places)
+
+
+def _match_modules(model: nn.Module, rules: Sequence[Rule]) -> list[_Match]:
+    """Modules the rules match, in model order: first matching rule wins, matched subtrees are not searched."""
+    found: dict[int, _Match] = {}
+    matched_paths: list[str] = []
+    for path, module in model.named_modules():  # parents come before their children
+        if any(path.startswith(p + ".") for p in matched_paths):
+            continue
+        rule = next((r for r in rules if r.matches(module)), None)
+        if rule is not None:
+            if module is model:
+                raise ConversionError(f"rule {rule.name!r} matches the model itself; convert a model that holds it")
+            found[id(module)] = _Match(module, rule, [])
+            matched_paths.append(path)
+    for path, module in model.named_modules(remove_duplicate=False):
+        for name, child in module.named_children():
+            if id(child) in found:
+                found[id(child)].places.append((f"{path}.{name}" if path else name, module, name))
+    return list(found.values())
+
+
+class _Swaps:
+    """Module replacements made so far, each undoable (and all of them, in reverse order)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[_Match, nn.Module, ConvertedOp]] = []
+
+    def apply(self, match: _Match, local: nn.Module, op: ConvertedOp) -> None:
+        for _, parent, name in match.places:
+            setattr(parent, name, local)
+        self.done.append((match, local, op))
+
+    def undo(self, index: int) -> tuple[_Match, nn.Module, ConvertedOp]:
+        match, local, op = self.done.pop(index)
+        for _, parent, name in match.places:
+            setattr(parent, name, match.module)
+        return match, local, op
+
+    def undo_all(self) -> None:
+        while self.done:
+            self.undo(-1)
+
+
+def _replace(
+    match: _Match, shapes: list[tuple[int, ...]], site_for: Callable[[Pair], Site], swaps: _Swaps, report: ConversionReport
+) -> None:
+    """Build and attach the local version of one matched module, or report why it stays global."""
+    shapes = sorted(set(shapes))
+    reason = match.rule.skip_reason(match.module)
+    if reason is None and not shapes:
+        reason = "not called during the calibration forward"
+    elif reason is None and any(len(s) != 4 for s in shapes):
+        reason = f"input is not (N, C, H, W): {shapes[0]}"
+    elif reason is None and len({s[-2:] for s in shapes}) > 1:
+        sizes = ", ".join(_size(s[-2:]) for s in shapes)
+        reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
+    if reason is None:
+        site = site_for(shapes[0][-2:])
+        try:
+            local = match.rule.build(match.module, site)
+        except Exception as err:  # one bad site must not abort the others
+            reason = f"the rule could not build a local version: {_one_line(err)}"
+        else:
+            swaps.apply(match, local, ConvertedOp(match.paths, match.rule.name, site.feature_size, site.window))
+            report.converted.append(swaps.done[-1][2])
+            return
+    report.skipped.append(SkippedOp(match.paths, match.rule.name, reason))
+
+
+def _check_modules(model: nn.Module, x: torch.Tensor, swaps: _Swaps, report: ConversionReport) -> object:
+    """The check forward; while it fails, the last local module that ran before the failure goes back
+    to its global original (reported with the error) and the check runs again."""
+    while True:
+        ran: list[int] = []
+        hooks = [local.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, (_, local, _) in enumerate(swaps.done)]
+        try:
+            return _run(model, x, "the converted model's check forward")
+        except ConversionError as err:
+            if not ran:
+                raise
+            match, _, op = swaps.undo(ran[-1])
+            report.converted.remove(op)
+            cause = err.__cause__ or err
+            report.skipped.append(
+                SkippedOp(match.paths, match.rule.name, f"the model fails on its local result: {_one_line(cause)}")
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _verify(report: ConversionReport, original: object, converted: object, dtype: torch.dtype) -> None:
+    """Record the converted model's deviation from the original at the training size; warn when large."""
     before, after = list(_tensors(original)), list(_tensors(converted))
     try:
         # A model that ends in a pooling op returns a full-size map instead of 1x1: compare broadcast.
@@ -363,11 +521,10 @@ def convert(
         raise ConversionError("the converted model returns outputs of other shapes than the original") from None
     report.max_deviation = max(((a.double() - b.double()).abs().max().item() for a, b in zip(before, after)), default=0.0)
     scale = max((b.abs().max().item() for b in before), default=1.0)
-    tolerance = (1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2) * max(1.0, scale)
+    tolerance = (1e-4 if dtype in (torch.float32, torch.float64) else 1e-2) * max(1.0, scale)
     if report.max_deviation > tolerance:
         warnings.warn(
             f"the converted model differs from the original by {report.max_deviation:.3g} at the training size, "
             "where local and global ops should agree: check custom rules",
-            stacklevel=2,
+            stacklevel=4,
         )
-    return target, report

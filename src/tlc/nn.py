@@ -11,7 +11,7 @@ from torch import nn
 
 from .ops import local_group_norm, local_mean, local_mean_strided
 from .ops._common import Pair, as_pair
-from .ops._opaque import opaque_local_mean_applies
+from .ops.pool import opaque_local_mean_applies
 from .ops.gate import apply_pointwise
 from .ops.pool import replicate_to, valid_local_mean
 
@@ -138,7 +138,7 @@ class LocalPooledSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool, layers = self[0], list(self)[1:]
         # fast: the approximation has no valid-map form. torch.compile: the local mean is one
-        # opaque full-size op (tlc.ops._opaque), so the layers run on the full map.
+        # opaque full-size op (tlc.ops.pool), so the layers run on the full map.
         if pool.fast or opaque_local_mean_applies(x):
             y = pool(x)
             for layer in layers:

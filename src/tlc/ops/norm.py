@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
-from ._opaque import opaque_local_mean, opaque_local_mean_applies
-from .pool import clamp_window, replicate_to, valid_local_mean
+from .pool import clamp_window, opaque_local_mean, opaque_local_mean_applies, replicate_to, valid_local_mean
 
 
 def local_group_norm(

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
 from ._kernels import fused_local_mean, fused_local_mean_available
-from ._opaque import opaque_local_mean, opaque_local_mean_applies
 
 
 def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -103,10 +102,57 @@ def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     check_feature_map(x)
     if opaque_local_mean_applies(x):  # torch.compile: one opaque op, no window-sized shapes
         return opaque_local_mean(x, as_pair(window, "window"))
+    return _local_mean_now(x, window)
+
+
+def _local_mean_now(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     kh, kw = clamp_window(window, x.shape[-2:])
     if fused_local_mean_available(x) and (kh, kw) != tuple(x.shape[-2:]):
         return fused_local_mean(x, (kh, kw))
     return local_mean_by_prefix_sums(x, (kh, kw))
+
+
+# ----------------------------------------------------------------------------- torch.compile
+# ``local_mean`` as one opaque op (``torch.ops.tlc.local_mean``) for ``torch.compile``.
+#
+# Compiled, the local ops would otherwise be traced into window-dependent shapes (``min(k, H)``);
+# with dynamic sizes, Inductor's C++ code generation fails on those combined with a network's own
+# padding arithmetic (``Mod``), a PyTorch bug. As a custom op the local mean is a single graph
+# node whose output has the input's shape: Dynamo traces through it without a graph break,
+# Inductor calls it as an external kernel, and at run time it is the eager :func:`tlc.local_mean`
+# (the fused numba kernel on the CPU). It has no autograd formula: where gradients are needed,
+# and under ``torch.export`` / ONNX export, the branch-free torch forms are traced instead.
+
+def _local_mean_eager(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    # At run time the op is eager: the fastest path (fused kernel on the CPU) for this input.
+    return _local_mean_now(x, (kh, kw))
+
+
+if hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "is_exporting"):  # torch >= 2.5
+    _op = torch.library.custom_op("tlc::local_mean", _local_mean_eager, mutates_args=())
+
+    @_op.register_fake
+    def _(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+else:  # pragma: no cover
+    _op = None
+
+
+def opaque_local_mean_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`tlc.local_mean` on ``x`` becomes the opaque op: under ``torch.compile``
+    (not ``torch.export``), with no gradient to carry."""
+    return (
+        _op is not None
+        and torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
+def opaque_local_mean(x: torch.Tensor, window: Pair) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H, W) local means through ``torch.ops.tlc.local_mean``; ``window``
+    (kh, kw) ints, unclamped (the op clamps at run time, so no size enters the graph)."""
+    return _op(x, window[0], window[1])
 
 
 def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:

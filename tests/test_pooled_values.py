@@ -38,8 +38,9 @@ def _pool_kind(func, args, kwargs) -> str | None:
     if func in (torch.Tensor.mean, torch.mean, torch.Tensor.amax, torch.amax):
         dim = rest[0] if rest else kwargs.get("dim")
         keepdim = rest[1] if len(rest) > 1 else kwargs.get("keepdim", False)
-        if isinstance(dim, (tuple, list)) and sorted(d % 4 for d in dim) == [2, 3] and keepdim:
-            return "mean" if func in (torch.Tensor.mean, torch.mean) else "max"
+        mean = func in (torch.Tensor.mean, torch.mean)
+        if isinstance(dim, (tuple, list)) and sorted(d % 4 for d in dim) == [2, 3] and (keepdim or mean):
+            return "mean" if mean else "max"
     return None
 
 
@@ -268,6 +269,55 @@ class ConvGate(nn.Module):
         return x * self.conv_du(F.adaptive_avg_pool2d(x, 1))
 
 
+class ChannelsLast(nn.Module):
+    """A (N, C) pooled vector (mean without keepdim) gating a channels-last (N, H, W, C) map: the
+    map's (H, W) are not the trailing dims."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        x = self.head(x)
+        y = torch.sigmoid(self.fc(x.mean((2, 3))))
+        return (x.permute(0, 2, 3, 1) * y[:, None, None, :]).permute(0, 3, 1, 2)
+
+
+class FiLM(nn.Module):
+    """Scale and shift from one pooled vector (chunk), brought to the map by expand, repeat and
+    interpolate."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 4, 1), nn.GELU(), nn.Conv2d(4, 2 * c, 1))
+
+    def forward(self, x):
+        x = self.head(x)
+        h, w = x.shape[-2:]
+        scale, shift = self.mlp(F.adaptive_avg_pool2d(x, 1)).type_as(x).chunk(2, dim=1)
+        scaled = x * scale.expand(-1, -1, h, w)
+        shifted = shift.repeat(1, 1, h, w)
+        return scaled + shifted + F.interpolate(torch.tanh(scale), size=(h, w), mode="nearest")
+
+
+class InPlace(nn.Module):
+    """Pooled values applied in place: ``x += context`` and ``x.mul_(gate)`` (each applied once)."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.context = nn.Conv2d(c, c, 1)
+        self.gate = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        x = self.head(x)
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        x += self.context(pooled)
+        return x.mul_(torch.sigmoid(self.gate(pooled)))
+
+
 CONSUMERS = {
     "se-linear": (SELinear, False),
     "cbam": (CBAM, False),
@@ -277,6 +327,9 @@ CONSUMERS = {
     "dat-view": (lambda: DATChannel(permute=False), True),
     "gcnet": (ContextBlock, False),
     "conv-gate": (ConvGate, False),
+    "channels-last": (ChannelsLast, False),
+    "film": (FiLM, False),
+    "in-place": (InPlace, False),
 }
 
 

@@ -154,6 +154,9 @@ _WEIGHTED = {
 }
 _TWO_INPUTS = {"bilinear"}
 
+# Calls taking other tensors for their dtype and device only.
+_LIKE = {"type_as", "to"}
+
 _MUL = {torch.mul, _T.mul, _T.__mul__, _T.__rmul__}
 
 # Arguments naming dims, by function name: (position counting the tensor itself, keyword).
@@ -482,7 +485,8 @@ class _Call:
                 raise self.fail("batch statistics mix the samples")
 
         n, (h, w) = grid.batch, grid.size
-        maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if h * w > 1 else []
+        spatial = h * w > 1 and name not in _LIKE
+        maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
         real = None
         if maps:  # the result's shape without computing it: a terminal call is computed once
             try:
@@ -563,6 +567,12 @@ class _Call:
         fused = self.fused_multiply(placement, shape)
         if fused is not None:
             return fused
+        pooled = [e for t in _tensors(args, kwargs) if (e := entry(t)) is not None]
+        if self.name in ("repeat", "tile") and len(pooled) == 1:
+            # Repeated to the map's size (other factors 1): that is the spread value itself.
+            full = self.spread(pooled[0], args[0].shape, placement)
+            if full.shape == shape:
+                return full.contiguous()
         full_args, full_kwargs = _map_args(
             args, kwargs, lambda t: self.spread(e, t.shape, placement) if (e := entry(t)) is not None else t
         )
@@ -598,12 +608,13 @@ class _Call:
         rank = max(e.local.dim() for e in pooled)
         weighted = self.name in _WEIGHTED or self.name in _TWO_INPUTS
         indexing = func is _T.__getitem__ or func is _T.__setitem__
+        like = self.name in _LIKE
 
         def local(t: torch.Tensor) -> torch.Tensor:
             e = entry(t)
             if e is not None:
                 return e.local
-            if weighted or isinstance(t, nn.Parameter) or t.dim() != rank or t.shape[0] != n:
+            if weighted or like or isinstance(t, nn.Parameter) or t.dim() != rank or t.shape[0] != n:
                 return t  # weights and constants broadcast over the batch
             # A pooled value spread over another per-sample tensor's extent would be followed at G
             # times that size (a map of another resolution, say): not followed.

@@ -339,6 +339,22 @@ class PooledValues:
         entry = self._entries.get(id(t))
         return entry if entry is not None and entry.ref() is t else None
 
+    def _find(self, values: Iterable) -> list[_Entry]:
+        """Entries of the pooled values among ``values`` (and in lists/tuples among them)."""
+        entries, found, tensor = self._entries, [], torch.Tensor
+        for value in values:
+            if isinstance(value, tensor):
+                entry = entries.get(id(value))
+                if entry is not None and entry.ref() is value:
+                    found.append(entry)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, tensor):
+                        entry = entries.get(id(item))
+                        if entry is not None and entry.ref() is item:
+                            found.append(entry)
+        return found
+
     def is_pooled(self, t: object) -> bool:
         """Whether ``t`` is a pooled value being followed."""
         return isinstance(t, torch.Tensor) and self._entry(t) is not None
@@ -401,8 +417,11 @@ class PooledValues:
         """
         if not self._entries:
             return NotImplemented
-        kwargs = kwargs or {}
-        found = [e for t in _tensors(args, kwargs) if (e := self._entry(t)) is not None]
+        found = self._find(args)
+        if kwargs:
+            found += self._find(kwargs.values())
+        else:
+            kwargs = {}
         if not found:
             return NotImplemented
         sources = frozenset().union(*(e.sources for e in found))

@@ -467,7 +467,9 @@ REFUSED = {
     "batch-reshape": (lambda x, y: x * y.reshape(-1).sum(), "changes the batch dimension", 2),
     "other-grid": (lambda x, y: x[:, :, ::2, ::2] * y, "not its map", 2),
     "grids-cross": (lambda x, y: x * (y + F.adaptive_avg_pool2d(x[:, :, 1:, 2:], 1)), "different grids", 2),
-    "matmul-tokens": (lambda x, y: x.flatten(2).transpose(1, 2) @ y.flatten(1).unsqueeze(2), "other than by broadcasting", 2),
+    "matmul-tokens": (
+        lambda x, y: x.flatten(2).transpose(1, 2) @ y.flatten(1).unsqueeze(2), "other than by broadcasting", 2
+    ),
     "as-weight": (lambda x, y: F.conv2d(x, y), "used as a weight", 2),
     "repeat-channels": (lambda x, y: x * y.repeat(1, 2, 9, 13)[:, :3], "no per-pixel form", 2),
 }

@@ -41,6 +41,11 @@ different grids meeting, a map met other than by broadcasting, in-place writes i
 value that the local value cannot mirror. Pooled values that never meet a map and reach the
 model's output (a classifier or quality-factor head) are found by :meth:`PooledValues.escaped`.
 
+Also refused, though exact forms exist: a pooled value broadcast against a per-sample tensor that
+is not a map (``(N, 1, C) * (N, k, C)`` with the latter not pooled): refused because a map of
+another resolution looks the same and would be followed at ``G`` times its size. ``y.squeeze()``
+without dims at batch 1 removes the batch and is refused.
+
 Not seen: work outside torch calls that a ``TorchFunctionMode`` does not see (custom C++ ops that
 skip ``__torch_function__``, ``torch._C`` calls with torch function disabled). Pooled values that
 are stored on modules or globals instead of returned are not followed either.
@@ -316,6 +321,10 @@ class PooledValues:
         # after the forward:
         leaving = values.finish(output)   # sources whose values reach the output: leave global
 
+    ``handle`` runs torch functions itself, so it must be called where the mode is off: from the
+    mode's ``__torch_function__``. A pooling whose input is itself a pooled value is not a new
+    pooled value: give that call to ``handle``.
+
     Attributes:
         applied: sources whose values met a map (were spread to pixels) at least once.
     """
@@ -396,8 +405,8 @@ class PooledValues:
         """
         n, c, gh, gw = local_valid.shape
         h, w = int(size[0]), int(size[1])
-        if real.dim() < 1 or real.shape[0] != n or real[0].numel() != c:
-            raise ValueError(f"real {tuple(real.shape)} does not hold the {c} values per sample of {tuple(local_valid.shape)}")
+        if real.dim() < 1 or real.shape[0] != n or real.shape[1:].numel() != c:
+            raise ValueError(f"real {tuple(real.shape)} does not hold the C values of {tuple(local_valid.shape)}")
         if not (1 <= gh <= h and 1 <= gw <= w):
             raise ValueError(f"valid map {gh}x{gw} does not fit a {h}x{w} map")
         grid = Grid(n, (h, w), (h - gh + 1, w - gw + 1))
@@ -637,7 +646,8 @@ class _Call:
                 return t  # weights and constants broadcast over the batch
             # A pooled value spread over another per-sample tensor's extent would be followed at G
             # times that size (a map of another resolution, say): not followed.
-            if any(t.shape[d] > 1 and all(e.local.dim() == rank and e.local.shape[d] == 1 for e in pooled) for d in range(1, rank)):
+            ones = [d for d in range(1, rank) if all(e.local.dim() == rank and e.local.shape[d] == 1 for e in pooled)]
+            if any(t.shape[d] > 1 for d in ones):
                 raise self.fail(f"a pooled value broadcast over a {tuple(t.shape)} tensor that is not its map")
             return t.repeat_interleave(g, dim=0)  # per sample: the same for each window position
 

@@ -8,6 +8,9 @@ out by explicit slicing from the placement rule), and the pixel's output is kept
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,11 +29,14 @@ WINDOWS = [(5, 8), (20, 6), (3, 20)]  # smaller than the map; covering one axis 
 
 
 def _pool_kind(func, args, kwargs) -> str | None:
-    """"mean" / "max" for a global pooling of an (N, C, H, W) map, else None."""
+    """"mean" / "max" for a global pooling of an (N, C, H, W) map, "att" for GCNet's attention
+    pooling ``matmul((N, 1, C, H*W), (N, 1, H*W, 1))`` of a map of size SIZE, else None."""
     x = args[0] if args else kwargs.get("input")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return None
     rest = args[1:]
+    if func is torch.matmul and len(args) == 2 and x.shape[1] == 1 and x.shape[-1] == SIZE[0] * SIZE[1]:
+        return "att" if args[1].shape == (x.shape[0], 1, x.shape[-1], 1) else None
     if func in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         size = rest[0] if rest else kwargs.get("output_size")
         if size in (1, (1, 1), [1, 1]):
@@ -48,6 +54,15 @@ def _window_of(x: torch.Tensor, window: tuple[int, int]) -> tuple[int, int]:
     return min(window[0], x.shape[-2]), min(window[1], x.shape[-1])
 
 
+def _pooled_maps(kind: str, args: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (N, C, H, W) map a pooling reduces, and for "att" its (N, 1, H, W) weights."""
+    if kind != "att":
+        return args[0], None
+    a, b = args
+    n, c = a.shape[0], a.shape[2]
+    return a.reshape(n, c, *SIZE), b.reshape(n, 1, *SIZE)
+
+
 class Local(TorchFunctionMode):
     """The converter's part, reduced to what this mechanism needs: global poolings start pooled
     values (valid windows: mean by valid_local_mean, max by brute force), all else goes to handle."""
@@ -62,13 +77,16 @@ class Local(TorchFunctionMode):
         kwargs = kwargs or {}
         kind = _pool_kind(func, args, kwargs)
         if kind is not None and not self.values.is_pooled(args[0]):
-            x = args[0]
+            x, weights = _pooled_maps(kind, args)
             real = func(*args, **kwargs)
+            kh, kw = _window_of(x, self.window)
             if kind == "mean":
                 valid = valid_local_mean(x, self.window)
-            else:
-                kh, kw = _window_of(x, self.window)
+            elif kind == "max":
                 valid = x.unfold(2, kh, 1).unfold(3, kw, 1).amax((-2, -1))
+            else:  # softmax over the window = the global softmax renormalised over the window
+                num = (x * weights).unfold(2, kh, 1).unfold(3, kw, 1).sum((-2, -1))
+                valid = num / weights.unfold(2, kh, 1).unfold(3, kw, 1).sum((-2, -1))
             self.pools += 1
             return self.values.start(real, valid, x.shape[-2:], source=f"pool{self.pools}")
         out = self.values.handle(func, types, args, kwargs)
@@ -96,10 +114,16 @@ class AtPixel(TorchFunctionMode):
         out = func(*args, **kwargs)
         if kind is None:
             return out
-        x = args[0]
+        x, weights = _pooled_maps(kind, args)
         (kh, kw), (top, left) = _window_of(x, self.window), self.placement(x)
         patch = x[:, :, top : top + kh, left : left + kw]
-        value = patch.mean((2, 3), keepdim=True) if kind == "mean" else patch.amax((2, 3), keepdim=True)
+        if kind == "mean":
+            value = patch.mean((2, 3), keepdim=True)
+        elif kind == "max":
+            value = patch.amax((2, 3), keepdim=True)
+        else:
+            p = weights[:, :, top : top + kh, left : left + kw]
+            value = (patch * p).sum((2, 3)) / p.sum((2, 3))
         return value.reshape(out.shape).to(out.dtype)
 
 
@@ -256,6 +280,28 @@ class ContextBlock(nn.Module):
         return x + self.channel_add(context)
 
 
+class AttentionContext(nn.Module):
+    """GCNet's context block as published: attention pooling (1x1 conv mask, softmax over H*W,
+    matmul), then the channel-add transform."""
+
+    def __init__(self, c: int = 8, r: int = 2) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.conv_mask = nn.Conv2d(c, 1, 1)
+        self.softmax = nn.Softmax(dim=2)
+        self.channel_add = nn.Sequential(
+            nn.Conv2d(c, c // r, 1), nn.LayerNorm([c // r, 1, 1]), nn.ReLU(inplace=True), nn.Conv2d(c // r, c, 1)
+        )
+
+    def forward(self, x):
+        x = self.head(x)
+        batch, channel, height, width = x.size()
+        input_x = x.view(batch, channel, height * width).unsqueeze(1)
+        context_mask = self.softmax(self.conv_mask(x).view(batch, 1, height * width)).unsqueeze(-1)
+        context = torch.matmul(input_x, context_mask).view(batch, channel, 1, 1)
+        return x + self.channel_add(context)
+
+
 class ConvGate(nn.Module):
     """MPRNet's CALayer (1x1 conv gate), x * gate: the fused replicated multiply."""
 
@@ -326,6 +372,7 @@ CONSUMERS = {
     "dat-permute": (lambda: DATChannel(permute=True), True),
     "dat-view": (lambda: DATChannel(permute=False), True),
     "gcnet": (ContextBlock, False),
+    "gcnet-attention": (AttentionContext, False),
     "conv-gate": (ConvGate, False),
     "channels-last": (ChannelsLast, False),
     "film": (FiLM, False),
@@ -507,3 +554,18 @@ def test_local_layout_is_sample_major_row_major():
             for j in range(gw):
                 expected = x[n, :, i : i + 3, j : j + 2].mean((1, 2))
                 torch.testing.assert_close(local[n * gh * gw + i * gw + j, :, 0, 0], expected)
+
+
+def test_local_values_are_freed_with_their_real_tensors():
+    x = torch.randn(2, 3, 6, 7)
+    values = PooledValues()
+    y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, 3), x.shape[-2:])
+    z = values.handle(torch.sigmoid, (), (y,), {})
+    local_y, local_z = weakref.ref(values.local(y)), weakref.ref(values.local(z))
+    del y
+    gc.collect()
+    assert local_y() is None and local_z() is not None
+    del z
+    gc.collect()
+    assert local_z() is None
+    assert values.handle(torch.add, (), (x, x), {}) is NotImplemented

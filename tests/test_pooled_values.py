@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from tests.conftest import TOLERANCE
+from .conftest import TOLERANCE
 from tlc.ops.pool import valid_local_mean
 from tlc.pooled_values import PooledValueError, PooledValues
 
@@ -302,6 +302,41 @@ class AttentionContext(nn.Module):
         return x + self.channel_add(context)
 
 
+class ECA(nn.Module):
+    """ECA-Net: a 1-d convolution across the channels of the pooled vector."""
+
+    def __init__(self, c: int = 8, k: int = 3) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x):
+        x = self.head(x)
+        y = self.conv(self.avg_pool(x).squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+        return x * torch.sigmoid(y).expand_as(x)
+
+
+class SKConv(nn.Module):
+    """SKNet's selection: Linear squeeze, one Linear per branch unsqueezed in place, softmax over
+    branches, then unsqueezed to (N, k, C, 1, 1)."""
+
+    def __init__(self, c: int = 6, branches: int = 2, d: int = 4) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, c, 3, padding=1 + i, dilation=1 + i) for i in range(branches)])
+        self.fc = nn.Linear(c, d)
+        self.fcs = nn.ModuleList([nn.Linear(d, c) for _ in range(branches)])
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        feas = torch.cat([conv(x).unsqueeze_(dim=1) for conv in self.convs], dim=1)
+        fea_s = F.adaptive_avg_pool2d(torch.sum(feas, dim=1), 1).flatten(1)
+        fea_z = self.fc(fea_s)
+        vectors = torch.cat([fc(fea_z).unsqueeze_(dim=1) for fc in self.fcs], dim=1)
+        vectors = self.softmax(vectors).unsqueeze(-1).unsqueeze(-1)
+        return (feas * vectors).sum(dim=1)
+
+
 class ConvGate(nn.Module):
     """MPRNet's CALayer (1x1 conv gate), x * gate: the fused replicated multiply."""
 
@@ -377,6 +412,8 @@ CONSUMERS = {
     "channels-last": (ChannelsLast, False),
     "film": (FiLM, False),
     "in-place": (InPlace, False),
+    "eca": (ECA, False),
+    "sknet": (SKConv, False),
 }
 
 

@@ -18,11 +18,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .conftest import TOLERANCE
-from tlc.ops.pool import valid_local_mean
+from tlc.ops.pool import valid_local_mean, window_sums
 from tlc.pooled_values import PooledValueError, PooledValues
 
 SIZE = (9, 13)
-WINDOWS = [(5, 8), (20, 6), (3, 20)]  # smaller than the map; covering one axis only
+WINDOWS = [(6, 9), (20, 6), (3, 20)]  # smaller than the map; covering one axis only
 
 
 # ----------------------------------------------------------------------------- recognising pools
@@ -65,7 +65,8 @@ def _pooled_maps(kind: str, args: tuple) -> tuple[torch.Tensor, torch.Tensor | N
 
 class Local(TorchFunctionMode):
     """The converter's part, reduced to what this mechanism needs: global poolings start pooled
-    values (valid windows: mean by valid_local_mean, max by brute force), all else goes to handle."""
+    values (valid windows: means by prefix sums, as valid_local_mean's torch path; max by brute
+    force), all else goes to handle. valid_local_mean itself feeds one test at the end."""
 
     def __init__(self, window: tuple[int, int]) -> None:
         super().__init__()
@@ -81,7 +82,7 @@ class Local(TorchFunctionMode):
             real = func(*args, **kwargs)
             kh, kw = _window_of(x, self.window)
             if kind == "mean":
-                valid = valid_local_mean(x, self.window)
+                valid = (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
             elif kind == "max":
                 valid = x.unfold(2, kh, 1).unfold(3, kw, 1).amax((-2, -1))
             else:  # softmax over the window = the global softmax renormalised over the window
@@ -125,6 +126,16 @@ class AtPixel(TorchFunctionMode):
             p = weights[:, :, top : top + kh, left : left + kw]
             value = (patch * p).sum((2, 3)) / p.sum((2, 3))
         return value.reshape(out.shape).to(out.dtype)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_found():
+    """numba's OpenMP kernels (multiply_replicated, valid_local_mean) set the OpenMP thread count
+    torch shares, overriding OMP_NUM_THREADS; on a busy machine the following torch ops then
+    slow down a hundredfold. Each test leaves torch's thread count as it found it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_local(model: nn.Module, x: torch.Tensor, window) -> tuple[torch.Tensor, PooledValues]:
@@ -337,6 +348,28 @@ class SKConv(nn.Module):
         return (feas * vectors).sum(dim=1)
 
 
+class ManyOps(nn.Module):
+    """A pooled value through item assignment, normalize, stack, max over a dim (a named tuple),
+    where, view_as, clamp, None-indexing, expand to the map by sizes, and addcmul with a map."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.lin = nn.Linear(c, c)
+
+    def forward(self, x):
+        x = self.head(x)
+        b, c, h, w = x.shape
+        y = x.mean((2, 3), keepdim=True)
+        z = y.clone()
+        z[:, 0] = 0.5 * z[:, 1]
+        v = F.normalize(z.flatten(1), dim=1)
+        m = torch.max(torch.stack([v, self.lin(v)], dim=1), dim=1)
+        u = torch.where(m.values > 0, m.values, -m.values).view_as(v)
+        u = torch.clamp(u, -0.3, 0.7)[:, :, None, None]
+        return torch.addcmul(x, u.expand(b, c, h, w), y.expand_as(x)) + x * u
+
+
 class ConvGate(nn.Module):
     """MPRNet's CALayer (1x1 conv gate), x * gate: the fused replicated multiply."""
 
@@ -414,6 +447,7 @@ CONSUMERS = {
     "in-place": (InPlace, False),
     "eca": (ECA, False),
     "sknet": (SKConv, False),
+    "many-ops": (ManyOps, False),
 }
 
 
@@ -429,8 +463,8 @@ def test_matches_per_pixel_reference(name, window):
     seed = 1 + list(CONSUMERS).index(name) + 10 * WINDOWS.index(window)
     model = randomise(factory(), seed).double()
     x = _input(seed)
-    out, values = run_local(model, x, window)
     ref = per_pixel_reference(model, x, window, tokens)
+    out, values = run_local(model, x, window)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[torch.float64])
     # The local result really varies over the map (not the global value everywhere)...
@@ -573,7 +607,7 @@ def test_nothing_tracked_is_not_handled():
     values = PooledValues()
     x = torch.randn(2, 3, 4, 4)
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
-    y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, 2), x.shape[-2:])
+    y = values.start(x.mean((2, 3), keepdim=True), window_sums(x, 2) / 4, x.shape[-2:])
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
     assert values.handle(torch.Tensor.size, (), (y,), {}) == torch.Size([2, 3, 1, 1])
     assert values.local(y).shape == (2 * 9, 3, 1, 1)
@@ -583,7 +617,7 @@ def test_local_layout_is_sample_major_row_major():
     """The local counterpart's row n * G + i * Gw + j holds sample n, window (i, j)."""
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
     values = PooledValues()
-    y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, (3, 2)), (5, 6))
+    y = values.start(x.mean((2, 3), keepdim=True), window_sums(x, (3, 2)) / 6, (5, 6))
     local = values.local(y)
     gh, gw = 3, 5
     for n in range(2):
@@ -596,7 +630,7 @@ def test_local_layout_is_sample_major_row_major():
 def test_local_values_are_freed_with_their_real_tensors():
     x = torch.randn(2, 3, 6, 7)
     values = PooledValues()
-    y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, 3), x.shape[-2:])
+    y = values.start(x.mean((2, 3), keepdim=True), window_sums(x, 3) / 9, x.shape[-2:])
     z = values.handle(torch.sigmoid, (), (y,), {})
     local_y, local_z = weakref.ref(values.local(y)), weakref.ref(values.local(z))
     del y
@@ -606,3 +640,26 @@ def test_local_values_are_freed_with_their_real_tensors():
     gc.collect()
     assert local_z() is None
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
+
+
+def test_fed_by_valid_local_mean():
+    """The converter's feed: valid_local_mean (its compiled kernel where available). Last in the
+    file: see :class:`Local`."""
+    model = randomise(ConvGate(), 9).double()
+    x = _input(9)
+    ref = per_pixel_reference(model, x, (6, 9))
+    values = PooledValues()
+
+    class Converter(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if _pool_kind(func, args, kwargs) == "mean":
+                x = args[0]
+                return values.start(func(*args, **kwargs), valid_local_mean(x, (6, 9)), x.shape[-2:], source="site")
+            out = values.handle(func, types, args, kwargs)
+            return func(*args, **kwargs) if out is NotImplemented else out
+
+    with torch.no_grad(), Converter():
+        out = model(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[torch.float64])
+    assert values.applied == {"site"} and values.finish(out) == frozenset()

@@ -29,6 +29,10 @@ window row ``clamp(i - (kh-1)//2, 0, Gh-1)``, likewise for columns), the call is
 full-size tensors, and an ordinary tensor comes out. ``x * gate`` on ``(N, C, H, W)`` uses the
 fused :func:`tlc.ops.gate.multiply_replicated` and never builds the spread gate.
 
+The real results are computed as well (on vectors, cheap): the model's Python sees true global
+values and shapes. A call meeting a map is computed once, at full size, from the local values
+(its result shape is found on the meta device first).
+
 Why this form: the result is exact by construction (each window position runs the model's own
 code on its own window's value), it needs no graph tracing (so it follows Python control flow
 that does not read values), and the bookkeeping is one dict lookup per tensor argument.
@@ -36,9 +40,10 @@ that does not read values), and the bookkeeping is one dict lookup per tensor ar
 What cannot be followed exactly raises :class:`PooledValueError` with a one-line reason and the
 sources involved, so the caller can leave those poolings global: reading values into Python
 (``.item()``, ``if y > 0``), ops along the batch dimension (indexing, reductions, ``cat`` on dim 0,
-a reshape changing the batch), a pooled value used as a weight or index, pooled values of
-different grids meeting, a map met other than by broadcasting, in-place writes into the real
-value that the local value cannot mirror. Pooled values that never meet a map and reach the
+a reshape changing the batch), a pooled value used as a weight or index or written into another
+tensor (``t[:, 0] = y``), pooled values of different grids meeting, a map met other than by
+broadcasting (``tokens @ v``), a call whose spread form does not give the real result's shape
+(``y.repeat(1, 2, H, W)``), ``out=``. Pooled values that never meet a map and reach the
 model's output (a classifier or quality-factor head) are found by :meth:`PooledValues.escaped`.
 
 Also refused, though exact forms exist: a pooled value broadcast against a per-sample tensor that

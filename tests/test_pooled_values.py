@@ -18,7 +18,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .conftest import TOLERANCE
-from tlc.ops.pool import valid_local_mean, window_sums
+from tlc.archs.nafnet import NAFNet
+from tlc.ops.pool import local_mean, valid_local_mean, window_sums
 from tlc.pooled_values import PooledValueError, PooledValues
 
 SIZE = (9, 13)
@@ -640,6 +641,33 @@ def test_local_values_are_freed_with_their_real_tensors():
     gc.collect()
     assert local_z() is None
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
+
+
+class FullMapMeans(TorchFunctionMode):
+    """Global average poolings answered by full-size local_mean maps: where every consumer is
+    per-pixel, the same numbers by an independent route."""
+
+    def __init__(self, window: tuple[int, int]) -> None:
+        super().__init__()
+        self.window = window
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _pool_kind(func, args, kwargs) == "mean":
+            return local_mean(args[0], self.window)
+        return func(*args, **kwargs)
+
+
+def test_whole_network_matches_full_map_local_means():
+    """NAFNet (simplified channel attention in every block, at three levels)."""
+    model = randomise(NAFNet(width=8, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]), 12).double()
+    x = _input(12, size=(12, 20))
+    with torch.no_grad(), FullMapMeans((5, 7)):
+        expected = model(x)
+    out, values = run_local(model, x, (5, 7))
+    assert len(values.applied) == 5 and values.finish(out) == frozenset()
+    scale = expected.abs().max()
+    torch.testing.assert_close(out / scale, expected / scale, rtol=0, atol=1e-12)
 
 
 def test_fed_by_valid_local_mean():

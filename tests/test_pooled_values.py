@@ -266,7 +266,7 @@ class DATChannel(nn.Module):
     def forward(self, x):
         h, w = x.shape[-2:]
         tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, HW, C)
-        b, length, c = tokens.shape
+        b, _, c = tokens.shape
         conv_x = self.dwconv(tokens.transpose(1, 2).reshape(b, c, h, w))
         channel_map = torch.sigmoid(self.interaction(conv_x))
         if self.permute:

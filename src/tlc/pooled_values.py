@@ -517,7 +517,7 @@ class _Call:
             if name == "batch_norm" and training:
                 raise self.fail("batch statistics mix the samples")
 
-        n, (h, w) = grid.batch, grid.size
+        h, w = grid.size
         spatial = h * w > 1 and name not in _LIKE
         maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
         real = None
@@ -703,7 +703,7 @@ def _pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None
     if name != "conv2d" or kwargs or len(args) < 2:
         return None
     x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
-    stride, padding, dilation, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]
+    stride, padding, _, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]  # dilation: moot at 1x1
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.dim() != 4:
         return None
     if tuple(x.shape[-2:]) != (1, 1) or tuple(weight.shape[-2:]) != (1, 1) or groups != 1:

@@ -1,0 +1,163 @@
+"""The corpus (tests/corpus) converted by the default ``tlc.convert(model, train_size=32)``: what was
+found, exactness, effect, and the cost of the converted model against the original.
+
+For every corpus model (fixed seed, perturbed parameters, eval mode; some built wider so that a
+720p forward takes >= 30 ms):
+
+- global ops: the kinds the model holds (tests/corpus's expectations);
+- converted / reported: how many of the expected local / reported sites the report shows as such
+  (matched on module paths, as tests/test_corpus.py does), plus any site it shows unexpectedly;
+- invariance: max |converted - original| at the training size (batch 1);
+- effect: max |converted - original| at 4x the training size;
+- time: median forward of the original and of the converted model at --size (batch 1, float32,
+  CPU), the two taking turns; the ratio converted / original only where the original takes
+  >= 30 ms (below that the ratio is noise).
+
+Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps the other rows).
+
+    python bench/corpus.py                       # 720x1280, every model
+    python bench/corpus.py --only rcan,cbam --size 180x320
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+from common import interleaved_median_seconds, machine, merged, write_csv  # noqa: E402
+
+import tlc  # noqa: E402
+from tests.corpus import CORPUS, Entry, build  # noqa: E402
+from tests.test_corpus import image, max_diff, observed_sites, outputs, site_mismatch  # noqa: E402
+
+MIN_ORIGINAL_MS = 30.0
+
+
+def pin_threads(n: int) -> None:
+    """torch and numba (tlc's CPU kernels) both on ``n`` threads.
+
+    numba's OpenMP threading layer, on its first launch, sets the OpenMP thread count to its own
+    (the CPU count) whatever OMP_NUM_THREADS says, and torch then runs on those threads too; the
+    original and the converted model would otherwise be timed on different thread counts.
+    """
+    try:
+        import numba
+    except ImportError:
+        pass
+    else:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # launches numba's threads
+    torch.set_num_threads(n)  # after numba's launch, which resets it
+
+
+def _one_line(err: BaseException, limit: int = 120) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int) -> dict:
+    """One table row for ``entry``: sites, invariance and effect (small widths, as the tests build
+    it) and timings at ``size`` (the bench width)."""
+    row: dict = {"model": entry.name, "global_ops": entry.kinds, "size": f"{size[0]}x{size[1]}"}
+    want_local = [e for e in entry.expected if e.status == "local"]
+    want_reported = [e for e in entry.expected if e.status == "reported"]
+    t = entry.train_size
+    model = build(entry)
+    kwargs = {"train_size": t} if entry.in_channels is None else {"train_size": t, "in_channels": entry.in_channels}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            converted, report = tlc.convert(model, **kwargs)
+            error = None
+        except tlc.ConversionError as err:
+            converted, report, error = None, None, err
+    if report is not None:
+        missing, extra = site_mismatch(entry.expected, observed_sites(report))
+        row["converted"] = f"{sum(e not in missing for e in want_local)}/{len(want_local)}"
+        row["reported"] = f"{sum(e not in missing for e in want_reported)}/{len(want_reported)}"
+        if extra:
+            row["reported"] += f" (+{len(extra)} unexpected)"
+        x = image(1, t, t, seed=1)
+        row["invariance"] = f"{max_diff(outputs(converted, x), outputs(model, x)):.1e}"
+        x = image(1, *entry.large, seed=2)
+        try:
+            row["effect"] = f"{max_diff(outputs(converted, x), outputs(model, x)):.1e}"
+        except RuntimeError:  # the original runs at the training size only
+            row["effect"] = "original fails"
+        row["note"] = ""
+    else:
+        row.update(converted="-", reported="-", invariance="-", effect="-", note=f"conversion fails: {_one_line(error)}")
+
+    # Timing at the benchmark width: the same conversion of the (possibly wider) model.
+    wide = build(entry, wide=True)
+    if report is not None and entry.bench is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted, _ = tlc.convert(wide, **kwargs)
+    x = image(1, *size, seed=3)
+    row["params"] = sum(p.numel() for p in wide.parameters())
+    fns = {"original": lambda: wide(x.clone())}
+    if report is not None:
+        fns["converted"] = lambda: converted(x.clone())
+        outputs(converted, image(1, t, t, seed=4))  # tlc's kernels launch (and set their threads) here
+        if torch.get_num_threads() != threads:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + (
+                f"tlc's first forward set torch's threads {threads} -> {torch.get_num_threads()} (reset)"
+            )
+    pin_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = interleaved_median_seconds(fns, "cpu", repeats=repeats)
+    except RuntimeError as err:
+        row.update(original_ms="", converted_ms="", ratio="")
+        row["note"] = (row["note"] + "; " if row["note"] else "") + f"no forward at {row['size']}: {_one_line(err, 60)}"
+        return row
+    row["original_ms"] = round(1e3 * times["original"], 1)
+    row["converted_ms"] = round(1e3 * times["converted"], 1) if "converted" in times else ""
+    if "converted" in times and row["original_ms"] >= MIN_ORIGINAL_MS:
+        row["ratio"] = round(times["converted"] / times["original"], 3)
+    else:
+        row["ratio"] = ""
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="720x1280", help="HxW of the timed image")
+    parser.add_argument("--only", help="comma-separated corpus names")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each, taking turns")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and numba threads")
+    args = parser.parse_args()
+    pin_threads(args.threads)
+    size = tuple(int(v) for v in args.size.split("x"))
+    entries = list(CORPUS)
+    if args.only:
+        names = args.only.split(",")
+        unknown = set(names) - {e.name for e in CORPUS}
+        if unknown:
+            parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
+        entries = [e for e in CORPUS if e.name in names]
+    print(f"corpus at {args.size} on {machine()}, float32, batch 1, median of {args.repeats} taking turns\n")
+    header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
+              "converted ms", "ratio", "note"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    rows = []
+    for entry in entries:
+        row = measure(entry, size, args.repeats, args.threads)
+        row["machine"] = machine()
+        rows.append(row)
+        cells = [row["model"], row["global_ops"], row["converted"], row["reported"], row["invariance"], row["effect"],
+                 row["original_ms"], row["converted_ms"], f"{row['ratio']}x" if row["ratio"] != "" else "-", row["note"]]
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    print(f"\nwrote {write_csv('corpus_cpu', merged('corpus_cpu', rows))}")
+
+
+if __name__ == "__main__":
+    main()

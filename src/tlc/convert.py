@@ -13,8 +13,9 @@ import copy
 import itertools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -195,11 +196,16 @@ def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
 
 
 def _calibrate(
-    model: nn.Module, targets: list[nn.Module], train: Pair, in_channels: int | None
-) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]]]:
+    model: nn.Module,
+    targets: list[nn.Module],
+    train: Pair,
+    in_channels: int | None,
+    recorders: Sequence[Callable[[nn.Module], Any]] = (),
+) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]], list[dict]]:
     """Run the model once at the training size, recording each target's input shapes.
 
-    Returns (the input used, the model's output, shapes seen per id(target)). Without
+    Returns (the input used, the model's output, shapes seen per id(target), the ``found`` of
+    each recorder, made fresh per attempt and active during the forward). Without
     ``in_channels`` it starts from the first convolution's input channels and, if the model
     registers some other convolution first, retries with the channels of the one that rejected
     the input.
@@ -220,8 +226,13 @@ def _calibrate(
             seen.update({id(module): [] for module in targets})
             generator = torch.Generator().manual_seed(0)
             x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
+            watching = [make(model) for make in recorders]
             try:
-                return x, _run(model, x, "the calibration forward"), seen
+                with ExitStack() as stack:
+                    for recorder in watching:
+                        stack.enter_context(recorder)
+                    output = _run(model, x, "the calibration forward")
+                return x, output, seen, [recorder.found for recorder in watching]
             except ConversionError as err:
                 culprit = err.module
                 if in_channels is not None or not isinstance(culprit, nn.modules.conv._ConvNd):
@@ -294,51 +305,83 @@ def convert(
     report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
 
     # Candidates: the first matching rule wins and a matched module's children are not searched.
+    by_class = [r for r in rules if r.recorder is None]
+    at_run_time = [r for r in rules if r.recorder is not None]
     matched: dict[int, tuple[nn.Module, Rule]] = {}
     matched_paths: list[str] = []
     for path, module in target.named_modules():  # parents come before their children
         if any(path.startswith(p + ".") for p in matched_paths):
             continue
-        rule = next((r for r in rules if r.matches(module)), None)
+        rule = next((r for r in by_class if r.matches(module)), None)
         if rule is not None:
             if module is target:
                 raise ConversionError(f"rule {rule.name!r} matches the model itself; convert a model that holds it")
             matched[id(module)] = (module, rule)
             matched_paths.append(path)
+
+    # Run-time recognition needs a calibration input: without convolutions, only in_channels gives one.
+    can_run = in_channels is not None or any(isinstance(m, nn.modules.conv._ConvNd) for m in target.modules())
+    if not matched and not functional and not (at_run_time and can_run):
+        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+        return target, report
+
+    targets = [m for m, _ in matched.values()]
+    x, original, seen, found = _calibrate(target, targets, train, in_channels, [r.recorder for r in at_run_time])
+    report.in_channels = x.shape[1]
+
+    # Modules recognised at run time: not inside a module a class rule matched; children before
+    # their parents, so that a parent's replacement holds its children's.
+    order = {path: i for i, (path, _) in enumerate(target.named_modules())}
+    measured: dict[int, Pair | str] = {}
+    by_class_paths = list(matched_paths)
+    for path, module in reversed(list(target.named_modules())):
+        if id(module) in matched or any(path == p or path.startswith(p + ".") for p in by_class_paths):
+            continue
+        rule_found = next(((r, f[module]) for r, f in zip(at_run_time, found) if module in f and r.matches(module)), None)
+        if rule_found is None:
+            continue
+        matched[id(module)] = (module, rule_found[0])
+        matched_paths.append(path)
+        measured[id(module)] = "the model itself; convert a model that holds it" if module is target else rule_found[1]
+    if not matched and not functional:
+        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+        return target, report
+
     places: dict[int, list[tuple[str, nn.Module, str]]] = {key: [] for key in matched}
     for path, module in target.named_modules(remove_duplicate=False):
         for name, child in module.named_children():
             if id(child) in places:
                 places[id(child)].append((f"{path}.{name}" if path else name, module, name))
 
-    if not matched and not functional:
-        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
-        return target, report
-
-    x, original, seen = _calibrate(target, [m for m, _ in matched.values()], train, in_channels)
-    report.in_channels = x.shape[1]
-
     replaced: list[tuple[nn.Module, str, nn.Module]] = []
     for key, (module, rule) in matched.items():
-        paths = tuple(p for p, _, _ in places[key])
-        shapes = sorted(set(seen[key]))
+        paths = tuple(p for p, _, _ in places[key]) or ("",)
         reason = rule.skip_reason(module)
-        if reason is None and not shapes:
-            reason = "not called during the calibration forward"
-        elif reason is None and any(len(s) != 4 for s in shapes):
-            reason = f"input is not (N, C, H, W): {shapes[0]}"
-        elif reason is None and len({s[-2:] for s in shapes}) > 1:
-            sizes = ", ".join(_size(s[-2:]) for s in shapes)
-            reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
+        if key in measured:
+            value = measured[key]
+            feature = None if isinstance(value, str) else value
+            reason = value if isinstance(value, str) else reason
+        else:
+            shapes = sorted(set(seen[key]))
+            feature = shapes[0][-2:] if shapes else None
+            if reason is None and not shapes:
+                reason = "not called during the calibration forward"
+            elif reason is None and any(len(s) != 4 for s in shapes):
+                reason = f"input is not (N, C, H, W): {shapes[0]}"
+            elif reason is None and len({s[-2:] for s in shapes}) > 1:
+                sizes = ", ".join(_size(s[-2:]) for s in shapes)
+                reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
         if reason is not None:
             report.skipped.append(SkippedOp(paths, rule.name, reason))
             continue
-        site = _site(shapes[0][-2:], train, base, fast)
+        site = _site(feature, train, base, fast)
         local = rule.build(module, site)
         for _, parent, name in places[key]:
             setattr(parent, name, local)
             replaced.append((parent, name, module))
         report.converted.append(ConvertedOp(paths, rule.name, site.feature_size, site.window))
+    report.converted.sort(key=lambda op: order.get(op.path, -1))
+    report.skipped.sort(key=lambda op: order.get(op.path, -1))
 
     try:
         if functional:  # functional call sites (issue 7): calibrated and checked on the module-converted model

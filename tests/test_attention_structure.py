@@ -490,3 +490,44 @@ def test_layout_in_call():
     assert layout_in_call(35, [], (torch.zeros(1),), {"x_size": (5, 7)}) == (5, 7)
     assert "any of 5x7, 7x5" in layout_in_call(35, [(5, 7), (7, 5)], (), {})
     assert "not visible" in layout_in_call(35, [], (3, 4), {})
+
+
+# ----------------------------------------------------------------------------- with other global ops inside
+
+
+class InteractingChannelAttention(ChannelAttention):
+    """DAT's channel attention with a pooled channel gate on its output map (its C-map branch)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__(dim, num_heads)
+        self.channel_interaction = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, dim, 1), nn.Sigmoid())
+
+    def forward(self, x, H, W):
+        out = super().forward(x, H, W)
+        B, N, C = out.shape
+        out = out.transpose(1, 2).reshape(B, C, H, W)
+        return (out * self.channel_interaction(out)).flatten(2).transpose(1, 2)
+
+
+def test_global_ops_inside_the_attention_are_converted_too():
+    model = TokenNet(12, 3)
+    model.layers = nn.ModuleList([InteractingChannelAttention(12, 3)])
+    model = randomised(model, 7)
+    local, report = tlc.convert(model, train_size=TRAIN)
+    assert [(op.path, op.rule, op.window) for op in report.converted] == [
+        ("layers.0", "transposed-attention", (12, 12)),
+        ("layers.0.channel_interaction", "global-avg-pool+pointwise", (12, 12)),
+    ]
+    block = local.layers[0]
+    assert isinstance(block, LocalTransposedAttention)
+    assert isinstance(block.channel_interaction, tlc.LocalPooledSequential)
+    assert list(local.state_dict()) == list(model.state_dict())
+    x = torch.rand(1, 3, TRAIN, TRAIN)
+    assert (run(local, x) - run(model, x)).abs().max() <= 1e-5
+    big = torch.rand(1, 3, 64, 64)
+    assert (run(local, big) - run(model, big)).abs().max() > 1e-3
+    # Either op alone local gives something else: both are local in the converted model.
+    only_attention, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.TRANSPOSED_ATTENTION])
+    only_pool, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.POOLED_POINTWISE])
+    for partial in (only_attention, only_pool):
+        assert (run(local, big) - run(partial, big)).abs().max() > 1e-4

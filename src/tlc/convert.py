@@ -275,7 +275,9 @@ def convert(
 
     One calibration forward at ``train_size`` (no grad, eval mode, on the model's device and dtype;
     each module's train/eval flag restored afterwards) measures the feature size (h_t, w_t) at every
-    op a rule matches. Each becomes local with window ``(h_t * base_h // train_h,
+    op a rule matches: the input's (h, w) for rules matched by class, what the rule's recorder saw
+    for rules that recognise ops at run time (``Rule.recorder``: transposed attention, whose
+    tokens' layout it traces). Each becomes local with window ``(h_t * base_h // train_h,
     w_t * base_w // train_w)`` in feature pixels. A second forward checks that the converted model
     reproduces the original at ``train_size``.
 

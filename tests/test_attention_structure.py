@@ -531,3 +531,10 @@ def test_global_ops_inside_the_attention_are_converted_too():
     only_pool, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.POOLED_POINTWISE])
     for partial in (only_attention, only_pool):
         assert (run(local, big) - run(partial, big)).abs().max() > 1e-4
+
+
+def test_reason_names_the_source_line():
+    model = randomised(MapNet(OverQueries(8, 2, bias=False), 8), 6)
+    _, report = tlc.convert(model, train_size=TRAIN)
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "attn = (F.normalize(q, dim=-1) @" in text)
+    assert report.skipped[0].reason.endswith(f"(attention at test_attention_structure.py:{line})")

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -184,6 +186,7 @@ class _Normed:
     eps: float
     owner: object
     escaped: str | None = None
+    location: str = ""  # file.py:line of the call, where recorded
 
 
 @dataclass(eq=False)
@@ -410,6 +413,18 @@ _NO_STEP = object()
 
 # ----------------------------------------------------------------------------- recognition
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _caller_location() -> str:
+    """``file.py:line`` of the model code making the current torch call (first frame outside
+    torch and this file)."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return "<unknown>" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
 
 @dataclass(eq=False)
 class _ModuleCall:
@@ -481,19 +496,21 @@ class TransposedAttentionRecorder(_Follower):
             layout = self._layout(chain.length)
             if layout is None:
                 continue  # not an axis of flattened feature-map tokens
+            reason = None
             if chain.reason is not None:
-                results.append(chain.reason)
+                reason = chain.reason
             elif not chain.done:
-                results.append("q k^T over the tokens is not followed by softmax(dim=-1) and a product with v")
+                reason = "q k^T over the tokens is not followed by softmax(dim=-1) and a product with v"
             elif isinstance(layout, str) or isinstance(chain.outcome, str):
-                results.append(layout if isinstance(layout, str) else chain.outcome)
+                reason = layout if isinstance(layout, str) else chain.outcome
             elif chain.outcome != layout:
-                results.append(f"tokens of layout {layout[0]}x{layout[1]} read as {chain.outcome[0]}x{chain.outcome[1]}")
-            else:
-                results.append(layout)
+                reason = f"tokens of layout {layout[0]}x{layout[1]} read as {chain.outcome[0]}x{chain.outcome[1]}"
+            results.append(layout if reason is None else f"{reason} (attention at {chain.left.location})")
         for normed in call.normed:
             if normed.escaped is not None and self._layout(normed.raw.shape[-1]) is not None:
-                results.append(f"q or k normalised over all the tokens is also used by {normed.escaped}")
+                results.append(
+                    f"q or k normalised over all the tokens is also used by {normed.escaped} ({normed.location})"
+                )
         if results == []:
             del self._results[call.module]
         self.tags = {key: entry for key, entry in self.tags.items() if self._owner_of(entry[1]) is not call}
@@ -517,6 +534,7 @@ class TransposedAttentionRecorder(_Follower):
 
     def on_normed(self, normed: _Normed) -> None:
         normed.owner.normed.append(normed)
+        normed.location = _caller_location()
 
     def on_conv(self, x: torch.Tensor, result: torch.Tensor) -> None:
         for t in (x, result):

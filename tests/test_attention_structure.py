@@ -20,6 +20,7 @@ from torch import nn
 import tlc
 from tlc.local_attention import LocalTransposedAttention, layout_in_call, merged_pairs
 
+from .conftest import TOLERANCE
 from .test_attention import reference_starts
 
 TRAIN = 16
@@ -538,3 +539,54 @@ def test_reason_names_the_source_line():
     _, report = tlc.convert(model, train_size=TRAIN)
     line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "attn = (F.normalize(q, dim=-1) @" in text)
     assert report.skipped[0].reason.endswith(f"(attention at test_attention_structure.py:{line})")
+
+
+class FoldedHeads(nn.Module):
+    """Heads folded into the batch ((B*heads, d, L) and bmm), a scalar scale: divided by a 0-d
+    parameter, then multiplied in place by a Python float."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.tau = nn.Parameter(torch.tensor(0.7))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = (t.reshape(b * self.heads, c // self.heads, h * w) for t in self.qkv(x).chunk(3, dim=1))
+        attn = torch.bmm(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(1, 2)) / self.tau
+        attn *= 3.0
+        return torch.bmm(F.softmax(attn, dim=-1), v).reshape(b, c, h, w)
+
+
+def test_folded_heads_and_scalar_scales():
+    model = randomised(MapNet(FoldedHeads(8, 2), 8), 8)
+    local, report = tlc.convert(model, train_size=TRAIN)
+    assert [(op.path, op.window) for op in report.converted] == [("stage.attn", (24, 24))]
+    x = torch.rand(1, 3, TRAIN, TRAIN)
+    assert (run(local, x) - run(model, x)).abs().max() <= 1e-5
+    big = torch.rand(2, 3, 53, 70)
+    block = model.stage["attn"]
+    with torch.no_grad():
+        y = model.conv_in(big)
+        q, k, v = F.conv2d(y, block.qkv.weight, block.qkv.bias).chunk(3, dim=1)
+        temperature = (3.0 / block.tau).expand(2, 1, 1)
+        expected = model.conv_out(y + windowed_attention(q, k, v, temperature, 2, (24, 24)))
+    torch.testing.assert_close(run(local, big), expected, rtol=0, atol=2e-5)
+    assert (run(local, big) - run(model, big)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes(dtype):
+    model = restormer_net().to(dtype)
+    local, report = tlc.convert(model, train_size=TRAIN)
+    assert [op.path for op in report.converted] == ["stage.attn"]
+    big = torch.rand(1, 3, 50, 44, dtype=dtype)
+    out = run(local, big)
+    assert out.dtype == dtype
+    with torch.no_grad():
+        expected = reference_restormer(restormer_net().double(), big.double(), (24, 24))
+        global_error = (run(model, big).double() - expected).abs().max()
+    error, scale = (out.double() - expected).abs().max(), expected.abs().max()
+    assert error <= TOLERANCE[dtype] * scale
+    assert error < global_error / 2  # bfloat16 rounding, not the global attention

@@ -288,7 +288,12 @@ def reference_dat(net: TokenNet, x: torch.Tensor, window) -> torch.Tensor:
     return F.pixel_shuffle(F.conv2d(y + out, net.conv_out.weight, net.conv_out.bias, padding=1), 2)
 
 
-REFERENCES = {"restormer": reference_restormer, "kbnet": reference_restormer, "retinexformer": reference_retinex, "dat": reference_dat}
+REFERENCES = {
+    "restormer": reference_restormer,
+    "kbnet": reference_restormer,
+    "retinexformer": reference_retinex,
+    "dat": reference_dat,
+}
 
 
 # ----------------------------------------------------------------------------- tests
@@ -537,7 +542,8 @@ def test_global_ops_inside_the_attention_are_converted_too():
 def test_reason_names_the_source_line():
     model = randomised(MapNet(OverQueries(8, 2, bias=False), 8), 6)
     _, report = tlc.convert(model, train_size=TRAIN)
-    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "attn = (F.normalize(q, dim=-1) @" in text)
+    lines = open(__file__).read().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "attn = (F.normalize(q, dim=-1) @" in text)
     assert report.skipped[0].reason.endswith(f"(attention at test_attention_structure.py:{line})")
 
 
@@ -590,3 +596,20 @@ def test_other_dtypes(dtype):
     error, scale = (out.double() - expected).abs().max(), expected.abs().max()
     assert error <= TOLERANCE[dtype] * scale
     assert error < global_error / 2  # bfloat16 rounding, not the global attention
+
+
+def test_the_rules_do_not_import_the_model_zoo():
+    import ast
+    from pathlib import Path
+
+    root = Path(tlc.__file__).parent
+    layers = ("nn.py", "rules.py", "convert.py", "local_attention.py")
+    for path in [*(root / "ops").glob("*.py"), *(root / name for name in layers)]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(name == "archs" or ".archs" in name or name.startswith("archs") for name in names), path

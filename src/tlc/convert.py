@@ -339,12 +339,13 @@ def convert(
     for path, module in reversed(list(target.named_modules())):
         if id(module) in matched or any(path == p or path.startswith(p + ".") for p in by_class_paths):
             continue
-        rule_found = next(((r, f[module]) for r, f in zip(at_run_time, found) if module in f and r.matches(module)), None)
-        if rule_found is None:
+        hits = [(r, f[module]) for r, f in zip(at_run_time, found) if module in f and r.matches(module)]
+        if not hits:
             continue
-        matched[id(module)] = (module, rule_found[0])
+        rule, value = hits[0]
+        matched[id(module)] = (module, rule)
         matched_paths.append(path)
-        measured[id(module)] = "the model itself; convert a model that holds it" if module is target else rule_found[1]
+        measured[id(module)] = "the model itself; convert a model that holds it" if module is target else value
     if not matched and not functional:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
         return target, report

@@ -76,9 +76,13 @@ _KINDS: dict[object, str] = {
         (_T.contiguous, _T.clone, torch.clone, _T.to, _T.type_as, _T.float, _T.double, _T.half, _T.bfloat16),
         "same",
     ),
-    **dict.fromkeys((_T.transpose, torch.transpose, _T.swapaxes, torch.swapaxes, _T.swapdims, torch.swapdims), "transpose"),
+    **dict.fromkeys(
+        (_T.transpose, torch.transpose, _T.swapaxes, torch.swapaxes, _T.swapdims, torch.swapdims), "transpose"
+    ),
     **dict.fromkeys((_T.permute, torch.permute), "permute"),
-    **dict.fromkeys((_T.reshape, torch.reshape, _T.view, _T.flatten, torch.flatten, _T.reshape_as, _T.view_as), "reshape"),
+    **dict.fromkeys(
+        (_T.reshape, torch.reshape, _T.view, _T.flatten, torch.flatten, _T.reshape_as, _T.view_as), "reshape"
+    ),
     **dict.fromkeys((torch.conv2d, F.conv2d, torch.conv_transpose2d, F.conv_transpose2d), "conv"),
 }
 _TRANSPOSE_PROPERTIES = (_T.mT, _T.T)
@@ -420,7 +424,9 @@ def _caller_location() -> str:
     """``file.py:line`` of the model code making the current torch call (first frame outside
     torch and this file)."""
     frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
         frame = frame.f_back
     return "<unknown>" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
@@ -659,7 +665,8 @@ class LocalTransposedAttention(nn.Module):
         cls = module._global_class if isinstance(module, LocalTransposedAttention) else type(module)
         local = _local_instance(cls)
         # Own containers (parameters, children, hooks...), shared contents.
-        local.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, set)) else v for k, v in module.__dict__.items()})
+        state = module.__dict__.items()
+        local.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, set)) else v for k, v in state})
         local.local_window = as_pair(window, "window")
         return local
 
@@ -677,7 +684,9 @@ class LocalTransposedAttention(nn.Module):
             for handle in handles:
                 handle.remove()
         if any(mode.tag_of(t) is not None and mode.tag_of(t).chain is not None for t in _tensors(out)):
-            raise RuntimeError(f"{type(self).__name__} returns its attention matrix, which a local attention cannot provide")
+            raise RuntimeError(
+                f"{type(self).__name__} returns its attention matrix, which a local attention cannot provide"
+            )
         return out
 
     def extra_repr(self) -> str:
@@ -691,5 +700,6 @@ class LocalTransposedAttention(nn.Module):
 def _local_instance(cls: type[nn.Module]) -> LocalTransposedAttention:
     """An empty instance of ``Local<cls>`` (state set by the caller)."""
     name = f"Local{cls.__name__}"
-    local_cls = type(name, (LocalTransposedAttention, cls), {"__module__": __name__, "__qualname__": name, "_global_class": cls})
+    namespace = {"__module__": __name__, "__qualname__": name, "_global_class": cls}
+    local_cls = type(name, (LocalTransposedAttention, cls), namespace)
     return local_cls.__new__(local_cls)

@@ -613,3 +613,30 @@ def test_the_rules_do_not_import_the_model_zoo():
             else:
                 continue
             assert not any(name == "archs" or ".archs" in name or name.startswith("archs") for name in names), path
+
+
+class SometimesUsesQ(TransAttention):
+    """Uses its normalised q elsewhere, but only beyond the training size (unseen at calibration)."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = (t.reshape(b, self.num_heads, -1, h * w) for t in self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        out = self.project_out((self.softmax((q @ k.mT) * self.temperature) @ v).reshape(b, c, h, w))
+        if h * w > TRAIN * TRAIN:
+            out = out + q.square().sum(-1).mean()  # 1: the rows of q have unit norm
+        return out
+
+
+def test_normalised_q_used_elsewhere_has_its_real_value():
+    # The local block leaves q unnormalised while only the attention uses it.
+    model = randomised(MapNet(SometimesUsesQ(8, 2, bias=False), 8), 9)
+    plain = MapNet(TransAttention(8, 2, bias=False), 8).eval()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    local, report = tlc.convert(model, train_size=TRAIN)
+    local_plain, _ = tlc.convert(plain, train_size=TRAIN)
+    assert [op.path for op in report.converted] == ["stage.attn"]
+    y = torch.rand(1, 8, 4 * TRAIN, 4 * TRAIN)
+    with torch.no_grad():
+        difference = local.stage["attn"](y) - local_plain.stage["attn"](y)
+    torch.testing.assert_close(difference, torch.ones_like(difference), rtol=0, atol=1e-5)

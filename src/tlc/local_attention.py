@@ -50,7 +50,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,7 @@ class _Tag:
     normed: _Normed | None = None
     chain: _Chain | None = None
     scale: tuple[tuple[str, object], ...] = ()
+    deferred: bool = False  # "norm"/"normT" holding the raw values: normalised only if used elsewhere
 
 
 class _NotLocal(Exception):
@@ -290,6 +291,9 @@ class _Follower(TorchFunctionMode):
     """Follows the pattern by tensor identity. Subclasses decide who owns a normalisation, what
     the Gram and the final product return, and what a use outside the pattern means."""
 
+    #: Whether normalisations return their input, normalised only where used outside the pattern.
+    defers = False
+
     def __init__(self) -> None:
         super().__init__()
         self.tags: dict[int, tuple[torch.Tensor, _Tag]] = {}  # strong references: ids stay unique
@@ -346,20 +350,30 @@ class _Follower(TorchFunctionMode):
         return self.escape(func, args, kwargs, [t for _, t in tagged if t is not None] + hidden, name)
 
     def normalize(self, func, args, kwargs):  # noqa: ANN001
-        result = func(*args, **kwargs)
         x = _arg(args, kwargs, 0, "input", None)
         dim = _arg(args, kwargs, 2, "dim", 1)
         owner = self.owner()
         if owner is None or not isinstance(x, torch.Tensor) or x.dim() < 2 or not isinstance(dim, int):
-            return result
+            return func(*args, **kwargs)
         if dim % x.dim() != x.dim() - 1 or _arg(args, kwargs, 4, "out", None) is not None:
-            return result
+            return func(*args, **kwargs)
         normed = _Normed(x, float(_arg(args, kwargs, 1, "p", 2.0)), float(_arg(args, kwargs, 3, "eps", _EPS)), owner)
         self.on_normed(normed)
-        return self.tag(result, _Tag("norm", normed=normed))
+        if self.defers:
+            return self.tag(x.view_as(x), _Tag("norm", normed=normed, deferred=True))
+        return self.tag(func(*args, **kwargs), _Tag("norm", normed=normed))
 
     def on_normed(self, normed: _Normed) -> None:
         pass
+
+    @staticmethod
+    def materialize(x: object, tag: _Tag | None) -> object:
+        """The real value of a deferred normalisation (``x`` itself otherwise)."""
+        if tag is None or not tag.deferred:
+            return x
+        normed = tag.normed
+        value = F.normalize(normed.raw, p=normed.p, dim=-1, eps=normed.eps)
+        return value.transpose(-2, -1) if tag.kind == "normT" else value
 
     def step(self, func, kind, args, kwargs, tagged):  # noqa: ANN001, C901 (one case per step)
         if len(tagged) == 2 and kind == "matmul" and [i for i, _ in tagged] == [0, 1]:
@@ -376,12 +390,13 @@ class _Follower(TorchFunctionMode):
         if tag is None:
             return _NO_STEP
         if kind == "same" and i == 0:
-            return self.tag(func(*args, **kwargs), tag)
+            real = self.materialize(args[0], tag)
+            return self.tag(func(real, *args[1:], **kwargs), replace(tag, deferred=False))
         if kind in ("transpose", "permute") and i == 0 and tag.kind in ("norm", "normT"):
             if not _last_two_swapped(func, kind, args, kwargs, args[0].dim()):
                 return _NO_STEP
             flipped = "normT" if tag.kind == "norm" else "norm"
-            return self.tag(func(*args, **kwargs), _Tag(flipped, normed=tag.normed))
+            return self.tag(func(*args, **kwargs), replace(tag, kind=flipped))
         if tag.kind == "gram" and kind in ("mul", "div", "mul_", "div_") and len(args) == 2:
             if kind in ("div", "mul_", "div_") and i != 0:
                 return _NO_STEP
@@ -497,6 +512,8 @@ class TransposedAttentionRecorder(_Follower):
             tag = self.tag_of(t)
             if tag is not None and tag.chain is not None and tag.chain.owner is call:
                 tag.chain.reason = tag.chain.reason or "the module returns its attention matrix"
+            elif tag is not None and tag.normed is not None and tag.normed.owner is call:
+                tag.normed.escaped = tag.normed.escaped or "the module's output"
         results = self._results.setdefault(call.module, []) if call.chains or call.normed else None
         for chain in call.chains:
             layout = self._layout(chain.length)
@@ -588,6 +605,8 @@ class TransposedAttentionRecorder(_Follower):
 class _LocalChains(_Follower):
     """The mode a :class:`LocalTransposedAttention` runs its forward under."""
 
+    defers = True  # the local op normalises per window: the whole-map normalisation is not needed
+
     def __init__(self, module: LocalTransposedAttention, args: tuple, kwargs: dict) -> None:
         super().__init__()
         self.module, self.args, self.kwargs = module, args, kwargs
@@ -634,7 +653,16 @@ class _LocalChains(_Follower):
                 f"{type(self.module).__name__}: its attention matrix is used by {what}, which a local "
                 "attention cannot provide"
             )
-        return func(*args, **kwargs)  # normalised q/k are real values: any use is fine
+        if any(tag.deferred for tag in tags):
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.endswith("__") or name.startswith("__i"):
+                raise RuntimeError(f"{type(self.module).__name__}: {what} changes a normalised q or k in place")
+            args = tuple(self.materialize(a, self.tag_of(a)) for a in args)
+            kwargs = {key: self.materialize(a, self.tag_of(a)) for key, a in kwargs.items()}
+            args = tuple(
+                type(a)(self.materialize(b, self.tag_of(b)) for b in a) if type(a) in (list, tuple) else a for a in args
+            )
+        return func(*args, **kwargs)  # normalised q/k as their real values: any use is fine
 
     def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
         raise RuntimeError(f"{type(self.module).__name__}: {tag.chain.reason}; it cannot run locally")
@@ -683,9 +711,10 @@ class LocalTransposedAttention(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        if any(mode.tag_of(t) is not None and mode.tag_of(t).chain is not None for t in _tensors(out)):
+        if any(mode.tag_of(t) is not None for t in _tensors(out)):
             raise RuntimeError(
-                f"{type(self).__name__} returns its attention matrix, which a local attention cannot provide"
+                f"{type(self).__name__} returns its attention matrix or normalised q/k, which a local attention "
+                "does not compute"
             )
         return out
 

@@ -35,10 +35,13 @@ windows).
 
 Local version (:class:`LocalTransposedAttention`): the matched module itself, re-classed without
 changing its parameters, buffers, children or attributes (state_dict keys unchanged), whose
-forward runs the original class's forward under a small mode that lets the normalisations run,
-replaces the Gram by a placeholder (the (d x d) scale and softmax then run on it for their shapes
-only) and answers ``attn @ v`` with :func:`tlc.local_transposed_attention` on the (N, heads*d, h,
-w) maps: grid windows, overlaps averaged, exact. At run time the token layout is read from a merge
+forward runs the original class's forward under a small mode that defers the normalisations (the
+windows normalise; a normalised tensor used elsewhere is normalised then), replaces the Gram by a
+placeholder (the (d x d) scale and softmax then run on it for their shapes only) and answers
+``attn @ v`` with :func:`tlc.local_transposed_attention` on the (N, heads*d, h, w) maps: grid
+windows, overlaps averaged, exact. The whole-map statistics are never computed. Python code that
+keeps a normalised q or k aside (``self.q = q``) would keep the unnormalised one: the
+calibration cannot see that (it does see a module returning it, which then stays global). At run time the token layout is read from a merge
 inside the module's call whose product is L, else from consecutive integer arguments (h, w) whose
 product is L (DAT's ``forward(x, H, W)``).
 """

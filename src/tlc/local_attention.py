@@ -33,17 +33,18 @@ Gram are not followed); tokens must come from a reshape of a map some convolutio
 consumed; a flatten of (w, h) instead of (h, w) is taken as (h, w) (only matters for non-square
 windows).
 
-Local version (:class:`LocalTransposedAttention`): the matched module itself, re-classed without
-changing its parameters, buffers, children or attributes (state_dict keys unchanged), whose
-forward runs the original class's forward under a small mode that defers the normalisations (the
-windows normalise; a normalised tensor used elsewhere is normalised then), replaces the Gram by a
-placeholder (the (d x d) scale and softmax then run on it for their shapes only) and answers
-``attn @ v`` with :func:`tlc.local_transposed_attention` on the (N, heads*d, h, w) maps: grid
-windows, overlaps averaged, exact. The whole-map statistics are never computed. Python code that
-keeps a normalised q or k aside (``self.q = q``) would keep the unnormalised one: the
-calibration cannot see that (it does see a module returning it, which then stays global). At run time the token layout is read from a merge
-inside the module's call whose product is L, else from consecutive integer arguments (h, w) whose
-product is L (DAT's ``forward(x, H, W)``).
+Local version (:class:`LocalTransposedAttention`): an object of a subclass of the matched
+module's class (``Local<Class>``) holding the module's parameters, buffers, children and
+attributes as they are (state_dict keys unchanged). Its forward runs the original class's forward
+under a small mode that defers the normalisations (the windows normalise; a normalised tensor
+used elsewhere is normalised then), replaces the Gram by a placeholder (the (d x d) scale and
+softmax then run on it for their shapes only) and answers ``attn @ v`` with
+:func:`tlc.local_transposed_attention` on the (N, heads*d, h, w) maps: grid windows, overlaps
+averaged, exact. The whole-map statistics are never computed. Python code that keeps a normalised
+q or k aside (``self.q = q``) would keep the unnormalised one: the calibration cannot see that (it
+does see a module returning it, which then stays global). At run time the token layout is read
+from a merge inside the module's call whose product is L, else from consecutive integer
+arguments (h, w) whose product is L (DAT's ``forward(x, H, W)``).
 """
 
 from __future__ import annotations
@@ -658,13 +659,15 @@ class _LocalChains(_Follower):
             )
         if any(tag.deferred for tag in tags):
             name = getattr(func, "__name__", "")
-            if name.endswith("_") and not name.endswith("__") or name.startswith("__i"):
+            if (name.endswith("_") and not name.endswith("__")) or name.startswith("__i"):
                 raise RuntimeError(f"{type(self.module).__name__}: {what} changes a normalised q or k in place")
-            args = tuple(self.materialize(a, self.tag_of(a)) for a in args)
-            kwargs = {key: self.materialize(a, self.tag_of(a)) for key, a in kwargs.items()}
-            args = tuple(
-                type(a)(self.materialize(b, self.tag_of(b)) for b in a) if type(a) in (list, tuple) else a for a in args
-            )
+            def real(a: object) -> object:
+                if type(a) in (list, tuple):
+                    return type(a)(self.materialize(b, self.tag_of(b)) for b in a)
+                return self.materialize(a, self.tag_of(a))
+
+            args = tuple(real(a) for a in args)
+            kwargs = {key: real(a) for key, a in kwargs.items()}
         return func(*args, **kwargs)  # normalised q/k as their real values: any use is fine
 
     def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
@@ -674,9 +677,9 @@ class _LocalChains(_Follower):
 class LocalTransposedAttention(nn.Module):
     """A transposed attention module made local: grid windows of ``local_window``, overlaps averaged.
 
-    Never built directly: :meth:`wrap` re-classes a matched module as a subclass of both this
-    class and the module's own class (named ``Local<Class>``), keeping its parameters, buffers,
-    children and attributes as they are (state_dict keys and ``strict`` loading unchanged). Its
+    Never built directly: :meth:`wrap` makes, from a matched module, an object of a subclass of
+    both this class and the module's own class (named ``Local<Class>``) holding the module's
+    parameters, buffers, children and attributes (state_dict keys and ``strict`` loading unchanged). Its
     forward is the original forward, run under a mode that computes the attention core with
     :func:`tlc.local_transposed_attention` (see the module docstring). The repr ends with the
     window; deepcopy and pickle work (pickle where the original class is importable).

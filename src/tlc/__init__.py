@@ -14,6 +14,7 @@ from .checkpoints import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .export import ExportError, OnnxExport, export_onnx
 from .functional import CallSite  # functional call sites (issue 7)
+from .local_attention import LocalTransposedAttention
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
 from .ops import (
     local_group_norm,
@@ -53,6 +54,7 @@ __all__ = [
     "LocalGroupNorm",
     "LocalInstanceNorm2d",
     "LocalPooledSequential",
+    "LocalTransposedAttention",
     "OnnxExport",
     "POOLED_GATE",
     "POOLED_POINTWISE",

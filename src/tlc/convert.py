@@ -14,8 +14,9 @@ import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -251,11 +252,16 @@ def _next_channels(err: ConversionError, tried: int, fed_input: set[int]) -> int
 
 
 def _calibrate(
-    model: nn.Module, targets: list[nn.Module], train: Pair, in_channels: int | None
-) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]]]:
+    model: nn.Module,
+    targets: list[nn.Module],
+    train: Pair,
+    in_channels: int | None,
+    recorders: Sequence[Callable[[nn.Module], Any]] = (),
+) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]], list[dict]]:
     """Run the model once at the training size, recording each target's input shapes.
 
-    Returns (the input used, the model's output, shapes seen per id(target)). Without
+    Returns (the input used, the model's output, shapes seen per id(target), the ``found`` of
+    each recorder, made fresh per attempt and active during the forward). Without
     ``in_channels`` the channel count is searched for: the convs' ``in_channels`` in registration
     order, corrected by what a conv that rejects its input says it expected (a conv fed the input
     itself tells the count outright, even when another conv is registered first).
@@ -288,8 +294,13 @@ def _calibrate(
             generator = torch.Generator().manual_seed(0)
             x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
             probe["x"] = x
+            watching = [make(model) for make in recorders]
             try:
-                return x, _run(model, x, "the calibration forward"), seen
+                with ExitStack() as stack:
+                    for recorder in watching:
+                        stack.enter_context(recorder)
+                    output = _run(model, x, "the calibration forward")
+                return x, output, seen, [recorder.found for recorder in watching]
             except ConversionError as err:
                 first_error = first_error or err
                 if in_channels is not None or "channels" not in str(err.__cause__):
@@ -340,7 +351,9 @@ def convert(
 
     One calibration forward at ``train_size`` (no grad, eval mode, on the model's device and dtype;
     each module's train/eval flag restored afterwards) measures the feature size (h_t, w_t) at every
-    op a rule matches. Each becomes local with window ``(h_t * base_h // train_h,
+    op a rule matches: the input's (h, w) for rules matched by class, what the rule's recorder saw
+    for rules that recognise ops at run time (``Rule.recorder``: transposed attention, whose
+    tokens' layout it traces). Each becomes local with window ``(h_t * base_h // train_h,
     w_t * base_w // train_w)`` in feature pixels. A second forward checks that the converted model
     reproduces the original at ``train_size``.
 
@@ -374,17 +387,30 @@ def convert(
     rules = DEFAULT_RULES if rules is None else tuple(rules)
     target = model if inplace else _copy_model(model)
     report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
-    matched = _match_modules(target, rules)
-    if not matched and not functional:
+    by_class = [r for r in rules if r.recorder is None]
+    at_run_time = [r for r in rules if r.recorder is not None]
+    matched = _match_modules(target, by_class)
+    # Run-time recognition needs a calibration input: without convolutions, only in_channels gives one.
+    can_run = in_channels is not None or any(_is_conv(m) for m in target.modules())
+    if not matched and not functional and not (at_run_time and can_run):
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
         return target, report
 
     swaps = _Swaps()
     try:
-        x, original, seen = _calibrate(target, [m.module for m in matched], train, in_channels)
+        x, original, seen, found = _calibrate(
+            target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time]
+        )
         report.in_channels = x.shape[1]
+        matched += _match_at_run_time(target, matched, at_run_time, found)
+        if not matched and not functional:
+            warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+            return target, report
         for match in matched:
             _replace(match, seen.get(id(match.module), []), lambda f: _site(f, train, base, fast), swaps, report)
+        order = {path: i for i, (path, _) in enumerate(target.named_modules())}
+        report.converted.sort(key=lambda op: order.get(op.path, -1))
+        report.skipped.sort(key=lambda op: order.get(op.path, -1))
         converted = _check_modules(target, x, swaps, report)
         if functional:  # calibrated and checked on the module-converted model
             converted, report.call_sites = convert_call_sites(
@@ -409,10 +435,11 @@ class _Match:
     module: nn.Module
     rule: Rule
     places: list[tuple[str, nn.Module, str]]
+    measured: Pair | str | None = None  # run-time rules: the recorder's feature size, or why not
 
     @property
     def paths(self) -> tuple[str, ...]:
-        return tuple(path for path, _, _ in self.places)
+        return tuple(path for path, _, _ in self.places) or ("",)
 
 
 def _match_modules(model: nn.Module, rules: Sequence[Rule]) -> list[_Match]:
@@ -428,11 +455,38 @@ def _match_modules(model: nn.Module, rules: Sequence[Rule]) -> list[_Match]:
                 raise ConversionError(f"rule {rule.name!r} matches the model itself; convert a model that holds it")
             found[id(module)] = _Match(module, rule, [])
             matched_paths.append(path)
+    _attach_places(model, found)
+    return list(found.values())
+
+
+def _attach_places(model: nn.Module, matches: dict[int, _Match]) -> None:
+    """Fill in every (path, parent, attribute name) at which each matched module is attached."""
     for path, module in model.named_modules(remove_duplicate=False):
         for name, child in module.named_children():
-            if id(child) in found:
-                found[id(child)].places.append((f"{path}.{name}" if path else name, module, name))
-    return list(found.values())
+            if id(child) in matches:
+                matches[id(child)].places.append((f"{path}.{name}" if path else name, module, name))
+
+
+def _match_at_run_time(
+    model: nn.Module, matched: list[_Match], rules: Sequence[Rule], found: list[dict]
+) -> list[_Match]:
+    """Modules that run-time rules' recorders found, outside modules class rules matched.
+
+    Children come before their parents, so that a parent's replacement holds its children's.
+    """
+    inside = [path for m in matched for path in m.paths]
+    claimed = {id(m.module) for m in matched}
+    result: dict[int, _Match] = {}
+    for path, module in reversed(list(model.named_modules())):
+        if id(module) in claimed or any(path == p or path.startswith(p + ".") for p in inside):
+            continue
+        hits = [(rule, seen[module]) for rule, seen in zip(rules, found) if module in seen and rule.matches(module)]
+        if hits:
+            rule, value = hits[0]
+            measured = "the model itself; convert a model that holds it" if module is model else value
+            result[id(module)] = _Match(module, rule, [], measured)
+    _attach_places(model, result)
+    return list(result.values())
 
 
 class _Swaps:
@@ -461,17 +515,23 @@ def _replace(
     match: _Match, shapes: list[tuple[int, ...]], site_for: Callable[[Pair], Site], swaps: _Swaps, report: ConversionReport
 ) -> None:
     """Build and attach the local version of one matched module, or report why it stays global."""
-    shapes = sorted(set(shapes))
     reason = match.rule.skip_reason(match.module)
-    if reason is None and not shapes:
-        reason = "not called during the calibration forward"
-    elif reason is None and any(len(s) != 4 for s in shapes):
-        reason = f"input is not (N, C, H, W): {shapes[0]}"
-    elif reason is None and len({s[-2:] for s in shapes}) > 1:
-        sizes = ", ".join(_size(s[-2:]) for s in shapes)
-        reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
-    if reason is None:
-        site = site_for(shapes[0][-2:])
+    feature = None
+    if match.measured is not None:
+        reason = match.measured if isinstance(match.measured, str) else reason
+        feature = None if isinstance(match.measured, str) else match.measured
+    else:
+        shapes = sorted(set(shapes))
+        feature = shapes[0][-2:] if shapes else None
+        if reason is None and not shapes:
+            reason = "not called during the calibration forward"
+        elif reason is None and any(len(s) != 4 for s in shapes):
+            reason = f"input is not (N, C, H, W): {shapes[0]}"
+        elif reason is None and len({s[-2:] for s in shapes}) > 1:
+            sizes = ", ".join(_size(s[-2:]) for s in shapes)
+            reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
+    if reason is None and feature is not None:
+        site = site_for(feature)
         try:
             local = match.rule.build(match.module, site)
         except Exception as err:  # one bad site must not abort the others

@@ -268,13 +268,13 @@ def _conv_like_reach(module: nn.Module, s_in: tuple[float, float]) -> tuple[floa
 
 def _window_module(module: nn.Module) -> tuple[Pair, bool] | None:
     """(window in feature pixels, centred on each pixel?) of a TLC local op, else None."""
-    from .archs.restormer import LocalAttention
+    from .local_attention import LocalTransposedAttention
     from .nn import LocalAvgPool2d, LocalPooledSequential
 
     if isinstance(module, LocalPooledSequential):
         return module[0].window, not module[0].fast
-    if isinstance(module, LocalAttention):
-        return module.window, False  # grid windows: a pixel's windows may extend a whole window
+    if isinstance(module, LocalTransposedAttention):
+        return module.local_window, False  # grid windows: a pixel's windows may extend a whole window
     if isinstance(module, LocalAvgPool2d):
         return module.window, not module.fast
     window = getattr(module, "window", None)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from .archs.restormer import Attention as RestormerAttention
-from .archs.restormer import LocalAttention as RestormerLocalAttention
+from .local_attention import LocalTransposedAttention, TransposedAttentionRecorder
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, is_pointwise
 from .ops._common import Pair
 from .pooled_gate import build_local_gate, gate_plan, is_global_avg_pool
@@ -41,6 +41,10 @@ def _never_skip(module: nn.Module) -> str | None:
     return None
 
 
+def _any_module(module: nn.Module) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Rule:
     """How one kind of global op becomes local.
@@ -53,12 +57,21 @@ class Rule:
             it must keep the module's parameter names.
         skip_reason: for a matched module that must stay global, why (shown in the report);
             None to convert it.
+        recorder: for ops recognised by what they compute at run time rather than by class:
+            ``recorder(model)`` gives a context manager that watches the calibration forward and
+            then holds ``found``, a dict from each module recognised to its feature size (h, w)
+            at the training size, or to the reason it stays global. The rule then applies to the
+            modules found that ``matches`` also accepts (a pre-filter), after the class rules:
+            never inside a module a class rule matched, but it may hold some (their
+            replacements are made first). Its window comes from the recorded size, not from the
+            module's first argument. None: a class rule, matched before the calibration forward.
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     build: Callable[[nn.Module, Site], nn.Module]
     skip_reason: Callable[[nn.Module], str | None] = _never_skip
+    recorder: Callable[[nn.Module], Any] | None = None
 
 
 def _keep_affine(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -120,9 +133,12 @@ GROUP_NORM = Rule(
 
 TRANSPOSED_ATTENTION = Rule(
     name="transposed-attention",
-    matches=lambda m: isinstance(m, RestormerAttention),
-    # Shares q/k/v and output projections with the global block; only the attention core is local.
-    build=lambda m, site: RestormerLocalAttention.from_global(m, site.window),
+    # Any module whose own code normalises q and k over flattened feature-map tokens and attends
+    # across channels (Restormer's MDTA, KBNet, Retinexformer, DAT), whatever its class.
+    matches=_any_module,
+    # The same module (parameters, children) with only the attention core local.
+    build=lambda m, site: LocalTransposedAttention.wrap(m, site.window),
+    recorder=TransposedAttentionRecorder,
 )
 
 #: The rules :func:`tlc.convert` applies by default, in order.

@@ -7,7 +7,8 @@ whole map, the global op TLC makes local), another layer norm and a Gated-Dconv 
 Network. State_dict keys follow the released checkpoints (e.g. ``encoder_level1.0.attn.qkv.weight``).
 
 The global attention becomes local through the rule ``tlc.rules.TRANSPOSED_ATTENTION`` (one of
-:data:`tlc.DEFAULT_RULES`), which swaps :class:`Attention` for :class:`LocalAttention`.
+:data:`tlc.DEFAULT_RULES`), which recognises it by what it computes, as any other transposed
+attention (:mod:`tlc.local_attention`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import local_transposed_attention, transposed_attention
-from ..ops._common import Pair, as_pair
+from ..ops import transposed_attention
 from .nafnet import pad_to_multiple
 
 #: Three 2x downsamplings: the input is padded to a multiple of 8 so the skips line up.
@@ -89,7 +89,7 @@ class FeedForward(nn.Module):
 
 
 class _TransposedAttentionBlock(nn.Module):
-    """Parameters and q/k/v projection shared by the global and the local MDTA."""
+    """MDTA's parameters and q/k/v projection."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
         super().__init__()
@@ -118,41 +118,6 @@ class Attention(_TransposedAttentionBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
         return self.project_out(transposed_attention(q, k, v, self.temperature, self.num_heads))
-
-
-class LocalAttention(_TransposedAttentionBlock):
-    """MDTA with attention run in a grid of ``window``-sized windows, overlaps averaged.
-
-    Same parameters as :class:`Attention`; q, k, v and ``project_out`` act on the whole map and only
-    the attention core is local (:func:`tlc.local_transposed_attention`). Any batch size.
-    Input and output (N, dim, H, W).
-
-    Args:
-        window: (kh, kw) in feature pixels; a window covering the map gives the global block.
-    """
-
-    def __init__(self, dim: int, num_heads: int, bias: bool, window: int | Pair) -> None:
-        super().__init__(dim, num_heads, bias)
-        self.window = as_pair(window, "window")
-
-    @classmethod
-    def from_global(cls, attn: Attention, window: int | Pair) -> LocalAttention:
-        """A local block that shares ``attn``'s submodules and parameters (not copies)."""
-        with torch.device("meta"):  # placeholders only, replaced below
-            local = cls(attn.dim, attn.num_heads, attn.has_bias, window)
-        local.temperature = attn.temperature
-        local.qkv = attn.qkv
-        local.qkv_dwconv = attn.qkv_dwconv
-        local.project_out = attn.project_out
-        return local.train(attn.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
-        out = local_transposed_attention(q, k, v, self.temperature, self.num_heads, self.window)
-        return self.project_out(out)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, window={self.window}"
 
 
 class TransformerBlock(nn.Module):

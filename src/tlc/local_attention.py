@@ -1,0 +1,740 @@
+"""Transposed (channel) attention recognised by what it computes, and its local grid-window form.
+
+Restormer's MDTA, KBNet's ``TransAttention``, Retinexformer's ``IG_MSA`` and DAT's channel
+attention are written differently (convolutions or Linear layers, einops or reshape, channels
+first or last, ``q @ k^T`` or ``k @ q^T``) but compute the same thing on tokens flattened from an
+(h, w) map: q and k (..., d, L) L2-normalised over the L = h*w tokens, ``attn = softmax(q k^T *
+scale, dim=-1)`` (d x d per head), ``out = attn @ v``. The sums over L make it a global op.
+
+Recognition (:class:`TransposedAttentionRecorder`, during the calibration forward): a
+:class:`~torch.overrides.TorchFunctionMode` sees every torch call and module hooks give the
+innermost module running. It records
+
+- the (h, w) of every convolution's input and output (the feature map sizes),
+- every reshape/view/flatten (einops' ``rearrange`` included: it reshapes) that merges two
+  adjacent axes (a, b) into one axis of a*b, row-major,
+
+and follows, by tensor identity, ``F.normalize(t, dim=-1)`` of two tensors (q, k) -> a ``matmul``
+of one with the other transposed in its last two axes (the Gram, contracting over L) -> optional
+multiplications/divisions by a scale -> ``softmax(dim=-1)`` -> optional dropout (identity in eval),
+``contiguous``, dtype casts -> ``matmul`` with a value tensor v (..., d, L). A module whose own code
+(not a child's) normalises q and k and makes the final product is a transposed attention; the
+softmax, scale and dropout may be children (``nn.Softmax``, ``nn.Dropout``). Its tokens have the
+layout (h, w) when exactly one merge of a feature-map size (h, w) gave the length L. The window
+is then ``(h * base_h // train_h, w * base_w // train_w)`` as for every other site.
+
+Matches of part of the pattern over flattened feature-map tokens that cannot be made local are
+reported with the reason (tlc.convert lists them in ``report.skipped``): a softmax over another
+axis, a scale that is not per head, q/k/v of different shapes, an ``F.normalize`` with another
+``p`` or ``eps``, the normalised q/k or the attention matrix used by anything else, a token
+layout that cannot be told inside the module's call. Limits: the pattern must be written with the
+calls above (an ``einsum`` Gram, a hand-written normalisation or a scale folded into q before the
+Gram are not followed); tokens must come from a reshape of a map some convolution produced or
+consumed; a flatten of (w, h) instead of (h, w) is taken as (h, w) (only matters for non-square
+windows).
+
+Local version (:class:`LocalTransposedAttention`): an object of a subclass of the matched
+module's class (``Local<Class>``) holding the module's parameters, buffers, children and
+attributes as they are (state_dict keys unchanged). Its forward runs the original class's forward
+under a small mode that defers the normalisations (the windows normalise; a normalised tensor
+used elsewhere is normalised then), replaces the Gram by a placeholder (the (d x d) scale and
+softmax then run on it for their shapes only) and answers ``attn @ v`` with
+:func:`tlc.local_transposed_attention` on the (N, heads*d, h, w) maps: grid windows, overlaps
+averaged, exact. The whole-map statistics are never computed. Python code that keeps a normalised
+q or k aside (``self.q = q``) would keep the unnormalised one: the calibration cannot see that (it
+does see a module returning it, which then stays global). At run time the token layout is read
+from a merge inside the module's call whose product is L, else from consecutive integer
+arguments (h, w) whose product is L (DAT's ``forward(x, H, W)``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .ops import local_transposed_attention
+from .ops._common import Pair, as_pair
+
+_T = torch.Tensor
+
+#: torch callables by the role they play in the pattern.
+_KINDS: dict[object, str] = {
+    F.normalize: "normalize",
+    **dict.fromkeys((_T.matmul, _T.__matmul__, torch.matmul, _T.bmm, torch.bmm), "matmul"),
+    **dict.fromkeys((_T.mul, _T.__mul__, _T.__rmul__, torch.mul, _T.multiply, torch.multiply), "mul"),
+    **dict.fromkeys((_T.div, _T.__truediv__, torch.div, _T.divide, torch.divide, _T.true_divide), "div"),
+    **dict.fromkeys((_T.mul_, _T.__imul__, _T.multiply_), "mul_"),
+    **dict.fromkeys((_T.div_, _T.__itruediv__, _T.divide_, _T.true_divide_), "div_"),
+    **dict.fromkeys((_T.softmax, torch.softmax, F.softmax), "softmax"),
+    **dict.fromkeys((F.dropout, torch.dropout), "dropout"),
+    **dict.fromkeys(
+        (_T.contiguous, _T.clone, torch.clone, _T.to, _T.type_as, _T.float, _T.double, _T.half, _T.bfloat16),
+        "same",
+    ),
+    **dict.fromkeys(
+        (_T.transpose, torch.transpose, _T.swapaxes, torch.swapaxes, _T.swapdims, torch.swapdims), "transpose"
+    ),
+    **dict.fromkeys((_T.permute, torch.permute), "permute"),
+    **dict.fromkeys(
+        (_T.reshape, torch.reshape, _T.view, _T.flatten, torch.flatten, _T.reshape_as, _T.view_as), "reshape"
+    ),
+    **dict.fromkeys((torch.conv2d, F.conv2d, torch.conv_transpose2d, F.conv_transpose2d), "conv"),
+}
+_TRANSPOSE_PROPERTIES = (_T.mT, _T.T)
+
+#: F.normalize's default eps, the one local_transposed_attention uses.
+_EPS = 1e-12
+
+
+def _is_property(func: object, prop: object) -> bool:
+    return getattr(func, "__self__", None) is prop
+
+
+def _kind(func: object) -> str | None:
+    if any(_is_property(func, prop) for prop in _TRANSPOSE_PROPERTIES):  # x.mT (x.T on matrices)
+        return "transpose"
+    try:
+        return _KINDS.get(func)
+    except TypeError:  # unhashable callables are none of these
+        return None
+
+
+def merged_pairs(before: tuple[int, ...], after: tuple[int, ...]) -> list[Pair]:
+    """The pairs of adjacent axes (a, b) that a reshape from ``before`` to ``after`` merges into
+    one axis of a*b (row-major), read from the two shapes. Size-1 axes go with the axis after
+    them (trailing ones with the last), so a (1, w) or (h, 1) map merged into w or h counts.
+
+    >>> merged_pairs((2, 6, 4, 5), (2, 2, 3, 20))
+    [(4, 5)]
+    """
+    if 0 in before or 0 in after:
+        return []
+    groups, i, j = [], 0, 0
+    while i < len(before) and j < len(after):
+        group_in, group_out = [before[i]], [after[j]]
+        p_in, p_out = before[i], after[j]
+        i, j = i + 1, j + 1
+        while p_in != p_out:
+            if p_in < p_out and i < len(before):
+                p_in *= before[i]
+                group_in.append(before[i])
+                i += 1
+            elif p_out < p_in and j < len(after):
+                p_out *= after[j]
+                group_out.append(after[j])
+                j += 1
+            else:
+                return []
+        groups.append((group_in, group_out))
+    if groups:
+        groups[-1][0].extend(before[i:])
+        groups[-1][1].extend(after[j:])
+    pairs = []
+    for group_in, group_out in groups:
+        merged = group_in if len(group_in) == 2 else [s for s in group_in if s != 1]
+        if len(merged) == 2 and len([s for s in group_out if s != 1]) <= 1:
+            pairs.append((merged[0], merged[1]))
+    return pairs
+
+
+def _ints(obj: object) -> Iterator[int]:
+    """Integers among a call's arguments, in order (tuples, lists, dicts and sizes searched)."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int):
+        yield obj
+    elif isinstance(obj, (tuple, list, torch.Size)):
+        for item in obj:
+            yield from _ints(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _ints(item)
+
+
+def layout_in_call(length: int, merges: list[Pair], args: tuple, kwargs: dict) -> Pair | str:
+    """The (h, w) layout of ``length`` tokens as seen inside one module call, or why it is unknown.
+
+    From a merge seen in the call whose product is ``length``, else from two consecutive integer
+    arguments of the call whose product is ``length`` (``forward(x, H, W)``, ``x_size=(H, W)``).
+    """
+    fitting = {pair for pair in merges if pair[0] * pair[1] == length}
+    pairs = {pair for pair in fitting if min(pair) > 1} or fitting  # a map of one row or column last
+    if not pairs:
+        ints = list(_ints((args, kwargs)))
+        pairs = {(a, b) for a, b in zip(ints, ints[1:]) if a > 1 and b > 1 and a * b == length}
+    if len(pairs) == 1:
+        return next(iter(pairs))
+    if pairs:
+        shapes = ", ".join(f"{a}x{b}" for a, b in sorted(pairs))
+        return f"the {length} tokens could be laid out as any of {shapes}"
+    return (
+        f"the height and width of the {length} tokens are not visible inside the module's call "
+        "(no reshape merging them there, no height and width arguments)"
+    )
+
+
+# ----------------------------------------------------------------------------- following the pattern
+
+
+@dataclass(eq=False)
+class _Normed:
+    """A tensor normalised over its last axis: the raw input and how."""
+
+    raw: torch.Tensor
+    p: float
+    eps: float
+    owner: object
+    escaped: str | None = None
+    location: str = ""  # file.py:line of the call, where recorded
+
+
+@dataclass(eq=False)
+class _Chain:
+    """One Gram of two normalised tensors, followed towards ``softmax(.) @ v``."""
+
+    left: _Normed
+    right: _Normed
+    owner: object
+    reason: str | None = None
+    done: bool = False
+    outcome: Pair | str | None = None  # the layout in the call, or why it can't be made local
+
+    @property
+    def length(self) -> int:
+        return self.left.raw.shape[-1]
+
+
+@dataclass(frozen=True)
+class _Tag:
+    kind: str  # "norm", "normT" (transposed), "gram", "probs"
+    normed: _Normed | None = None
+    chain: _Chain | None = None
+    scale: tuple[tuple[str, object], ...] = ()
+    deferred: bool = False  # "norm"/"normT" holding the raw values: normalised only if used elsewhere
+
+
+class _NotLocal(Exception):
+    """The matched pattern cannot be made local; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    n: int
+    heads: int
+    d: int
+    temperature: torch.Tensor
+
+
+def _plan(chain: _Chain, scale: tuple[tuple[str, object], ...], v: torch.Tensor) -> _Plan:
+    """How ``softmax(norm(q) norm(k)^T * scale) @ v`` maps onto local_transposed_attention's
+    (N, heads*d, h, w) maps and (heads, 1, 1) temperature; raises _NotLocal with the reason."""
+    q, k = chain.left.raw, chain.right.raw
+    for normed in (chain.left, chain.right):
+        if normed.p != 2 or normed.eps != _EPS:
+            raise _NotLocal(f"F.normalize with p={normed.p}, eps={normed.eps} (the local form uses p=2, eps={_EPS})")
+    if q.shape != k.shape or v.shape != q.shape:
+        raise _NotLocal(f"q, k and v differ in shape ({tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})")
+    lead, d = tuple(q.shape[:-2]), q.shape[-2]
+    n, heads = (lead[0] if lead else 1), math.prod(lead[1:])
+    total = torch.ones((), dtype=q.dtype, device=q.device)
+    for op, operand in scale:
+        total = total * operand if op == "mul" else total / operand
+    attn = (*lead, d, d)
+    if total.dim() > len(attn):
+        raise _NotLocal(f"a scale of shape {tuple(total.shape)} changes the attention's shape")
+    pad = (1,) * (len(attn) - total.dim()) + tuple(total.shape)
+    if pad[-1] != 1 or pad[-2] != 1:
+        raise _NotLocal(f"a scale of shape {tuple(total.shape)} varies within a head's attention matrix")
+    if lead and pad[0] != 1:
+        raise _NotLocal(f"a scale of shape {tuple(total.shape)} varies per image")
+    temperature = total.reshape(pad).expand(*(1,) * bool(lead), *lead[1:], 1, 1).reshape(heads, 1, 1)
+    return _Plan(n, heads, d, temperature)
+
+
+def _tensors(obj: object) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: object) -> object:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _last_two_swapped(func: object, kind: str, args: tuple, kwargs: dict, ndim: int) -> bool:
+    if _is_property(func, _T.mT):
+        return ndim >= 2
+    if _is_property(func, _T.T):
+        return ndim == 2
+    if kind == "transpose":
+        a, b = _arg(args, kwargs, 1, "dim0", None), _arg(args, kwargs, 2, "dim1", None)
+        return isinstance(a, int) and isinstance(b, int) and {a % ndim, b % ndim} == {ndim - 2, ndim - 1}
+    dims = list(args[1:]) if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else None
+    if dims is None:
+        dims = _arg(args, kwargs, 1, "dims", None)
+    if not isinstance(dims, (tuple, list, torch.Size)) or len(dims) != ndim:
+        return False
+    return [int(d) % ndim for d in dims] == [*range(ndim - 2), ndim - 1, ndim - 2]
+
+
+class _Follower(TorchFunctionMode):
+    """Follows the pattern by tensor identity. Subclasses decide who owns a normalisation, what
+    the Gram and the final product return, and what a use outside the pattern means."""
+
+    #: Whether normalisations return their input, normalised only where used outside the pattern.
+    defers = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[int, tuple[torch.Tensor, _Tag]] = {}  # strong references: ids stay unique
+        self.merges: list[Pair] = []
+
+    # --- to be provided
+    def owner(self) -> object | None:
+        raise NotImplementedError
+
+    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
+        raise NotImplementedError
+
+    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
+        raise NotImplementedError
+
+    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
+        raise NotImplementedError
+
+    def on_conv(self, x: torch.Tensor, result: torch.Tensor) -> None:
+        pass
+
+    # --- bookkeeping
+    def tag_of(self, x: object) -> _Tag | None:
+        if not isinstance(x, torch.Tensor):
+            return None
+        entry = self.tags.get(id(x))
+        return entry[1] if entry is not None and entry[0] is x else None
+
+    def tag(self, x: torch.Tensor, tag: _Tag) -> torch.Tensor:
+        self.tags[id(x)] = (x, tag)
+        return x
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
+        kwargs = kwargs or {}
+        kind = _kind(func)
+        tagged = [(i, t) for i, a in enumerate(args) if (t := self.tag_of(a)) is not None]
+        nested = [a for a in args if not isinstance(a, torch.Tensor)] + [kwargs]
+        hidden = [t for x in _tensors(nested) if (t := self.tag_of(x)) is not None]
+        if hidden:
+            tagged.append((-1, None))  # in a list or a keyword argument: no step of the pattern
+        if not tagged:
+            if kind == "normalize":
+                return self.normalize(func, args, kwargs)
+            result = func(*args, **kwargs)
+            if kind == "reshape" and isinstance(result, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+                self.merges.extend(merged_pairs(tuple(args[0].shape), tuple(result.shape)))
+            elif kind == "conv" and isinstance(result, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+                self.on_conv(args[0], result)
+            return result
+        result = self.step(func, kind, args, kwargs, tagged)
+        if result is not _NO_STEP:
+            return result
+        name = getattr(func, "__name__", None) or repr(func)
+        return self.escape(func, args, kwargs, [t for _, t in tagged if t is not None] + hidden, name)
+
+    def normalize(self, func, args, kwargs):  # noqa: ANN001
+        x = _arg(args, kwargs, 0, "input", None)
+        dim = _arg(args, kwargs, 2, "dim", 1)
+        owner = self.owner()
+        if owner is None or not isinstance(x, torch.Tensor) or x.dim() < 2 or not isinstance(dim, int):
+            return func(*args, **kwargs)
+        if dim % x.dim() != x.dim() - 1 or _arg(args, kwargs, 4, "out", None) is not None:
+            return func(*args, **kwargs)
+        normed = _Normed(x, float(_arg(args, kwargs, 1, "p", 2.0)), float(_arg(args, kwargs, 3, "eps", _EPS)), owner)
+        self.on_normed(normed)
+        if self.defers:
+            return self.tag(x.view_as(x), _Tag("norm", normed=normed, deferred=True))
+        return self.tag(func(*args, **kwargs), _Tag("norm", normed=normed))
+
+    def on_normed(self, normed: _Normed) -> None:
+        pass
+
+    @staticmethod
+    def materialize(x: object, tag: _Tag | None) -> object:
+        """The real value of a deferred normalisation (``x`` itself otherwise)."""
+        if tag is None or not tag.deferred:
+            return x
+        normed = tag.normed
+        value = F.normalize(normed.raw, p=normed.p, dim=-1, eps=normed.eps)
+        return value.transpose(-2, -1) if tag.kind == "normT" else value
+
+    def step(self, func, kind, args, kwargs, tagged):  # noqa: ANN001, C901 (one case per step)
+        if len(tagged) == 2 and kind == "matmul" and [i for i, _ in tagged] == [0, 1]:
+            (_, left), (_, right) = tagged
+            if left.kind == "norm" and right.kind == "normT":
+                chain = _Chain(left.normed, right.normed, left.normed.owner)
+                if right.normed.owner is not left.normed.owner:
+                    chain.reason = "q and k are normalised in different modules"
+                return self.tag(self.gram(func, args, kwargs, chain), _Tag("gram", chain=chain))
+            return _NO_STEP
+        if len(tagged) != 1:
+            return _NO_STEP
+        i, tag = tagged[0]
+        if tag is None:
+            return _NO_STEP
+        if kind == "same" and i == 0:
+            real = self.materialize(args[0], tag)
+            return self.tag(func(real, *args[1:], **kwargs), replace(tag, deferred=False))
+        if kind in ("transpose", "permute") and i == 0 and tag.kind in ("norm", "normT"):
+            if not _last_two_swapped(func, kind, args, kwargs, args[0].dim()):
+                return _NO_STEP
+            flipped = "normT" if tag.kind == "norm" else "norm"
+            return self.tag(func(*args, **kwargs), replace(tag, kind=flipped))
+        if tag.kind == "gram" and kind in ("mul", "div", "mul_", "div_") and len(args) == 2:
+            if kind in ("div", "mul_", "div_") and i != 0:
+                return _NO_STEP
+            operand = args[1 - i]
+            if not isinstance(operand, (torch.Tensor, int, float)) or isinstance(operand, bool):
+                return _NO_STEP
+            scaled = _Tag("gram", chain=tag.chain, scale=(*tag.scale, (kind.rstrip("_"), operand)))
+            return self.tag(func(*args, **kwargs), scaled)
+        if tag.kind == "gram" and kind == "softmax" and i == 0:
+            dim = _arg(args, kwargs, 1, "dim", None)
+            result = func(*args, **kwargs)
+            if isinstance(dim, int) and dim % args[0].dim() == args[0].dim() - 1:
+                return self.tag(result, _Tag("probs", chain=tag.chain, scale=tag.scale))
+            tag.chain.reason = tag.chain.reason or f"the softmax runs over dim {dim}, not over the last axis"
+            return self.escape_result(result, tag)
+        if tag.kind == "probs" and kind == "dropout" and i == 0:
+            p = _arg(args, kwargs, 1, "p", 0.5)
+            training = _arg(args, kwargs, 2, "training" if func is F.dropout else "train", True)
+            if training and p > 0:
+                return _NO_STEP
+            return self.tag(func(*args, **kwargs), tag)
+        if tag.kind == "probs" and kind == "matmul" and i == 0 and isinstance(args[1], torch.Tensor):
+            return self.final(func, args, kwargs, tag)
+        return _NO_STEP
+
+    def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
+        """A step that ends the pattern (a softmax over another axis): the result is real here."""
+        return result
+
+
+_NO_STEP = object()
+
+
+# ----------------------------------------------------------------------------- recognition
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _caller_location() -> str:
+    """``file.py:line`` of the model code making the current torch call (first frame outside
+    torch and this file)."""
+    frame = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
+        frame = frame.f_back
+    return "<unknown>" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+
+@dataclass(eq=False)
+class _ModuleCall:
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    first_merge: int
+    normed: list[_Normed] = field(default_factory=list)
+    chains: list[_Chain] = field(default_factory=list)
+
+
+class TransposedAttentionRecorder(_Follower):
+    """Finds transposed attentions by what they compute, during one forward of ``model``.
+
+    Use as a context manager around a forward (no grad, eval mode: tlc.convert's calibration).
+    Afterwards :attr:`found` maps each module whose own code ran the pattern (or part of it over
+    flattened feature-map tokens) to its token layout (h, w), or to why it stays global.
+
+    Args:
+        model: the model whose modules are watched (hooks for the duration only).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.found: dict[nn.Module, Pair | str] = {}
+        self._results: dict[nn.Module, list[Pair | str]] = {}
+        self._stack: list[_ModuleCall] = []
+        self._handles: list = []
+        self._sizes: set[Pair] = set()  # (h, w) of every convolution's input and output
+
+    def __enter__(self) -> TransposedAttentionRecorder:
+        for module in self.model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.tags.clear()
+        for module, results in self._results.items():
+            reasons = [r for r in results if isinstance(r, str)]
+            layouts = sorted({r for r in results if not isinstance(r, str)})
+            if reasons:
+                self.found[module] = reasons[0]
+            elif len(layouts) > 1:
+                sizes = ", ".join(f"{h}x{w}" for h, w in layouts)
+                self.found[module] = f"attention over tokens of several layouts ({sizes}); give each its own module"
+            else:
+                self.found[module] = layouts[0]
+
+    # --- hooks
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._stack.append(_ModuleCall(module, args, kwargs, len(self.merges)))
+
+    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not self._stack or self._stack[-1].module is not module:
+            return  # its pre-hook never ran
+        call = self._stack.pop()
+        for t in _tensors(output):
+            tag = self.tag_of(t)
+            if tag is not None and tag.chain is not None and tag.chain.owner is call:
+                tag.chain.reason = tag.chain.reason or "the module returns its attention matrix"
+            elif tag is not None and tag.normed is not None and tag.normed.owner is call:
+                tag.normed.escaped = tag.normed.escaped or "the module's output"
+        results = self._results.setdefault(call.module, []) if call.chains or call.normed else None
+        for chain in call.chains:
+            layout = self._layout(chain.length)
+            if layout is None:
+                continue  # not an axis of flattened feature-map tokens
+            reason = None
+            if chain.reason is not None:
+                reason = chain.reason
+            elif not chain.done:
+                reason = "q k^T over the tokens is not followed by softmax(dim=-1) and a product with v"
+            elif isinstance(layout, str) or isinstance(chain.outcome, str):
+                reason = layout if isinstance(layout, str) else chain.outcome
+            elif chain.outcome != layout:
+                reason = f"tokens of layout {layout[0]}x{layout[1]} read as {chain.outcome[0]}x{chain.outcome[1]}"
+            results.append(layout if reason is None else f"{reason} (attention at {chain.left.location})")
+        for normed in call.normed:
+            if normed.escaped is not None and self._layout(normed.raw.shape[-1]) is not None:
+                results.append(
+                    f"q or k normalised over all the tokens is also used by {normed.escaped} ({normed.location})"
+                )
+        if results == []:
+            del self._results[call.module]
+        self.tags = {key: entry for key, entry in self.tags.items() if self._owner_of(entry[1]) is not call}
+
+    @staticmethod
+    def _owner_of(tag: _Tag) -> object:
+        return tag.normed.owner if tag.normed is not None else tag.chain.owner
+
+    def _layout(self, length: int) -> Pair | str | None:
+        """The (h, w) of ``length`` tokens flattened from a feature map; a reason if several
+        layouts fit; None if no feature map was flattened to that length."""
+        pairs = {pair for pair in self.merges if pair[0] * pair[1] == length and pair in self._sizes}
+        if len(pairs) > 1:
+            shapes = ", ".join(f"{a}x{b}" for a, b in sorted(pairs))
+            return f"the {length} tokens could come from feature maps of {shapes}"
+        return next(iter(pairs)) if pairs else None
+
+    # --- the follower's decisions
+    def owner(self) -> object | None:
+        return self._stack[-1] if self._stack else None
+
+    def on_normed(self, normed: _Normed) -> None:
+        normed.owner.normed.append(normed)
+        normed.location = _caller_location()
+
+    def on_conv(self, x: torch.Tensor, result: torch.Tensor) -> None:
+        for t in (x, result):
+            if t.dim() >= 3:
+                self._sizes.add((t.shape[-2], t.shape[-1]))
+
+    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
+        chain.owner.chains.append(chain)
+        return func(*args, **kwargs)
+
+    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
+        chain, call = tag.chain, self._stack[-1] if self._stack else None
+        result = func(*args, **kwargs)
+        if chain.done:
+            chain.reason = chain.reason or "the attention matrix is applied to more than one value tensor"
+            return result
+        chain.done = True
+        if call is not chain.owner:
+            chain.reason = chain.reason or "the product with v runs in another module than the normalisation"
+            return result
+        try:
+            _plan(chain, tag.scale, args[1])
+        except _NotLocal as err:
+            chain.reason = chain.reason or str(err)
+            return result
+        merges = self.merges[call.first_merge :]
+        chain.outcome = layout_in_call(chain.length, merges, call.args, call.kwargs)
+        return result
+
+    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
+        result = func(*args, **kwargs)
+        if not any(isinstance(r, torch.Tensor) for r in _tensors(result)):
+            return result  # sizes, dims, dtypes: not a use of the values
+        for tag in tags:
+            if tag.normed is not None:
+                tag.normed.escaped = tag.normed.escaped or what
+            else:
+                tag.chain.reason = tag.chain.reason or f"its attention matrix is also used by {what}"
+        return result
+
+
+# ----------------------------------------------------------------------------- the local module
+
+
+class _LocalChains(_Follower):
+    """The mode a :class:`LocalTransposedAttention` runs its forward under."""
+
+    defers = True  # the local op normalises per window: the whole-map normalisation is not needed
+
+    def __init__(self, module: LocalTransposedAttention, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.module, self.args, self.kwargs = module, args, kwargs
+        self.depth = 0  # > 0 while a child module runs
+
+    def enter_child(self, module: nn.Module, args: tuple) -> None:
+        self.depth += 1
+
+    def leave_child(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.depth -= 1
+
+    def owner(self) -> object | None:
+        return self.module if self.depth == 0 else None
+
+    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
+        # Shape and dtype of q k^T, values unused: the scale and softmax run on it for their shapes.
+        q, k = args
+        shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-1])
+        return torch.zeros(shape, dtype=torch.result_type(q, k), device=q.device)
+
+    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
+        chain, v = tag.chain, args[1]
+        name = type(self.module).__name__
+        if chain.reason is not None:
+            raise RuntimeError(f"{name}: its transposed attention cannot run locally here: {chain.reason}")
+        try:
+            plan = _plan(chain, tag.scale, v)
+        except _NotLocal as err:
+            raise RuntimeError(f"{name}: its transposed attention cannot run locally here: {err}") from None
+        layout = layout_in_call(chain.length, self.merges, self.args, self.kwargs)
+        if isinstance(layout, str):
+            raise RuntimeError(f"{name}: {layout}")
+        h, w = layout
+        maps = [t.reshape(plan.n, plan.heads * plan.d, h, w) for t in (chain.left.raw, chain.right.raw, v)]
+        out = local_transposed_attention(*maps, plan.temperature, plan.heads, self.module.local_window)
+        return out.reshape(v.shape).to(torch.result_type(args[0], v))
+
+    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
+        if any(tag.chain is not None for tag in tags):
+            result = func(*args, **kwargs)
+            if not any(isinstance(r, torch.Tensor) for r in _tensors(result)):
+                return result
+            raise RuntimeError(
+                f"{type(self.module).__name__}: its attention matrix is used by {what}, which a local "
+                "attention cannot provide"
+            )
+        if any(tag.deferred for tag in tags):
+            name = getattr(func, "__name__", "")
+            if (name.endswith("_") and not name.endswith("__")) or name.startswith("__i"):
+                raise RuntimeError(f"{type(self.module).__name__}: {what} changes a normalised q or k in place")
+            def real(a: object) -> object:
+                if type(a) in (list, tuple):
+                    return type(a)(self.materialize(b, self.tag_of(b)) for b in a)
+                return self.materialize(a, self.tag_of(a))
+
+            args = tuple(real(a) for a in args)
+            kwargs = {key: real(a) for key, a in kwargs.items()}
+        return func(*args, **kwargs)  # normalised q/k as their real values: any use is fine
+
+    def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
+        raise RuntimeError(f"{type(self.module).__name__}: {tag.chain.reason}; it cannot run locally")
+
+
+class LocalTransposedAttention(nn.Module):
+    """A transposed attention module made local: grid windows of ``local_window``, overlaps averaged.
+
+    Never built directly: :meth:`wrap` makes, from a matched module, an object of a subclass of
+    both this class and the module's own class (named ``Local<Class>``) holding the module's
+    parameters, buffers, children and attributes (state_dict keys and ``strict`` loading unchanged). Its
+    forward is the original forward, run under a mode that computes the attention core with
+    :func:`tlc.local_transposed_attention` (see the module docstring). The repr ends with the
+    window; deepcopy and pickle work (pickle where the original class is importable).
+
+    Attributes:
+        local_window: (kh, kw) in tokens of the (h, w) map; a window covering the map gives the
+            original module's output.
+    """
+
+    _global_class: type[nn.Module]
+    local_window: Pair
+
+    @staticmethod
+    def wrap(module: nn.Module, window: int | Pair) -> LocalTransposedAttention:
+        """``module`` as a local attention with ``window`` (kh, kw), sharing its parameters,
+        buffers and children (not copies). ``module`` itself is left as it was."""
+        cls = module._global_class if isinstance(module, LocalTransposedAttention) else type(module)
+        local = _local_instance(cls)
+        # Own containers (parameters, children, hooks...), shared contents.
+        state = module.__dict__.items()
+        local.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, set)) else v for k, v in state})
+        local.local_window = as_pair(window, "window")
+        return local
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        mode = _LocalChains(self, args, kwargs)
+        handles = []
+        for child in self.modules():
+            if child is not self:
+                handles.append(child.register_forward_pre_hook(mode.enter_child))
+                handles.append(child.register_forward_hook(mode.leave_child, always_call=True))
+        try:
+            with mode:
+                out = super().forward(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if any(mode.tag_of(t) is not None for t in _tensors(out)):
+            raise RuntimeError(
+                f"{type(self).__name__} returns its attention matrix or normalised q/k, which a local attention "
+                "does not compute"
+            )
+        return out
+
+    def extra_repr(self) -> str:
+        own = super().extra_repr()
+        return f"{own}, window={self.local_window}" if own else f"window={self.local_window}"
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        return _local_instance, (self._global_class,), self.__getstate__()
+
+
+def _local_instance(cls: type[nn.Module]) -> LocalTransposedAttention:
+    """An empty instance of ``Local<cls>`` (state set by the caller)."""
+    name = f"Local{cls.__name__}"
+    namespace = {"__module__": __name__, "__qualname__": name, "_global_class": cls}
+    local_cls = type(name, (LocalTransposedAttention, cls), namespace)
+    return local_cls.__new__(local_cls)

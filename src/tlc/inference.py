@@ -331,7 +331,7 @@ def tile_context(
             if module.__class__.__name__ == "LocalPooledSequential":
                 skip.update(id(m) for m in module.modules())  # its pool's window is the container's
     targets = [m for m in model.modules() if id(m) in windowed or (isinstance(m, _CONV_LIKE) and id(m) not in skip)]
-    x, _, seen = _calibrate(model, targets, (probe_size, probe_size), in_channels)
+    x, _, seen, _ = _calibrate(model, targets, (probe_size, probe_size), in_channels)
     multiple = 1
     padder = getattr(model, "padder_size", None)
     if isinstance(padder, int) and padder > 0:

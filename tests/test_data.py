@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlc import data
+from tlc import _util, data
+from tlc._util import atomic_write
 from tlc.data import Image, ImageError, collect_inputs, find_pairs, read_image, write_image
 
 H, W = 23, 31
@@ -444,12 +445,18 @@ def test_write_refuses_to_overwrite(tmp_path):
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+def appear_while_writing(path, overwrite=False):
+    """Write through atomic_write while another writer creates ``path`` meanwhile."""
+    with atomic_write(path, overwrite=overwrite) as temporary:
+        temporary.write_bytes(b"new")
+        path.write_bytes(b"precious")
+
+
 def test_no_clobber_still_holds_when_the_file_appears_late(tmp_path):
     # The move without overwrite is a hard link, which cannot replace a file created meanwhile.
     path = tmp_path / "out.png"
-    path.write_bytes(b"precious")
     with pytest.raises(FileExistsError):
-        data._write_atomically(path, b"new", overwrite=False)
+        appear_while_writing(path)
     assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]
 
 
@@ -457,13 +464,14 @@ def test_write_without_hard_links(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(data.os, "link", no_links)
+    monkeypatch.setattr(_util.os, "link", no_links)
     path = tmp_path / "out.png"
     write_image(path, smooth_image())
     assert os.listdir(tmp_path) == ["out.png"]
+    path.unlink()
     with pytest.raises(FileExistsError):
-        data._write_atomically(path, b"new", overwrite=False)
-    assert os.listdir(tmp_path) == ["out.png"]
+        appear_while_writing(path)
+    assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]
 
 
 def test_encoder_failure_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -487,7 +495,7 @@ def test_failure_while_writing_removes_the_temporary_file(tmp_path, monkeypatch)
 
     path = tmp_path / "out.png"
     path.write_bytes(b"precious")
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(_util.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         write_image(path, smooth_image(), overwrite=True)
     assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]

@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import models
+from ._util import one_line
 from .archs import ARCHITECTURES, build
 
 #: Keys under which checkpoint files keep their state_dict, most preferred first (see module doc).
@@ -114,7 +115,7 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" not in str(e) and "Unsupported" not in str(e):
-            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); download it again") from None
+            raise CheckpointError(f"{path} is truncated or corrupt ({one_line(e, limit=120)}); download it again") from None
         blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it refers to {blocked.group(1)})" if blocked else ""
         raise CheckpointError(
@@ -123,12 +124,7 @@ def _torch_load(path: Path) -> object:
             "torch.save(model.state_dict(), path), or safetensors.torch.save_file(state_dict, path)."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, struct.error) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}); download it again") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:120] if text else type(error).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt ({one_line(e, limit=120)}); download it again") from None
 
 
 def _files_in(folder: Path) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._util import default_base_size, one_line
 
 DESCRIPTION = """\
 tlc: Test-time Local Converter for image restoration models.
@@ -237,7 +238,7 @@ def choose_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
         train, base = args.train_size or (256, 256), args.base_size
     else:
         raise UsageError("say which model: --model NAME (with --weights PATH) or --weights PATH")
-    base = base or (int(train[0] * 1.5), int(train[1] * 1.5))
+    base = base or default_base_size(train)
     return ChosenModel(model, description, train, base)
 
 
@@ -336,7 +337,7 @@ def run_restore(args: argparse.Namespace) -> int:
             _say(f"tlc: error: {path}: {err}")
             failed += 1
         except (RuntimeError, MemoryError) as err:  # e.g. out of memory: report this file, go on
-            _say(f"tlc: error: {path}: {type(err).__name__}: {str(err).splitlines()[0]}")
+            _say(f"tlc: error: {path}: {one_line(err, typed=True)}")
             failed += 1
     note = f"; {skipped} skipped (already there, use --overwrite)" if skipped else ""
     _say(f"wrote {written} image(s) to {args.output}{note}" + (f"; {failed} failed" if failed else ""))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import glob
 import os
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,8 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
+
+from ._util import exists_error, one_line, write_atomically
 
 Mode = Literal["gray", "rgb", "gray+alpha", "rgba"]
 PathLike = str | os.PathLike
@@ -393,12 +394,6 @@ def _quiet_opencv() -> Iterator[None]:
         _CV_LOGGING.setLogLevel(previous)
 
 
-def _message_line(err: BaseException) -> str:
-    """The last non-empty line of an OpenCV error (the one that says what went wrong)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
 def read_image(path: PathLike, *, max_pixels: int | None = None) -> Image:
     """Read a PNG, JPEG, TIFF, WebP or BMP file (the format is taken from the content).
 
@@ -457,7 +452,7 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> Image:
                 # OpenCV 4.13+ fails on uncompressed tiled 8-bit TIFF from memory, not from a file.
                 decoded = cv2.imread(str(p), flags)
     except cv2.error as err:
-        raise ImageError(f"{p}: cannot decode this {fmt} file ({_message_line(err)})") from None
+        raise ImageError(f"{p}: cannot decode this {fmt} file ({one_line(err, last=True)})") from None
     if decoded is None:
         raise ImageError(f"{p}: corrupt or unsupported {fmt} file (the decoder failed)")
     return _to_image(decoded, header, p)
@@ -576,43 +571,10 @@ def _encode(path: Path, fmt: str, color: np.ndarray, alpha: np.ndarray | None, q
         with _quiet_opencv():
             ok, buffer = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(array), params)
     except cv2.error as err:
-        raise ImageError(f"{path}: cannot encode {fmt} ({_message_line(err)})") from None
+        raise ImageError(f"{path}: cannot encode {fmt} ({one_line(err, last=True)})") from None
     if not ok:
         raise ImageError(f"{path}: cannot encode {fmt} (the encoder failed)")
     return buffer.tobytes()
-
-
-def _exists_error(path: Path) -> FileExistsError:
-    return FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
-
-
-def _write_atomically(path: Path, payload: bytes, overwrite: bool) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then move it into place.
-
-    Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile;
-    filesystems without hard links fall back to a check and ``os.replace``.
-    """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open with 0o666 leaves the permissions to the umask, as a plain open() would.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(temporary, path)
-            return
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise _exists_error(path) from None
-        except OSError:
-            if path.exists():
-                raise _exists_error(path) from None
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_image(
@@ -676,12 +638,12 @@ def write_image(
     if path.is_dir():
         raise ImageError(f"{path}: is a folder")
     if path.exists() and not overwrite:
-        raise _exists_error(path)
+        raise exists_error(path)
     samples = _quantize(color, bit_depth, "pixels")
     alpha_samples = None if alpha is None else _quantize(alpha, bit_depth, "alpha values")
     payload = _encode(path, fmt, samples, alpha_samples, quality)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, payload, overwrite)
+    write_atomically(path, payload, overwrite=overwrite)
     return path
 
 

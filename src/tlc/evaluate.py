@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from . import data
+from ._util import atomic_write, one_line, write_atomically
 from .distributed import Group, shard
 from .inference import RunSettings, restore
 from .metrics import Protocol
@@ -223,12 +224,10 @@ def _merge_rows(out_dir: Path, order: Callable[[tuple[int, dict]], tuple]) -> tu
                 rows.append(r)
     rows = [r for _, r in sorted(enumerate(rows), key=order)]
     if csv_path.exists() or rank_files:
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_write(csv_path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, csv_path)
     for path in rank_files:
         path.unlink()
     return rows, per_file
@@ -248,13 +247,7 @@ def _check_resume(out_dir: Path, settings: EvalSettings) -> None:
                 f"{out_dir} holds results computed with other settings ({', '.join(changed)} differ); "
                 "use another --out folder or delete it"
             )
-    _write_text(path, json.dumps(record, indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(record, indent=2))
 
 
 def _centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -330,7 +323,7 @@ def _prepare(out_dir: Path, pairs: data.PairedSet, settings: EvalSettings, compa
     token = None
     if world_size > 1:
         token = uuid.uuid4().hex
-        _write_text(out_dir / SHARED_CHECK, token)
+        write_atomically(out_dir / SHARED_CHECK, token)
     return _Plan(names, done, pending, resumed, _previous_peaks(out_dir / "summary.json", settings.modes), token)
 
 
@@ -398,7 +391,7 @@ def _evaluate_share(
                         restored = restore(models[mode], x, settings.run_settings(mode))
                         seconds = time.perf_counter() - start
                 except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
-                    failures.append((index, f"{name} [{mode}]: {type(err).__name__}: {str(err).splitlines()[0]}"))
+                    failures.append((index, f"{name} [{mode}]: {one_line(err, typed=True)}"))
                     continue
                 if memory.peak_mib is not None:
                     peaks[mode] = max(peaks[mode] or 0.0, memory.peak_mib)
@@ -463,7 +456,7 @@ def _finish(
         "failures": failures,
         "compare_order": ["input", *settings.modes, "target"] if compare else None,
     }
-    _write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return result
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .nn import LocalAvgPool2d
-from .ops._common import Pair, as_pair
+from ._util import Pair, as_pair, atomic_write, eval_mode, one_line
 
 INPUT_NAME = "image"
 
@@ -99,20 +99,8 @@ def _example(
                 return x, len(_output_tensors(model(x)))
         except RuntimeError as err:
             if in_channels is not None or "channels" not in str(err):
-                raise ExportError(f"the model fails on a {tuple(x.shape)} input: {_first_line(err)}") from err
+                raise ExportError(f"the model fails on a {tuple(x.shape)} input: {one_line(err)}") from err
     raise ExportError(f"the model runs on none of {candidates} input channels: pass in_channels")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the export; every module's own train/eval flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.train(flag)
 
 
 @contextlib.contextmanager
@@ -129,11 +117,6 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_sizes(size: Pair) -> list[tuple[int, int]]:
@@ -215,9 +198,8 @@ def export_onnx(
     dims = {2: torch.export.Dim.DYNAMIC(min=2), 3: torch.export.Dim.DYNAMIC(min=2)}
     if dynamic_batch:
         dims[0] = torch.export.Dim.DYNAMIC
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with _eval_mode(model), _quiet_exporter():
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        with eval_mode(model), _quiet_exporter():
             example, outputs = _example(model, (batch, *size), in_channels, device, dtype)
             channels, names = example.shape[1], _output_names(outputs)
             try:
@@ -226,7 +208,7 @@ def export_onnx(
                 with torch.fx.experimental._config.patch(backed_size_oblivious=True):
                     program = torch.export.export(model, (example,), dynamic_shapes=(dims,), strict=False)
             except Exception as err:
-                raise ExportError(f"torch.export could not trace the model with dynamic sizes: {_first_line(err)}") from err
+                raise ExportError(f"torch.export could not trace the model with dynamic sizes: {one_line(err)}") from err
             _check_sizes_stay_dynamic(program, sorted(dims))
             try:
                 onnx_program = torch.onnx.export(
@@ -234,7 +216,7 @@ def export_onnx(
                     opset_version=opset, dynamo=True, verbose=False, optimize=True,
                 )
             except Exception as err:
-                raise ExportError(f"the ONNX exporter failed: {_first_line(err)}") from err
+                raise ExportError(f"the ONNX exporter failed: {one_line(err)}") from err
             onnx_program.save(tmp, external_data=False)
             _name_dynamic_dims(onnx, tmp, sorted(dims))
             seconds = time.perf_counter() - start
@@ -243,9 +225,6 @@ def export_onnx(
             if check:
                 others = [(1, channels, *hw) for hw in _check_sizes(size)]
                 checked, max_diff = _check_onnxruntime(model, tmp, example.shape, others, device, dtype, tolerance)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return OnnxExport(path, opset, INPUT_NAME, names, checked, max_diff, seconds)
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from . import data, synth
+from ._util import write_atomically
 
 
 def _image_seed(seed: int, name: str) -> int:
@@ -66,10 +66,8 @@ def synthesize(args: argparse.Namespace, progress: Callable, log: Callable[[str]
             continue
         records[name] = {"source": str(path), **record}
         written += 1
-    tmp = records_path.with_name(f".{records_path.name}.tmp")
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, records_path)
+    write_atomically(records_path, json.dumps(records, indent=1))
     note = f", {skipped} already there (use --overwrite)" if skipped else ""
     log(f"wrote {written} pair(s) to {args.out} (input/, target/, degradations.json){note}"
         + (f"; {failed} failed" if failed else ""))

@@ -116,6 +116,16 @@ def output_tensors(output: object) -> Iterator[torch.Tensor]:
             yield from output_tensors(item)
 
 
+def final_output(output: object) -> torch.Tensor:
+    """The restored image from a model's output: the tensor itself, or the last of a list/tuple
+    (HINet returns [stage 1, final], MPRNet [final])."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (list, tuple)) and output and isinstance(output[-1], torch.Tensor):
+        return output[-1]
+    raise TypeError(f"the model returned {type(output).__name__}, not an image tensor or a list ending in one")
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode for the duration; every module's own train/eval flag restored afterwards."""

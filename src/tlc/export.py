@@ -126,6 +126,32 @@ def _check_sizes(size: Pair) -> list[tuple[int, int]]:
     return [(2 * size[0] + 1, 2 * size[1] + 3), (2 * size[0], 2 * size[1])]
 
 
+def _check_arguments(
+    model: nn.Module, path: str | os.PathLike, example_size: int | Pair, overwrite: bool
+) -> tuple[Path, Pair, torch.device, torch.dtype]:
+    """The destination, the example size and the model's device and dtype, checked before any tracing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the .onnx file to write")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    size = as_pair(example_size, "example_size")
+    if min(size) < 2:
+        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
+    fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
+    if fast is not None:
+        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
+                          "depends on the image size; convert with fast=False to export")
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    if dtype not in (torch.float32, torch.float64, torch.float16):
+        raise ExportError(f"export a float32, float64 or float16 model, not {dtype} (onnxruntime lacks most bfloat16 kernels)")
+    return path, size, device, dtype
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -169,25 +195,7 @@ def export_onnx(
         ExportError: the model cannot be traced with dynamic sizes, or the check fails.
     """
     start = time.perf_counter()
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give the .onnx file to write")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    size = as_pair(example_size, "example_size")
-    if min(size) < 2:
-        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
-    fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
-    if fast is not None:
-        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
-                          "depends on the image size; convert with fast=False to export")
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    if dtype not in (torch.float32, torch.float64, torch.float16):
-        raise ExportError(f"export a float32, float64 or float16 model, not {dtype} (onnxruntime lacks most bfloat16 kernels)")
+    path, size, device, dtype = _check_arguments(model, path, example_size, overwrite)
     try:
         import onnx
         import onnxscript  # noqa: F401 (the exporter needs it; say so up front)

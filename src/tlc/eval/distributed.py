@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from ._util import one_line
+from .._util import one_line
 
 T = TypeVar("T")
 

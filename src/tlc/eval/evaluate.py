@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -35,17 +33,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data
-from ._util import atomic_write, one_line, write_atomically
+from .. import io
+from .._util import one_line, write_atomically
+from ..io import PairedSet
+from ..run import RunSettings, restore
 from .distributed import Group, shard
-from .inference import RunSettings, restore
+from .memory import PeakMemory
 from .metrics import Protocol
-
-CSV_FIELDS = ("image", "mode", "psnr", "ssim", "seconds")
-
-
-class EvaluationError(RuntimeError):
-    """The evaluation cannot start or go on (the message says why and what to do)."""
+from .records import (
+    CSV_FIELDS,
+    EvaluationError,
+    check_resume,
+    merge_rows,
+    previous_peaks,
+    rank_files,
+    row_order,
+)
+from .report import ModeSummary, side_by_side, summarise
 
 
 @dataclass(frozen=True)
@@ -84,22 +88,6 @@ class EvalSettings:
         return record
 
 
-@dataclass
-class ModeSummary:
-    """Aggregates of one mode.
-
-    seconds_per_image is the mean model time per image (the forward pass, tiling included;
-    reading, scoring and writing excluded), each image timed in the process that ran it: a
-    latency, not wall time divided by images. peak_memory_mib: CUDA peak allocated on a GPU, else
-    peak resident memory of the process; with several processes, the largest of any of them.
-    """
-
-    images: int = 0
-    psnr: float = float("nan")
-    ssim: float = float("nan")
-    seconds_per_image: float = float("nan")
-    peak_memory_mib: float | None = None
-
 
 @dataclass
 class EvalResult:
@@ -115,163 +103,6 @@ class EvalResult:
             memory = f"{s.peak_memory_mib:.0f}" if s.peak_memory_mib is not None else "-"
             lines.append(f"{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}")
         return "\n".join(lines)
-
-
-class PeakMemory:
-    """Peak memory while the block runs: CUDA peak allocated, or resident memory sampled on Linux."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
-        self.peak_mib: float | None = None
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        elif _resident_mib() is not None:
-            self.peak_mib = _resident_mib()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak_mib = max(self.peak_mib or 0.0, _resident_mib() or 0.0)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
-        elif self.peak_mib is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mib = max(self.peak_mib, _resident_mib() or 0.0)
-
-
-def _resident_mib() -> float | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _read_rows(path: Path) -> list[dict]:
-    """The complete rows of a per_image.csv (a row cut short by an interruption is dropped)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != CSV_FIELDS:
-            raise EvaluationError(f"{path} does not look like a tlc per_image.csv; use another --out folder")
-        rows = list(reader)
-    return [r for r in rows if all(r.get(k) not in (None, "") for k in CSV_FIELDS) and _is_number(r["seconds"])]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _rank_files(out_dir: Path) -> list[Path]:
-    """The per-process row files (per_image.rank<k>.csv) of a run with several processes, by rank."""
-    found = []
-    for path in out_dir.glob("per_image.rank*.csv"):
-        rank = path.name[len("per_image.rank"):-len(".csv")]
-        if rank.isdigit() and path.is_file():
-            found.append((int(rank), path))
-    return [path for _, path in sorted(found)]
-
-
-def _row_order(pairs: data.PairedSet, modes: tuple[str, ...]) -> Callable[[tuple[int, dict]], tuple]:
-    """Sort key for (position, row): the single-process order (pairs in order, then modes in
-    order); rows of images or modes outside this run keep their relative order at the end."""
-    pair_index = {name: i for i, (name, _, _) in enumerate(pairs.pairs)}
-    mode_index = {mode: i for i, mode in enumerate(modes)}
-
-    def key(item: tuple[int, dict]) -> tuple:
-        position, row = item
-        if row["image"] not in pair_index:
-            return (1, 0, 0, position)
-        return (0, pair_index[row["image"]], mode_index.get(row["mode"], len(modes)), position)
-
-    return key
-
-
-def _merge_rows(out_dir: Path, order: Callable[[tuple[int, dict]], tuple]) -> tuple[list[dict], dict[Path, int]]:
-    """Fold the per-process row files into per_image.csv, in ``order``, and remove them.
-
-    per_image.csv is rewritten atomically with its complete rows only (so appending after an
-    interruption never glues a new row onto a half-written one), then the process files are
-    removed: a crash in between leaves duplicates, and the first copy of an (image, mode) wins.
-
-    Returns:
-        the rows now in per_image.csv, and the number of complete rows read from each process file.
-    """
-    csv_path = out_dir / "per_image.csv"
-    rows = _read_rows(csv_path)
-    seen = {(r["image"], r["mode"]) for r in rows}
-    per_file = {}
-    rank_files = _rank_files(out_dir)
-    for path in rank_files:
-        found = _read_rows(path)
-        per_file[path] = len(found)
-        for r in found:
-            if (r["image"], r["mode"]) not in seen:
-                seen.add((r["image"], r["mode"]))
-                rows.append(r)
-    rows = [r for _, r in sorted(enumerate(rows), key=order)]
-    if csv_path.exists() or rank_files:
-        with atomic_write(csv_path) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    for path in rank_files:
-        path.unlink()
-    return rows, per_file
-
-
-def _check_resume(out_dir: Path, settings: EvalSettings) -> None:
-    """Write run.json, or check that an existing one has the same settings."""
-    record = settings.to_dict()
-    path = out_dir / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        comparable = {k: v for k, v in previous.items() if k != "modes"}
-        current = {k: v for k, v in json.loads(json.dumps(record)).items() if k != "modes"}
-        if comparable != current:
-            changed = sorted(k for k in current if comparable.get(k) != current[k])
-            raise EvaluationError(
-                f"{out_dir} holds results computed with other settings ({', '.join(changed)} differ); "
-                "use another --out folder or delete it"
-            )
-    write_atomically(path, json.dumps(record, indent=2))
-
-
-def _centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    h, w = pixels.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return pixels[top : top + size, left : left + size]
-
-
-def _as_rgb(pixels: np.ndarray) -> np.ndarray:
-    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-
-
-def side_by_side(panels: list[np.ndarray], crop: int = 256, gap: int = 4) -> np.ndarray:
-    """Centre crops of H x W x C float images, left to right, separated by white gaps."""
-    crops = [_as_rgb(_centre_crop(p, crop)) for p in panels]
-    height = max(c.shape[0] for c in crops)
-    columns = []
-    for i, c in enumerate(crops):
-        padded = np.ones((height, c.shape[1], 3), np.float32)
-        padded[: c.shape[0]] = c
-        columns.append(padded)
-        if i < len(crops) - 1:
-            columns.append(np.ones((height, gap, 3), np.float32))
-    return np.concatenate(columns, axis=1)
 
 
 @dataclass
@@ -299,13 +130,13 @@ class _Plan:
 SHARED_CHECK = ".tlc-shared-check"
 
 
-def _prepare(out_dir: Path, pairs: data.PairedSet, settings: EvalSettings, compare: bool, world_size: int,
+def _prepare(out_dir: Path, pairs: PairedSet, settings: EvalSettings, compare: bool, world_size: int,
              log: Callable[[str], None]) -> _Plan:
     """Rank 0: check run.json, fold in rows left by an interrupted run, and plan the work left."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(out_dir, settings)
-    leftovers = _rank_files(out_dir)
-    rows, per_file = _merge_rows(out_dir, _row_order(pairs, settings.modes))
+    check_resume(out_dir, settings.to_dict())
+    leftovers = rank_files(out_dir)
+    rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
     if leftovers:
         log(f"merged {sum(per_file.values())} row(s) left by an interrupted run with several processes "
             f"({', '.join(p.name for p in leftovers)}) into per_image.csv")
@@ -324,10 +155,10 @@ def _prepare(out_dir: Path, pairs: data.PairedSet, settings: EvalSettings, compa
     if world_size > 1:
         token = uuid.uuid4().hex
         write_atomically(out_dir / SHARED_CHECK, token)
-    return _Plan(names, done, pending, resumed, _previous_peaks(out_dir / "summary.json", settings.modes), token)
+    return _Plan(names, done, pending, resumed, previous_peaks(out_dir / "summary.json", settings.modes), token)
 
 
-def _check_plan(plan: _Plan, pairs: data.PairedSet, out_dir: Path) -> None:
+def _check_plan(plan: _Plan, pairs: PairedSet, out_dir: Path) -> None:
     """A process other than rank 0: does it see the same pairs and the same results folder?"""
     if plan.names != [name for name, _, _ in pairs.pairs]:
         raise EvaluationError("this process found other pairs in the dataset than rank 0 did; "
@@ -343,7 +174,7 @@ def _check_plan(plan: _Plan, pairs: data.PairedSet, out_dir: Path) -> None:
 
 def _evaluate_share(
     models: dict[str, nn.Module],
-    pairs: data.PairedSet,
+    pairs: PairedSet,
     settings: EvalSettings,
     out_dir: Path,
     plan: _Plan,
@@ -359,65 +190,84 @@ def _evaluate_share(
         peak memory per mode in MiB (None where not measured), the failures as (pair index,
         message), and the number of rows written.
     """
-    peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
-    failures: list[tuple[int, str]] = []
-    written = 0
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new_file:
             writer.writeheader()
             f.flush()
+        runner = _ShareRunner(models, settings, out_dir, writer, f, save_images)
         for index, need_images in progress(share):
-            name, input_path, target_path = pairs.pairs[index]
-            todo = [m for m in settings.modes if (name, m) not in plan.done]
+            name = pairs.pairs[index][0]
+            runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done], need_images)
+    return runner.peaks, runner.failures, runner.written
+
+
+class _ShareRunner:
+    """One process's pairs: runs each mode, appends rows, writes images; counts what happened."""
+
+    def __init__(self, models: dict[str, nn.Module], settings: EvalSettings, out_dir: Path, writer: csv.DictWriter,
+                 file: object, save_images: bool) -> None:
+        self.models, self.settings, self.out_dir = models, settings, out_dir
+        self.writer, self.file, self.save_images = writer, file, save_images
+        self.peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
+        self.failures: list[tuple[int, str]] = []
+        self.written = 0
+
+    def pair(self, index: int, pair: tuple[str, Path, Path], todo: list[str], need_images: bool) -> None:
+        """Score the modes in ``todo`` on one pair; with ``need_images`` also the compare strip."""
+        name, input_path, target_path = pair
+        try:
+            degraded, target = io.read_image(input_path), io.read_image(target_path)
+        except io.ImageError as err:
+            self.failures.append((index, f"{name}: {err}"))
+            return
+        if degraded.pixels.shape[:2] != target.pixels.shape[:2]:
+            self.failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
+                                         f"{target.pixels.shape[:2]} differ in size"))
+            return
+        x = io.to_model_input(degraded)
+        outputs = {}
+        for mode in self.settings.modes:
+            if mode not in todo and not need_images:
+                continue
             try:
-                degraded, target = data.read_image(input_path), data.read_image(target_path)
-            except data.ImageError as err:
-                failures.append((index, f"{name}: {err}"))
+                pixels, seconds = self._restore(mode, x, degraded)
+            except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
+                self.failures.append((index, f"{name} [{mode}]: {one_line(err, typed=True)}"))
                 continue
-            if degraded.pixels.shape[:2] != target.pixels.shape[:2]:
-                failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
-                                        f"{target.pixels.shape[:2]} differ in size"))
-                continue
-            x = data.to_model_input(degraded)
-            outputs = {}
-            for mode in settings.modes:
-                if mode not in todo and not need_images:
-                    continue
-                try:
-                    with PeakMemory(settings.device) as memory:
-                        start = time.perf_counter()
-                        restored = restore(models[mode], x, settings.run_settings(mode))
-                        seconds = time.perf_counter() - start
-                except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
-                    failures.append((index, f"{name} [{mode}]: {one_line(err, typed=True)}"))
-                    continue
-                if memory.peak_mib is not None:
-                    peaks[mode] = max(peaks[mode] or 0.0, memory.peak_mib)
-                pixels, _ = data.from_model_output(restored, degraded)
-                outputs[mode] = pixels
-                if mode in todo:
-                    value_psnr, value_ssim = settings.protocol.score(pixels, target.pixels)
-                    writer.writerow({"image": name, "mode": mode, "psnr": f"{value_psnr:.6f}",
-                                     "ssim": f"{value_ssim:.6f}", "seconds": f"{seconds:.4f}"})
-                    f.flush()
-                    written += 1
-                if save_images:
-                    path = out_dir / "images" / mode / f"{name}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    data.write_image(path, pixels, bit_depth=8, overwrite=True)
-            if need_images and outputs:
-                strip = side_by_side([degraded.pixels, *outputs.values(), target.pixels])
-                path = out_dir / "compare" / f"{name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                data.write_image(path, strip, bit_depth=8, overwrite=True)
-    return peaks, failures, written
+            outputs[mode] = pixels
+            if mode in todo:
+                value_psnr, value_ssim = self.settings.protocol.score(pixels, target.pixels)
+                self.writer.writerow({"image": name, "mode": mode, "psnr": f"{value_psnr:.6f}",
+                                      "ssim": f"{value_ssim:.6f}", "seconds": f"{seconds:.4f}"})
+                self.file.flush()
+                self.written += 1
+            if self.save_images:
+                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels)
+        if need_images and outputs:
+            self._write(self.out_dir / "compare" / f"{name}.png",
+                        side_by_side([degraded.pixels, *outputs.values(), target.pixels]))
+
+    def _restore(self, mode: str, x: torch.Tensor, like: io.Image) -> tuple[np.ndarray, float]:
+        """The restored pixels of one mode and its model time in seconds; peak memory recorded."""
+        with PeakMemory(self.settings.device) as memory:
+            start = time.perf_counter()
+            restored = restore(self.models[mode], x, self.settings.run_settings(mode))
+            seconds = time.perf_counter() - start
+        if memory.peak_mib is not None:
+            self.peaks[mode] = max(self.peaks[mode] or 0.0, memory.peak_mib)
+        return io.from_model_output(restored, like)[0], seconds
+
+    @staticmethod
+    def _write(path: Path, pixels: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_image(path, pixels, bit_depth=8, overwrite=True)
 
 
 def _finish(
     out_dir: Path,
-    pairs: data.PairedSet,
+    pairs: PairedSet,
     settings: EvalSettings,
     plan: _Plan,
     reports: list[tuple[dict, list, int]],
@@ -427,7 +277,7 @@ def _finish(
     log: Callable[[str], None],
 ) -> EvalResult:
     """Rank 0: merge every process's rows into per_image.csv and write summary.json."""
-    rows, per_file = _merge_rows(out_dir, _row_order(pairs, settings.modes))
+    rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
     if world_size > 1:
         for rank, (_, _, written) in enumerate(reports):
             path = out_dir / f"per_image.rank{rank}.csv"
@@ -444,7 +294,7 @@ def _finish(
                                            key=lambda f: f[0])]
     for failure in failures:
         log(f"failed: {failure}")
-    result = EvalResult(settings, _summarise(rows, set(plan.names), settings.modes, peaks), plan.resumed, failures)
+    result = EvalResult(settings, summarise(rows, set(plan.names), settings.modes, peaks), plan.resumed, failures)
     summary = {
         "modes": {mode: asdict(s) for mode, s in result.modes.items()},
         "protocol": asdict(settings.protocol),
@@ -462,7 +312,7 @@ def _finish(
 
 def evaluate(
     models: dict[str, nn.Module],
-    pairs: data.PairedSet,
+    pairs: PairedSet,
     settings: EvalSettings,
     out_dir: Path,
     *,
@@ -474,7 +324,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate each mode's model on every pair and write the results to ``out_dir``.
 
-    With several processes (``group`` from :func:`tlc.distributed.process_group`, under torchrun)
+    With several processes (``group`` from :func:`tlc.eval.distributed.process_group`, under torchrun)
     every process calls this with the same arguments: rank 0 checks run.json, folds in rows left
     by an interrupted run and plans the pairs with work left; they are shared round robin; each
     process appends its rows to ``per_image.rank<k>.csv``; rank 0 then merges them into
@@ -496,9 +346,9 @@ def evaluate(
     Raises:
         EvaluationError: the folder holds other settings (or, seen from a process other than
             rank 0, is not the folder rank 0 writes to).
-        tlc.distributed.DistributedError: (rank 0) another process failed, naming it and its
+        tlc.eval.distributed.DistributedError: (rank 0) another process failed, naming it and its
             error; (any rank) the others stopped answering within the group's timeout.
-        tlc.distributed.PeerFailed: (ranks other than 0) another process failed; rank 0 says which.
+        tlc.eval.distributed.PeerFailed: (ranks other than 0) another process failed; rank 0 says which.
     """
     group = group or Group()
     distributed = group.world_size > 1
@@ -530,29 +380,3 @@ def evaluate(
         lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, world_size=group.world_size,
                         log=log),
         "merging the results")
-
-
-def _previous_peaks(path: Path, modes: tuple[str, ...]) -> dict[str, float | None]:
-    """Peak memory recorded by an earlier run into the same folder (kept when resuming)."""
-    try:
-        previous = json.loads(path.read_text())["modes"]
-        return {mode: previous.get(mode, {}).get("peak_memory_mib") for mode in modes}
-    except (OSError, ValueError, KeyError, AttributeError):
-        return {mode: None for mode in modes}
-
-
-def _summarise(rows: list[dict], names: set[str], modes: tuple[str, ...], peaks: dict) -> dict[str, ModeSummary]:
-    summaries = {}
-    for mode in modes:
-        mine = [r for r in rows if r["mode"] == mode and r["image"] in names]
-        if not mine:
-            summaries[mode] = ModeSummary(peak_memory_mib=peaks.get(mode))
-            continue
-        summaries[mode] = ModeSummary(
-            images=len(mine),
-            psnr=float(np.mean([float(r["psnr"]) for r in mine])),
-            ssim=float(np.mean([float(r["ssim"]) for r in mine])),
-            seconds_per_image=float(np.mean([float(r["seconds"]) for r in mine])),
-            peak_memory_mib=peaks.get(mode),
-        )
-    return summaries

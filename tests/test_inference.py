@@ -1,14 +1,14 @@
-"""Full, tiled and TLC runs: tiles cover the image, blending is exact for local models."""
+"""Full, tiled and TLC runs: tiles cover the image, the feathered blend is the hand-computed one, and
+blending is exact for local models."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import tlc
-import numpy as np
-
 from tlc.run import RunSettings, final_output, restore, run_tiled, tile_starts
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .nn import LocalAvgPool2d
-from ._util import Pair, as_pair, atomic_write, eval_mode, one_line
+from ._util import Pair, as_pair, atomic_write, eval_mode, one_line, output_tensors
 
 INPUT_NAME = "image"
 
@@ -71,11 +71,11 @@ class OnnxExport:
 
 
 def _output_tensors(output: object) -> list[torch.Tensor]:
-    """The tensors a model returns: one tensor, or a flat list/tuple of them (HINet's stages)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output):
-        return list(output)
+    """The tensors a model returns: one tensor, or a flat list/tuple of them (HINet's stages); ONNX
+    outputs are a flat list, so nothing nested."""
+    flat = isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output)
+    if isinstance(output, torch.Tensor) or flat:
+        return list(output_tensors(output))
     raise ExportError(f"the model must return a tensor or a list/tuple of tensors, got {type(output).__name__}")
 
 

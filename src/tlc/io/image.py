@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 Mode = Literal["gray", "rgb", "gray+alpha", "rgba"]
+PathLike = str | os.PathLike
 
 
 class ImageError(ValueError):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .image import ImageError
-
-PathLike = str | os.PathLike
+from .image import ImageError, PathLike
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
 # (input folder, target folder) names of paired datasets, in the order they are tried.

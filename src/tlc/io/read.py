@@ -14,9 +14,7 @@ import numpy as np
 
 from .._util import one_line
 from .headers import HEADER_PARSERS, Header, HeaderProblem, sniff
-from .image import Image, ImageError
-
-PathLike = str | os.PathLike
+from .image import Image, ImageError, PathLike
 
 DEFAULT_MAX_PIXELS = 200_000_000
 MAX_PIXELS_ENV = "TLC_MAX_PIXELS"

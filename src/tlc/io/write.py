@@ -6,7 +6,6 @@ trips are exact.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -16,10 +15,8 @@ import numpy as np
 
 from .._util import exists_error, one_line, write_atomically
 from .headers import PNG_SIGNATURE
-from .image import ImageError
+from .image import ImageError, PathLike
 from .read import quiet_opencv
-
-PathLike = str | os.PathLike
 
 _WRITE_FORMATS = {
     ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP", ".bmp": "BMP"

@@ -1,5 +1,5 @@
 """The ``tlc`` command: one module per subcommand (restore, eval, inspect, synth, export), the
-options and output they share (:mod:`.common`), and the model they load (:mod:`.models`, over
+options and output they share (:mod:`.common`), and the model they load (:mod:`.chooser`, over
 :func:`tlc.zoo.choose_model`)."""
 
 from .common import UsageError

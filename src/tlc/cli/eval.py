@@ -12,7 +12,7 @@ from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
 from ..eval.records import EvaluationError
 from .common import UsageError, add_model_options, add_run_options, device, progress, say
-from .models import chosen_model, models_for
+from .chooser import chosen_model, models_for
 
 SUMMARY = "Score a model on a paired dataset in several modes (resumable)."
 EXAMPLES = (

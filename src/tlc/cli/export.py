@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import export as onnx_export
 from .common import UsageError, add_model_options, parse_size, say
-from .models import chosen_model, models_for
+from .chooser import chosen_model, models_for
 
 SUMMARY = "Export a model, converted by default, to ONNX with dynamic batch, height and width."
 EXAMPLES = (

@@ -9,7 +9,7 @@ from ..convert import convert
 from ..inspection import activation_memory
 from ..zoo import registry
 from .common import add_model_options, parse_size
-from .models import chosen_model
+from .chooser import chosen_model
 
 SUMMARY = "Show a model's global ops, their feature sizes at training and their windows."
 EXAMPLES = (

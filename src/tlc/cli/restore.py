@@ -12,7 +12,7 @@ from .. import io
 from .._util import one_line
 from ..run import RunSettings, TileContext, model_tile_plan, restore, tile_context
 from .common import UsageError, add_model_options, add_run_options, device, progress, say
-from .models import chosen_model, models_for
+from .chooser import chosen_model, models_for
 
 SUMMARY = "Restore images with a model, with TLC by default."
 EXAMPLES = (

@@ -27,7 +27,7 @@ from common import machine, merged, write_csv  # noqa: E402
 import tlc  # noqa: E402
 from tlc import synth  # noqa: E402
 from tlc.demo import photograph  # noqa: E402
-from tlc.inference import RunSettings, restore  # noqa: E402
+from tlc.run import RunSettings, restore  # noqa: E402
 
 
 def main() -> None:

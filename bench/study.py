@@ -12,7 +12,7 @@ trained model and every held-out TEST photograph (never trained on):
   * ``uniform`` sigma 25 everywhere: the control, whose statistics match training crops;
 - test sizes: centre crops of 48, 96, 192 and 384 pixels square, and the full photograph; the
   degradation is drawn on each crop (the step always splits the crop in its middle);
-- modes (``tlc.inference``): ``full`` (the model on the whole input), ``tiles`` (overlapping tiles
+- modes (``tlc.run``): ``full`` (the model on the whole input), ``tiles`` (overlapping tiles
   of 1.5x the training crop, the same area as TLC's window, overlap 1/4 tile, feathered blend) and
   ``tlc`` (``tlc.convert(model, train_size=(crop, crop))``, default window 1.5x the crop);
 - scores: ``tlc.metrics`` protocol "gopro" (outputs quantised to uint8, PSNR on RGB, 3-D SSIM).
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_tiny import MODELS, TEST_IMAGES, WEIGHTS, load_photo, load_trained  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.inference import RunSettings, restore  # noqa: E402
+from tlc.run import RunSettings, restore  # noqa: E402
 from tlc.synth import Degradation, degrade  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

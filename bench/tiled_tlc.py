@@ -3,7 +3,7 @@
 For each model (bundled, converted with its model card's TLC setting), one 2160x3840 noisy image
 (a mosaic of scikit-image photographs, noise stepping from sigma 5 to 50 across the frame) is
 restored by the converted model on the whole image, then tile by tile under a few
-``--max-megapixels`` budgets with the default margin (:func:`tlc.inference.tile_context`), and,
+``--max-megapixels`` budgets with the default margin (:func:`tlc.run.tile_context`), and,
 at the largest budget, with smaller margins to show what the margin buys. Every run is a fresh
 process, so its peak resident memory (sampled every 5 ms) is its own.
 
@@ -42,8 +42,8 @@ from common import machine, merged, write_csv  # noqa: E402
 import tlc  # noqa: E402
 from tlc import synth  # noqa: E402
 from tlc.demo import photograph  # noqa: E402
-from tlc.evaluate import PeakMemory, _resident_mib  # noqa: E402
-from tlc.inference import RunSettings, _grid_plan, model_tile_plan, restore, run_plan, tile_context  # noqa: E402
+from tlc.eval.memory import PeakMemory, resident_mib  # noqa: E402
+from tlc.run import RunSettings, grid_plan, model_tile_plan, restore, run_plan, tile_context  # noqa: E402
 
 SIZE = (2160, 3840)
 PHOTOS = ("coffee", "rocket", "motorcycle_left", "astronaut", "chelsea", "immunohistochemistry")
@@ -89,21 +89,21 @@ def child(job: dict) -> dict:
     model = converted(job["model"])
     row = {"model": job["model"], "run": job["run"], "max_megapixels": job.get("max_megapixels") or "", "margin_px": "",
            "grid": "1x1", "tiles": 1, "largest_tile": f"{size[0]}x{size[1]}", "overhead": 1.0}
-    settings = RunSettings(mode="tlc")
+    settings, context = RunSettings(mode="tlc"), None
     if job["run"] != "whole":
         context = tile_context(model)
         margin = {"default": None, "none": 0, "one window": context.window_reach[0],
                   "rule": context.rule_margin[0]}[job["margin"]]
-        plan = model_tile_plan(model, size, job["max_megapixels"], margin=margin)
+        plan = model_tile_plan(model, size, job["max_megapixels"], margin=margin, context=context)
         settings = RunSettings(mode="tlc", max_megapixels=job["max_megapixels"], tile_margin=margin)
         row.update(margin_px=plan.margin[0], grid=f"{plan.grid[0]}x{plan.grid[1]}", tiles=len(plan.tiles),
                    largest_tile=f"{plan.largest_tile[0]}x{plan.largest_tile[1]}", overhead=round(plan.overhead, 3))
     restore(model, image[:, :, :64, :64])  # warm-up: kernels compiled, pools allocated, outside the measurement
     gc.collect()
-    start_mib = _resident_mib()
+    start_mib = resident_mib()
     with PeakMemory("cpu") as memory:
         start = time.perf_counter()
-        out = restore(model, image, settings).clamp(0, 1)
+        out = restore(model, image, settings, context).clamp(0, 1)
         seconds = time.perf_counter() - start
     row.update(seconds=round(seconds, 1), peak_rss_mib=round(memory.peak_mib), peak_above_start_mib=round(memory.peak_mib - start_mib))
     if job["run"] == "whole":
@@ -130,7 +130,7 @@ def margin_sweep(models: list[str]) -> list[dict]:
             margins = sorted({0, 16, 32, 48, 64, 96, 128, 192, context.window_reach[0], context.rule_margin[0],
                               context.margin[0], context.exact_margin[0]})
             for margin in margins:
-                plan = _grid_plan(tuple(x.shape[-2:]), (margin, margin), context.multiple, 4, 6)
+                plan = grid_plan(tuple(x.shape[-2:]), (margin, margin), context.multiple, 4, 6)
                 start = time.perf_counter()
                 out = run_plan(model, x, plan).clamp(0, 1)
                 seconds = time.perf_counter() - start

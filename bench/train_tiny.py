@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from torch import nn
 
 import tlc  # noqa: E402
-from tlc.inference import final_output  # noqa: E402
+from tlc.run import final_output  # noqa: E402
 from tlc.demo import photograph  # noqa: E402
 from tlc.synth import add_noise  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 
 import tlc
 from tlc.archs import build
-from tlc.inference import final_output
+from tlc.run import final_output
 
 from .conftest import CONFORMANCE
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import tlc
-import tlc.inference
 from tlc.cli import main
 
 BUNDLED = [e for e in tlc.models.list() if e.bundled_weights is not None]
@@ -27,13 +26,13 @@ def test_loads_by_name_and_matches_its_card(entry):
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]
     x = torch.rand(1, 3, 50, 70)
     with torch.no_grad():
-        out = tlc.inference.final_output(model(x))
+        out = tlc.run.final_output(model(x))
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_restore_with_a_bundled_model_needs_no_weights(tmp_path, capsys):
     image = tmp_path / "in" / "noisy.png"
-    tlc.data.write_image(image, torch.rand(40, 60, 3).numpy())
+    tlc.io.write_image(image, torch.rand(40, 60, 3).numpy())
     assert main(["restore", str(image), "-o", str(tmp_path / "out"), "--model", "tiny-nafnet"]) == 0
     assert (tmp_path / "out" / "noisy.png").exists()
     assert "train 48x48, base 72x72" in capsys.readouterr().err

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tlc import archs, models
-from tlc.checkpoints import NOT_IN_WEIGHTS, CheckpointError, detect, load_model, read_state_dict
+from tlc import archs
+from tlc.zoo import NOT_IN_WEIGHTS, CheckpointError, choose_model, detect, load_model, read_state_dict, registry
 
 NAFNET_SMALL = {"width": 8, "enc_blk_nums": [1, 2], "middle_blk_num": 2, "dec_blk_nums": [1, 1]}
 
@@ -215,14 +215,14 @@ def test_detect_released_checkpoints_full_size(conformance, name):
         built = archs.build(arch, **config).state_dict()
     assert {k: list(v.shape) for k, v in built.items()} == released["keys"]
     # The registry entry of the same name says the same.
-    entry = models.get(name)
+    entry = registry.get(name)
     assert entry.arch == arch and entry.checkpoint_key == released["checkpoint_key"]
     assert _with_defaults(arch, entry.config) == expected
 
 
 def test_every_registry_entry_has_released_keys(conformance):
     released = {k.lower() for k in json.loads((conformance / "released_keys.json").read_text())}
-    downloaded = {entry.name for entry in models.list() if entry.bundled_weights is None}
+    downloaded = {entry.name for entry in registry.list() if entry.bundled_weights is None}
     assert downloaded <= released
 
 
@@ -253,12 +253,12 @@ def test_detect_reports_what_no_config_explains(nafnet):
 
 
 @pytest.fixture
-def tiny_entry(monkeypatch) -> models.ModelEntry:
+def tiny_entry(monkeypatch) -> registry.ModelEntry:
     entry = dataclasses.replace(
-        models.get("nafnet-gopro-width32"), name="small-nafnet-test", config=NAFNET_SMALL, checkpoint_key="state_dict",
+        registry.get("nafnet-gopro-width32"), name="small-nafnet-test", config=NAFNET_SMALL, checkpoint_key="state_dict",
         url="https://example.invalid/tiny.pth",
     )
-    monkeypatch.setattr(models, "REGISTRY", (*models.REGISTRY, entry))
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, entry))
     return entry
 
 
@@ -280,11 +280,37 @@ def test_registry_name_without_weights_says_where_to_download(tiny_entry):
         load_model("nafnet-gopro-width32")
 
 
-@pytest.mark.parametrize("name", [e.name for e in models.list() if e.non_commercial])
+def test_choose_model_sizes_from_the_arguments_then_the_entry_then_the_defaults(tmp_path, monkeypatch, nafnet):
+    entry = dataclasses.replace(
+        registry.get("nafnet-gopro-width32"), name="small-nafnet-test", config=NAFNET_SMALL, checkpoint_key="state_dict",
+        train_size=(40, 56), base_size=(64, 100),  # base not 1.5x train: the entry's own setting shows
+    )
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, entry))
+    path = tmp_path / "tiny.pth"
+    torch.save({"state_dict": nafnet.state_dict()}, path)
+    chosen = choose_model("small-nafnet-test", path)
+    assert (chosen.train_size, chosen.base_size, chosen.description) == ((40, 56), (64, 100), "small-nafnet-test")
+    assert_same_outputs(chosen.model, nafnet)
+    # A training size of one's own drops the entry's window for 1.5x that size (rounded down).
+    assert choose_model("small-nafnet-test", path, train_size=(33, 21)).base_size == (49, 31)
+    assert choose_model("small-nafnet-test", path, train_size=(33, 21), base_size=(8, 9)).base_size == (8, 9)
+    bare = choose_model(None, path)
+    assert (bare.train_size, bare.base_size, bare.description) == ((256, 256), (384, 384), str(path))
+    unloaded = choose_model("small-nafnet-test", need_weights=False)  # structure only, random weights
+    assert unloaded.description == "small-nafnet-test (random weights)" and not unloaded.model.training
+    with pytest.raises(CheckpointError, match="needs its weights file"):
+        choose_model("small-nafnet-test")
+    with pytest.raises(KeyError, match="did you mean"):
+        choose_model("small-nafnet-tst", path)
+    with pytest.raises(ValueError, match="say which model"):
+        choose_model()
+
+
+@pytest.mark.parametrize("name", [e.name for e in registry.list() if e.non_commercial])
 def test_non_commercial_entries_say_so(name):
     with pytest.raises(CheckpointError, match="non-commercial") as info:
         load_model(name)
-    assert models.get(name).url in str(info.value)
+    assert registry.get(name).url in str(info.value)
 
 
 def test_neither_a_file_nor_a_registry_name(tmp_path):

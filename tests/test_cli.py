@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import tlc
-from tlc import data
+from tlc import io as tlc_io
 from tlc.cli import main
 
 
@@ -29,7 +29,7 @@ def workspace(tmp_path_factory):
     sharp = root / "sharp"
     for name in ("astronaut", "coffee", "chelsea"):
         pixels = getattr(skimage_data, name)()[:96, :120].astype(np.float32) / 255
-        data.write_image(sharp / f"{name}.png", pixels)
+        tlc_io.write_image(sharp / f"{name}.png", pixels)
     return root
 
 
@@ -61,8 +61,8 @@ def test_synth_builds_a_seeded_paired_set(workspace, tmp_path):
     assert sorted(p.name for p in (out1 / "target").iterdir()) == names
     for name in names:
         assert (out1 / "input" / name).read_bytes() == (out2 / "input" / name).read_bytes()
-        sharp = data.read_image(workspace / "sharp" / name).pixels
-        assert np.array_equal(data.read_image(out1 / "target" / name).pixels, sharp)
+        sharp = tlc_io.read_image(workspace / "sharp" / name).pixels
+        assert np.array_equal(tlc_io.read_image(out1 / "target" / name).pixels, sharp)
     records = json.loads((out1 / "degradations.json").read_text())
     sigma = records["coffee.png"]["noise"]["sigma"]
     assert sigma["min"] == pytest.approx(5) and sigma["max"] == pytest.approx(50)
@@ -89,7 +89,7 @@ def test_restore_writes_every_image_and_keeps_inputs(workspace, pairs, tmp_path,
     out = tmp_path / "out"
     assert run("restore", pairs / "input", "-o", out, *weights(workspace)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
-    restored = data.read_image(out / "coffee.png")
+    restored = tlc_io.read_image(out / "coffee.png")
     assert restored.pixels.shape == (96, 120, 3) and restored.bit_depth == 8
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     assert run("restore", pairs / "input", "-o", out, *weights(workspace)) == 0
@@ -107,7 +107,7 @@ def test_restore_modes_give_different_results(workspace, pairs, tmp_path):
         out = tmp_path / mode
         assert run("restore", pairs / "input" / "coffee.png", "-o", out, *weights(workspace), "--mode", mode,
                    "--tile", "48", "--overlap", "8") == 0
-        results[mode] = data.read_image(out / "coffee.png").pixels
+        results[mode] = tlc_io.read_image(out / "coffee.png").pixels
     assert not np.array_equal(results["tlc"], results["full"])
     assert not np.array_equal(results["tiles"], results["full"])
 
@@ -115,15 +115,15 @@ def test_restore_modes_give_different_results(workspace, pairs, tmp_path):
 def test_restore_gray_alpha_and_16_bit(workspace, tmp_path):
     rng = np.random.default_rng(0)
     inputs = tmp_path / "in"
-    data.write_image(inputs / "gray.png", rng.random((40, 50, 1), dtype=np.float32))
+    tlc_io.write_image(inputs / "gray.png", rng.random((40, 50, 1), dtype=np.float32))
     alpha = rng.random((40, 50), dtype=np.float32)
-    data.write_image(inputs / "rgba.png", rng.random((40, 50, 3), dtype=np.float32), alpha=alpha)
-    data.write_image(inputs / "deep.png", rng.random((40, 50, 3), dtype=np.float32), bit_depth=16)
+    tlc_io.write_image(inputs / "rgba.png", rng.random((40, 50, 3), dtype=np.float32), alpha=alpha)
+    tlc_io.write_image(inputs / "deep.png", rng.random((40, 50, 3), dtype=np.float32), bit_depth=16)
     out = tmp_path / "out"
     assert run("restore", inputs, "-o", out, *weights(workspace)) == 0
-    gray, rgba, deep = (data.read_image(out / n) for n in ("gray.png", "rgba.png", "deep.png"))
+    gray, rgba, deep = (tlc_io.read_image(out / n) for n in ("gray.png", "rgba.png", "deep.png"))
     assert gray.mode == "gray" and gray.pixels.shape == (40, 50, 1)
-    assert rgba.mode == "rgba" and np.array_equal(rgba.alpha, data.read_image(inputs / "rgba.png").alpha)
+    assert rgba.mode == "rgba" and np.array_equal(rgba.alpha, tlc_io.read_image(inputs / "rgba.png").alpha)
     assert deep.bit_depth == 16
 
 
@@ -186,9 +186,10 @@ def test_eval_three_modes_then_resume(workspace, pairs, tmp_path, capsys):
     assert summary["modes"]["full"]["psnr"] == pytest.approx(means["full"]) and summary["modes"]["tlc"]["psnr"] != summary["modes"]["full"]["psnr"]
     # Anyone recomputing PSNR from the saved uint8 outputs gets the reported value.
     for r in first:
-        saved = data.read_image(out / "images" / r["mode"] / f"{r['image']}.png").pixels
-        target = data.read_image(pairs / "target" / f"{r['image']}.png").pixels
-        value = tlc.metrics.psnr(tlc.metrics.to_uint8(saved), tlc.metrics.to_uint8(target))
+        saved = tlc_io.read_image(out / "images" / r["mode"] / f"{r['image']}.png").pixels
+        target = tlc_io.read_image(pairs / "target" / f"{r['image']}.png").pixels
+        mse = np.mean((np.rint(saved * 255.0) - np.rint(target * 255.0)) ** 2)  # 8-bit samples, by hand
+        value = 10 * np.log10(255.0**2 / mse)
         assert value == pytest.approx(float(r["psnr"]), abs=1e-3)
     assert len(list((out / "compare").iterdir())) == 3
     # An interruption: the last row half written, two rows lost.
@@ -241,18 +242,18 @@ def test_inspect(workspace, capsys):
 
 
 def test_out_of_memory_on_one_image_is_reported_and_the_rest_continue(workspace, pairs, tmp_path, capsys, monkeypatch):
-    import tlc.inference
+    import tlc.cli.restore as restore_command
 
-    real = tlc.inference.restore
+    real = restore_command.restore
 
-    def flaky(model, image, settings):
+    def flaky(model, image, settings, context=None):
         if image.shape[-1] == 120 and flaky.calls == 0:
             flaky.calls += 1
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
-        return real(model, image, settings)
+        return real(model, image, settings, context)
 
     flaky.calls = 0
-    monkeypatch.setattr(tlc.inference, "restore", flaky)
+    monkeypatch.setattr(restore_command, "restore", flaky)
     out = tmp_path / "out"
     assert run("restore", pairs / "input", "-o", out, *weights(workspace)) == 1
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Image I/O, the RGB model boundary, and input/pair discovery (tlc.data).
+"""Image I/O, the RGB model boundary, and input/pair discovery (tlc.io).
 
 Every file is made in tmp_path: by write_image, by OpenCV directly, or byte by byte where a
 layout is needed that neither writes (gray+alpha TIFF, a PNG header claiming a huge size, EXIF).
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from tlc import data
-from tlc.data import Image, ImageError, collect_inputs, find_pairs, read_image, write_image
+from tlc import _util
+from tlc import io as tlc_io
+from tlc._util import atomic_write
+from tlc.io import Image, ImageError, collect_inputs, find_pairs, read_image, write_image
 
 H, W = 23, 31
 PEAK = {8: 255, 16: 65535}
@@ -444,12 +446,18 @@ def test_write_refuses_to_overwrite(tmp_path):
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+def appear_while_writing(path, overwrite=False):
+    """Write through atomic_write while another writer creates ``path`` meanwhile."""
+    with atomic_write(path, overwrite=overwrite) as temporary:
+        temporary.write_bytes(b"new")
+        path.write_bytes(b"precious")
+
+
 def test_no_clobber_still_holds_when_the_file_appears_late(tmp_path):
     # The move without overwrite is a hard link, which cannot replace a file created meanwhile.
     path = tmp_path / "out.png"
-    path.write_bytes(b"precious")
     with pytest.raises(FileExistsError):
-        data._write_atomically(path, b"new", overwrite=False)
+        appear_while_writing(path)
     assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]
 
 
@@ -457,13 +465,14 @@ def test_write_without_hard_links(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(data.os, "link", no_links)
+    monkeypatch.setattr(_util.os, "link", no_links)
     path = tmp_path / "out.png"
     write_image(path, smooth_image())
     assert os.listdir(tmp_path) == ["out.png"]
+    path.unlink()
     with pytest.raises(FileExistsError):
-        data._write_atomically(path, b"new", overwrite=False)
-    assert os.listdir(tmp_path) == ["out.png"]
+        appear_while_writing(path)
+    assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]
 
 
 def test_encoder_failure_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -472,7 +481,7 @@ def test_encoder_failure_leaves_nothing_behind(tmp_path, monkeypatch):
 
     path = tmp_path / "out.png"
     path.write_bytes(b"precious")
-    monkeypatch.setattr(data.cv2, "imencode", broken)
+    monkeypatch.setattr(tlc_io.write.cv2, "imencode", broken)
     with pytest.raises(ImageError, match="cannot encode PNG .*simulated"):
         write_image(path, smooth_image(), overwrite=True)
     with pytest.raises(ImageError, match="cannot encode"):
@@ -487,7 +496,7 @@ def test_failure_while_writing_removes_the_temporary_file(tmp_path, monkeypatch)
 
     path = tmp_path / "out.png"
     path.write_bytes(b"precious")
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(_util.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         write_image(path, smooth_image(), overwrite=True)
     assert path.read_bytes() == b"precious" and os.listdir(tmp_path) == ["out.png"]
@@ -536,7 +545,7 @@ def make_image(channels: int, alpha: bool, h: int = H, w: int = W) -> Image:
 
 def test_model_input_is_rgb_nchw():
     image = make_image(3, alpha=True)
-    x = data.to_model_input(image)
+    x = tlc_io.to_model_input(image)
     assert x.shape == (1, 3, H, W) and x.dtype == torch.float32 and x.is_contiguous()
     np.testing.assert_array_equal(x[0].permute(1, 2, 0).numpy(), image.pixels)
     x.zero_()  # the tensor owns its memory
@@ -545,13 +554,13 @@ def test_model_input_is_rgb_nchw():
 
 def test_gray_in_gray_out_with_alpha_kept():
     image = make_image(1, alpha=True)
-    x = data.to_model_input(image)
+    x = tlc_io.to_model_input(image)
     assert x.shape == (1, 3, H, W)
     assert torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 0], x[0, 2])
     out = x.clone()
     out[0, 0] += 0.03
     out[0, 2] -= 0.03
-    pixels, alpha = data.from_model_output(out, image)
+    pixels, alpha = tlc_io.from_model_output(out, image)
     assert pixels.shape == (H, W, 1) and pixels.dtype == np.float32
     np.testing.assert_allclose(pixels, np.clip(image.pixels, 0, 1), atol=2e-2)
     assert alpha is image.alpha
@@ -561,24 +570,24 @@ def test_from_model_output_clamps_and_checks_shape():
     image = make_image(3, alpha=False)
     out = torch.full((3, H, W), 1.5, dtype=torch.float16)
     out[1] = -2
-    pixels, alpha = data.from_model_output(out, image)
+    pixels, alpha = tlc_io.from_model_output(out, image)
     assert alpha is None and pixels.shape == (H, W, 3) and pixels.dtype == np.float32
     assert (pixels[:, :, 0] == 1).all() and (pixels[:, :, 1] == 0).all()
     with pytest.raises(ValueError, match="input was"):
-        data.from_model_output(torch.zeros(1, 3, H + 1, W), image)
+        tlc_io.from_model_output(torch.zeros(1, 3, H + 1, W), image)
     with pytest.raises(ValueError, match="batch"):
-        data.from_model_output(torch.zeros(2, 3, H, W), image)
+        tlc_io.from_model_output(torch.zeros(2, 3, H, W), image)
     with pytest.raises(ValueError, match="shape"):
-        data.from_model_output(torch.zeros(1, 1, H, W), image)
+        tlc_io.from_model_output(torch.zeros(1, 1, H, W), image)
 
 
 def test_one_pixel_through_the_boundary():
     image = make_image(1, alpha=True, h=1, w=1)
-    x = data.to_model_input(image)
+    x = tlc_io.to_model_input(image)
     assert x.shape == (1, 3, 1, 1)
     x.fill_(0.25)  # the tensor owns its memory even where a 1x1 transpose is already contiguous
     assert image.pixels[0, 0, 0] != 0.25
-    pixels, alpha = data.from_model_output(x, image)
+    pixels, alpha = tlc_io.from_model_output(x, image)
     assert pixels.shape == (1, 1, 1) and pixels[0, 0, 0] == 0.25 and alpha is image.alpha
 
 
@@ -587,7 +596,7 @@ def test_gray_alpha_file_through_identity_model(tmp_path, bit_depth):
     src, dst = tmp_path / "in.png", tmp_path / "out.png"
     write_samples(src, "gray+alpha", bit_depth)
     image = read_image(src)
-    pixels, alpha = data.from_model_output(data.to_model_input(image), image)
+    pixels, alpha = tlc_io.from_model_output(tlc_io.to_model_input(image), image)
     write_image(dst, pixels, bit_depth=image.bit_depth, alpha=alpha)
     again = read_image(dst)
     assert (again.mode, again.bit_depth) == ("gray+alpha", bit_depth)
@@ -635,7 +644,7 @@ def test_collect_inputs_deduplicates_and_reports_problems(tmp_path):
 # find_pairs
 
 
-@pytest.mark.parametrize("a,b", data.LAYOUTS)
+@pytest.mark.parametrize("a,b", tlc_io.LAYOUTS)
 def test_find_pairs_flat_layouts(tmp_path, a, b):
     touch(tmp_path / a / "x1.png", tmp_path / a / "x2.jpg", tmp_path / b / "x1.png", tmp_path / b / "x2.png",
           tmp_path / a / "notes.txt")

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlc import data
+from tlc import io as tlc_io
 from tlc.cli import main
-from tlc.distributed import DistributedError, Launch, detect_launch, process_group, shard
+from tlc.eval.distributed import DistributedError, Launch, detect_launch, process_group, shard
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
                       "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RUN_ID")
@@ -40,8 +40,8 @@ def pairs(tmp_path_factory):
         yy, xx = np.mgrid[0:h, 0:w] / 20.0
         clean = np.stack([0.5 + 0.4 * np.sin(xx * (c + 1) + yy) for c in range(3)], -1).astype(np.float32)
         noise = rng.normal(0, 0.1, clean.shape) * (xx / xx.max())[..., None]
-        data.write_image(root / "target" / f"img{i}.png", clean)
-        data.write_image(root / "input" / f"img{i}.png", np.clip(clean + noise, 0, 1).astype(np.float32))
+        tlc_io.write_image(root / "target" / f"img{i}.png", clean)
+        tlc_io.write_image(root / "input" / f"img{i}.png", np.clip(clean + noise, 0, 1).astype(np.float32))
     return root
 
 

@@ -1,4 +1,4 @@
-"""Tiled TLC (issue 7): a converted model run tile by tile reproduces its whole-image output."""
+"""Tiled TLC: a converted model run tile by tile reproduces its whole-image output."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import tlc
-from tlc import data
+from tlc import io as tlc_io
 from tlc.cli import main
-from tlc.inference import (
+from tlc.run import (
     RunSettings,
     TilePlan,
     model_tile_plan,
@@ -152,6 +152,19 @@ def test_context_of_a_known_model_and_exactness_at_its_margin():
         assert (run_plan(model, x, short) - whole).abs().max() > 1e-3
 
 
+def test_the_plan_follows_the_model_as_it_is_now_or_the_context_the_caller_holds():
+    # No cache keyed by the model: a window changed in place changes the next plan's margin.
+    model = nn.Sequential(nn.Conv2d(3, 6, 2, stride=2), LocalAvgPool2d(4), nn.ConvTranspose2d(6, 3, 2, stride=2)).eval()
+    held = tile_context(model)
+    assert model_tile_plan(model, (62, 94), 0.0012).margin == held.margin == (8, 8)
+    model[1] = LocalAvgPool2d(8)  # reach (4 + 1) * 2 = 10, plus the convolutions' 1: 11, rounded up to 12
+    assert model_tile_plan(model, (62, 94), 0.0012).margin == (12, 12)
+    assert model_tile_plan(model, (62, 94), 0.0012, context=held).margin == (8, 8)
+    x = torch.rand(1, 3, 62, 94)
+    settings = RunSettings(max_megapixels=0.0012)
+    assert torch.equal(restore(model, x, settings, tile_context(model)), restore(model, x, settings))
+
+
 def test_context_adds_windows_for_the_exact_bound_and_flags_grid_windows():
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), LocalAvgPool2d(9), LocalAvgPool2d((5, 11)), nn.Conv2d(3, 3, 3, padding=1))
     context = tile_context(model)
@@ -266,7 +279,7 @@ def test_run_plan_checks_sizes():
 @pytest.fixture(scope="module")
 def photo_png(tmp_path_factory, noisy_photo):
     path = tmp_path_factory.mktemp("tiled") / "in" / "coffee.png"
-    data.write_image(path, noisy_photo[0, :, :240, :331].permute(1, 2, 0).numpy())
+    tlc_io.write_image(path, noisy_photo[0, :, :240, :331].permute(1, 2, 0).numpy())
     return path
 
 
@@ -275,8 +288,8 @@ def test_cli_max_megapixels_matches_the_whole_image(photo_png, tmp_path, capsys)
     assert main([*common, "-o", str(tmp_path / "whole")]) == 0
     assert main([*common, "-o", str(tmp_path / "tiled"), "--max-megapixels", "0.06"]) == 0
     assert "2x2 tiles" in capsys.readouterr().err
-    whole = data.read_image(tmp_path / "whole" / "coffee.png").pixels
-    tiled = data.read_image(tmp_path / "tiled" / "coffee.png").pixels
+    whole = tlc_io.read_image(tmp_path / "whole" / "coffee.png").pixels
+    tiled = tlc_io.read_image(tmp_path / "tiled" / "coffee.png").pixels
     assert np.abs(whole - tiled).max() <= 1 / 255 + 1e-6  # at most one rounding step
     assert (whole == tiled).mean() > 0.999
 

@@ -9,11 +9,11 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, data, functional, metrics, models
-from .checkpoints import CheckpointError, detect, load_model, read_state_dict
+from . import archs, functional, io, metrics, models
+from .zoo import CheckpointError, detect, load_model, read_state_dict
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .export import ExportError, OnnxExport, export_onnx
-from .functional import CallSite  # functional call sites (issue 7)
+from .functional import CallSite
 from .local_attention import LocalTransposedAttention
 from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
 from .ops import (
@@ -64,7 +64,7 @@ __all__ = [
     "SkippedOp",
     "__version__",
     "archs",
-    "data",
+    "io",
     "export_onnx",
     "functional",
     "metrics",

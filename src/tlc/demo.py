@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, models
+from . import io
+from .zoo import registry
 from .cli import main as tlc_main
 
 MODEL = "tiny-nafnet"
@@ -47,13 +48,13 @@ def photograph(name: str) -> np.ndarray:
 
 
 def run(out: Path = Path("demo-output")) -> int:
-    entry = models.get(MODEL)
+    entry = registry.get(MODEL)
     card = json.loads(entry.bundled_weights.with_suffix(".json").read_text())
     sharp = out / "sharp"
     for name in card["data"]["test_images"]:
         path = sharp / f"{name}.png"
         if not path.exists():
-            data.write_image(path, photograph(name))
+            io.write_image(path, photograph(name))
     crop = entry.train_size[0]
     tile = ["--tile", str(2 * crop), "--overlap", str(crop // 2)]
     for label, noise in SETS.items():

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .nn import LocalAvgPool2d
-from .ops._common import Pair, as_pair
+from ._util import Pair, as_pair, atomic_write, eval_mode, one_line, output_tensors
 
 INPUT_NAME = "image"
 
@@ -71,11 +71,11 @@ class OnnxExport:
 
 
 def _output_tensors(output: object) -> list[torch.Tensor]:
-    """The tensors a model returns: one tensor, or a flat list/tuple of them (HINet's stages)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output):
-        return list(output)
+    """The tensors a model returns: one tensor, or a flat list/tuple of them (HINet's stages); ONNX
+    outputs are a flat list, so nothing nested."""
+    flat = isinstance(output, (list, tuple)) and output and all(isinstance(t, torch.Tensor) for t in output)
+    if isinstance(output, torch.Tensor) or flat:
+        return list(output_tensors(output))
     raise ExportError(f"the model must return a tensor or a list/tuple of tensors, got {type(output).__name__}")
 
 
@@ -99,20 +99,8 @@ def _example(
                 return x, len(_output_tensors(model(x)))
         except RuntimeError as err:
             if in_channels is not None or "channels" not in str(err):
-                raise ExportError(f"the model fails on a {tuple(x.shape)} input: {_first_line(err)}") from err
+                raise ExportError(f"the model fails on a {tuple(x.shape)} input: {one_line(err)}") from err
     raise ExportError(f"the model runs on none of {candidates} input channels: pass in_channels")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the export; every module's own train/eval flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.train(flag)
 
 
 @contextlib.contextmanager
@@ -131,16 +119,37 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _check_sizes(size: Pair) -> list[tuple[int, int]]:
     """Second check sizes, first that the model runs at: larger, so windows smaller than the map
     are exercised, and odd on both axes (a parity branch shows); doubled for models that need
     even sizes."""
     return [(2 * size[0] + 1, 2 * size[1] + 3), (2 * size[0], 2 * size[1])]
+
+
+def _check_arguments(
+    model: nn.Module, path: str | os.PathLike, example_size: int | Pair, overwrite: bool
+) -> tuple[Path, Pair, torch.device, torch.dtype]:
+    """The destination, the example size and the model's device and dtype, checked before any tracing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the .onnx file to write")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    size = as_pair(example_size, "example_size")
+    if min(size) < 2:
+        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
+    fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
+    if fast is not None:
+        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
+                          "depends on the image size; convert with fast=False to export")
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    if dtype not in (torch.float32, torch.float64, torch.float16):
+        raise ExportError(f"export a float32, float64 or float16 model, not {dtype} (onnxruntime lacks most bfloat16 kernels)")
+    return path, size, device, dtype
 
 
 def export_onnx(
@@ -186,25 +195,7 @@ def export_onnx(
         ExportError: the model cannot be traced with dynamic sizes, or the check fails.
     """
     start = time.perf_counter()
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give the .onnx file to write")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    size = as_pair(example_size, "example_size")
-    if min(size) < 2:
-        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
-    fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
-    if fast is not None:
-        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
-                          "depends on the image size; convert with fast=False to export")
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    if dtype not in (torch.float32, torch.float64, torch.float16):
-        raise ExportError(f"export a float32, float64 or float16 model, not {dtype} (onnxruntime lacks most bfloat16 kernels)")
+    path, size, device, dtype = _check_arguments(model, path, example_size, overwrite)
     try:
         import onnx
         import onnxscript  # noqa: F401 (the exporter needs it; say so up front)
@@ -215,9 +206,8 @@ def export_onnx(
     dims = {2: torch.export.Dim.DYNAMIC(min=2), 3: torch.export.Dim.DYNAMIC(min=2)}
     if dynamic_batch:
         dims[0] = torch.export.Dim.DYNAMIC
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with _eval_mode(model), _quiet_exporter():
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        with eval_mode(model), _quiet_exporter():
             example, outputs = _example(model, (batch, *size), in_channels, device, dtype)
             channels, names = example.shape[1], _output_names(outputs)
             try:
@@ -226,7 +216,7 @@ def export_onnx(
                 with torch.fx.experimental._config.patch(backed_size_oblivious=True):
                     program = torch.export.export(model, (example,), dynamic_shapes=(dims,), strict=False)
             except Exception as err:
-                raise ExportError(f"torch.export could not trace the model with dynamic sizes: {_first_line(err)}") from err
+                raise ExportError(f"torch.export could not trace the model with dynamic sizes: {one_line(err)}") from err
             _check_sizes_stay_dynamic(program, sorted(dims))
             try:
                 onnx_program = torch.onnx.export(
@@ -234,7 +224,7 @@ def export_onnx(
                     opset_version=opset, dynamo=True, verbose=False, optimize=True,
                 )
             except Exception as err:
-                raise ExportError(f"the ONNX exporter failed: {_first_line(err)}") from err
+                raise ExportError(f"the ONNX exporter failed: {one_line(err)}") from err
             onnx_program.save(tmp, external_data=False)
             _name_dynamic_dims(onnx, tmp, sorted(dims))
             seconds = time.perf_counter() - start
@@ -243,9 +233,6 @@ def export_onnx(
             if check:
                 others = [(1, channels, *hw) for hw in _check_sizes(size)]
                 checked, max_diff = _check_onnxruntime(model, tmp, example.shape, others, device, dtype, tolerance)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return OnnxExport(path, opset, INPUT_NAME, names, checked, max_diff, seconds)
 
 

@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from ._util import output_tensors
 from .convert import ConversionReport
 
 
@@ -37,7 +38,7 @@ def activation_memory(original: nn.Module, converted: nn.Module, report: Convers
         return hook
 
     def record_output(module: nn.Module, args: tuple, out: object) -> None:
-        outputs.extend(t.numel() * 4 for t in _tensors(out))
+        outputs.extend(t.numel() * 4 for t in output_tensors(out))
 
     for path, module in meta.named_modules():
         if path in paths:
@@ -67,11 +68,3 @@ def activation_memory(original: nn.Module, converted: nn.Module, report: Convers
     lines.append(f"activation memory (float32, batch 1): {_mib(sum(outputs))} for all module outputs, "
                  f"largest single output {_mib(max(outputs, default=0))}")
     return "\n".join(lines)
-
-
-def _tensors(obj: object):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)

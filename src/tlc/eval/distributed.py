@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .._util import one_line
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -109,11 +111,6 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(items[rank::world_size])
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 class Group:
     """The processes of one run and the collectives between them.
 
@@ -139,7 +136,7 @@ class Group:
         except RuntimeError as err:  # gloo/nccl timeouts and closed connections
             raise DistributedError(
                 f"rank {self.rank}: lost contact with the other processes while {what} "
-                f"(waited at most {self.timeout_s:g} s; {_first_line(err)})"
+                f"(waited at most {self.timeout_s:g} s; {one_line(err, typed=True)})"
             ) from err
 
     def all_gather(self, obj: Any, what: str = "exchanging results") -> list[Any]:
@@ -169,7 +166,7 @@ class Group:
         error, re-raised, if it failed itself); the other ranks raise :class:`PeerFailed` (silent:
         rank 0 speaks for them), or their own error while there is no working rank 0 to report it.
         """
-        mine = None if error is None else _first_line(error)
+        mine = None if error is None else one_line(error, typed=True)
         messages = self.all_gather(mine, what)
         failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
         if not failed:
@@ -235,7 +232,7 @@ def process_group(launch: Launch, *, device: str = "cpu", timeout_s: float = DEF
                                 timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as err:
         raise DistributedError(f"rank {launch.rank}: could not join the other {launch.world_size - 1} process(es) "
-                               f"({_first_line(err)})") from err
+                               f"({one_line(err, typed=True)})") from err
     try:
         yield Group(launch, timeout_s)
     finally:

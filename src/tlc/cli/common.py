@@ -1,0 +1,82 @@
+"""What every subcommand shares: the usage error, size parsing, console output, the device, and
+the model and running option groups."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); '720x1280' -> (720, 1280) (height x width)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H or HxW in pixels, got {text!r}") from None
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or HxW with positive sizes, got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="NAME", help="registry name (see `tlc inspect --list`)")
+    group.add_argument("--weights", metavar="PATH", type=Path, help="checkpoint file (.pth, .pt, .safetensors)")
+    group.add_argument("--train-size", metavar="H[xW]", type=parse_size,
+                       help="training crop size (default: the registry entry's, else 256)")
+    group.add_argument("--base-size", metavar="H[xW]", type=parse_size,
+                       help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
+    group.add_argument("--fast", action="store_true",
+                       help="use the reference's approximate fast_imp pooling (not exact)")
+    group.add_argument("--functional", action="store_true",
+                       help="also make global ops called as functions local: x.mean((2, 3), keepdim=True), "
+                            "F.adaptive_avg_pool2d(x, 1), F.instance_norm, ... (see docs/functional.md)")
+
+
+def add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:
+    group = parser.add_argument_group("running")
+    if modes:
+        group.add_argument("--mode", choices=("tlc", "full", "tiles"), default="tlc",
+                           help="tlc: converted model on the whole image (default); full: as trained; "
+                                "tiles: overlapping tiles blended")
+    group.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size for tiles mode (default 256)")
+    group.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default 32)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                       help="precision of the model (default float32)")
+
+
+def device(name: str) -> str:
+    """The torch device a --device value names ("auto": cuda when available, else cpu)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        found = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is available")
+    return name
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="img", disable=None, file=sys.stderr, dynamic_ncols=True)
+
+
+def say(text: str) -> None:
+    """One line for the user, on stderr (stdout carries results)."""
+    print(text, file=sys.stderr)

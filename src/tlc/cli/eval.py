@@ -1,0 +1,116 @@
+"""``tlc eval``: score a model on a paired dataset in several modes (resumable, torchrun-aware)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from .. import io
+from ..eval.distributed import DistributedError, PeerFailed, detect_launch, process_group
+from ..eval.evaluate import EvalSettings, evaluate
+from ..eval.metrics import PROTOCOLS, Protocol
+from ..eval.records import EvaluationError
+from .common import UsageError, add_model_options, add_run_options, device, progress, say
+from .chooser import chosen_model, models_for
+
+SUMMARY = "Score a model on a paired dataset in several modes (resumable)."
+EXAMPLES = (
+    "  tlc eval GoPro/test --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth --out results/\n"
+    "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare\n"
+    "  tlc eval SIDD/val --weights model.pth --protocol float\n"
+    "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders).\n"
+    "The default protocol (gopro) rounds outputs to uint8 and scores RGB PSNR and 3-D SSIM,\n"
+    "as the reference repositories and MATLAB's ssim on RGB arrays do.\n"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, metavar="DATASET", help="paired dataset folder")
+    parser.add_argument("--modes", default="full,tlc", help="comma-separated among full, tlc, tiles (default full,tlc)")
+    parser.add_argument("--out", type=Path, default=Path("tlc-eval"), metavar="DIR",
+                        help="results folder; rerun with the same one to resume (default tlc-eval)")
+    parser.add_argument("--protocol", default="gopro", help="gopro (default), y, float or per-channel-2d")
+    parser.add_argument("--y-channel", action="store_true", help="score the Y channel")
+    parser.add_argument("--crop-border", type=int, default=None, metavar="N", help="ignore N pixels at each border")
+    parser.add_argument("--save-images", action="store_true", help="write restored images per mode")
+    parser.add_argument("--compare", action="store_true", help="write side-by-side crops: input | modes | target")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N pairs")
+    parser.add_argument("--sync-timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="under torchrun: how long a process waits for the others before failing "
+                             "(default 1800)")
+    add_model_options(parser)
+    add_run_options(parser, modes=False)
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    if args.protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {args.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS[args.protocol]
+    if args.y_channel:
+        protocol = replace(protocol, y_channel=True)
+    if args.crop_border is not None:
+        if args.crop_border < 0:
+            raise UsageError("--crop-border must be >= 0")
+        protocol = replace(protocol, crop_border=args.crop_border)
+    if args.y_channel or args.crop_border:
+        protocol = replace(protocol, name=f"{protocol.name}{'+y' if protocol.y_channel else ''}"
+                                          f"{f'+crop{protocol.crop_border}' if protocol.crop_border else ''}")
+    return protocol
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in ("full", "tlc", "tiles") for m in modes):
+        raise UsageError(f"--modes takes full, tlc and tiles, got {text!r}")
+    return modes
+
+
+def run(args: argparse.Namespace) -> int:
+    modes = _modes(args.modes)
+    if not args.sync_timeout > 0:
+        raise UsageError(f"--sync-timeout must be a positive number of seconds, got {args.sync_timeout:g}")
+    protocol = _protocol(args)
+    pairs = io.find_pairs(args.dataset)
+    if args.limit is not None:
+        pairs = replace(pairs, pairs=pairs.pairs[: args.limit])
+    where = device(args.device)
+    try:
+        launch = detect_launch()  # torchrun's RANK, WORLD_SIZE, ...; a plain run is rank 0 of 1
+    except DistributedError as err:
+        raise UsageError(str(err)) from None
+    speak = say if launch.rank == 0 else (lambda text: None)  # rank 0 speaks for the run; the others only fail
+    try:
+        with process_group(launch, device=where, timeout_s=args.sync_timeout) as group:
+            per_mode, report, chosen, error = None, "", None, None
+            try:
+                chosen = chosen_model(args)
+                per_mode, report = models_for(chosen, modes, where, args.dtype, args.fast, args.functional)
+            except Exception as err:  # told to the others, so none of them waits for this process
+                if not launch.distributed:
+                    raise
+                error = err
+            group.agree(error, "loading the model")
+            if report:
+                speak(report)
+            settings = EvalSettings(model=chosen.description, modes=tuple(modes), protocol=protocol,
+                                    train_size=chosen.train_size, base_size=chosen.base_size, fast=args.fast,
+                                    functional=args.functional,
+                                    tile=args.tile, overlap=args.overlap, device=where, dtype=args.dtype)
+            processes = f", {launch.world_size} processes" if launch.distributed else ""
+            speak(f"{len(pairs.pairs)} pairs ({pairs.layout} layout), modes {', '.join(modes)}, "
+                  f"protocol {protocol.name}{processes}")
+            desc = "evaluating (rank 0's share)" if launch.distributed else "evaluating"
+            result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images,
+                              compare=args.compare, progress=lambda it: progress(it, desc=desc), log=speak,
+                              group=group)
+    except PeerFailed:
+        # Rank 0 names the failed process. Exiting 0 lets torchrun wait for rank 0 to say so (a
+        # non-zero exit here would make torchrun kill rank 0 first); the launch fails with rank 0.
+        return 0
+    except DistributedError as err:
+        raise EvaluationError(f"{err}; the rows finished so far are kept: rerun to resume") from None
+    if launch.rank == 0:
+        print(result.table())
+        speak(f"results in {args.out}/ (per_image.csv, summary.json)")
+    return 1 if result.failures else 0

@@ -1,0 +1,81 @@
+"""The ``tlc`` command line: restore, eval, inspect, synth, export.
+
+Every subcommand has ``--help`` with examples. Bad input gives a one-line ``tlc: error: ...`` and
+a non-zero exit code (2 for unusable arguments or inputs, 1 when some files failed), never a
+traceback (set TLC_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .. import __version__
+from ..convert import ConversionError
+from ..eval.records import EvaluationError
+from ..io import ImageError
+from ..zoo import CheckpointError
+from . import eval as eval_command
+from . import export, inspect, restore, synth
+from .common import UsageError, say
+
+DESCRIPTION = """\
+tlc: Test-time Local Converter for image restoration models.
+
+Restoration networks trained on small crops lose quality on whole images because their global
+operations (global average pooling, instance norm, transposed attention) aggregate over far more
+than they saw in training. tlc makes those operations local, over a window about the training
+crop, without retraining.
+"""
+
+EXAMPLES = """\
+examples:
+  tlc restore photo.png -o out/ --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth
+  tlc eval datasets/GoPro/test --weights model.pth --modes full,tlc,tiles --out results/
+  tlc inspect --model restormer-gopro --size 720x1280
+  tlc synth sharp_photos/ synthetic_set/ --noise 5 50 --noise-pattern step
+"""
+
+#: name -> the module with its SUMMARY, EXAMPLES, add_arguments(parser) and run(args) -> exit code.
+COMMANDS = {"restore": restore, "eval": eval_command, "inspect": inspect, "synth": synth, "export": export}
+
+KNOWN_ERRORS = (UsageError, CheckpointError, ConversionError, FileNotFoundError, ImageError, EvaluationError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlc", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tlc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(
+            name, help=command.SUMMARY, description=command.SUMMARY, epilog=f"examples:\n{command.EXAMPLES}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command].run(args)
+    except KNOWN_ERRORS as err:
+        say(f"tlc: error: {err}")
+        return 2
+    except KeyboardInterrupt:
+        say("tlc: interrupted")
+        return 130
+    except Exception as err:  # a bug or an environment problem: still one line unless asked
+        if os.environ.get("TLC_DEBUG"):
+            traceback.print_exc()
+        else:
+            say(f"tlc: error: {type(err).__name__}: {err} (set TLC_DEBUG=1 for a traceback)")
+        return 1

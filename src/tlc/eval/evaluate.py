@@ -1,0 +1,382 @@
+"""Evaluation on paired folders: several modes on the same pairs, resumable, with a summary.
+
+Results go to an output folder:
+
+- ``per_image.csv``: one row per (image, mode): psnr (dB), ssim, seconds (model time only).
+  Rows are appended and flushed as they are computed, so an interrupted run resumes: a rerun
+  with the same folder and settings skips the (image, mode) rows already there.
+- ``run.json``: the settings the rows were computed with; a rerun with other settings is refused
+  rather than mixing results.
+- ``summary.json``: per mode: mean PSNR and SSIM, images, seconds per image, peak memory, and the
+  protocol, model and settings.
+- with ``save_images``: ``images/<mode>/<name>.png``; with ``compare``: ``compare/<name>.png``,
+  centre crops side by side in the order input | modes... | target.
+
+Under torchrun (several processes, one or more machines) the pairs with work left are shared
+round robin; process k appends its rows to ``per_image.rank<k>.csv`` and rank 0 merges them into
+``per_image.csv`` in the single-process order (pairs, then modes) at the end, so the results
+equal a single-process run. An interrupted run leaves those files; the next run, with any
+number of processes, folds them in first and skips their rows. docs/distributed.md has more.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io
+from .._util import one_line, write_atomically
+from ..io import PairedSet
+from ..run import RunSettings, restore
+from .distributed import Group, shard
+from .memory import PeakMemory
+from .metrics import Protocol
+from .records import (
+    CSV_FIELDS,
+    EvaluationError,
+    check_resume,
+    merge_rows,
+    previous_peaks,
+    rank_files,
+    row_order,
+)
+from .report import ModeSummary, side_by_side, summarise
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that decides the numbers of an evaluation (recorded in run.json).
+
+    Attributes:
+        model: description of the model (registry name or weights path).
+        modes: modes to run, among "full", "tiles", "tlc".
+        protocol: how outputs are scored.
+        train_size, base_size: TLC setting, (H, W) in pixels.
+        fast: the approximate fast_imp pooling for TLC.
+        functional: TLC also converts global ops called as functions (``convert(functional=True)``).
+        tile, overlap: tiling for mode "tiles".
+        device, dtype: where and in what precision the model runs.
+    """
+
+    model: str
+    modes: tuple[str, ...]
+    protocol: Protocol
+    train_size: tuple[int, int]
+    base_size: tuple[int, int]
+    fast: bool = False
+    functional: bool = False
+    tile: int = 256
+    overlap: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def run_settings(self, mode: str) -> RunSettings:
+        return RunSettings(mode=mode, tile=self.tile, overlap=self.overlap, device=self.device, dtype=self.dtype)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["modes"] = list(self.modes)
+        return record
+
+
+
+@dataclass
+class EvalResult:
+    settings: EvalSettings
+    modes: dict[str, ModeSummary]
+    resumed_rows: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The per-mode results as an aligned text table."""
+        lines = [f"{'mode':<8}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"]
+        for mode, s in self.modes.items():
+            memory = f"{s.peak_memory_mib:.0f}" if s.peak_memory_mib is not None else "-"
+            lines.append(f"{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Plan:
+    """What rank 0 decides before the work starts, shared with every process.
+
+    Attributes:
+        names: the pair names, in order (each process checks it found the same pairs).
+        done: (image, mode) rows already in per_image.csv.
+        pending: (pair index, compare strip still needed) of the pairs with work left, in order.
+        resumed: rows of this run's pairs and modes already done.
+        peaks: peak memory per mode recorded by an earlier run into the folder (MiB or None).
+        token: written to SHARED_CHECK by rank 0; each process reads it back to prove that it
+            sees the same folder (None for a single process).
+    """
+
+    names: list[str]
+    done: set[tuple[str, str]]
+    pending: list[tuple[int, bool]]
+    resumed: int
+    peaks: dict[str, float | None]
+    token: str | None = None
+
+
+SHARED_CHECK = ".tlc-shared-check"
+
+
+def _prepare(out_dir: Path, pairs: PairedSet, settings: EvalSettings, compare: bool, world_size: int,
+             log: Callable[[str], None]) -> _Plan:
+    """Rank 0: check run.json, fold in rows left by an interrupted run, and plan the work left."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_resume(out_dir, settings.to_dict())
+    leftovers = rank_files(out_dir)
+    rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
+    if leftovers:
+        log(f"merged {sum(per_file.values())} row(s) left by an interrupted run with several processes "
+            f"({', '.join(p.name for p in leftovers)}) into per_image.csv")
+    done = {(r["image"], r["mode"]) for r in rows}
+    names = [name for name, _, _ in pairs.pairs]
+    resumed = sum(1 for name in names for mode in settings.modes if (name, mode) in done)
+    if resumed:
+        total = len(names) * len(settings.modes)
+        log(f"resuming: {resumed} of {total} (image, mode) rows already in {out_dir / 'per_image.csv'}, skipping them")
+    pending = []
+    for index, name in enumerate(names):
+        need_strip = compare and not (out_dir / "compare" / f"{name}.png").exists()
+        if need_strip or any((name, mode) not in done for mode in settings.modes):
+            pending.append((index, need_strip))
+    token = None
+    if world_size > 1:
+        token = uuid.uuid4().hex
+        write_atomically(out_dir / SHARED_CHECK, token)
+    return _Plan(names, done, pending, resumed, previous_peaks(out_dir / "summary.json", settings.modes), token)
+
+
+def _check_plan(plan: _Plan, pairs: PairedSet, out_dir: Path) -> None:
+    """A process other than rank 0: does it see the same pairs and the same results folder?"""
+    if plan.names != [name for name, _, _ in pairs.pairs]:
+        raise EvaluationError("this process found other pairs in the dataset than rank 0 did; "
+                              "every node needs the same dataset")
+    try:
+        seen = (out_dir / SHARED_CHECK).read_text()
+    except OSError:
+        seen = None
+    if seen != plan.token:
+        raise EvaluationError(f"{out_dir} is not the folder rank 0 writes to; with several nodes, --out must be "
+                              "on a filesystem they all share")
+
+
+def _evaluate_share(
+    models: dict[str, nn.Module],
+    pairs: PairedSet,
+    settings: EvalSettings,
+    out_dir: Path,
+    plan: _Plan,
+    share: list[tuple[int, bool]],
+    csv_path: Path,
+    *,
+    save_images: bool,
+    progress: Callable[[Iterable], Iterable],
+) -> tuple[dict[str, float | None], list[tuple[int, str]], int]:
+    """Run this process's pairs, appending a row to ``csv_path`` per (image, mode) as it goes.
+
+    Returns:
+        peak memory per mode in MiB (None where not measured), the failures as (pair index,
+        message), and the number of rows written.
+    """
+    new_file = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new_file:
+            writer.writeheader()
+            f.flush()
+        runner = _ShareRunner(models, settings, out_dir, writer, f, save_images)
+        for index, need_images in progress(share):
+            name = pairs.pairs[index][0]
+            runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done], need_images)
+    return runner.peaks, runner.failures, runner.written
+
+
+class _ShareRunner:
+    """One process's pairs: runs each mode, appends rows, writes images; counts what happened."""
+
+    def __init__(self, models: dict[str, nn.Module], settings: EvalSettings, out_dir: Path, writer: csv.DictWriter,
+                 file: object, save_images: bool) -> None:
+        self.models, self.settings, self.out_dir = models, settings, out_dir
+        self.writer, self.file, self.save_images = writer, file, save_images
+        self.peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
+        self.failures: list[tuple[int, str]] = []
+        self.written = 0
+
+    def pair(self, index: int, pair: tuple[str, Path, Path], todo: list[str], need_images: bool) -> None:
+        """Score the modes in ``todo`` on one pair; with ``need_images`` also the compare strip."""
+        name, input_path, target_path = pair
+        try:
+            degraded, target = io.read_image(input_path), io.read_image(target_path)
+        except io.ImageError as err:
+            self.failures.append((index, f"{name}: {err}"))
+            return
+        if degraded.pixels.shape[:2] != target.pixels.shape[:2]:
+            self.failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
+                                         f"{target.pixels.shape[:2]} differ in size"))
+            return
+        x = io.to_model_input(degraded)
+        outputs = {}
+        for mode in self.settings.modes:
+            if mode not in todo and not need_images:
+                continue
+            try:
+                pixels, seconds = self._restore(mode, x, degraded)
+            except (RuntimeError, MemoryError) as err:  # out of memory and the like: skip, go on
+                self.failures.append((index, f"{name} [{mode}]: {one_line(err, typed=True)}"))
+                continue
+            outputs[mode] = pixels
+            if mode in todo:
+                value_psnr, value_ssim = self.settings.protocol.score(pixels, target.pixels)
+                self.writer.writerow({"image": name, "mode": mode, "psnr": f"{value_psnr:.6f}",
+                                      "ssim": f"{value_ssim:.6f}", "seconds": f"{seconds:.4f}"})
+                self.file.flush()
+                self.written += 1
+            if self.save_images:
+                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels)
+        if need_images and outputs:
+            self._write(self.out_dir / "compare" / f"{name}.png",
+                        side_by_side([degraded.pixels, *outputs.values(), target.pixels]))
+
+    def _restore(self, mode: str, x: torch.Tensor, like: io.Image) -> tuple[np.ndarray, float]:
+        """The restored pixels of one mode and its model time in seconds; peak memory recorded."""
+        with PeakMemory(self.settings.device) as memory:
+            start = time.perf_counter()
+            restored = restore(self.models[mode], x, self.settings.run_settings(mode))
+            seconds = time.perf_counter() - start
+        if memory.peak_mib is not None:
+            self.peaks[mode] = max(self.peaks[mode] or 0.0, memory.peak_mib)
+        return io.from_model_output(restored, like)[0], seconds
+
+    @staticmethod
+    def _write(path: Path, pixels: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_image(path, pixels, bit_depth=8, overwrite=True)
+
+
+def _finish(
+    out_dir: Path,
+    pairs: PairedSet,
+    settings: EvalSettings,
+    plan: _Plan,
+    reports: list[tuple[dict, list, int]],
+    *,
+    compare: bool,
+    world_size: int,
+    log: Callable[[str], None],
+) -> EvalResult:
+    """Rank 0: merge every process's rows into per_image.csv and write summary.json."""
+    rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
+    if world_size > 1:
+        for rank, (_, _, written) in enumerate(reports):
+            path = out_dir / f"per_image.rank{rank}.csv"
+            if per_file.get(path, 0) < written:
+                raise EvaluationError(
+                    f"rank {rank} wrote {written} row(s) but {per_file.get(path, 0)} are readable in {path}; "
+                    "with several nodes, --out must be on a filesystem they all share")
+    peaks = dict(plan.peaks)
+    for rank_peaks, _, _ in reports:  # peak memory: the largest of any process
+        for mode, value in rank_peaks.items():
+            if value is not None:
+                peaks[mode] = max(peaks.get(mode) or 0.0, value)
+    failures = [text for _, text in sorted((f for _, rank_failures, _ in reports for f in rank_failures),
+                                           key=lambda f: f[0])]
+    for failure in failures:
+        log(f"failed: {failure}")
+    result = EvalResult(settings, summarise(rows, set(plan.names), settings.modes, peaks), plan.resumed, failures)
+    summary = {
+        "modes": {mode: asdict(s) for mode, s in result.modes.items()},
+        "protocol": asdict(settings.protocol),
+        "model": settings.model,
+        "settings": settings.to_dict(),
+        "pairs": len(pairs.pairs),
+        "layout": pairs.layout,
+        "processes": world_size,
+        "failures": failures,
+        "compare_order": ["input", *settings.modes, "target"] if compare else None,
+    }
+    write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    return result
+
+
+def evaluate(
+    models: dict[str, nn.Module],
+    pairs: PairedSet,
+    settings: EvalSettings,
+    out_dir: Path,
+    *,
+    save_images: bool = False,
+    compare: bool = False,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+    log: Callable[[str], None] = print,
+    group: Group | None = None,
+) -> EvalResult:
+    """Evaluate each mode's model on every pair and write the results to ``out_dir``.
+
+    With several processes (``group`` from :func:`tlc.eval.distributed.process_group`, under torchrun)
+    every process calls this with the same arguments: rank 0 checks run.json, folds in rows left
+    by an interrupted run and plans the pairs with work left; they are shared round robin; each
+    process appends its rows to ``per_image.rank<k>.csv``; rank 0 then merges them into
+    per_image.csv in the single-process order and writes summary.json. Every process returns the
+    same result. A failure in one process stops all of them with rank 0 naming it; the rows
+    written so far are kept, and a rerun, with any number of processes, resumes.
+
+    Args:
+        models: mode -> model to run for it (the TLC mode's model already converted), on
+            ``settings.device`` in ``settings.dtype``.
+        pairs: the paired set to score.
+        settings: recorded in run.json; a rerun into the same folder must use the same.
+        out_dir: results folder (created); shared by all processes.
+        save_images, compare: also write restored images / comparison strips.
+        progress: wraps the iteration over rank 0's pairs (e.g. a tqdm progress bar).
+        log: where rank 0's resume and failure notes go (other ranks log nothing).
+        group: the processes of the run; None: this process alone.
+
+    Raises:
+        EvaluationError: the folder holds other settings (or, seen from a process other than
+            rank 0, is not the folder rank 0 writes to).
+        tlc.eval.distributed.DistributedError: (rank 0) another process failed, naming it and its
+            error; (any rank) the others stopped answering within the group's timeout.
+        tlc.eval.distributed.PeerFailed: (ranks other than 0) another process failed; rank 0 says which.
+    """
+    group = group or Group()
+    distributed = group.world_size > 1
+    plan = group.run_on_rank0(lambda: _prepare(out_dir, pairs, settings, compare, group.world_size, log),
+                              "checking the results folder")
+    if distributed:
+        error = None
+        if group.rank != 0:
+            try:
+                _check_plan(plan, pairs, out_dir)
+            except EvaluationError as err:
+                error = err
+        group.agree(error, "checking that every process sees the same files")
+        if group.rank == 0:
+            (out_dir / SHARED_CHECK).unlink(missing_ok=True)
+    share = shard(plan.pending, group.rank, group.world_size)
+    csv_path = out_dir / (f"per_image.rank{group.rank}.csv" if distributed else "per_image.csv")
+    report, error = None, None
+    try:
+        report = _evaluate_share(models, pairs, settings, out_dir, plan, share, csv_path, save_images=save_images,
+                                 progress=progress if group.rank == 0 else (lambda it: it))
+    except Exception as err:  # shared with the others below: nobody waits for a process that gave up
+        if not distributed:
+            raise
+        error = err
+    group.agree(error, "evaluating its pairs")
+    reports = group.all_gather(report, "collecting the results")
+    return group.run_on_rank0(
+        lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, world_size=group.world_size,
+                        log=log),
+        "merging the results")

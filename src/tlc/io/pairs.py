@@ -1,0 +1,164 @@
+"""Finding inputs (files, folders, glob patterns) and input/target pairs of a dataset folder."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .image import ImageError, PathLike
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
+# (input folder, target folder) names of paired datasets, in the order they are tried.
+LAYOUTS: tuple[tuple[str, str], ...] = (("input", "target"), ("blur", "sharp"), ("lq", "gt"))
+_MAX_LISTED = 10
+
+
+@dataclass
+class PairedSet:
+    """Input/target pairs found by :func:`find_pairs`.
+
+    Attributes:
+        pairs: (name, input path, target path), sorted by name; the name is the file stem, or
+            "scene/stem" in the nested layout.
+        layout: the folder layout found, e.g. "input/target" or "*/blur/sharp" (nested scenes).
+        unmatched_inputs: input files with no target of the same stem.
+        unmatched_targets: target files with no input of the same stem.
+    """
+
+    pairs: list[tuple[str, Path, Path]]
+    layout: str
+    unmatched_inputs: list[Path] = field(default_factory=list)
+    unmatched_targets: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+
+def _is_image_file(p: Path) -> bool:
+    # Hidden names are skipped: macOS "._x.png" resource forks and our own temporary files.
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+
+
+def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Image files named by command-line specs: files, folders and glob patterns.
+
+    A file is taken as given (its content is checked when read); a folder gives its image files
+    (non-recursive, by suffix, sorted); a pattern (``*``, ``?``, ``[``; ``**`` recurses) gives the
+    image files it matches, sorted. A path that exists is never taken as a pattern.
+
+    Returns:
+        (paths, problems): the paths in spec order, each file once (by resolved path); one
+        message per spec that is missing or found no image.
+    """
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    problems: list[str] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = _images_in(p)
+            if not found:
+                problems.append(f"{spec}: folder has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif p.exists():
+            found = [p]
+        elif any(c in spec for c in "*?["):
+            found = sorted((Path(m) for m in glob.glob(spec, recursive=True)), key=str)
+            found = [m for m in found if _is_image_file(m)]
+            if not found:
+                problems.append(f"{spec}: matched no image files")
+        else:
+            found = []
+            problems.append(f"{spec}: no such file or folder")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(f)
+    return paths, problems
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` keyed by stem; two files with one stem cannot be paired."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for p in _images_in(folder):
+        if p.stem in found:
+            raise ImageError(f"{folder}: {found[p.stem].name} and {p.name} have the same name; "
+                             "cannot tell which one to pair")
+        found[p.stem] = p
+    return found
+
+
+def _layout_folders(root: Path) -> tuple[str, list[tuple[str, Path, Path]]] | None:
+    """The first layout found: its name and (scene prefix, input folder, target folder) per scene."""
+    for a, b in LAYOUTS:
+        if (root / a).is_dir() and (root / b).is_dir():
+            return f"{a}/{b}", [("", root / a, root / b)]
+    scenes = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    for a, b in LAYOUTS:
+        if any((d / a).is_dir() and (d / b).is_dir() for d in scenes):
+            # A scene with one side only still counts: its files are all unmatched.
+            chosen = [d for d in scenes if (d / a).is_dir() or (d / b).is_dir()]
+            return f"*/{a}/{b}", [(f"{d.name}/", d / a, d / b) for d in chosen]
+    return None
+
+
+def find_pairs(root: PathLike, *, strict: bool = True) -> PairedSet:
+    """Input/target pairs of a paired dataset, matched by file stem (suffixes may differ).
+
+    Layouts, tried in order, the first found wins: ``root/input`` + ``root/target``,
+    ``root/blur`` + ``root/sharp``, ``root/lq`` + ``root/gt``; then the same names one level down,
+    one folder per scene as in GoPro's test set (``root/GOPR0384_11_00/blur`` +
+    ``root/GOPR0384_11_00/sharp``), where pairs are named "scene/stem". Only image files directly
+    in those folders count.
+
+    Args:
+        root: the dataset folder.
+        strict: raise when a file has no counterpart (default); otherwise record it in
+            ``unmatched_inputs``/``unmatched_targets`` and go on.
+
+    Raises:
+        ImageError: ``root`` is not a folder, no layout is found, no pair matches, two files of
+            one folder share a stem, or (``strict``) some files are unmatched.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"{root}: no such folder")
+    found = _layout_folders(root)
+    if found is None:
+        tried = ", ".join(f"{a}/ + {b}/" for a, b in LAYOUTS)
+        raise ImageError(f"{root}: no paired layout found; tried {tried}, directly or in scene folders "
+                         "(e.g. GOPR0384_11_00/blur + GOPR0384_11_00/sharp)")
+    layout, scenes = found
+    pairs: list[tuple[str, Path, Path]] = []
+    unmatched_inputs: list[Path] = []
+    unmatched_targets: list[Path] = []
+    for prefix, input_dir, target_dir in scenes:
+        inputs, targets = _by_stem(input_dir), _by_stem(target_dir)
+        pairs += [(prefix + stem, inputs[stem], targets[stem]) for stem in inputs if stem in targets]
+        unmatched_inputs += [p for stem, p in inputs.items() if stem not in targets]
+        unmatched_targets += [p for stem, p in targets.items() if stem not in inputs]
+    pairs.sort(key=lambda pair: pair[0])
+    result = PairedSet(pairs, layout, unmatched_inputs, unmatched_targets)
+    unmatched = unmatched_inputs + unmatched_targets
+    a, b = layout.split("/")[-2:]
+    if strict and unmatched:
+        listed = ", ".join(str(p.relative_to(root)) for p in unmatched[:_MAX_LISTED])
+        more = f" and {len(unmatched) - _MAX_LISTED} more" if len(unmatched) > _MAX_LISTED else ""
+        raise ImageError(
+            f"{root}: {len(unmatched)} unmatched file(s) ({len(unmatched_inputs)} in {a}/ with no {b}/ file of the "
+            f"same name, {len(unmatched_targets)} in {b}/ with no {a}/ one): {listed}{more}; "
+            "pass strict=False to skip them"
+        )
+    if not pairs:
+        raise ImageError(f"{root}: layout {layout} found but no {a}/ and {b}/ files share a name")
+    return result

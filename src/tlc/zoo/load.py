@@ -1,0 +1,120 @@
+"""Ready models from the registry or a checkpoint file: built, loaded strictly, in eval mode.
+
+    model = load_model("NAFNet-GoPro-width64.pth")        # built, loaded strictly, in eval mode
+    model = load_model("nafnet-gopro-width64", weights="NAFNet-GoPro-width64.pth")  # registry entry
+
+A registry entry's own ``checkpoint_key`` is tried before the usual container keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import registry
+from .checkpoints import (
+    CheckpointError,
+    StateDict,
+    build_checked,
+    describe_call,
+    read_state_dict,
+    shape_differences,
+    state_shapes,
+)
+from .detect import detect
+
+def load_model(
+    source: str | os.PathLike,
+    arch: str | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    strict: bool = True,
+    **config: object,
+) -> nn.Module:
+    """A network with its checkpoint loaded, in eval mode, float32, on the CPU.
+
+    ``source`` is a registry name (:func:`tlc.models.get`) with ``weights`` the downloaded file,
+    or the path of a checkpoint file. For a path, ``arch`` and ``config`` build the network as
+    :func:`tlc.archs.build` does; without ``arch`` it is detected (:func:`detect`) and ``config``
+    overrides the detected values (e.g. ``padder_size``). For a registry name, ``config`` overrides
+    the entry's config.
+
+    With ``strict`` (the default) every key and shape must match; with ``strict=False`` missing and
+    unexpected keys are allowed (missing weights keep their initial values), different shapes never.
+    """
+    entry, unknown = _lookup(str(source))
+    if weights is not None:
+        if entry is None:
+            raise CheckpointError(
+                f"weights= goes with a registry name, and {str(source)!r} is not one{unknown}; "
+                "to load a checkpoint file, pass its path as the first argument"
+            )
+        return _load_entry(entry, Path(weights), arch, strict, config)
+    if Path(source).exists():
+        return _load_path(Path(source), arch, strict, config)
+    if entry is not None and entry.bundled_weights is not None:
+        return _load_entry(entry, entry.bundled_weights, arch, strict, config)
+    if entry is None:
+        raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
+    raise CheckpointError(_download_hint(entry))
+
+
+def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
+    """The registry entry called ``name``, or None and a hint naming close registry names."""
+    try:
+        return registry.get(name), ""
+    except KeyError as e:
+        close = re.search(r"did you mean [^?]*\?", str(e.args[0]))
+        return None, f"; {close.group(0)}" if close else " (see tlc.models.list())"
+
+
+def _download_hint(entry: registry.ModelEntry) -> str:
+    licence = f" Licence: {entry.licence}." if entry.non_commercial else ""
+    return (
+        f"{entry.name} needs its weights file: download it from {entry.url} and pass "
+        f"weights='path/to/file.pth'.{licence}"
+    )
+
+
+def _load_entry(entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
+    if arch is not None and arch.lower() != entry.arch.lower():
+        raise CheckpointError(f"{entry.name} is a {entry.arch}, not a {arch}; leave arch out for registry names")
+    state_dict = read_state_dict(weights, prefer=(entry.checkpoint_key,))
+    return _instantiate(entry.arch, {**entry.config, **config}, state_dict, strict, weights)
+
+
+def _load_path(path: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
+    state_dict = read_state_dict(path)
+    if arch is None:
+        arch, detected = detect(state_dict)
+        return _instantiate(arch, {**detected, **config}, state_dict, strict, path)
+    hint = " (leave arch and its config out to detect them from the checkpoint)"
+    return _instantiate(arch, config, state_dict, strict, path, hint)
+
+
+def _instantiate(
+    arch: str, config: dict, state_dict: StateDict, strict: bool, path: Path, hint: str = ""
+) -> nn.Module:
+    """Build ``arch(**config)`` and load ``state_dict`` into it, after checking keys and shapes."""
+    with torch.device("meta"):  # no memory and no random init: the checkpoint supplies every value
+        model = build_checked(arch, config)
+    problems = shape_differences(state_shapes(state_dict), state_shapes(model.state_dict()), shapes_only=not strict)
+    if problems:
+        raise CheckpointError(f"{path} does not fit {describe_call(arch, config)}{hint}:\n{problems}")
+    # Fresh copies, like a normally built model's: safetensors hands out unaligned views into one
+    # buffer, on which CPU convolutions pick other kernels and results differ in the last bits.
+    dtype = torch.get_default_dtype()
+    state_dict = {k: v.to(dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in state_dict.items()}
+    if strict:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        if not any(t.is_meta for t in chain(model.parameters(), model.buffers())):
+            return model.eval()
+    # Some values are not in the checkpoint: start from a normally initialised model.
+    model = build_checked(arch, config)
+    model.load_state_dict(state_dict, strict=strict)
+    return model.eval()

@@ -1,0 +1,69 @@
+"""Local maxima: the stand-in for global max pooling (CBAM's ``AdaptiveMaxPool2d(1)``, ``amax``).
+
+Windows are placed as in :func:`tlc.local_mean`. A window's maximum is computed with van Herk /
+Gil-Werman blocks (see :mod:`tlc.ops.axis`): prefix and suffix running maxima within blocks of the
+window's length, one ``maximum`` per output, so the cost per pixel does not grow with the window.
+A 2-D window's maximum is the maximum over its rows of the rows' maxima: along W, then along H.
+Maxima are exact in every dtype (nothing is rounded).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import Pair, as_pair, check_feature_map
+from .axis import block_window_scan, check_axis, replicate_along
+from .pool import clamp_window, replicate_to
+
+
+def _cummax(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.cummax(t, dim).values
+
+
+def valid_axis_max(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Maxima of every window of ``window`` entries along ``dim`` lying inside the axis: ``L - k + 1``
+    entries along ``dim`` (k clamped to L), dtype of ``x``. NaN in a window gives NaN."""
+    dim, k = check_axis(x, window, dim)
+    if k == x.shape[dim]:
+        return x.amax(dim=dim, keepdim=True)
+    return block_window_scan(x, k, dim, _cummax, torch.maximum)
+
+
+def local_axis_max(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Maximum over a local window along one axis: the local form of ``x.amax(dim, keepdim=True)``.
+
+    Args:
+        x: floating tensor of any rank, any floating dtype.
+        window: k, number of consecutive entries along ``dim`` (clamped to the axis length L).
+        dim: the axis to take maxima over.
+
+    Returns:
+        Tensor of the shape and dtype of ``x``; windows placed as in :func:`tlc.local_mean` (valid
+        windows, edge-replicated). O(1) work per entry whatever k. Differentiable (the gradient
+        goes to the maximal entry; ties split it as ``torch.maximum`` does). NaN propagates like
+        ``torch.amax``: a window holding a NaN gives NaN, other windows are unaffected.
+    """
+    dim, k = check_axis(x, window, dim)
+    valid = valid_axis_max(x, k, dim)
+    if valid.shape[dim] == 1:
+        return valid.expand(x.shape).contiguous()
+    return replicate_along(valid, x.shape[dim], dim)
+
+
+def local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """Maximum over a local window around each pixel: TLC's replacement for global max pooling.
+
+    Args:
+        x: (N, C, H, W) floating tensor, any floating dtype.
+        window: (kh, kw) in pixels of ``x`` (an int means square), each clamped to the map. A window
+            covering the map gives ``x.amax((2, 3), keepdim=True)`` at every pixel.
+
+    Returns:
+        (N, C, H, W) tensor, dtype of ``x``: each pixel holds the maximum of the window placed as
+        in :func:`tlc.local_mean`. Computed as axis maxima along W then H (van Herk / Gil-Werman,
+        O(1) per pixel). NaN propagates like ``torch.amax`` (only windows holding it are NaN).
+    """
+    check_feature_map(x)
+    kh, kw = clamp_window(as_pair(window, "window"), x.shape[-2:])
+    valid = valid_axis_max(valid_axis_max(x, kw, -1), kh, -2)
+    return replicate_to(valid, x.shape[-2:])

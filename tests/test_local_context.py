@@ -316,3 +316,14 @@ def test_gradcheck_var_and_std_float64():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: local_var(t, (2, 3)), (x,))
     assert torch.autograd.gradcheck(lambda t: local_std(t, (3, 4), correction=0), (x,))
+
+
+def test_block_window_scan_sums_count_each_entry_once():
+    # The softmax pool's ratio would hide a window counted twice; the sums themselves must not.
+    from tlc.ops.axis import block_window_scan
+
+    for length, k in [(12, 4), (13, 4), (5, 5), (9, 1), (10, 7)]:
+        x = torch.randn(3, length, 2, dtype=torch.float64)
+        sums = block_window_scan(x, k, 1, torch.cumsum, torch.add)
+        ref = torch.stack([x[:, s : s + k].sum(1) for s in range(length - k + 1)], dim=1)
+        torch.testing.assert_close(sums, ref, rtol=0, atol=1e-12)

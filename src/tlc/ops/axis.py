@@ -71,7 +71,8 @@ def block_window_scan(t: torch.Tensor, k: int, dim: int, scan: Scan, combine: Co
 
     ``scan(blocks, d)`` is an inclusive scan along ``d`` (cumulative max, sum, log-sum-exp) and
     ``combine`` the matching associative binary op; window ``s`` is ``combine(suffix scan at s,
-    prefix scan at s + k - 1)``. Returns ``L - k + 1`` entries along ``dim`` (``1 <= k <= L``).
+    prefix scan at s + k - 1)``, except at block starts, where the suffix alone is the window (the
+    prefix would count the block twice). Returns ``L - k + 1`` entries along ``dim`` (``1 <= k <= L``).
     """
     dim %= t.dim()
     length = t.shape[dim]
@@ -96,6 +97,7 @@ def block_window_scan(t: torch.Tensor, k: int, dim: int, scan: Scan, combine: Co
     suffix = scan(grid.flip(2), 2).flip(2).reshape(pre, padded, post)
     count = length - k + 1
     out = combine(suffix[:, :count], prefix[:, k - 1 : k - 1 + count])
+    out[:, ::k] = suffix[:, :count:k]
     return out.reshape(*shape[:dim], count, *shape[dim + 1 :])
 
 

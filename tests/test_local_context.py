@@ -23,6 +23,11 @@ def window_span(length: int, k: int, i: int) -> tuple[int, int]:
     return start, start + k
 
 
+def both_paths(fn, x: torch.Tensor, *args) -> list[torch.Tensor]:
+    """``fn`` without autograd (on the CPU: the compiled kernels) and with it (torch ops)."""
+    return [fn(x, *args), fn(x.clone().requires_grad_(), *args).detach()]
+
+
 def brute_axis_mean(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     x = x.double()
     length = x.shape[dim]
@@ -174,9 +179,10 @@ POOL_CASES = [
 def test_softmax_pool_matches_brute_force(shape, window, shared):
     x = torch.randn(shape, dtype=torch.float64)
     logits = 3 * torch.randn(shape[0], 1 if shared else shape[1], *shape[2:], dtype=torch.float64)
-    out = local_softmax_pool(x, logits, window)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    torch.testing.assert_close(out, brute_softmax_pool(x, logits, window), rtol=0, atol=1e-12)
+    ref = brute_softmax_pool(x, logits, window)
+    for out in both_paths(local_softmax_pool, x, logits, window):
+        assert out.shape == x.shape and out.dtype == x.dtype
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -212,8 +218,8 @@ def test_softmax_pool_moderate_range_needing_the_window_maxima():
     logits = torch.randn(1, 1, 10, 10, dtype=torch.float64)
     logits[0, 0, 5, 5] = -900.0
     logits[0, 0, ::2, ::2] += 10
-    out = local_softmax_pool(x, logits, (3, 3))
-    torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-12)
+    for out in both_paths(local_softmax_pool, x, logits, (3, 3)):
+        torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-12)
 
 
 def test_softmax_pool_covering_window_is_gcnet_context():
@@ -238,10 +244,10 @@ def test_softmax_pool_offset_values():
 def test_softmax_pool_dtypes(dtype):
     x = torch.randn(2, 3, 9, 10).to(dtype)
     logits = (2 * torch.randn(2, 1, 9, 10)).to(dtype)
-    out = local_softmax_pool(x, logits, (4, 3))
-    assert out.dtype == dtype
-    err = (out.double() - brute_softmax_pool(x, logits, (4, 3))).abs().max().item()
-    assert err <= TOLERANCE[dtype], err
+    for out in both_paths(local_softmax_pool, x, logits, (4, 3)):
+        assert out.dtype == dtype
+        err = (out.double() - brute_softmax_pool(x, logits, (4, 3))).abs().max().item()
+        assert err <= TOLERANCE[dtype], err
 
 
 def test_gradcheck_softmax_pool_float64():
@@ -284,8 +290,10 @@ def test_softmax_pool_bad_shapes_raise():
 def test_var_and_std_match_brute_force(shape, window, correction):
     x = torch.randn(shape, dtype=torch.float64) * 2 + 3
     ref = brute_var(x, window, correction)
-    torch.testing.assert_close(local_var(x, window, correction), ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(local_std(x, window, correction), ref.sqrt(), rtol=0, atol=1e-12)
+    for out in both_paths(local_var, x, window, correction):
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for out in both_paths(local_std, x, window, correction):
+        torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
 
 
 def test_var_covering_window_is_torch_var_and_std():
@@ -299,17 +307,22 @@ def test_var_covering_window_is_torch_var_and_std():
 
 def test_var_window_of_one_pixel_has_no_degrees_of_freedom():
     x = torch.randn(1, 1, 3, 4, dtype=torch.float64)
-    assert torch.isnan(local_var(x, 1)).all()  # 0 / 0, as torch.var of one value
-    assert torch.equal(local_var(x, 1, correction=0), torch.zeros_like(x))
+    for out in both_paths(local_var, x, 1):
+        assert torch.isnan(out).all()  # 0 / 0, as torch.var of one value
+    for out in both_paths(local_var, x, 1, 0.0):
+        assert torch.equal(out, torch.zeros_like(x))
+    for out in both_paths(local_var, x, (1, 2), 2.0):
+        assert torch.isinf(out).all()  # no degrees of freedom, values differ: inf, as torch
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_var_and_std_dtypes(dtype):
     x = torch.randn(2, 3, 9, 10).to(dtype) + 4
     ref = brute_var(x, (4, 3), 1.0)
-    assert local_var(x, (4, 3)).dtype == dtype
-    assert (local_var(x, (4, 3)).double() - ref).abs().max().item() <= 4 * TOLERANCE[dtype]
-    assert (local_std(x, (4, 3)).double() - ref.sqrt()).abs().max().item() <= 4 * TOLERANCE[dtype]
+    for var, std in zip(both_paths(local_var, x, (4, 3)), both_paths(local_std, x, (4, 3))):
+        assert var.dtype == std.dtype == dtype
+        assert (var.double() - ref).abs().max().item() <= 4 * TOLERANCE[dtype]
+        assert (std.double() - ref.sqrt()).abs().max().item() <= 4 * TOLERANCE[dtype]
 
 
 def test_gradcheck_var_and_std_float64():

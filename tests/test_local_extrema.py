@@ -30,6 +30,11 @@ def brute_local_max(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def both_paths(fn, x: torch.Tensor, *args) -> list[torch.Tensor]:
+    """``fn`` without autograd (on the CPU: the compiled kernel) and with it (torch ops)."""
+    return [fn(x, *args), fn(x.clone().requires_grad_(), *args).detach()]
+
+
 def brute_axis_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     length = x.shape[dim]
     pieces = []
@@ -57,7 +62,9 @@ CASES = [
 @pytest.mark.parametrize("shape,window", CASES)
 def test_local_max_matches_brute_force(shape, window):
     x = torch.randn(shape, dtype=torch.float64)
-    assert torch.equal(local_max(x, window), brute_local_max(x, window))
+    ref = brute_local_max(x, window)
+    for out in both_paths(local_max, x, window):
+        assert torch.equal(out, ref)
 
 
 def test_local_max_random_shapes_and_windows():
@@ -66,15 +73,17 @@ def test_local_max_random_shapes_and_windows():
         shape = (rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 19), rng.randint(1, 19))
         window = (rng.randint(1, 24), rng.randint(1, 24))
         x = torch.randn(shape, dtype=torch.float64)
-        assert torch.equal(local_max(x, window), brute_local_max(x, window)), (shape, window)
+        ref = brute_local_max(x, window)
+        for out in both_paths(local_max, x, window):
+            assert torch.equal(out, ref), (shape, window)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_local_max_every_dtype_is_exact(dtype):
     x = torch.randn(2, 3, 9, 14).to(dtype)
-    out = local_max(x, (4, 5))
-    assert out.dtype == dtype and out.shape == x.shape
-    assert torch.equal(out, brute_local_max(x, (4, 5)))
+    for out in both_paths(local_max, x, (4, 5)):
+        assert out.dtype == dtype and out.shape == x.shape
+        assert torch.equal(out, brute_local_max(x, (4, 5)))
 
 
 def test_window_covering_the_map_is_global_amax():
@@ -93,17 +102,23 @@ def test_negative_inputs_and_infinities():
     x = -torch.rand(1, 2, 8, 9, dtype=torch.float64) - 1e6
     x[0, 0, 3, 4] = float("-inf")
     x[0, 1, 6, 1] = float("inf")
-    assert torch.equal(local_max(x, (3, 4)), brute_local_max(x, (3, 4)))
+    for out in both_paths(local_max, x, (3, 4)):
+        assert torch.equal(out, brute_local_max(x, (3, 4)))
 
 
 def test_nan_propagates_to_exactly_the_windows_holding_it():
     x = torch.randn(1, 2, 9, 10, dtype=torch.float64)
     x[0, 1, 4, 7] = float("nan")
-    out = local_max(x, (3, 4))
+    x[0, 0, 0, 0] = float("nan")
     ref = brute_local_max(x, (3, 4))  # torch.amax propagates NaN
-    assert torch.equal(out.isnan(), ref.isnan())
-    assert ref.isnan().sum() > 0 and not ref[0, 0].isnan().any()
-    assert torch.equal(out[~out.isnan()], ref[~ref.isnan()])
+    assert 0 < ref.isnan().sum() < ref.numel() / 4
+    for out in both_paths(local_max, x, (3, 4)):
+        assert torch.equal(out.isnan(), ref.isnan())
+        assert torch.equal(out[~out.isnan()], ref[~ref.isnan()])
+    ref_axis = brute_axis_max(x, 4, -1)
+    for out in both_paths(local_axis_max, x, 4, -1):
+        assert torch.equal(out.isnan(), ref_axis.isnan())
+        assert torch.equal(out[~out.isnan()], ref_axis[~ref_axis.isnan()])
 
 
 @pytest.mark.parametrize(
@@ -122,14 +137,15 @@ def test_nan_propagates_to_exactly_the_windows_holding_it():
 )
 def test_axis_max_any_rank_matches_brute_force(shape, window, dim):
     x = torch.randn(shape, dtype=torch.float64)
-    out = local_axis_max(x, window, dim)
-    assert out.shape == x.shape
-    assert torch.equal(out, brute_axis_max(x, window, dim))
+    for out in both_paths(local_axis_max, x, window, dim):
+        assert out.shape == x.shape
+        assert torch.equal(out, brute_axis_max(x, window, dim))
 
 
 def test_axis_max_non_contiguous_input():
     x = torch.randn(3, 13, 6, dtype=torch.float64).transpose(0, 2)  # (6, 13, 3), strided
-    assert torch.equal(local_axis_max(x, 5, 1), brute_axis_max(x, 5, 1))
+    for out in both_paths(local_axis_max, x, 5, 1):
+        assert torch.equal(out, brute_axis_max(x, 5, 1))
 
 
 def test_local_max_is_axis_max_along_w_then_h():

@@ -1,0 +1,282 @@
+"""Compiled CPU kernels (numba) for the local max, softmax pooling and variance.
+
+Each works on a stack of planes (P, H, W), one plane per parallel task, and writes the full-size
+result (valid windows edge-replicated as in :func:`tlc.local_mean`) or the valid windows only.
+The torch paths compute the same numbers; these avoid their float64 temporaries and the passes
+over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
+within blocks of the window's length: O(1) per pixel, nothing subtracted); the variance keeps
+running float64 sums of centred values like ``_kernels``. Compiled on first use, cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._common import cpu_kernel_applies
+
+try:
+    from numba import njit, prange
+except ImportError:  # the torch paths are used instead
+    njit = prange = None
+
+
+def _nan_max(a, b):  # pragma: no cover (compiled by numba)
+    """max(a, b) propagating NaN from either side, like torch.maximum."""
+    return a if (a > b or a != a) else b
+
+
+def _row_window_max(row, k, pre, suf, out):  # pragma: no cover
+    """out[b] = max(row[b : b + k]) for the len(row) - k + 1 valid b (van Herk blocks)."""
+    w = row.shape[0]
+    for start in range(0, w, k):
+        stop = min(start + k, w)
+        pre[start] = row[start]
+        for j in range(start + 1, stop):
+            pre[j] = _nan_max(pre[j - 1], row[j])
+        suf[stop - 1] = row[stop - 1]
+        for j in range(stop - 2, start - 1, -1):
+            suf[j] = _nan_max(suf[j + 1], row[j])
+    for b in range(w - k + 1):
+        out[b] = suf[b] if b % k == 0 else _nan_max(suf[b], pre[b + k - 1])
+
+
+def _replicate_into(valid, out, top, left):  # pragma: no cover
+    """Write the (h, w) ``valid`` map into ``out`` (H, W) at (top, left) and edge-replicate it."""
+    vh, vw = valid.shape
+    h, w = out.shape
+    for r in range(vh):
+        row = top + r
+        for j in range(vw):
+            out[row, left + j] = valid[r, j]
+        for j in range(left):
+            out[row, j] = valid[r, 0]
+        for j in range(left + vw, w):
+            out[row, j] = valid[r, vw - 1]
+    for row in range(top):
+        out[row, :] = out[top, :]
+    for row in range(top + vh, h):
+        out[row, :] = out[top + vh - 1, :]
+
+
+def _max_planes(x, k1, k2, out):  # pragma: no cover
+    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        rows = np.empty((h, vw), x.dtype)  # maxima along W
+        pre = np.empty(w, x.dtype)
+        suf = np.empty(w, x.dtype)
+        for i in range(h):
+            _row_window_max(x[p, i], k2, pre, suf, rows[i])
+        # Along H, a row of columns at a time: suffix maxima within blocks of k1 rows, then the
+        # prefix maxima as one running row.
+        below = np.empty((h, vw), x.dtype)
+        for i in range(h - 1, -1, -1):
+            if i == h - 1 or (i + 1) % k1 == 0:
+                below[i, :] = rows[i, :]
+            else:
+                for j in range(vw):
+                    below[i, j] = _nan_max(below[i + 1, j], rows[i, j])
+        valid = np.empty((vh, vw), x.dtype)
+        running = np.empty(vw, x.dtype)
+        for i in range(h):
+            if i % k1 == 0:
+                running[:] = rows[i, :]
+            else:
+                for j in range(vw):
+                    running[j] = _nan_max(running[j], rows[i, j])
+            r = i - k1 + 1
+            if r >= 0:
+                if r % k1 == 0:
+                    valid[r, :] = below[r, :]
+                else:
+                    for j in range(vw):
+                        valid[r, j] = _nan_max(below[r, j], running[j])
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _block_sums_2d(a, k1, k2, valid):  # pragma: no cover
+    """valid (H-k1+1, W-k2+1) gets the sums of ``a`` (H, W, float64) over every window, from
+    suffix and prefix sums within blocks (no differences)."""
+    h, w = a.shape
+    vh, vw = valid.shape
+    rows = np.empty((h, vw), np.float64)
+    pre = np.empty(w, np.float64)
+    suf = np.empty(w, np.float64)
+    for i in range(h):
+        for start in range(0, w, k2):
+            stop = min(start + k2, w)
+            pre[start] = a[i, start]
+            for j in range(start + 1, stop):
+                pre[j] = pre[j - 1] + a[i, j]
+            suf[stop - 1] = a[i, stop - 1]
+            for j in range(stop - 2, start - 1, -1):
+                suf[j] = suf[j + 1] + a[i, j]
+        for b in range(vw):
+            rows[i, b] = suf[b] if b % k2 == 0 else suf[b] + pre[b + k2 - 1]
+    below = np.empty((h, vw), np.float64)
+    for i in range(h - 1, -1, -1):
+        if i == h - 1 or (i + 1) % k1 == 0:
+            below[i, :] = rows[i, :]
+        else:
+            for j in range(vw):
+                below[i, j] = below[i + 1, j] + rows[i, j]
+    running = np.empty(vw, np.float64)
+    for i in range(h):
+        if i % k1 == 0:
+            running[:] = rows[i, :]
+        else:
+            for j in range(vw):
+                running[j] += rows[i, j]
+        r = i - k1 + 1
+        if r >= 0:
+            if r % k1 == 0:
+                valid[r, :] = below[r, :]
+            else:
+                for j in range(vw):
+                    valid[r, j] = below[r, j] + running[j]
+
+
+def _weight_sums_planes(e, k1, k2, out):  # pragma: no cover
+    """e: (P, H, W) float64 weights; out: (P, H-k1+1, W-k2+1) their window sums."""
+    for p in prange(e.shape[0]):
+        _block_sums_2d(e[p], k1, k2, out[p])
+
+
+def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
+    """x: (P, H, W); e: (P // ratio, H, W) float64 weights, plane p of x weighted by plane
+    p // ratio; den: their window sums. out: (P, H, W) window sums of e * x over den, replicated."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        q = p // ratio
+        weighted = np.empty((h, w), np.float64)
+        for i in range(h):
+            for j in range(w):
+                weighted[i, j] = e[q, i, j] * x[p, i, j]
+        valid = np.empty((vh, vw), np.float64)
+        _block_sums_2d(weighted, k1, k2, valid)
+        for r in range(vh):
+            for j in range(vw):
+                valid[r, j] /= den[q, r, j]
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
+    """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
+    with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
+    its square, a row of column sums sliding down and a window sum sliding along it."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    area = k1 * k2
+    for p in prange(planes):
+        c = centre[p]
+        col1 = np.zeros(w, np.float64)
+        col2 = np.zeros(w, np.float64)
+        for i in range(k1):
+            for j in range(w):
+                d = np.float64(x[p, i, j]) - c
+                col1[j] += d
+                col2[j] += d * d
+        valid = np.empty((vh, vw), np.float64)
+        for a in range(vh):
+            if a > 0:
+                for j in range(w):
+                    d_in = np.float64(x[p, a + k1 - 1, j]) - c
+                    d_out = np.float64(x[p, a - 1, j]) - c
+                    col1[j] += d_in - d_out
+                    col2[j] += d_in * d_in - d_out * d_out
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(k2):
+                s1 += col1[j]
+                s2 += col2[j]
+            for b in range(vw):
+                if b > 0:
+                    s1 += col1[b + k2 - 1] - col1[b - 1]
+                    s2 += col2[b + k2 - 1] - col2[b - 1]
+                # One pixel: exactly no spread (the running sums could leave a rounding residue).
+                squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
+                var = squares / divisor
+                valid[a, b] = np.sqrt(var) if root else var
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+if njit is not None:
+    _nan_max = njit(inline="always")(_nan_max)
+    _row_window_max = njit(_row_window_max)
+    _replicate_into = njit(_replicate_into)
+    _block_sums_2d = njit(_block_sums_2d)
+    # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).
+    _max_compiled = njit(parallel=True, cache=True, error_model="numpy")(_max_planes)
+    _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
+    _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
+    _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
+else:  # pragma: no cover
+    _max_compiled = None
+
+
+def local_kernels_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels here may compute on ``tensors``: numba present, all on the CPU, no
+    gradients needed, not traced."""
+    return _max_compiled is not None and cpu_kernel_applies(*tensors)
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """float32/float64 contiguous planes (half inputs are computed in float32)."""
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return work.contiguous()
+
+
+def fused_local_max(planes: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(P, H, W) CPU tensor, clamped window (kh, kw) -> (P, H, W) local maxima, dtype of input."""
+    work = _working(planes)
+    out = torch.empty_like(work)
+    _max_compiled(work.numpy(), window[0], window[1], out.numpy())
+    return out.to(planes.dtype)
+
+
+def fused_softmax_pool(x: torch.Tensor, weights: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Window sums of ``weights * x`` over window sums of ``weights``, replicated to full size.
+
+    Args:
+        x: (N, C, H, W) CPU tensor.
+        weights: (N, 1 or C, H, W) float64 weights, already shifted (see :mod:`tlc.ops.context`).
+        window: clamped (kh, kw).
+
+    Returns:
+        (N, C, H, W), dtype of ``x``.
+    """
+    n, c, h, w = x.shape
+    kh, kw = window
+    e = weights.contiguous().view(-1, h, w)
+    den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    _weight_sums_compiled(e.numpy(), kh, kw, den.numpy())
+    work = _working(x)
+    out = torch.empty_like(work)
+    ratio = c // weights.shape[1]
+    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw,
+                            out.view(n * c, h, w).numpy())
+    return out.to(x.dtype)
+
+
+def fused_local_var(
+    x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool
+) -> torch.Tensor:
+    """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
+
+    Args:
+        x: (N, C, H, W).
+        centre: (N, C) float64 values subtracted before the sums (the map's mean keeps digits).
+        window: clamped (kh, kw).
+        correction: subtracted from the window's pixel count in the divisor.
+        root: return the standard deviation.
+    """
+    n, c, h, w = x.shape
+    work = _working(x)
+    out = torch.empty_like(work)
+    divisor = max(window[0] * window[1] - correction, 0.0)
+    _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
+                  float(divisor), bool(root), out.view(n * c, h, w).numpy())
+    return out.to(x.dtype)

@@ -26,19 +26,42 @@ def _nan_max(a, b):  # pragma: no cover (compiled by numba)
     return a if (a > b or a != a) else b
 
 
-def _row_window_max(row, k, pre, suf, out):  # pragma: no cover
-    """out[b] = max(row[b : b + k]) for the len(row) - k + 1 valid b (van Herk blocks)."""
-    w = row.shape[0]
-    for start in range(0, w, k):
-        stop = min(start + k, w)
-        pre[start] = row[start]
-        for j in range(start + 1, stop):
-            pre[j] = _nan_max(pre[j - 1], row[j])
-        suf[stop - 1] = row[stop - 1]
-        for j in range(stop - 2, start - 1, -1):
-            suf[j] = _nan_max(suf[j + 1], row[j])
-    for b in range(w - k + 1):
-        out[b] = suf[b] if b % k == 0 else _nan_max(suf[b], pre[b + k - 1])
+# Rows scanned together: the scans along W run over LANES rows at once (a transposed tile in
+# cache), so each step is one vector operation instead of a chain of dependent scalar ones.
+LANES = 8
+
+
+def _rows_window_max(src, k, dst):  # pragma: no cover
+    """dst[r, b] = max(src[r, b : b + k]) for every row r of ``src`` (R, W) and the W - k + 1
+    valid b: van Herk blocks, LANES rows at a time through a transposed (W, LANES) tile."""
+    nrows, w = src.shape
+    valid = w - k + 1
+    tile = np.empty((w, LANES), src.dtype)
+    pre = np.empty((w, LANES), src.dtype)
+    suf = np.empty((w, LANES), src.dtype)
+    res = np.empty((valid, LANES), src.dtype)
+    for g in range(0, nrows, LANES):
+        for j in range(w):
+            for lane in range(LANES):
+                tile[j, lane] = src[min(g + lane, nrows - 1), j]  # short last group: repeat a row
+        for start in range(0, w, k):
+            stop = min(start + k, w)
+            pre[start, :] = tile[start, :]
+            for j in range(start + 1, stop):
+                for lane in range(LANES):
+                    pre[j, lane] = _nan_max(pre[j - 1, lane], tile[j, lane])
+            suf[stop - 1, :] = tile[stop - 1, :]
+            for j in range(stop - 2, start - 1, -1):
+                for lane in range(LANES):
+                    suf[j, lane] = _nan_max(suf[j + 1, lane], tile[j, lane])
+        for start in range(0, valid, k):
+            res[start, :] = suf[start, :]
+            for b in range(start + 1, min(start + k, valid)):
+                for lane in range(LANES):
+                    res[b, lane] = _nan_max(suf[b, lane], pre[b + k - 1, lane])
+        for lane in range(min(LANES, nrows - g)):
+            for b in range(valid):
+                dst[g + lane, b] = res[b, lane]
 
 
 def _replicate_into(valid, out, top, left):  # pragma: no cover
@@ -59,89 +82,116 @@ def _replicate_into(valid, out, top, left):  # pragma: no cover
         out[row, :] = out[top + vh - 1, :]
 
 
-def _max_planes(x, k1, k2, out):  # pragma: no cover
-    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated."""
-    planes, h, w = x.shape
-    vh, vw = h - k1 + 1, w - k2 + 1
-    for p in prange(planes):
-        rows = np.empty((h, vw), x.dtype)  # maxima along W
-        pre = np.empty(w, x.dtype)
-        suf = np.empty(w, x.dtype)
-        for i in range(h):
-            _row_window_max(x[p, i], k2, pre, suf, rows[i])
-        # Along H, a row of columns at a time: suffix maxima within blocks of k1 rows, then the
-        # prefix maxima as one running row.
-        below = np.empty((h, vw), x.dtype)
-        for i in range(h - 1, -1, -1):
-            if i == h - 1 or (i + 1) % k1 == 0:
-                below[i, :] = rows[i, :]
-            else:
-                for j in range(vw):
-                    below[i, j] = _nan_max(below[i + 1, j], rows[i, j])
-        valid = np.empty((vh, vw), x.dtype)
-        running = np.empty(vw, x.dtype)
-        for i in range(h):
-            if i % k1 == 0:
-                running[:] = rows[i, :]
-            else:
-                for j in range(vw):
-                    running[j] = _nan_max(running[j], rows[i, j])
-            r = i - k1 + 1
-            if r >= 0:
-                if r % k1 == 0:
-                    valid[r, :] = below[r, :]
-                else:
-                    for j in range(vw):
-                        valid[r, j] = _nan_max(below[r, j], running[j])
-        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
-
-
-def _block_sums_2d(a, k1, k2, valid):  # pragma: no cover
-    """valid (H-k1+1, W-k2+1) gets the sums of ``a`` (H, W, float64) over every window, from
-    suffix and prefix sums within blocks (no differences)."""
-    h, w = a.shape
-    vh, vw = valid.shape
-    rows = np.empty((h, vw), np.float64)
-    pre = np.empty(w, np.float64)
-    suf = np.empty(w, np.float64)
-    for i in range(h):
-        for start in range(0, w, k2):
-            stop = min(start + k2, w)
-            pre[start] = a[i, start]
-            for j in range(start + 1, stop):
-                pre[j] = pre[j - 1] + a[i, j]
-            suf[stop - 1] = a[i, stop - 1]
-            for j in range(stop - 2, start - 1, -1):
-                suf[j] = suf[j + 1] + a[i, j]
-        for b in range(vw):
-            rows[i, b] = suf[b] if b % k2 == 0 else suf[b] + pre[b + k2 - 1]
-    below = np.empty((h, vw), np.float64)
+def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
+    """cols (H-k1+1, W) gets the maxima of ``plane`` (H, W) over k1 consecutive rows: suffix
+    maxima within blocks of k1 rows (``below``, H x W), then prefix maxima as one running row.
+    Whole rows at a time, so the inner loops run along W (vectorised)."""
+    h, w = plane.shape
     for i in range(h - 1, -1, -1):
         if i == h - 1 or (i + 1) % k1 == 0:
-            below[i, :] = rows[i, :]
+            below[i, :] = plane[i, :]
         else:
-            for j in range(vw):
-                below[i, j] = below[i + 1, j] + rows[i, j]
-    running = np.empty(vw, np.float64)
+            for j in range(w):
+                below[i, j] = _nan_max(below[i + 1, j], plane[i, j])
     for i in range(h):
         if i % k1 == 0:
-            running[:] = rows[i, :]
+            running[:] = plane[i, :]
         else:
-            for j in range(vw):
-                running[j] += rows[i, j]
+            for j in range(w):
+                running[j] = _nan_max(running[j], plane[i, j])
         r = i - k1 + 1
         if r >= 0:
             if r % k1 == 0:
-                valid[r, :] = below[r, :]
+                cols[r, :] = below[r, :]
             else:
-                for j in range(vw):
-                    valid[r, j] = below[r, j] + running[j]
+                for j in range(w):
+                    cols[r, j] = _nan_max(below[r, j], running[j])
+
+
+def _max_planes(x, k1, k2, out):  # pragma: no cover
+    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated.
+
+    Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the scans
+    along W, which run entry by entry."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        valid = np.empty((vh, vw), x.dtype)
+        if k1 == 1:
+            _rows_window_max(x[p], k2, valid)
+        else:
+            cols = np.empty((vh, w), x.dtype)
+            _columns_max(x[p], k1, cols, np.empty((h, w), x.dtype), np.empty(w, x.dtype))
+            _rows_window_max(cols, k2, valid)
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _block_sums_2d(a, b, use_b, k1, k2, valid):  # pragma: no cover
+    """valid (H-k1+1, W-k2+1) gets the sums of ``a * b`` (``a`` alone unless ``use_b``; a, b:
+    (H, W)) over every window, in float64, from suffix and prefix sums within blocks (no
+    differences). Along H first (vectorised along W), then along W on the remaining rows."""
+    h, w = a.shape
+    vh, vw = valid.shape
+    below = np.empty((h, w), np.float64)
+    for i in range(h - 1, -1, -1):
+        restart = i == h - 1 or (i + 1) % k1 == 0
+        for j in range(w):
+            v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
+            below[i, j] = v if restart else below[i + 1, j] + v
+    cols = np.empty((vh, w), np.float64)
+    running = np.zeros(w, np.float64)
+    for i in range(h):
+        restart = i % k1 == 0
+        for j in range(w):
+            v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
+            running[j] = v if restart else running[j] + v
+        r = i - k1 + 1
+        if r >= 0:
+            if r % k1 == 0:
+                cols[r, :] = below[r, :]
+            else:
+                for j in range(w):
+                    cols[r, j] = below[r, j] + running[j]
+    _rows_window_sum(cols, k2, valid)
+
+
+def _rows_window_sum(src, k, dst):  # pragma: no cover
+    """dst[r, b] = sum(src[r, b : b + k]) (float64) for every row r of ``src`` and the W - k + 1
+    valid b: suffix plus prefix sums within blocks, LANES rows at a time (see _rows_window_max)."""
+    nrows, w = src.shape
+    valid = w - k + 1
+    tile = np.empty((w, LANES), np.float64)
+    pre = np.empty((w, LANES), np.float64)
+    suf = np.empty((w, LANES), np.float64)
+    res = np.empty((valid, LANES), np.float64)
+    for g in range(0, nrows, LANES):
+        for j in range(w):
+            for lane in range(LANES):
+                tile[j, lane] = src[min(g + lane, nrows - 1), j]
+        for start in range(0, w, k):
+            stop = min(start + k, w)
+            pre[start, :] = tile[start, :]
+            for j in range(start + 1, stop):
+                for lane in range(LANES):
+                    pre[j, lane] = pre[j - 1, lane] + tile[j, lane]
+            suf[stop - 1, :] = tile[stop - 1, :]
+            for j in range(stop - 2, start - 1, -1):
+                for lane in range(LANES):
+                    suf[j, lane] = suf[j + 1, lane] + tile[j, lane]
+        for start in range(0, valid, k):
+            res[start, :] = suf[start, :]
+            for b in range(start + 1, min(start + k, valid)):
+                for lane in range(LANES):
+                    res[b, lane] = suf[b, lane] + pre[b + k - 1, lane]
+        for lane in range(min(LANES, nrows - g)):
+            for b in range(valid):
+                dst[g + lane, b] = res[b, lane]
 
 
 def _weight_sums_planes(e, k1, k2, out):  # pragma: no cover
     """e: (P, H, W) float64 weights; out: (P, H-k1+1, W-k2+1) their window sums."""
     for p in prange(e.shape[0]):
-        _block_sums_2d(e[p], k1, k2, out[p])
+        _block_sums_2d(e[p], e[p], False, k1, k2, out[p])
 
 
 def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
@@ -151,12 +201,8 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
     vh, vw = h - k1 + 1, w - k2 + 1
     for p in prange(planes):
         q = p // ratio
-        weighted = np.empty((h, w), np.float64)
-        for i in range(h):
-            for j in range(w):
-                weighted[i, j] = e[q, i, j] * x[p, i, j]
         valid = np.empty((vh, vw), np.float64)
-        _block_sums_2d(weighted, k1, k2, valid)
+        _block_sums_2d(e[q], x[p], True, k1, k2, valid)
         for r in range(vh):
             for j in range(vw):
                 valid[r, j] /= den[q, r, j]
@@ -205,7 +251,9 @@ def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
 
 if njit is not None:
     _nan_max = njit(inline="always")(_nan_max)
-    _row_window_max = njit(_row_window_max)
+    _rows_window_max = njit(_rows_window_max)
+    _rows_window_sum = njit(_rows_window_sum)
+    _columns_max = njit(_columns_max)
     _replicate_into = njit(_replicate_into)
     _block_sums_2d = njit(_block_sums_2d)
     # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).

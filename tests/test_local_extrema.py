@@ -9,6 +9,7 @@ import torch
 
 from tlc.nn import LocalMaxPool2d
 from tlc.ops import local_axis_max, local_max
+from tlc.ops.extrema import valid_local_max
 
 
 def window_span(length: int, k: int, i: int) -> tuple[int, int]:
@@ -64,6 +65,19 @@ def test_local_max_matches_brute_force(shape, window):
     x = torch.randn(shape, dtype=torch.float64)
     ref = brute_local_max(x, window)
     for out in both_paths(local_max, x, window):
+        assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("shape,window", CASES)
+def test_valid_local_max_is_each_inside_window(shape, window):
+    x = torch.randn(shape, dtype=torch.float64)
+    h, w = shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    ref = torch.empty(*shape[:2], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    for top in range(h - kh + 1):
+        for left in range(w - kw + 1):
+            ref[:, :, top, left] = x[:, :, top : top + kh, left : left + kw].amax(dim=(-2, -1))
+    for out in both_paths(valid_local_max, x, window):
         assert torch.equal(out, ref)
 
 

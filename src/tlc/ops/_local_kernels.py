@@ -109,7 +109,8 @@ def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
 
 
 def _max_planes(x, k1, k2, out):  # pragma: no cover
-    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated.
+    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated, or
+    (P, H-k1+1, W-k2+1): the valid windows' maxima only.
 
     Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the scans
     along W, which run entry by entry."""
@@ -123,7 +124,10 @@ def _max_planes(x, k1, k2, out):  # pragma: no cover
             cols = np.empty((vh, w), x.dtype)
             _columns_max(x[p], k1, cols, np.empty((h, w), x.dtype), np.empty(w, x.dtype))
             _rows_window_max(cols, k2, valid)
-        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+        if out.shape[1] == vh and out.shape[2] == vw:
+            out[p, :, :] = valid
+        else:
+            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 def _block_sums_2d(a, b, use_b, k1, k2, valid):  # pragma: no cover
@@ -209,6 +213,24 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
         _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
+def _row_mean_planes(x, k, out):  # pragma: no cover
+    """x: (P, R, W); out: (P, R, W) means of k consecutive entries along W (float64 block sums),
+    each row's valid means edge-replicated."""
+    planes, nrows, w = x.shape
+    vw = w - k + 1
+    left = (k - 1) // 2
+    for p in prange(planes):
+        valid = np.empty((nrows, vw), np.float64)
+        _rows_window_sum(x[p], k, valid)
+        for r in range(nrows):
+            for j in range(vw):
+                out[p, r, left + j] = valid[r, j] / k
+            for j in range(left):
+                out[p, r, j] = out[p, r, left]
+            for j in range(left + vw, w):
+                out[p, r, j] = out[p, r, left + vw - 1]
+
+
 def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
@@ -261,6 +283,7 @@ if njit is not None:
     _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
     _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
     _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
+    _row_mean_compiled = njit(parallel=True, cache=True, error_model="numpy")(_row_mean_planes)
 else:  # pragma: no cover
     _max_compiled = None
 
@@ -277,11 +300,23 @@ def _working(x: torch.Tensor) -> torch.Tensor:
     return work.contiguous()
 
 
-def fused_local_max(planes: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """(P, H, W) CPU tensor, clamped window (kh, kw) -> (P, H, W) local maxima, dtype of input."""
+def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: bool = False) -> torch.Tensor:
+    """(P, H, W) CPU tensor, clamped window (kh, kw) -> (P, H, W) local maxima, or with
+    ``valid_only`` the (P, H-kh+1, W-kw+1) maxima of the windows inside the map; dtype of input."""
+    work = _working(planes)
+    p, h, w = work.shape
+    size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
+    out = work.new_empty((p, *size))
+    _max_compiled(work.numpy(), window[0], window[1], out.numpy())
+    return out.to(planes.dtype)
+
+
+def fused_row_mean(planes: torch.Tensor, k: int) -> torch.Tensor:
+    """(P, R, W) CPU tensor -> (P, R, W) means of k (clamped, < W) consecutive entries along W,
+    placed as in :func:`tlc.local_mean`; float64 sums; dtype of input."""
     work = _working(planes)
     out = torch.empty_like(work)
-    _max_compiled(work.numpy(), window[0], window[1], out.numpy())
+    _row_mean_compiled(work.numpy(), k, out.numpy())
     return out.to(planes.dtype)
 
 

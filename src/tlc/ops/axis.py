@@ -20,6 +20,7 @@ import torch
 
 from ._common import accumulation_dtype
 from ._kernels import fused_local_mean, fused_local_mean_available
+from ._local_kernels import fused_row_mean
 
 
 def check_axis(x: torch.Tensor, window: int, dim: int) -> tuple[int, int]:
@@ -144,7 +145,7 @@ def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     if k == length:
         mean = x.sum(dim=dim, keepdim=True, dtype=accumulation_dtype(x)) / length
         return mean.to(x.dtype).expand(x.shape).contiguous()
-    if fused_local_mean_available(x):
+    if fused_local_mean_available(x) and x.numel() > 0:
         # The fused 2-D kernel with a window of one entry on the other axis: (pre, L, post) maps.
         pre = 1
         for n in x.shape[:dim]:
@@ -152,8 +153,9 @@ def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
         post = 1
         for n in x.shape[dim + 1 :]:
             post *= n
-        if post == 1:
-            out = fused_local_mean(x.reshape(1, pre, 1, length), (1, k))
+        if post == 1:  # along the last axis: rows eight at a time (the 2-D kernel runs them serially)
+            rows = x.shape[dim - 1] if dim > 0 else 1
+            out = fused_row_mean(x.reshape(pre // rows, rows, length), k)
         else:
             out = fused_local_mean(x.reshape(1, pre, length, post), (k, 1))
         return out.reshape(x.shape)

@@ -62,6 +62,26 @@ def local_axis_max(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     return replicate_along(valid, x.shape[dim], dim)
 
 
+def valid_local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """Maxima over every window lying fully inside the map: :func:`local_max` before the edge
+    replication (``tlc.ops.pool.replicate_to`` completes it). Pointwise layers applied to this
+    smaller map and then replicated give the same result as on the full map, for less work.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw), clamped to the map.
+
+    Returns:
+        (N, C, H - kh + 1, W - kw + 1) tensor, dtype of ``x``.
+    """
+    check_feature_map(x)
+    n, c, h, w = x.shape
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) != (h, w) and local_kernels_apply(x):
+        return fused_local_max(x.reshape(n * c, h, w), (kh, kw), valid_only=True).view(n, c, h - kh + 1, w - kw + 1)
+    return valid_axis_max(valid_axis_max(x, kw, -1), kh, -2)
+
+
 def local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     """Maximum over a local window around each pixel: TLC's replacement for global max pooling.
 

@@ -213,24 +213,6 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
         _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
-def _row_mean_planes(x, k, out):  # pragma: no cover
-    """x: (P, R, W); out: (P, R, W) means of k consecutive entries along W (float64 block sums),
-    each row's valid means edge-replicated."""
-    planes, nrows, w = x.shape
-    vw = w - k + 1
-    left = (k - 1) // 2
-    for p in prange(planes):
-        valid = np.empty((nrows, vw), np.float64)
-        _rows_window_sum(x[p], k, valid)
-        for r in range(nrows):
-            for j in range(vw):
-                out[p, r, left + j] = valid[r, j] / k
-            for j in range(left):
-                out[p, r, j] = out[p, r, left]
-            for j in range(left + vw, w):
-                out[p, r, j] = out[p, r, left + vw - 1]
-
-
 def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
@@ -283,7 +265,6 @@ if njit is not None:
     _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
     _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
     _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
-    _row_mean_compiled = njit(parallel=True, cache=True, error_model="numpy")(_row_mean_planes)
 else:  # pragma: no cover
     _max_compiled = None
 
@@ -308,15 +289,6 @@ def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: b
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
     out = work.new_empty((p, *size))
     _max_compiled(work.numpy(), window[0], window[1], out.numpy())
-    return out.to(planes.dtype)
-
-
-def fused_row_mean(planes: torch.Tensor, k: int) -> torch.Tensor:
-    """(P, R, W) CPU tensor -> (P, R, W) means of k (clamped, < W) consecutive entries along W,
-    placed as in :func:`tlc.local_mean`; float64 sums; dtype of input."""
-    work = _working(planes)
-    out = torch.empty_like(work)
-    _row_mean_compiled(work.numpy(), k, out.numpy())
     return out.to(planes.dtype)
 
 

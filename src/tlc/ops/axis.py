@@ -20,7 +20,6 @@ import torch
 
 from ._common import accumulation_dtype
 from ._kernels import fused_local_mean, fused_local_mean_available
-from ._local_kernels import fused_row_mean
 
 
 def check_axis(x: torch.Tensor, window: int, dim: int) -> tuple[int, int]:
@@ -153,9 +152,9 @@ def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
         post = 1
         for n in x.shape[dim + 1 :]:
             post *= n
-        if post == 1:  # along the last axis: rows eight at a time (the 2-D kernel runs them serially)
+        if post == 1:  # along the last axis: (rows, L) maps, a window of one row
             rows = x.shape[dim - 1] if dim > 0 else 1
-            out = fused_row_mean(x.reshape(pre // rows, rows, length), k)
+            out = fused_local_mean(x.reshape(1, pre // rows, rows, length), (1, k))
         else:
             out = fused_local_mean(x.reshape(1, pre, length, post), (k, 1))
         return out.reshape(x.shape)

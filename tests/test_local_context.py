@@ -192,12 +192,27 @@ def test_softmax_pool_exact_for_logits_spanning_a_huge_range(scale, shared):
     x = torch.randn(2, 3, 11, 13, dtype=torch.float64) + 5
     logits = (2 * torch.rand(2, 1 if shared else 3, 11, 13, dtype=torch.float64) - 1) * scale
     for window in [(3, 4), (5, 5), (11, 2), (1, 13)]:
-        out = local_softmax_pool(x, logits, window)
-        assert torch.isfinite(out).all()
-        torch.testing.assert_close(out, brute_softmax_pool(x, logits, window), rtol=0, atol=1e-10)
-        out32 = local_softmax_pool(x.float(), logits.float(), window)
+        ref = brute_softmax_pool(x, logits, window)
+        for out in both_paths(local_softmax_pool, x, logits, window):
+            assert torch.isfinite(out).all()
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
         ref32 = brute_softmax_pool(x.float(), logits.float(), window)
-        assert (out32.double() - ref32).abs().max().item() <= 6 * 2**-24 * 8  # rounding of values ~6
+        for out32 in both_paths(local_softmax_pool, x.float(), logits.float(), window):
+            assert (out32.double() - ref32).abs().max().item() <= 6 * 2**-24 * 8  # rounding of values ~6
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_softmax_pool_far_apart_bands_mixing_within_windows(shared):
+    # A band of columns 1500 below the rest (no single shift is exact for windows inside it),
+    # logits within each band close together, so the weights mix many pixels per window (random
+    # logits of 1e4 make nearly one-hot windows).
+    x = torch.randn(2, 3, 9, 23, dtype=torch.float64)
+    logits = 0.5 * torch.randn(2, 1 if shared else 3, 9, 23, dtype=torch.float64)
+    logits[..., :4] -= 1500
+    for window in [(3, 4), (4, 7), (9, 23), (2, 1)]:
+        ref = brute_softmax_pool(x, logits, window)
+        for out in both_paths(local_softmax_pool, x, logits, window):
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-11)
 
 
 def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
@@ -206,10 +221,10 @@ def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
     logits = torch.randn(1, 1, 9, 12, dtype=torch.float64)
     logits[0, 0, 0, 0] = 5000.0
     logits[0, 0, 8, 11] = -5000.0
-    out = local_softmax_pool(x, logits, (3, 3))
-    torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-10)
-    # That window's weight is all on the corner.
-    torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
+    for out in both_paths(local_softmax_pool, x, logits, (3, 3)):
+        torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-10)
+        # That window's weight is all on the corner.
+        torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
 
 
 def test_softmax_pool_moderate_range_needing_the_window_maxima():

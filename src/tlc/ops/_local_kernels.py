@@ -217,10 +217,11 @@ def _merge(m1, d1, n1, m2, d2, n2):  # pragma: no cover
     """Join two partial softmax sums, each relative to its own maximum logit m: (m, d, n) with
     d = sum exp(l - m), n = sum exp(l - m) x. Both factors are <= 1 and one is 1: nothing
     overflows, and d >= 1 never underflows."""
-    m = max(m1, m2)
-    f1 = np.exp(m1 - m)
-    f2 = np.exp(m2 - m)
-    return m, d1 * f1 + d2 * f2, n1 * f1 + n2 * f2
+    if m1 >= m2:
+        f = np.exp(m2 - m1)
+        return m1, d1 + d2 * f, n1 + n2 * f
+    f = np.exp(m1 - m2)
+    return m2, d1 * f + d2, n1 * f + n2
 
 
 def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no cover

@@ -311,6 +311,13 @@ def test_var_and_std_match_brute_force(shape, window, correction):
         torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
 
 
+def test_var_keeps_digits_for_offset_inputs():
+    x = torch.randn(2, 2, 9, 31) + 1e4  # float32: a spread of ~1 on values of 1e4
+    ref = brute_var(x, (4, 6), 1.0)
+    for out in both_paths(local_var, x, (4, 6)):
+        assert (out.double() - ref).abs().max().item() <= 4 * TOLERANCE[torch.float32]
+
+
 def test_var_covering_window_is_torch_var_and_std():
     x = torch.randn(2, 3, 7, 11, dtype=torch.float64)
     for correction in (0, 1):

@@ -4,8 +4,11 @@ Each works on a stack of planes (P, H, W), one plane per parallel task, and writ
 result (valid windows edge-replicated as in :func:`tlc.local_mean`) or the valid windows only.
 The torch paths compute the same numbers; these avoid their float64 temporaries and the passes
 over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
-within blocks of the window's length: O(1) per pixel, nothing subtracted); the variance keeps
-running float64 sums of centred values like ``_kernels``. Compiled on first use, cached on disk.
+within blocks of the window's length: O(1) per pixel, nothing subtracted), along H first (whole
+rows at a time, vectorised along W), then along W on the H - kh + 1 rows left. Softmax pooling
+for logits no single shift can hold keeps every partial sum relative to its own maximum (online
+softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
+on first use (tens of seconds for all of them), cached on disk.
 """
 
 from __future__ import annotations

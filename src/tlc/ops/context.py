@@ -84,9 +84,10 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
     At each pixel, with q running over the pixels of the window placed as in
     :func:`tlc.local_mean`: ``out = sum_q softmax(logits over the window)_q * x_q``. A window
     covering the map gives GCNet's global context ``(x.flatten(2) * softmax(logits.flatten(2),
-    -1)).sum(-1)`` at every pixel. See the module docstring for how it stays exact: shared-shift
-    block sums when the logits allow it, log-sum-exp block sums otherwise; float64 throughout
-    (``accumulation_dtype``), no window sum taken as a difference.
+    -1)).sum(-1)`` at every pixel. See the module docstring for how it stays exact: block sums
+    with one shared shift when the logits allow it, otherwise partial sums relative to their own
+    maxima (CPU kernel) or in the log domain (torch); float64 throughout (``accumulation_dtype``),
+    no window sum taken as a difference.
 
     Args:
         x: (N, C, H, W) floating tensor: the values pooled.
@@ -118,7 +119,8 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
         return fused_softmax_pool_general(x, scores, (kh, kw))
     else:
         values = x.to(acc)
-        # Positive values for the log; the per-map offset is added back exactly after pooling.
+        # Positive values for the log; the per-map offset (a convex combination's shift) is added
+        # back after pooling.
         offset = values.detach().amin(dim=(-2, -1), keepdim=True) - 1
         log_num = _block_logsumexp(scores + torch.log(values - offset), (kh, kw))
         log_den = _block_logsumexp(scores, (kh, kw))

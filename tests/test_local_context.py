@@ -362,3 +362,14 @@ def test_block_window_scan_sums_count_each_entry_once():
         sums = block_window_scan(x, k, 1, torch.cumsum, torch.add)
         ref = torch.stack([x[:, s : s + k].sum(1) for s in range(length - k + 1)], dim=1)
         torch.testing.assert_close(sums, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_brute_force():
+    x = torch.randn(2, 3, 11, 14, dtype=torch.float64)
+    logits = 2 * torch.randn(2, 1, 11, 14, dtype=torch.float64)
+    logits[..., :3] -= 1500  # the log-domain path for windows inside that band
+    ref = brute_softmax_pool(x, logits, (4, 3))
+    torch.testing.assert_close(local_softmax_pool(x.cuda(), logits.cuda(), (4, 3)).cpu(), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(local_var(x.cuda(), (4, 5)).cpu(), brute_var(x, (4, 5), 1.0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(local_axis_mean(x.cuda(), 5, -1).cpu(), brute_axis_mean(x, 5, -1), rtol=0, atol=1e-12)

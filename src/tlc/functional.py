@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .ops import local_group_norm, local_instance_norm, local_mean, local_mean_strided
+from .ops import local_group_norm, local_instance_norm, local_mean, local_mean_strided, local_var
 from .ops._common import Pair, accumulation_dtype, as_pair, check_feature_map
 from .ops.pool import clamp_window, replicate_to, window_sums
 from .rules import Site
@@ -97,40 +97,6 @@ class CallSite:
         """``module location`` (``#n`` appended for repeated calls), as shown in reports."""
         where = f"{self.module or '(model)'} {self.location}"
         return f"{where} #{self.occurrence}" if self.occurrence else where
-
-
-# ----------------------------------------------------------------------------- local variance
-
-
-def local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> torch.Tensor:
-    """Variance over a local window around each pixel (windows placed as in :func:`tlc.local_mean`).
-
-    Sums are taken in float64 on values centred by the map's global mean, so offsets do not cost
-    digits. A window covering the map gives ``torch.var(x, (2, 3), keepdim=True, correction=...)``
-    broadcast to (N, C, H, W).
-
-    Args:
-        x: (N, C, H, W) floating tensor.
-        window: (kh, kw) in pixels of ``x``; clamped to the map.
-        correction: subtracted from the window's pixel count in the divisor (1: unbiased).
-
-    Returns:
-        (N, C, H, W) tensor, dtype of ``x``.
-    """
-    check_feature_map(x)
-    kh, kw = clamp_window(as_pair(window, "window"), x.shape[-2:])
-    acc = accumulation_dtype(x)
-    h, w = x.shape[-2:]
-    # sum / count, not mean: a mean over (2, 3) here would be one of the calls this module converts.
-    centre = x.sum(dim=(-2, -1), keepdim=True, dtype=acc) / (h * w)
-    centred = x.to(acc) - centre
-    area = kh * kw
-    first = window_sums(centred, (kh, kw), acc)
-    second = window_sums(centred.square(), (kh, kw), acc)
-    squares = (second - first.square() / area).clamp_min(0)
-    # Like torch: zero degrees of freedom give inf (or nan for a constant window).
-    var = squares / max(area - correction, 0)
-    return replicate_to(var.to(x.dtype), (h, w))
 
 
 # ----------------------------------------------------------------------------- recognising calls

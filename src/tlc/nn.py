@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import local_group_norm, local_mean, local_mean_strided
-from .ops._common import Pair, as_pair
+from .ops import local_axis_mean, local_group_norm, local_max, local_mean, local_mean_strided
+from .ops._common import Pair, as_pair, check_feature_map
 from .ops.pool import opaque_local_mean_applies
 from .ops.gate import apply_pointwise
 from .ops.pool import replicate_to, valid_local_mean
@@ -146,3 +146,54 @@ class LocalPooledSequential(nn.Sequential):
             return y
         y = apply_pointwise(valid_local_mean(x, pool.window), layers)
         return replicate_to(y, x.shape[-2:])
+
+
+class LocalMaxPool2d(nn.Module):
+    """Local max pooling, the local stand-in for ``nn.AdaptiveMaxPool2d(1)`` (CBAM, ``amax``).
+
+    Input (N, C, H, W) -> output (N, C, H, W): each pixel gets the maximum of the window around it
+    (:func:`tlc.ops.local_max`).
+
+    Args:
+        window: (kh, kw) in feature pixels (an int means square).
+    """
+
+    def __init__(self, window: int | Pair) -> None:
+        super().__init__()
+        self.window = as_pair(window, "window")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return local_max(x, self.window)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}"
+
+
+class LocalStripAvgPool2d(nn.Module):
+    """Local strip pooling, the local stand-in for coordinate attention's strip pools:
+    ``nn.AdaptiveAvgPool2d((None, 1))`` (a mean over W) with ``dim=-1``, ``nn.AdaptiveAvgPool2d((1,
+    None))`` (a mean over H) with ``dim=-2``.
+
+    Input (N, C, H, W) -> output (N, C, H, W): each pixel gets the mean of the ``window`` entries
+    of its row (``dim=-1``) or column (``dim=-2``) around it (:func:`tlc.ops.local_axis_mean`).
+
+    Args:
+        window: window length in feature pixels along ``dim``.
+        dim: -1 (or 3) to average along W, -2 (or 2) to average along H.
+    """
+
+    def __init__(self, window: int, dim: int) -> None:
+        super().__init__()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        if dim not in (-1, -2, 2, 3):
+            raise ValueError(f"dim must be -1 (W) or -2 (H), got {dim!r}")
+        self.window = window
+        self.dim = dim - 4 if dim >= 0 else dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x)
+        return local_axis_mean(x, self.window, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, dim={self.dim}"

@@ -1,0 +1,83 @@
+"""Local variance and standard deviation: the stand-ins for ``x.var((2, 3))`` / ``x.std((2, 3))``."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import Pair, accumulation_dtype, as_pair, check_feature_map
+from ._local_kernels import fused_local_var, local_kernels_apply
+from .pool import clamp_window, replicate_to, window_sums
+
+
+def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> torch.Tensor:
+    """(N, C, H-kh+1, W-kw+1) variances of the windows inside the map, in the accumulation dtype."""
+    check_feature_map(x)
+    kh, kw = clamp_window(as_pair(window, "window"), x.shape[-2:])
+    acc = accumulation_dtype(x)
+    h, w = x.shape[-2:]
+    # sum / count, not mean: a mean over (2, 3) here would be one of the calls tlc.functional converts.
+    centre = x.sum(dim=(-2, -1), keepdim=True, dtype=acc) / (h * w)
+    centred = x.to(acc) - centre
+    area = kh * kw
+    first = window_sums(centred, (kh, kw), acc)
+    second = window_sums(centred.square(), (kh, kw), acc)
+    squares = (second - first.square() / area).clamp_min(0)
+    # Like torch: zero degrees of freedom give inf (or nan for a constant window).
+    return squares / max(area - correction, 0)
+
+
+def _fused_local_var(x: torch.Tensor, window: int | Pair, correction: float, root: bool) -> torch.Tensor | None:
+    """The CPU kernel's result (running float64 sums of centred values), or None where it does
+    not apply (autograd, other devices, tracing, a window covering the map)."""
+    check_feature_map(x)
+    h, w = x.shape[-2:]
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) == (h, w) or not local_kernels_apply(x):
+        return None
+    centre = x.sum(dim=(-2, -1), dtype=torch.float64) / (h * w)
+    return fused_local_var(x, centre, (kh, kw), correction, root)
+
+
+def local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> torch.Tensor:
+    """Variance over a local window around each pixel (windows placed as in :func:`tlc.local_mean`).
+
+    Sums are taken in float64 on values centred by the map's global mean, so offsets do not cost
+    digits. A window covering the map gives ``torch.var(x, (2, 3), keepdim=True, correction=...)``
+    broadcast to (N, C, H, W).
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw) in pixels of ``x``; clamped to the map.
+        correction: subtracted from the window's pixel count in the divisor (1: unbiased). With no
+            degrees of freedom left (window area <= correction) the result is inf, or nan where
+            the window is constant, as with torch.
+
+    Returns:
+        (N, C, H, W) tensor, dtype of ``x``. NaN or inf in ``x`` makes the whole map NaN (the
+        centring uses the map's mean).
+    """
+    fused = _fused_local_var(x, window, correction, root=False)
+    if fused is not None:
+        return fused
+    var = _valid_local_var(x, window, correction)
+    return replicate_to(var.to(x.dtype), x.shape[-2:])
+
+
+def local_std(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> torch.Tensor:
+    """Standard deviation over a local window around each pixel: the square root of
+    :func:`local_var` (taken in float64 before rounding). A window covering the map gives
+    ``torch.std(x, (2, 3), keepdim=True, correction=...)`` broadcast to (N, C, H, W).
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw) in pixels of ``x``; clamped to the map.
+        correction: subtracted from the window's pixel count in the divisor (1: unbiased).
+
+    Returns:
+        (N, C, H, W) tensor, dtype of ``x``.
+    """
+    fused = _fused_local_var(x, window, correction, root=True)
+    if fused is not None:
+        return fused
+    std = _valid_local_var(x, window, correction).sqrt()
+    return replicate_to(std.to(x.dtype), x.shape[-2:])

@@ -195,3 +195,20 @@ class TestFusedKernel:
         with torch.no_grad():
             assert fused_local_mean_available(x)
         assert tlc.local_mean(x, 2).requires_grad
+
+
+def test_kernels_keep_torch_thread_count():
+    """numba's OpenMP layer resets the process's thread count on its first launch: a process limited
+    to one thread must stay limited (a fresh interpreter, so the first launch happens here)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numba, tlc\n"
+        "torch.set_num_threads(1)\n"
+        "tlc.local_mean(torch.rand(1, 2, 30, 30), 7)\n"
+        "tlc.ops.local_max(torch.rand(1, 2, 30, 30), 7)\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == ["1", "1"]

@@ -14,10 +14,7 @@ import torch
 
 from ._common import cpu_kernel_applies
 
-try:
-    from numba import njit, prange
-except ImportError:  # the torch path is used instead
-    njit = prange = None
+from ._numba import parallel_kernel, prange
 
 
 def _box_mean_planes(x, k1, k2, out):  # pragma: no cover (compiled by numba)
@@ -58,7 +55,7 @@ def _box_mean_planes(x, k1, k2, out):  # pragma: no cover (compiled by numba)
                 out[p, row, :] = out[p, top + valid_h - 1, :]
 
 
-_compiled = njit(parallel=True, cache=True)(_box_mean_planes) if njit is not None else None
+_compiled = parallel_kernel(_box_mean_planes)
 
 
 def fused_local_mean_available(x: torch.Tensor) -> bool:

@@ -18,10 +18,7 @@ import torch
 
 from ._common import cpu_kernel_applies
 
-try:
-    from numba import njit, prange
-except ImportError:  # the torch paths are used instead
-    njit = prange = None
+from ._numba import njit, parallel_kernel, prange
 
 
 def _nan_max(a, b):  # pragma: no cover (compiled by numba)
@@ -350,12 +347,12 @@ if njit is not None:
     _replicate_into = njit(_replicate_into)
     _block_sums_2d = njit(_block_sums_2d)
     # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).
-    _max_compiled = njit(parallel=True, cache=True, error_model="numpy")(_max_planes)
-    _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
-    _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
-    _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
+    _max_compiled = parallel_kernel(_max_planes, error_model="numpy")
+    _weight_sums_compiled = parallel_kernel(_weight_sums_planes, error_model="numpy")
+    _weighted_pool_compiled = parallel_kernel(_weighted_pool_planes, error_model="numpy")
+    _var_compiled = parallel_kernel(_var_planes, error_model="numpy")
     _merge = njit(inline="always")(_merge)
-    _general_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_softmax_pool_general_planes)
+    _general_pool_compiled = parallel_kernel(_softmax_pool_general_planes, error_model="numpy")
 else:  # pragma: no cover
     _max_compiled = None
 

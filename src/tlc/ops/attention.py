@@ -16,10 +16,7 @@ import torch.nn.functional as F
 
 from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing
 
-try:
-    from numba import njit, prange
-except ImportError:  # the torch path is used instead
-    njit = prange = None
+from ._numba import parallel_kernel, prange
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -120,7 +117,7 @@ def _block_sums_of_squares_planes(q, k, row_cuts, col_cuts, q_out, k_out):  # pr
 
 
 _compiled_sums_of_squares = (
-    njit(parallel=True, cache=True)(_block_sums_of_squares_planes) if njit is not None else None
+    parallel_kernel(_block_sums_of_squares_planes)
 )
 
 

@@ -17,10 +17,7 @@ from torch import nn
 from ._common import cpu_kernel_applies, tracing
 from .pool import replicate_to
 
-try:
-    from numba import njit, prange
-except ImportError:  # the torch path is used instead
-    njit = prange = None
+from ._numba import parallel_kernel, prange
 
 
 def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple[nn.Module, ...]) -> torch.Tensor:
@@ -78,7 +75,7 @@ def _multiply_replicated_planes(x, gate, top, left, out):  # pragma: no cover (c
                 out_row[j] = x_row[j] * edge_right
 
 
-_compiled = njit(parallel=True, cache=True)(_multiply_replicated_planes) if njit is not None else None
+_compiled = parallel_kernel(_multiply_replicated_planes)
 
 
 def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

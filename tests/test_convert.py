@@ -270,7 +270,7 @@ def test_squeeze_excitation_with_linear_layers_fails_clearly_and_rolls_back():
             return y * self.fc(self.pool(y).view(y.shape[0], -1)).sigmoid()[:, :, None, None]
 
     model = LinearSE()
-    with pytest.raises(tlc.ConversionError, match="check forward at 16x16 failed"):
+    with pytest.raises(tlc.ConversionError, match="forward of functional call sites at 16x16 failed in module .fc."):
         tlc.convert(model, train_size=16, inplace=True)
     assert isinstance(model.pool, nn.AdaptiveAvgPool2d)
 

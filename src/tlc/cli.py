@@ -65,9 +65,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
     group.add_argument("--fast", action="store_true",
                        help="use the reference's approximate fast_imp pooling (not exact)")
-    group.add_argument("--functional", action="store_true",
-                       help="also make global ops called as functions local: x.mean((2, 3), keepdim=True), "
-                            "F.adaptive_avg_pool2d(x, 1), F.instance_norm, ... (see docs/functional.md)")
+    group.add_argument("--functional", action=argparse.BooleanOptionalAction, default=True,
+                       help="find global ops by what the model calls at run time (x.mean((2, 3), keepdim=True), "
+                            "F.adaptive_avg_pool2d(x, 1), hand-written statistics, ...; see docs/functional.md): "
+                            "made local where exact, else reported (default); --no-functional: module rules only")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:
@@ -242,7 +243,7 @@ def choose_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
 
 
 def _models_for(
-    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = False
+    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = True
 ) -> tuple[dict, str]:
     """mode -> model on the device in the dtype (the TLC one converted), and the report text."""
     from .convert import convert

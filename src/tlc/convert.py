@@ -235,6 +235,12 @@ def _calibrate(
             handle.remove()
 
 
+def _like(x: torch.Tensor, size: Pair, seed: int) -> torch.Tensor:
+    """A random input like ``x`` (channels, dtype, device) at another (H, W)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape[0], x.shape[1], *size, generator=generator).to(device=x.device, dtype=x.dtype)
+
+
 def _window(feature: Pair, train: Pair, base: Pair) -> Pair:
     return max(1, feature[0] * base[0] // train[0]), max(1, feature[1] * base[1] // train[1])
 
@@ -258,7 +264,7 @@ def convert(
     rules: Sequence[Rule] | None = None,
     inplace: bool = False,
     in_channels: int | None = None,
-    functional: bool = False,
+    functional: bool = True,
 ) -> tuple[nn.Module, ConversionReport]:
     """Make a model's global ops local (Test-time Local Converter).
 
@@ -276,9 +282,12 @@ def convert(
         rules: conversion rules, first match wins; default :data:`tlc.DEFAULT_RULES`.
         inplace: modify ``model`` itself instead of a copy.
         in_channels: channels of the calibration input; default that of the model's first conv.
-        functional: also convert global ops called as functions (``x.mean((2, 3), keepdim=True)``,
-            ``F.adaptive_avg_pool2d(x, 1)``, ``F.instance_norm``, ...) outside the modules rules
-            matched; see :mod:`tlc.functional`. They are listed in ``report.call_sites``.
+        functional: also find global ops by what the model calls while it runs (a torch function
+            mode; see :mod:`tlc.functional`): means, sums, maxima, variances and pools over H and
+            W however written, norms with spatial statistics, softmax, normalisation and matrix
+            products over all positions, FFTs. Made local where exact, else reported; listed in
+            ``report.call_sites``. Costs three more forwards at calibration (two at twice the
+            training height or width); ``False`` to use the module rules alone.
 
     Returns:
         (converted model, :class:`ConversionReport`).
@@ -341,10 +350,14 @@ def convert(
         report.converted.append(ConvertedOp(paths, rule.name, site.feature_size, site.window))
 
     try:
-        if functional:  # functional call sites (issue 7): calibrated and checked on the module-converted model
+        if functional:  # calibrated and checked on the module-converted model
+            probes = [_like(x, (2 * train[0], train[1]), 1), _like(x, (train[0], 2 * train[1]), 2)]
+            other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
             converted, report.call_sites = convert_call_sites(
-                target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
+                target, lambda what: _run(target, x.clone(), what), lambda feature: _site(feature, train, base, fast),
                 skip=matched_paths,
+                probes=[lambda what, p=p: _run(target, p.clone(), what) for p in probes],
+                check_other=lambda what: _run(target, other.clone(), what),
             )
         else:
             converted = _run(target, x, "the converted model's check forward")
@@ -352,7 +365,7 @@ def convert(
         for parent, name, module in reversed(replaced):
             setattr(parent, name, module)
         raise
-    if functional and not matched and not report.call_sites:  # functional call sites (issue 7)
+    if not matched and not report.call_sites:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
     before, after = list(_tensors(original)), list(_tensors(converted))
     try:

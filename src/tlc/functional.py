@@ -1,39 +1,57 @@
-"""Global ops called as functions: ``x.mean((2, 3), keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``,
-``F.instance_norm(x)`` and kin, made local at test time.
+"""Global ops found by what the model computes while it runs, made local or reported, by call site.
 
-Module rules cannot see these: there is no module to replace. Tracing (torch.fx) cannot follow the
+Module rules see modules; many global ops are function calls (``x.mean((2, 3), keepdim=True)``,
+``x.sum(3).sum(2) / (H * W)``, ``torch.fft.rfft2(x)``). Tracing (torch.fx) cannot follow the
 data-dependent Python of real models (NAFNet pads by the input size). Instead a
-:class:`torch.overrides.TorchFunctionMode` is active while the model runs; it sees every torch call,
-recognises reductions over both spatial dimensions of (N, C, H, W) maps and names each *call site*
-by:
+:class:`torch.overrides.TorchFunctionMode` is active while the model runs; it sees every torch call
+and names each *call site* by:
 
 - the innermost module running (its qualified name, from forward hooks),
 - the calling source line (the first stack frame outside torch), kept as the function's qualified
   name plus the line's offset in that function, so moving code around in the file keeps the name,
 - the op, and an occurrence counter of that (line, op) within that module call (loops, helpers).
 
-A calibration forward at the training size records each site's feature size; the site's window is
-then fixed like a module's. Afterwards the mode answers recognised calls at known sites with the
-local op (window clamped to the map). The hooks live on the model (state_dict keys unchanged,
-deepcopy and pickle keep them); the mode is entered when the outermost hooked module starts and
-left when it ends, also on exceptions (``always_call`` forward hooks).
+Which calls are global: a calibration forward at the training size (h, w) records, per site, the
+shape of the input of every reduction, pool, norm, softmax, normalisation, matrix product and FFT
+whose axes may be spatial; two probe forwards at (2h, w) and (h, 2w) record them again. An axis
+that grows with the height is H, with the width W, with both a flattened H*W axis; a call across
+none of them (channel means, a (B, heads, C, C) channel-attention softmax) is no global op. Should
+a probe fail (a model that only runs at its training size), 4-D tensors are taken as (N, C, H, W)
+and softmax, normalisation and products are not looked at (with a warning).
 
-Recognised (on 4-D floating tensors, any 4-D tensor being taken as (N, C, H, W)):
+The site's window is fixed from its feature size at the training size like a module's. Afterwards
+the mode answers calls at converted sites with the local op (window clamped to the map). The hooks
+live on the model (state_dict keys unchanged, deepcopy and pickle keep them); the mode is entered
+when the outermost hooked module starts and left when it ends, also on exceptions (``always_call``
+forward hooks). Once converted, only the calls that can have a local form are looked at; any other
+call costs one dict lookup.
 
-===============================================  ==============================================
-call                                             local version
-===============================================  ==============================================
-``torch.mean``/``Tensor.mean`` over dims {2, 3}  :func:`tlc.local_mean` (``keepdim=True`` only)
-``F.adaptive_avg_pool2d(x, 1)``                  :func:`tlc.local_mean`
-``F.avg_pool2d(x, kernel = map size)``           :func:`tlc.local_mean`
-``F.instance_norm`` with input statistics        :func:`tlc.local_instance_norm`
-``F.group_norm``                                 :func:`tlc.local_group_norm`
-``torch.var``/``std`` (and methods) over {2, 3}  :func:`local_var` (and its square root)
-``F.adaptive_max_pool2d(x, 1)``, ``amax``        reported, left global (no local max here)
-===============================================  ==============================================
+Made local, on (N, C, H, W) maps, ``keepdim=True``:
 
-Means over channels (NAFNet's and Restormer's LayerNorm: ``x.mean(1, keepdim=True)``) or over one
-spatial axis only are not touched.
+======================================================  ============================================
+call                                                    local version
+======================================================  ============================================
+``mean`` over {2, 3}, ``F.adaptive_avg_pool2d(x, 1)``,   :func:`tlc.local_mean`
+``F.avg_pool2d(x, x.shape[2:])``
+``sum`` over {2, 3}                                     ``local_mean`` x (H * W) of the map
+``mean``/``sum`` over one of 2, 3,                       :func:`tlc.ops.local_axis_mean` (x the axis
+``F.adaptive_avg_pool2d(x, (None, 1))``/``((1, None))``  length for sums)
+``amax`` over {2, 3}, ``F.adaptive_max_pool2d(x, 1)``,  :func:`tlc.ops.local_max`
+``F.max_pool2d(x, x.shape[2:])``
+``amax``/``max(dim)`` over one of 2, 3, strip max pools  :func:`tlc.ops.local_axis_max` (``max`` gives
+                                                        ``indices=None``)
+``var``/``std`` over {2, 3}                             :func:`tlc.ops.local_var` / ``local_std``
+``((x - mean) ** 2)`` reduced over H and W (IMDN)       ``local_var`` of ``x`` (see ``_Mark``)
+``F.instance_norm`` (input statistics)                  :func:`tlc.local_instance_norm`
+``F.group_norm``                                        :func:`tlc.local_group_norm`
+``F.layer_norm`` over (H, W) / (C, H, W), no affine     local instance norm / group norm, one group
+======================================================  ============================================
+
+Reported, left global: the same with ``keepdim=False`` or over a flattened H*W axis (reasons start
+with :data:`POOLED_VALUE`), ``var``/``std`` over one axis, adaptive pooling to a fixed k x k grid,
+``F.layer_norm`` over H, W with an affine weight, FFTs over H and/or W, softmax, normalisation
+(``F.normalize``, norms) and matrix products (``matmul``, ``bmm``, ``einsum``) over all positions
+or over whole rows or columns (Stripformer: the reason offers the windowed form).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ brute force) or reported with its module, source line and reason."""
 
 from __future__ import annotations
 
+import warnings
+
 import einops
 import pytest
 import torch
@@ -351,7 +353,9 @@ class FourierBlock(nn.Module):
 
 def test_whole_map_ffts_are_reported():
     model = randomised(FourierBlock())
-    converted, report = tlc.convert(model, TRAIN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no global operation found": the FFTs are global ops
+        converted, report = tlc.convert(model, TRAIN)
     assert reported(report) == [("rfft2", "whole-map FFT: no local form"), ("irfft2", "whole-map FFT: no local form")]
     assert report.call_sites[0].location.startswith("test_runtime_ops.py:")
     x = image(1, 3, 20, 36, dtype=torch.float32)
@@ -384,6 +388,31 @@ def test_softmax_and_matmul_over_all_positions_are_reported():
         ("softmax", "softmax over all H*W positions"),
         ("matmul", "matmul contracting over all H*W positions"),
     ]
+
+
+class FlatSqueeze(nn.Module):
+    """Squeeze-excitation written on the flattened map: a mean over the H*W axis, Linear layers."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c = y.shape[:2]
+        return y * torch.sigmoid(self.fc(y.view(n, c, -1).mean(-1))).view(n, c, 1, 1)
+
+
+def test_a_mean_over_the_flattened_map_is_a_reported_pooled_value():
+    model = randomised(FlatSqueeze())
+    converted, report = tlc.convert(model, TRAIN)
+    [site] = report.call_sites
+    assert (site.module, site.op, site.converted) == ("", "mean", False)
+    assert site.reason == (
+        "pooled value leaves the map layout: mean over all H*W positions of a tensor not laid out as (N, C, H, W)"
+    )
+    assert site.name.startswith("(model) test_runtime_ops.py:") and site.name in str(report)
 
 
 class RowAttention(nn.Module):
@@ -445,3 +474,26 @@ def test_recognise_with_probe_sizes():
     assert recognise(torch.matmul, (base.flatten(2), base.flatten(2).transpose(1, 2))) is None
     assert recognise(torch.fft.rfft2, (base,)) == ("rfft2", "whole-map FFT: no local form")
     assert recognise(torch.fft.rfft, (base,), {"dim": 1}) is None  # over channels
+
+
+def test_a_centred_square_changed_in_place_is_not_taken_for_a_variance():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            m = mean_channels(y)
+            m.mul_(2)  # no longer the mean: (y - 2 mean)^2 is no variance
+            return ((y - m) ** 2).sum(3, keepdim=True).sum(2, keepdim=True)
+
+    model = randomised(InPlace()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    check_invariant(model, converted, report)
+    x = image(1, 3, 30, 27)
+    with torch.no_grad():
+        y = model.conv(x)
+        centred = (y - 2 * brute_force(y, (24, 24), mean)) ** 2
+        expected = brute_force(centred, (24, 24), mean) * (30 * 27)  # reduced site by site
+        assert (converted(x) - expected).abs().max().item() < 1e-9

@@ -77,9 +77,10 @@ class ConversionReport:
         converted: every op made local, in model order.
         skipped: every matched op left global, with the reason.
         max_deviation: max |converted - original| over the outputs at the training size.
-        functional: whether ops called as functions were converted too (``functional=True``).
-        call_sites: with ``functional``, every functional global op found, converted or left
-            global (:class:`tlc.functional.CallSite`).
+        functional: whether global ops were also looked for at run time (``functional=True``,
+            the default of :func:`convert`).
+        call_sites: with ``functional``, every global op found at run time outside the modules
+            rules matched, converted or left global with its reason (:class:`tlc.functional.CallSite`).
     """
 
     train_size: Pair
@@ -108,7 +109,7 @@ class ConversionReport:
         if self.skipped:
             lines.append("left global:")
             lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in self.skipped])
-        if self.functional:  # functional call sites (issue 7)
+        if self.functional:
             local = [s for s in self.call_sites if s.converted]
             kept = [s for s in self.call_sites if not s.converted]
             lines.append(f"functional call sites: {len(local)} converted, {len(kept)} left global")

@@ -673,12 +673,17 @@ _MARK = "_tlc_mark"
 
 
 def _mark_of(t: object) -> _Mark | None:
-    return t.__dict__.get(_MARK) if isinstance(t, torch.Tensor) else None
+    """The mark of ``t``, unless ``t`` or its source changed in place since it was set."""
+    entry = t.__dict__.get(_MARK) if isinstance(t, torch.Tensor) else None
+    if entry is None:
+        return None
+    mark, version, src_version = entry
+    return mark if t._version == version and mark.src._version == src_version else None
 
 
 def _set_mark(t: object, mark: _Mark) -> None:
     if isinstance(t, torch.Tensor):
-        t.__dict__[_MARK] = mark
+        t.__dict__[_MARK] = (mark, t._version, mark.src._version)
 
 
 def _marked_sub(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:

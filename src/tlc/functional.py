@@ -1147,7 +1147,8 @@ def convert_call_sites(
         probes: two runners, at (2h, w) and (h, 2w). Without them, or should one fail (with a
             warning), a 4-D tensor is taken as (N, C, H, W) and softmax, normalisation and matrix
             products over positions are not looked at.
-        check_other: runs the model at a size other than the training size, H != W.
+        check_other: runs the model at a size other than the training size, H != W; only where
+            the probe forwards ran.
 
     Returns:
         (output of the passing check forward at the training size, every global op found,
@@ -1179,7 +1180,7 @@ def convert_call_sites(
             converter._thread.last = None
             try:
                 out = run("the converted model's check forward")
-                if check_other is not None:
+                if check_other is not None and probed:  # the model runs at other sizes
                     with warnings.catch_warnings():  # sites met only at other sizes warn at inference
                         warnings.simplefilter("ignore")
                         try:

@@ -71,7 +71,8 @@ def block_window_scan(t: torch.Tensor, k: int, dim: int, scan: Scan, combine: Co
 
     ``scan(blocks, d)`` is an inclusive scan along ``d`` (cumulative max, sum, log-sum-exp) and
     ``combine`` the matching associative binary op; window ``s`` is ``combine(suffix scan at s,
-    prefix scan at s + k - 1)``. Returns ``L - k + 1`` entries along ``dim`` (``1 <= k <= L``).
+    prefix scan at s + k - 1)``, except at block starts, where the suffix alone is the window (the
+    prefix would count the block twice). Returns ``L - k + 1`` entries along ``dim`` (``1 <= k <= L``).
     """
     dim %= t.dim()
     length = t.shape[dim]
@@ -96,6 +97,7 @@ def block_window_scan(t: torch.Tensor, k: int, dim: int, scan: Scan, combine: Co
     suffix = scan(grid.flip(2), 2).flip(2).reshape(pre, padded, post)
     count = length - k + 1
     out = combine(suffix[:, :count], prefix[:, k - 1 : k - 1 + count])
+    out[:, ::k] = suffix[:, :count:k]
     return out.reshape(*shape[:dim], count, *shape[dim + 1 :])
 
 
@@ -142,7 +144,7 @@ def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     if k == length:
         mean = x.sum(dim=dim, keepdim=True, dtype=accumulation_dtype(x)) / length
         return mean.to(x.dtype).expand(x.shape).contiguous()
-    if fused_local_mean_available(x):
+    if fused_local_mean_available(x) and x.numel() > 0:
         # The fused 2-D kernel with a window of one entry on the other axis: (pre, L, post) maps.
         pre = 1
         for n in x.shape[:dim]:
@@ -150,8 +152,9 @@ def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
         post = 1
         for n in x.shape[dim + 1 :]:
             post *= n
-        if post == 1:
-            out = fused_local_mean(x.reshape(1, pre, 1, length), (1, k))
+        if post == 1:  # along the last axis: (rows, L) maps, a window of one row
+            rows = x.shape[dim - 1] if dim > 0 else 1
+            out = fused_local_mean(x.reshape(1, pre // rows, rows, length), (1, k))
         else:
             out = fused_local_mean(x.reshape(1, pre, length, post), (k, 1))
         return out.reshape(x.shape)

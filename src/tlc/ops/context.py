@@ -36,8 +36,9 @@ import math
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
+from ._local_kernels import fused_softmax_pool, local_kernels_apply
 from .axis import block_window_scan
-from .extrema import valid_axis_max
+from .extrema import local_max
 from .pool import clamp_window, replicate_to
 
 
@@ -69,7 +70,7 @@ def _shared_shift_is_exact(logits: torch.Tensor, shift: torch.Tensor, window: Pa
     reach = math.log(torch.finfo(logits.dtype).eps / torch.finfo(logits.dtype).tiny)
     if bool((logits.amin(dim=(-2, -1), keepdim=True) >= shift - reach).all()):
         return True
-    window_max = valid_axis_max(valid_axis_max(logits, window[1], -1), window[0], -2)
+    window_max = local_max(logits, window)  # the valid windows' maxima, replicated
     return bool((window_max.amin(dim=(-2, -1), keepdim=True) >= shift - reach).all())
 
 
@@ -97,16 +98,20 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
     h, w = x.shape[-2:]
     kh, kw = clamp_window(as_pair(window, "window"), (h, w))
     acc = accumulation_dtype(x)
-    values, scores = x.to(acc), logits.to(acc)
+    scores = logits.to(acc)
     if (kh, kw) == (h, w):  # the global formula, broadcast
         weights = torch.softmax(scores.flatten(2), dim=-1)
-        context = (values.flatten(2) * weights).sum(-1)
+        context = (x.to(acc).flatten(2) * weights).sum(-1)
         return context.to(x.dtype)[:, :, None, None].expand(x.shape).contiguous()
     shift = scores.detach().amax(dim=(-2, -1), keepdim=True)
     if not tracing() and _shared_shift_is_exact(scores.detach(), shift, (kh, kw)):
         weights = torch.exp(scores - shift)
+        if local_kernels_apply(x, logits):
+            return fused_softmax_pool(x, weights, (kh, kw))
+        values = x.to(acc)
         valid = _block_sums(weights * values, (kh, kw)) / _block_sums(weights, (kh, kw))
     else:
+        values = x.to(acc)
         # Positive values for the log; the per-map offset is added back exactly after pooling.
         offset = values.detach().amin(dim=(-2, -1), keepdim=True) - 1
         log_num = _block_logsumexp(scores + torch.log(values - offset), (kh, kw))

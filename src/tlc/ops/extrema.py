@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Pair, as_pair, check_feature_map
+from ._local_kernels import fused_local_max, local_kernels_apply
 from .axis import block_window_scan, check_axis, replicate_along
 from .pool import clamp_window, replicate_to
 
@@ -44,10 +45,41 @@ def local_axis_max(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
         ``torch.amax``: a window holding a NaN gives NaN, other windows are unaffected.
     """
     dim, k = check_axis(x, window, dim)
+    length = x.shape[dim]
+    if k < length and x.numel() > 0 and local_kernels_apply(x):
+        # The 2-D kernel with a window of one entry across: (rows, L) or (L, post) planes.
+        pre = 1
+        for n in x.shape[:dim]:
+            pre *= n
+        post = x.numel() // (pre * length)
+        if post > 1:
+            return fused_local_max(x.reshape(pre, length, post), (k, 1)).reshape(x.shape)
+        rows = x.shape[dim - 1] if dim > 0 else 1
+        return fused_local_max(x.reshape(pre // rows, rows, length), (1, k)).reshape(x.shape)
     valid = valid_axis_max(x, k, dim)
     if valid.shape[dim] == 1:
         return valid.expand(x.shape).contiguous()
     return replicate_along(valid, x.shape[dim], dim)
+
+
+def valid_local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
+    """Maxima over every window lying fully inside the map: :func:`local_max` before the edge
+    replication (``tlc.ops.pool.replicate_to`` completes it). Pointwise layers applied to this
+    smaller map and then replicated give the same result as on the full map, for less work.
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw), clamped to the map.
+
+    Returns:
+        (N, C, H - kh + 1, W - kw + 1) tensor, dtype of ``x``.
+    """
+    check_feature_map(x)
+    n, c, h, w = x.shape
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) != (h, w) and local_kernels_apply(x):
+        return fused_local_max(x.reshape(n * c, h, w), (kh, kw), valid_only=True).view(n, c, h - kh + 1, w - kw + 1)
+    return valid_axis_max(valid_axis_max(x, kw, -1), kh, -2)
 
 
 def local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
@@ -64,6 +96,9 @@ def local_max(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
         O(1) per pixel). NaN propagates like ``torch.amax`` (only windows holding it are NaN).
     """
     check_feature_map(x)
-    kh, kw = clamp_window(as_pair(window, "window"), x.shape[-2:])
+    n, c, h, w = x.shape
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) != (h, w) and local_kernels_apply(x):
+        return fused_local_max(x.reshape(n * c, h, w), (kh, kw)).view(n, c, h, w)
     valid = valid_axis_max(valid_axis_max(x, kw, -1), kh, -2)
     return replicate_to(valid, x.shape[-2:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map
+from ._local_kernels import fused_local_var, local_kernels_apply
 from .pool import clamp_window, replicate_to, window_sums
 
 
@@ -25,6 +26,18 @@ def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> 
     return squares / max(area - correction, 0)
 
 
+def _fused_local_var(x: torch.Tensor, window: int | Pair, correction: float, root: bool) -> torch.Tensor | None:
+    """The CPU kernel's result (running float64 sums of centred values), or None where it does
+    not apply (autograd, other devices, tracing, a window covering the map)."""
+    check_feature_map(x)
+    h, w = x.shape[-2:]
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) == (h, w) or not local_kernels_apply(x):
+        return None
+    centre = x.sum(dim=(-2, -1), dtype=torch.float64) / (h * w)
+    return fused_local_var(x, centre, (kh, kw), correction, root)
+
+
 def local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> torch.Tensor:
     """Variance over a local window around each pixel (windows placed as in :func:`tlc.local_mean`).
 
@@ -42,6 +55,9 @@ def local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> t
     Returns:
         (N, C, H, W) tensor, dtype of ``x``.
     """
+    fused = _fused_local_var(x, window, correction, root=False)
+    if fused is not None:
+        return fused
     var = _valid_local_var(x, window, correction)
     return replicate_to(var.to(x.dtype), x.shape[-2:])
 
@@ -59,5 +75,8 @@ def local_std(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> t
     Returns:
         (N, C, H, W) tensor, dtype of ``x``.
     """
+    fused = _fused_local_var(x, window, correction, root=True)
+    if fused is not None:
+        return fused
     std = _valid_local_var(x, window, correction).sqrt()
     return replicate_to(std.to(x.dtype), x.shape[-2:])

@@ -1,0 +1,337 @@
+"""Compiled CPU kernels (numba) for the local max, softmax pooling and variance.
+
+Each works on a stack of planes (P, H, W), one plane per parallel task, and writes the full-size
+result (valid windows edge-replicated as in :func:`tlc.local_mean`) or the valid windows only.
+The torch paths compute the same numbers; these avoid their float64 temporaries and the passes
+over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
+within blocks of the window's length: O(1) per pixel, nothing subtracted); the variance keeps
+running float64 sums of centred values like ``_kernels``. Compiled on first use, cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._common import cpu_kernel_applies
+
+try:
+    from numba import njit, prange
+except ImportError:  # the torch paths are used instead
+    njit = prange = None
+
+
+def _nan_max(a, b):  # pragma: no cover (compiled by numba)
+    """max(a, b) propagating NaN from either side, like torch.maximum."""
+    return a if (a > b or a != a) else b
+
+
+# Rows scanned together: the scans along W run over LANES rows at once (a transposed tile in
+# cache), so each step is one vector operation instead of a chain of dependent scalar ones.
+LANES = 8
+
+
+def _rows_window_max(src, k, dst):  # pragma: no cover
+    """dst[r, b] = max(src[r, b : b + k]) for every row r of ``src`` (R, W) and the W - k + 1
+    valid b: van Herk blocks, LANES rows at a time through a transposed (W, LANES) tile."""
+    nrows, w = src.shape
+    valid = w - k + 1
+    tile = np.empty((w, LANES), src.dtype)
+    pre = np.empty((w, LANES), src.dtype)
+    suf = np.empty((w, LANES), src.dtype)
+    res = np.empty((valid, LANES), src.dtype)
+    for g in range(0, nrows, LANES):
+        for j in range(w):
+            for lane in range(LANES):
+                tile[j, lane] = src[min(g + lane, nrows - 1), j]  # short last group: repeat a row
+        for start in range(0, w, k):
+            stop = min(start + k, w)
+            pre[start, :] = tile[start, :]
+            for j in range(start + 1, stop):
+                for lane in range(LANES):
+                    pre[j, lane] = _nan_max(pre[j - 1, lane], tile[j, lane])
+            suf[stop - 1, :] = tile[stop - 1, :]
+            for j in range(stop - 2, start - 1, -1):
+                for lane in range(LANES):
+                    suf[j, lane] = _nan_max(suf[j + 1, lane], tile[j, lane])
+        for start in range(0, valid, k):
+            res[start, :] = suf[start, :]
+            for b in range(start + 1, min(start + k, valid)):
+                for lane in range(LANES):
+                    res[b, lane] = _nan_max(suf[b, lane], pre[b + k - 1, lane])
+        for lane in range(min(LANES, nrows - g)):
+            for b in range(valid):
+                dst[g + lane, b] = res[b, lane]
+
+
+def _replicate_into(valid, out, top, left):  # pragma: no cover
+    """Write the (h, w) ``valid`` map into ``out`` (H, W) at (top, left) and edge-replicate it."""
+    vh, vw = valid.shape
+    h, w = out.shape
+    for r in range(vh):
+        row = top + r
+        for j in range(vw):
+            out[row, left + j] = valid[r, j]
+        for j in range(left):
+            out[row, j] = valid[r, 0]
+        for j in range(left + vw, w):
+            out[row, j] = valid[r, vw - 1]
+    for row in range(top):
+        out[row, :] = out[top, :]
+    for row in range(top + vh, h):
+        out[row, :] = out[top + vh - 1, :]
+
+
+def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
+    """cols (H-k1+1, W) gets the maxima of ``plane`` (H, W) over k1 consecutive rows: suffix
+    maxima within blocks of k1 rows (``below``, H x W), then prefix maxima as one running row.
+    Whole rows at a time, so the inner loops run along W (vectorised)."""
+    h, w = plane.shape
+    for i in range(h - 1, -1, -1):
+        if i == h - 1 or (i + 1) % k1 == 0:
+            below[i, :] = plane[i, :]
+        else:
+            for j in range(w):
+                below[i, j] = _nan_max(below[i + 1, j], plane[i, j])
+    for i in range(h):
+        if i % k1 == 0:
+            running[:] = plane[i, :]
+        else:
+            for j in range(w):
+                running[j] = _nan_max(running[j], plane[i, j])
+        r = i - k1 + 1
+        if r >= 0:
+            if r % k1 == 0:
+                cols[r, :] = below[r, :]
+            else:
+                for j in range(w):
+                    cols[r, j] = _nan_max(below[r, j], running[j])
+
+
+def _max_planes(x, k1, k2, out):  # pragma: no cover
+    """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated, or
+    (P, H-k1+1, W-k2+1): the valid windows' maxima only.
+
+    Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the scans
+    along W, which run entry by entry."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        valid = np.empty((vh, vw), x.dtype)
+        if k1 == 1:
+            _rows_window_max(x[p], k2, valid)
+        else:
+            cols = np.empty((vh, w), x.dtype)
+            _columns_max(x[p], k1, cols, np.empty((h, w), x.dtype), np.empty(w, x.dtype))
+            _rows_window_max(cols, k2, valid)
+        if out.shape[1] == vh and out.shape[2] == vw:
+            out[p, :, :] = valid
+        else:
+            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _block_sums_2d(a, b, use_b, k1, k2, valid):  # pragma: no cover
+    """valid (H-k1+1, W-k2+1) gets the sums of ``a * b`` (``a`` alone unless ``use_b``; a, b:
+    (H, W)) over every window, in float64, from suffix and prefix sums within blocks (no
+    differences). Along H first (vectorised along W), then along W on the remaining rows."""
+    h, w = a.shape
+    vh, vw = valid.shape
+    below = np.empty((h, w), np.float64)
+    for i in range(h - 1, -1, -1):
+        restart = i == h - 1 or (i + 1) % k1 == 0
+        for j in range(w):
+            v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
+            below[i, j] = v if restart else below[i + 1, j] + v
+    cols = np.empty((vh, w), np.float64)
+    running = np.zeros(w, np.float64)
+    for i in range(h):
+        restart = i % k1 == 0
+        for j in range(w):
+            v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
+            running[j] = v if restart else running[j] + v
+        r = i - k1 + 1
+        if r >= 0:
+            if r % k1 == 0:
+                cols[r, :] = below[r, :]
+            else:
+                for j in range(w):
+                    cols[r, j] = below[r, j] + running[j]
+    _rows_window_sum(cols, k2, valid)
+
+
+def _rows_window_sum(src, k, dst):  # pragma: no cover
+    """dst[r, b] = sum(src[r, b : b + k]) (float64) for every row r of ``src`` and the W - k + 1
+    valid b: suffix plus prefix sums within blocks, LANES rows at a time (see _rows_window_max)."""
+    nrows, w = src.shape
+    valid = w - k + 1
+    tile = np.empty((w, LANES), np.float64)
+    pre = np.empty((w, LANES), np.float64)
+    suf = np.empty((w, LANES), np.float64)
+    res = np.empty((valid, LANES), np.float64)
+    for g in range(0, nrows, LANES):
+        for j in range(w):
+            for lane in range(LANES):
+                tile[j, lane] = src[min(g + lane, nrows - 1), j]
+        for start in range(0, w, k):
+            stop = min(start + k, w)
+            pre[start, :] = tile[start, :]
+            for j in range(start + 1, stop):
+                for lane in range(LANES):
+                    pre[j, lane] = pre[j - 1, lane] + tile[j, lane]
+            suf[stop - 1, :] = tile[stop - 1, :]
+            for j in range(stop - 2, start - 1, -1):
+                for lane in range(LANES):
+                    suf[j, lane] = suf[j + 1, lane] + tile[j, lane]
+        for start in range(0, valid, k):
+            res[start, :] = suf[start, :]
+            for b in range(start + 1, min(start + k, valid)):
+                for lane in range(LANES):
+                    res[b, lane] = suf[b, lane] + pre[b + k - 1, lane]
+        for lane in range(min(LANES, nrows - g)):
+            for b in range(valid):
+                dst[g + lane, b] = res[b, lane]
+
+
+def _weight_sums_planes(e, k1, k2, out):  # pragma: no cover
+    """e: (P, H, W) float64 weights; out: (P, H-k1+1, W-k2+1) their window sums."""
+    for p in prange(e.shape[0]):
+        _block_sums_2d(e[p], e[p], False, k1, k2, out[p])
+
+
+def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
+    """x: (P, H, W); e: (P // ratio, H, W) float64 weights, plane p of x weighted by plane
+    p // ratio; den: their window sums. out: (P, H, W) window sums of e * x over den, replicated."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        q = p // ratio
+        valid = np.empty((vh, vw), np.float64)
+        _block_sums_2d(e[q], x[p], True, k1, k2, valid)
+        for r in range(vh):
+            for j in range(vw):
+                valid[r, j] /= den[q, r, j]
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
+    """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
+    with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
+    its square, a row of column sums sliding down and a window sum sliding along it."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    area = k1 * k2
+    for p in prange(planes):
+        c = centre[p]
+        col1 = np.zeros(w, np.float64)
+        col2 = np.zeros(w, np.float64)
+        for i in range(k1):
+            for j in range(w):
+                d = np.float64(x[p, i, j]) - c
+                col1[j] += d
+                col2[j] += d * d
+        valid = np.empty((vh, vw), np.float64)
+        for a in range(vh):
+            if a > 0:
+                for j in range(w):
+                    d_in = np.float64(x[p, a + k1 - 1, j]) - c
+                    d_out = np.float64(x[p, a - 1, j]) - c
+                    col1[j] += d_in - d_out
+                    col2[j] += d_in * d_in - d_out * d_out
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(k2):
+                s1 += col1[j]
+                s2 += col2[j]
+            for b in range(vw):
+                if b > 0:
+                    s1 += col1[b + k2 - 1] - col1[b - 1]
+                    s2 += col2[b + k2 - 1] - col2[b - 1]
+                # One pixel: exactly no spread (the running sums could leave a rounding residue).
+                squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
+                var = squares / divisor
+                valid[a, b] = np.sqrt(var) if root else var
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+if njit is not None:
+    _nan_max = njit(inline="always")(_nan_max)
+    _rows_window_max = njit(_rows_window_max)
+    _rows_window_sum = njit(_rows_window_sum)
+    _columns_max = njit(_columns_max)
+    _replicate_into = njit(_replicate_into)
+    _block_sums_2d = njit(_block_sums_2d)
+    # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).
+    _max_compiled = njit(parallel=True, cache=True, error_model="numpy")(_max_planes)
+    _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
+    _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
+    _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
+else:  # pragma: no cover
+    _max_compiled = None
+
+
+def local_kernels_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels here may compute on ``tensors``: numba present, all on the CPU, no
+    gradients needed, not traced."""
+    return _max_compiled is not None and cpu_kernel_applies(*tensors)
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """float32/float64 contiguous planes (half inputs are computed in float32)."""
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return work.contiguous()
+
+
+def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: bool = False) -> torch.Tensor:
+    """(P, H, W) CPU tensor, clamped window (kh, kw) -> (P, H, W) local maxima, or with
+    ``valid_only`` the (P, H-kh+1, W-kw+1) maxima of the windows inside the map; dtype of input."""
+    work = _working(planes)
+    p, h, w = work.shape
+    size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
+    out = work.new_empty((p, *size))
+    _max_compiled(work.numpy(), window[0], window[1], out.numpy())
+    return out.to(planes.dtype)
+
+
+def fused_softmax_pool(x: torch.Tensor, weights: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Window sums of ``weights * x`` over window sums of ``weights``, replicated to full size.
+
+    Args:
+        x: (N, C, H, W) CPU tensor.
+        weights: (N, 1 or C, H, W) float64 weights, already shifted (see :mod:`tlc.ops.context`).
+        window: clamped (kh, kw).
+
+    Returns:
+        (N, C, H, W), dtype of ``x``.
+    """
+    n, c, h, w = x.shape
+    kh, kw = window
+    e = weights.contiguous().view(-1, h, w)
+    den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    _weight_sums_compiled(e.numpy(), kh, kw, den.numpy())
+    work = _working(x)
+    out = torch.empty_like(work)
+    ratio = c // weights.shape[1]
+    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw,
+                            out.view(n * c, h, w).numpy())
+    return out.to(x.dtype)
+
+
+def fused_local_var(
+    x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool
+) -> torch.Tensor:
+    """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
+
+    Args:
+        x: (N, C, H, W).
+        centre: (N, C) float64 values subtracted before the sums (the map's mean keeps digits).
+        window: clamped (kh, kw).
+        correction: subtracted from the window's pixel count in the divisor.
+        root: return the standard deviation.
+    """
+    n, c, h, w = x.shape
+    work = _working(x)
+    out = torch.empty_like(work)
+    divisor = max(window[0] * window[1] - correction, 0.0)
+    _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
+                  float(divisor), bool(root), out.view(n * c, h, w).numpy())
+    return out.to(x.dtype)

@@ -1,0 +1,342 @@
+"""local_axis_mean, local_softmax_pool and local_var/local_std against brute-force per-pixel loops,
+their global versions when the window covers the map, extreme logits, every dtype and gradcheck."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from tlc.nn import LocalStripAvgPool2d
+from tlc.ops import local_axis_mean, local_softmax_pool, local_std, local_var
+
+from .conftest import TOLERANCE
+
+
+def window_span(length: int, k: int, i: int) -> tuple[int, int]:
+    """[start, stop) of the window given to entry ``i``: the k-window (k clamped to the axis)
+    whose valid index is i - (k-1)//2, kept between 0 and length - k."""
+    k = min(k, length)
+    start = min(max(i - (k - 1) // 2, 0), length - k)
+    return start, start + k
+
+
+def both_paths(fn, x: torch.Tensor, *args) -> list[torch.Tensor]:
+    """``fn`` without autograd (on the CPU: the compiled kernels) and with it (torch ops)."""
+    return [fn(x, *args), fn(x.clone().requires_grad_(), *args).detach()]
+
+
+def brute_axis_mean(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    x = x.double()
+    length = x.shape[dim]
+    pieces = []
+    for i in range(length):
+        start, stop = window_span(length, k, i)
+        pieces.append(x.narrow(dim, start, stop - start).sum(dim=dim, keepdim=True) / (stop - start))
+    return torch.cat(pieces, dim=dim)
+
+
+def brute_per_pixel(x: torch.Tensor, window: tuple[int, int], reduce) -> torch.Tensor:
+    """out[:, :, i, j] = reduce(window of pixel (i, j)), the window as a (N, C, kh, kw) tensor."""
+    n, c, h, w = x.shape
+    out = torch.empty(n, c, h, w, dtype=torch.float64)
+    for i in range(h):
+        top, bottom = window_span(h, window[0], i)
+        for j in range(w):
+            left, right = window_span(w, window[1], j)
+            out[:, :, i, j] = reduce(top, bottom, left, right)
+    return out
+
+
+def brute_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    x, logits = x.double(), logits.double()
+
+    def reduce(top, bottom, left, right):
+        scores = logits[:, :, top:bottom, left:right].flatten(2)
+        weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # the window's own maximum
+        values = x[:, :, top:bottom, left:right].flatten(2)
+        return (values * weights).sum(-1) / weights.sum(-1)
+
+    return brute_per_pixel(x, window, reduce)
+
+
+def brute_var(x: torch.Tensor, window: tuple[int, int], correction: float) -> torch.Tensor:
+    x = x.double()
+
+    def reduce(top, bottom, left, right):
+        patch = x[:, :, top:bottom, left:right].flatten(2)
+        deviations = patch - patch.sum(-1, keepdim=True) / patch.shape[-1]
+        return deviations.square().sum(-1) / (patch.shape[-1] - correction)
+
+    return brute_per_pixel(x, window, reduce)
+
+
+# ----------------------------------------------------------------------------- local_axis_mean
+
+
+@pytest.mark.parametrize(
+    "shape,window,dim",
+    [
+        ((2, 17, 5), 4, 1),  # (N, L, C) tokens
+        ((2, 17, 5), 40, 1),
+        ((2, 17, 5), 1, 1),
+        ((2, 3, 7, 11), 4, -1),  # coordinate attention: along W
+        ((2, 3, 7, 11), 6, -2),  # along H
+        ((2, 3, 1, 9), 3, -1),
+        ((2, 3, 13, 1), 5, 2),
+        ((2, 3, 13, 1), 5, 3),
+        ((9,), 4, 0),
+        ((2, 3, 4, 6, 13), 6, 4),
+        ((2, 3, 11, 6, 2), 3, 2),
+    ],
+)
+def test_axis_mean_matches_brute_force(shape, window, dim):
+    x = torch.randn(shape, dtype=torch.float64)
+    out = local_axis_mean(x, window, dim)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, brute_axis_mean(x, window, dim), rtol=0, atol=1e-12)
+    # The differentiable path (prefix sums) gives the same numbers as the CPU kernel.
+    with_grad = local_axis_mean(x.clone().requires_grad_(), window, dim)
+    torch.testing.assert_close(with_grad.detach(), out, rtol=0, atol=1e-12)
+
+
+def test_axis_mean_random_shapes():
+    rng = random.Random(5)
+    for _ in range(20):
+        rank = rng.randint(1, 5)
+        shape = tuple(rng.randint(1, 9) for _ in range(rank))
+        dim = rng.randrange(-rank, rank)
+        k = rng.randint(1, 12)
+        x = torch.randn(shape, dtype=torch.float64)
+        torch.testing.assert_close(local_axis_mean(x, k, dim), brute_axis_mean(x, k, dim), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_axis_mean_dtypes(dtype):
+    x = torch.randn(2, 19, 6).to(dtype)
+    for requires_grad in (False, True):
+        out = local_axis_mean(x.clone().requires_grad_(requires_grad), 5, 1)
+        assert out.dtype == dtype
+        err = (out.double() - brute_axis_mean(x, 5, 1)).abs().max().item()
+        assert err <= TOLERANCE[dtype], err
+
+
+def test_axis_mean_keeps_digits_with_an_offset():
+    x = torch.randn(1, 2, 3, 4000, dtype=torch.float32) + 1e4
+    out = local_axis_mean(x, 33, -1)
+    ref = brute_axis_mean(x, 33, -1)
+    assert (out.double() - ref).abs().max().item() <= 1e4 * 2 * 2**-24  # the output's rounding only
+
+
+def test_axis_mean_covering_window_is_the_global_strip_pool():
+    x = torch.randn(2, 3, 7, 11)
+    expected = nn.AdaptiveAvgPool2d((None, 1))(x.double()).expand_as(x).float()
+    torch.testing.assert_close(local_axis_mean(x, 11, -1), expected, rtol=0, atol=TOLERANCE[torch.float32])
+    expected = nn.AdaptiveAvgPool2d((1, None))(x.double()).expand_as(x).float()
+    torch.testing.assert_close(local_axis_mean(x, 50, -2), expected, rtol=0, atol=TOLERANCE[torch.float32])
+
+
+def test_gradcheck_axis_mean_float64():
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local_axis_mean(t, 4, 1), (x,))
+    y = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local_axis_mean(t, 3, -1), (y,))
+
+
+def test_strip_pool_module_equals_function():
+    x = torch.randn(2, 3, 9, 14)
+    for window, dim in [(4, -1), (6, -2), (5, 3), (3, 2)]:
+        module = LocalStripAvgPool2d(window, dim)
+        assert torch.equal(module(x), local_axis_mean(x, window, dim))
+        assert f"window={window}" in repr(module) and f"dim={module.dim}" in repr(module)
+    assert LocalStripAvgPool2d(4, 3).dim == -1 and LocalStripAvgPool2d(4, 2).dim == -2
+    with pytest.raises(ValueError):
+        LocalStripAvgPool2d(4, 1)
+    with pytest.raises(ValueError):
+        LocalStripAvgPool2d(0, -1)
+    with pytest.raises(ValueError):
+        LocalStripAvgPool2d(3, -1)(torch.randn(2, 3, 4))
+
+
+# ----------------------------------------------------------------------------- local_softmax_pool
+
+POOL_CASES = [
+    ((1, 1, 1, 1), (3, 3)),
+    ((2, 3, 7, 11), (1, 1)),
+    ((2, 3, 7, 11), (3, 4)),
+    ((2, 3, 7, 11), (7, 2)),
+    ((2, 3, 7, 11), (20, 30)),
+    ((2, 2, 1, 9), (4, 4)),
+    ((2, 2, 13, 1), (5, 2)),
+    ((1, 2, 12, 10), (5, 6)),
+]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shape,window", POOL_CASES)
+def test_softmax_pool_matches_brute_force(shape, window, shared):
+    x = torch.randn(shape, dtype=torch.float64)
+    logits = 3 * torch.randn(shape[0], 1 if shared else shape[1], *shape[2:], dtype=torch.float64)
+    ref = brute_softmax_pool(x, logits, window)
+    for out in both_paths(local_softmax_pool, x, logits, window):
+        assert out.shape == x.shape and out.dtype == x.dtype
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("scale", [1e4, 1e3])
+def test_softmax_pool_exact_for_logits_spanning_a_huge_range(scale, shared):
+    torch.manual_seed(int(scale) + shared)
+    x = torch.randn(2, 3, 11, 13, dtype=torch.float64) + 5
+    logits = (2 * torch.rand(2, 1 if shared else 3, 11, 13, dtype=torch.float64) - 1) * scale
+    for window in [(3, 4), (5, 5), (11, 2), (1, 13)]:
+        out = local_softmax_pool(x, logits, window)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, brute_softmax_pool(x, logits, window), rtol=0, atol=1e-10)
+        out32 = local_softmax_pool(x.float(), logits.float(), window)
+        ref32 = brute_softmax_pool(x.float(), logits.float(), window)
+        assert (out32.double() - ref32).abs().max().item() <= 6 * 2**-24 * 8  # rounding of values ~6
+
+
+def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
+    # One corner 5000 above the rest: exp(l - 5000) is 0 in every window away from it.
+    x = torch.randn(1, 2, 9, 12, dtype=torch.float64)
+    logits = torch.randn(1, 1, 9, 12, dtype=torch.float64)
+    logits[0, 0, 0, 0] = 5000.0
+    logits[0, 0, 8, 11] = -5000.0
+    out = local_softmax_pool(x, logits, (3, 3))
+    torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-10)
+    # That window's weight is all on the corner.
+    torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
+
+
+def test_softmax_pool_moderate_range_needing_the_window_maxima():
+    # Range 900 overall (over the float64 reach of one shift), but every window holds a high logit.
+    x = torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    logits = torch.randn(1, 1, 10, 10, dtype=torch.float64)
+    logits[0, 0, 5, 5] = -900.0
+    logits[0, 0, ::2, ::2] += 10
+    for out in both_paths(local_softmax_pool, x, logits, (3, 3)):
+        torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-12)
+
+
+def test_softmax_pool_covering_window_is_gcnet_context():
+    x = torch.randn(2, 4, 7, 11, dtype=torch.float64)
+    for channels in (1, 4):
+        logits = 4 * torch.randn(2, channels, 7, 11, dtype=torch.float64)
+        # GCNet's context modelling, as its authors write it for one attention map.
+        weights = torch.softmax(logits.flatten(2), dim=-1)
+        context = (x.flatten(2) * weights).sum(-1)[:, :, None, None].expand_as(x)
+        torch.testing.assert_close(local_softmax_pool(x, logits, (7, 11)), context, rtol=0, atol=1e-12)
+        torch.testing.assert_close(local_softmax_pool(x, logits, 99), context, rtol=0, atol=1e-12)
+
+
+def test_softmax_pool_offset_values():
+    x = torch.randn(1, 2, 8, 9, dtype=torch.float64) * 1e-3 + 1e3
+    logits = (2 * torch.rand(1, 1, 8, 9, dtype=torch.float64) - 1) * 3e3
+    ref = brute_softmax_pool(x, logits, (3, 5))
+    torch.testing.assert_close(local_softmax_pool(x, logits, (3, 5)), ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_softmax_pool_dtypes(dtype):
+    x = torch.randn(2, 3, 9, 10).to(dtype)
+    logits = (2 * torch.randn(2, 1, 9, 10)).to(dtype)
+    for out in both_paths(local_softmax_pool, x, logits, (4, 3)):
+        assert out.dtype == dtype
+        err = (out.double() - brute_softmax_pool(x, logits, (4, 3))).abs().max().item()
+        assert err <= TOLERANCE[dtype], err
+
+
+def test_gradcheck_softmax_pool_float64():
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    small = torch.randn(2, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: local_softmax_pool(a, b, (2, 3)), (x, small))
+    assert torch.autograd.gradcheck(lambda a, b: local_softmax_pool(a, b, (4, 5)), (x, small))
+    # A range over what one shift can hold: the log-sum-exp path; kept near-uniform per window so
+    # the gradient with respect to the logits is not zero.
+    x = x.detach()[:1].requires_grad_()
+    wide = torch.randn(1, 2, 4, 5, dtype=torch.float64)
+    wide[:, :, :, 3:] += 1500
+    wide.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: local_softmax_pool(a, b, (3, 2)), (x, wide))
+
+
+def test_softmax_pool_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        local_softmax_pool(torch.randn(1, 3, 4, 4), torch.randn(1, 2, 4, 4), 2)
+    with pytest.raises(ValueError):
+        local_softmax_pool(torch.randn(1, 3, 4, 4), torch.randn(1, 1, 4, 5), 2)
+    with pytest.raises(ValueError):
+        local_softmax_pool(torch.randn(1, 3, 4, 4), torch.randn(1, 4, 4), 2)
+
+
+# ----------------------------------------------------------------------------- local_var, local_std
+
+
+@pytest.mark.parametrize(
+    "shape,window,correction",
+    [
+        ((2, 3, 7, 11), (3, 4), 1.0),
+        ((2, 3, 7, 11), (3, 4), 0.0),
+        ((2, 3, 7, 11), (20, 30), 1.0),
+        ((2, 2, 1, 9), (4, 4), 1.0),
+        ((2, 2, 13, 1), (5, 2), 0.5),
+        ((1, 2, 12, 10), (5, 6), 1.0),
+    ],
+)
+def test_var_and_std_match_brute_force(shape, window, correction):
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 3
+    ref = brute_var(x, window, correction)
+    for out in both_paths(local_var, x, window, correction):
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for out in both_paths(local_std, x, window, correction):
+        torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
+
+
+def test_var_covering_window_is_torch_var_and_std():
+    x = torch.randn(2, 3, 7, 11, dtype=torch.float64)
+    for correction in (0, 1):
+        var = torch.var(x, (2, 3), keepdim=True, correction=correction).expand_as(x)
+        std = torch.std(x, (2, 3), keepdim=True, correction=correction).expand_as(x)
+        torch.testing.assert_close(local_var(x, (7, 11), correction), var, rtol=0, atol=1e-12)
+        torch.testing.assert_close(local_std(x, 50, correction), std, rtol=0, atol=1e-12)
+
+
+def test_var_window_of_one_pixel_has_no_degrees_of_freedom():
+    x = torch.randn(1, 1, 3, 4, dtype=torch.float64)
+    for out in both_paths(local_var, x, 1):
+        assert torch.isnan(out).all()  # 0 / 0, as torch.var of one value
+    for out in both_paths(local_var, x, 1, 0.0):
+        assert torch.equal(out, torch.zeros_like(x))
+    for out in both_paths(local_var, x, (1, 2), 2.0):
+        assert torch.isinf(out).all()  # no degrees of freedom, values differ: inf, as torch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_var_and_std_dtypes(dtype):
+    x = torch.randn(2, 3, 9, 10).to(dtype) + 4
+    ref = brute_var(x, (4, 3), 1.0)
+    for var, std in zip(both_paths(local_var, x, (4, 3)), both_paths(local_std, x, (4, 3))):
+        assert var.dtype == std.dtype == dtype
+        assert (var.double() - ref).abs().max().item() <= 4 * TOLERANCE[dtype]
+        assert (std.double() - ref.sqrt()).abs().max().item() <= 4 * TOLERANCE[dtype]
+
+
+def test_gradcheck_var_and_std_float64():
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local_var(t, (2, 3)), (x,))
+    assert torch.autograd.gradcheck(lambda t: local_std(t, (3, 4), correction=0), (x,))
+
+
+def test_block_window_scan_sums_count_each_entry_once():
+    # The softmax pool's ratio would hide a window counted twice; the sums themselves must not.
+    from tlc.ops.axis import block_window_scan
+
+    for length, k in [(12, 4), (13, 4), (5, 5), (9, 1), (10, 7)]:
+        x = torch.randn(3, length, 2, dtype=torch.float64)
+        sums = block_window_scan(x, k, 1, torch.cumsum, torch.add)
+        ref = torch.stack([x[:, s : s + k].sum(1) for s in range(length - k + 1)], dim=1)
+        torch.testing.assert_close(sums, ref, rtol=0, atol=1e-12)

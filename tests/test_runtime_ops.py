@@ -301,17 +301,38 @@ def test_layer_norm_over_the_map_without_affine_is_local():
         chw, hw = converted(x)
         y = model.conv(x)
 
-    def normalised(flat_window_of, t):
-        stat = flat_window_of(t)
-        return stat
-
     # (C, H, W): statistics over the window and all channels.
-    n, c, h, w = y.shape
     mu = brute_force(y, (24, 24), mean).mean(1, keepdim=True)
     second = brute_force(y.square(), (24, 24), mean).mean(1, keepdim=True)
     assert (chw - (y - mu) / (second - mu.square() + 1e-5).sqrt()).abs().max().item() < 1e-10
     local_var = brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))
     assert (hw - (y - brute_force(y, (24, 24), mean)) / (local_var + 1e-5).sqrt()).abs().max().item() < 1e-10
+
+
+def test_layer_norm_module_over_the_training_map_without_affine_is_local():
+    """nn.LayerNorm([C, H, W]) runs only at its training size: no probes, the 4-D layout is assumed."""
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.norm = nn.LayerNorm([2, TRAIN, TRAIN], elementwise_affine=False)
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+
+    model = randomised(Fixed()).double()
+    with pytest.warns(UserWarning, match="spatial axes are taken to be the last two of 4-D tensors"):
+        converted, report = tlc.convert(model, TRAIN)
+    assert [(s.module, s.op, s.window) for s in report.call_sites] == [("norm", "layer_norm", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 30, 27)
+    with torch.no_grad():
+        out = converted(x)  # the original cannot run at this size
+        y = model.conv(x)
+    mu = brute_force(y, (24, 24), mean).mean(1, keepdim=True)
+    second = brute_force(y.square(), (24, 24), mean).mean(1, keepdim=True)
+    assert (out - (y - mu) / (second - mu.square() + 1e-5).sqrt()).abs().max().item() < 1e-10
 
 
 def test_layer_norm_with_a_map_sized_weight_is_reported():
@@ -497,3 +518,20 @@ def test_a_centred_square_changed_in_place_is_not_taken_for_a_variance():
         centred = (y - 2 * brute_force(y, (24, 24), mean)) ** 2
         expected = brute_force(centred, (24, 24), mean) * (30 * 27)  # reduced site by site
         assert (converted(x) - expected).abs().max().item() < 1e-9
+
+
+def test_gradients_through_the_local_std_and_maxima():
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * stdv_channels(y) + F.adaptive_max_pool2d(y, (None, 1))
+
+    model = randomised(Both()).double()
+    converted, report = tlc.convert(model, 2)  # windows 3 at full resolution
+    assert len(report.call_sites) == 5 and all(s.converted for s in report.call_sites)
+    x = image(1, 2, 5, 6).requires_grad_()
+    assert torch.autograd.gradcheck(converted, (x,), eps=1e-6, atol=1e-6)

@@ -490,6 +490,16 @@ def test_recognise_with_probe_sizes():
     assert probed(torch.Tensor.sum, lambda t: (t, (2, 3), True)) == ("sum", None)
     # A 4-D (B, heads, C, C) matrix is not a map: its last two axes keep their length.
     assert probed(torch.Tensor.mean, lambda t: (gram(t)[0].unsqueeze(1), -1), keepdim=True) is None
+    attend = lambda t: (t.flatten(2).transpose(1, 2),) * 3  # noqa: E731  (N, H*W, C) tokens
+    assert probed(F.scaled_dot_product_attention, attend)[1] == "attention over all H*W positions (scaled_dot_product_attention)"
+    heads = lambda t: (t.flatten(2).permute(2, 0, 1),) * 3  # noqa: E731  (H*W, N, C), as nn.MultiheadAttention calls it
+    mha = nn.MultiheadAttention(4, 1)
+    extra = dict(embed_dim_to_check=4, num_heads=1, in_proj_weight=mha.in_proj_weight, in_proj_bias=mha.in_proj_bias,
+                 bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=mha.out_proj.weight,
+                 out_proj_bias=mha.out_proj.bias)
+    assert probed(F.multi_head_attention_forward, heads, **extra)[1].startswith("attention over all H*W positions")
+    windows = lambda t: (t.unfold(2, 2, 2).unfold(3, 1, 1).reshape(-1, 2, 4),) * 3  # noqa: E731  fixed-size windows
+    assert probed(F.scaled_dot_product_attention, windows) is None
     # Without probes softmax and products over positions are never taken as global.
     assert recognise(F.softmax, tokens(base), {"dim": -1}) is None
     assert recognise(torch.matmul, (base.flatten(2), base.flatten(2).transpose(1, 2))) is None
@@ -535,3 +545,24 @@ def test_gradients_through_the_local_std_and_maxima():
     assert len(report.call_sites) == 5 and all(s.converted for s in report.call_sites)
     x = image(1, 2, 5, 6).requires_grad_()
     assert torch.autograd.gradcheck(converted, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_multi_head_attention_over_all_positions_is_reported():
+    class Bottleneck(nn.Module):
+        def __init__(self, c: int = 4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, c, 3, padding=1)
+            self.attn = nn.MultiheadAttention(c, 2, batch_first=True)
+
+        def forward(self, x):
+            y = self.conv(x)
+            n, c, h, w = y.shape
+            tokens = y.flatten(2).transpose(1, 2)
+            out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+            return y + out.transpose(1, 2).reshape(n, c, h, w)
+
+    model = randomised(Bottleneck())
+    _, report = tlc.convert(model, TRAIN)
+    assert [(s.module, s.op, s.reason) for s in report.call_sites] == [
+        ("attn", "multi_head_attention_forward", "attention over all H*W positions (multi_head_attention_forward)"),
+    ]

@@ -50,8 +50,9 @@ call                                                    local version
 Reported, left global: the same with ``keepdim=False`` or over a flattened H*W axis (reasons start
 with :data:`POOLED_VALUE`), ``var``/``std`` over one axis, adaptive pooling to a fixed k x k grid,
 ``F.layer_norm`` over H, W with an affine weight, FFTs over H and/or W, softmax, normalisation
-(``F.normalize``, norms) and matrix products (``matmul``, ``bmm``, ``einsum``) over all positions
-or over whole rows or columns (Stripformer: the reason offers the windowed form).
+(``F.normalize``, norms), matrix products (``matmul``, ``bmm``, ``einsum``) and attention
+(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``) over all positions or over whole
+rows or columns (Stripformer: the reason offers the windowed form).
 """
 
 from __future__ import annotations
@@ -469,6 +470,19 @@ def _matmul(op: str) -> Callable[[tuple, dict], _Call | None]:
     return parse
 
 
+def _attention(op: str, keys_dim: int) -> Callable[[tuple, dict], _Call | None]:
+    """``F.scaled_dot_product_attention(q, k, v)`` (keys (..., S, E)) and
+    ``F.multi_head_attention_forward(q, k, v, ...)`` (keys (S, N, E)): global where S grows."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        key = args[1] if len(args) > 1 else kwargs.get("key")
+        if not isinstance(key, torch.Tensor) or key.dim() < 2:
+            return None
+        return _Call(op, key, (keys_dim % key.dim(),), "tokens")
+
+    return parse
+
+
 def _einsum(args: tuple, kwargs: dict) -> _Call | None:
     if not args or not isinstance(args[0], str) or "->" not in args[0] or "." in args[0]:
         return None
@@ -539,6 +553,8 @@ _PARSERS: dict[object, Callable[[tuple, dict], _Call | None]] = {
     torch.bmm: _matmul("bmm"),
     torch.Tensor.bmm: _matmul("bmm"),
     torch.einsum: _einsum,
+    F.scaled_dot_product_attention: _attention("scaled_dot_product_attention", -2),
+    F.multi_head_attention_forward: _attention("multi_head_attention_forward", 0),
     **{getattr(torch.fft, name): _fft(name, -1, "n") for name in ("fft", "ifft", "rfft", "irfft")},
     **{getattr(torch.fft, name): _fft(name, (-2, -1), "s") for name in ("fft2", "ifft2", "rfft2", "irfft2")},
     **{getattr(torch.fft, name): _fft(name, None, "s") for name in ("fftn", "ifftn", "rfftn", "irfftn")},
@@ -590,6 +606,10 @@ def _judge(call: _Call, tags: tuple[str, ...]) -> tuple[bool, str | None]:
     rows = span != "all H*W positions"
     if call.kind == "fft":
         return True, f"FFT over {span}: no local form" if rows else "whole-map FFT: no local form"
+    if call.op in ("scaled_dot_product_attention", "multi_head_attention_forward"):
+        if rows:
+            return True, f"attention over whole rows or columns: keys over {span}; {_WINDOWED}"
+        return True, f"attention over all H*W positions ({call.op})"
     if call.op in ("softmax", "log_softmax"):
         if rows:
             return True, f"attention over whole rows or columns: {call.op} over {span}; {_WINDOWED}"

@@ -647,12 +647,15 @@ def recognise(
         parse = _PARSERS.get(func)
     except TypeError:  # unhashable callables are none of ours
         return None
-    call = parse(args, kwargs or {}) if parse is not None else None
+    try:
+        call = parse(args, kwargs or {}) if parse is not None else None
+        seen = [parse(a, k or {}) for a, k in probes] if call is not None and probes is not None else None
+    except Exception:  # noqa: BLE001 (arguments no parser foresaw: not a call tlc knows)
+        return None
     if call is None:
         return None
     shapes = None
-    if probes is not None:
-        seen = [parse(a, k or {}) for a, k in probes]
+    if seen is not None:
         if any(c is None for c in seen):
             return None
         shapes = (tuple(seen[0].x.shape), tuple(seen[1].x.shape))
@@ -850,7 +853,10 @@ Handler = Callable[["CallSiteConverter", Callable, tuple, dict], object]
 
 def _at_site(parse: Callable[[tuple, dict], _Call | None]) -> Handler:
     def handle(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
-        call = parse(args, kwargs)
+        try:
+            call = parse(args, kwargs)
+        except Exception:  # noqa: BLE001 (arguments no parser foresaw: the call is left to torch as it is)
+            call = None
         return func(*args, **kwargs) if call is None else converter._call(func, args, kwargs, call)
 
     return handle

@@ -141,6 +141,32 @@ def test_hand_written_mean_and_std_become_local_mean_and_std():
     assert (std - stdv_channels(y)).abs().max().item() > 1e-3  # not the global one
 
 
+def test_var_mean_and_std_mean_are_local():
+    class Stats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            var, mu = torch.var_mean(y, (2, 3), keepdim=True, correction=0)
+            std, mu2 = torch.std_mean(y, dim=(-1, -2), keepdim=True)
+            return torch.stack([var, mu, std, mu2])
+
+    model = randomised(Stats()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert converted_sites(report) == [("var_mean", (24, 24)), ("std_mean", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 31, 28)
+    with torch.no_grad():
+        var, mu, std, mu2 = converted(x)
+        y = model.conv(x)
+    assert (var - brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))).abs().max().item() < 1e-12
+    assert (std - brute_force(y, (24, 24), lambda t: t.std(-1))).abs().max().item() < 1e-12
+    for m in (mu, mu2):
+        assert (m - brute_force(y, (24, 24), mean)).abs().max().item() < 1e-12
+
+
 def test_einops_reductions_are_seen():
     """einops reduces with torch calls: a mean over (h, w) without keepdim, then a reshape."""
 

@@ -40,7 +40,7 @@ call                                                    local version
 ``F.max_pool2d(x, x.shape[2:])``
 ``amax``/``max(dim)`` over one of 2, 3, strip max pools  :func:`tlc.ops.local_axis_max` (``max`` gives
                                                         ``indices=None``)
-``var``/``std`` over {2, 3}                             :func:`tlc.ops.local_var` / ``local_std``
+``var``/``std`` (``_mean``) over {2, 3}                  :func:`tlc.ops.local_var` / ``local_std``
 ``((x - mean) ** 2)`` reduced over H and W (IMDN)       ``local_var`` of ``x`` (see ``_Mark``)
 ``F.instance_norm`` (input statistics)                  :func:`tlc.local_instance_norm`
 ``F.group_norm``                                        :func:`tlc.local_group_norm`
@@ -303,8 +303,11 @@ def _variance(op: str) -> Callable[[tuple, dict], _Call | None]:
             correction = b.get("correction")
             if correction is None:
                 correction = 0 if b.get("unbiased", True) is False else 1
-            stat = local_std if op == "std" else local_var
-            call.local = lambda site: stat(x, site.window, float(correction))
+            stat = local_std if op.startswith("std") else local_var
+            if op.endswith("_mean"):
+                call.local = lambda site: (stat(x, site.window, float(correction)), _pool(x, site))
+            else:
+                call.local = lambda site: stat(x, site.window, float(correction))
         return call
 
     return parse
@@ -529,6 +532,8 @@ _PARSERS: dict[object, Callable[[tuple, dict], _Call | None]] = {
     torch.Tensor.var: _variance("var"),
     torch.std: _variance("std"),
     torch.Tensor.std: _variance("std"),
+    torch.var_mean: _variance("var_mean"),
+    torch.std_mean: _variance("std_mean"),
     F.adaptive_avg_pool2d: _adaptive("adaptive_avg_pool2d"),
     F.adaptive_max_pool2d: _adaptive("adaptive_max_pool2d"),
     F.adaptive_max_pool2d_with_indices: _adaptive("adaptive_max_pool2d"),
@@ -622,7 +627,7 @@ def _judge(call: _Call, tags: tuple[str, ...]) -> tuple[bool, str | None]:
         return True, f"{call.op} (normalisation) over {span}"
     others = " together with other axes" if _FIXED in tags else ""
     layout = "" if in_map else " of a tensor not laid out as (N, C, H, W)"
-    if call.mark is not None or call.op in ("amax", "max", "var", "std"):  # a reduction: its result is a pooled value
+    if call.mark is not None or call.op in ("amax", "max", "var", "std", "var_mean", "std_mean"):  # a reduction: its result is a pooled value
         return True, f"{POOLED_VALUE}: {call.op} over {span}{others}{layout}"
     return True, f"{call.op} over {span}{others}{layout}: no local form here"
 

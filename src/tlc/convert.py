@@ -287,8 +287,8 @@ def convert(
             mode; see :mod:`tlc.functional`): means, sums, maxima, variances and pools over H and
             W however written, norms with spatial statistics, softmax, normalisation and matrix
             products over all positions, FFTs. Made local where exact, else reported; listed in
-            ``report.call_sites``. Costs three more forwards at calibration (two at twice the
-            training height or width); ``False`` to use the module rules alone.
+            ``report.call_sites``. Costs up to four more forwards at calibration (three of them
+            at twice the training height or width); ``False`` to use the module rules alone.
 
     Returns:
         (converted model, :class:`ConversionReport`).

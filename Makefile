@@ -21,6 +21,7 @@ test: venv
 bench: venv
 	$(PY) bench/local_mean.py
 	$(PY) bench/attention.py
+	$(PY) bench/local_ops.py
 	$(PY) bench/networks.py
 	$(PY) bench/half_precision.py
 

@@ -192,12 +192,27 @@ def test_softmax_pool_exact_for_logits_spanning_a_huge_range(scale, shared):
     x = torch.randn(2, 3, 11, 13, dtype=torch.float64) + 5
     logits = (2 * torch.rand(2, 1 if shared else 3, 11, 13, dtype=torch.float64) - 1) * scale
     for window in [(3, 4), (5, 5), (11, 2), (1, 13)]:
-        out = local_softmax_pool(x, logits, window)
-        assert torch.isfinite(out).all()
-        torch.testing.assert_close(out, brute_softmax_pool(x, logits, window), rtol=0, atol=1e-10)
-        out32 = local_softmax_pool(x.float(), logits.float(), window)
+        ref = brute_softmax_pool(x, logits, window)
+        for out in both_paths(local_softmax_pool, x, logits, window):
+            assert torch.isfinite(out).all()
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
         ref32 = brute_softmax_pool(x.float(), logits.float(), window)
-        assert (out32.double() - ref32).abs().max().item() <= 6 * 2**-24 * 8  # rounding of values ~6
+        for out32 in both_paths(local_softmax_pool, x.float(), logits.float(), window):
+            assert (out32.double() - ref32).abs().max().item() <= 6 * 2**-24 * 8  # rounding of values ~6
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_softmax_pool_far_apart_bands_mixing_within_windows(shared):
+    # A band of columns 1500 below the rest (no single shift is exact for windows inside it),
+    # logits within each band close together, so the weights mix many pixels per window (random
+    # logits of 1e4 make nearly one-hot windows).
+    x = torch.randn(2, 3, 9, 23, dtype=torch.float64)
+    logits = 0.5 * torch.randn(2, 1 if shared else 3, 9, 23, dtype=torch.float64)
+    logits[..., :4] -= 1500
+    for window in [(3, 4), (4, 7), (9, 23), (2, 1)]:
+        ref = brute_softmax_pool(x, logits, window)
+        for out in both_paths(local_softmax_pool, x, logits, window):
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-11)
 
 
 def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
@@ -206,10 +221,10 @@ def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
     logits = torch.randn(1, 1, 9, 12, dtype=torch.float64)
     logits[0, 0, 0, 0] = 5000.0
     logits[0, 0, 8, 11] = -5000.0
-    out = local_softmax_pool(x, logits, (3, 3))
-    torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-10)
-    # That window's weight is all on the corner.
-    torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
+    for out in both_paths(local_softmax_pool, x, logits, (3, 3)):
+        torch.testing.assert_close(out, brute_softmax_pool(x, logits, (3, 3)), rtol=0, atol=1e-10)
+        # That window's weight is all on the corner.
+        torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
 
 
 def test_softmax_pool_moderate_range_needing_the_window_maxima():
@@ -296,6 +311,13 @@ def test_var_and_std_match_brute_force(shape, window, correction):
         torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
 
 
+def test_var_keeps_digits_for_offset_inputs():
+    x = torch.randn(2, 2, 9, 31) + 1e4  # float32: a spread of ~1 on values of 1e4
+    ref = brute_var(x, (4, 6), 1.0)
+    for out in both_paths(local_var, x, (4, 6)):
+        assert (out.double() - ref).abs().max().item() <= 4 * TOLERANCE[torch.float32]
+
+
 def test_var_covering_window_is_torch_var_and_std():
     x = torch.randn(2, 3, 7, 11, dtype=torch.float64)
     for correction in (0, 1):
@@ -340,3 +362,14 @@ def test_block_window_scan_sums_count_each_entry_once():
         sums = block_window_scan(x, k, 1, torch.cumsum, torch.add)
         ref = torch.stack([x[:, s : s + k].sum(1) for s in range(length - k + 1)], dim=1)
         torch.testing.assert_close(sums, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_brute_force():
+    x = torch.randn(2, 3, 11, 14, dtype=torch.float64)
+    logits = 2 * torch.randn(2, 1, 11, 14, dtype=torch.float64)
+    logits[..., :3] -= 1500  # the log-domain path for windows inside that band
+    ref = brute_softmax_pool(x, logits, (4, 3))
+    torch.testing.assert_close(local_softmax_pool(x.cuda(), logits.cuda(), (4, 3)).cpu(), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(local_var(x.cuda(), (4, 5)).cpu(), brute_var(x, (4, 5), 1.0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(local_axis_mean(x.cuda(), 5, -1).cpu(), brute_axis_mean(x, 5, -1), rtol=0, atol=1e-12)

@@ -221,3 +221,11 @@ def test_bad_arguments_raise():
         local_axis_max(torch.randn(3, 4), (2, 2), 1)
     with pytest.raises(ValueError):
         local_axis_max(torch.randn(3, 0), 2, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_brute_force():
+    x = torch.randn(2, 3, 11, 14, dtype=torch.float64)
+    out = local_max(x.cuda(), (4, 5)).cpu()
+    assert torch.equal(out, brute_local_max(x, (4, 5)))
+    assert torch.equal(local_axis_max(x.cuda(), 5, 2).cpu(), brute_axis_max(x, 5, 2))

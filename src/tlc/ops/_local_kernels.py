@@ -4,8 +4,11 @@ Each works on a stack of planes (P, H, W), one plane per parallel task, and writ
 result (valid windows edge-replicated as in :func:`tlc.local_mean`) or the valid windows only.
 The torch paths compute the same numbers; these avoid their float64 temporaries and the passes
 over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
-within blocks of the window's length: O(1) per pixel, nothing subtracted); the variance keeps
-running float64 sums of centred values like ``_kernels``. Compiled on first use, cached on disk.
+within blocks of the window's length: O(1) per pixel, nothing subtracted), along H first (whole
+rows at a time, vectorised along W), then along W on the H - kh + 1 rows left. Softmax pooling
+for logits no single shift can hold keeps every partial sum relative to its own maximum (online
+softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
+on first use (tens of seconds for all of them), cached on disk.
 """
 
 from __future__ import annotations
@@ -213,6 +216,92 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
         _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
+def _merge(m1, d1, n1, m2, d2, n2):  # pragma: no cover
+    """Join two partial softmax sums, each relative to its own maximum logit m: (m, d, n) with
+    d = sum exp(l - m), n = sum exp(l - m) x. Both factors are <= 1 and one is 1: nothing
+    overflows, and d >= 1 never underflows."""
+    if m1 >= m2:
+        f = np.exp(m2 - m1)
+        return m1, d1 + d2 * f, n1 + n2 * f
+    f = np.exp(m1 - m2)
+    return m2, d1 * f + d2, n1 * f + n2
+
+
+def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no cover
+    """Softmax pooling exact for any finite logits: every partial sum is kept relative to its
+    own running maximum (online softmax), in van Herk blocks along H (whole rows at a time),
+    then along W on the H - k1 + 1 remaining rows. x: (P, H, W); logits: (P // ratio, H, W)
+    float64. out: (P, H, W), replicated."""
+    planes, h, w = x.shape
+    vh, vw = h - k1 + 1, w - k2 + 1
+    for p in prange(planes):
+        q = p // ratio
+        lg = logits[q]
+        # Along H: suffix triples within blocks of k1 rows, then running prefix triples.
+        sm = np.empty((h, w), np.float64)
+        sd = np.empty((h, w), np.float64)
+        sn = np.empty((h, w), np.float64)
+        for i in range(h - 1, -1, -1):
+            if i == h - 1 or (i + 1) % k1 == 0:
+                for j in range(w):
+                    sm[i, j] = lg[i, j]
+                    sd[i, j] = 1.0
+                    sn[i, j] = x[p, i, j]
+            else:
+                for j in range(w):
+                    sm[i, j], sd[i, j], sn[i, j] = _merge(sm[i + 1, j], sd[i + 1, j], sn[i + 1, j],
+                                                          lg[i, j], 1.0, np.float64(x[p, i, j]))
+        cm = np.empty((vh, w), np.float64)
+        cd = np.empty((vh, w), np.float64)
+        cn = np.empty((vh, w), np.float64)
+        pm = np.empty(w, np.float64)
+        pd = np.empty(w, np.float64)
+        pn = np.empty(w, np.float64)
+        for i in range(h):
+            if i % k1 == 0:
+                for j in range(w):
+                    pm[j] = lg[i, j]
+                    pd[j] = 1.0
+                    pn[j] = x[p, i, j]
+            else:
+                for j in range(w):
+                    pm[j], pd[j], pn[j] = _merge(pm[j], pd[j], pn[j], lg[i, j], 1.0, np.float64(x[p, i, j]))
+            r = i - k1 + 1
+            if r >= 0:
+                if r % k1 == 0:
+                    cm[r, :] = sm[r, :]
+                    cd[r, :] = sd[r, :]
+                    cn[r, :] = sn[r, :]
+                else:
+                    for j in range(w):
+                        cm[r, j], cd[r, j], cn[r, j] = _merge(sm[r, j], sd[r, j], sn[r, j], pm[j], pd[j], pn[j])
+        # Along W, row by row, on the column windows' triples.
+        valid = np.empty((vh, vw), np.float64)
+        rm = np.empty(w, np.float64)
+        rd = np.empty(w, np.float64)
+        rn = np.empty(w, np.float64)
+        for r in range(vh):
+            for start in range(0, w, k2):
+                stop = min(start + k2, w)
+                rm[stop - 1], rd[stop - 1], rn[stop - 1] = cm[r, stop - 1], cd[r, stop - 1], cn[r, stop - 1]
+                for j in range(stop - 2, start - 1, -1):
+                    rm[j], rd[j], rn[j] = _merge(rm[j + 1], rd[j + 1], rn[j + 1], cm[r, j], cd[r, j], cn[r, j])
+            for start in range(0, vw, k2):
+                valid[r, start] = rn[start] / rd[start]
+                # The next block's prefix triple, grown by one entry per window.
+                m, d, n = 0.0, 0.0, 0.0
+                nxt = start + k2
+                if nxt < w:
+                    m, d, n = cm[r, nxt], cd[r, nxt], cn[r, nxt]
+                for b in range(start + 1, min(start + k2, vw)):
+                    e = b + k2 - 1  # the window b is suffix(b) + prefix of the next block up to e
+                    if e > nxt:
+                        m, d, n = _merge(m, d, n, cm[r, e], cd[r, e], cn[r, e])
+                    mm, dd, nn = _merge(rm[b], rd[b], rn[b], m, d, n)
+                    valid[r, b] = nn / dd
+        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
 def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
@@ -265,6 +354,8 @@ if njit is not None:
     _weight_sums_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weight_sums_planes)
     _weighted_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_weighted_pool_planes)
     _var_compiled = njit(parallel=True, cache=True, error_model="numpy")(_var_planes)
+    _merge = njit(inline="always")(_merge)
+    _general_pool_compiled = njit(parallel=True, cache=True, error_model="numpy")(_softmax_pool_general_planes)
 else:  # pragma: no cover
     _max_compiled = None
 
@@ -313,6 +404,18 @@ def fused_softmax_pool(x: torch.Tensor, weights: torch.Tensor, window: tuple[int
     ratio = c // weights.shape[1]
     _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw,
                             out.view(n * c, h, w).numpy())
+    return out.to(x.dtype)
+
+
+def fused_softmax_pool_general(x: torch.Tensor, logits: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Softmax pooling of a CPU (N, C, H, W) ``x`` by (N, 1 or C, H, W) float64 ``logits`` of any
+    finite range (partial sums relative to their own maxima), replicated; dtype of ``x``."""
+    n, c, h, w = x.shape
+    work = _working(x)
+    out = torch.empty_like(work)
+    scores = logits.contiguous().view(-1, h, w)
+    _general_pool_compiled(work.view(n * c, h, w).numpy(), scores.numpy(), c // logits.shape[1], window[0],
+                           window[1], out.view(n * c, h, w).numpy())
     return out.to(x.dtype)
 
 

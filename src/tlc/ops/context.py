@@ -22,11 +22,15 @@ lose all digits when the weights before the window dwarf those inside it. So:
   normal number and the weights that underflow are below ``eps`` relative to it: the sums are
   exact to the float64 rounding. This is checked on the data (global logit range first, then the
   windows' maxima, an O(HW) local max).
-- Otherwise, log-sum-exp. The same block sums are taken in the log domain with
-  ``torch.logcumsumexp`` / ``torch.logaddexp``, which never leave the float range whatever the
-  logits. The numerator's values are made positive first (``x - min(x) + 1`` per map, the shift
-  added back at the end), so ``log`` applies; its relative error is ~eps times the magnitude of the
-  log-sums, i.e. ~1e-12 for logits of 1e4.
+- Otherwise, every partial sum carries its own maximum. On the CPU without autograd a compiled
+  kernel runs the same blocks with online-softmax triples (max, sum of weights, weighted sum),
+  each relative to its own maximum: joining two rescales by factors <= 1, nothing overflows, and a
+  sum holding its maximum's weight 1 never underflows. Elsewhere the block sums are taken in the
+  log domain with ``torch.logcumsumexp`` / ``torch.logaddexp`` (differentiable, any device); the
+  numerator's values are made positive first (``x - min(x) + 1`` per map, the shift added back
+  at the end) so ``log`` applies, with a relative error of ~eps times the magnitude of the
+  log-sums, i.e. ~1e-12 for logits of 1e4. This path is slow (tens of times the global op): it is
+  for logits no single shift can hold, which trained networks rarely produce.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import math
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
-from ._local_kernels import fused_softmax_pool, local_kernels_apply
+from ._local_kernels import fused_softmax_pool, fused_softmax_pool_general, local_kernels_apply
 from .axis import block_window_scan
 from .extrema import local_max
 from .pool import clamp_window, replicate_to
@@ -80,9 +84,10 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
     At each pixel, with q running over the pixels of the window placed as in
     :func:`tlc.local_mean`: ``out = sum_q softmax(logits over the window)_q * x_q``. A window
     covering the map gives GCNet's global context ``(x.flatten(2) * softmax(logits.flatten(2),
-    -1)).sum(-1)`` at every pixel. See the module docstring for how it stays exact: shared-shift
-    block sums when the logits allow it, log-sum-exp block sums otherwise; float64 throughout
-    (``accumulation_dtype``), no window sum taken as a difference.
+    -1)).sum(-1)`` at every pixel. See the module docstring for how it stays exact: block sums
+    with one shared shift when the logits allow it, otherwise partial sums relative to their own
+    maxima (CPU kernel) or in the log domain (torch); float64 throughout (``accumulation_dtype``),
+    no window sum taken as a difference.
 
     Args:
         x: (N, C, H, W) floating tensor: the values pooled.
@@ -110,9 +115,12 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
             return fused_softmax_pool(x, weights, (kh, kw))
         values = x.to(acc)
         valid = _block_sums(weights * values, (kh, kw)) / _block_sums(weights, (kh, kw))
+    elif local_kernels_apply(x, logits):
+        return fused_softmax_pool_general(x, scores, (kh, kw))
     else:
         values = x.to(acc)
-        # Positive values for the log; the per-map offset is added back exactly after pooling.
+        # Positive values for the log; the per-map offset (a convex combination's shift) is added
+        # back after pooling.
         offset = values.detach().amin(dim=(-2, -1), keepdim=True) - 1
         log_num = _block_logsumexp(scores + torch.log(values - offset), (kh, kw))
         log_den = _block_logsumexp(scores, (kh, kw))

@@ -4,7 +4,9 @@ Windows are placed as in :func:`tlc.local_mean`. A window's maximum is computed 
 Gil-Werman blocks (see :mod:`tlc.ops.axis`): prefix and suffix running maxima within blocks of the
 window's length, one ``maximum`` per output, so the cost per pixel does not grow with the window.
 A 2-D window's maximum is the maximum over its rows of the rows' maxima: along W, then along H.
-Maxima are exact in every dtype (nothing is rounded).
+On the CPU without autograd a compiled kernel runs the same blocks (``_local_kernels``); the torch
+form (``cummax`` on padded blocks) is differentiable and runs on any device. Maxima are exact in
+every dtype (nothing is rounded).
 """
 
 from __future__ import annotations

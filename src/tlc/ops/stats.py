@@ -53,7 +53,8 @@ def local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0) -> t
             the window is constant, as with torch.
 
     Returns:
-        (N, C, H, W) tensor, dtype of ``x``.
+        (N, C, H, W) tensor, dtype of ``x``. NaN or inf in ``x`` makes the whole map NaN (the
+        centring uses the map's mean).
     """
     fused = _fused_local_var(x, window, correction, root=False)
     if fused is not None:

@@ -265,7 +265,8 @@ def test_functional_flag_is_recorded_and_reported(workspace, pairs, tmp_path, ca
     out = tmp_path / "results"
     assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out, "--functional") == 0
     assert json.loads((out / "run.json").read_text())["functional"] is True
-    assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out) == 2
+    assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out) == 0  # on by default
+    assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out, "--no-functional") == 2
     assert "functional differ" in capsys.readouterr().err
     assert run("inspect", *weights(workspace), "--functional") == 0
     assert "functional call sites: 0 converted, 0 left global" in capsys.readouterr().out

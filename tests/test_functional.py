@@ -13,7 +13,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import tlc
-from tlc.functional import CallSiteConverter, installed, local_var, recognise
+from tlc.functional import CallSiteConverter, installed, recognise
+from tlc.ops import local_var
 
 
 def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -129,7 +130,7 @@ def test_channel_means_only_is_no_global_op():
             self.conv = nn.Conv2d(3, 3, 3, padding=1)
 
         def forward(self, x):
-            return channel_norm(self.conv(x)) + x.mean(-3, keepdim=True) + x.mean(dim=[1, 2], keepdim=True)
+            return channel_norm(self.conv(x)) + x.mean(-3, keepdim=True) + x.mean(dim=[0, 1], keepdim=True)
 
     model = perturbed(LayerNormNet())
     with pytest.warns(UserWarning, match="no global operation found"):
@@ -145,11 +146,15 @@ def test_recognised_forms():
     assert recognise(torch.Tensor.mean, (x, (2, 3)), {"keepdim": True}) == mean
     assert recognise(torch.Tensor.mean, (x, [-1, -2], True)) == mean
     assert recognise(torch.mean, (x,), {"dim": (3, -2), "keepdim": True, "dtype": torch.float64}) == mean
-    assert recognise(torch.mean, (x, (2, 3)))[1].startswith("keepdim=False")
-    for not_spatial in ((x, 1), (x, (1, 2)), (x, 3), (x, (0, 2, 3)), (x3, (1, 2)), (x,)):
+    assert recognise(torch.mean, (x, (2, 3)))[1].startswith("pooled value leaves the map layout (keepdim=False)")
+    for not_spatial in ((x, 1), (x, (0, 1)), (x, -3), (x3, (1, 2)), (x3, -1)):
         assert recognise(torch.Tensor.mean, not_spatial, {"keepdim": True}) is None
+    assert recognise(torch.Tensor.mean, (x, 3), {"keepdim": True}) == mean  # a strip mean, over W
+    for whole in ((x, (1, 2)), (x, (0, 2, 3)), (x,)):  # over H or W with other axes: global, no local form
+        assert recognise(torch.Tensor.mean, whole, {"keepdim": True})[1].startswith("pooled value leaves the map layout")
     assert recognise(F.adaptive_avg_pool2d, (x, (1, 1))) == ("adaptive_avg_pool2d", None)
-    assert recognise(F.adaptive_avg_pool2d, (x, 2)) is None and recognise(F.adaptive_avg_pool2d, (x3, 1)) is None
+    assert "fixed 2x2 grid" in recognise(F.adaptive_avg_pool2d, (x, 2))[1]  # bins that grow with the map
+    assert recognise(F.adaptive_avg_pool2d, (x3, 1)) is None
     assert recognise(F.avg_pool2d, (x, (5, 7))) == ("avg_pool2d", None)
     assert recognise(F.avg_pool2d, (x, 5)) is None  # a local pooling already
     assert recognise(F.avg_pool2d, (x, (5, 7), 1)) is None
@@ -159,9 +164,10 @@ def test_recognised_forms():
     assert recognise(F.group_norm, (x, 1)) == ("group_norm", None)
     assert recognise(torch.Tensor.var, (x, (2, 3), False, True)) == ("var", None)
     assert recognise(torch.std, (x,), {"dim": (-1, -2), "keepdim": True, "correction": 0}) == ("std", None)
-    assert recognise(torch.Tensor.var, (x, False)) is None  # (input, unbiased): over everything
-    assert "no local max" in recognise(F.adaptive_max_pool2d_with_indices, (x, 1))[1]
-    assert "no local max" in recognise(torch.amax, (x, (2, 3), True))[1]
+    assert "over all H*W positions together with other axes" in recognise(torch.Tensor.var, (x, False))[1]
+    assert recognise(F.adaptive_max_pool2d_with_indices, (x, 1)) == ("adaptive_max_pool2d", None)
+    assert recognise(torch.amax, (x, (2, 3), True)) == ("amax", None)
+    assert "returns indices" in recognise(F.adaptive_max_pool2d, (x, 1, True))[1]
     assert recognise(torch.Tensor.mean, (torch.zeros(2, 3, 4, 4, dtype=torch.long), (2, 3))) is None
 
 
@@ -217,7 +223,7 @@ def test_local_var_is_exact_for_offset_inputs_and_global_when_covering():
 
 
 class LeftGlobal(nn.Module):
-    """Global ops that cannot be made local, next to one that can."""
+    """A pooled value that leaves the map layout, next to global maxima and a mean that become local."""
 
     def __init__(self):
         super().__init__()
@@ -235,16 +241,16 @@ def test_sites_that_cannot_be_local_are_reported_and_stay_global():
     model = perturbed(LeftGlobal())
     converted, report = tlc.convert(model, 16, functional=True)
     kept = {s.op: s.reason for s in report.call_sites if not s.converted}
-    assert kept["mean"].startswith("keepdim=False") and "no local max" in kept["adaptive_max_pool2d"]
-    assert "no local max" in kept["amax"]
-    assert [s.op for s in report.call_sites if s.converted] == ["mean"]
+    assert list(kept) == ["mean"] and kept["mean"].startswith("pooled value leaves the map layout (keepdim=False)")
+    assert [s.op for s in report.call_sites if s.converted] == ["adaptive_max_pool2d", "amax", "mean"]
     text = str(report)
-    assert "functional call sites: 1 converted, 3 left global" in text and "keepdim=False" in text
+    assert "functional call sites: 3 converted, 1 left global" in text and "keepdim=False" in text
 
     x = image(2, 3, 33, 35)
     with torch.no_grad():
         y = converted.conv(x)
-        expected = y * torch.sigmoid(model.fc(y.mean((2, 3)))[:, :, None, None] + 2 * y.amax((2, 3), keepdim=True))
+        peak = brute_force(y, (24, 24), lambda t: t.flatten(2).amax(-1))
+        expected = y * torch.sigmoid(model.fc(y.mean((2, 3)))[:, :, None, None] + 2 * peak)
         expected = expected + tlc.local_mean(y, (24, 24))
         assert (converted(x) - expected).abs().max().item() < 1e-5
 
@@ -299,7 +305,7 @@ def test_sites_are_told_apart_by_occurrence_and_shared_modules_are_reported():
 
 def test_functional_false_leaves_calls_global():
     functional, _ = pair()
-    converted, report = tlc.convert(functional, 16)  # the idle nn modules are matched, never called
+    converted, report = tlc.convert(functional, 16, functional=False)  # the idle nn modules are matched, never called
     assert report.call_sites == [] and not report.functional and "call sites" not in str(report)
     assert installed(converted) is None
     x = image(1, 3, 35, 37)

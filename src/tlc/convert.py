@@ -79,9 +79,10 @@ class ConversionReport:
         converted: every op made local, in model order.
         skipped: every matched op left global, with the reason.
         max_deviation: max |converted - original| over the outputs at the training size.
-        functional: whether ops called as functions were converted too (``functional=True``).
-        call_sites: with ``functional``, every functional global op found, converted or left
-            global (:class:`tlc.functional.CallSite`).
+        functional: whether global ops were also looked for at run time (``functional=True``,
+            the default of :func:`convert`).
+        call_sites: with ``functional``, every global op found at run time outside the modules
+            rules matched, converted or left global with its reason (:class:`tlc.functional.CallSite`).
     """
 
     train_size: Pair
@@ -110,7 +111,7 @@ class ConversionReport:
         if self.skipped:
             lines.append("left global:")
             lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in self.skipped])
-        if self.functional:  # functional call sites (issue 7)
+        if self.functional:
             local = [s for s in self.call_sites if s.converted]
             kept = [s for s in self.call_sites if not s.converted]
             lines.append(f"functional call sites: {len(local)} converted, {len(kept)} left global")
@@ -317,6 +318,12 @@ def _calibrate(
             handle.remove()
 
 
+def _like(x: torch.Tensor, size: Pair, seed: int) -> torch.Tensor:
+    """A random input like ``x`` (channels, dtype, device) at another (H, W)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape[0], x.shape[1], *size, generator=generator).to(device=x.device, dtype=x.dtype)
+
+
 def _same_data(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     """Whether ``a`` is the forward's input (the copy :func:`_run` passes shares its shape and values)."""
     return b is not None and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
@@ -345,7 +352,7 @@ def convert(
     rules: Sequence[Rule] | None = None,
     inplace: bool = False,
     in_channels: int | None = None,
-    functional: bool = False,
+    functional: bool = True,
 ) -> tuple[nn.Module, ConversionReport]:
     """Make a model's global ops local (Test-time Local Converter).
 
@@ -366,9 +373,12 @@ def convert(
         inplace: modify ``model`` itself instead of a copy.
         in_channels: channels of the calibration input; default: found by trying the convolutions'
             ``in_channels`` (the conv fed the input itself decides; see :func:`_calibrate`).
-        functional: also convert global ops called as functions (``x.mean((2, 3), keepdim=True)``,
-            ``F.adaptive_avg_pool2d(x, 1)``, ``F.instance_norm``, ...) outside the modules rules
-            matched; see :mod:`tlc.functional`. They are listed in ``report.call_sites``.
+        functional: also find global ops by what the model calls while it runs (a torch function
+            mode; see :mod:`tlc.functional`): means, sums, maxima, variances and pools over H and
+            W however written, norms with spatial statistics, softmax, normalisation and matrix
+            products over all positions, FFTs. Made local where exact, else reported; listed in
+            ``report.call_sites``. Costs up to four more forwards at calibration (three of them
+            at twice the training height or width); ``False`` to use the module rules alone.
 
     Returns:
         (converted model, :class:`ConversionReport`).
@@ -413,9 +423,13 @@ def convert(
         report.skipped.sort(key=lambda op: order.get(op.path, -1))
         converted = _check_modules(target, x, swaps, report)
         if functional:  # calibrated and checked on the module-converted model
+            probes = [_like(x, (2 * train[0], train[1]), 1), _like(x, (train[0], 2 * train[1]), 2)]
+            other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
             converted, report.call_sites = convert_call_sites(
                 target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
                 skip=[m.paths[0] for m in matched],
+                probes=[lambda what, p=p: _run(target, p, what) for p in probes],
+                check_other=lambda what: _run(target, other, what),
             )
         _verify(report, original, converted, x.dtype)
     except BaseException:
@@ -423,7 +437,7 @@ def convert(
         swaps.undo_all()
         remove_call_site_conversion(target)
         raise
-    if functional and not matched and not report.call_sites:
+    if not matched and not report.call_sites:
         warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
     return target, report
 

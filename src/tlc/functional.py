@@ -1,39 +1,58 @@
-"""Global ops called as functions: ``x.mean((2, 3), keepdim=True)``, ``F.adaptive_avg_pool2d(x, 1)``,
-``F.instance_norm(x)`` and kin, made local at test time.
+"""Global ops found by what the model computes while it runs, made local or reported, by call site.
 
-Module rules cannot see these: there is no module to replace. Tracing (torch.fx) cannot follow the
+Module rules see modules; many global ops are function calls (``x.mean((2, 3), keepdim=True)``,
+``x.sum(3).sum(2) / (H * W)``, ``torch.fft.rfft2(x)``). Tracing (torch.fx) cannot follow the
 data-dependent Python of real models (NAFNet pads by the input size). Instead a
-:class:`torch.overrides.TorchFunctionMode` is active while the model runs; it sees every torch call,
-recognises reductions over both spatial dimensions of (N, C, H, W) maps and names each *call site*
-by:
+:class:`torch.overrides.TorchFunctionMode` is active while the model runs; it sees every torch call
+and names each *call site* by:
 
 - the innermost module running (its qualified name, from forward hooks),
 - the calling source line (the first stack frame outside torch), kept as the function's qualified
   name plus the line's offset in that function, so moving code around in the file keeps the name,
 - the op, and an occurrence counter of that (line, op) within that module call (loops, helpers).
 
-A calibration forward at the training size records each site's feature size; the site's window is
-then fixed like a module's. Afterwards the mode answers recognised calls at known sites with the
-local op (window clamped to the map). The hooks live on the model (state_dict keys unchanged,
-deepcopy and pickle keep them); the mode is entered when the outermost hooked module starts and
-left when it ends, also on exceptions (``always_call`` forward hooks).
+Which calls are global: a calibration forward at the training size (h, w) records, per site, the
+shape of the input of every reduction, pool, norm, softmax, normalisation, matrix product and FFT
+whose axes may be spatial; two probe forwards at (2h, w) and (h, 2w) record them again. An axis
+that grows with the height is H, with the width W, with both a flattened H*W axis; a call across
+none of them (channel means, a (B, heads, C, C) channel-attention softmax) is no global op. Should
+a probe fail (a model that only runs at its training size), 4-D tensors are taken as (N, C, H, W)
+and softmax, normalisation and products are not looked at (with a warning).
 
-Recognised (on 4-D floating tensors, any 4-D tensor being taken as (N, C, H, W)):
+The site's window is fixed from its feature size at the training size like a module's. Afterwards
+the mode answers calls at converted sites with the local op (window clamped to the map). The hooks
+live on the model (state_dict keys unchanged, deepcopy and pickle keep them); the mode is entered
+when the outermost hooked module starts and left when it ends, also on exceptions (``always_call``
+forward hooks). Once converted, only the calls that can have a local form are looked at; any other
+call costs one dict lookup.
 
-===============================================  ==============================================
-call                                             local version
-===============================================  ==============================================
-``torch.mean``/``Tensor.mean`` over dims {2, 3}  :func:`tlc.local_mean` (``keepdim=True`` only)
-``F.adaptive_avg_pool2d(x, 1)``                  :func:`tlc.local_mean`
-``F.avg_pool2d(x, kernel = map size)``           :func:`tlc.local_mean`
-``F.instance_norm`` with input statistics        :func:`tlc.local_instance_norm`
-``F.group_norm``                                 :func:`tlc.local_group_norm`
-``torch.var``/``std`` (and methods) over {2, 3}  :func:`local_var` (and its square root)
-``F.adaptive_max_pool2d(x, 1)``, ``amax``        reported, left global (no local max here)
-===============================================  ==============================================
+Made local, on (N, C, H, W) maps, ``keepdim=True``:
 
-Means over channels (NAFNet's and Restormer's LayerNorm: ``x.mean(1, keepdim=True)``) or over one
-spatial axis only are not touched.
+======================================================  ============================================
+call                                                    local version
+======================================================  ============================================
+``mean`` over {2, 3}, ``F.adaptive_avg_pool2d(x, 1)``,   :func:`tlc.local_mean`
+``F.avg_pool2d(x, x.shape[2:])``
+``sum`` over {2, 3}                                     ``local_mean`` x (H * W) of the map
+``mean``/``sum`` over one of 2, 3,                       :func:`tlc.ops.local_axis_mean` (x the axis
+``F.adaptive_avg_pool2d(x, (None, 1))``/``((1, None))``  length for sums)
+``amax`` over {2, 3}, ``F.adaptive_max_pool2d(x, 1)``,  :func:`tlc.ops.local_max`
+``F.max_pool2d(x, x.shape[2:])``
+``amax``/``max(dim)`` over one of 2, 3, strip max pools  :func:`tlc.ops.local_axis_max` (``max`` gives
+                                                        ``indices=None``)
+``var``/``std`` (``_mean``) over {2, 3}                  :func:`tlc.ops.local_var` / ``local_std``
+``((x - mean) ** 2)`` reduced over H and W (IMDN)       ``local_var`` of ``x`` (see ``_Mark``)
+``F.instance_norm`` (input statistics)                  :func:`tlc.local_instance_norm`
+``F.group_norm``                                        :func:`tlc.local_group_norm`
+``F.layer_norm`` over (H, W) / (C, H, W), no affine     local instance norm / group norm, one group
+======================================================  ============================================
+
+Reported, left global: the same with ``keepdim=False`` or over a flattened H*W axis (reasons start
+with :data:`POOLED_VALUE`), ``var``/``std`` over one axis, adaptive pooling to a fixed k x k grid,
+``F.layer_norm`` over H, W with an affine weight, FFTs over H and/or W, softmax, normalisation
+(``F.normalize``, norms), matrix products (``matmul``, ``bmm``, ``einsum``) and attention
+(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``) over all positions or over whole
+rows or columns (Stripformer: the reason offers the windowed form).
 """
 
 from __future__ import annotations
@@ -43,8 +62,8 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -53,9 +72,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .ops import local_group_norm, local_instance_norm, local_mean, local_mean_strided, local_var
-from .ops._common import Pair, accumulation_dtype, as_pair, check_feature_map
-from .ops.pool import clamp_window, replicate_to, window_sums
+from .ops import (
+    local_axis_max,
+    local_axis_mean,
+    local_group_norm,
+    local_instance_norm,
+    local_max,
+    local_mean,
+    local_mean_strided,
+    local_std,
+    local_var,
+)
+from .ops._common import Pair, as_pair
 from .rules import Site
 
 #: (module path, function qualname, line offset in the function, op, occurrence in the module call)
@@ -101,21 +129,38 @@ class CallSite:
 
 # ----------------------------------------------------------------------------- recognising calls
 
+#: Start of the reason of every site left global only because its (pooled) result leaves the
+#: (N, C, H, W) layout: a per-window counterpart carried through the consumer would make it local.
+POOLED_VALUE = "pooled value leaves the map layout"
+
+_WINDOWED = "a windowed form (attention within a window of the row or column) would be local; tlc does not build it"
+
 
 @dataclass
 class _Call:
-    """A recognised spatial global op: its input, and how to compute it locally at a site.
+    """A call that may be a global op: its input, the axes it works across, and, where it is a
+    spatial op on an (N, C, H, W) map, how to compute it locally at a site.
 
-    ``reason`` (size independent) says why it must stay global; ``local`` is then None.
+    Attributes:
+        op: name shown in reports.
+        x: the tensor whose axes ``dims`` are watched (recorded per calibration forward).
+        dims: non-negative axes of ``x`` whose whole length the result depends on.
+        kind: "map" (reductions, pools, norms: local where ``dims`` are the map's H and/or W),
+            "tokens" (softmax, normalisation, contractions: global only if the probe forwards show
+            ``dims`` grow with the image), "fft".
+        reason: why a spatial op must stay global whatever the sizes; None when it has a local form.
+        local: the local form at a site (None when it has none).
+        mark: how the result relates to the input for the centred-square patterns (see ``_Mark``):
+            "mean", "sum" or None.
     """
 
     op: str
     x: torch.Tensor
+    dims: tuple[int, ...]
+    kind: str = "map"
     reason: str | None = None
     local: Callable[[Site], torch.Tensor] | None = None
-
-
-_NO_KEEPDIM = "keepdim=False: the result has no spatial dimensions to hold local values"
+    mark: str | None = None
 
 
 def _is_map(x: object) -> bool:
@@ -130,102 +175,103 @@ def _bind(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict[str, Any] |
     return bound
 
 
-def _over_spatial(dim: object) -> bool:
-    """True when ``dim`` names exactly the two spatial dims of a 4-D tensor (2, 3 / -2, -1 ...)."""
-    if dim is None or isinstance(dim, (bool, str)):
-        return False
-    dims = [dim] if not isinstance(dim, (tuple, list, torch.Size)) else list(dim)
+def _axes(dim: object, ndim: int) -> tuple[int, ...] | None:
+    """``dim`` as sorted non-negative axes (None or () meaning all), or None if it is not a dim."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(ndim))
+    if isinstance(dim, (bool, str)):
+        return None
+    dims = list(dim) if isinstance(dim, (tuple, list, torch.Size)) else [dim]
     try:
         indices = [operator.index(d) for d in dims]
     except TypeError:
-        return False
-    if any(isinstance(d, bool) or not -4 <= d < 4 for d in dims):
-        return False
-    return sorted(d % 4 for d in indices) == [2, 3]
+        return None
+    if any(isinstance(d, bool) for d in dims) or not all(-ndim <= d < ndim for d in indices):
+        return None
+    return tuple(sorted({d % ndim for d in indices}))
 
 
-def _is_one(size: object) -> bool:
-    if isinstance(size, (tuple, list, torch.Size)):
-        return len(size) == 2 and all(s == 1 for s in size)
-    return size == 1 and not isinstance(size, bool)
+def _maybe_spatial(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    """Worth watching: a 4-D tensor is taken as (N, C, H, W) (or (B, heads, ., .)): only calls
+    across its last two axes can be spatial; other ranks may hold flattened tokens anywhere."""
+    return bool(dims) and (x.dim() != 4 or 2 in dims or 3 in dims)
 
 
 def _pool(x: torch.Tensor, site: Site) -> torch.Tensor:
     return local_mean_strided(x, site.window, site.max_stride) if site.fast else local_mean(x, site.window)
 
 
-def _mean(args: tuple, kwargs: dict) -> _Call | None:
-    b = _bind(args, kwargs, ("input", "dim", "keepdim"))
-    if b is None or not _is_map(x := b.get("input")) or not _over_spatial(b.get("dim")):
-        return None
-    if b.get("out") is not None:
-        return _Call("mean", x, "writes into out=")
-    if not b.get("keepdim", False):
-        return _Call("mean", x, _NO_KEEPDIM)
-    dtype = b.get("dtype")
-    return _Call("mean", x, local=lambda site: _pool(x if dtype is None else x.to(dtype), site))
+def _axis_window(site: Site, dim: int) -> int:
+    return site.window[dim - 2]
 
 
-def _adaptive_avg_pool(args: tuple, kwargs: dict) -> _Call | None:
-    b = _bind(args, kwargs, ("input", "output_size"))
-    if b is None or not _is_map(x := b.get("input")) or not _is_one(b.get("output_size")):
-        return None
-    return _Call("adaptive_avg_pool2d", x, local=lambda site: _pool(x, site))
+def _local_mean_over(x: torch.Tensor, dims: tuple[int, ...], site: Site) -> torch.Tensor:
+    """Local mean over the spatial ``dims`` ((2, 3), (2,) or (3,)) of an (N, C, H, W) map."""
+    if dims == (2, 3):
+        return _pool(x, site)
+    return local_axis_mean(x, _axis_window(site, dims[0]), dims[0])
 
 
-def _avg_pool(args: tuple, kwargs: dict) -> _Call | None:
-    names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-    b = _bind(args, kwargs, names)
-    if b is None or not _is_map(x := b.get("input")) or b.get("divisor_override") is not None:
-        return None
-    try:
-        kernel = as_pair(b.get("kernel_size"), "kernel_size")
-        stride = b.get("stride")
-        padding = b.get("padding", 0)
-        if stride not in (None, [], ()) and as_pair(stride, "stride") != kernel:
+def _local_max_over(x: torch.Tensor, dims: tuple[int, ...], site: Site) -> torch.Tensor:
+    if dims == (2, 3):
+        return local_max(x, site.window)
+    return local_axis_max(x, _axis_window(site, dims[0]), dims[0])
+
+
+def _spatial_only(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    return x.dim() == 4 and x.is_floating_point() and bool(dims) and all(d in (2, 3) for d in dims)
+
+
+def _no_keepdim(op: str) -> str:
+    return f"{POOLED_VALUE} (keepdim=False): {op}'s result has no spatial dimensions to hold local values"
+
+
+def _reduction(op: str) -> Callable[[tuple, dict], _Call | None]:
+    """Parser for mean/sum/amax/max: (input, dim, keepdim, *, dtype, out); no dim: all axes."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", "dim", "keepdim"))
+        if b is None or not isinstance(x := b.get("input"), torch.Tensor) or not x.is_floating_point():
             return None
-        if padding not in (0, (0, 0), [0, 0]):
+        dim = b.get("dim")
+        if isinstance(dim, torch.Tensor) or x.dim() == 0:
+            return None  # torch.max(x, other): elementwise
+        if op == "max" and "dim" not in b:
+            dim = None
+        dims = _axes(dim, x.dim())
+        if dims is None or not _maybe_spatial(x, dims):
             return None
-    except (TypeError, ValueError):
-        return None
-    # Global only where the kernel is the map (``F.avg_pool2d(x, x.shape[2:])``); a fixed kernel
-    # is a plain pooling at other sizes and is left alone there.
-    if kernel != tuple(x.shape[-2:]):
-        return None
-    return _Call("avg_pool2d", x, local=lambda site: _pool(x, site))
+        call = _Call(op, x, dims, mark="mean" if op == "mean" else "sum" if op == "sum" else None)
+        if not _spatial_only(x, dims):
+            return call
+        if b.get("out") is not None:
+            call.reason = "writes into out="
+        elif not b.get("keepdim", False):
+            call.reason = _no_keepdim(op)
+        elif op == "max" and len(dims) > 1:
+            return None  # torch.max takes one dim
+        else:
+            dtype = b.get("dtype")
+            if op in ("mean", "sum"):
+                scale = 1
+                if op == "sum":
+                    for d in dims:
+                        scale *= x.shape[d]
 
+                def local(site: Site) -> torch.Tensor:
+                    mean = _local_mean_over(x if dtype is None else x.to(dtype), dims, site)
+                    return mean if scale == 1 else mean * scale
 
-def _max_pool(args: tuple, kwargs: dict) -> _Call | None:
-    b = _bind(args, kwargs, ("input", "output_size", "return_indices"))
-    if b is None or not _is_map(x := b.get("input")) or not _is_one(b.get("output_size")):
-        return None
-    return _Call("adaptive_max_pool2d", x, "global max pooling: tlc has no local max")
+            elif op == "amax":
+                call.local = lambda site: _local_max_over(x, dims, site)
+                return call
+            else:  # max(dim): values only; indices of local maxima are not computed
+                call.local = lambda site: torch.return_types.max((local_axis_max(x, _axis_window(site, dims[0]), dims[0]), None))
+                return call
+            call.local = local
+        return call
 
-
-def _amax(args: tuple, kwargs: dict) -> _Call | None:
-    b = _bind(args, kwargs, ("input", "dim", "keepdim"))
-    if b is None or not _is_map(x := b.get("input")) or not _over_spatial(b.get("dim")):
-        return None
-    return _Call("amax", x, "global max: tlc has no local max")
-
-
-def _instance_norm(args: tuple, kwargs: dict) -> _Call | None:
-    names = ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps")
-    b = _bind(args, kwargs, names)
-    if b is None or not _is_map(x := b.get("input")) or not b.get("use_input_stats", True):
-        return None  # without input statistics it is a per-pixel affine map, not a global op
-    if b.get("running_mean") is not None or b.get("running_var") is not None:
-        return _Call("instance_norm", x, "updates running statistics (running_mean/running_var given)")
-    weight, bias, eps = b.get("weight"), b.get("bias"), b.get("eps", 1e-5)
-    return _Call("instance_norm", x, local=lambda site: local_instance_norm(x, site.window, weight, bias, eps))
-
-
-def _group_norm(args: tuple, kwargs: dict) -> _Call | None:
-    b = _bind(args, kwargs, ("input", "num_groups", "weight", "bias", "eps"))
-    if b is None or not _is_map(x := b.get("input")) or "num_groups" not in b:
-        return None
-    groups, weight, bias, eps = b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5)
-    return _Call("group_norm", x, local=lambda site: local_group_norm(x, groups, site.window, weight, bias, eps))
+    return parse
 
 
 def _variance(op: str) -> Callable[[tuple, dict], _Call | None]:
@@ -235,63 +281,515 @@ def _variance(op: str) -> Callable[[tuple, dict], _Call | None]:
     def parse(args: tuple, kwargs: dict) -> _Call | None:
         x = args[0] if args else kwargs.get("input")
         rest = list(args[1:])
-        if not _is_map(x) or (rest and isinstance(rest[0], bool)) or len(rest) > 3:
-            return None  # the (input, unbiased) overload reduces over everything
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or len(rest) > 3:
+            return None
+        if rest and isinstance(rest[0], bool):  # (input, unbiased): over everything
+            rest = [None, *rest]
         b = dict(zip(("dim", "unbiased", "keepdim"), rest))
         b.update(kwargs)
-        if not _over_spatial(b.get("dim")):
+        dims = _axes(b.get("dim"), x.dim())
+        if dims is None or not _maybe_spatial(x, dims):
             return None
+        call = _Call(op, x, dims)
+        if not _spatial_only(x, dims):
+            return call
         if b.get("out") is not None:
-            return _Call(op, x, "writes into out=")
-        if not b.get("keepdim", False):
-            return _Call(op, x, _NO_KEEPDIM)
-        correction = b.get("correction")
-        if correction is None:
-            correction = 0 if b.get("unbiased", True) is False else 1
+            call.reason = "writes into out="
+        elif not b.get("keepdim", False):
+            call.reason = _no_keepdim(op)
+        elif dims != (2, 3):
+            call.reason = f"{op} over one spatial axis: no local form here"
+        else:
+            correction = b.get("correction")
+            if correction is None:
+                correction = 0 if b.get("unbiased", True) is False else 1
+            stat = local_std if op.startswith("std") else local_var
+            if op.endswith("_mean"):
+                call.local = lambda site: (stat(x, site.window, float(correction)), _pool(x, site))
+            else:
+                call.local = lambda site: stat(x, site.window, float(correction))
+        return call
 
-        def local(site: Site) -> torch.Tensor:
-            var = local_var(x, site.window, float(correction))
-            return var.sqrt() if op == "std" else var
+    return parse
 
-        return _Call(op, x, local=local)
+
+def _output_dims(size: object) -> tuple[object, object] | None:
+    if isinstance(size, (tuple, list, torch.Size)):
+        return (size[0], size[1]) if len(size) == 2 else None
+    return (size, size)
+
+
+def _adaptive(op: str) -> Callable[[tuple, dict], _Call | None]:
+    """Parser for ``F.adaptive_{avg,max}_pool2d``: to 1 (whole map), (None, 1) / (1, None) (strips)."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", "output_size", "return_indices"))
+        if b is None or not _is_map(x := b.get("input")) or (out := _output_dims(b.get("output_size"))) is None:
+            return None
+        dims = tuple(d for d, o in zip((2, 3), out) if o is not None)
+        if not dims:
+            return None  # (None, None): the identity
+        call = _Call(op, x, dims, mark="mean" if op == "adaptive_avg_pool2d" else None)
+        if any(o != 1 or isinstance(o, bool) for d, o in zip((2, 3), out) if d in dims):
+            sizes = "x".join("H" if o is None else str(o) for o in out)
+            call.reason = f"adaptive pooling to a fixed {sizes} grid: its bins grow with the map; no local form here"
+        elif b.get("return_indices", False):
+            call.reason = "returns indices: no local form"
+        elif op == "adaptive_avg_pool2d":
+            call.local = lambda site: _local_mean_over(x, dims, site)
+        else:
+            call.local = lambda site: _local_max_over(x, dims, site)
+        return call
+
+    return parse
+
+
+def _full_kernel(op: str) -> Callable[[tuple, dict], _Call | None]:
+    """Parser for ``F.avg_pool2d``/``F.max_pool2d`` whose kernel is the map on one or both axes."""
+
+    names = ("input", "kernel_size", "stride", "padding")
+    names += ("ceil_mode", "count_include_pad", "divisor_override") if op == "avg_pool2d" else (
+        "dilation", "ceil_mode", "return_indices")
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, names)
+        if b is None or not _is_map(x := b.get("input")) or b.get("divisor_override") is not None:
+            return None
+        try:
+            kernel = as_pair(b.get("kernel_size"), "kernel_size")
+            stride = b.get("stride")
+            if stride not in (None, [], ()) and as_pair(stride, "stride") != kernel:
+                return None
+            if b.get("padding", 0) not in (0, (0, 0), [0, 0]) or b.get("dilation", 1) not in (1, (1, 1), [1, 1]):
+                return None
+        except (TypeError, ValueError):
+            return None
+        # Global only where the kernel is the map (``F.avg_pool2d(x, x.shape[2:])``); a fixed kernel
+        # is a plain pooling at other sizes and is left alone there.
+        size = tuple(x.shape[-2:])
+        dims = tuple(d for d, k, n in zip((2, 3), kernel, size) if k == n and (n > 1 or k != 1))
+        if not dims or any(k != 1 for d, k in zip((2, 3), kernel) if d not in dims):
+            return None
+        call = _Call(op, x, dims, mark="mean" if op == "avg_pool2d" else None)
+        if b.get("return_indices", False):
+            call.reason = "returns indices: no local form"
+        elif op == "avg_pool2d":
+            call.local = lambda site: _local_mean_over(x, dims, site)
+        else:
+            call.local = lambda site: _local_max_over(x, dims, site)
+        return call
+
+    return parse
+
+
+def _instance_norm(args: tuple, kwargs: dict) -> _Call | None:
+    names = ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps")
+    b = _bind(args, kwargs, names)
+    if b is None or not _is_map(x := b.get("input")) or not b.get("use_input_stats", True):
+        return None  # without input statistics it is a per-pixel affine map, not a global op
+    call = _Call("instance_norm", x, (2, 3))
+    if b.get("running_mean") is not None or b.get("running_var") is not None:
+        call.reason = "updates running statistics (running_mean/running_var given)"
+        return call
+    weight, bias, eps = b.get("weight"), b.get("bias"), b.get("eps", 1e-5)
+    call.local = lambda site: local_instance_norm(x, site.window, weight, bias, eps)
+    return call
+
+
+def _group_norm(args: tuple, kwargs: dict) -> _Call | None:
+    b = _bind(args, kwargs, ("input", "num_groups", "weight", "bias", "eps"))
+    if b is None or not _is_map(x := b.get("input")) or "num_groups" not in b:
+        return None
+    groups, weight, bias, eps = b["num_groups"], b.get("weight"), b.get("bias"), b.get("eps", 1e-5)
+    return _Call("group_norm", x, (2, 3), local=lambda site: local_group_norm(x, groups, site.window, weight, bias, eps))
+
+
+def _layer_norm(args: tuple, kwargs: dict) -> _Call | None:
+    b = _bind(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"))
+    if b is None or not isinstance(x := b.get("input"), torch.Tensor) or not x.is_floating_point():
+        return None
+    shape = b.get("normalized_shape")
+    count = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+    if not 0 < count <= x.dim():
+        return None
+    dims = tuple(range(x.dim() - count, x.dim()))
+    if not _maybe_spatial(x, dims):
+        return None
+    call = _Call("layer_norm", x, dims)
+    if x.dim() != 4 or count not in (2, 3):
+        return call
+    weight, bias, eps = b.get("weight"), b.get("bias"), b.get("eps", 1e-5)
+    if weight is not None or bias is not None:
+        call.reason = "LayerNorm over the map's H and W: its affine weight has the map's size; no local form"
+    elif count == 2:  # over (H, W): per channel, an instance norm
+        call.local = lambda site: local_instance_norm(x, site.window, None, None, eps)
+    else:  # over (C, H, W): a group norm with one group
+        call.local = lambda site: local_group_norm(x, 1, site.window, None, None, eps)
+    return call
+
+
+def _softmax(op: str) -> Callable[[tuple, dict], _Call | None]:
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", "dim"))
+        if b is None or not isinstance(x := b.get("input"), torch.Tensor) or (dims := _axes(b.get("dim"), x.dim())) is None:
+            return None
+        return _Call(op, x, dims, "tokens") if b.get("dim") is not None and _maybe_spatial(x, dims) else None
+
+    return parse
+
+
+def _normalize(args: tuple, kwargs: dict) -> _Call | None:
+    b = _bind(args, kwargs, ("input", "p", "dim", "eps", "out"))
+    if b is None or not isinstance(x := b.get("input"), torch.Tensor) or x.dim() == 0:
+        return None
+    dims = _axes(b.get("dim", 1), x.dim())
+    return _Call("normalize", x, dims, "tokens") if dims is not None and _maybe_spatial(x, dims) else None
+
+
+def _norm(op: str) -> Callable[[tuple, dict], _Call | None]:
+    """``Tensor.norm``/``torch.norm`` (input, p, dim, ...) and ``linalg.vector_norm`` (x, ord, dim, ...)."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", "p", "dim", "keepdim", "dtype"))
+        if b is None:
+            return None
+        x = b.get("input", b.get("x"))
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
+            return None
+        dims = _axes(b.get("dim"), x.dim())
+        return _Call(op, x, dims, "tokens") if dims is not None and _maybe_spatial(x, dims) else None
+
+    return parse
+
+
+def _matmul(op: str) -> Callable[[tuple, dict], _Call | None]:
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", "other"))
+        a = None if b is None else b.get("input", b.get("mat1"))
+        if not isinstance(a, torch.Tensor) or a.dim() < 2:
+            return None
+        return _Call(op, a, (a.dim() - 1,), "tokens")
+
+    return parse
+
+
+def _attention(op: str, keys_dim: int) -> Callable[[tuple, dict], _Call | None]:
+    """``F.scaled_dot_product_attention(q, k, v)`` (keys (..., S, E)) and
+    ``F.multi_head_attention_forward(q, k, v, ...)`` (keys (S, N, E)): global where S grows."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        key = args[1] if len(args) > 1 else kwargs.get("key")
+        if not isinstance(key, torch.Tensor) or key.dim() < 2:
+            return None
+        return _Call(op, key, (keys_dim % key.dim(),), "tokens")
+
+    return parse
+
+
+def _einsum(args: tuple, kwargs: dict) -> _Call | None:
+    if not args or not isinstance(args[0], str) or "->" not in args[0] or "." in args[0]:
+        return None
+    operands = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+    inputs, output = args[0].replace(" ", "").split("->")
+    terms = inputs.split(",")
+    if len(terms) != len(operands) or not all(isinstance(t, torch.Tensor) for t in operands):
+        return None
+    contracted = set(inputs.replace(",", "")) - set(output)
+    for term, t in zip(terms, operands):
+        dims = tuple(i for i, letter in enumerate(term) if letter in contracted)
+        if dims and len(term) == t.dim():
+            return _Call("einsum", t, dims, "tokens")
+    return None
+
+
+def _fft(op: str, default: object, sizes: str) -> Callable[[tuple, dict], _Call | None]:
+    """torch.fft: (input, n|s, dim, norm); ``default`` dim; fftn's None means all axes (or the
+    last len(s) when s is given)."""
+
+    def parse(args: tuple, kwargs: dict) -> _Call | None:
+        b = _bind(args, kwargs, ("input", sizes, "dim", "norm"))
+        if b is None or not isinstance(x := b.get("input"), torch.Tensor) or x.dim() == 0:
+            return None
+        dim = b.get("dim", default)
+        if dim is None and b.get(sizes) is not None:
+            dim = tuple(range(-len(b[sizes]), 0))
+        dims = _axes(dim, x.dim())
+        return _Call(op, x, dims, "fft") if dims is not None and _maybe_spatial(x, dims) else None
 
     return parse
 
 
 _PARSERS: dict[object, Callable[[tuple, dict], _Call | None]] = {
-    torch.mean: _mean,
-    torch.Tensor.mean: _mean,
-    F.adaptive_avg_pool2d: _adaptive_avg_pool,
-    F.avg_pool2d: _avg_pool,
-    F.adaptive_max_pool2d: _max_pool,  # what its return_indices=False branch reports
-    F.adaptive_max_pool2d_with_indices: _max_pool,
-    torch.amax: _amax,
-    torch.Tensor.amax: _amax,
-    F.instance_norm: _instance_norm,
-    F.group_norm: _group_norm,
+    torch.mean: _reduction("mean"),
+    torch.Tensor.mean: _reduction("mean"),
+    torch.sum: _reduction("sum"),
+    torch.Tensor.sum: _reduction("sum"),
+    torch.amax: _reduction("amax"),
+    torch.Tensor.amax: _reduction("amax"),
+    torch.max: _reduction("max"),
+    torch.Tensor.max: _reduction("max"),
     torch.var: _variance("var"),
     torch.Tensor.var: _variance("var"),
     torch.std: _variance("std"),
     torch.Tensor.std: _variance("std"),
+    torch.var_mean: _variance("var_mean"),
+    torch.std_mean: _variance("std_mean"),
+    F.adaptive_avg_pool2d: _adaptive("adaptive_avg_pool2d"),
+    F.adaptive_max_pool2d: _adaptive("adaptive_max_pool2d"),
+    F.adaptive_max_pool2d_with_indices: _adaptive("adaptive_max_pool2d"),
+    F.avg_pool2d: _full_kernel("avg_pool2d"),
+    F.max_pool2d: _full_kernel("max_pool2d"),
+    F.max_pool2d_with_indices: _full_kernel("max_pool2d"),
+    F.instance_norm: _instance_norm,
+    F.group_norm: _group_norm,
+    F.layer_norm: _layer_norm,
+    F.softmax: _softmax("softmax"),
+    torch.softmax: _softmax("softmax"),
+    torch.Tensor.softmax: _softmax("softmax"),
+    F.log_softmax: _softmax("log_softmax"),
+    torch.log_softmax: _softmax("log_softmax"),
+    torch.Tensor.log_softmax: _softmax("log_softmax"),
+    F.normalize: _normalize,
+    torch.norm: _norm("norm"),
+    torch.Tensor.norm: _norm("norm"),
+    torch.linalg.vector_norm: _norm("vector_norm"),
+    torch.matmul: _matmul("matmul"),
+    torch.Tensor.matmul: _matmul("matmul"),
+    torch.bmm: _matmul("bmm"),
+    torch.Tensor.bmm: _matmul("bmm"),
+    torch.einsum: _einsum,
+    F.scaled_dot_product_attention: _attention("scaled_dot_product_attention", -2),
+    F.multi_head_attention_forward: _attention("multi_head_attention_forward", 0),
+    **{getattr(torch.fft, name): _fft(name, -1, "n") for name in ("fft", "ifft", "rfft", "irfft")},
+    **{getattr(torch.fft, name): _fft(name, (-2, -1), "s") for name in ("fft2", "ifft2", "rfft2", "irfft2")},
+    **{getattr(torch.fft, name): _fft(name, None, "s") for name in ("fftn", "ifftn", "rfftn", "irfftn")},
 }
 
+# ----------------------------------------------------------------------------- which calls are global
 
-def recognise(func: object, args: tuple, kwargs: dict | None = None) -> tuple[str, str | None] | None:
+# How an axis of a watched tensor changed between the calibration forward at the training size
+# (h, w) and the probe forwards at (2h, w) and (h, 2w).
+_FIXED, _H, _W, _HW = "fixed", "H", "W", "HW"
+
+Shape = tuple[int, ...]
+
+
+def _tags(call: _Call, shape: Shape, probes: tuple[Shape, Shape] | None) -> tuple[str, ...]:
+    """Per axis in ``call.dims``: fixed, H (grows with the image height), W, or HW (both: a
+    flattened spatial axis). Without probe shapes a 4-D tensor is taken as (N, C, H, W) for map
+    ops and FFTs, and nothing else is taken as spatial."""
+    if probes is None:
+        if call.kind == "tokens" or len(shape) != 4:
+            return tuple(_FIXED for _ in call.dims)
+        return tuple({2: _H, 3: _W}.get(d, _FIXED) for d in call.dims)
+    taller, wider = probes
+    tags = []
+    for d in call.dims:
+        grows = (taller[d] != shape[d], wider[d] != shape[d])
+        tags.append({(False, False): _FIXED, (True, False): _H, (False, True): _W, (True, True): _HW}[grows])
+    return tuple(tags)
+
+
+def _span(tags: tuple[str, ...]) -> str:
+    if _HW in tags or (_H in tags and _W in tags):
+        return "all H*W positions"
+    return "whole rows (all W positions)" if _W in tags else "whole columns (all H positions)"
+
+
+def _judge(call: _Call, tags: tuple[str, ...]) -> tuple[bool, str | None]:
+    """(is the call a global op, why it stays global: None when ``call.local`` makes it local)."""
+    if all(t == _FIXED for t in tags):
+        return False, None
+    in_map = call.x.dim() == 4 and all(t == _FIXED or (d, t) in ((2, _H), (3, _W)) for d, t in zip(call.dims, tags))
+    # Where the parser took the call for a map op (it has a local form or a reason), its verdict holds.
+    standard = in_map and (call.local is not None or call.reason is not None or _spatial_only(call.x, call.dims))
+    if call.kind == "map" and standard:
+        if call.reason is None and call.local is None:
+            return True, f"{call.op}: no local form here"
+        return True, call.reason
+    span = _span(tags)
+    rows = span != "all H*W positions"
+    if call.kind == "fft":
+        return True, f"FFT over {span}: no local form" if rows else "whole-map FFT: no local form"
+    if call.op in ("scaled_dot_product_attention", "multi_head_attention_forward"):
+        if rows:
+            return True, f"attention over whole rows or columns: keys over {span}; {_WINDOWED}"
+        return True, f"attention over all H*W positions ({call.op})"
+    if call.op in ("softmax", "log_softmax"):
+        if rows:
+            return True, f"attention over whole rows or columns: {call.op} over {span}; {_WINDOWED}"
+        return True, f"{call.op} over all H*W positions"
+    if call.op in ("matmul", "bmm", "einsum"):
+        if rows:
+            return True, f"attention over whole rows or columns: {call.op} contracting over {span}; {_WINDOWED}"
+        return True, f"{call.op} contracting over all H*W positions"
+    if call.kind == "tokens":
+        return True, f"{call.op} (normalisation) over {span}"
+    others = " together with other axes" if _FIXED in tags else ""
+    layout = "" if in_map else " of a tensor not laid out as (N, C, H, W)"
+    if call.mark is not None or call.op in ("amax", "max", "var", "std", "var_mean", "std_mean"):  # a reduction: its result is a pooled value
+        return True, f"{POOLED_VALUE}: {call.op} over {span}{others}{layout}"
+    return True, f"{call.op} over {span}{others}{layout}: no local form here"
+
+
+def recognise(
+    func: object, args: tuple, kwargs: dict | None = None, *, probes: tuple[tuple[tuple, dict], tuple[tuple, dict]] | None = None
+) -> tuple[str, str | None] | None:
     """Whether a torch call is a global op over the spatial dims that this module knows.
 
     Args:
         func: the function as a ``TorchFunctionMode`` sees it (``torch.mean``, ``F.instance_norm``...).
-        args, kwargs: its arguments.
+        args, kwargs: its arguments, in a forward at the training size (h, w).
+        probes: the same call's (args, kwargs) in forwards at (2h, w) and at (h, 2w). They tell
+            which axes grow with the image (H, W, or H*W when flattened). Without them a 4-D tensor
+            is taken as (N, C, H, W) and softmax, normalisation and matrix products are never
+            taken as global.
 
     Returns:
-        None if not recognised, else (op name, reason it must stay global or None).
+        None if not a global op, else (op name, reason it must stay global or None if tlc makes it local).
     """
     try:
         parse = _PARSERS.get(func)
     except TypeError:  # unhashable callables are none of ours
         return None
-    call = parse(args, kwargs or {}) if parse is not None else None
-    return None if call is None else (call.op, call.reason)
+    try:
+        call = parse(args, kwargs or {}) if parse is not None else None
+        seen = [parse(a, k or {}) for a, k in probes] if call is not None and probes is not None else None
+    except Exception:  # noqa: BLE001 (arguments no parser foresaw: not a call tlc knows)
+        return None
+    if call is None:
+        return None
+    shapes = None
+    if seen is not None:
+        if any(c is None for c in seen):
+            return None
+        shapes = (tuple(seen[0].x.shape), tuple(seen[1].x.shape))
+    is_global, reason = _judge(call, _tags(call, tuple(call.x.shape), shapes))
+    return (call.op, reason) if is_global else None
+
+
+# ----------------------------------------------------------------------------- hand-written statistics
+#
+# A mean written by hand (``x.sum(3, keepdim=True).sum(2, keepdim=True) / (H * W)``) converts
+# site by site: axis means are separable, so the chain is the local mean. A variance written by
+# hand, ``((x - mean) ** 2)`` reduced the same way, does not: each pixel's square would be centred
+# by the mean of its own window, not by that of the window being reduced. Results of spatial means
+# and sums therefore carry a mark saying what they are; the subtraction, square and reduction that
+# follow carry it on, and the reduction completing a centred square over H and W returns the local
+# variance of the marked source instead.
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """What a tensor is, in terms of a map ``src``.
+
+    kind "mean": ``scale`` x mean of ``src`` over the spatial axes ``done``; "dev": ``src`` minus its
+    mean over H and W; "sq": the square of a "dev"; "sqsum": ``scale`` x a "sq" reduced over
+    ``done``. ``windows`` maps each axis in ``done`` to the window used there (None: global);
+    ``centre`` is the windows of the mean a "dev"/"sq"/"sqsum" was centred by.
+    """
+
+    kind: str
+    src: torch.Tensor
+    done: tuple[int, ...] = ()
+    scale: float = 1.0
+    windows: tuple[tuple[int, int | None], ...] = ()
+    centre: tuple[tuple[int, int | None], ...] = ()
+
+
+_MARK = "_tlc_mark"
+
+
+def _mark_of(t: object) -> _Mark | None:
+    """The mark of ``t``, unless ``t`` or its source changed in place since it was set."""
+    entry = t.__dict__.get(_MARK) if isinstance(t, torch.Tensor) else None
+    if entry is None:
+        return None
+    mark, version, src_version = entry
+    return mark if t._version == version and mark.src._version == src_version else None
+
+
+def _set_mark(t: object, mark: _Mark) -> None:
+    if isinstance(t, torch.Tensor):
+        t.__dict__[_MARK] = (mark, t._version, mark.src._version)
+
+
+def _marked_sub(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+    out = func(*args, **kwargs)
+    if len(args) == 2 and kwargs.get("alpha", 1) == 1:
+        for a, b in (args, args[::-1]):
+            m = _mark_of(b)
+            if m is not None and m.kind == "mean" and m.done == (2, 3) and m.src is a and abs(m.scale - 1) < 1e-9:
+                _set_mark(out, _Mark("dev", a, centre=m.windows))
+                break
+    return out
+
+
+def _squared(t: object, exponent: object) -> _Mark | None:
+    m = _mark_of(t)
+    if m is not None and m.kind == "dev" and exponent == 2 and not isinstance(exponent, bool):
+        return _Mark("sq", m.src, centre=m.centre)
+    return None
+
+
+def _marked_pow(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+    out = func(*args, **kwargs)
+    b = _bind(args, kwargs, ("input", "exponent"))
+    if b is not None and (m := _squared(b.get("input", b.get("self")), b.get("exponent"))) is not None:
+        _set_mark(out, m)
+    return out
+
+
+def _marked_square(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+    out = func(*args, **kwargs)
+    if args and (m := _squared(args[0], 2)) is not None:
+        _set_mark(out, m)
+    return out
+
+
+def _marked_scale(divide: bool) -> Callable[[CallSiteConverter, Callable, tuple, dict], object]:
+    """``mul``/``div``: a scaled mark stays a mark (``sum / (H * W)`` is a mean); ``d * d`` is a square."""
+
+    def handle(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+        out = func(*args, **kwargs)
+        if len(args) != 2 or kwargs:
+            return out
+        a, b = args
+        if not divide and a is b and (m := _squared(a, 2)) is not None:
+            _set_mark(out, m)
+            return out
+        if divide:
+            pairs = ((a, b),)
+        else:
+            pairs = ((a, b), (b, a))
+        for t, number in pairs:
+            m = _mark_of(t)
+            if m is not None and m.kind in ("mean", "sqsum") and isinstance(number, (int, float)) and not isinstance(number, bool) and number:
+                _set_mark(out, replace(m, scale=m.scale / number if divide else m.scale * number))
+                break
+        return out
+
+    return handle
+
+
+_ARITHMETIC: dict[object, Callable[[CallSiteConverter, Callable, tuple, dict], object]] = {
+    torch.sub: _marked_sub,
+    torch.Tensor.sub: _marked_sub,
+    torch.Tensor.__sub__: _marked_sub,
+    torch.Tensor.__rsub__: _marked_sub,
+    torch.pow: _marked_pow,
+    torch.Tensor.pow: _marked_pow,
+    torch.Tensor.__pow__: _marked_pow,
+    torch.square: _marked_square,
+    torch.Tensor.square: _marked_square,
+    torch.mul: _marked_scale(False),
+    torch.Tensor.mul: _marked_scale(False),
+    torch.Tensor.__mul__: _marked_scale(False),
+    torch.Tensor.__rmul__: _marked_scale(False),
+    torch.div: _marked_scale(True),
+    torch.Tensor.div: _marked_scale(True),
+    torch.Tensor.__truediv__: _marked_scale(True),
+}
 
 
 # ----------------------------------------------------------------------------- call sites
@@ -355,42 +853,79 @@ def _remove_mode(mode: TorchFunctionMode) -> None:
         torch._C._push_on_torch_function_stack(other)
 
 
-class _LocalCalls(TorchFunctionMode):
-    """The mode active while a converted model runs: hands recognised calls to the converter."""
+Handler = Callable[["CallSiteConverter", Callable, tuple, dict], object]
 
-    def __init__(self, converter: CallSiteConverter) -> None:
+
+def _at_site(parse: Callable[[tuple, dict], _Call | None]) -> Handler:
+    def handle(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+        try:
+            call = parse(args, kwargs)
+        except Exception:  # noqa: BLE001 (arguments no parser foresaw: the call is left to torch as it is)
+            call = None
+        return func(*args, **kwargs) if call is None else converter._call(func, args, kwargs, call)
+
+    return handle
+
+
+#: Calibration: every call that may be global, and the arithmetic of hand-written statistics.
+_RECORD_HANDLERS: dict[object, Handler] = {**{f: _at_site(p) for f, p in _PARSERS.items()}, **_ARITHMETIC}
+#: Converted model: only calls that can have a local form (softmax, products, FFTs never do).
+_MAP_FUNCS = {f for f, op in _PARSERS.items() if op.__qualname__.split(".")[0] in (
+    "_reduction", "_variance", "_adaptive", "_full_kernel", "_instance_norm", "_group_norm", "_layer_norm")}
+_APPLY_HANDLERS: dict[object, Handler] = {f: h for f, h in _RECORD_HANDLERS.items() if f in _MAP_FUNCS}
+#: ... and, where calibration met a hand-written variance, the arithmetic leading to it.
+_APPLY_WITH_ARITHMETIC: dict[object, Handler] = {**_APPLY_HANDLERS, **_ARITHMETIC}
+
+
+class _LocalCalls(TorchFunctionMode):
+    """The mode active while a hooked model runs: hands the calls in ``handlers`` to them."""
+
+    def __init__(self, converter: CallSiteConverter, handlers: dict[object, Handler]) -> None:
         super().__init__()
-        self.converter = converter
+        self.converter, self.handlers = converter, handlers
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         kwargs = kwargs or {}
         try:
-            parse = _PARSERS.get(func)
-        except TypeError:
-            parse = None
-        call = parse(args, kwargs) if parse is not None else None
-        if call is None:
+            handle = self.handlers.get(func)
+        except TypeError:  # unhashable callables are none of ours
+            handle = None
+        if handle is None:
             return func(*args, **kwargs)
-        return self.converter._call(func, args, kwargs, call)
+        return handle(self.converter, func, args, kwargs)
 
 
 @dataclass
 class _Observed:
-    op: str
+    """A site as calibration saw it: the call (its input replaced by a meta tensor of its shape)
+    and the input shapes met, per forward (training size, then the two probe sizes)."""
+
+    call: _Call
     location: str
     function: str
-    shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (C, h, w) per call
-    reason: str | None = None
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # at the training size, per call
+    probes: list[tuple[int, ...] | None] = field(default_factory=lambda: [None, None])  # first call per probe
+
+
+def _template(call: _Call) -> _Call:
+    """``call`` without its tensors: what judging it needs."""
+    meta = torch.empty(call.x.shape, dtype=call.x.dtype, device="meta")
+    return replace(call, x=meta, local=None if call.local is None else _has_local)
+
+
+def _has_local(site: Site) -> torch.Tensor:  # placeholder for a template's local form
+    raise AssertionError("a template is never run")
 
 
 class CallSiteConverter:
     """Functional global ops of one model: hooks, calibration records and per-site windows.
 
     Built by :func:`convert_call_sites`. Phases: ``"record"`` (calibration: observe sites, run
-    everything globally), then ``"apply"`` (recognised calls at converted sites run locally).
+    everything globally), ``"probe"`` (the same at other sizes, to tell spatial axes), then
+    ``"apply"`` (recognised calls at converted sites run locally).
 
     Attributes:
-        sites: every site seen at calibration, in call order.
+        sites: every global op found at calibration, in call order.
     """
 
     def __init__(self, model: nn.Module, skip: Iterable[str] = ()) -> None:
@@ -399,7 +934,10 @@ class CallSiteConverter:
         self.sites: list[CallSite] = []
         self._windows: dict[SiteKey, tuple[Site, int]] = {}  # converted sites: (site, channels)
         self._observed: dict[SiteKey, _Observed] = {}
+        self._index: dict[SiteKey, int] = {}  # position in sites
         self._unknown: dict[SiteKey, str] = {}  # keys met after calibration, with their description
+        self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
+        self._probe = 0
         self._thread = threading.local()
         # Calls inside modules that module rules matched (converted or deliberately left global)
         # belong to those rules.
@@ -425,11 +963,16 @@ class CallSiteConverter:
             stack = self._thread.stack = []
         return stack
 
+    def _handlers(self) -> dict[object, Handler]:
+        if self.phase != "apply":
+            return _RECORD_HANDLERS
+        return _APPLY_WITH_ARITHMETIC if self._variances else _APPLY_HANDLERS
+
     # --- hooks
     def _enter(self, hook: _Enter) -> None:
         stack = self._stack()
         if not stack:
-            mode = _LocalCalls(self)
+            mode = _LocalCalls(self, self._handlers())
             mode.__enter__()
             self._thread.mode = mode
         excluded = hook.excluded or (stack[-1].excluded if stack else False)
@@ -448,7 +991,7 @@ class CallSiteConverter:
     # --- the mode's answer to a recognised call
     def _call(self, func: Callable, args: tuple, kwargs: dict, call: _Call) -> object:
         stack = self._stack()
-        if not stack or stack[-1].excluded:
+        if not stack or stack[-1].excluded or (self.phase == "apply" and call.local is None):
             return func(*args, **kwargs)
         top = stack[-1]
         frame = _caller()
@@ -463,14 +1006,20 @@ class CallSiteConverter:
         occurrence = top.counts.get(slot, 0)
         top.counts[slot] = occurrence + 1
         key: SiteKey = (top.path, function, offset, call.op, occurrence)
-        channels, h, w = call.x.shape[1:]
 
         if self.phase == "record":
-            seen = self._observed.setdefault(key, _Observed(call.op, location, function))
-            seen.shapes.append((channels, h, w))
-            seen.reason = seen.reason or call.reason
-            return func(*args, **kwargs)
+            seen = self._observed.get(key)
+            if seen is None:
+                seen = self._observed[key] = _Observed(_template(call), location, function)
+            seen.shapes.append(tuple(call.x.shape))
+            return self._follow(key, call, func(*args, **kwargs), None)
+        if self.phase == "probe":
+            seen = self._observed.get(key)
+            if seen is not None and seen.probes[self._probe] is None:
+                seen.probes[self._probe] = tuple(call.x.shape)
+            return self._follow(key, call, func(*args, **kwargs), None)
 
+        channels = call.x.shape[1]
         converted = self._windows.get(key)
         problem = None
         if converted is None and key not in self._observed:
@@ -478,39 +1027,82 @@ class CallSiteConverter:
         elif converted is not None and channels != converted[1]:
             # Not the call calibrated under this name: control flow differs from calibration's.
             problem = f"has {channels} channels here, {converted[1]} at calibration"
-        if problem is not None or converted is None or call.local is None:
+        if problem is not None or converted is None:
             if problem is not None and key not in self._unknown:
                 self._unknown[key] = f"{call.op} at {location} in module '{top.path}' {problem}"
                 warnings.warn(f"tlc: {self._unknown[key]}; it stays global", stacklevel=2)
-            return func(*args, **kwargs)
+            return self._follow(key, call, func(*args, **kwargs), None)
         self._thread.last = key
-        return call.local(converted[0])
+        site = converted[0]
+        return self._follow(key, call, call.local(site), site)
+
+    def _follow(self, key: SiteKey, call: _Call, out: object, site: Site | None) -> object:
+        """Carry the marks of hand-written statistics (see ``_Mark``) through a spatial mean or sum;
+        at the end of a centred square's reduction, return the local variance."""
+        if call.mark is None or call.local is None:
+            return out
+        dims = call.dims
+        windows = tuple((d, None if site is None else site.window[d - 2]) for d in dims)
+        factor = 1.0
+        if call.mark == "sum":
+            for d in dims:
+                factor *= call.x.shape[d]
+        m = _mark_of(call.x)
+        if m is None:
+            _set_mark(out, _Mark("mean", call.x, dims, factor, windows))
+        elif m.kind == "mean" and not set(m.done) & set(dims):
+            _set_mark(out, _Mark("mean", m.src, tuple(sorted(m.done + dims)), m.scale * factor, m.windows + windows))
+        elif m.kind in ("sq", "sqsum") and not set(m.done) & set(dims):
+            done = tuple(sorted(m.done + dims))
+            scale = m.scale * factor if m.kind == "sqsum" else factor
+            reduced = m.windows + windows if m.kind == "sqsum" else windows
+            if done != (2, 3):
+                _set_mark(out, _Mark("sqsum", m.src, done, scale, reduced, m.centre))
+                return out
+            if self.phase == "record":
+                self._variances.add(key)
+            window = dict(reduced)
+            if site is not None and window == dict(m.centre) and None not in window.values():
+                var = local_var(m.src, (window[2], window[3]), 0.0)
+                return var if scale == 1 else var * scale
+        return out
 
     # --- calibration results
-    def finish_calibration(self, site_for: Callable[[Pair], Site]) -> list[CallSite]:
+    def finish_calibration(self, site_for: Callable[[Pair], Site], probed: bool = False) -> list[CallSite]:
         """Turn what the record phase saw into sites, switch to the apply phase.
 
         Args:
             site_for: the :class:`tlc.Site` (window, fast, ...) for a feature size at training.
+            probed: whether the probe forwards ran; then a call is global only where they show
+                its axes growing with the image, and calls they did not meet are not sites.
 
         Returns:
             :attr:`sites`.
         """
         for key, seen in self._observed.items():
             path, _, _, _, occurrence = key
+            call = seen.call
+            if probed and None in seen.probes:
+                continue  # a call only the training size makes (a kernel equal to the map there)
+            tags = _tags(call, seen.shapes[0], tuple(seen.probes) if probed else None)
+            is_global, reason = _judge(call, tags)
+            if not is_global:
+                continue
             shapes = sorted(set(seen.shapes))
-            reason = seen.reason
             if reason is None and len(shapes) > 1:
-                sizes = ", ".join(f"{c}x{h}x{w}" for c, h, w in shapes)
+                sizes = ", ".join("x".join(str(n) for n in s[1:]) for s in shapes)
                 reason = f"one call site met with several input sizes (CxHxW: {sizes}); give each its own call"
-            channels, h, w = shapes[0]
+            shape = shapes[0]
+            channels = shape[1] if len(shape) > 1 else 0
+            feature = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
             window = None
             if reason is None:
-                site = site_for((h, w))
+                site = site_for(feature)
                 self._windows[key] = (site, channels)
                 window = site.window
+            self._index[key] = len(self.sites)
             self.sites.append(
-                CallSite(path, seen.op, seen.location, seen.function, occurrence, channels, (h, w), window, reason)
+                CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
             )
         self.phase = "apply"
         return self.sites
@@ -518,12 +1110,8 @@ class CallSiteConverter:
     def leave_global(self, key: SiteKey, reason: str) -> None:
         """Stop converting the site ``key``; the report gives ``reason``."""
         self._windows.pop(key, None)
-        index = list(self._observed).index(key)
-        site = self.sites[index]
-        self.sites[index] = CallSite(
-            site.module, site.op, site.location, site.function, site.occurrence, site.channels, site.feature_size,
-            None, reason,
-        )
+        index = self._index[key]
+        self.sites[index] = replace(self.sites[index], window=None, reason=reason)
 
     @property
     def converted(self) -> int:
@@ -566,15 +1154,20 @@ def convert_call_sites(
     site_for: Callable[[Pair], Site],
     *,
     skip: Iterable[str] = (),
+    probes: Sequence[Callable[[str], object]] = (),
+    check_other: Callable[[str], object] | None = None,
 ) -> tuple[object, list[CallSite]]:
-    """Make the functional global ops of ``model`` local; :func:`tlc.convert` calls this with
-    ``functional=True`` after converting modules.
+    """Make the functional global ops of ``model`` local; :func:`tlc.convert` calls this (its
+    ``functional=True``, the default) after converting modules.
 
-    Runs ``run`` (one forward at the training size, raising an exception that chains the model's
-    own) once to record the sites, then as the check forward. Should the check fail after a
-    converted site ran (its (N, C, H, W) result is used as a (N, C, 1, 1) one, e.g. flattened),
-    the last converted site before the failure is left global, with the error as reason, and the
-    check runs again. Replaces any earlier functional conversion of ``model``.
+    Runs ``run`` (one forward at the training size (h, w), raising an exception that chains the
+    model's own) to record the calls, then ``probes`` (at (2h, w) and (h, 2w)) to tell which axes
+    grow with the image: only calls across such axes are global ops. Then the check forwards:
+    ``run`` and ``check_other`` (at a size where H != W, where strips of both axes no longer fit
+    together). Should a check fail after a converted site ran (its (N, C, H, W) result is used as a
+    pooled (N, C, 1, 1) one, e.g. flattened), the last converted site before the failure is left
+    global, with the error as reason, and the checks run again. Replaces any earlier functional
+    conversion of ``model``.
 
     Args:
         model: the model, changed in place (forward hooks).
@@ -582,28 +1175,58 @@ def convert_call_sites(
             names the forward in error messages.
         site_for: the :class:`tlc.Site` for a feature size (h, w) measured at the training size.
         skip: qualified names of modules whose calls are not sites (those module rules matched).
+        probes: two runners, at (2h, w) and (h, 2w). Without them, or should one fail (with a
+            warning), a 4-D tensor is taken as (N, C, H, W) and softmax, normalisation and matrix
+            products over positions are not looked at.
+        check_other: runs the model at a size other than the training size, H != W; only where
+            the probe forwards ran.
 
     Returns:
-        (output of the passing check forward, every call site found, converted or not).
+        (output of the passing check forward at the training size, every global op found,
+        converted or not).
     """
     remove_call_site_conversion(model)
     converter = CallSiteConverter(model, skip)
     try:
         run("the calibration forward of functional call sites")
-        sites = converter.finish_calibration(site_for)
+        probed = False
+        if len(probes) == 2 and converter._observed:
+            converter.phase = "probe"
+            try:
+                for index, probe in enumerate(probes):
+                    converter._probe = index
+                    probe("a probe forward of functional call sites")
+                probed = True
+            except Exception as err:  # noqa: BLE001 (any failure: fall back to the layout assumption)
+                warnings.warn(
+                    f"tlc: {_one_line(err.__cause__ or err)}; spatial axes are taken to be the last two of 4-D "
+                    "tensors, and softmax, normalisation and matrix products over positions are not checked",
+                    stacklevel=3,
+                )
+        sites = converter.finish_calibration(site_for, probed)
         while True:
             if not converter.converted:
                 remove_call_site_conversion(model, only=converter)
                 return run("the converted model's check forward"), sites
             converter._thread.last = None
             try:
-                return run("the converted model's check forward"), sites
+                out = run("the converted model's check forward")
+                if check_other is not None and probed:  # the model runs at other sizes
+                    with warnings.catch_warnings():  # sites met only at other sizes warn at inference
+                        warnings.simplefilter("ignore")
+                        try:
+                            check_other("the converted model's check forward at another size")
+                        finally:
+                            converter._unknown.clear()
+                return out, sites
             except Exception as err:
                 last = getattr(converter._thread, "last", None)
                 if last is None:
                     raise
                 cause = err.__cause__ or err
-                converter.leave_global(last, f"the model fails on its local (N, C, H, W) result: {_one_line(cause)}")
+                converter.leave_global(
+                    last, f"{POOLED_VALUE}: the model fails on its local (N, C, H, W) result: {_one_line(cause)}"
+                )
     except BaseException:
         remove_call_site_conversion(model, only=converter)
         raise

@@ -26,7 +26,7 @@ def chosen_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
 
 
 def models_for(
-    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = False
+    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = True
 ) -> tuple[dict[str, nn.Module], str]:
     """mode -> model on the device in the dtype (the TLC one converted), and the report line."""
     model = chosen.model.to(device=device, dtype=getattr(torch, dtype))

@@ -39,9 +39,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
     group.add_argument("--fast", action="store_true",
                        help="use the reference's approximate fast_imp pooling (not exact)")
-    group.add_argument("--functional", action="store_true",
-                       help="also make global ops called as functions local: x.mean((2, 3), keepdim=True), "
-                            "F.adaptive_avg_pool2d(x, 1), F.instance_norm, ... (see docs/functional.md)")
+    group.add_argument("--functional", action=argparse.BooleanOptionalAction, default=True,
+                       help="find global ops by what the model calls at run time (x.mean((2, 3), keepdim=True), "
+                            "F.adaptive_avg_pool2d(x, 1), hand-written statistics, ...; see docs/functional.md): "
+                            "made local where exact, else reported (default); --no-functional: module rules only")
 
 
 def add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:

@@ -62,7 +62,7 @@ class EvalSettings:
         protocol: how outputs are scored.
         train_size, base_size: TLC setting, (H, W) in pixels.
         fast: the approximate fast_imp pooling for TLC.
-        functional: TLC also converts global ops called as functions (``convert(functional=True)``).
+        functional: TLC also converts global ops found at run time (``convert(functional=...)``, default True).
         tile, overlap: tiling for mode "tiles".
         device, dtype: where and in what precision the model runs.
     """
@@ -73,7 +73,7 @@ class EvalSettings:
     train_size: tuple[int, int]
     base_size: tuple[int, int]
     fast: bool = False
-    functional: bool = False
+    functional: bool = True
     tile: int = 256
     overlap: int = 32
     device: str = "cpu"

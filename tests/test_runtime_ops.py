@@ -1,0 +1,594 @@
+"""Global ops found at run time by what they compute: each is made local (checked against per-pixel
+brute force) or reported with its module, source line and reason."""
+
+from __future__ import annotations
+
+import warnings
+
+import einops
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tlc
+from tlc.functional import POOLED_VALUE, recognise
+
+TRAIN = 16  # base 24: a 16x16 map gets 24x24 windows, an 8x8 map 12x12
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
+    return model.eval()
+
+
+def image(*shape: int, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def brute_force(x: torch.Tensor, window: tuple[int, int], stat) -> torch.Tensor:
+    """``stat`` of each pixel's window (flattened to the last axis), placed as tlc places windows:
+    starting (k-1)//2 before the pixel, shifted to lie inside the map."""
+    n, c, h, w = x.shape
+    kh, kw = min(window[0], h), min(window[1], w)
+    out = torch.empty_like(x)
+    for r in range(h):
+        for q in range(w):
+            top, left = min(max(r - (kh - 1) // 2, 0), h - kh), min(max(q - (kw - 1) // 2, 0), w - kw)
+            out[:, :, r, q] = stat(x[:, :, top : top + kh, left : left + kw].flatten(2))
+    return out
+
+
+def mean(t):
+    return t.mean(-1)
+
+
+def converted_sites(report) -> list[tuple[str, tuple[int, int]]]:
+    return [(s.op, s.window) for s in report.call_sites if s.converted]
+
+
+def reported(report) -> list[tuple[str, str]]:
+    return [(s.op, s.reason) for s in report.call_sites if not s.converted]
+
+
+def check_invariant(model: nn.Module, converted: nn.Module, report) -> None:
+    assert report.max_deviation < 1e-5
+    x = image(2, 3, TRAIN, TRAIN, seed=5)
+    with torch.no_grad():
+        after, before = converted(x), model(x)
+    for a, b in zip(after, before) if isinstance(before, tuple) else [(after, before)]:
+        assert (a - b).abs().max().item() < 1e-10
+
+
+# ----------------------------------------------------------------------------- sums and hand-written statistics
+
+
+class Sums(nn.Module):
+    """A sum over H and W, and a hand-written mean over one axis at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        h, w = y.shape[-2:]
+        total = y.sum((2, 3), keepdim=True)
+        chained = y.sum(3, keepdim=True).sum(2, keepdim=True) / (h * w)
+        return torch.stack([total / (h * w), chained])
+
+
+def test_sums_over_the_map_are_local_sums():
+    model = randomised(Sums()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    # The second sum of the chain sees (N, C, H, 1) at calibration: its window is along H.
+    assert converted_sites(report) == [("sum", (24, 24)), ("sum", (24, 24)), ("sum", (24, 1))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 37, 30)
+    with torch.no_grad():
+        total, chained = converted(x)
+        reference = brute_force(model.conv(x), (24, 24), mean)
+    assert (total - reference).abs().max().item() < 1e-12
+    assert (chained - reference).abs().max().item() < 1e-12
+
+
+def mean_channels(t: torch.Tensor) -> torch.Tensor:
+    """IMDN's mean: sums over W then H, divided by the map's area."""
+    return t.sum(3, keepdim=True).sum(2, keepdim=True) / (t.size(2) * t.size(3))
+
+
+def stdv_channels(t: torch.Tensor) -> torch.Tensor:
+    """IMDN's standard deviation: the centred square reduced the same way."""
+    centred = (t - mean_channels(t)).pow(2).sum(3, keepdim=True).sum(2, keepdim=True) / (t.size(2) * t.size(3))
+    return centred.pow(0.5)
+
+
+class Contrast(nn.Module):
+    """IMDN's contrast-aware channel attention: std + mean, a 1x1 bottleneck, a sigmoid gate."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.down = nn.Conv2d(c, 2, 1)
+        self.up = nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        stats = stdv_channels(y) + mean_channels(y)
+        return y * torch.sigmoid(self.up(F.relu(self.down(stats)))), stdv_channels(y), mean_channels(y)
+
+
+def test_hand_written_mean_and_std_become_local_mean_and_std():
+    model = randomised(Contrast()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert reported(report) == []
+    assert {s.op for s in report.call_sites} == {"sum"} and len(report.call_sites) == 12
+    assert all(s.location.startswith("test_runtime_ops.py:") for s in report.call_sites)
+    check_invariant(model, converted, report)
+    x = image(2, 3, 33, 41)
+    with torch.no_grad():
+        out, std, mu = converted(x)
+        y = model.conv(x)
+    local_mu = brute_force(y, (24, 24), mean)
+    local_std = brute_force(y, (24, 24), lambda t: t.std(-1, correction=0))
+    assert (mu - local_mu).abs().max().item() < 1e-12
+    assert (std - local_std).abs().max().item() < 1e-12
+    gate = torch.sigmoid(model.up(F.relu(model.down(local_std + local_mu))))
+    assert (out - y * gate).abs().max().item() < 1e-12
+    assert (std - stdv_channels(y)).abs().max().item() > 1e-3  # not the global one
+
+
+def test_var_mean_and_std_mean_are_local():
+    class Stats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            var, mu = torch.var_mean(y, (2, 3), keepdim=True, correction=0)
+            std, mu2 = torch.std_mean(y, dim=(-1, -2), keepdim=True)
+            return torch.stack([var, mu, std, mu2])
+
+    model = randomised(Stats()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert converted_sites(report) == [("var_mean", (24, 24)), ("std_mean", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 31, 28)
+    with torch.no_grad():
+        var, mu, std, mu2 = converted(x)
+        y = model.conv(x)
+    assert (var - brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))).abs().max().item() < 1e-12
+    assert (std - brute_force(y, (24, 24), lambda t: t.std(-1))).abs().max().item() < 1e-12
+    for m in (mu, mu2):
+        assert (m - brute_force(y, (24, 24), mean)).abs().max().item() < 1e-12
+
+
+def test_einops_reductions_are_seen():
+    """einops reduces with torch calls: a mean over (h, w) without keepdim, then a reshape."""
+
+    class Squeeze(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * einops.reduce(y, "b c h w -> b c 1 1", "mean") + einops.reduce(y, "b c h w -> b c h 1", "max")
+
+    model = randomised(Squeeze()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert [(s.op, s.converted) for s in report.call_sites] == [("mean", False), ("amax", False)]
+    assert all(s.reason.startswith(POOLED_VALUE + " (keepdim=False)") for s in report.call_sites)
+    x = image(1, 3, 29, 35)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+# ----------------------------------------------------------------------------- strips
+
+
+class Strips(nn.Module):
+    """Strip means over one axis, written four ways, at two levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.pool_w = nn.AdaptiveAvgPool2d((None, 1))
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = F.avg_pool2d(y, 2)
+        return (
+            self.pool_w(y),
+            F.adaptive_avg_pool2d(y, (1, None)),
+            y.mean(-1, keepdim=True),
+            z.sum(2, keepdim=True) / z.shape[2],
+        )
+
+
+def test_strip_means_are_local_axis_means():
+    model = randomised(Strips()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert converted_sites(report) == [
+        ("adaptive_avg_pool2d", (24, 24)), ("adaptive_avg_pool2d", (24, 24)), ("mean", (24, 24)), ("sum", (12, 12)),
+    ]
+    assert report.call_sites[0].module == "pool_w" and report.call_sites[1].module == ""
+    check_invariant(model, converted, report)
+    x = image(2, 3, 35, 50)
+    with torch.no_grad():
+        along_w, along_h, mean_w, sum_h = converted(x)
+        y = model.conv(x)
+        z = F.avg_pool2d(y, 2)
+    assert (along_w - brute_force(y, (1, 24), mean)).abs().max().item() < 1e-12
+    assert (mean_w - brute_force(y, (1, 24), mean)).abs().max().item() < 1e-12
+    assert (along_h - brute_force(y, (24, 1), mean)).abs().max().item() < 1e-12
+    assert (sum_h - brute_force(z, (12, 1), mean)).abs().max().item() < 1e-12
+
+
+class CoordinateAttention(nn.Module):
+    """Coordinate attention: strips of both axes concatenated, a shared 1x1 conv, split back."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
+        self.pool_w = nn.AdaptiveAvgPool2d((1, None))
+        self.shared = nn.Conv2d(c, 2, 1)
+        self.conv_h = nn.Conv2d(2, c, 1)
+        self.conv_w = nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        h, w = y.shape[-2:]
+        x_h = self.pool_h(y)
+        x_w = self.pool_w(y).permute(0, 1, 3, 2)
+        mixed = F.relu(self.shared(torch.cat([x_h, x_w], dim=2)))
+        a_h, a_w = torch.split(mixed, [h, w], dim=2)
+        return y * torch.sigmoid(self.conv_h(a_h)) * torch.sigmoid(self.conv_w(a_w.permute(0, 1, 3, 2)))
+
+
+def test_strips_concatenated_across_axes_stay_global_with_the_pooled_value_reason():
+    model = randomised(CoordinateAttention())
+    converted, report = tlc.convert(model, TRAIN)  # square: the local strips would fit only there
+    assert [(s.module, s.op) for s in report.call_sites] == [
+        ("pool_h", "adaptive_avg_pool2d"), ("pool_w", "adaptive_avg_pool2d"),
+    ]
+    assert all(not s.converted and s.reason.startswith(POOLED_VALUE) for s in report.call_sites)
+    x = image(1, 3, 20, 28, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+# ----------------------------------------------------------------------------- maxima
+
+
+class Maxima(nn.Module):
+    """CBAM-style global max pooling four ways, and a strip max."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (
+            self.pool(y),
+            y.amax((2, 3), keepdim=True),
+            F.max_pool2d(y, y.shape[-2:]),
+            torch.max(y, 3, keepdim=True)[0],
+            F.adaptive_max_pool2d(y, (1, None)),
+        )
+
+
+def test_global_maxima_are_local_maxima():
+    model = randomised(Maxima()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert [op for op, _ in converted_sites(report)] == [
+        "adaptive_max_pool2d", "amax", "max_pool2d", "max", "adaptive_max_pool2d",
+    ]
+    assert reported(report) == []
+    check_invariant(model, converted, report)
+    x = image(2, 3, 31, 26)
+    with torch.no_grad():
+        pooled, amax, kernel, along_w, along_h = converted(x)
+        y = model.conv(x)
+    peak = brute_force(y, (24, 24), lambda t: t.amax(-1))
+    for out in (pooled, amax, kernel):
+        assert torch.equal(out, peak)
+    assert torch.equal(along_w, brute_force(y, (1, 24), lambda t: t.amax(-1)))
+    assert torch.equal(along_h, brute_force(y, (24, 1), lambda t: t.amax(-1)))
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+class LayerNormOverMap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return F.layer_norm(y, y.shape[1:], eps=1e-5), F.layer_norm(y, y.shape[2:], eps=1e-5)
+
+
+def test_layer_norm_over_the_map_without_affine_is_local():
+    model = randomised(LayerNormOverMap()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert converted_sites(report) == [("layer_norm", (24, 24)), ("layer_norm", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 27, 34)
+    with torch.no_grad():
+        chw, hw = converted(x)
+        y = model.conv(x)
+
+    # (C, H, W): statistics over the window and all channels.
+    mu = brute_force(y, (24, 24), mean).mean(1, keepdim=True)
+    second = brute_force(y.square(), (24, 24), mean).mean(1, keepdim=True)
+    assert (chw - (y - mu) / (second - mu.square() + 1e-5).sqrt()).abs().max().item() < 1e-10
+    local_var = brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))
+    assert (hw - (y - brute_force(y, (24, 24), mean)) / (local_var + 1e-5).sqrt()).abs().max().item() < 1e-10
+
+
+def test_layer_norm_module_over_the_training_map_without_affine_is_local():
+    """nn.LayerNorm([C, H, W]) runs only at its training size: no probes, the 4-D layout is assumed."""
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.norm = nn.LayerNorm([2, TRAIN, TRAIN], elementwise_affine=False)
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+
+    model = randomised(Fixed()).double()
+    with pytest.warns(UserWarning, match="spatial axes are taken to be the last two of 4-D tensors"):
+        converted, report = tlc.convert(model, TRAIN)
+    assert [(s.module, s.op, s.window) for s in report.call_sites] == [("norm", "layer_norm", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(2, 3, 30, 27)
+    with torch.no_grad():
+        out = converted(x)  # the original cannot run at this size
+        y = model.conv(x)
+    mu = brute_force(y, (24, 24), mean).mean(1, keepdim=True)
+    second = brute_force(y.square(), (24, 24), mean).mean(1, keepdim=True)
+    assert (out - (y - mu) / (second - mu.square() + 1e-5).sqrt()).abs().max().item() < 1e-10
+
+
+def test_layer_norm_with_a_map_sized_weight_is_reported():
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.norm = nn.LayerNorm([2, TRAIN, TRAIN])
+
+        def forward(self, x):
+            return self.norm(self.conv(x))
+
+    model = randomised(Fixed())
+    with pytest.warns(UserWarning, match="spatial axes are taken to be the last two of 4-D tensors"):
+        converted, report = tlc.convert(model, TRAIN)  # it cannot run at other sizes
+    [site] = report.call_sites
+    assert (site.module, site.op) == ("norm", "layer_norm") and "affine weight has the map's size" in site.reason
+
+
+# ----------------------------------------------------------------------------- what stays global
+
+
+class FourierBlock(nn.Module):
+    """DeepRFT-style: a 1x1 conv on the real FFT of the whole map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.spectral = nn.Conv2d(6, 6, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        h, w = y.shape[-2:]
+        f = torch.fft.rfft2(y, norm="backward")
+        f = self.spectral(torch.cat([f.real, f.imag], dim=1))
+        real, imag = f.chunk(2, dim=1)
+        return y + torch.fft.irfft2(torch.complex(real, imag), s=(h, w), norm="backward")
+
+
+def test_whole_map_ffts_are_reported():
+    model = randomised(FourierBlock())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no global operation found": the FFTs are global ops
+        converted, report = tlc.convert(model, TRAIN)
+    assert reported(report) == [("rfft2", "whole-map FFT: no local form"), ("irfft2", "whole-map FFT: no local form")]
+    assert report.call_sites[0].location.startswith("test_runtime_ops.py:")
+    x = image(1, 3, 20, 36, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+class ContextBlock(nn.Module):
+    """GCNet's context block: softmax over all positions, a weighted sum by matmul, a 1x1 transform."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.mask = nn.Conv2d(c, 1, 1)
+        self.transform = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        values = y.view(n, c, h * w).unsqueeze(1)
+        weights = F.softmax(self.mask(y).view(n, 1, h * w), dim=2).unsqueeze(-1)
+        context = torch.matmul(values, weights).view(n, c, 1, 1)
+        return y + self.transform(context)
+
+
+def test_softmax_and_matmul_over_all_positions_are_reported():
+    model = randomised(ContextBlock())
+    converted, report = tlc.convert(model, TRAIN)
+    assert reported(report) == [
+        ("softmax", "softmax over all H*W positions"),
+        ("matmul", "matmul contracting over all H*W positions"),
+    ]
+
+
+class FlatSqueeze(nn.Module):
+    """Squeeze-excitation written on the flattened map: a mean over the H*W axis, Linear layers."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c = y.shape[:2]
+        return y * torch.sigmoid(self.fc(y.view(n, c, -1).mean(-1))).view(n, c, 1, 1)
+
+
+def test_a_mean_over_the_flattened_map_is_a_reported_pooled_value():
+    model = randomised(FlatSqueeze())
+    converted, report = tlc.convert(model, TRAIN)
+    [site] = report.call_sites
+    assert (site.module, site.op, site.converted) == ("", "mean", False)
+    assert site.reason == (
+        "pooled value leaves the map layout: mean over all H*W positions of a tensor not laid out as (N, C, H, W)"
+    )
+    assert site.name.startswith("(model) test_runtime_ops.py:") and site.name in str(report)
+
+
+class RowAttention(nn.Module):
+    """Stripformer-style attention within each row, next to channel attention (B, C, C)."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.qkv = nn.Linear(c, 3 * c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        tokens = y.permute(0, 2, 3, 1).reshape(n * h, w, c)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        rows = (q @ k.transpose(-2, -1) / c**0.5).softmax(-1) @ v  # (N*H, W, W) scores
+        rows = rows.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        flat = y.flatten(2)  # (N, C, H*W)
+        channels = torch.softmax(torch.bmm(F.normalize(flat, dim=1), flat.transpose(1, 2)) / (h * w), -1)
+        return rows + torch.bmm(channels, flat).view(n, c, h, w)
+
+
+def test_attention_over_whole_rows_is_reported_and_channel_attention_is_not():
+    model = randomised(RowAttention())
+    converted, report = tlc.convert(model, TRAIN)
+    ops = [(s.op, s.reason) for s in report.call_sites]
+    assert [op for op, _ in ops] == ["softmax", "matmul", "bmm"]
+    assert all(r.startswith("attention over whole rows or columns") and "windowed form" in r for _, r in ops[:2])
+    assert "whole rows (all W positions)" in ops[0][1]
+    assert ops[2][1] == "bmm contracting over all H*W positions"  # the channel Gram matrix; its softmax is not
+    x = image(1, 3, 24, 20, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+def test_recognise_with_probe_sizes():
+    def at(h, w):
+        return torch.rand(2, 4, h, w)
+
+    base, taller, wider = at(6, 5), at(12, 5), at(6, 10)
+
+    def probed(func, make, **kwargs):
+        return recognise(func, make(base), kwargs, probes=((make(taller), kwargs), (make(wider), kwargs)))
+
+    tokens = lambda t: (t.flatten(2),)  # noqa: E731  (N, C, H*W)
+    gram = lambda t: (t.flatten(2) @ t.flatten(2).transpose(1, 2),)  # noqa: E731  (N, C, C)
+    rows = lambda t: (t.permute(0, 2, 3, 1).reshape(-1, t.shape[3], t.shape[1]),)  # noqa: E731  (N*H, W, C)
+    assert probed(F.softmax, tokens, dim=-1) == ("softmax", "softmax over all H*W positions")
+    assert probed(F.softmax, gram, dim=-1) is None  # channel attention
+    assert probed(torch.Tensor.softmax, lambda t: (t.flatten(2), 1)) is None  # over channels
+    assert probed(F.softmax, rows, dim=1)[1].startswith("attention over whole rows or columns")
+    assert probed(torch.Tensor.mean, lambda t: (t, 1), keepdim=True) is None
+    assert probed(torch.Tensor.mean, lambda t: (t.flatten(2), -1))[1].startswith(POOLED_VALUE)
+    assert probed(torch.Tensor.sum, lambda t: (t, (2, 3), True)) == ("sum", None)
+    # A 4-D (B, heads, C, C) matrix is not a map: its last two axes keep their length.
+    assert probed(torch.Tensor.mean, lambda t: (gram(t)[0].unsqueeze(1), -1), keepdim=True) is None
+    attend = lambda t: (t.flatten(2).transpose(1, 2),) * 3  # noqa: E731  (N, H*W, C) tokens
+    assert probed(F.scaled_dot_product_attention, attend)[1] == "attention over all H*W positions (scaled_dot_product_attention)"
+    heads = lambda t: (t.flatten(2).permute(2, 0, 1),) * 3  # noqa: E731  (H*W, N, C), as nn.MultiheadAttention calls it
+    mha = nn.MultiheadAttention(4, 1)
+    extra = dict(embed_dim_to_check=4, num_heads=1, in_proj_weight=mha.in_proj_weight, in_proj_bias=mha.in_proj_bias,
+                 bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=mha.out_proj.weight,
+                 out_proj_bias=mha.out_proj.bias)
+    assert probed(F.multi_head_attention_forward, heads, **extra)[1].startswith("attention over all H*W positions")
+    windows = lambda t: (t.unfold(2, 2, 2).unfold(3, 1, 1).reshape(-1, 2, 4),) * 3  # noqa: E731  fixed-size windows
+    assert probed(F.scaled_dot_product_attention, windows) is None
+    # Without probes softmax and products over positions are never taken as global.
+    assert recognise(F.softmax, tokens(base), {"dim": -1}) is None
+    assert recognise(torch.matmul, (base.flatten(2), base.flatten(2).transpose(1, 2))) is None
+    assert recognise(torch.fft.rfft2, (base,)) == ("rfft2", "whole-map FFT: no local form")
+    assert recognise(torch.fft.rfft, (base,), {"dim": 1}) is None  # over channels
+
+
+def test_a_centred_square_changed_in_place_is_not_taken_for_a_variance():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            m = mean_channels(y)
+            m.mul_(2)  # no longer the mean: (y - 2 mean)^2 is no variance
+            return ((y - m) ** 2).sum(3, keepdim=True).sum(2, keepdim=True)
+
+    model = randomised(InPlace()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    check_invariant(model, converted, report)
+    x = image(1, 3, 30, 27)
+    with torch.no_grad():
+        y = model.conv(x)
+        centred = (y - 2 * brute_force(y, (24, 24), mean)) ** 2
+        expected = brute_force(centred, (24, 24), mean) * (30 * 27)  # reduced site by site
+        assert (converted(x) - expected).abs().max().item() < 1e-9
+
+
+def test_gradients_through_the_local_std_and_maxima():
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * stdv_channels(y) + F.adaptive_max_pool2d(y, (None, 1))
+
+    model = randomised(Both()).double()
+    converted, report = tlc.convert(model, 2)  # windows 3 at full resolution
+    assert len(report.call_sites) == 5 and all(s.converted for s in report.call_sites)
+    x = image(1, 2, 5, 6).requires_grad_()
+    assert torch.autograd.gradcheck(converted, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_multi_head_attention_over_all_positions_is_reported():
+    class Bottleneck(nn.Module):
+        def __init__(self, c: int = 4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, c, 3, padding=1)
+            self.attn = nn.MultiheadAttention(c, 2, batch_first=True)
+
+        def forward(self, x):
+            y = self.conv(x)
+            n, c, h, w = y.shape
+            tokens = y.flatten(2).transpose(1, 2)
+            out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+            return y + out.transpose(1, 2).reshape(n, c, h, w)
+
+    model = randomised(Bottleneck())
+    _, report = tlc.convert(model, TRAIN)
+    assert [(s.module, s.op, s.reason) for s in report.call_sites] == [
+        ("attn", "multi_head_attention_forward", "attention over all H*W positions (multi_head_attention_forward)"),
+    ]

@@ -269,4 +269,4 @@ def test_functional_flag_is_recorded_and_reported(workspace, pairs, tmp_path, ca
     assert run("eval", pairs, *weights(workspace), "--modes", "tlc", "--out", out, "--no-functional") == 2
     assert "functional differ" in capsys.readouterr().err
     assert run("inspect", *weights(workspace), "--functional") == 0
-    assert "functional call sites: 0 converted, 0 left global" in capsys.readouterr().out
+    assert "run-time call sites: 0 converted, 0 left global" in capsys.readouterr().out

@@ -351,9 +351,14 @@ def test_user_rules_extend_the_defaults():
     converted, report = tlc.convert(model, train_size=20, rules=(*tlc.DEFAULT_RULES, rule))
     assert [op.rule for op in report.converted] == ["global-context", "global-avg-pool"]
     assert converted[1].window == (30, 30)
-    only_mine, report = tlc.convert(model, train_size=20, rules=[rule])
+    only_mine, report = tlc.convert(model, train_size=20, rules=[rule], functional=False)
     assert [op.rule for op in report.converted] == ["global-context"]
     assert isinstance(only_mine[2], nn.AdaptiveAvgPool2d)
+    # By default the run-time view still finds the pool no rule matched, with its source line.
+    _, report = tlc.convert(model, train_size=20, rules=[rule])
+    assert [(op.rule, op.path, op.location.split(":")[0]) for op in report.converted] == [
+        ("global-context", "1", ""), ("adaptive_avg_pool2d", "2", "torch.nn")
+    ]
 
 
 def test_broken_user_rule_is_reported():

@@ -39,12 +39,14 @@ class ConversionError(RuntimeError):
 
 @dataclass(frozen=True)
 class ConvertedOp:
-    """One global op that was made local. ``paths`` lists every place the module is attached."""
+    """One global op that was made local. ``paths`` lists every place the module is attached;
+    ``location`` is ``file.py:line`` for an op found at run time (a call site), else empty."""
 
     paths: tuple[str, ...]
     rule: str
     feature_size: Pair
     window: Pair
+    location: str = ""
 
     @property
     def path(self) -> str:
@@ -53,11 +55,13 @@ class ConvertedOp:
 
 @dataclass(frozen=True)
 class SkippedOp:
-    """A global op a rule matched but left global, and why."""
+    """A global op left global, and why: a module a rule matched (``location`` empty) or a call
+    found at run time (``location`` is ``file.py:line``, ``rule`` the op)."""
 
     paths: tuple[str, ...]
     rule: str
     reason: str
+    location: str = ""
 
     @property
     def path(self) -> str:
@@ -76,8 +80,8 @@ class ConversionReport:
         train_size, base_size: (H, W) in image pixels.
         fast: whether the approximate ``fast_imp`` pooling was used.
         in_channels: channels of the calibration input.
-        converted: every op made local, in model order.
-        skipped: every matched op left global, with the reason.
+        converted: every op made local: modules in model order, then run-time call sites.
+        skipped: every global op left global, with the reason (modules, then call sites).
         max_deviation: max |converted - original| over the outputs at the training size.
         functional: whether global ops were also looked for at run time (``functional=True``,
             the default of :func:`convert`).
@@ -105,16 +109,18 @@ class ConversionReport:
             f"{len(self.converted)} converted, {len(self.skipped)} skipped; "
             f"max deviation at the training size {self.max_deviation:.2e}"
         ]
-        if self.converted:
-            rows = [(", ".join(op.paths), op.rule, _size(op.feature_size), _size(op.window)) for op in self.converted]
+        modules = [op for op in self.converted if not op.location]
+        if modules:
+            rows = [(", ".join(op.paths), op.rule, _size(op.feature_size), _size(op.window)) for op in modules]
             lines += _table(("module", "rule", "feature at train", "window"), rows)
-        if self.skipped:
+        kept = [op for op in self.skipped if not op.location]
+        if kept:
             lines.append("left global:")
-            lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in self.skipped])
+            lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in kept])
         if self.functional:
             local = [s for s in self.call_sites if s.converted]
             kept = [s for s in self.call_sites if not s.converted]
-            lines.append(f"functional call sites: {len(local)} converted, {len(kept)} left global")
+            lines.append(f"run-time call sites: {len(local)} converted, {len(kept)} left global")
             if local:
                 rows = [(s.name, s.op, _size(s.feature_size), _size(s.window)) for s in local]
                 lines += _table(("call site", "op", "feature at train", "window"), rows)
@@ -422,15 +428,19 @@ def convert(
         report.converted.sort(key=lambda op: order.get(op.path, -1))
         report.skipped.sort(key=lambda op: order.get(op.path, -1))
         converted = _check_modules(target, x, swaps, report)
+        # Modules whose local version broke the model are left to the run-time view (pooled values).
+        handed_over = [op for op in report.skipped if op.reason.startswith(_BROKE)]
+        settled = [m.paths[0] for m in matched if not any(op.paths == m.paths for op in handed_over)]
         if functional:  # calibrated and checked on the module-converted model
             probes = [_like(x, (2 * train[0], train[1]), 1), _like(x, (train[0], 2 * train[1]), 2)]
             other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
             converted, report.call_sites = convert_call_sites(
                 target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
-                skip=[m.paths[0] for m in matched],
+                skip=settled,
                 probes=[lambda what, p=p: _run(target, p, what) for p in probes],
                 check_other=lambda what: _run(target, other, what),
             )
+        _fold_call_sites(report, handed_over)
         _verify(report, original, converted, x.dtype)
     except BaseException:
         # Nothing half-done reaches the caller: with inplace=True their model is put back as it was.
@@ -557,6 +567,23 @@ def _replace(
     report.skipped.append(SkippedOp(match.paths, match.rule.name, reason))
 
 
+_BROKE = "the model fails on its local result"
+
+
+def _fold_call_sites(report: ConversionReport, handed_over: list[SkippedOp]) -> None:
+    """List run-time call sites among the converted and skipped ops; a module handed over to the
+    run-time view is no longer listed itself where call sites inside it were found."""
+    for op in handed_over:
+        inside = [s for s in report.call_sites if any(s.module == p or s.module.startswith(p + ".") for p in op.paths)]
+        if inside:
+            report.skipped.remove(op)
+    for s in report.call_sites:
+        if s.converted:
+            report.converted.append(ConvertedOp((s.module,), s.op, s.feature_size, s.window, s.location))
+        else:
+            report.skipped.append(SkippedOp((s.module,), s.op, s.reason, s.location))
+
+
 def _check_modules(model: nn.Module, x: torch.Tensor, swaps: _Swaps, report: ConversionReport) -> object:
     """The check forward; while it fails, the last local module that ran before the failure goes back
     to its global original (reported with the error) and the check runs again."""
@@ -572,7 +599,7 @@ def _check_modules(model: nn.Module, x: torch.Tensor, swaps: _Swaps, report: Con
             report.converted.remove(op)
             cause = err.__cause__ or err
             report.skipped.append(
-                SkippedOp(match.paths, match.rule.name, f"the model fails on its local result: {_one_line(cause)}")
+                SkippedOp(match.paths, match.rule.name, f"{_BROKE}: {_one_line(cause)}")
             )
         finally:
             for hook in hooks:

@@ -84,6 +84,9 @@ from .ops import (
     local_var,
 )
 from .ops._common import Pair, as_pair
+from .ops.extrema import valid_local_max
+from .ops.pool import valid_local_mean
+from .pooled_values import PooledValueError, PooledValues
 from .rules import Site
 
 #: (module path, function qualname, line offset in the function, op, occurrence in the module call)
@@ -132,6 +135,7 @@ class CallSite:
 #: Start of the reason of every site left global only because its (pooled) result leaves the
 #: (N, C, H, W) layout: a per-window counterpart carried through the consumer would make it local.
 POOLED_VALUE = "pooled value leaves the map layout"
+LEAVES_IMAGE = "pooled value leaves the image path (it reaches the output without meeting the image)"
 
 _WINDOWED = "a windowed form (attention within a window of the row or column) would be local; tlc does not build it"
 
@@ -224,6 +228,31 @@ def _spatial_only(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
 
 def _no_keepdim(op: str) -> str:
     return f"{POOLED_VALUE} (keepdim=False): {op}'s result has no spatial dimensions to hold local values"
+
+
+# Whole-map poolings whose result can be carried as a pooled value (see tlc.pooled_values):
+# op -> how its value over a window is computed.
+_POOLINGS = {
+    "mean": "mean", "adaptive_avg_pool2d": "mean", "avg_pool2d": "mean", "sum": "sum",
+    "amax": "max", "adaptive_max_pool2d": "max", "max_pool2d": "max",
+}
+
+
+def _poolable(call: _Call) -> bool:
+    """Whether ``call`` pools a whole (N, C, H, W) map and may be answered with a pooled value."""
+    return (
+        call.op in _POOLINGS and call.dims == (2, 3) and call.x.dim() == 4
+        and (call.reason is None or call.reason.startswith(POOLED_VALUE))
+    )
+
+
+def _valid_pooling(call: _Call, site: Site) -> torch.Tensor:
+    """(N, C, H - kh + 1, W - kw + 1): the pooling of ``call`` over every window inside the map."""
+    x, kind = call.x, _POOLINGS[call.op]
+    if kind == "max":
+        return valid_local_max(x, site.window)
+    valid = valid_local_mean(x, site.window)
+    return valid * (x.shape[2] * x.shape[3]) if kind == "sum" else valid
 
 
 def _reduction(op: str) -> Callable[[tuple, dict], _Call | None]:
@@ -796,17 +825,21 @@ _ARITHMETIC: dict[object, Callable[[CallSiteConverter, Callable, tuple, dict], o
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _THIS_FILE = __file__
+_MODULE_CALLS = {"_call_impl", "_wrapped_call_impl"}  # nn.Module.__call__'s frames
 
 
 def _caller() -> FrameType | None:
     """The line of model code making the call: the first frame outside torch, this file and any
-    ``__torch_function__`` (other modes or tensor subclasses passing the call on)."""
+    ``__torch_function__`` (other modes or tensor subclasses passing the call on). None when
+    torch's own module code makes it (``nn.AdaptiveAvgPool2d``...): a module call is met first."""
     frame = sys._getframe(1)
     while frame is not None and (
         frame.f_code.co_filename.startswith(_TORCH_DIR)
         or frame.f_code.co_filename == _THIS_FILE
         or frame.f_code.co_name == "__torch_function__"
     ):
+        if frame.f_code.co_name in _MODULE_CALLS and frame.f_code.co_filename.startswith(_TORCH_DIR):
+            return None
         frame = frame.f_back
     return frame
 
@@ -838,7 +871,7 @@ class _Leave:
         self.enter = enter
 
     def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
-        self.enter.converter._leave(self.enter)
+        self.enter.converter._leave(self.enter, output)
 
 
 def _remove_mode(mode: TorchFunctionMode) -> None:
@@ -878,14 +911,19 @@ _APPLY_WITH_ARITHMETIC: dict[object, Handler] = {**_APPLY_HANDLERS, **_ARITHMETI
 
 
 class _LocalCalls(TorchFunctionMode):
-    """The mode active while a hooked model runs: hands the calls in ``handlers`` to them."""
+    """The mode active while a hooked model runs: hands the calls in ``handlers`` to them, and
+    every call taking a pooled value to ``values`` first."""
 
-    def __init__(self, converter: CallSiteConverter, handlers: dict[object, Handler]) -> None:
+    def __init__(self, converter: CallSiteConverter, handlers: dict[object, Handler], values: PooledValues | None) -> None:
         super().__init__()
-        self.converter, self.handlers = converter, handlers
+        self.converter, self.handlers, self.values = converter, handlers, values
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         kwargs = kwargs or {}
+        if self.values is not None:
+            result = self.values.handle(func, types, args, kwargs)
+            if result is not NotImplemented:
+                return result
         try:
             handle = self.handlers.get(func)
         except TypeError:  # unhashable callables are none of ours
@@ -937,6 +975,7 @@ class CallSiteConverter:
         self._index: dict[SiteKey, int] = {}  # position in sites
         self._unknown: dict[SiteKey, str] = {}  # keys met after calibration, with their description
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
+        self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
         self._probe = 0
         self._thread = threading.local()
         # Calls inside modules that module rules matched (converted or deliberately left global)
@@ -972,13 +1011,14 @@ class CallSiteConverter:
     def _enter(self, hook: _Enter) -> None:
         stack = self._stack()
         if not stack:
-            mode = _LocalCalls(self, self._handlers())
+            values = PooledValues() if self.phase == "apply" and self._pooled else None
+            mode = _LocalCalls(self, self._handlers(), values)
             mode.__enter__()
             self._thread.mode = mode
         excluded = hook.excluded or (stack[-1].excluded if stack else False)
         stack.append(_ModuleCall(hook, hook.path, excluded))
 
-    def _leave(self, hook: _Enter) -> None:
+    def _leave(self, hook: _Enter, output: object = None) -> None:
         stack = self._stack()
         if not stack or stack[-1].hook is not hook:
             return  # this call's pre-hook never ran (an earlier pre-hook raised)
@@ -987,16 +1027,18 @@ class CallSiteConverter:
         if not stack and mode is not None:
             self._thread.mode = None
             _remove_mode(mode)
+            if mode.values is not None:  # pooled values in the output never met the image
+                self._thread.escaped = mode.values.finish(output)
 
     # --- the mode's answer to a recognised call
     def _call(self, func: Callable, args: tuple, kwargs: dict, call: _Call) -> object:
         stack = self._stack()
-        if not stack or stack[-1].excluded or (self.phase == "apply" and call.local is None):
+        if not stack or stack[-1].excluded or (self.phase == "apply" and call.local is None and not self._pooled):
             return func(*args, **kwargs)
         top = stack[-1]
         frame = _caller()
         if frame is None:
-            function, offset, location = "<torch>", 0, "<torch>"
+            function, offset, location = "<torch>", 0, "torch.nn"
         else:
             code = frame.f_code
             function = getattr(code, "co_qualname", code.co_name)
@@ -1034,6 +1076,11 @@ class CallSiteConverter:
             return self._follow(key, call, func(*args, **kwargs), None)
         self._thread.last = key
         site = converted[0]
+        if key in self._pooled:  # the global result, carrying its value over every window
+            real = func(*args, **kwargs)
+            return self._thread.mode.values.start(real, _valid_pooling(call, site), call.x.shape[-2:], source=key)
+        if call.local is None:
+            return func(*args, **kwargs)
         return self._follow(key, call, call.local(site), site)
 
     def _follow(self, key: SiteKey, call: _Call, out: object, site: Site | None) -> object:
@@ -1096,6 +1143,9 @@ class CallSiteConverter:
             channels = shape[1] if len(shape) > 1 else 0
             feature = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
             window = None
+            if reason is not None and len(shapes) == 1 and _poolable(call) and tags == (_H, _W):
+                reason = None  # kept as a pooled value: consumers may reshape it freely
+                self._pooled.add(key)
             if reason is None:
                 site = site_for(feature)
                 self._windows[key] = (site, channels)
@@ -1110,8 +1160,19 @@ class CallSiteConverter:
     def leave_global(self, key: SiteKey, reason: str) -> None:
         """Stop converting the site ``key``; the report gives ``reason``."""
         self._windows.pop(key, None)
+        self._pooled.discard(key)
         index = self._index[key]
         self.sites[index] = replace(self.sites[index], window=None, reason=reason)
+
+    def pool_instead(self, key: SiteKey) -> bool:
+        """Answer the converted site ``key`` with a pooled value from now on, if it is a whole-map
+        pooling not already so answered (its full-size local map broke the model); else False."""
+        seen = self._observed.get(key)
+        site = self._windows.get(key)
+        if key in self._pooled or seen is None or site is None or site[0].fast or not _poolable(seen.call):
+            return False
+        self._pooled.add(key)
+        return True
 
     @property
     def converted(self) -> int:
@@ -1209,8 +1270,14 @@ def convert_call_sites(
                 remove_call_site_conversion(model, only=converter)
                 return run("the converted model's check forward"), sites
             converter._thread.last = None
+            converter._thread.escaped = frozenset()
             try:
                 out = run("the converted model's check forward")
+                escaped = [key for key in converter._thread.escaped if key in converter._index]
+                if escaped:
+                    for key in escaped:
+                        converter.leave_global(key, LEAVES_IMAGE)
+                    continue
                 if check_other is not None and probed:  # the model runs at other sizes
                     with warnings.catch_warnings():  # sites met only at other sizes warn at inference
                         warnings.simplefilter("ignore")
@@ -1220,10 +1287,17 @@ def convert_call_sites(
                             converter._unknown.clear()
                 return out, sites
             except Exception as err:
+                cause = err.__cause__ or err
+                refused = [key for key in getattr(cause, "sources", ()) if key in converter._index]
+                if isinstance(cause, PooledValueError) and refused:
+                    for key in refused:
+                        converter.leave_global(key, f"{POOLED_VALUE}: {cause.reason}")
+                    continue
                 last = getattr(converter._thread, "last", None)
                 if last is None:
                     raise
-                cause = err.__cause__ or err
+                if converter.pool_instead(last):
+                    continue
                 converter.leave_global(
                     last, f"{POOLED_VALUE}: the model fails on its local (N, C, H, W) result: {_one_line(cause)}"
                 )

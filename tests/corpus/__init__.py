@@ -131,12 +131,9 @@ def _at_blocks(suffix: str, kind: str, status: str = "local", exact: bool = Fals
     return tuple(Expected(f"{b}.att{suffix}", kind, status, exact) for b in ca.SHELL_BLOCKS)
 
 
-_LINEAR = "the pooled map is flattened into Linear layers: the default conversion raises"
-
 CORPUS: tuple[Entry, ...] = (
     Entry(
         "rcan", ca.RCAN, tuple(local(p, "avg-pool") for p in ca.RCAN_SITES),
-        xfail_today="calibration reuses the input the model scaled in place (x.mul_): false deviation reported",
         bench=lambda: ca.RCAN(c=16, groups=2, blocks=2),
     ),
     Entry(
@@ -145,64 +142,62 @@ CORPUS: tuple[Entry, ...] = (
     ),
     Entry("nafnet", ca.NAFNet, tuple(local(p, "avg-pool") for p in ca.NAFNET_SITES)),
     Entry(
-        "se-linear", _shell(ca.SELayer), _at_blocks("", "avg-pool"), too_small=2, xfail_today=_LINEAR,
+        "se-linear", _shell(ca.SELayer), _at_blocks("", "avg-pool"), too_small=2,
         bench=_shell(ca.SELayer, 16),
     ),
     Entry(
         "cbam", _shell(ca.CBAM), _at_blocks(".ca.avg_pool", "avg-pool") + _at_blocks(".ca.max_pool", "max-pool"),
-        too_small=2, xfail_today="AdaptiveMaxPool2d(1) is not found (no local max)", bench=_shell(ca.CBAM, 16),
+        too_small=2, bench=_shell(ca.CBAM, 16),
     ),
     Entry(
         "cbam-linear", _shell(ca.CBAMLinear), _at_blocks(".ca", "avg-pool") + _at_blocks(".ca", "max-pool"),
-        too_small=2, xfail_today="F.avg_pool2d/F.max_pool2d over the whole map are not found; Linear MLP consumer",
+        too_small=2,
         bench=_shell(ca.CBAMLinear, 16),
     ),
     Entry(
-        "coord-att", _shell(ca.CoordAtt), _at_blocks(".pool_h", "strip-mean") + _at_blocks(".pool_w", "strip-mean"),
-        too_small=2, large=(128, 96), xfail_today="AdaptiveAvgPool2d((None, 1))/((1, None)) strip means are not found",
+        # Strips of both axes are concatenated: their local forms (N, C, H, W) only fit together on
+        # square maps, and per-window strip values would cost (H - kh + 1)(W - kw + 1)(H + W) C: reported.
+        "coord-att", _shell(ca.CoordAtt),
+        _at_blocks(".pool_h", "strip-mean", "reported") + _at_blocks(".pool_w", "strip-mean", "reported"),
+        too_small=2, large=(128, 96),
         bench=_shell(ca.CoordAtt, 16),
     ),
     Entry(
         "eca", _shell(ca.ECA), _at_blocks("", "avg-pool"), too_small=2,
-        xfail_today="the pooled map goes squeeze/transpose into a Conv1d: the default conversion raises",
         bench=_shell(ca.ECA, 16),
     ),
     Entry(
         "srm", _shell(ca.SRM), _at_blocks("", "mean") + _at_blocks("", "var"), too_small=2,
-        xfail_today="x.mean((2, 3))/x.var((2, 3)) are converted only with functional=True, not by default",
         bench=_shell(ca.SRM, 16),
     ),
     Entry(
-        "max-attention", _shell(ca.MaxChannelAttn), _at_blocks("", "max"), too_small=2,
-        xfail_today="x.amax((2, 3), keepdim=True) is not found (no local max)", bench=_shell(ca.MaxChannelAttn, 16),
+        "max-attention", _shell(ca.MaxChannelAttn), _at_blocks("", "max"), too_small=2, bench=_shell(ca.MaxChannelAttn, 16),
     ),
     Entry(
-        "gcnet", _shell(ca.ContextBlock), _at_blocks("", "context-pool"), too_small=2, large=(128, 96),
-        xfail_today="softmax over H*W + matmul context pooling is not found", bench=_shell(ca.ContextBlock, 16),
+        # The local op exists (tlc.ops.local_softmax_pool); the converter reports the softmax over all
+        # positions and the matmul contracting over them instead of pairing them into it.
+        "gcnet", _shell(ca.ContextBlock), _at_blocks("", "context-pool", "reported"), too_small=2, large=(128, 96),
+        bench=_shell(ca.ContextBlock, 16),
     ),
     Entry(
         "imdn", ca.IMDN,
         tuple(local(f"blocks.{i}.cca", "sum", exact=True) for i in range(3))
         + tuple(local(f"blocks.{i}.cca.avg_pool", "avg-pool") for i in range(3)),
-        xfail_today="the hand-written std (x.sum(3).sum(2) / (H*W)) is not found",
     ),
     Entry(
         "mirnet-skff", ca.MIRNetLite, tuple(local(f"blocks.{i}.skff", "avg-pool") for i in range(2)),
-        xfail_today="SKFF: view(N, k, C, 1, 1) of the pooled path: the default conversion raises",
     ),
     Entry(
         "dehaze-skfusion", ca.DehazeUNet, (local("fusion2", "avg-pool"), local("fusion1", "avg-pool")), too_small=2,
-        xfail_today="SKFusion: view(N, k, C, 1, 1) of the pooled path: the default conversion raises",
         bench=lambda: ca.DehazeUNet(c=16),
     ),
     Entry(
         "restormer", transformers.Restormer,
         tuple(local(p, "transposed-attention") for p in transformers.RESTORMER_SITES),
-        xfail_today="transposed attention is recognised only as tlc's own Restormer class",
     ),
     Entry(
         "kbnet", transformers.KBNet, tuple(local(p, "transposed-attention") for p in transformers.KBNET_SITES),
-        too_small=1, xfail_today="KBNet's TransAttention (reshape, not einops) is not recognised",
+        too_small=1,
     ),
     Entry(
         "dat", transformers.DAT,
@@ -211,18 +206,15 @@ CORPUS: tuple[Entry, ...] = (
             local("blocks.0.attn.channel_interaction", "avg-pool"),
             local("blocks.1.attn.channel_interaction", "avg-pool"),
         ),
-        xfail_today="attention over (B, N, C) tokens is not recognised; view(B, 1, C) of a pooled map raises",
     ),
     Entry(
         "retinexformer", transformers.Retinexformer,
         tuple(local(p, "transposed-attention") for p in transformers.RETINEXFORMER_SITES),
-        xfail_today="IG_MSA is not recognised (the first registered conv, 4 channels, is not the input conv)",
     ),
     Entry(
         "stripformer", transformers.Stripformer,
         tuple(reported(f"body.{i}.attn_{a}", f"{'row' if a == 'h' else 'column'}-attention")
               for i in range(2) for a in "hv"),
-        xfail_today="attention over whole rows/columns is neither converted nor reported",
     ),
     Entry("hinet", other.HINet, (local("down_path.0.norm", "instance-norm"), local("down_path.1.norm", "instance-norm")),
           too_small=2, bench=lambda: other.HINet(c=16)),
@@ -230,15 +222,12 @@ CORPUS: tuple[Entry, ...] = (
     Entry(
         "layernorm-map", other.WholeMapLayerNorm, (local("norm1", "layer-norm"), local("norm2", "layer-norm")),
         fixed_size=True, too_small=1,
-        xfail_today="nn.LayerNorm over (C, H, W) (a whole-map norm) is not found",
     ),
     Entry(
         "deeprft", other.DeepRFT, (reported("enc", "fft"), reported("mid", "fft")), too_small=1,
-        xfail_today="whole-map FFTs (rfft2/irfft2) are not reported",
     ),
     Entry(
         "fbcnn", other.FBCNN, (reported("qf_pred", "pooled-head"),), too_small=2,
-        xfail_today="a pool feeding a Linear head that leaves the image path: the default conversion raises",
     ),
     Entry("unet", other.UNet, (), too_small=1),
 )

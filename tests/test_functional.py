@@ -501,3 +501,24 @@ def test_calls_inside_torch_modules_keep_their_site_whoever_runs_the_model():
     with torch.no_grad():
         expected = brute_force(model[0](x), (24, 24), lambda t: t.mean((-2, -1)))
     assert (out - expected).abs().max().item() < 1e-5
+
+
+def test_torch_calls_inside_tlc_local_ops_are_not_sites():
+    """A model already holding tlc's local ops (a user's module calling tlc.local_mean, a converted
+    model converted again): the torch calls inside those ops are no global ops of the model."""
+
+    class UsesLocalMean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y - tlc.local_mean(y, 24) + tlc.ops.local_max(y, 24)
+
+    with pytest.warns(UserWarning, match="no global operation found") as caught:
+        converted, report = tlc.convert(perturbed(UsesLocalMean()), 16, rules=[])
+    assert report.call_sites == [] and len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converted(image(1, 3, 40, 36))

@@ -826,6 +826,11 @@ _ARITHMETIC: dict[object, Callable[[CallSiteConverter, Callable, tuple, dict], o
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _THIS_FILE = __file__
 _MODULE_CALLS = {"_call_impl", "_wrapped_call_impl"}  # nn.Module.__call__'s frames
+_PACKAGE = os.path.dirname(__file__) + os.sep
+# tlc's own local computations: the torch calls they make are never sites.
+_INTERNAL = (os.path.join(_PACKAGE, "ops") + os.sep,) + tuple(
+    os.path.join(_PACKAGE, name) for name in ("nn.py", "pooled_gate.py", "pooled_values.py", "local_attention.py")
+)
 
 
 def _caller() -> FrameType | None:
@@ -1037,6 +1042,8 @@ class CallSiteConverter:
             return func(*args, **kwargs)
         top = stack[-1]
         frame = _caller()
+        if frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+            return func(*args, **kwargs)  # inside a local op of tlc's own
         if frame is None:
             function, offset, location = "<torch>", 0, "torch.nn"
         else:

@@ -415,8 +415,8 @@ def test_whole_map_ffts_are_reported():
         assert torch.equal(converted(x), model(x))
 
 
-class ContextBlock(nn.Module):
-    """GCNet's context block: softmax over all positions, a weighted sum by matmul, a 1x1 transform."""
+class SharedWeights(nn.Module):
+    """A softmax over all positions whose weights two products use: no single local pooling."""
 
     def __init__(self, c: int = 4):
         super().__init__()
@@ -430,14 +430,16 @@ class ContextBlock(nn.Module):
         values = y.view(n, c, h * w).unsqueeze(1)
         weights = F.softmax(self.mask(y).view(n, 1, h * w), dim=2).unsqueeze(-1)
         context = torch.matmul(values, weights).view(n, c, 1, 1)
-        return y + self.transform(context)
+        again = torch.matmul(values, weights).view(n, c, 1, 1)
+        return y + self.transform(context) * again
 
 
-def test_softmax_and_matmul_over_all_positions_are_reported():
-    model = randomised(ContextBlock())
+def test_softmax_and_matmul_over_all_positions_are_reported_unless_they_pair():
+    model = randomised(SharedWeights())
     converted, report = tlc.convert(model, TRAIN)
     assert reported(report) == [
         ("softmax", "softmax over all H*W positions"),
+        ("matmul", "matmul contracting over all H*W positions"),
         ("matmul", "matmul contracting over all H*W positions"),
     ]
 
@@ -597,3 +599,44 @@ def test_multi_head_attention_over_all_positions_is_reported():
     assert [(s.module, s.op, s.reason) for s in report.call_sites] == [
         ("attn", "multi_head_attention_forward", "attention over all H*W positions (multi_head_attention_forward)"),
     ]
+
+
+# ----------------------------------------------------------------------------- context pooling
+
+
+class GCNetBlock(nn.Module):
+    """GCNet's context block: softmax over H*W of a 1x1 mask, matmul, a LayerNorm([C', 1, 1]) transform."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.mask = nn.Conv2d(c, 1, 1)
+        self.transform = nn.Sequential(nn.Conv2d(c, 2, 1), nn.LayerNorm([2, 1, 1]), nn.ReLU(), nn.Conv2d(2, c, 1))
+
+    def context(self, y):
+        n, c, h, w = y.shape
+        weights = torch.softmax(self.mask(y).view(n, 1, h * w), dim=2).unsqueeze(-1)
+        return torch.matmul(y.view(n, c, h * w).unsqueeze(1), weights).view(n, c, 1, 1)
+
+    def forward(self, x):
+        y = self.head(x)
+        return y + self.transform(self.context(y))
+
+
+def test_context_pooling_becomes_a_softmax_weighted_mean_per_window():
+    model = randomised(GCNetBlock()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert [(s.op, s.converted, s.window) for s in report.call_sites] == [("softmax", True, (24, 24)), ("matmul", True, (24, 24))]
+    x = image(2, 3, 29, 37)
+    with torch.no_grad():
+        y = model.head(x)
+        logits = model.mask(y)
+        # Per pixel: softmax of the logits over its window, the weighted sum of y over it, then the transform.
+        expected = torch.empty_like(y)
+        for r in range(29):
+            for q in range(37):
+                top, left = min(max(r - 11, 0), 29 - 24), min(max(q - 11, 0), 37 - 24)
+                wl = logits[:, :, top : top + 24, left : left + 24].flatten(2).softmax(-1)  # (N, 1, 576)
+                context = (y[:, :, top : top + 24, left : left + 24].flatten(2) * wl).sum(-1)  # (N, C)
+                expected[:, :, r, q] = y[:, :, r, q] + model.transform(context[:, :, None, None])[:, :, 0, 0]
+        torch.testing.assert_close(converted(x), expected)

@@ -80,6 +80,7 @@ from .ops import (
     local_max,
     local_mean,
     local_mean_strided,
+    local_softmax_pool,
     local_std,
     local_var,
 )
@@ -911,8 +912,30 @@ _RECORD_HANDLERS: dict[object, Handler] = {**{f: _at_site(p) for f, p in _PARSER
 _MAP_FUNCS = {f for f, op in _PARSERS.items() if op.__qualname__.split(".")[0] in (
     "_reduction", "_variance", "_adaptive", "_full_kernel", "_instance_norm", "_group_norm", "_layer_norm")}
 _APPLY_HANDLERS: dict[object, Handler] = {f: h for f, h in _RECORD_HANDLERS.items() if f in _MAP_FUNCS}
+#: ... where calibration paired a softmax over positions with a product pooling by it (GCNet).
+_CONTEXT_HANDLERS: dict[object, Handler] = {
+    f: h for f, h in _RECORD_HANDLERS.items() if f in (F.softmax, torch.softmax, torch.Tensor.softmax, torch.matmul, torch.Tensor.matmul)
+}
 #: ... and, where calibration met a hand-written variance, the arithmetic leading to it.
 _APPLY_WITH_ARITHMETIC: dict[object, Handler] = {**_APPLY_HANDLERS, **_ARITHMETIC}
+
+
+def _context_operands(args: tuple, kwargs: dict, softmaxes: dict) -> tuple[SiteKey, torch.Tensor, torch.Tensor] | None:
+    """(softmax site, the (N, C, H, W) map, the weights) when a product's operands are a view of a
+    map with its positions last and a view of the output of one of ``softmaxes`` over them."""
+    b = _bind(args, kwargs, ("input", "other"))
+    if b is None or not isinstance(a := b.get("input"), torch.Tensor) or not isinstance(m := b.get("other"), torch.Tensor):
+        return None
+    x_map = a._base
+    if x_map is None or x_map.dim() != 4 or not x_map.is_contiguous() or a.shape[-1] != x_map.shape[2] * x_map.shape[3]:
+        return None
+    if a.data_ptr() != x_map.data_ptr() or a.numel() != x_map.numel():
+        return None
+    for key, out in softmaxes.items():
+        out = out[0] if isinstance(out, tuple) else out
+        if isinstance(out, torch.Tensor) and m.data_ptr() == out.data_ptr() and m.numel() == out.numel():
+            return key, x_map, out
+    return None
 
 
 class _LocalCalls(TorchFunctionMode):
@@ -981,6 +1004,10 @@ class CallSiteConverter:
         self._unknown: dict[SiteKey, str] = {}  # keys met after calibration, with their description
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
+        # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
+        self._pairs: dict[SiteKey, tuple[SiteKey, Pair]] = {}
+        self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
+        self._context_softmax: set[SiteKey] = set()
         self._probe = 0
         self._thread = threading.local()
         # Calls inside modules that module rules matched (converted or deliberately left global)
@@ -1010,12 +1037,40 @@ class CallSiteConverter:
     def _handlers(self) -> dict[object, Handler]:
         if self.phase != "apply":
             return _RECORD_HANDLERS
-        return _APPLY_WITH_ARITHMETIC if self._variances else _APPLY_HANDLERS
+        handlers = _APPLY_WITH_ARITHMETIC if self._variances else _APPLY_HANDLERS
+        return {**handlers, **_CONTEXT_HANDLERS} if self._context else handlers
+
+    def _pair_context(self, key: SiteKey, args: tuple, kwargs: dict) -> None:
+        """At calibration: whether the product ``key`` pools a map with the weights of a softmax over
+        its positions (GCNet: ``matmul(x.view(N, 1, C, H*W), softmax(mask.view(N, 1, H*W)).unsqueeze(-1))``)."""
+        found = _context_operands(args, kwargs, self._thread.softmaxes)
+        if found is not None:
+            softmax_key, x_map, _ = found
+            self._pairs.setdefault(key, (softmax_key, (x_map.shape[2], x_map.shape[3])))
+
+    def _context_pool(self, key: SiteKey, func: Callable, args: tuple, kwargs: dict, site: Site) -> object:
+        """The product of a converted context pair: the global result as a pooled value carrying the
+        softmax-weighted mean of every window (:func:`tlc.ops.local_softmax_pool`)."""
+        softmax_key = self._context[key]
+        weights = {k: out for k, (out, _) in self._thread.softmaxes.items() if k == softmax_key}
+        found = _context_operands(args, kwargs, weights)
+        logits = self._thread.softmaxes.get(softmax_key, (None, None))[1]
+        base = getattr(logits, "_base", None)
+        if found is None or base is None or base.dim() != 4 or base.shape[-2:] != found[1].shape[-2:]:
+            raise PooledValueError("context pooling: the map or the softmax's logits are not views of (N, C, H, W) maps", {key})
+        x_map = found[1]
+        h, w = x_map.shape[-2:]
+        kh, kw = min(site.window[0], h), min(site.window[1], w)
+        pooled = local_softmax_pool(x_map, base.reshape(base.shape[0], -1, h, w), (kh, kw))
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        valid = pooled[:, :, top : top + h - kh + 1, left : left + w - kw + 1]
+        return self._thread.mode.values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
     # --- hooks
     def _enter(self, hook: _Enter) -> None:
         stack = self._stack()
         if not stack:
+            self._thread.softmaxes = {}
             values = PooledValues() if self.phase == "apply" and self._pooled else None
             mode = _LocalCalls(self, self._handlers(), values)
             mode.__enter__()
@@ -1061,7 +1116,12 @@ class CallSiteConverter:
             if seen is None:
                 seen = self._observed[key] = _Observed(_template(call), location, function)
             seen.shapes.append(tuple(call.x.shape))
-            return self._follow(key, call, func(*args, **kwargs), None)
+            out = self._follow(key, call, func(*args, **kwargs), None)
+            if call.op == "softmax":
+                self._thread.softmaxes[key] = out
+            elif call.op == "matmul":
+                self._pair_context(key, args, kwargs)
+            return out
         if self.phase == "probe":
             seen = self._observed.get(key)
             if seen is not None and seen.probes[self._probe] is None:
@@ -1083,6 +1143,12 @@ class CallSiteConverter:
             return self._follow(key, call, func(*args, **kwargs), None)
         self._thread.last = key
         site = converted[0]
+        if key in self._context_softmax:  # the weights, kept for the product that pools with them
+            out = func(*args, **kwargs)
+            self._thread.softmaxes[key] = (out, call.x)
+            return out
+        if key in self._context:
+            return self._context_pool(key, func, args, kwargs, site)
         if key in self._pooled:  # the global result, carrying its value over every window
             real = func(*args, **kwargs)
             return self._thread.mode.values.start(real, _valid_pooling(call, site), call.x.shape[-2:], source=key)
@@ -1161,13 +1227,47 @@ class CallSiteConverter:
             self.sites.append(
                 CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
             )
+        self._convert_context_pairs(site_for)
         self.phase = "apply"
         return self.sites
 
+    def _convert_context_pairs(self, site_for: Callable[[Pair], Site]) -> None:
+        """A softmax over all positions whose weights one product pools a map with (GCNet's context
+        block) becomes, with that product, one local softmax-weighted pooling per window."""
+        users: dict[SiteKey, int] = {}
+        for softmax_key, _ in self._pairs.values():
+            users[softmax_key] = users.get(softmax_key, 0) + 1
+        for key, (softmax_key, feature) in self._pairs.items():
+            if users[softmax_key] != 1 or key not in self._index or softmax_key not in self._index:
+                continue
+            product, softmax = self.sites[self._index[key]], self.sites[self._index[softmax_key]]
+            if not (product.reason or "").endswith("all H*W positions") or not (softmax.reason or "").endswith("all H*W positions"):
+                continue
+            site = site_for(feature)
+            if site.fast:
+                continue
+            for k, entry in ((key, product), (softmax_key, softmax)):
+                self._windows[k] = (site, entry.channels)
+                self.sites[self._index[k]] = replace(entry, feature_size=feature, window=site.window, reason=None)
+            self._pooled.add(key)
+            self._context[key] = softmax_key
+            self._context_softmax.add(softmax_key)
+
     def leave_global(self, key: SiteKey, reason: str) -> None:
-        """Stop converting the site ``key``; the report gives ``reason``."""
+        """Stop converting the site ``key`` (and the other half of its context pair); the report
+        gives ``reason``."""
         self._windows.pop(key, None)
         self._pooled.discard(key)
+        partner = self._context.pop(key, None)
+        if partner is None:
+            partner = next((k for k, v in self._context.items() if v == key), None)
+            self._context.pop(partner, None)
+        if partner is not None:
+            self._context_softmax.discard(partner)
+            self._context_softmax.discard(key)
+            self._windows.pop(partner, None)
+            self._pooled.discard(partner)
+            self.sites[self._index[partner]] = replace(self.sites[self._index[partner]], window=None, reason=reason)
         index = self._index[key]
         self.sites[index] = replace(self.sites[index], window=None, reason=reason)
 

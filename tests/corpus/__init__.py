@@ -174,9 +174,7 @@ CORPUS: tuple[Entry, ...] = (
         "max-attention", _shell(ca.MaxChannelAttn), _at_blocks("", "max"), too_small=2, bench=_shell(ca.MaxChannelAttn, 16),
     ),
     Entry(
-        # The local op exists (tlc.ops.local_softmax_pool); the converter reports the softmax over all
-        # positions and the matmul contracting over them instead of pairing them into it.
-        "gcnet", _shell(ca.ContextBlock), _at_blocks("", "context-pool", "reported"), too_small=2, large=(128, 96),
+        "gcnet", _shell(ca.ContextBlock), _at_blocks("", "context-pool"), too_small=2, large=(128, 96),
         bench=_shell(ca.ContextBlock, 16),
     ),
     Entry(

@@ -640,3 +640,15 @@ def test_context_pooling_becomes_a_softmax_weighted_mean_per_window():
                 context = (y[:, :, top : top + 24, left : left + 24].flatten(2) * wl).sum(-1)  # (N, C)
                 expected[:, :, r, q] = y[:, :, r, q] + model.transform(context[:, :, None, None])[:, :, 0, 0]
         torch.testing.assert_close(converted(x), expected)
+
+
+def test_converted_models_run_under_inference_mode():
+    """Hand-written statistics carry marks that check tensors' in-place counters, which tensors
+    made under torch.inference_mode do not have."""
+    model = randomised(Contrast()).double()
+    converted, _ = tlc.convert(model, TRAIN)
+    x = image(1, 3, 27, 33)
+    with torch.no_grad():
+        expected = converted(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(converted(x), expected)

@@ -736,12 +736,18 @@ def _mark_of(t: object) -> _Mark | None:
     if entry is None:
         return None
     mark, version, src_version = entry
-    return mark if t._version == version and mark.src._version == src_version else None
+    return mark if _version(t) == version and _version(mark.src) == src_version else None
 
 
 def _set_mark(t: object, mark: _Mark) -> None:
     if isinstance(t, torch.Tensor):
-        t.__dict__[_MARK] = (mark, t._version, mark.src._version)
+        t.__dict__[_MARK] = (mark, _version(t), _version(mark.src))
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """In-place change counter; None under ``torch.inference_mode``, whose tensors keep none (an
+    in-place change there goes unseen)."""
+    return None if t.is_inference() else t._version
 
 
 def _marked_sub(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:

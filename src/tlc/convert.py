@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._util import default_base_size, one_line, output_tensors
 from .functional import CallSite, convert_call_sites, remove_call_site_conversion
 from .ops._common import Pair, as_pair
 from .rules import DEFAULT_RULES, Rule, Site
@@ -155,17 +156,6 @@ def _channel_candidates(model: nn.Module) -> list[int]:
     return seen + [c for c in (3, 1) if c not in seen]
 
 
-def _tensors(obj: object) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
 def _copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)``; a failure names the first module that cannot be copied."""
     try:
@@ -191,7 +181,7 @@ def _copies(module: nn.Module) -> bool:
 
 
 @contextmanager
-def _calibrating(model: nn.Module) -> Iterator[list[str]]:
+def calibrating(model: nn.Module) -> Iterator[list[str]]:
     """Eval mode and no grad for the duration; yields the stack of module paths being run.
 
     After an exception the stack still holds the innermost module that was running. Every
@@ -223,7 +213,7 @@ def _calibrating(model: nn.Module) -> Iterator[list[str]]:
 
 def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
     """One forward on a copy of ``x`` (models may scale their input in place); errors name the module."""
-    with _calibrating(model) as stack:
+    with calibrating(model) as stack:
         try:
             return model(x.clone())
         except Exception as err:
@@ -258,7 +248,7 @@ def _next_channels(err: ConversionError, tried: int, fed_input: set[int]) -> int
     return tried + wanted - got if tried + wanted - got > 0 else None
 
 
-def _calibrate(
+def calibrate(
     model: nn.Module,
     targets: list[nn.Module],
     train: Pair,
@@ -378,7 +368,7 @@ def convert(
         rules: conversion rules, first match wins; default :data:`tlc.DEFAULT_RULES`.
         inplace: modify ``model`` itself instead of a copy.
         in_channels: channels of the calibration input; default: found by trying the convolutions'
-            ``in_channels`` (the conv fed the input itself decides; see :func:`_calibrate`).
+            ``in_channels`` (the conv fed the input itself decides; see :func:`calibrate`).
         functional: also find global ops by what the model calls while it runs (a torch function
             mode; see :mod:`tlc.functional`): means, sums, maxima, variances and pools over H and
             W however written, norms with spatial statistics, softmax, normalisation and matrix
@@ -399,7 +389,7 @@ def convert(
             message names the module. With ``inplace=True`` the model is then left as it was.
     """
     train = as_pair(train_size, "train_size")
-    base = as_pair(base_size, "base_size") if base_size is not None else (int(train[0] * 1.5), int(train[1] * 1.5))
+    base = as_pair(base_size, "base_size") if base_size is not None else default_base_size(train)
     rules = DEFAULT_RULES if rules is None else tuple(rules)
     target = model if inplace else _copy_model(model)
     report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
@@ -414,7 +404,7 @@ def convert(
 
     swaps = _Swaps()
     try:
-        x, original, seen, found = _calibrate(
+        x, original, seen, found = calibrate(
             target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time]
         )
         report.in_channels = x.shape[1]
@@ -559,7 +549,7 @@ def _replace(
         try:
             local = match.rule.build(match.module, site)
         except Exception as err:  # one bad site must not abort the others
-            reason = f"the rule could not build a local version: {_one_line(err)}"
+            reason = f"the rule could not build a local version: {one_line(err, typed=True, limit=160)}"
         else:
             swaps.apply(match, local, ConvertedOp(match.paths, match.rule.name, site.feature_size, site.window))
             report.converted.append(swaps.done[-1][2])
@@ -599,21 +589,16 @@ def _check_modules(model: nn.Module, x: torch.Tensor, swaps: _Swaps, report: Con
             report.converted.remove(op)
             cause = err.__cause__ or err
             report.skipped.append(
-                SkippedOp(match.paths, match.rule.name, f"{_BROKE}: {_one_line(cause)}")
+                SkippedOp(match.paths, match.rule.name, f"{_BROKE}: {one_line(cause, typed=True, limit=160)}")
             )
         finally:
             for hook in hooks:
                 hook.remove()
 
 
-def _one_line(err: BaseException, limit: int = 160) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _verify(report: ConversionReport, original: object, converted: object, dtype: torch.dtype) -> None:
     """Record the converted model's deviation from the original at the training size; warn when large."""
-    before, after = list(_tensors(original)), list(_tensors(converted))
+    before, after = list(output_tensors(original)), list(output_tensors(converted))
     try:
         # A model that ends in a pooling op returns a full-size map instead of 1x1: compare broadcast.
         if len(before) != len(after) or any(torch.broadcast_shapes(a.shape, b.shape) != a.shape for a, b in zip(after, before)):

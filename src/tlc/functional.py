@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._util import one_line
 from .ops import (
     local_axis_max,
     local_axis_mean,
@@ -1317,11 +1318,6 @@ def remove_call_site_conversion(model: nn.Module, only: CallSiteConverter | None
                     module._forward_hooks_always_called.pop(hook_id, None)
 
 
-def _one_line(err: BaseException, limit: int = 160) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def convert_call_sites(
     model: nn.Module,
     run: Callable[[str], object],
@@ -1373,7 +1369,7 @@ def convert_call_sites(
                 probed = True
             except Exception as err:  # noqa: BLE001 (any failure: fall back to the layout assumption)
                 warnings.warn(
-                    f"tlc: {_one_line(err.__cause__ or err)}; spatial axes are taken to be the last two of 4-D "
+                    f"tlc: {one_line(err.__cause__ or err, typed=True, limit=160)}; spatial axes are taken to be the last two of 4-D "
                     "tensors, and softmax, normalisation and matrix products over positions are not checked",
                     stacklevel=3,
                 )
@@ -1412,7 +1408,7 @@ def convert_call_sites(
                 if converter.pool_instead(last):
                     continue
                 converter.leave_global(
-                    last, f"{POOLED_VALUE}: the model fails on its local (N, C, H, W) result: {_one_line(cause)}"
+                    last, f"{POOLED_VALUE}: the model fails on its local (N, C, H, W) result: {one_line(cause, typed=True, limit=160)}"
                 )
     except BaseException:
         remove_call_site_conversion(model, only=converter)

@@ -193,10 +193,10 @@ def tile_context(
     Returns:
         :class:`TileContext` in image pixels.
     """
-    from ..convert import _calibrate
+    from ..convert import calibrate
 
     targets, windowed = _probe_targets(model)
-    x, _, seen, _ = _calibrate(model, targets, (probe_size, probe_size), in_channels)
+    x, _, seen, _ = calibrate(model, targets, (probe_size, probe_size), in_channels)
     padder = getattr(model, "padder_size", None)
     multiple = padder if isinstance(padder, int) and padder > 0 else 1
     reach = _Reach(multiple)
@@ -264,7 +264,7 @@ def _measured_margin(
     ``multiple``; whether the error fell below the target within d). Half-precision models are
     measured in a float32 copy, so the profile is the model's, not its rounding's.
     """
-    from ..convert import _calibrating
+    from ..convert import calibrating
 
     reach = min(exact, round_up(max(2 * rule, 8 * multiple), multiple))
     across = round_up(64, multiple)
@@ -276,7 +276,7 @@ def _measured_margin(
         net = copy.deepcopy(model).float()
     probe = probe.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
     dim = 2 + axis
-    with _calibrating(net), torch.inference_mode():
+    with calibrating(net), torch.inference_mode():
         whole = final_output(net(probe)).narrow(dim, reach, reach)
         cut = final_output(net(probe.narrow(dim, 0, 2 * reach))).narrow(dim, reach, reach)
     other = tuple(d for d in range(4) if d != dim)

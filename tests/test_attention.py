@@ -47,7 +47,7 @@ def loop_attention(q, k, v, temperature, heads, window):
 @pytest.mark.parametrize("size", [1, 2, 5, 7, 8, 13, 64, 97, 100, 720, 1280])
 @pytest.mark.parametrize("window", [1, 3, 8, 12, 96, 384, 2000])
 def test_window_starts_follow_the_reference(size, window):
-    starts = tlc.window_starts(size, window)
+    starts = tlc.ops.window_starts(size, window)
     assert starts == reference_starts(size, window)
     k = min(size, window)
     covered = torch.zeros(size)
@@ -78,7 +78,7 @@ def test_batch_equals_images_one_by_one():
 def test_covering_window_is_the_global_block():
     q, k, v = (torch.randn(2, 4, 6, 9) for _ in range(3))
     temperature = torch.rand(2, 1, 1)
-    expected = tlc.transposed_attention(q, k, v, temperature, 2)
+    expected = tlc.ops.transposed_attention(q, k, v, temperature, 2)
     torch.testing.assert_close(tlc.local_transposed_attention(q, k, v, temperature, 2, (6, 9)), expected)
     torch.testing.assert_close(tlc.local_transposed_attention(q, k, v, temperature, 2, (60, 90)), expected)
     assert not torch.allclose(tlc.local_transposed_attention(q, k, v, temperature, 2, (3, 9)), expected)

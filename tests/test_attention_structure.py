@@ -533,8 +533,8 @@ def test_global_ops_inside_the_attention_are_converted_too():
     big = torch.rand(1, 3, 64, 64)
     assert (run(local, big) - run(model, big)).abs().max() > 1e-3
     # Either op alone local gives something else: both are local in the converted model.
-    only_attention, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.TRANSPOSED_ATTENTION])
-    only_pool, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.POOLED_POINTWISE])
+    only_attention, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.rules.TRANSPOSED_ATTENTION])
+    only_pool, _ = tlc.convert(model, train_size=TRAIN, rules=[tlc.rules.POOLED_POINTWISE])
     for partial in (only_attention, only_pool):
         assert (run(local, big) - run(partial, big)).abs().max() > 1e-4
 

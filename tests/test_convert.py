@@ -129,7 +129,7 @@ def test_larger_inputs_match_a_hand_built_local_model(net):
     with torch.no_grad():
         # The SE gates' 1x1 convolutions run as matrix products (other summation order): not bitwise.
         torch.testing.assert_close(converted(x), manual(x), rtol=0, atol=2e-5)
-        strict, _ = tlc.convert(net, train_size=(32, 32), base_size=(40, 40), rules=[tlc.GLOBAL_AVG_POOL, tlc.INSTANCE_NORM, tlc.GROUP_NORM])
+        strict, _ = tlc.convert(net, train_size=(32, 32), base_size=(40, 40), rules=[tlc.rules.GLOBAL_AVG_POOL, tlc.rules.INSTANCE_NORM, tlc.rules.GROUP_NORM])
         torch.testing.assert_close(strict(x), manual(x), rtol=0, atol=0)
 
 
@@ -292,7 +292,7 @@ def test_inplace_conversion_that_fails_leaves_the_model_as_it_was():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.InstanceNorm2d(4), Tail())
     before = dict(model.named_modules())
     with pytest.raises(tlc.ConversionError, match="other shapes"):
-        tlc.convert(model, train_size=16, inplace=True, rules=[tlc.INSTANCE_NORM, wrong])
+        tlc.convert(model, train_size=16, inplace=True, rules=[tlc.rules.INSTANCE_NORM, wrong])
     assert dict(model.named_modules()) == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

@@ -21,7 +21,7 @@ def test_modules_equal_functions():
     group.weight.data, group.bias.data = weight, bias
     torch.testing.assert_close(group(x), tlc.local_group_norm(x, 2, (5, 6), weight, bias, 1e-3), rtol=0, atol=0)
     fast = tlc.LocalAvgPool2d((10, 10), fast=True, max_stride=(2, 3))
-    torch.testing.assert_close(fast(x), tlc.local_mean_strided(x, (10, 10), (2, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(fast(x), tlc.ops.local_mean_strided(x, (10, 10), (2, 3)), rtol=0, atol=0)
 
 
 def test_no_hidden_state_across_sizes():

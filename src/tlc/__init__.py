@@ -9,75 +9,58 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, functional, io, metrics, models
-from .zoo import CheckpointError, detect, load_model, read_state_dict
+from . import archs, functional, io, metrics, models, ops, rules, run
 from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
 from .export import ExportError, OnnxExport, export_onnx
 from .functional import CallSite
 from .local_attention import LocalTransposedAttention
-from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential
-from .ops import (
-    local_group_norm,
-    local_instance_norm,
-    local_mean,
-    local_mean_strided,
-    local_transposed_attention,
-    transposed_attention,
-    window_starts,
-)
-from .rules import (
-    DEFAULT_RULES,
-    GLOBAL_AVG_POOL,
-    GROUP_NORM,
-    INSTANCE_NORM,
-    POOLED_GATE,
-    POOLED_POINTWISE,
-    TRANSPOSED_ATTENTION,
-    Rule,
-    Site,
-)
+from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalMaxPool2d, LocalPooledSequential, LocalStripAvgPool2d
+from .ops import local_group_norm, local_instance_norm, local_mean, local_transposed_attention
+from .rules import DEFAULT_RULES, Rule, Site
+from .run import RunSettings, restore
+from .zoo import CheckpointError, detect, load_model, read_state_dict
 
 __version__ = "0.1.0"
 
+# The product: converting (convert, rules, the report), the local ops and modules it builds, loading
+# and running models. Internals (window placement, rule constants, kernels) live in their modules.
 __all__ = [
-    "DEFAULT_RULES",
     "CallSite",
-    "GLOBAL_AVG_POOL",
-    "GROUP_NORM",
-    "INSTANCE_NORM",
     "CheckpointError",
     "ConversionError",
     "ConversionReport",
     "ConvertedOp",
+    "DEFAULT_RULES",
     "ExportError",
     "LocalAvgPool2d",
     "LocalGroupNorm",
     "LocalInstanceNorm2d",
+    "LocalMaxPool2d",
     "LocalPooledSequential",
+    "LocalStripAvgPool2d",
     "LocalTransposedAttention",
     "OnnxExport",
-    "POOLED_GATE",
-    "POOLED_POINTWISE",
     "Rule",
-    "TRANSPOSED_ATTENTION",
+    "RunSettings",
     "Site",
     "SkippedOp",
     "__version__",
     "archs",
-    "io",
-    "export_onnx",
-    "functional",
-    "metrics",
-    "models",
     "convert",
     "detect",
+    "export_onnx",
+    "functional",
+    "io",
     "load_model",
-    "read_state_dict",
     "local_group_norm",
     "local_instance_norm",
     "local_mean",
-    "local_mean_strided",
     "local_transposed_attention",
-    "transposed_attention",
-    "window_starts",
+    "metrics",
+    "models",
+    "ops",
+    "read_state_dict",
+    "restore",
+    "rules",
+    "run",
 ]

@@ -51,3 +51,20 @@ def test_readme_python_examples_run(capsys):
     assert isinstance(namespace["model"][1], tlc.LocalInstanceNorm2d)
     assert [op.rule for op in namespace["report"].converted if not op.location] == ["my-op"]
     assert isinstance(namespace["model"][2], MyLocalOp) and namespace["model"][2].window == (384, 384)
+
+
+def test_functional_doc_example_prints_what_the_doc_shows(tmp_path, monkeypatch, capsys):
+    """docs/functional.md: net.py as shown, converted, prints the report the doc shows."""
+    text = (README.parent / "docs" / "functional.md").read_text()
+    net, call = python_blocks(text)[:2]
+    shown = re.search(r"^```\n(TLC conversion:.*?)^```", text, flags=re.S | re.M).group(1)
+    (tmp_path / "net.py").write_text(net)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {"tlc": tlc}
+    exec(compile("from net import Net\n" + call, "docs/functional.md", "exec"), namespace)  # noqa: S102
+    printed = capsys.readouterr().out
+    # The deviation's last digits depend on the machine; everything else must be as shown.
+    strip = lambda t: re.sub(r"deviation at the training size \S+", "", t).strip()  # noqa: E731
+    assert strip(printed) == strip(shown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
+from ._norm_kernels import fused_group_norm_applies, fused_local_group_norm
 from .pool import clamp_window, opaque_local_mean, opaque_local_mean_applies, replicate_to, valid_local_mean
 
 
@@ -39,6 +40,8 @@ def local_group_norm(
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"channels ({c}) must be divisible by num_groups ({num_groups})")
     kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if fused_group_norm_applies(x, weight, bias) and not opaque_local_mean_applies(x):
+        return fused_local_group_norm(x, num_groups, (kh, kw), weight, bias, eps)
     acc = accumulation_dtype(x)
     groups = x.reshape(n, num_groups, c // num_groups, h, w)
 

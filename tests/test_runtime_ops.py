@@ -652,3 +652,15 @@ def test_converted_models_run_under_inference_mode():
         expected = converted(x)
     with torch.inference_mode():
         torch.testing.assert_close(converted(x), expected)
+
+
+def test_context_pooling_under_inference_mode():
+    """torch.inference_mode tracks no views: the layout comes from the module's input map."""
+    model = randomised(GCNetBlock())
+    converted, _ = tlc.convert(model, TRAIN)
+    x = image(1, 3, 30, 22, dtype=torch.float32)
+    with torch.no_grad():
+        expected = converted(x)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(converted(x), expected)

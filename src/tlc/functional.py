@@ -865,6 +865,7 @@ class _ModuleCall:
     path: str
     excluded: bool
     counts: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    map_size: tuple[int, int] | None = None  # (H, W) of the call's first argument if a 4-D map
 
 
 class _Enter:
@@ -874,7 +875,7 @@ class _Enter:
         self.converter, self.path, self.excluded = converter, path, excluded
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        self.converter._enter(self)
+        self.converter._enter(self, args)
 
 
 class _Leave:
@@ -943,6 +944,32 @@ def _context_operands(args: tuple, kwargs: dict, softmaxes: dict) -> tuple[SiteK
         if isinstance(out, torch.Tensor) and m.data_ptr() == out.data_ptr() and m.numel() == out.numel():
             return key, x_map, out
     return None
+
+
+def _context_maps(
+    args: tuple, kwargs: dict, weights: torch.Tensor | None, logits: torch.Tensor | None, sizes: list
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the (N, C, H, W) map, the (N, 1 or C, H, W) logits) of a paired product, or None.
+
+    The layout comes from the operands' bases where views are tracked, else from the innermost
+    running module whose input map has as many pixels as the product contracts over.
+    """
+    b = _bind(args, kwargs, ("input", "other"))
+    if b is None or weights is None or logits is None:
+        return None
+    a, m = b.get("input"), b.get("other")
+    if not isinstance(a, torch.Tensor) or not isinstance(m, torch.Tensor):
+        return None
+    if m.data_ptr() != weights.data_ptr() or m.numel() != weights.numel():
+        return None
+    length = a.shape[-1]
+    size = next((s for s in ([tuple(a._base.shape[-2:])] if a._base is not None and a._base.dim() == 4 else [])
+                 + [s for s in sizes if s is not None] if s[0] * s[1] == length), None)
+    if size is None or a.numel() % length or logits.numel() % length:
+        return None
+    n = a.shape[0]
+    x_map = a.reshape(n, a.numel() // (n * length), *size)
+    return x_map, logits.reshape(n, logits.numel() // (n * length), *size)
 
 
 class _LocalCalls(TorchFunctionMode):
@@ -1057,24 +1084,27 @@ class CallSiteConverter:
 
     def _context_pool(self, key: SiteKey, func: Callable, args: tuple, kwargs: dict, site: Site) -> object:
         """The product of a converted context pair: the global result as a pooled value carrying the
-        softmax-weighted mean of every window (:func:`tlc.ops.local_softmax_pool`)."""
+        softmax-weighted mean of every window (:func:`tlc.ops.local_softmax_pool`). Where the map's
+        layout cannot be told (views are not tracked under ``torch.inference_mode``, and no running
+        module was given a map of H*W pixels) the product stays global, with a warning."""
         softmax_key = self._context[key]
-        weights = {k: out for k, (out, _) in self._thread.softmaxes.items() if k == softmax_key}
-        found = _context_operands(args, kwargs, weights)
-        logits = self._thread.softmaxes.get(softmax_key, (None, None))[1]
-        base = getattr(logits, "_base", None)
-        if found is None or base is None or base.dim() != 4 or base.shape[-2:] != found[1].shape[-2:]:
-            raise PooledValueError("context pooling: the map or the softmax's logits are not views of (N, C, H, W) maps", {key})
-        x_map = found[1]
+        out, logits = self._thread.softmaxes.get(softmax_key, (None, None))
+        found = _context_maps(args, kwargs, out, logits, [call.map_size for call in reversed(self._stack())])
+        if found is None:
+            if key not in self._unknown:
+                self._unknown[key] = "context pooling whose map layout cannot be told here"
+                warnings.warn(f"tlc: {self._unknown[key]} (module '{key[0]}'); it stays global", stacklevel=2)
+            return func(*args, **kwargs)
+        x_map, logits_map = found
         h, w = x_map.shape[-2:]
         kh, kw = min(site.window[0], h), min(site.window[1], w)
-        pooled = local_softmax_pool(x_map, base.reshape(base.shape[0], -1, h, w), (kh, kw))
+        pooled = local_softmax_pool(x_map, logits_map, (kh, kw))
         top, left = (kh - 1) // 2, (kw - 1) // 2
         valid = pooled[:, :, top : top + h - kh + 1, left : left + w - kw + 1]
         return self._thread.mode.values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
     # --- hooks
-    def _enter(self, hook: _Enter) -> None:
+    def _enter(self, hook: _Enter, args: tuple = ()) -> None:
         stack = self._stack()
         if not stack:
             self._thread.softmaxes = {}
@@ -1083,7 +1113,9 @@ class CallSiteConverter:
             mode.__enter__()
             self._thread.mode = mode
         excluded = hook.excluded or (stack[-1].excluded if stack else False)
-        stack.append(_ModuleCall(hook, hook.path, excluded))
+        first = args[0] if args else None
+        size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+        stack.append(_ModuleCall(hook, hook.path, excluded, map_size=size))
 
     def _leave(self, hook: _Enter, output: object = None) -> None:
         stack = self._stack()

@@ -22,6 +22,7 @@ bench: venv
 	$(PY) bench/local_mean.py
 	$(PY) bench/attention.py
 	$(PY) bench/local_ops.py
+	$(PY) bench/corpus.py
 	$(PY) bench/networks.py
 	$(PY) bench/half_precision.py
 

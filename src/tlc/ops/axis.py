@@ -20,6 +20,7 @@ import torch
 
 from ._common import accumulation_dtype
 from ._kernels import fused_local_mean, fused_local_mean_available
+from .pool import sliding_sum
 
 
 def check_axis(x: torch.Tensor, window: int, dim: int) -> tuple[int, int]:
@@ -101,24 +102,11 @@ def block_window_scan(t: torch.Tensor, k: int, dim: int, scan: Scan, combine: Co
     return out.reshape(*shape[:dim], count, *shape[dim + 1 :])
 
 
-def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """Sums of ``k`` consecutive entries along ``dim`` (valid positions), by one prefix sum."""
-    length = x.shape[dim]
-    if k == length:
-        return x.sum(dim=dim, keepdim=True, dtype=dtype)
-    if k == 1:
-        return x.to(dtype)
-    prefix = torch.cumsum(x, dim=dim, dtype=dtype)
-    out = prefix.narrow(dim, k - 1, length - k + 1).clone()
-    out.narrow(dim, 1, length - k).sub_(prefix.narrow(dim, 0, length - k))
-    return out
-
-
 def valid_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     """Means of every window of ``window`` entries along ``dim`` lying inside the axis
     (``L - k + 1`` entries along ``dim``, k clamped to L), dtype of ``x``, float64 sums."""
     dim, k = check_axis(x, window, dim)
-    return (_sliding_sum(x, k, dim, accumulation_dtype(x)) / k).to(x.dtype)
+    return (sliding_sum(x, k, dim, accumulation_dtype(x)) / k).to(x.dtype)
 
 
 def local_axis_mean(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, traci
 from ._kernels import fused_local_mean, fused_local_mean_available
 
 
-def _sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+def sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Sums of ``k`` consecutive entries along ``dim`` (valid positions only), in ``dtype``.
 
     Output length along ``dim`` is ``L - k + 1``. Uses one prefix sum and one difference.
@@ -65,7 +65,7 @@ def window_sums(x: torch.Tensor, window: int | Pair, dtype: torch.dtype | None =
     if not tracing() and kh == x.shape[-2] and kw == x.shape[-1]:
         return x.sum(dim=(-2, -1), keepdim=True, dtype=dtype)
     # Along W first: the map shrinks to W - kw + 1 columns before the second prefix sum.
-    return _sliding_sum(_sliding_sum(x, kw, -1, dtype), kh, -2, dtype)
+    return sliding_sum(sliding_sum(x, kw, -1, dtype), kh, -2, dtype)
 
 
 def replicate_to(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

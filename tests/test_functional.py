@@ -13,7 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import tlc
-from tlc.functional import CallSiteConverter, installed, recognise
+from tlc.convert.call_sites import CallSiteConverter, installed, recognise
 from tlc.ops import local_var
 
 

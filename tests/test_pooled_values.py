@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from .conftest import TOLERANCE
 from tlc.archs.nafnet import NAFNet
 from tlc.ops.pool import local_mean, valid_local_mean, window_sums
-from tlc.pooled_values import PooledValueError, PooledValues
+from tlc.convert.pooled_values import PooledValueError, PooledValues
 
 SIZE = (9, 13)
 WINDOWS = [(6, 9), (20, 6), (3, 20)]  # smaller than the map; covering one axis only

@@ -6,7 +6,7 @@ first or last, ``q @ k^T`` or ``k @ q^T``) but compute the same thing on tokens 
 (h, w) map: q and k (..., d, L) L2-normalised over the L = h*w tokens, ``attn = softmax(q k^T *
 scale, dim=-1)`` (d x d per head), ``out = attn @ v``. The sums over L make it a global op.
 
-Recognition (:class:`TransposedAttentionRecorder`, during the calibration forward): a
+Recognition (:class:`tlc.convert.attention.TransposedAttentionRecorder`, during the calibration forward): a
 :class:`~torch.overrides.TorchFunctionMode` sees every torch call and module hooks give the
 innermost module running. It records
 
@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -61,8 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .ops import local_transposed_attention
-from .ops._common import Pair, as_pair
+from ..ops import local_transposed_attention
+from ..ops._common import Pair, as_pair
 
 _T = torch.Tensor
 
@@ -186,7 +184,7 @@ def layout_in_call(length: int, merges: list[Pair], args: tuple, kwargs: dict) -
 
 
 @dataclass(eq=False)
-class _Normed:
+class Normed:
     """A tensor normalised over its last axis: the raw input and how."""
 
     raw: torch.Tensor
@@ -198,11 +196,11 @@ class _Normed:
 
 
 @dataclass(eq=False)
-class _Chain:
+class Chain:
     """One Gram of two normalised tensors, followed towards ``softmax(.) @ v``."""
 
-    left: _Normed
-    right: _Normed
+    left: Normed
+    right: Normed
     owner: object
     reason: str | None = None
     done: bool = False
@@ -214,15 +212,15 @@ class _Chain:
 
 
 @dataclass(frozen=True)
-class _Tag:
+class Tag:
     kind: str  # "norm", "normT" (transposed), "gram", "probs"
-    normed: _Normed | None = None
-    chain: _Chain | None = None
+    normed: Normed | None = None
+    chain: Chain | None = None
     scale: tuple[tuple[str, object], ...] = ()
     deferred: bool = False  # "norm"/"normT" holding the raw values: normalised only if used elsewhere
 
 
-class _NotLocal(Exception):
+class NotLocal(Exception):
     """The matched pattern cannot be made local; the message says why."""
 
 
@@ -234,15 +232,15 @@ class _Plan:
     temperature: torch.Tensor
 
 
-def _plan(chain: _Chain, scale: tuple[tuple[str, object], ...], v: torch.Tensor) -> _Plan:
+def attention_plan(chain: Chain, scale: tuple[tuple[str, object], ...], v: torch.Tensor) -> _Plan:
     """How ``softmax(norm(q) norm(k)^T * scale) @ v`` maps onto local_transposed_attention's
-    (N, heads*d, h, w) maps and (heads, 1, 1) temperature; raises _NotLocal with the reason."""
+    (N, heads*d, h, w) maps and (heads, 1, 1) temperature; raises NotLocal with the reason."""
     q, k = chain.left.raw, chain.right.raw
     for normed in (chain.left, chain.right):
         if normed.p != 2 or normed.eps != _EPS:
-            raise _NotLocal(f"F.normalize with p={normed.p}, eps={normed.eps} (the local form uses p=2, eps={_EPS})")
+            raise NotLocal(f"F.normalize with p={normed.p}, eps={normed.eps} (the local form uses p=2, eps={_EPS})")
     if q.shape != k.shape or v.shape != q.shape:
-        raise _NotLocal(f"q, k and v differ in shape ({tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})")
+        raise NotLocal(f"q, k and v differ in shape ({tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)})")
     lead, d = tuple(q.shape[:-2]), q.shape[-2]
     n, heads = (lead[0] if lead else 1), math.prod(lead[1:])
     total = torch.ones((), dtype=q.dtype, device=q.device)
@@ -250,25 +248,25 @@ def _plan(chain: _Chain, scale: tuple[tuple[str, object], ...], v: torch.Tensor)
         total = total * operand if op == "mul" else total / operand
     attn = (*lead, d, d)
     if total.dim() > len(attn):
-        raise _NotLocal(f"a scale of shape {tuple(total.shape)} changes the attention's shape")
+        raise NotLocal(f"a scale of shape {tuple(total.shape)} changes the attention's shape")
     pad = (1,) * (len(attn) - total.dim()) + tuple(total.shape)
     if pad[-1] != 1 or pad[-2] != 1:
-        raise _NotLocal(f"a scale of shape {tuple(total.shape)} varies within a head's attention matrix")
+        raise NotLocal(f"a scale of shape {tuple(total.shape)} varies within a head's attention matrix")
     if lead and pad[0] != 1:
-        raise _NotLocal(f"a scale of shape {tuple(total.shape)} varies per image")
+        raise NotLocal(f"a scale of shape {tuple(total.shape)} varies per image")
     temperature = total.reshape(pad).expand(*(1,) * bool(lead), *lead[1:], 1, 1).reshape(heads, 1, 1)
     return _Plan(n, heads, d, temperature)
 
 
-def _tensors(obj: object) -> Iterator[torch.Tensor]:
+def tensors_in(obj: object) -> Iterator[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (tuple, list)):
         for item in obj:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(obj, dict):
         for item in obj.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: object) -> object:
@@ -291,7 +289,7 @@ def _last_two_swapped(func: object, kind: str, args: tuple, kwargs: dict, ndim: 
     return [int(d) % ndim for d in dims] == [*range(ndim - 2), ndim - 1, ndim - 2]
 
 
-class _Follower(TorchFunctionMode):
+class Follower(TorchFunctionMode):
     """Follows the pattern by tensor identity. Subclasses decide who owns a normalisation, what
     the Gram and the final product return, and what a use outside the pattern means."""
 
@@ -300,33 +298,33 @@ class _Follower(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tags: dict[int, tuple[torch.Tensor, _Tag]] = {}  # strong references: ids stay unique
+        self.tags: dict[int, tuple[torch.Tensor, Tag]] = {}  # strong references: ids stay unique
         self.merges: list[Pair] = []
 
     # --- to be provided
     def owner(self) -> object | None:
         raise NotImplementedError
 
-    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
+    def gram(self, func, args, kwargs, chain: Chain) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
 
-    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
+    def final(self, func, args, kwargs, tag: Tag) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
 
-    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
+    def escape(self, func, args, kwargs, tags: list[Tag], what: str) -> object:  # noqa: ANN001
         raise NotImplementedError
 
     def on_conv(self, x: torch.Tensor, result: torch.Tensor) -> None:
         pass
 
     # --- bookkeeping
-    def tag_of(self, x: object) -> _Tag | None:
+    def tag_of(self, x: object) -> Tag | None:
         if not isinstance(x, torch.Tensor):
             return None
         entry = self.tags.get(id(x))
         return entry[1] if entry is not None and entry[0] is x else None
 
-    def tag(self, x: torch.Tensor, tag: _Tag) -> torch.Tensor:
+    def tag(self, x: torch.Tensor, tag: Tag) -> torch.Tensor:
         self.tags[id(x)] = (x, tag)
         return x
 
@@ -335,7 +333,7 @@ class _Follower(TorchFunctionMode):
         kind = _kind(func)
         tagged = [(i, t) for i, a in enumerate(args) if (t := self.tag_of(a)) is not None]
         nested = [a for a in args if not isinstance(a, torch.Tensor)] + [kwargs]
-        hidden = [t for x in _tensors(nested) if (t := self.tag_of(x)) is not None]
+        hidden = [t for x in tensors_in(nested) if (t := self.tag_of(x)) is not None]
         if hidden:
             tagged.append((-1, None))  # in a list or a keyword argument: no step of the pattern
         if not tagged:
@@ -361,17 +359,17 @@ class _Follower(TorchFunctionMode):
             return func(*args, **kwargs)
         if dim % x.dim() != x.dim() - 1 or _arg(args, kwargs, 4, "out", None) is not None:
             return func(*args, **kwargs)
-        normed = _Normed(x, float(_arg(args, kwargs, 1, "p", 2.0)), float(_arg(args, kwargs, 3, "eps", _EPS)), owner)
+        normed = Normed(x, float(_arg(args, kwargs, 1, "p", 2.0)), float(_arg(args, kwargs, 3, "eps", _EPS)), owner)
         self.on_normed(normed)
         if self.defers:
-            return self.tag(x.view_as(x), _Tag("norm", normed=normed, deferred=True))
-        return self.tag(func(*args, **kwargs), _Tag("norm", normed=normed))
+            return self.tag(x.view_as(x), Tag("norm", normed=normed, deferred=True))
+        return self.tag(func(*args, **kwargs), Tag("norm", normed=normed))
 
-    def on_normed(self, normed: _Normed) -> None:
+    def on_normed(self, normed: Normed) -> None:
         pass
 
     @staticmethod
-    def materialize(x: object, tag: _Tag | None) -> object:
+    def materialize(x: object, tag: Tag | None) -> object:
         """The real value of a deferred normalisation (``x`` itself otherwise)."""
         if tag is None or not tag.deferred:
             return x
@@ -383,10 +381,10 @@ class _Follower(TorchFunctionMode):
         if len(tagged) == 2 and kind == "matmul" and [i for i, _ in tagged] == [0, 1]:
             (_, left), (_, right) = tagged
             if left.kind == "norm" and right.kind == "normT":
-                chain = _Chain(left.normed, right.normed, left.normed.owner)
+                chain = Chain(left.normed, right.normed, left.normed.owner)
                 if right.normed.owner is not left.normed.owner:
                     chain.reason = "q and k are normalised in different modules"
-                return self.tag(self.gram(func, args, kwargs, chain), _Tag("gram", chain=chain))
+                return self.tag(self.gram(func, args, kwargs, chain), Tag("gram", chain=chain))
             return _NO_STEP
         if len(tagged) != 1:
             return _NO_STEP
@@ -407,13 +405,13 @@ class _Follower(TorchFunctionMode):
             operand = args[1 - i]
             if not isinstance(operand, (torch.Tensor, int, float)) or isinstance(operand, bool):
                 return _NO_STEP
-            scaled = _Tag("gram", chain=tag.chain, scale=(*tag.scale, (kind.rstrip("_"), operand)))
+            scaled = Tag("gram", chain=tag.chain, scale=(*tag.scale, (kind.rstrip("_"), operand)))
             return self.tag(func(*args, **kwargs), scaled)
         if tag.kind == "gram" and kind == "softmax" and i == 0:
             dim = _arg(args, kwargs, 1, "dim", None)
             result = func(*args, **kwargs)
             if isinstance(dim, int) and dim % args[0].dim() == args[0].dim() - 1:
-                return self.tag(result, _Tag("probs", chain=tag.chain, scale=tag.scale))
+                return self.tag(result, Tag("probs", chain=tag.chain, scale=tag.scale))
             tag.chain.reason = tag.chain.reason or f"the softmax runs over dim {dim}, not over the last axis"
             return self.escape_result(result, tag)
         if tag.kind == "probs" and kind == "dropout" and i == 0:
@@ -426,7 +424,7 @@ class _Follower(TorchFunctionMode):
             return self.final(func, args, kwargs, tag)
         return _NO_STEP
 
-    def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
+    def escape_result(self, result: torch.Tensor, tag: Tag) -> torch.Tensor:
         """A step that ends the pattern (a softmax over another axis): the result is real here."""
         return result
 
@@ -434,179 +432,10 @@ class _Follower(TorchFunctionMode):
 _NO_STEP = object()
 
 
-# ----------------------------------------------------------------------------- recognition
-
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-
-
-def _caller_location() -> str:
-    """``file.py:line`` of the model code making the current torch call (first frame outside
-    torch and this file)."""
-    frame = sys._getframe(1)
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__
-    ):
-        frame = frame.f_back
-    return "<unknown>" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-
-
-
-@dataclass(eq=False)
-class _ModuleCall:
-    module: nn.Module
-    args: tuple
-    kwargs: dict
-    first_merge: int
-    normed: list[_Normed] = field(default_factory=list)
-    chains: list[_Chain] = field(default_factory=list)
-
-
-class TransposedAttentionRecorder(_Follower):
-    """Finds transposed attentions by what they compute, during one forward of ``model``.
-
-    Use as a context manager around a forward (no grad, eval mode: tlc.convert's calibration).
-    Afterwards :attr:`found` maps each module whose own code ran the pattern (or part of it over
-    flattened feature-map tokens) to its token layout (h, w), or to why it stays global.
-
-    Args:
-        model: the model whose modules are watched (hooks for the duration only).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.found: dict[nn.Module, Pair | str] = {}
-        self._results: dict[nn.Module, list[Pair | str]] = {}
-        self._stack: list[_ModuleCall] = []
-        self._handles: list = []
-        self._sizes: set[Pair] = set()  # (h, w) of every convolution's input and output
-
-    def __enter__(self) -> TransposedAttentionRecorder:
-        for module in self.model.modules():
-            self._handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._leave, always_call=True))
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.tags.clear()
-        for module, results in self._results.items():
-            reasons = [r for r in results if isinstance(r, str)]
-            layouts = sorted({r for r in results if not isinstance(r, str)})
-            if reasons:
-                self.found[module] = reasons[0]
-            elif len(layouts) > 1:
-                sizes = ", ".join(f"{h}x{w}" for h, w in layouts)
-                self.found[module] = f"attention over tokens of several layouts ({sizes}); give each its own module"
-            else:
-                self.found[module] = layouts[0]
-
-    # --- hooks
-    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._stack.append(_ModuleCall(module, args, kwargs, len(self.merges)))
-
-    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
-        if not self._stack or self._stack[-1].module is not module:
-            return  # its pre-hook never ran
-        call = self._stack.pop()
-        for t in _tensors(output):
-            tag = self.tag_of(t)
-            if tag is not None and tag.chain is not None and tag.chain.owner is call:
-                tag.chain.reason = tag.chain.reason or "the module returns its attention matrix"
-            elif tag is not None and tag.normed is not None and tag.normed.owner is call:
-                tag.normed.escaped = tag.normed.escaped or "the module's output"
-        results = self._results.setdefault(call.module, []) if call.chains or call.normed else None
-        for chain in call.chains:
-            layout = self._layout(chain.length)
-            if layout is None:
-                continue  # not an axis of flattened feature-map tokens
-            reason = None
-            if chain.reason is not None:
-                reason = chain.reason
-            elif not chain.done:
-                reason = "q k^T over the tokens is not followed by softmax(dim=-1) and a product with v"
-            elif isinstance(layout, str) or isinstance(chain.outcome, str):
-                reason = layout if isinstance(layout, str) else chain.outcome
-            elif chain.outcome != layout:
-                reason = f"tokens of layout {layout[0]}x{layout[1]} read as {chain.outcome[0]}x{chain.outcome[1]}"
-            results.append(layout if reason is None else f"{reason} (attention at {chain.left.location})")
-        for normed in call.normed:
-            if normed.escaped is not None and self._layout(normed.raw.shape[-1]) is not None:
-                results.append(
-                    f"q or k normalised over all the tokens is also used by {normed.escaped} ({normed.location})"
-                )
-        if results == []:
-            del self._results[call.module]
-        self.tags = {key: entry for key, entry in self.tags.items() if self._owner_of(entry[1]) is not call}
-
-    @staticmethod
-    def _owner_of(tag: _Tag) -> object:
-        return tag.normed.owner if tag.normed is not None else tag.chain.owner
-
-    def _layout(self, length: int) -> Pair | str | None:
-        """The (h, w) of ``length`` tokens flattened from a feature map; a reason if several
-        layouts fit; None if no feature map was flattened to that length."""
-        pairs = {pair for pair in self.merges if pair[0] * pair[1] == length and pair in self._sizes}
-        if len(pairs) > 1:
-            shapes = ", ".join(f"{a}x{b}" for a, b in sorted(pairs))
-            return f"the {length} tokens could come from feature maps of {shapes}"
-        return next(iter(pairs)) if pairs else None
-
-    # --- the follower's decisions
-    def owner(self) -> object | None:
-        return self._stack[-1] if self._stack else None
-
-    def on_normed(self, normed: _Normed) -> None:
-        normed.owner.normed.append(normed)
-        normed.location = _caller_location()
-
-    def on_conv(self, x: torch.Tensor, result: torch.Tensor) -> None:
-        for t in (x, result):
-            if t.dim() >= 3:
-                self._sizes.add((t.shape[-2], t.shape[-1]))
-
-    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
-        chain.owner.chains.append(chain)
-        return func(*args, **kwargs)
-
-    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
-        chain, call = tag.chain, self._stack[-1] if self._stack else None
-        result = func(*args, **kwargs)
-        if chain.done:
-            chain.reason = chain.reason or "the attention matrix is applied to more than one value tensor"
-            return result
-        chain.done = True
-        if call is not chain.owner:
-            chain.reason = chain.reason or "the product with v runs in another module than the normalisation"
-            return result
-        try:
-            _plan(chain, tag.scale, args[1])
-        except _NotLocal as err:
-            chain.reason = chain.reason or str(err)
-            return result
-        merges = self.merges[call.first_merge :]
-        chain.outcome = layout_in_call(chain.length, merges, call.args, call.kwargs)
-        return result
-
-    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
-        result = func(*args, **kwargs)
-        if not any(isinstance(r, torch.Tensor) for r in _tensors(result)):
-            return result  # sizes, dims, dtypes: not a use of the values
-        for tag in tags:
-            if tag.normed is not None:
-                tag.normed.escaped = tag.normed.escaped or what
-            else:
-                tag.chain.reason = tag.chain.reason or f"its attention matrix is also used by {what}"
-        return result
-
-
 # ----------------------------------------------------------------------------- the local module
 
 
-class _LocalChains(_Follower):
+class _LocalChains(Follower):
     """The mode a :class:`LocalTransposedAttention` runs its forward under."""
 
     defers = True  # the local op normalises per window: the whole-map normalisation is not needed
@@ -625,20 +454,20 @@ class _LocalChains(_Follower):
     def owner(self) -> object | None:
         return self.module if self.depth == 0 else None
 
-    def gram(self, func, args, kwargs, chain: _Chain) -> torch.Tensor:  # noqa: ANN001
+    def gram(self, func, args, kwargs, chain: Chain) -> torch.Tensor:  # noqa: ANN001
         # Shape and dtype of q k^T, values unused: the scale and softmax run on it for their shapes.
         q, k = args
         shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-1])
         return torch.zeros(shape, dtype=torch.result_type(q, k), device=q.device)
 
-    def final(self, func, args, kwargs, tag: _Tag) -> torch.Tensor:  # noqa: ANN001
+    def final(self, func, args, kwargs, tag: Tag) -> torch.Tensor:  # noqa: ANN001
         chain, v = tag.chain, args[1]
         name = type(self.module).__name__
         if chain.reason is not None:
             raise RuntimeError(f"{name}: its transposed attention cannot run locally here: {chain.reason}")
         try:
-            plan = _plan(chain, tag.scale, v)
-        except _NotLocal as err:
+            plan = attention_plan(chain, tag.scale, v)
+        except NotLocal as err:
             raise RuntimeError(f"{name}: its transposed attention cannot run locally here: {err}") from None
         layout = layout_in_call(chain.length, self.merges, self.args, self.kwargs)
         if isinstance(layout, str):
@@ -648,10 +477,10 @@ class _LocalChains(_Follower):
         out = local_transposed_attention(*maps, plan.temperature, plan.heads, self.module.local_window)
         return out.reshape(v.shape).to(torch.result_type(args[0], v))
 
-    def escape(self, func, args, kwargs, tags: list[_Tag], what: str) -> object:  # noqa: ANN001
+    def escape(self, func, args, kwargs, tags: list[Tag], what: str) -> object:  # noqa: ANN001
         if any(tag.chain is not None for tag in tags):
             result = func(*args, **kwargs)
-            if not any(isinstance(r, torch.Tensor) for r in _tensors(result)):
+            if not any(isinstance(r, torch.Tensor) for r in tensors_in(result)):
                 return result
             raise RuntimeError(
                 f"{type(self.module).__name__}: its attention matrix is used by {what}, which a local "
@@ -670,7 +499,7 @@ class _LocalChains(_Follower):
             kwargs = {key: real(a) for key, a in kwargs.items()}
         return func(*args, **kwargs)  # normalised q/k as their real values: any use is fine
 
-    def escape_result(self, result: torch.Tensor, tag: _Tag) -> torch.Tensor:
+    def escape_result(self, result: torch.Tensor, tag: Tag) -> torch.Tensor:
         raise RuntimeError(f"{type(self.module).__name__}: {tag.chain.reason}; it cannot run locally")
 
 
@@ -717,7 +546,7 @@ class LocalTransposedAttention(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        if any(mode.tag_of(t) is not None for t in _tensors(out)):
+        if any(mode.tag_of(t) is not None for t in tensors_in(out)):
             raise RuntimeError(
                 f"{type(self).__name__} returns its attention matrix or normalised q/k, which a local attention "
                 "does not compute"

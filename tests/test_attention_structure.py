@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import tlc
-from tlc.nn.attention import LocalTransposedAttention, layout_in_call, merged_pairs
+from tlc.nn.attention import LocalTransposedAttention
+from tlc.nn.attention_pattern import layout_in_call, merged_pairs
 
 from .conftest import TOLERANCE
 from .test_attention import reference_starts

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..nn import attention as _followed
-from ..nn.attention import Chain, Follower, Normed, NotLocal, Tag, attention_plan, layout_in_call, tensors_in
+from ..nn import attention_pattern as _followed
+from ..nn.attention_pattern import Chain, Follower, Normed, NotLocal, Tag, attention_plan, layout_in_call, tensors_in
 from ..ops._common import Pair
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep

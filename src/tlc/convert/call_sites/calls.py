@@ -107,7 +107,7 @@ def no_keepdim(op: str) -> str:
     return f"{POOLED_VALUE} (keepdim=False): {op}'s result has no spatial dimensions to hold local values"
 
 
-# Whole-map poolings whose result can be carried as a pooled value (see tlc.pooled_values):
+# Whole-map poolings whose result can be carried as a pooled value (see tlc.convert.pooled_values):
 # op -> how its value over a window is computed.
 POOLINGS = {
     "mean": "mean", "adaptive_avg_pool2d": "mean", "avg_pool2d": "mean", "sum": "sum",

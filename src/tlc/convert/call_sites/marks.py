@@ -10,8 +10,6 @@ import torch
 
 from .calls import bind
 
-# ----------------------------------------------------------------------------- hand-written statistics
-#
 # A mean written by hand (``x.sum(3, keepdim=True).sum(2, keepdim=True) / (H * W)``) converts
 # site by site: axis means are separable, so the chain is the local mean. A variance written by
 # hand, ``((x - mean) ** 2)`` reduced the same way, does not: each pixel's square would be centred

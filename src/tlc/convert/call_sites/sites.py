@@ -48,8 +48,6 @@ class CallSite:
         return f"{where} #{self.occurrence}" if self.occurrence else where
 
 
-# ----------------------------------------------------------------------------- recognising calls
-
 #: Start of the reason of every site left global only because its (pooled) result leaves the
 #: (N, C, H, W) layout: a per-window counterpart carried through the consumer would make it local.
 POOLED_VALUE = "pooled value leaves the map layout"

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import tlc
-from tlc.local_attention import LocalTransposedAttention, layout_in_call, merged_pairs
+from tlc.nn.attention import LocalTransposedAttention
+from tlc.nn.attention_pattern import layout_in_call, merged_pairs
 
 from .conftest import TOLERANCE
 from .test_attention import reference_starts
@@ -603,8 +604,7 @@ def test_the_rules_do_not_import_the_model_zoo():
     from pathlib import Path
 
     root = Path(tlc.__file__).parent
-    layers = ("nn.py", "rules.py", "convert.py", "local_attention.py")
-    for path in [*(root / "ops").glob("*.py"), *(root / name for name in layers)]:
+    for path in [p for layer in ("ops", "nn", "convert") for p in (root / layer).rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] + [alias.name for alias in node.names]

@@ -13,7 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import tlc
-from tlc.functional import CallSiteConverter, installed, recognise
+from tlc.convert.call_sites import CallSiteConverter, installed, recognise
 from tlc.ops import local_var
 
 
@@ -405,7 +405,7 @@ def test_deepcopy_pickle_and_state_dict_keep_the_conversion():
         assert torch.equal(loaded(x), expected)
         # Converting again replaces the earlier functional conversion instead of stacking a second.
         again, report = tlc.convert(converted, 16, rules=(), functional=True)
-        assert sum(1 for h in again._forward_pre_hooks.values() if type(h).__name__ == "_Enter") == 1
+        assert sum(1 for h in again._forward_pre_hooks.values() if type(h).__name__ == "Enter") == 1
         assert len(report.call_sites) == 4 and torch.equal(again(x), expected)
     assert installed(functional) is None  # the input model is untouched
 

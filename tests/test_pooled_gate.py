@@ -9,7 +9,7 @@ from torch import nn
 import tlc
 from tlc.ops.gate import apply_pointwise, multiply_replicated
 from tlc.ops.pool import replicate_to, valid_local_mean
-from tlc.pooled_gate import gate_plan
+from tlc.convert.pooled_gate import gate_plan
 
 PLAIN_RULES = [tlc.rules.GLOBAL_AVG_POOL, tlc.rules.INSTANCE_NORM, tlc.rules.GROUP_NORM]  # the pooling alone made local
 

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from .conftest import TOLERANCE
 from tlc.archs.nafnet import NAFNet
 from tlc.ops.pool import local_mean, valid_local_mean, window_sums
-from tlc.pooled_values import PooledValueError, PooledValues
+from tlc.convert.pooled_values import PooledValueError, PooledValues
 
 SIZE = (9, 13)
 WINDOWS = [(6, 9), (20, 6), (3, 20)]  # smaller than the map; covering one axis only
@@ -696,9 +696,9 @@ def test_fed_by_valid_local_mean():
 @pytest.mark.parametrize("c_in,c_out,k,padding", [(1, 1, 3, 1), (2, 3, 5, 2), (3, 2, 1, 0)])
 def test_conv1d_on_folded_values_equals_torch_conv1d(c_in, c_out, k, padding):
     """Conv1d across pooled vectors (ECA) runs as one product per tap: the same sums as F.conv1d."""
-    from tlc.pooled_values import _conv1d_as_products
+    from tlc.convert.pooled_values import conv1d_as_products
 
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(7, c_in, 11, generator=g), torch.randn(c_out, c_in, k, generator=g), torch.randn(c_out, generator=g)
-    torch.testing.assert_close(_conv1d_as_products((x, weight, bias, 1, padding)), F.conv1d(x, weight, bias, 1, padding))
-    assert _conv1d_as_products((x, weight, bias, 2, padding)) is None  # strided: left to torch
+    torch.testing.assert_close(conv1d_as_products((x, weight, bias, 1, padding)), F.conv1d(x, weight, bias, 1, padding))
+    assert conv1d_as_products((x, weight, bias, 2, padding)) is None  # strided: left to torch

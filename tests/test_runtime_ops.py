@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tlc
-from tlc.functional import POOLED_VALUE, recognise
+from tlc.convert.call_sites import POOLED_VALUE, recognise
 
 TRAIN = 16  # base 24: a 16x16 map gets 24x24 windows, an 8x8 map 12x12
 

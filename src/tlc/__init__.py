@@ -9,14 +9,20 @@ size of the training crop, without retraining (Chu et al., ECCV 2022, arXiv 2112
     >>> print(report)
 """
 
-from . import archs, functional, io, metrics, models, ops, rules, run
-from .convert import ConversionError, ConversionReport, ConvertedOp, SkippedOp, convert
+from . import archs, functional, io, metrics, models, ops, run
+from .convert import ConversionError, ConversionReport, ConvertedOp, DEFAULT_RULES, Rule, Site, SkippedOp, convert, rules
+from .convert.call_sites import CallSite
 from .export import ExportError, OnnxExport, export_onnx
-from .functional import CallSite
-from .local_attention import LocalTransposedAttention
-from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalMaxPool2d, LocalPooledSequential, LocalStripAvgPool2d
+from .nn import (
+    LocalAvgPool2d,
+    LocalGroupNorm,
+    LocalInstanceNorm2d,
+    LocalMaxPool2d,
+    LocalPooledSequential,
+    LocalStripAvgPool2d,
+    LocalTransposedAttention,
+)
 from .ops import local_group_norm, local_instance_norm, local_mean, local_transposed_attention
-from .rules import DEFAULT_RULES, Rule, Site
 from .run import RunSettings, restore
 from .zoo import CheckpointError, detect, load_model, read_state_dict
 

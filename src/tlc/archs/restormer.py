@@ -8,7 +8,7 @@ Network. State_dict keys follow the released checkpoints (e.g. ``encoder_level1.
 
 The global attention becomes local through the rule ``tlc.rules.TRANSPOSED_ATTENTION`` (one of
 :data:`tlc.DEFAULT_RULES`), which recognises it by what it computes, as any other transposed
-attention (:mod:`tlc.local_attention`).
+attention (:mod:`tlc.nn.attention`).
 """
 
 from __future__ import annotations

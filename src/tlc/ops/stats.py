@@ -15,7 +15,8 @@ def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> 
     kh, kw = clamp_window(as_pair(window, "window"), x.shape[-2:])
     acc = accumulation_dtype(x)
     h, w = x.shape[-2:]
-    # sum / count, not mean: a mean over (2, 3) here would be one of the calls tlc.functional converts.
+    # sum / count, not mean: a mean over (2, 3) here would be one of the calls the run-time view
+    # (tlc.convert.call_sites) converts.
     centre = x.sum(dim=(-2, -1), keepdim=True, dtype=acc) / (h * w)
     centred = x.to(acc) - centre
     area = kh * kw

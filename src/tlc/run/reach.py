@@ -97,8 +97,7 @@ def _conv_like_reach(module: nn.Module, s_in: tuple[float, float]) -> tuple[floa
 
 def _window_module(module: nn.Module) -> tuple[Pair, bool] | None:
     """(window in feature pixels, centred on each pixel?) of a TLC local op, else None."""
-    from ..local_attention import LocalTransposedAttention
-    from ..nn import LocalAvgPool2d, LocalPooledSequential
+    from ..nn import LocalAvgPool2d, LocalPooledSequential, LocalTransposedAttention
 
     if isinstance(module, LocalPooledSequential):
         return module[0].window, not module[0].fast

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .nn import LocalAvgPool2d, is_pointwise
-from .ops._common import Pair, as_pair
-from .ops.gate import apply_pointwise, multiply_replicated, pad_replicate
-from .ops.pool import valid_local_mean
+from ..nn import LocalAvgPool2d, is_pointwise
+from ..ops._common import Pair, as_pair
+from ..ops.gate import apply_pointwise, multiply_replicated, pad_replicate
+from ..ops.pool import valid_local_mean
 
 
 class _ChildrenAsLeaves(fx.Tracer):

@@ -10,150 +10,20 @@ the converted model reproduce the original there; :func:`convert` checks that it
 from __future__ import annotations
 
 import copy
-import itertools
-import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from ._util import default_base_size, one_line, output_tensors
-from .functional import CallSite, convert_call_sites, remove_call_site_conversion
-from .ops._common import Pair, as_pair
+from .._util import default_base_size, one_line, output_tensors
+from ..ops._common import Pair, as_pair
+from .calibrate import calibrate, is_conv, probe_input, run
+from .call_sites import CallSite, convert_call_sites, remove_call_site_conversion
+from .report import ConversionError, ConversionReport, ConvertedOp, SkippedOp, size_text
 from .rules import DEFAULT_RULES, Rule, Site
-
-
-class ConversionError(RuntimeError):
-    """The model could not be converted (the message names the module at fault).
-
-    ``module`` holds that module where one was running, else None.
-    """
-
-    def __init__(self, message: str, module: nn.Module | None = None) -> None:
-        super().__init__(message)
-        self.module = module
-
-
-@dataclass(frozen=True)
-class ConvertedOp:
-    """One global op that was made local. ``paths`` lists every place the module is attached;
-    ``location`` is ``file.py:line`` for an op found at run time (a call site), else empty."""
-
-    paths: tuple[str, ...]
-    rule: str
-    feature_size: Pair
-    window: Pair
-    location: str = ""
-
-    @property
-    def path(self) -> str:
-        return self.paths[0]
-
-
-@dataclass(frozen=True)
-class SkippedOp:
-    """A global op left global, and why: a module a rule matched (``location`` empty) or a call
-    found at run time (``location`` is ``file.py:line``, ``rule`` the op)."""
-
-    paths: tuple[str, ...]
-    rule: str
-    reason: str
-    location: str = ""
-
-    @property
-    def path(self) -> str:
-        return self.paths[0]
-
-
-def _size(pair: Pair) -> str:
-    return f"{pair[0]}x{pair[1]}"
-
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert` did. ``print(report)`` shows a table.
-
-    Attributes:
-        train_size, base_size: (H, W) in image pixels.
-        fast: whether the approximate ``fast_imp`` pooling was used.
-        in_channels: channels of the calibration input.
-        converted: every op made local: modules in model order, then run-time call sites.
-        skipped: every global op left global, with the reason (modules, then call sites).
-        max_deviation: max |converted - original| over the outputs at the training size.
-        functional: whether global ops were also looked for at run time (``functional=True``,
-            the default of :func:`convert`).
-        call_sites: with ``functional``, every global op found at run time outside the modules
-            rules matched, converted or left global with its reason (:class:`tlc.functional.CallSite`).
-    """
-
-    train_size: Pair
-    base_size: Pair
-    fast: bool = False
-    in_channels: int | None = None
-    converted: list[ConvertedOp] = field(default_factory=list)
-    skipped: list[SkippedOp] = field(default_factory=list)
-    max_deviation: float = 0.0
-    functional: bool = False
-    call_sites: list[CallSite] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        mode = "fast approximation" if self.fast else "exact"
-        lines = [
-            f"TLC conversion: train {_size(self.train_size)}, base {_size(self.base_size)} ({mode}); "
-            f"{len(self.converted)} converted, {len(self.skipped)} skipped; "
-            f"max deviation at the training size {self.max_deviation:.2e}"
-        ]
-        modules = [op for op in self.converted if not op.location]
-        if modules:
-            rows = [(", ".join(op.paths), op.rule, _size(op.feature_size), _size(op.window)) for op in modules]
-            lines += _table(("module", "rule", "feature at train", "window"), rows)
-        kept = [op for op in self.skipped if not op.location]
-        if kept:
-            lines.append("left global:")
-            lines += _table(("module", "rule", "reason"), [(", ".join(s.paths), s.rule, s.reason) for s in kept])
-        if self.functional:
-            local = [s for s in self.call_sites if s.converted]
-            kept = [s for s in self.call_sites if not s.converted]
-            lines.append(f"run-time call sites: {len(local)} converted, {len(kept)} left global")
-            if local:
-                rows = [(s.name, s.op, _size(s.feature_size), _size(s.window)) for s in local]
-                lines += _table(("call site", "op", "feature at train", "window"), rows)
-            if kept:
-                lines.append("call sites left global:")
-                lines += _table(("call site", "op", "reason"), [(s.name, s.op, s.reason) for s in kept])
-        return "\n".join(lines)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return ["  " + fmt.format(*header).rstrip(), *("  " + fmt.format(*r).rstrip() for r in rows)]
-
-
-def _first_tensor_like(model: nn.Module) -> torch.Tensor | None:
-    return next(itertools.chain(model.parameters(), model.buffers()), None)
-
-
-def _is_conv(module: nn.Module) -> bool:
-    """Convolutions of torch and look-alikes (DO-Conv and kin) that declare ``in_channels``."""
-    channels = getattr(module, "in_channels", None)
-    return isinstance(module, nn.modules.conv._ConvNd) or (isinstance(channels, int) and channels > 0)
-
-
-def _channel_candidates(model: nn.Module) -> list[int]:
-    """Input channel counts to try, most likely first: the convs' ``in_channels`` in order, then 3 and 1."""
-    seen: list[int] = []
-    for module in model.modules():
-        if _is_conv(module) and module.in_channels not in seen:
-            seen.append(module.in_channels)
-    return seen + [c for c in (3, 1) if c not in seen]
 
 
 def _copy_model(model: nn.Module) -> nn.Module:
@@ -178,151 +48,6 @@ def _copies(module: nn.Module) -> bool:
     except Exception:
         return False
     return True
-
-
-@contextmanager
-def calibrating(model: nn.Module) -> Iterator[list[str]]:
-    """Eval mode and no grad for the duration; yields the stack of module paths being run.
-
-    After an exception the stack still holds the innermost module that was running. Every
-    module's own train/eval flag is restored afterwards.
-    """
-    training = {m: m.training for m in model.modules()}
-    stack: list[str] = []
-    handles = []
-
-    def enter(path: str) -> Callable[..., None]:
-        return lambda module, args: stack.append(path)  # list.append returns None: input unchanged
-
-    def leave(module: nn.Module, args: object, output: object) -> None:
-        stack.pop()  # a hook that returned the popped value would replace the output
-
-    for path, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter(path)))
-        handles.append(module.register_forward_hook(leave))
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield stack
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in training.items():
-            module.train(flag)
-
-
-def _run(model: nn.Module, x: torch.Tensor, what: str) -> object:
-    """One forward on a copy of ``x`` (models may scale their input in place); errors name the module."""
-    with calibrating(model) as stack:
-        try:
-            return model(x.clone())
-        except Exception as err:
-            where = stack[-1] if stack else ""
-            module = model.get_submodule(where)
-            name = f"'{where}' ({type(module).__name__})" if where else "the model itself"
-            raise ConversionError(
-                f"{what} at {x.shape[-2]}x{x.shape[-1]} failed in module {name}: {type(err).__name__}: {err}",
-                module,
-            ) from err
-
-
-_CHANNEL_MISMATCH = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
-
-
-def _next_channels(err: ConversionError, tried: int, fed_input: set[int]) -> int | None:
-    """The channel count a failed calibration suggests, or None.
-
-    A conv fed the model's input directly needs exactly its ``in_channels``; one fed something
-    derived from it (the input concatenated with its own mean, say) got ``tried + extra`` channels,
-    so the input needs ``in_channels - extra``.
-    """
-    culprit = err.module
-    if culprit is None or not _is_conv(culprit):
-        return None
-    if id(culprit) in fed_input:
-        return culprit.in_channels
-    found = _CHANNEL_MISMATCH.search(str(err.__cause__))
-    if found is None:
-        return None
-    wanted, got = int(found.group(1)), int(found.group(2))
-    return tried + wanted - got if tried + wanted - got > 0 else None
-
-
-def calibrate(
-    model: nn.Module,
-    targets: list[nn.Module],
-    train: Pair,
-    in_channels: int | None,
-    recorders: Sequence[Callable[[nn.Module], Any]] = (),
-) -> tuple[torch.Tensor, object, dict[int, list[tuple[int, ...]]], list[dict]]:
-    """Run the model once at the training size, recording each target's input shapes.
-
-    Returns (the input used, the model's output, shapes seen per id(target), the ``found`` of
-    each recorder, made fresh per attempt and active during the forward). Without
-    ``in_channels`` the channel count is searched for: the convs' ``in_channels`` in registration
-    order, corrected by what a conv that rejects its input says it expected (a conv fed the input
-    itself tells the count outright, even when another conv is registered first).
-    """
-    like = _first_tensor_like(model)
-    device = like.device if like is not None else torch.device("cpu")
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    candidates = [in_channels] if in_channels is not None else _channel_candidates(model)
-    if not candidates:
-        raise ConversionError("cannot tell the model's input channels (it has no convolution): pass in_channels=")
-    seen: dict[int, list[tuple[int, ...]]] = {}
-    fed_input: set[int] = set()
-    probe: dict[str, torch.Tensor] = {}
-
-    def record(module: nn.Module, args: tuple) -> None:
-        if id(module) in seen:
-            seen[id(module)].append(tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ())
-        if _is_conv(module) and args and torch.is_tensor(args[0]) and _same_data(args[0], probe.get("x")):
-            fed_input.add(id(module))
-
-    handles = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in {id(t) for t in targets} or _is_conv(m)]
-    tried: list[int] = []
-    first_error: ConversionError | None = None
-    try:
-        while candidates:
-            channels = candidates.pop(0)
-            tried.append(channels)
-            seen.update({id(module): [] for module in targets})
-            fed_input.clear()
-            generator = torch.Generator().manual_seed(0)
-            x = torch.rand(1, channels, *train, generator=generator).to(device=device, dtype=dtype)
-            probe["x"] = x
-            watching = [make(model) for make in recorders]
-            try:
-                with ExitStack() as stack:
-                    for recorder in watching:
-                        stack.enter_context(recorder)
-                    output = _run(model, x, "the calibration forward")
-                return x, output, seen, [recorder.found for recorder in watching]
-            except ConversionError as err:
-                first_error = first_error or err
-                if in_channels is not None or "channels" not in str(err.__cause__):
-                    raise
-                suggested = _next_channels(err, channels, fed_input)
-                if suggested is not None and suggested not in tried:
-                    candidates = [suggested] + [c for c in candidates if c != suggested]
-                candidates = [c for c in candidates if c not in tried]
-        assert first_error is not None
-        raise first_error
-    finally:
-        probe.clear()
-        for handle in handles:
-            handle.remove()
-
-
-def _like(x: torch.Tensor, size: Pair, seed: int) -> torch.Tensor:
-    """A random input like ``x`` (channels, dtype, device) at another (H, W)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(x.shape[0], x.shape[1], *size, generator=generator).to(device=x.device, dtype=x.dtype)
-
-
-def _same_data(a: torch.Tensor, b: torch.Tensor | None) -> bool:
-    """Whether ``a`` is the forward's input (the copy :func:`_run` passes shares its shape and values)."""
-    return b is not None and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
 def _window(feature: Pair, train: Pair, base: Pair) -> Pair:
@@ -370,7 +95,7 @@ def convert(
         in_channels: channels of the calibration input; default: found by trying the convolutions'
             ``in_channels`` (the conv fed the input itself decides; see :func:`calibrate`).
         functional: also find global ops by what the model calls while it runs (a torch function
-            mode; see :mod:`tlc.functional`): means, sums, maxima, variances and pools over H and
+            mode; see :mod:`tlc.convert.call_sites`): means, sums, maxima, variances and pools over H and
             W however written, norms with spatial statistics, softmax, normalisation and matrix
             products over all positions, FFTs. Made local where exact, else reported; listed in
             ``report.call_sites``. Costs up to four more forwards at calibration (three of them
@@ -391,45 +116,30 @@ def convert(
     train = as_pair(train_size, "train_size")
     base = as_pair(base_size, "base_size") if base_size is not None else default_base_size(train)
     rules = DEFAULT_RULES if rules is None else tuple(rules)
+    site_for = partial(_site, train=train, base=base, fast=fast)
     target = model if inplace else _copy_model(model)
     report = ConversionReport(train_size=train, base_size=base, fast=fast, functional=functional)
     by_class = [r for r in rules if r.recorder is None]
     at_run_time = [r for r in rules if r.recorder is not None]
     matched = _match_modules(target, by_class)
     # Run-time recognition needs a calibration input: without convolutions, only in_channels gives one.
-    can_run = in_channels is not None or any(_is_conv(m) for m in target.modules())
+    can_run = in_channels is not None or any(is_conv(m) for m in target.modules())
     if not matched and not functional and not (at_run_time and can_run):
-        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+        warnings.warn(_NOTHING_FOUND, stacklevel=2)
         return target, report
-
     swaps = _Swaps()
     try:
-        x, original, seen, found = calibrate(
-            target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time]
-        )
+        x, original, seen, found = calibrate(target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time])
         report.in_channels = x.shape[1]
         matched += _match_at_run_time(target, matched, at_run_time, found)
         if not matched and not functional:
-            warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+            warnings.warn(_NOTHING_FOUND, stacklevel=2)
             return target, report
-        for match in matched:
-            _replace(match, seen.get(id(match.module), []), lambda f: _site(f, train, base, fast), swaps, report)
-        order = {path: i for i, (path, _) in enumerate(target.named_modules())}
-        report.converted.sort(key=lambda op: order.get(op.path, -1))
-        report.skipped.sort(key=lambda op: order.get(op.path, -1))
+        _replace_all(target, matched, seen, site_for, swaps, report)
         converted = _check_modules(target, x, swaps, report)
-        # Modules whose local version broke the model are left to the run-time view (pooled values).
-        handed_over = [op for op in report.skipped if op.reason.startswith(_BROKE)]
-        settled = [m.paths[0] for m in matched if not any(op.paths == m.paths for op in handed_over)]
+        handed_over, settled = _hand_over(report, matched)
         if functional:  # calibrated and checked on the module-converted model
-            probes = [_like(x, (2 * train[0], train[1]), 1), _like(x, (train[0], 2 * train[1]), 2)]
-            other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
-            converted, report.call_sites = convert_call_sites(
-                target, lambda what: _run(target, x, what), lambda feature: _site(feature, train, base, fast),
-                skip=settled,
-                probes=[lambda what, p=p: _run(target, p, what) for p in probes],
-                check_other=lambda what: _run(target, other, what),
-            )
+            converted, report.call_sites = _convert_calls(target, x, train, site_for, settled)
         _fold_call_sites(report, handed_over)
         _verify(report, original, converted, x.dtype)
     except BaseException:
@@ -438,8 +148,50 @@ def convert(
         remove_call_site_conversion(target)
         raise
     if not matched and not report.call_sites:
-        warnings.warn("no global operation found: the model is returned unchanged", stacklevel=2)
+        warnings.warn(_NOTHING_FOUND, stacklevel=2)
     return target, report
+
+
+_NOTHING_FOUND = "no global operation found: the model is returned unchanged"
+
+
+def _replace_all(
+    model: nn.Module,
+    matched: list[_Match],
+    seen: dict[int, list[tuple[int, ...]]],
+    site_for: Callable[[Pair], Site],
+    swaps: _Swaps,
+    report: ConversionReport,
+) -> None:
+    """Make every matched module local (or report why not); the report lists them in model order."""
+    for match in matched:
+        _replace(match, seen.get(id(match.module), []), site_for, swaps, report)
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+    report.converted.sort(key=lambda op: order.get(op.path, -1))
+    report.skipped.sort(key=lambda op: order.get(op.path, -1))
+
+
+def _hand_over(report: ConversionReport, matched: list[_Match]) -> tuple[list[SkippedOp], list[str]]:
+    """(modules whose local version broke the model, left to the run-time view (pooled values);
+    the paths of the other matched modules, which the run-time view skips)."""
+    handed_over = [op for op in report.skipped if op.reason.startswith(_BROKE)]
+    settled = [m.paths[0] for m in matched if not any(op.paths == m.paths for op in handed_over)]
+    return handed_over, settled
+
+
+def _convert_calls(
+    model: nn.Module, x: torch.Tensor, train: Pair, site_for: Callable[[Pair], Site], settled: list[str]
+) -> tuple[object, list[CallSite]]:
+    """The run-time view on the module-converted model: calibrated at ``x``, probed at twice the
+    training height and width, checked at a non-square size. (The check's output, the call sites.)"""
+    probes = [probe_input(x, (2 * train[0], train[1]), 1), probe_input(x, (train[0], 2 * train[1]), 2)]
+    other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
+    return convert_call_sites(
+        model, lambda what: run(model, x, what), site_for,
+        skip=settled,
+        probes=[lambda what, p=p: run(model, p, what) for p in probes],
+        check_other=lambda what: run(model, other, what),
+    )
 
 
 @dataclass
@@ -542,7 +294,7 @@ def _replace(
         elif reason is None and any(len(s) != 4 for s in shapes):
             reason = f"input is not (N, C, H, W): {shapes[0]}"
         elif reason is None and len({s[-2:] for s in shapes}) > 1:
-            sizes = ", ".join(_size(s[-2:]) for s in shapes)
+            sizes = ", ".join(size_text(s[-2:]) for s in shapes)
             reason = f"one module called at several feature sizes ({sizes}); give each call its own module"
     if reason is None and feature is not None:
         site = site_for(feature)
@@ -581,7 +333,7 @@ def _check_modules(model: nn.Module, x: torch.Tensor, swaps: _Swaps, report: Con
         ran: list[int] = []
         hooks = [local.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, (_, local, _) in enumerate(swaps.done)]
         try:
-            return _run(model, x, "the converted model's check forward")
+            return run(model, x, "the converted model's check forward")
         except ConversionError as err:
             if not ran:
                 raise

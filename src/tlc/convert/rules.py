@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from .local_attention import LocalTransposedAttention, TransposedAttentionRecorder
-from .nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, is_pointwise
-from .ops._common import Pair
+from ..nn import LocalAvgPool2d, LocalGroupNorm, LocalInstanceNorm2d, LocalPooledSequential, LocalTransposedAttention, is_pointwise
+from ..ops._common import Pair
+from .attention import TransposedAttentionRecorder
 from .pooled_gate import build_local_gate, gate_plan, is_global_avg_pool
 
 

@@ -1,0 +1,132 @@
+"""A recognised call (:class:`Call`): its input, the axes it works across and its local form at a
+site; the small helpers the parsers share, and the whole-map poolings a pooled value can answer."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...ops import local_axis_max, local_axis_mean, local_max, local_mean, local_mean_strided
+from ...ops.extrema import valid_local_max
+from ...ops.pool import valid_local_mean
+from ..rules import Site
+from .sites import POOLED_VALUE
+
+
+@dataclass
+class Call:
+    """A call that may be a global op: its input, the axes it works across, and, where it is a
+    spatial op on an (N, C, H, W) map, how to compute it locally at a site.
+
+    Attributes:
+        op: name shown in reports.
+        x: the tensor whose axes ``dims`` are watched (recorded per calibration forward).
+        dims: non-negative axes of ``x`` whose whole length the result depends on.
+        kind: "map" (reductions, pools, norms: local where ``dims`` are the map's H and/or W),
+            "tokens" (softmax, normalisation, contractions: global only if the probe forwards show
+            ``dims`` grow with the image), "fft".
+        reason: why a spatial op must stay global whatever the sizes; None when it has a local form.
+        local: the local form at a site (None when it has none).
+        mark: how the result relates to the input for the centred-square patterns (see ``Mark``):
+            "mean", "sum" or None.
+    """
+
+    op: str
+    x: torch.Tensor
+    dims: tuple[int, ...]
+    kind: str = "map"
+    reason: str | None = None
+    local: Callable[[Site], torch.Tensor] | None = None
+    mark: str | None = None
+
+
+def is_map(x: object) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[-2:].numel() > 0
+
+
+def bind(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict[str, Any] | None:
+    if len(args) > len(names):
+        return None
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def axes(dim: object, ndim: int) -> tuple[int, ...] | None:
+    """``dim`` as sorted non-negative axes (None or () meaning all), or None if it is not a dim."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(ndim))
+    if isinstance(dim, (bool, str)):
+        return None
+    dims = list(dim) if isinstance(dim, (tuple, list, torch.Size)) else [dim]
+    try:
+        indices = [operator.index(d) for d in dims]
+    except TypeError:
+        return None
+    if any(isinstance(d, bool) for d in dims) or not all(-ndim <= d < ndim for d in indices):
+        return None
+    return tuple(sorted({d % ndim for d in indices}))
+
+
+def maybe_spatial(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    """Worth watching: a 4-D tensor is taken as (N, C, H, W) (or (B, heads, ., .)): only calls
+    across its last two axes can be spatial; other ranks may hold flattened tokens anywhere."""
+    return bool(dims) and (x.dim() != 4 or 2 in dims or 3 in dims)
+
+
+def local_pool(x: torch.Tensor, site: Site) -> torch.Tensor:
+    return local_mean_strided(x, site.window, site.max_stride) if site.fast else local_mean(x, site.window)
+
+
+def axis_window(site: Site, dim: int) -> int:
+    return site.window[dim - 2]
+
+
+def local_mean_over(x: torch.Tensor, dims: tuple[int, ...], site: Site) -> torch.Tensor:
+    """Local mean over the spatial ``dims`` ((2, 3), (2,) or (3,)) of an (N, C, H, W) map."""
+    if dims == (2, 3):
+        return local_pool(x, site)
+    return local_axis_mean(x, axis_window(site, dims[0]), dims[0])
+
+
+def local_max_over(x: torch.Tensor, dims: tuple[int, ...], site: Site) -> torch.Tensor:
+    if dims == (2, 3):
+        return local_max(x, site.window)
+    return local_axis_max(x, axis_window(site, dims[0]), dims[0])
+
+
+def spatial_only(x: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    return x.dim() == 4 and x.is_floating_point() and bool(dims) and all(d in (2, 3) for d in dims)
+
+
+def no_keepdim(op: str) -> str:
+    return f"{POOLED_VALUE} (keepdim=False): {op}'s result has no spatial dimensions to hold local values"
+
+
+# Whole-map poolings whose result can be carried as a pooled value (see tlc.convert.pooled_values):
+# op -> how its value over a window is computed.
+POOLINGS = {
+    "mean": "mean", "adaptive_avg_pool2d": "mean", "avg_pool2d": "mean", "sum": "sum",
+    "amax": "max", "adaptive_max_pool2d": "max", "max_pool2d": "max",
+}
+
+
+def poolable(call: Call) -> bool:
+    """Whether ``call`` pools a whole (N, C, H, W) map and may be answered with a pooled value."""
+    return (
+        call.op in POOLINGS and call.dims == (2, 3) and call.x.dim() == 4
+        and (call.reason is None or call.reason.startswith(POOLED_VALUE))
+    )
+
+
+def valid_pooling(call: Call, site: Site) -> torch.Tensor:
+    """(N, C, H - kh + 1, W - kw + 1): the pooling of ``call`` over every window inside the map."""
+    x, kind = call.x, POOLINGS[call.op]
+    if kind == "max":
+        return valid_local_max(x, site.window)
+    valid = valid_local_mean(x, site.window)
+    return valid * (x.shape[2] * x.shape[3]) if kind == "sum" else valid

@@ -1,0 +1,396 @@
+"""The :class:`CallSiteConverter`: calibration records per call site, the windows of converted
+sites and the answer to each recognised call in each phase."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ...ops import local_softmax_pool, local_var
+from ...ops._common import Pair
+from ..pooled_values import PooledValues
+from ..rules import Site
+from .calls import Call, poolable, valid_pooling
+from .hooks import (
+    APPLY_HANDLERS,
+    APPLY_WITH_ARITHMETIC,
+    CONTEXT_HANDLERS,
+    INTERNAL,
+    RECORD_HANDLERS,
+    Enter,
+    Handler,
+    Leave,
+    LocalCalls,
+    ModuleCall,
+    Observed,
+    caller,
+    context_maps,
+    context_operands,
+    remove_call_site_conversion,
+    remove_mode,
+    template,
+)
+from .marks import Mark, mark_of, set_mark
+from .recognise import H, W, judge, tags_of
+from .sites import CallSite, SiteKey
+
+
+class CallSiteConverter:
+    """Functional global ops of one model: hooks, calibration records and per-site windows.
+
+    Built by :func:`convert_call_sites`. Phases: ``"record"`` (calibration: observe sites, run
+    everything globally), ``"probe"`` (the same at other sizes, to tell spatial axes), then
+    ``"apply"`` (recognised calls at converted sites run locally).
+
+    Attributes:
+        sites: every global op found at calibration, in call order.
+    """
+
+    def __init__(self, model: nn.Module, skip: Iterable[str] = ()) -> None:
+        skip = tuple(skip)
+        self.phase = "record"
+        self.sites: list[CallSite] = []
+        self._windows: dict[SiteKey, tuple[Site, int]] = {}  # converted sites: (site, channels)
+        self._observed: dict[SiteKey, Observed] = {}
+        self._index: dict[SiteKey, int] = {}  # position in sites
+        self._unknown: dict[SiteKey, str] = {}  # keys met after calibration, with their description
+        self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
+        self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
+        # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
+        self._pairs: dict[SiteKey, tuple[SiteKey, Pair]] = {}
+        self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
+        self._context_softmax: set[SiteKey] = set()
+        self._probe = 0
+        self._thread = threading.local()
+        # Calls inside modules that module rules matched (converted or deliberately left global)
+        # belong to those rules.
+        for path, module in model.named_modules():
+            excluded = any(path == p or path.startswith(p + ".") for p in skip)
+            enter = Enter(self, path, excluded)
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(Leave(enter), always_call=True)
+
+    # Thread-local run state; dropped by deepcopy/pickle (it only lives during a forward).
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_thread"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread = threading.local()
+
+    def _stack(self) -> list[ModuleCall]:
+        stack = getattr(self._thread, "stack", None)
+        if stack is None:
+            stack = self._thread.stack = []
+        return stack
+
+    def _handlers(self) -> dict[object, Handler]:
+        if self.phase != "apply":
+            return RECORD_HANDLERS
+        handlers = APPLY_WITH_ARITHMETIC if self._variances else APPLY_HANDLERS
+        return {**handlers, **CONTEXT_HANDLERS} if self._context else handlers
+
+    def _pair_context(self, key: SiteKey, args: tuple, kwargs: dict) -> None:
+        """At calibration: whether the product ``key`` pools a map with the weights of a softmax over
+        its positions (GCNet: ``matmul(x.view(N, 1, C, H*W), softmax(mask.view(N, 1, H*W)).unsqueeze(-1))``)."""
+        found = context_operands(args, kwargs, self._thread.softmaxes)
+        if found is not None:
+            softmax_key, x_map, _ = found
+            self._pairs.setdefault(key, (softmax_key, (x_map.shape[2], x_map.shape[3])))
+
+    def _context_pool(self, key: SiteKey, func: Callable, args: tuple, kwargs: dict, site: Site) -> object:
+        """The product of a converted context pair: the global result as a pooled value carrying the
+        softmax-weighted mean of every window (:func:`tlc.ops.local_softmax_pool`). Where the map's
+        layout cannot be told (views are not tracked under ``torch.inference_mode``, and no running
+        module was given a map of H*W pixels) the product stays global, with a warning."""
+        softmax_key = self._context[key]
+        out, logits = self._thread.softmaxes.get(softmax_key, (None, None))
+        found = context_maps(args, kwargs, out, logits, [call.map_size for call in reversed(self._stack())])
+        if found is None:
+            if key not in self._unknown:
+                self._unknown[key] = "context pooling whose map layout cannot be told here"
+                warnings.warn(f"tlc: {self._unknown[key]} (module '{key[0]}'); it stays global", stacklevel=2)
+            return func(*args, **kwargs)
+        x_map, logits_map = found
+        h, w = x_map.shape[-2:]
+        kh, kw = min(site.window[0], h), min(site.window[1], w)
+        pooled = local_softmax_pool(x_map, logits_map, (kh, kw))
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        valid = pooled[:, :, top : top + h - kh + 1, left : left + w - kw + 1]
+        return self._thread.mode.values.start(func(*args, **kwargs), valid, (h, w), source=key)
+
+    # --- hooks
+    def enter_module(self, hook: Enter, args: tuple = ()) -> None:
+        stack = self._stack()
+        if not stack:
+            self._thread.softmaxes = {}
+            values = PooledValues() if self.phase == "apply" and self._pooled else None
+            mode = LocalCalls(self, self._handlers(), values)
+            mode.__enter__()
+            self._thread.mode = mode
+        excluded = hook.excluded or (stack[-1].excluded if stack else False)
+        first = args[0] if args else None
+        size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+        stack.append(ModuleCall(hook, hook.path, excluded, map_size=size))
+
+    def leave_module(self, hook: Enter, output: object = None) -> None:
+        stack = self._stack()
+        if not stack or stack[-1].hook is not hook:
+            return  # this call's pre-hook never ran (an earlier pre-hook raised)
+        stack.pop()
+        mode = getattr(self._thread, "mode", None)
+        if not stack and mode is not None:
+            self._thread.mode = None
+            remove_mode(mode)
+            if mode.values is not None:  # pooled values in the output never met the image
+                self._thread.escaped = mode.values.finish(output)
+
+    # --- the mode's answer to a recognised call
+    def answer(self, func: Callable, args: tuple, kwargs: dict, call: Call) -> object:
+        """The mode's answer to a recognised call: run it (recording it at calibration) or, at a
+        converted site, its local form."""
+        stack = self._stack()
+        if not stack or stack[-1].excluded or (self.phase == "apply" and call.local is None and not self._pooled):
+            return func(*args, **kwargs)
+        top = stack[-1]
+        frame = caller()
+        if frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
+            return func(*args, **kwargs)  # inside a local op of tlc's own
+        if frame is None:
+            function, offset, location = "<torch>", 0, "torch.nn"
+        else:
+            code = frame.f_code
+            function = getattr(code, "co_qualname", code.co_name)
+            offset = frame.f_lineno - code.co_firstlineno
+            location = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+        slot = (function, offset, call.op)
+        occurrence = top.counts.get(slot, 0)
+        top.counts[slot] = occurrence + 1
+        key: SiteKey = (top.path, function, offset, call.op, occurrence)
+        if self.phase == "record":
+            return self._record(key, location, function, func, args, kwargs, call)
+        if self.phase == "probe":
+            seen = self._observed.get(key)
+            if seen is not None and seen.probes[self._probe] is None:
+                seen.probes[self._probe] = tuple(call.x.shape)
+            return self._follow(key, call, func(*args, **kwargs), None)
+        return self._apply(key, f"{call.op} at {location} in module '{top.path}'", func, args, kwargs, call)
+
+    def _record(
+        self, key: SiteKey, location: str, function: str, func: Callable, args: tuple, kwargs: dict, call: Call
+    ) -> object:
+        """Calibration: note the site and its input shape, run the call globally."""
+        seen = self._observed.get(key)
+        if seen is None:
+            seen = self._observed[key] = Observed(template(call), location, function)
+        seen.shapes.append(tuple(call.x.shape))
+        out = self._follow(key, call, func(*args, **kwargs), None)
+        if call.op == "softmax":
+            self._thread.softmaxes[key] = out
+        elif call.op == "matmul":
+            self._pair_context(key, args, kwargs)
+        return out
+
+    def _apply(self, key: SiteKey, where: str, func: Callable, args: tuple, kwargs: dict, call: Call) -> object:
+        """Converted model: the local form at a converted site; the global call elsewhere (with a
+        warning, once, for a call calibration did not see under this name)."""
+        channels = call.x.shape[1]
+        converted = self._windows.get(key)
+        problem = None
+        if converted is None and key not in self._observed:
+            problem = "was not met at calibration"
+        elif converted is not None and channels != converted[1]:
+            # Not the call calibrated under this name: control flow differs from calibration's.
+            problem = f"has {channels} channels here, {converted[1]} at calibration"
+        if problem is not None or converted is None:
+            if problem is not None and key not in self._unknown:
+                self._unknown[key] = f"{where} {problem}"
+                warnings.warn(f"tlc: {self._unknown[key]}; it stays global", stacklevel=3)  # the mode's handler, as for every call
+            return self._follow(key, call, func(*args, **kwargs), None)
+        self._thread.last = key
+        site = converted[0]
+        if key in self._context_softmax:  # the weights, kept for the product that pools with them
+            out = func(*args, **kwargs)
+            self._thread.softmaxes[key] = (out, call.x)
+            return out
+        if key in self._context:
+            return self._context_pool(key, func, args, kwargs, site)
+        if key in self._pooled:  # the global result, carrying its value over every window
+            real = func(*args, **kwargs)
+            return self._thread.mode.values.start(real, valid_pooling(call, site), call.x.shape[-2:], source=key)
+        if call.local is None:
+            return func(*args, **kwargs)
+        return self._follow(key, call, call.local(site), site)
+
+    def _follow(self, key: SiteKey, call: Call, out: object, site: Site | None) -> object:
+        """Carry the marks of hand-written statistics (see ``Mark``) through a spatial mean or sum;
+        at the end of a centred square's reduction, return the local variance."""
+        if call.mark is None or call.local is None:
+            return out
+        dims = call.dims
+        windows = tuple((d, None if site is None else site.window[d - 2]) for d in dims)
+        factor = 1.0
+        if call.mark == "sum":
+            for d in dims:
+                factor *= call.x.shape[d]
+        m = mark_of(call.x)
+        if m is None:
+            set_mark(out, Mark("mean", call.x, dims, factor, windows))
+        elif m.kind == "mean" and not set(m.done) & set(dims):
+            set_mark(out, Mark("mean", m.src, tuple(sorted(m.done + dims)), m.scale * factor, m.windows + windows))
+        elif m.kind in ("sq", "sqsum") and not set(m.done) & set(dims):
+            done = tuple(sorted(m.done + dims))
+            scale = m.scale * factor if m.kind == "sqsum" else factor
+            reduced = m.windows + windows if m.kind == "sqsum" else windows
+            if done != (2, 3):
+                set_mark(out, Mark("sqsum", m.src, done, scale, reduced, m.centre))
+                return out
+            if self.phase == "record":
+                self._variances.add(key)
+            window = dict(reduced)
+            if site is not None and window == dict(m.centre) and None not in window.values():
+                var = local_var(m.src, (window[2], window[3]), 0.0)
+                return var if scale == 1 else var * scale
+        return out
+
+    # --- calibration results
+    def finish_calibration(self, site_for: Callable[[Pair], Site], probed: bool = False) -> list[CallSite]:
+        """Turn what the record phase saw into sites, switch to the apply phase.
+
+        Args:
+            site_for: the :class:`tlc.Site` (window, fast, ...) for a feature size at training.
+            probed: whether the probe forwards ran; then a call is global only where they show
+                its axes growing with the image, and calls they did not meet are not sites.
+
+        Returns:
+            :attr:`sites`.
+        """
+        for key, seen in self._observed.items():
+            path, _, _, _, occurrence = key
+            call = seen.call
+            if probed and None in seen.probes:
+                continue  # a call only the training size makes (a kernel equal to the map there)
+            tags = tags_of(call, seen.shapes[0], tuple(seen.probes) if probed else None)
+            is_global, reason = judge(call, tags)
+            if not is_global:
+                continue
+            shapes = sorted(set(seen.shapes))
+            if reason is None and len(shapes) > 1:
+                sizes = ", ".join("x".join(str(n) for n in s[1:]) for s in shapes)
+                reason = f"one call site met with several input sizes (CxHxW: {sizes}); give each its own call"
+            shape = shapes[0]
+            channels = shape[1] if len(shape) > 1 else 0
+            feature = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
+            window = None
+            if reason is not None and len(shapes) == 1 and poolable(call) and tags == (H, W):
+                reason = None  # kept as a pooled value: consumers may reshape it freely
+                self._pooled.add(key)
+            if reason is None:
+                site = site_for(feature)
+                self._windows[key] = (site, channels)
+                window = site.window
+            self._index[key] = len(self.sites)
+            self.sites.append(
+                CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
+            )
+        self._convert_context_pairs(site_for)
+        self.phase = "apply"
+        return self.sites
+
+    def _convert_context_pairs(self, site_for: Callable[[Pair], Site]) -> None:
+        """A softmax over all positions whose weights one product pools a map with (GCNet's context
+        block) becomes, with that product, one local softmax-weighted pooling per window."""
+        users: dict[SiteKey, int] = {}
+        for softmax_key, _ in self._pairs.values():
+            users[softmax_key] = users.get(softmax_key, 0) + 1
+        for key, (softmax_key, feature) in self._pairs.items():
+            if users[softmax_key] != 1 or key not in self._index or softmax_key not in self._index:
+                continue
+            product, softmax = self.sites[self._index[key]], self.sites[self._index[softmax_key]]
+            if not (product.reason or "").endswith("all H*W positions") or not (softmax.reason or "").endswith("all H*W positions"):
+                continue
+            site = site_for(feature)
+            if site.fast:
+                continue
+            for k, entry in ((key, product), (softmax_key, softmax)):
+                self._windows[k] = (site, entry.channels)
+                self.sites[self._index[k]] = replace(entry, feature_size=feature, window=site.window, reason=None)
+            self._pooled.add(key)
+            self._context[key] = softmax_key
+            self._context_softmax.add(softmax_key)
+
+    def leave_global(self, key: SiteKey, reason: str) -> None:
+        """Stop converting the site ``key`` (and the other half of its context pair); the report
+        gives ``reason``."""
+        self._windows.pop(key, None)
+        self._pooled.discard(key)
+        partner = self._context.pop(key, None)
+        if partner is None:
+            partner = next((k for k, v in self._context.items() if v == key), None)
+            self._context.pop(partner, None)
+        if partner is not None:
+            self._context_softmax.discard(partner)
+            self._context_softmax.discard(key)
+            self._windows.pop(partner, None)
+            self._pooled.discard(partner)
+            self.sites[self._index[partner]] = replace(self.sites[self._index[partner]], window=None, reason=reason)
+        index = self._index[key]
+        self.sites[index] = replace(self.sites[index], window=None, reason=reason)
+
+    def pool_instead(self, key: SiteKey) -> bool:
+        """Answer the converted site ``key`` with a pooled value from now on, if it is a whole-map
+        pooling not already so answered (its full-size local map broke the model); else False."""
+        seen = self._observed.get(key)
+        site = self._windows.get(key)
+        if key in self._pooled or seen is None or site is None or site[0].fast or not poolable(seen.call):
+            return False
+        self._pooled.add(key)
+        return True
+
+    # --- what convert_call_sites drives
+    @property
+    def recorded(self) -> bool:
+        """Whether calibration met any call that may be a global op."""
+        return bool(self._observed)
+
+    def start_probe(self, index: int) -> None:
+        """Record input shapes for probe forward ``index`` (0: at twice the height, 1: the width)."""
+        self.phase, self._probe = "probe", index
+
+    def start_check(self) -> None:
+        """Forget the last converted site run and the escaped pooled values of an earlier forward."""
+        self._thread.last = None
+        self._thread.escaped = frozenset()
+
+    def escaped(self) -> list[SiteKey]:
+        """Sites whose pooled values reached the last forward's output without meeting the image."""
+        return [key for key in self._thread.escaped if key in self._index]
+
+    def known(self, keys: Iterable[SiteKey]) -> list[SiteKey]:
+        """Those of ``keys`` that are sites."""
+        return [key for key in keys if key in self._index]
+
+    def last_converted(self) -> SiteKey | None:
+        """The last converted site the current (or last) forward ran."""
+        return getattr(self._thread, "last", None)
+
+    def forget_unknown(self) -> None:
+        """Let calls not met at calibration warn again (after a check at another size)."""
+        self._unknown.clear()
+
+    @property
+    def converted(self) -> int:
+        """How many sites run locally."""
+        return len(self._windows)
+
+    def remove(self, model: nn.Module) -> None:
+        """Take this converter's hooks off ``model``: its functional ops are global again."""
+        remove_call_site_conversion(model, only=self)

@@ -1,0 +1,767 @@
+"""Pooled values followed through whatever the model does with them, made local exactly.
+
+A global pooling gives one vector per image, ``(N, C, 1, 1)``. Made local, it gives one vector per
+pixel. Writing that as an ``(N, C, H, W)`` map breaks every consumer that reshapes the vector:
+``pool(x).view(b, c)`` before a ``Linear``, selective-kernel fusion's ``view(b, k, C, 1, 1)`` and
+softmax over branches, DAT's ``view(N, 1, C)`` against ``(N, H*W, C)`` tokens.
+
+Instead, a *pooled value* keeps two faces:
+
+- the **real** tensor, global shape and value: what the model sees, so its own shape logic
+  (``b, c = y.shape[:2]``, ``view(b, c)``) keeps working;
+- the **local** counterpart: the value at every valid window position, with the positions folded
+  into the batch, shape ``(N * G, *real.shape[1:])``, ``G = Gh * Gw``, ``Gh = H - kh + 1``,
+  ``Gw = W - kw + 1`` (row ``n * G + i * Gw + j`` is sample ``n``, window at ``(i, j)``).
+
+Every torch call that takes a pooled value is run twice, by :meth:`PooledValues.handle`: normally
+(the real result) and on the local counterparts. Because positions sit in the batch, any per-sample
+computation (``linear``, ``conv2d`` on 1x1 maps, ``layer_norm([C, 1, 1])``, ``prelu``, ``softmax``
+over branches, ``cat`` along channels, ``view``) is already the per-position computation; only
+shape arguments naming the batch (``view(N, C)`` -> ``view(N * G, C)``) and per-sample tensors
+that are not pooled values (repeated ``G`` times) need adapting. The local path so costs ``G``
+times the global one on vectors: the valid windows, never ``H * W`` pixels.
+
+A pooled value stops being one where it meets a *map*: it broadcasts over dims whose sizes are the
+origin map's ``(H, W)`` (``x * gate``, ``expand_as(x)``, ``feats * attn``, ``x + context``) or its
+flattened ``H * W`` token axis (``tokens * v``, row-major). There the local counterpart is spread
+to every pixel with the edge replication of :func:`tlc.ops.pool.replicate_to` (pixel row ``i`` takes
+window row ``clamp(i - (kh-1)//2, 0, Gh-1)``, likewise for columns), the call is made once on the
+full-size tensors, and an ordinary tensor comes out. ``x * gate`` on ``(N, C, H, W)`` uses the
+fused :func:`tlc.ops.gate.multiply_replicated` and never builds the spread gate.
+
+The real results are computed as well (on vectors, cheap): the model's Python sees true global
+values and shapes. A call meeting a map is computed once, at full size, from the local values
+(its result shape is found on the meta device first).
+
+Why this form: the result is exact by construction (each window position runs the model's own
+code on its own window's value), it needs no graph tracing (so it follows Python control flow
+that does not read values), and the bookkeeping is one dict lookup per tensor argument.
+
+What cannot be followed exactly raises :class:`PooledValueError` with a one-line reason and the
+sources involved, so the caller can leave those poolings global: reading values into Python
+(``.item()``, ``if y > 0``), ops along the batch dimension (indexing, reductions, ``cat`` on dim 0,
+a reshape changing the batch), a pooled value used as a weight or index or written into another
+tensor (``t[:, 0] = y``), pooled values of different grids meeting, a map met other than by
+broadcasting (``tokens @ v``), a call whose spread form does not give the real result's shape
+(``y.repeat(1, 2, H, W)``), ``out=``. Pooled values that never meet a map and reach the
+model's output (a classifier or quality-factor head) are found by :meth:`PooledValues.escaped`.
+
+Also refused, though exact forms exist: a pooled value broadcast against a per-sample tensor that
+is not a map (``(N, 1, C) * (N, k, C)`` with the latter not pooled): refused because a map of
+another resolution looks the same and would be followed at ``G`` times its size. ``y.squeeze()``
+without dims at batch 1 removes the batch and is refused.
+
+Not seen: work outside torch calls that a ``TorchFunctionMode`` does not see (custom C++ ops that
+skip ``__torch_function__``, ``torch._C`` calls with torch function disabled). Pooled values that
+are stored on modules or globals instead of returned are not followed either.
+
+One file over the usual 400 lines: :class:`PooledValues` (the registry of real tensors and their
+local counterparts) and the per-call rules that follow them (which calls carry a pooled value,
+how its batch folds and spreads back, what is refused) are one mechanism: each rule reads and
+writes the registry's entries, and split apart they would only trade private access for a wide
+interface.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..ops._common import Pair
+from ..ops.gate import multiply_replicated
+from ..ops.pool import replicate_to
+
+
+class PooledValueError(RuntimeError):
+    """A pooled value is used in a way that has no exact local form.
+
+    Attributes:
+        reason: one line saying what happened.
+        sources: the ``source`` labels (given to :meth:`PooledValues.start`) of the values involved.
+    """
+
+    def __init__(self, reason: str, sources: Iterable[Hashable] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sources = frozenset(sources)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a pooled value's local positions lie.
+
+    Attributes:
+        batch: N.
+        size: (H, W) of the pooled map.
+        window: (kh, kw), clamped to ``size``.
+    """
+
+    batch: int
+    size: Pair
+    window: Pair
+
+    @property
+    def valid(self) -> Pair:
+        """(Gh, Gw): valid window positions per axis."""
+        return self.size[0] - self.window[0] + 1, self.size[1] - self.window[1] + 1
+
+    @property
+    def positions(self) -> int:
+        """G = Gh * Gw."""
+        gh, gw = self.valid
+        return gh * gw
+
+    def pixel_index(self, device: torch.device) -> torch.Tensor:
+        """(H * W,) long: the window position (``i * Gw + j``) each pixel takes, pixels row-major."""
+        (h, w), (kh, kw), (gh, gw) = self.size, self.window, self.valid
+        rows = (torch.arange(h, device=device) - (kh - 1) // 2).clamp(0, gh - 1)
+        cols = (torch.arange(w, device=device) - (kw - 1) // 2).clamp(0, gw - 1)
+        return (rows[:, None] * gw + cols[None, :]).reshape(-1)
+
+    def __str__(self) -> str:
+        return f"{self.size[0]}x{self.size[1]} map, window {self.window[0]}x{self.window[1]}"
+
+
+class _Entry:
+    __slots__ = ("ref", "local", "grid", "sources")
+
+    def __init__(self, ref: weakref.ref, local: torch.Tensor, grid: Grid, sources: frozenset) -> None:
+        self.ref, self.local, self.grid, self.sources = ref, local, grid, sources
+
+
+# ----------------------------------------------------------------------------- call tables
+
+_T = torch.Tensor
+
+
+def _getters(*names: str) -> set:
+    return {getattr(_T, n).__get__ for n in names if hasattr(_T, n)}
+
+
+# Calls whose result says nothing about the values: answered from the real tensor.
+_METADATA: set = {
+    _T.size, _T.dim, _T.ndimension, _T.numel, _T.nelement, _T.__len__, _T.is_floating_point,
+    _T.is_complex, _T.element_size, _T.stride, _T.is_contiguous, _T.data_ptr, _T.get_device,
+    _T.storage_offset, _T.__repr__, _T.__format__, _T.__hash__, torch.numel, torch.is_floating_point,
+    torch.is_complex,
+} | _getters(
+    "shape", "ndim", "dtype", "device", "is_cuda", "requires_grad", "layout", "is_leaf", "grad_fn",
+    "names", "is_sparse", "is_quantized", "is_meta", "is_mkldnn", "itemsize", "nbytes", "output_nr",
+)
+
+# New tensors shaped like a pooled value but not computed from it: ordinary tensors.
+_VALUE_FREE = {
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+    torch.randn_like, _T.new_zeros, _T.new_ones, _T.new_empty, _T.new_full, _T.new_tensor,
+}
+
+# Shape arguments whose first entry is the batch size.
+_SHAPE_FUNCS = {_T.view, _T.reshape, torch.reshape, _T.expand, _T.broadcast_to, torch.broadcast_to}
+
+# Functions of (input, weights...): only the input may be a pooled value; other tensors are weights.
+_WEIGHTED = {
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "linear", "layer_norm", "group_norm", "batch_norm", "instance_norm", "prelu", "rms_norm",
+}
+_TWO_INPUTS = {"bilinear"}
+
+# Calls taking other tensors for their dtype and device only.
+_LIKE = {"type_as", "to"}
+
+_MUL = {torch.mul, _T.mul, _T.__mul__, _T.__rmul__}
+
+# Arguments naming dims, by function name: (position counting the tensor itself, keyword).
+_DIM_ARGS: dict[str, tuple[tuple[int, str], ...]] = {}
+for _name in (
+    "sum", "mean", "nansum", "nanmean", "prod", "amax", "amin", "max", "min", "argmax", "argmin",
+    "logsumexp", "std", "var", "std_mean", "var_mean", "all", "any", "median", "nanmedian", "mode",
+    "sort", "argsort", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "softmax",
+    "log_softmax", "softmin", "count_nonzero", "select", "narrow", "index_select", "gather",
+    "scatter", "scatter_add", "scatter_reduce", "index_add", "index_copy", "index_fill", "unbind",
+    "unflatten", "glu", "squeeze", "cat", "concat", "concatenate",
+):
+    _DIM_ARGS[_name] = ((1, "dim"),)
+for _name in ("norm", "normalize", "chunk", "split", "tensor_split", "topk", "kthvalue", "diff",
+              "cosine_similarity", "repeat_interleave"):
+    _DIM_ARGS[_name] = ((2, "dim"),)
+_DIM_ARGS.update(
+    flip=((1, "dims"),),
+    roll=((2, "dims"),),
+    transpose=((1, "dim0"), (2, "dim1")),
+    swapdims=((1, "dim0"), (2, "dim1")),
+    swapaxes=((1, "axis0"), (2, "axis1")),
+    movedim=((1, "source"), (2, "destination")),
+    moveaxis=((1, "source"), (2, "destination")),
+)
+_NEW_DIM = {"unsqueeze", "stack"}  # dims counted on the result (one more than the input)
+for _name in _NEW_DIM:
+    _DIM_ARGS[_name] = ((1, "dim"),)
+_SOFTMAX = {"softmax", "log_softmax", "softmin"}
+
+
+def _name(func: Callable) -> str:
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # property getters: Tensor.shape.__get__ -> shape
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+    return name
+
+
+def _member(func: Callable, table: set) -> bool:
+    try:
+        return func in table
+    except TypeError:  # unhashable callables are in no table
+        return False
+
+
+def _is_inplace(name: str, args: tuple, kwargs: dict) -> bool:
+    if name.endswith("_") and not name.endswith("__"):
+        return True
+    if name.startswith("__i") and name not in ("__index__", "__int__", "__invert__", "__iter__"):
+        return True
+    return bool(kwargs.get("inplace"))
+
+
+def _tensors(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
+    """Tensors among the arguments: top level and inside lists/tuples of the top level."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, torch.Tensor):
+                    yield item
+
+
+def _map(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        mapped = [fn(v) if isinstance(v, torch.Tensor) else v for v in value]
+        return mapped if isinstance(value, list) else tuple(mapped)
+    return value
+
+
+def _map_args(args: tuple, kwargs: dict, fn: Callable[[torch.Tensor], Any]) -> tuple[tuple, dict]:
+    return tuple(_map(a, fn) for a in args), {k: _map(v, fn) for k, v in kwargs.items()}
+
+
+def _dims_of(value: object) -> list[int]:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [d for d in value if isinstance(d, int) and not isinstance(d, bool)]
+    return []
+
+
+def _first_tensor(value: object) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+def _touches_batch(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether a known call names dim 0 (the batch) among its dims."""
+    first = _first_tensor(args[0]) if args else None
+    if first is None:
+        return False
+    ndim = first.dim() + (1 if name in _NEW_DIM else 0)
+    if name == "permute":
+        order = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        order = kwargs.get("dims", order)
+        dims = _dims_of(tuple(order))
+        return bool(dims) and dims[0] % max(ndim, 1) != 0
+    spec = _DIM_ARGS.get(name)
+    if spec is None:
+        return False
+    for position, keyword in spec:
+        value = args[position] if len(args) > position else kwargs.get(keyword)
+        if name in _SOFTMAX and value is None:
+            value = 0 if ndim in (0, 1, 3) else 1  # torch's implicit softmax dim
+        if name == "roll" and value is None and len(args) > 1:
+            return True  # rolls the flattened tensor, batch included
+        if any(d % max(ndim, 1) == 0 for d in _dims_of(value) if -ndim <= d < max(ndim, 1)):
+            return True
+    return False
+
+
+def _index_problem(index: object, ndim: int) -> str | None:
+    """Why ``y[index]`` is not a per-sample indexing (leaving dim 0 alone), or None."""
+    items = index if isinstance(index, tuple) else (index,)
+    advanced = sum(isinstance(i, (torch.Tensor, list)) for i in items)
+    if advanced > 1:
+        return "indexing with several index tensors moves the batch dimension"
+    consumed = sum(i is not None and i is not Ellipsis for i in items)
+    for item in items:
+        if item is None:
+            return "indexing adds a dimension before the batch"
+        if item is Ellipsis:
+            if ndim - consumed >= 1:
+                return None
+            continue
+        if isinstance(item, slice) and item == slice(None):
+            return None
+        return "indexing along the batch dimension"
+    return None
+
+
+# ----------------------------------------------------------------------------- the tracker
+
+
+class PooledValues:
+    """The pooled values of one forward, and the answer to every torch call that takes one.
+
+    Use (from a ``TorchFunctionMode`` active during the forward)::
+
+        values = PooledValues()
+        # a global pooling at a converted site:
+        real = F.adaptive_avg_pool2d(x, 1)
+        return values.start(real, valid_local_mean(x, window), x.shape[-2:], source=site)
+        # every other call:
+        result = values.handle(func, types, args, kwargs)
+        return func(*args, **kwargs) if result is NotImplemented else result
+        # after the forward:
+        leaving = values.finish(output)   # sources whose values reach the output: leave global
+
+    ``handle`` runs torch functions itself, so it must be called where the mode is off: from the
+    mode's ``__torch_function__``. A pooling whose input is itself a pooled value is not a new
+    pooled value: give that call to ``handle``.
+
+    Attributes:
+        applied: sources whose values met a map (were spread to pixels) at least once.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}
+        self.applied: set[Hashable] = set()
+
+    # --- bookkeeping
+    def _track(self, real: torch.Tensor, local: torch.Tensor, grid: Grid, sources: frozenset) -> None:
+        key, entries = id(real), self._entries
+
+        def forget(ref: weakref.ref) -> None:  # the real tensor died: drop its local counterpart
+            entry = entries.get(key)
+            if entry is not None and entry.ref is ref:
+                del entries[key]
+
+        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources)
+
+    def _entry(self, t: torch.Tensor) -> _Entry | None:
+        entry = self._entries.get(id(t))
+        return entry if entry is not None and entry.ref() is t else None
+
+    def _find(self, values: Iterable) -> list[_Entry]:
+        """Entries of the pooled values among ``values`` (and in lists/tuples among them)."""
+        entries, found, tensor = self._entries, [], torch.Tensor
+        for value in values:
+            if isinstance(value, tensor):
+                entry = entries.get(id(value))
+                if entry is not None and entry.ref() is value:
+                    found.append(entry)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, tensor):
+                        entry = entries.get(id(item))
+                        if entry is not None and entry.ref() is item:
+                            found.append(entry)
+        return found
+
+    def is_pooled(self, t: object) -> bool:
+        """Whether ``t`` is a pooled value being followed."""
+        return isinstance(t, torch.Tensor) and self._entry(t) is not None
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """The local counterpart (N * G, *t.shape[1:]) of the pooled value ``t``."""
+        entry = self._entry(t)
+        if entry is None:
+            raise KeyError("not a pooled value")
+        return entry.local
+
+    def grid(self, t: torch.Tensor) -> Grid:
+        """The :class:`Grid` of the pooled value ``t``."""
+        entry = self._entry(t)
+        if entry is None:
+            raise KeyError("not a pooled value")
+        return entry.grid
+
+    # --- public protocol
+    def start(
+        self,
+        real: torch.Tensor,
+        local_valid: torch.Tensor,
+        size: tuple[int, int] | torch.Size,
+        source: Hashable = None,
+    ) -> torch.Tensor:
+        """Register the result of a global pooling; returns ``real`` (now a pooled value).
+
+        Args:
+            real: the global result, (N, C, 1, 1) or (N, C) (any shape with N first and C values
+                per sample).
+            local_valid: (N, C, Gh, Gw) values of the same pooling over every window lying inside
+                the map (e.g. :func:`tlc.ops.pool.valid_local_mean`, or a local max).
+            size: (H, W) of the pooled map; the window is (H - Gh + 1, W - Gw + 1).
+            source: a label (e.g. the call site) reported in errors and by :meth:`escaped`.
+
+        Returns:
+            ``real``, unchanged.
+        """
+        n, c, gh, gw = local_valid.shape
+        h, w = int(size[0]), int(size[1])
+        if real.dim() < 1 or real.shape[0] != n or real.shape[1:].numel() != c:
+            raise ValueError(f"real {tuple(real.shape)} does not hold the C values of {tuple(local_valid.shape)}")
+        if not (1 <= gh <= h and 1 <= gw <= w):
+            raise ValueError(f"valid map {gh}x{gw} does not fit a {h}x{w} map")
+        grid = Grid(n, (h, w), (h - gh + 1, w - gw + 1))
+        local = local_valid.permute(0, 2, 3, 1).reshape(n * gh * gw, *real.shape[1:])
+        self._track(real, local, grid, frozenset(() if source is None else (source,)))
+        return real
+
+    def handle(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """Answer a torch call: ``NotImplemented`` when no argument is a pooled value, else its result.
+
+        The result of a call on pooled values is a pooled value (real result returned, local one
+        kept), except where a pooled value meets a map: then it is the ordinary full-size tensor
+        computed from the local values.
+
+        Raises:
+            PooledValueError: the call has no exact local form.
+        """
+        if not self._entries:
+            return NotImplemented
+        found = self._find(args)
+        if kwargs:
+            found += self._find(kwargs.values())
+        else:
+            kwargs = {}
+        if not found:
+            return NotImplemented
+        sources = frozenset().union(*(e.sources for e in found))
+        grid = found[0].grid
+        name = _name(func)
+        for other in found[1:]:
+            if other.grid != grid:
+                raise PooledValueError(
+                    f"{name}: pooled values of different grids meet ({grid} and {other.grid})", sources
+                )
+        if _member(func, _METADATA) or _member(func, _VALUE_FREE):
+            return func(*args, **kwargs)
+        return _Call(self, func, name, args, kwargs, grid, sources).run()
+
+    def escaped(self, output: object) -> frozenset:
+        """Sources of the pooled values found in ``output`` (tensors in nested lists, tuples, dicts):
+        values that left the image path without meeting a map."""
+        found: set = set()
+        stack, seen = [output], set()
+        while stack:
+            value = stack.pop()
+            if isinstance(value, torch.Tensor):
+                entry = self._entry(value)
+                if entry is not None:
+                    found |= entry.sources or {None}
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                if id(value) not in seen:
+                    seen.add(id(value))
+                    stack.extend(value)
+            elif isinstance(value, dict):
+                if id(value) not in seen:
+                    seen.add(id(value))
+                    stack.extend(value.values())
+        return frozenset(found)
+
+    def finish(self, output: object) -> frozenset:
+        """:meth:`escaped` of the forward's ``output``, then forget every pooled value."""
+        leaving = self.escaped(output)
+        self._entries.clear()
+        return leaving
+
+
+class _Call:
+    """One torch call taking pooled values (all of one grid)."""
+
+    def __init__(
+        self, values: PooledValues, func: Callable, name: str, args: tuple, kwargs: dict, grid: Grid,
+        sources: frozenset,
+    ) -> None:
+        self.values, self.func, self.name, self.args, self.kwargs = values, func, name, args, kwargs
+        self.grid, self.sources = grid, sources
+
+    def fail(self, reason: str) -> PooledValueError:
+        return PooledValueError(f"{self.name}: {reason}", self.sources)
+
+    def run(self) -> Any:
+        func, name, args, kwargs, grid = self.func, self.name, self.args, self.kwargs, self.grid
+        entry = self.values._entry
+        if kwargs.get("out") is not None:
+            raise self.fail("writes into out=")
+        if func is _T.__getitem__ or func is _T.__setitem__:
+            if any(entry(t) is not None for t in _tensors(args[1:2], {})):
+                raise self.fail("a pooled value used as an index reads its values")
+            target = args[0]
+            if func is _T.__setitem__ and entry(target) is None:
+                raise self.fail("a pooled value written into another tensor")
+            problem = _index_problem(args[1], target.dim())
+            if problem is not None:
+                raise self.fail(problem)
+        elif _touches_batch(name, args, kwargs):
+            raise self.fail("works along the batch dimension")
+        weighted = name in _WEIGHTED or name in _TWO_INPUTS
+        if weighted:
+            inputs = 2 if name in _TWO_INPUTS else 1
+            rest = [*args[inputs:], *(v for k, v in kwargs.items() if k not in ("input", "input1", "input2"))]
+            if any(entry(t) is not None for t in _tensors(tuple(rest), {})):
+                raise self.fail("a pooled value used as a weight")
+            training = args[5] if name == "batch_norm" and len(args) > 5 else kwargs.get("training", False)
+            if name == "batch_norm" and training:
+                raise self.fail("batch statistics mix the samples")
+
+        h, w = grid.size
+        spatial = h * w > 1 and name not in _LIKE
+        maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
+        real = None
+        if maps:  # the result's shape without computing it: a terminal call is computed once
+            try:
+                margs, mkwargs = _map_args(args, kwargs, lambda t: t.to("meta"))
+                meta = func(*margs, **mkwargs)
+                shape = meta.shape if isinstance(meta, torch.Tensor) else None
+            except Exception:  # no meta kernel: compute it for real
+                if _is_inplace(name, args, kwargs):
+                    raise self.fail("in-place call without a meta kernel") from None
+                real = func(*args, **kwargs)
+                shape = real.shape if isinstance(real, torch.Tensor) else None
+            if shape is not None:
+                placement = self.placement(shape)
+                if placement is not None:
+                    return self.spread_call(placement, shape)
+            raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
+        if self.is_expansion():
+            real = func(*args, **kwargs)
+            if isinstance(real, torch.Tensor) and (placement := self.placement(real.shape)) is not None:
+                return self.spread_call(placement, real.shape)
+            return self.follow(real)
+        return self.follow(None)
+
+    # --- classification
+    def is_map(self, t: torch.Tensor) -> bool:
+        """A tensor of the origin's spatial extent: (H, W) on two consecutive dims or H * W on one."""
+        if isinstance(t, nn.Parameter) or t.dim() < 2 or t.shape[0] not in (self.grid.batch, 1):
+            return False
+        (h, w), shape = self.grid.size, tuple(t.shape[1:])
+        pairs = any(shape[i : i + 2] == (h, w) for i in range(len(shape) - 1))
+        return pairs or h * w in shape
+
+    def is_expansion(self) -> bool:
+        """Calls that may broadcast a pooled value to the map's size without a map argument."""
+        return _member(self.func, _SHAPE_FUNCS) or self.name in ("interpolate", "upsample", "repeat", "tile")
+
+    def placement(self, shape: torch.Size) -> tuple[str, int] | None:
+        """Where the pooled values broadcast over the origin map in a result of ``shape``:
+        ("grid", a) for dims (a, a+1) of size (H, W), ("tokens", a) for dim a of size H * W."""
+        (h, w), rank = self.grid.size, len(shape)
+        pooled = [t for t in _tensors(self.args, self.kwargs) if self.values._entry(t) is not None]
+        if rank < 2 or any(t.dim() != rank for t in pooled):
+            return None
+
+        def ones(*dims: int) -> bool:
+            return all(t.shape[d] == 1 for t in pooled for d in dims)
+
+        for a in range(rank - 2, 0, -1):
+            if (shape[a], shape[a + 1]) == (h, w) and ones(a, a + 1):
+                return "grid", a
+        for a in range(rank - 1, 0, -1):
+            if shape[a] == h * w and ones(a):
+                return "tokens", a
+        return None
+
+    # --- a pooled value meets a map: spread to pixels, computed once at full size
+    def spread(self, e: _Entry, real_shape: torch.Size, placement: tuple[str, int]) -> torch.Tensor:
+        """The pooled value at every pixel: ``real_shape`` with the placement dims at full size."""
+        grid = self.grid
+        kind, a = placement
+        n, (h, w), (gh, gw) = grid.batch, grid.size, grid.valid
+        tail = tuple(real_shape[1:])
+        if grid.positions == 1:
+            return e.local  # one window: the real shape, broadcast by the call itself
+        if kind == "grid" and a + 2 == len(real_shape):  # trailing (1, 1): replicate padding
+            valid = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2)  # (N, P, Gh, Gw)
+            return replicate_to(valid.contiguous(), (h, w)).reshape(n, *tail[:-2], h, w)
+        full = e.local.reshape(n, grid.positions, *tail).index_select(1, grid.pixel_index(e.local.device))
+        if kind == "grid":
+            full = full.squeeze(a + 2).squeeze(a + 1).unflatten(1, (h, w))
+            return full.movedim((1, 2), (a, a + 1))
+        return full.squeeze(a + 1).movedim(1, a)
+
+    def spread_call(self, placement: tuple[str, int], shape: torch.Size) -> torch.Tensor:
+        func, args, kwargs, grid = self.func, self.args, self.kwargs, self.grid
+        entry = self.values._entry
+        self.values.applied.update(self.sources)
+        fused = self.fused_multiply(placement, shape)
+        if fused is not None:
+            return fused
+        pooled = [e for t in _tensors(args, kwargs) if (e := entry(t)) is not None]
+        if self.name in ("repeat", "tile") and len(pooled) == 1:
+            # Repeated to the map's size (other factors 1): that is the spread value itself.
+            full = self.spread(pooled[0], args[0].shape, placement)
+            if full.shape == shape:
+                return full.contiguous()
+        full_args, full_kwargs = _map_args(
+            args, kwargs, lambda t: self.spread(e, t.shape, placement) if (e := entry(t)) is not None else t
+        )
+        out = func(*full_args, **full_kwargs)
+        if not isinstance(out, torch.Tensor) or out.shape != shape:
+            raise self.fail(f"has no per-pixel form on the {grid} (result {tuple(shape)})")
+        return out
+
+    def fused_multiply(self, placement: tuple[str, int], shape: torch.Size) -> torch.Tensor | None:
+        """``x * gate`` with x (N, C, H, W), gate (N, C, 1, 1): the gate replicated while multiplying."""
+        if not _member(self.func, _MUL) or len(self.args) != 2 or self.kwargs or placement != ("grid", 2):
+            return None
+        a, b = self.args
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return None
+        e = self.values._entry(b)
+        x, e = (a, e) if e is not None else (b, self.values._entry(a))
+        if e is None or self.values._entry(x) is not None or x.dim() != 4 or tuple(x.shape) != tuple(shape):
+            return None
+        n, c = x.shape[:2]
+        gh, gw = self.grid.valid
+        if e.local.shape != (n * gh * gw, c, 1, 1):
+            return None
+        gate = e.local.reshape(n, gh, gw, c).permute(0, 3, 1, 2).contiguous()
+        return multiply_replicated(x, gate)
+
+    # --- a per-sample computation: run again on the local values, batch folded
+    def follow(self, real: Any) -> Any:
+        func, args, kwargs, grid = self.func, self.args, self.kwargs, self.grid
+        entry = self.values._entry
+        n, g = grid.batch, grid.positions
+        pooled = [e for t in _tensors(args, kwargs) if (e := entry(t)) is not None]
+        rank = max(e.local.dim() for e in pooled)
+        weighted = self.name in _WEIGHTED or self.name in _TWO_INPUTS
+        indexing = func is _T.__getitem__ or func is _T.__setitem__
+        like = self.name in _LIKE
+
+        def local(t: torch.Tensor) -> torch.Tensor:
+            e = entry(t)
+            if e is not None:
+                return e.local
+            if weighted or like or isinstance(t, nn.Parameter) or t.dim() != rank or t.shape[0] != n:
+                return t  # weights and constants broadcast over the batch
+            # A pooled value spread over another per-sample tensor's extent would be followed at G
+            # times that size (a map of another resolution, say): not followed.
+            ones = [d for d in range(1, rank) if all(e.local.dim() == rank and e.local.shape[d] == 1 for e in pooled)]
+            if any(t.shape[d] > 1 for d in ones):
+                raise self.fail(f"a pooled value broadcast over a {tuple(t.shape)} tensor that is not its map")
+            return t.repeat_interleave(g, dim=0)  # per sample: the same for each window position
+
+        if indexing:  # the index stays as it is
+            largs = (local(args[0]), args[1], *(_map(a, local) for a in args[2:]))
+            lkwargs = kwargs
+        else:
+            largs, lkwargs = _map_args(args, kwargs, local)
+        if _member(func, _SHAPE_FUNCS):
+            largs, lkwargs = _fold_shape(largs, lkwargs, n, n * g)
+        if real is None:  # after the local arguments: an in-place call may change its inputs
+            real = func(*args, **kwargs)
+        tensors = isinstance(real, (tuple, list)) and real and all(isinstance(r, torch.Tensor) for r in real)
+        if not isinstance(real, torch.Tensor) and not tensors and func is not _T.__setitem__:
+            raise self.fail("reads the pooled value into Python")
+        try:
+            result = _pointwise_conv(self.name, largs, lkwargs)
+            if result is None:
+                result = func(*largs, **lkwargs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            raise self.fail(f"has no local form ({' '.join(str(err).split())[:120]})") from err
+        if func is _T.__setitem__:
+            return real
+        if isinstance(real, torch.Tensor):
+            self.check_and_track(real, result)
+            return real
+        for r, l in zip(real, result, strict=True):
+            self.check_and_track(r, l)
+        return real
+
+    def check_and_track(self, real: torch.Tensor, local: torch.Tensor) -> None:
+        n, g = self.grid.batch, self.grid.positions
+        if real.dim() < 1 or real.shape[0] != n:
+            raise self.fail(f"changes the batch dimension ({tuple(real.shape)}, batch {n})")
+        if not isinstance(local, torch.Tensor) or tuple(local.shape) != (n * g, *real.shape[1:]):
+            shown = tuple(local.shape) if isinstance(local, torch.Tensor) else type(local).__name__
+            raise self.fail(f"mixes the samples (local result {shown} for {tuple(real.shape)})")
+        self.values._track(real, local, self.grid, self.sources)
+
+
+def _pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel as a matrix product, ``conv1d`` across
+    the channels of pooled vectors (ECA) as products per kernel tap; else None.
+
+    Folded into the batch, the local values are a large batch of 1x1 maps, on which oneDNN's
+    convolution is slow (two 32 -> 32 convolutions on 46k positions: about 90 ms on one CPU
+    thread, against 9 ms as ``linear``, which computes the same sums).
+    """
+    if name == "conv1d" and not kwargs and len(args) >= 2:
+        return conv1d_as_products(args)
+    if name != "conv2d" or kwargs or len(args) < 2:
+        return None
+    x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
+    stride, padding, _, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]  # dilation: moot at 1x1
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.dim() != 4:
+        return None
+    if tuple(x.shape[-2:]) != (1, 1) or tuple(weight.shape[-2:]) != (1, 1) or groups != 1:
+        return None
+    if padding not in (0, (0, 0), [0, 0], "valid") or stride not in (1, (1, 1), [1, 1]):
+        return None
+    out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight.reshape(weight.shape[0], -1), bias)
+    return out.reshape(x.shape[0], weight.shape[0], 1, 1)
+
+
+def conv1d_as_products(args: tuple) -> torch.Tensor | None:
+    """``conv1d(x (B, Cin, L), weight (Cout, Cin, k), bias, stride 1, padding p, dilation 1,
+    groups 1)`` as one product per kernel tap, or None for other settings: oneDNN's convolution
+    takes ~1 s on a batch of 200k short rows (ECA at 360x640)."""
+    x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
+    stride, padding, dilation, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.dim() != 3 or weight.dim() != 3:
+        return None
+    if stride not in (1, (1,), [1]) or dilation not in (1, (1,), [1]) or groups != 1 or isinstance(padding, str):
+        return None
+    pad = padding[0] if isinstance(padding, (tuple, list)) else padding
+    padded = torch.nn.functional.pad(x, (pad, pad))
+    k = weight.shape[-1]
+    length = padded.shape[-1] - k + 1
+    out = None
+    for j in range(k):  # one product per kernel tap, on the shifted rows
+        rows = padded[..., j : j + length]
+        term = rows * weight[0, 0, j] if weight.shape[:2] == (1, 1) else torch.matmul(weight[:, :, j], rows)
+        out = term if out is None else out.add_(term)
+    return out if bias is None else out + bias.view(1, -1, 1)
+
+
+def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, dict]:
+    """Shape arguments of view/reshape/expand with a first entry ``n`` -> ``folded``."""
+
+    def fold(shape: tuple | list) -> tuple:
+        items = list(shape)
+        if items and isinstance(items[0], int) and not isinstance(items[0], bool) and items[0] == n:
+            items[0] = folded
+        return tuple(items)
+
+    for key in ("size", "shape"):
+        if key in kwargs and isinstance(kwargs[key], (tuple, list)):
+            return args, {**kwargs, key: fold(kwargs[key])}
+    if len(args) == 2 and isinstance(args[1], (tuple, list)):
+        return (args[0], fold(args[1])), kwargs
+    if len(args) >= 2 and all(isinstance(a, int) for a in args[1:]):
+        return (args[0], *fold(args[1:])), kwargs
+    return args, kwargs
+
+
+__all__ = ["Grid", "PooledValueError", "PooledValues"]

@@ -9,6 +9,11 @@ rows at a time, vectorised along W), then along W on the H - kh + 1 rows left. S
 for logits no single shift can hold keeps every partial sum relative to its own maximum (online
 softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
 on first use (tens of seconds for all of them), cached on disk.
+
+One file (over 400 lines) because the kernels share their compiled helpers (block scans, row
+window sums, replication), which numba inlines only within the module that compiles them; the
+general softmax pooling kernel stays one function (65 lines) because a numba parallel loop's body
+cannot be split into calls without losing the per-task scratch buffers it allocates.
 """
 
 from __future__ import annotations

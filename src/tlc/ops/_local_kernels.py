@@ -10,10 +10,9 @@ for logits no single shift can hold keeps every partial sum relative to its own 
 softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
 on first use (tens of seconds for all of them), cached on disk.
 
-One file (over 400 lines) because the kernels share their compiled helpers (block scans, row
-window sums, replication), which numba inlines only within the module that compiles them; the
-general softmax pooling kernel stays one function (65 lines) because a numba parallel loop's body
-cannot be split into calls without losing the per-task scratch buffers it allocates.
+One file (over 400 lines): the kernels share their compiled helpers (block scans, row window sums,
+replication). The general softmax pooling kernel (65 lines) is one parallel loop over planes with
+its per-plane scratch arrays; it is left whole rather than threading those arrays through helpers.
 """
 
 from __future__ import annotations

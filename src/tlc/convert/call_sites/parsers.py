@@ -129,17 +129,10 @@ def _adaptive(op: str) -> Callable[[tuple, dict], Call | None]:
         dims = tuple(d for d, o in zip((2, 3), out) if o is not None)
         if not dims:
             return None  # (None, None): the identity
-        call = Call(op, x, dims, mark="mean" if op == "adaptive_avg_pool2d" else None)
         if any(o != 1 or isinstance(o, bool) for d, o in zip((2, 3), out) if d in dims):
             sizes = "x".join("H" if o is None else str(o) for o in out)
-            call.reason = f"adaptive pooling to a fixed {sizes} grid: its bins grow with the map; no local form here"
-        elif b.get("return_indices", False):
-            call.reason = "returns indices: no local form"
-        elif op == "adaptive_avg_pool2d":
-            call.local = lambda site: local_mean_over(x, dims, site)
-        else:
-            call.local = lambda site: local_max_over(x, dims, site)
-        return call
+            return Call(op, x, dims, reason=f"adaptive pooling to a fixed {sizes} grid: its bins grow with the map; no local form here")
+        return _pooling(op, x, dims, b.get("return_indices", False))
 
     return parse
 
@@ -170,16 +163,22 @@ def _full_kernel(op: str) -> Callable[[tuple, dict], Call | None]:
         dims = tuple(d for d, k, n in zip((2, 3), kernel, size) if k == n and (n > 1 or k != 1))
         if not dims or any(k != 1 for d, k in zip((2, 3), kernel) if d not in dims):
             return None
-        call = Call(op, x, dims, mark="mean" if op == "avg_pool2d" else None)
-        if b.get("return_indices", False):
-            call.reason = "returns indices: no local form"
-        elif op == "avg_pool2d":
-            call.local = lambda site: local_mean_over(x, dims, site)
-        else:
-            call.local = lambda site: local_max_over(x, dims, site)
-        return call
+        return _pooling(op, x, dims, b.get("return_indices", False))
 
     return parse
+
+
+def _pooling(op: str, x: torch.Tensor, dims: tuple[int, ...], return_indices: bool) -> Call:
+    """An average or max pooling over the whole of ``dims``: its local form (a mean or a max)."""
+    average = "avg" in op
+    call = Call(op, x, dims, mark="mean" if average else None)
+    if return_indices:
+        call.reason = "returns indices: no local form"
+    elif average:
+        call.local = lambda site: local_mean_over(x, dims, site)
+    else:
+        call.local = lambda site: local_max_over(x, dims, site)
+    return call
 
 
 def _instance_norm(args: tuple, kwargs: dict) -> Call | None:

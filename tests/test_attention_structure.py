@@ -82,7 +82,8 @@ class TransAttention(nn.Module):
 
 class IGMSA(nn.Module):
     """Retinexformer's illumination-guided attention: (b, h, w, c) maps, Linear q/k/v on tokens,
-    v times the illumination features, ``k @ q^T``, and a positional conv branch on v."""
+    v times the illumination features, ``k @ q^T``, and a positional conv branch on v. Heads split
+    with reshape/permute here; tests/corpus spells the same block with einops."""
 
     def __init__(self, dim: int, dim_head: int, heads: int) -> None:
         super().__init__()

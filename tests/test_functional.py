@@ -16,6 +16,8 @@ import tlc
 from tlc.convert.call_sites import CallSiteConverter, installed, recognise
 from tlc.ops import local_var
 
+from .windows import brute_force, image
+
 
 def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
     """Randomise every parameter so no op is an identity (NAFNet's beta/gamma start at zero)."""
@@ -73,10 +75,6 @@ def pair(seed: int = 0) -> tuple[Net, Net]:
     functional, modules = perturbed(Net(True), seed), Net(False)
     modules.load_state_dict(functional.state_dict())
     return functional.eval(), modules.eval()
-
-
-def image(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -169,19 +167,6 @@ def test_recognised_forms():
     assert recognise(torch.amax, (x, (2, 3), True)) == ("amax", None)
     assert "returns indices" in recognise(F.adaptive_max_pool2d, (x, 1, True))[1]
     assert recognise(torch.Tensor.mean, (torch.zeros(2, 3, 4, 4, dtype=torch.long), (2, 3))) is None
-
-
-def brute_force(x: torch.Tensor, window: tuple[int, int], stat) -> torch.Tensor:
-    """``stat`` over the window placed for each pixel as tlc places it: starting (k-1)//2 before,
-    shifted to lie inside the map."""
-    n, c, h, w = x.shape
-    kh, kw = min(window[0], h), min(window[1], w)
-    out = torch.empty_like(x)
-    for r in range(h):
-        for q in range(w):
-            top, left = min(max(r - (kh - 1) // 2, 0), h - kh), min(max(q - (kw - 1) // 2, 0), w - kw)
-            out[:, :, r, q] = stat(x[:, :, top : top + kh, left : left + kw])
-    return out
 
 
 class Contrast(nn.Module):
@@ -499,7 +484,7 @@ def test_calls_inside_torch_modules_keep_their_site_whoever_runs_the_model():
         warnings.simplefilter("error")  # "was not met at calibration" would be a warning
         out = converted(x)
     with torch.no_grad():
-        expected = brute_force(model[0](x), (24, 24), lambda t: t.mean((-2, -1)))
+        expected = brute_force(model[0](x), (24, 24), lambda t: t.mean(-1))
     assert (out - expected).abs().max().item() < 1e-5
 
 

@@ -14,6 +14,9 @@ from torch import nn
 import tlc
 from tlc.convert.call_sites import POOLED_VALUE, recognise
 
+from . import windows
+from .windows import brute_force
+
 TRAIN = 16  # base 24: a 16x16 map gets 24x24 windows, an 8x8 map 12x12
 
 
@@ -26,20 +29,7 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def image(*shape: int, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def brute_force(x: torch.Tensor, window: tuple[int, int], stat) -> torch.Tensor:
-    """``stat`` of each pixel's window (flattened to the last axis), placed as tlc places windows:
-    starting (k-1)//2 before the pixel, shifted to lie inside the map."""
-    n, c, h, w = x.shape
-    kh, kw = min(window[0], h), min(window[1], w)
-    out = torch.empty_like(x)
-    for r in range(h):
-        for q in range(w):
-            top, left = min(max(r - (kh - 1) // 2, 0), h - kh), min(max(q - (kw - 1) // 2, 0), w - kw)
-            out[:, :, r, q] = stat(x[:, :, top : top + kh, left : left + kw].flatten(2))
-    return out
+    return windows.image(*shape, seed=seed, dtype=dtype)
 
 
 def mean(t):

@@ -438,3 +438,39 @@ def test_bad_arguments():
         tlc.convert(nn.Conv2d(3, 3, 1), train_size="256")
     with pytest.raises(tlc.ConversionError, match="matches the model itself"):
         tlc.convert(nn.AdaptiveAvgPool2d(1))
+
+
+@pytest.mark.parametrize("train,base", [((33, 33), (50, 50)), ((20, 36), (31, 50)), ((32, 24), (47, 41))])
+def test_windows_at_non_integral_ratios_follow_the_formula(train, base):
+    """Window = floor(feature * base / train) per axis, computed here from the feature sizes the
+    network has at ``train`` (full, then halved by the stride-2 conv, rounding up with padding 1)."""
+
+    class TwoLevels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 4, 3, padding=1)
+            self.norm1 = nn.InstanceNorm2d(4)
+            self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+            self.norm2 = nn.InstanceNorm2d(4)
+
+        def forward(self, x):
+            return self.norm2(self.down(self.norm1(self.head(x))))
+
+    _, report = tlc.convert(TwoLevels(), train_size=train, base_size=base, functional=False)
+    half = ((train[0] + 1) // 2, (train[1] + 1) // 2)
+    expected = {
+        "norm1": (train, (train[0] * base[0] // train[0], train[1] * base[1] // train[1])),
+        "norm2": (half, (int(half[0] * base[0] / train[0]), int(half[1] * base[1] / train[1]))),
+    }
+    assert {op.path: (op.feature_size, op.window) for op in report.converted} == expected
+
+
+def test_invariance_at_the_training_size_measured_here():
+    """The converted model equals the original at the training size, measured by running both
+    (not from the report's own deviation)."""
+    torch.manual_seed(1)
+    model = perturbed(Net())
+    converted, _ = tlc.convert(model, train_size=(32, 32))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (converted(x) - model(x)).abs().max().item() < 1e-5

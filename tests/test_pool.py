@@ -212,3 +212,16 @@ def test_kernels_keep_torch_thread_count():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("shape,window", [((2, 3, 9, 13), (4, 5)), ((1, 2, 7, 6), (20, 3)), ((1, 1, 1, 8), (3, 3))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prefix_sum_path_equals_brute_force(shape, window, dtype):
+    """The torch path (autograd, export, GPUs) on its own against explicit window slicing."""
+    from tlc.ops.pool import local_mean_by_prefix_sums
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 3
+    expected = brute_local_mean(x, window)
+    out = local_mean_by_prefix_sums(x.to(dtype), window)
+    assert out.dtype == dtype
+    assert (out.double() - expected).abs().max().item() < (1e-12 if dtype == torch.float64 else 2e-6)

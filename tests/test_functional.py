@@ -507,3 +507,16 @@ def test_torch_calls_inside_tlc_local_ops_are_not_sites():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         converted(image(1, 3, 40, 36))
+
+
+def test_the_hooks_show_in_repr_and_go_with_them():
+    model = perturbed(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Pool()))
+    converted, _ = tlc.convert(model, 16, rules=[])
+    assert "1 run-time call site(s) made local by forward hooks" in repr(converted)
+    assert "forward hooks" in repr(copy.deepcopy(converted)) and "forward hooks" not in repr(model)
+    buffer = io.BytesIO()
+    torch.save(converted, buffer)
+    buffer.seek(0)
+    assert "forward hooks" in repr(torch.load(buffer, weights_only=False))
+    tlc.functional.remove_call_site_conversion(converted)
+    assert "forward hooks" not in repr(converted) and installed(converted) is None

@@ -68,7 +68,7 @@ from ...ops._common import Pair
 from ..pooled_values import PooledValueError
 from ..rules import Site
 from .converter import CallSiteConverter
-from .hooks import installed, remove_call_site_conversion
+from .hooks import installed, remove_call_site_conversion, show_in_repr
 from .recognise import recognise
 from .sites import LEAVES_IMAGE, POOLED_VALUE, CallSite, SiteKey
 
@@ -128,7 +128,10 @@ def convert_call_sites(
         run("the calibration forward of functional call sites")
         probed = len(probes) == 2 and converter.recorded and _probe(converter, probes)
         sites = converter.finish_calibration(site_for, probed)
-        return _check(model, converter, run, check_other if probed else None), sites
+        out = _check(model, converter, run, check_other if probed else None)
+        if converter.converted:
+            show_in_repr(model, converter)
+        return out, sites
     except BaseException:
         remove_call_site_conversion(model, only=converter)
         raise

@@ -218,8 +218,32 @@ def installed(model: nn.Module) -> CallSiteConverter | None:
     return None
 
 
+class ReprNote:
+    """A converted model's ``extra_repr`` (set on the instance): its own, then a line saying that
+    run-time call sites are local through forward hooks on its modules, so ``print(model)`` shows it."""
+
+    def __init__(self, model: nn.Module, converter: CallSiteConverter) -> None:
+        self.model, self.converter = model, converter
+
+    def __call__(self) -> str:
+        own = type(self.model).extra_repr(self.model)
+        note = (
+            f"tlc: {self.converter.converted} run-time call site(s) made local by forward hooks on every module "
+            "(tlc.functional.remove_call_site_conversion(model) removes them)"
+        )
+        return f"{own}\n{note}" if own else note
+
+
+def show_in_repr(model: nn.Module, converter: CallSiteConverter) -> None:
+    """Make ``repr(model)`` say that ``converter``'s hooks are on it."""
+    model.__dict__["extra_repr"] = ReprNote(model, converter)
+
+
 def remove_call_site_conversion(model: nn.Module, only: CallSiteConverter | None = None) -> None:
     """Take functional conversion hooks off every module of ``model`` (those of ``only``, if given)."""
+    note = model.__dict__.get("extra_repr")
+    if isinstance(note, ReprNote) and (only is None or note.converter is only):
+        del model.__dict__["extra_repr"]
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for hook_id, hook in list(hooks.items()):

@@ -16,10 +16,10 @@ def test_modules_equal_functions():
     torch.testing.assert_close(pool(x), tlc.local_mean(x, (5, 6)), rtol=0, atol=0)
     norm = tlc.LocalInstanceNorm2d(4, (5, 6), affine=True)
     norm.weight.data, norm.bias.data = weight, bias
-    torch.testing.assert_close(norm(x), tlc.local_instance_norm(x, (5, 6), weight, bias), rtol=0, atol=0)
+    torch.testing.assert_close(norm(x), tlc.local_instance_norm(x, (5, 6), norm.weight, norm.bias), rtol=0, atol=0)
     group = tlc.LocalGroupNorm(2, 4, (5, 6), eps=1e-3)
     group.weight.data, group.bias.data = weight, bias
-    torch.testing.assert_close(group(x), tlc.local_group_norm(x, 2, (5, 6), weight, bias, 1e-3), rtol=0, atol=0)
+    torch.testing.assert_close(group(x), tlc.local_group_norm(x, 2, (5, 6), group.weight, group.bias, 1e-3), rtol=0, atol=0)
     fast = tlc.LocalAvgPool2d((10, 10), fast=True, max_stride=(2, 3))
     torch.testing.assert_close(fast(x), tlc.ops.local_mean_strided(x, (10, 10), (2, 3)), rtol=0, atol=0)
 

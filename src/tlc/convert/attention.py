@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..nn import attention_pattern as _followed
-from ..nn.attention_pattern import Chain, Follower, Normed, NotLocal, Tag, attention_plan, layout_in_call, tensors_in
+from ..nn.attention_pattern import Chain, Follower, Normed, NotLocal, Tag, attention_plan, layout_in_call
+from .._util import output_tensors
 from ..ops._common import Pair
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -97,7 +98,7 @@ class TransposedAttentionRecorder(Follower):
         if not self._stack or self._stack[-1].module is not module:
             return  # its pre-hook never ran
         call = self._stack.pop()
-        for t in tensors_in(output):
+        for t in output_tensors(output):
             tag = self.tag_of(t)
             if tag is not None and tag.chain is not None and tag.chain.owner is call:
                 tag.chain.reason = tag.chain.reason or "the module returns its attention matrix"
@@ -178,7 +179,7 @@ class TransposedAttentionRecorder(Follower):
 
     def escape(self, func, args, kwargs, tags: list[Tag], what: str) -> object:  # noqa: ANN001
         result = func(*args, **kwargs)
-        if not any(isinstance(r, torch.Tensor) for r in tensors_in(result)):
+        if not any(isinstance(r, torch.Tensor) for r in output_tensors(result)):
             return result  # sizes, dims, dtypes: not a use of the values
         for tag in tags:
             if tag.normed is not None:

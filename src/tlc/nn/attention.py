@@ -54,9 +54,10 @@ import copy
 import torch
 from torch import nn
 
+from .._util import output_tensors
 from ..ops import local_transposed_attention
 from ..ops._common import Pair, as_pair
-from .attention_pattern import Chain, Follower, NotLocal, Tag, attention_plan, layout_in_call, tensors_in
+from .attention_pattern import Chain, Follower, NotLocal, Tag, attention_plan, layout_in_call
 
 
 class _LocalChains(Follower):
@@ -104,7 +105,7 @@ class _LocalChains(Follower):
     def escape(self, func, args, kwargs, tags: list[Tag], what: str) -> object:  # noqa: ANN001
         if any(tag.chain is not None for tag in tags):
             result = func(*args, **kwargs)
-            if not any(isinstance(r, torch.Tensor) for r in tensors_in(result)):
+            if not any(isinstance(r, torch.Tensor) for r in output_tensors(result)):
                 return result
             raise RuntimeError(
                 f"{type(self.module).__name__}: its attention matrix is used by {what}, which a local "
@@ -170,7 +171,7 @@ class LocalTransposedAttention(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        if any(mode.tag_of(t) is not None for t in tensors_in(out)):
+        if any(mode.tag_of(t) is not None for t in output_tensors(out)):
             raise RuntimeError(
                 f"{type(self).__name__} returns its attention matrix or normalised q/k, which a local attention "
                 "does not compute"

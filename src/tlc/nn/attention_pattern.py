@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .._util import output_tensors
 from ..ops._common import Pair
 
 _T = torch.Tensor
@@ -215,17 +216,6 @@ def attention_plan(chain: Chain, scale: tuple[tuple[str, object], ...], v: torch
     return _Plan(n, heads, d, temperature)
 
 
-def tensors_in(obj: object) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from tensors_in(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from tensors_in(item)
-
-
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: object) -> object:
     return args[index] if len(args) > index else kwargs.get(name, default)
 
@@ -290,7 +280,7 @@ class Follower(TorchFunctionMode):
         kind = _kind(func)
         tagged = [(i, t) for i, a in enumerate(args) if (t := self.tag_of(a)) is not None]
         nested = [a for a in args if not isinstance(a, torch.Tensor)] + [kwargs]
-        hidden = [t for x in tensors_in(nested) if (t := self.tag_of(x)) is not None]
+        hidden = [t for x in output_tensors(nested) if (t := self.tag_of(x)) is not None]
         if hidden:
             tagged.append((-1, None))  # in a list or a keyword argument: no step of the pattern
         if not tagged:

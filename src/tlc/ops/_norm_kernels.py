@@ -4,7 +4,9 @@ The torch path makes about a dozen full passes over the map, several in float64 
 channel sums, two local means, replication of mean and scale, normalising, the affine). This
 kernel, per image and group, reads the map three times (the group's mean, the per-pixel channel
 sums of centred values and their squares, the output) and writes the output once. Window sums of
-the two per-pixel sums slide as in the local mean's kernel (float64 running sums); each pixel takes
+the two per-pixel sums slide as in the local mean's kernel (float64 running sums; the exact block
+sums of ``_local_kernels`` made this kernel 3.4x slower: 504 vs 146 ms for 16 channels at 720p,
+and the running sums' drift is far below float32 resolution); each pixel takes
 the statistics of its window (valid windows, edge-replicated), normalises in float64 and rounds
 once to the output dtype.
 """

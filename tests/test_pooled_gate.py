@@ -9,7 +9,9 @@ from torch import nn
 import tlc
 from tlc.ops.gate import apply_pointwise, multiply_replicated
 from tlc.ops.pool import replicate_to, valid_local_mean
-from tlc.convert.pooled_gate import gate_plan
+from tlc.convert.pooled_gate import GatePlan, gate_plan
+
+from .windows import brute_force
 
 PLAIN_RULES = [tlc.rules.GLOBAL_AVG_POOL, tlc.rules.INSTANCE_NORM, tlc.rules.GROUP_NORM]  # the pooling alone made local
 
@@ -59,7 +61,7 @@ class AddedGate(PoolAndConv):
 
 
 class PooledTwice(PoolAndConv):
-    """The pooled map is used twice: not the pattern (left to the global-avg-pool rule)."""
+    """The pooled map is used twice: through the gate, and added (replicated) to the product."""
 
     def forward(self, x):
         p = self.pool(x)
@@ -94,7 +96,7 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("block", [CALayer, SplitGate, AddedGate])
+@pytest.mark.parametrize("block", [CALayer, SplitGate, AddedGate, PooledTwice])
 def test_gate_equals_pooling_made_local(block):
     model = randomised(Holder(block()))
     fast, report = tlc.convert(model, train_size=24, base_size=36)
@@ -114,12 +116,99 @@ def test_mprnet_channel_attention_is_found_by_tracing():
     from tlc.archs.mprnet import CALayer as MPRNetCALayer
 
     plan = gate_plan(MPRNetCALayer(16, 4))
-    assert plan is not None and plan.pool == "avg_pool" and plan.layers == ("conv_du",) and plan.fused_multiply
+    assert plan is not None and plan.pools == (("avg_pool", "avg"),) and plan.layers == ("conv_du",)
+    assert plan.fused_multiply
     assert gate_plan(AddedGate()).fused_multiply is False
     assert gate_plan(SplitGate()).layers == ("reduce", "act", "expand")  # torch.sigmoid is not a child
+    assert gate_plan(CBAMChannelGate()) == GatePlan((("avg_pool", "avg"), ("max_pool", "max")), ("mlp", "mlp"), True)
+    assert gate_plan(AmaxGate()).pools == (("amax", "max"),)
 
 
-@pytest.mark.parametrize("block", [PooledTwice, Branching])
+class CBAMChannelGate(nn.Module):
+    """CBAM's channel attention: average and max pooling through one shared MLP, summed."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.max_pool = nn.AdaptiveMaxPool2d(1)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 4, 1), nn.ReLU(), nn.Conv2d(4, c, 1))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.mlp(self.avg_pool(x)) + self.mlp(self.max_pool(x)))
+
+
+class AmaxGate(PoolAndConv):
+    """A max pooling written as a method call, multiplied from the left."""
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x.amax((2, 3), keepdim=True))) * x
+
+
+class ReturnedGate(PoolAndConv):
+    """Only the gate: the product is taken by the caller (made local, a full-size map is returned)."""
+
+    def forward(self, x):
+        return self.fc(x.mean((-2, -1), keepdim=True)).sigmoid()
+
+
+class GateHolder(Holder):
+    """The block returns a gate; the holder multiplies."""
+
+    def forward(self, x):
+        features = self.head(x)
+        return self.tail(features * self.block(features))
+
+
+class UnusedChild(PoolAndConv):
+    """A child with weights that forward never calls: a traced rebuild would drop its keys."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__(c)
+        self.spare = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x * self.fc(self.pool(x))
+
+
+def _gate_by_brute_force(block: nn.Module, x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The block's output with every global pooling of its input replaced, pixel by pixel, by the
+    statistic of that pixel's window (tests/windows.py), the rest of the block as written."""
+    means = brute_force(x, window, lambda v: v.mean(-1))
+    maxima = brute_force(x, window, lambda v: v.amax(-1))
+    if isinstance(block, CBAMChannelGate):
+        return x * torch.sigmoid(block.mlp(means) + block.mlp(maxima))
+    if isinstance(block, AmaxGate):
+        return torch.sigmoid(block.fc(maxima)) * x
+    return block.fc(means).sigmoid()
+
+
+@pytest.mark.parametrize("block", [CBAMChannelGate, AmaxGate, ReturnedGate])
+def test_several_poolings_and_functions_equal_per_pixel_windows(block):
+    torch.manual_seed(3)
+    gate = randomised(block())
+    model = randomised((GateHolder if block is ReturnedGate else Holder)(gate), seed=1)
+    converted, report = tlc.convert(model, train_size=12, base_size=18)
+    assert [(op.path, op.rule, op.window) for op in report.converted] == [("block", "pooled-gate", (18, 18))]
+    assert report.skipped == [] and report.call_sites == []
+    head = model.head
+    for shape in [(2, 3, 23, 29), (1, 3, 9, 40)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            features = head(x)
+            out = _gate_by_brute_force(gate, features, (18, 18))
+            expected = model.tail(features * out if block is ReturnedGate else out)
+            torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+            assert (converted(x) - model(x)).abs().max() > 1e-3
+
+
+def test_fast_mode_keeps_max_poolings_exact():
+    model = randomised(Holder(CBAMChannelGate()))
+    converted, report = tlc.convert(model, train_size=12, base_size=18, fast=True)
+    assert [op.rule for op in report.converted] == ["pooled-gate"]
+    assert converted.block.avg_pool.fast and isinstance(converted.block.max_pool, tlc.nn.LocalMaxPool2d)
+
+
+@pytest.mark.parametrize("block", [Branching, UnusedChild])
 def test_other_patterns_fall_back_to_the_pooling_rule(block):
     model = randomised(Holder(block()))
     assert gate_plan(model.block) is None
@@ -188,3 +277,17 @@ def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
         ops = [event.name for event in profile.events()]
         assert ops.count("aten::bmm") == 2
         assert "aten::copy_" not in ops
+
+
+def test_fast_mode_with_method_poolings():
+    """x.amax stays exact with fast (max has no approximation); x.mean gets the approximate pooling."""
+    x = torch.rand(1, 3, 40, 50)
+    model = randomised(Holder(AmaxGate()))
+    exact, _ = tlc.convert(model, train_size=12, base_size=18)
+    fast, report = tlc.convert(model, train_size=12, base_size=18, fast=True)
+    assert [op.rule for op in report.converted] == ["pooled-gate"]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), exact(x), rtol=1e-5, atol=1e-6)
+    model = randomised(GateHolder(ReturnedGate()))
+    fast, _ = tlc.convert(model, train_size=12, base_size=18, fast=True)
+    assert [m.fast for m in fast.block.modules() if isinstance(m, tlc.LocalAvgPool2d)] == [True]

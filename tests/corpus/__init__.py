@@ -146,7 +146,7 @@ CORPUS: tuple[Entry, ...] = (
         bench=_shell(ca.SELayer, 16),
     ),
     Entry(
-        "cbam", _shell(ca.CBAM), _at_blocks(".ca.avg_pool", "avg-pool") + _at_blocks(".ca.max_pool", "max-pool"),
+        "cbam", _shell(ca.CBAM), _at_blocks(".ca", "avg-pool") + _at_blocks(".ca", "max-pool"),
         too_small=2, bench=_shell(ca.CBAM, 16),
     ),
     Entry(

@@ -1,18 +1,26 @@
 """The ``pooled-gate`` rule's machinery: channel attention written as ``x * f(pool(x))``.
 
-Many networks (MPRNet, RCAN, SE blocks) hold the global pooling and the gate's 1x1 layers as
-sibling modules and combine them in ``forward``, e.g.::
+Many networks (MPRNet, RCAN, SE blocks, CBAM) hold the global poolings and the gate's 1x1 layers
+as sibling modules and combine them in ``forward``, e.g.::
 
     def forward(self, x):
         return x * self.conv_du(self.avg_pool(x))
 
-The module's forward is traced once with torch.fx (every child a leaf). When the pooling's input
-is the module's input and its result flows only through per-pixel children, the module is
-rebuilt from that graph with the gate computed on the map of valid windows
-(:func:`tlc.ops.pool.valid_local_mean`), 1x1 convolutions run as matrix products, and the gate
-replicated while it multiplies (:func:`tlc.ops.gate.multiply_replicated`). The children and so
-the state_dict keys stay the same. Modules that do not trace, or do something else with the
-pooled map, are left to the plain ``global-avg-pool`` rule.
+    def forward(self, x):  # CBAM's channel gate: both poolings through one shared MLP
+        return x * torch.sigmoid(self.mlp(self.avg_pool(x)) + self.mlp(self.max_pool(x)))
+
+The module's forward is traced once with torch.fx (every child a leaf). The *pooled* nodes are the
+global poolings of the module's input (``AdaptiveAvgPool2d(1)`` / ``AdaptiveMaxPool2d(1)``
+children, ``x.mean((2, 3), keepdim=True)``, ``x.amax((2, 3), keepdim=True)``) and every node
+computed from pooled nodes only by per-pixel children (1x1 convolutions, activations) and
+elementwise functions (``+``, ``*``, ``torch.sigmoid``...). Made local, each pooling gives the map
+of valid windows (:func:`tlc.ops.pool.valid_local_mean`, :func:`tlc.ops.extrema.valid_local_max`:
+H - kh + 1 by W - kw + 1, not H by W), and since per-pixel work commutes with edge replication,
+the pooled nodes are computed on that smaller map (1x1 convolutions as matrix products). Where a
+pooled node meets the full-size map, ``x * gate`` replicates the gate while it multiplies
+(:func:`tlc.ops.gate.multiply_replicated`); any other use gets the gate replicated to full size
+first. The children and so the state_dict keys stay the same. Modules that do not trace, or
+whose children are not all poolings and per-pixel layers, are left to the other rules.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import operator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from ..nn import LocalAvgPool2d, is_pointwise
+from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
+from ..ops.extrema import local_max, valid_local_max
 from ..ops.gate import apply_pointwise, multiply_replicated, pad_replicate
 from ..ops.pool import valid_local_mean
 
@@ -44,23 +54,63 @@ def is_global_avg_pool(module: nn.Module) -> bool:
     return tuple(size) == (1, 1) if isinstance(size, (tuple, list)) else size == 1
 
 
+def _is_global_max_pool(module: nn.Module) -> bool:
+    """True for ``nn.AdaptiveMaxPool2d(1)`` / ``((1, 1))`` without indices."""
+    if not isinstance(module, nn.AdaptiveMaxPool2d) or module.return_indices:
+        return False
+    size = module.output_size
+    return tuple(size) == (1, 1) if isinstance(size, (tuple, list)) else size == 1
+
+
 def _is_pointwise_module(module: nn.Module) -> bool:
     if isinstance(module, nn.Sequential):
         return len(module) > 0 and all(is_pointwise(layer) for layer in module)
     return is_pointwise(module)
 
 
-def _multiplication_by_input(gate: fx.Node, x: fx.Node) -> fx.Node | None:
-    """The node computing ``x * gate`` (either order) when that is the gate's only use, else None."""
-    users = list(gate.users)
-    if len(users) != 1:
+# Elementwise calls that keep a pooled node pooled when every tensor they take is pooled.
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub,
+    torch.mul, torch.div, torch.sigmoid, torch.tanh, torch.relu, torch.neg, F.relu, F.sigmoid, F.tanh,
+    F.gelu, F.silu, F.hardsigmoid, F.hardswish, F.leaky_relu, F.relu6,
+}
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "sigmoid", "tanh", "relu", "neg"}
+_BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+_SPATIAL_DIMS = ({2, 3}, {-2, -1})
+
+
+def _is_multiplication(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in (operator.mul, torch.mul)
+    return node.op == "call_method" and node.target == "mul"
+
+
+def _pool_kind(module: nn.Module, node: fx.Node, x: fx.Node) -> str | None:
+    """"avg" or "max" when ``node`` is a global pooling of the module's input ``x``, else None."""
+    if node.op == "call_module" and node.args == (x,) and not node.kwargs:
+        child = module.get_submodule(str(node.target))
+        return "avg" if is_global_avg_pool(child) else "max" if _is_global_max_pool(child) else None
+    if node.op != "call_method" or node.target not in ("mean", "amax") or not node.args or node.args[0] is not x:
         return None
-    (user,) = users
-    if user.op == "call_function":
-        multiply = user.target in (operator.mul, torch.mul)
-    else:
-        multiply = user.op == "call_method" and user.target == "mul"
-    return user if multiply and len(user.args) == 2 and not user.kwargs and set(user.args) == {x, gate} else None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if set(node.kwargs) - {"dim", "keepdim"} or keepdim is not True or not isinstance(dims, (tuple, list)):
+        return None
+    if len(dims) != 2 or set(dims) not in _SPATIAL_DIMS:
+        return None
+    return "avg" if node.target == "mean" else "max"
+
+
+def _stays_pooled(module: nn.Module, node: fx.Node, pooled: set[fx.Node]) -> bool:
+    """Whether ``node`` computes a pooled value from pooled nodes only, pixel by pixel."""
+    inputs = [a for a in node.all_input_nodes]
+    if not inputs or any(a not in pooled for a in inputs):
+        return False
+    if node.op == "call_module":
+        return node.args == (inputs[0],) and not node.kwargs and _is_pointwise_module(module.get_submodule(str(node.target)))
+    if node.op == "call_function":
+        return node.target in _ELEMENTWISE_FUNCTIONS
+    return node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
 
 
 @dataclass(frozen=True)
@@ -68,45 +118,69 @@ class GatePlan:
     """What the trace found.
 
     Attributes:
-        pool: name of the child doing the global pooling.
-        layers: names of the per-pixel children the pooled map goes through, in order.
-        fused_multiply: the gate's only use is ``x * gate`` with the module's input ``x``.
+        pools: ``(node name, "avg" | "max")`` of each global pooling of the module's input.
+        layers: targets of the per-pixel children run on pooled values, in graph order.
+        fused_multiply: some pooled value meets the input only as ``x * gate``.
     """
 
-    pool: str
+    pools: tuple[tuple[str, str], ...]
     layers: tuple[str, ...]
     fused_multiply: bool
 
 
-def _trace(module: nn.Module) -> tuple[fx.Graph, fx.Node, fx.Node] | None:
-    """(graph, input node, pooling node) when the module has the pattern's start, else None."""
-    pools = {name for name, child in module.named_children() if is_global_avg_pool(child)}
-    if not pools or isinstance(module, nn.Sequential):  # Sequential: the pooled-pointwise rule
+@dataclass(frozen=True)
+class _Traced:
+    graph: fx.Graph
+    x: fx.Node
+    pools: dict  # fx.Node -> "avg" | "max"
+    pooled: list  # every pooled node, in graph order
+    multiplies: list  # x * pooled nodes
+    others: list  # (user, pooled node) pairs: other uses, replicated to full size first
+
+
+def _trace(module: nn.Module) -> _Traced | None:
+    children = list(module.named_children())
+    if isinstance(module, nn.Sequential) or not children:  # Sequential: the pooled-pointwise rule
+        return None
+    if not all(
+        is_global_avg_pool(c) or _is_global_max_pool(c) or _is_pointwise_module(c) for _, c in children
+    ):  # only small attention modules are traced
         return None
     try:
         graph = _ChildrenAsLeaves().trace(module)
     except Exception:  # data-dependent control flow, unsupported calls...: not this rule's business
         return None
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in pools]
-    if len(inputs) != 1 or len(calls) != 1 or calls[0].args != (inputs[0],) or calls[0].kwargs:
+    called = {str(n.target).split(".")[0] for n in graph.nodes if n.op in ("call_module", "get_attr")}
+    stateful = {name for name, child in children if any(True for _ in child.state_dict())}
+    if len(inputs) != 1 or not stateful <= called or any(True for _ in module._parameters.values()):
+        return None  # a child or parameter the forward never uses would drop out of the state_dict
+    x = inputs[0]
+    pools, pooled = {}, []
+    for node in graph.nodes:
+        kind = _pool_kind(module, node, x)
+        if kind is not None:
+            pools[node] = kind
+            pooled.append(node)
+        elif _stays_pooled(module, node, set(pooled)):
+            pooled.append(node)
+    if not pools:
         return None
-    return graph, inputs[0], calls[0]
-
-
-def _chain(module: nn.Module, graph: fx.Graph, pool: fx.Node) -> list[fx.Node]:
-    """The per-pixel call_module nodes the pooled map flows through, each its only user."""
-    targets = [n.target for n in graph.nodes if n.op == "call_module"]
-    chain, node = [], pool
-    while len(node.users) == 1:
-        (user,) = node.users
-        if not (user.op == "call_module" and user.args == (node,) and not user.kwargs):
-            break
-        if targets.count(user.target) != 1 or not _is_pointwise_module(module.get_submodule(user.target)):
-            break
-        chain.append(user)
-        node = user
-    return chain
+    members = set(pooled)
+    multiplies, others = [], []
+    for node in pooled:
+        for user in node.users:
+            if user in members:
+                continue
+            if _is_multiplication(user) and len(user.args) == 2 and not user.kwargs and set(user.args) == {x, node}:
+                multiplies.append(user)
+            elif user.op == "output" or (
+                user.op == "call_function" and user.target in _BINARY_FUNCTIONS and len(user.args) == 2 and not user.kwargs
+            ):
+                others.append((user, node))  # returned, or elementwise with a full-size map: replicated first
+            else:  # reshaped, reduced, returned...: not this rule's business
+                return None
+    return _Traced(graph, x, pools, pooled, multiplies, others)
 
 
 def gate_plan(module: nn.Module) -> GatePlan | None:
@@ -114,18 +188,17 @@ def gate_plan(module: nn.Module) -> GatePlan | None:
     traced = _trace(module)
     if traced is None:
         return None
-    graph, x, pool = traced
-    chain = _chain(module, graph, pool)
-    fused = _multiplication_by_input(chain[-1] if chain else pool, x) is not None
-    if not chain and not fused:  # nothing to gain over making the pooling local
+    layers = tuple(str(n.target) for n in traced.pooled if n.op == "call_module" and n not in traced.pools)
+    if not layers and not traced.multiplies:  # nothing to gain over making the pooling local
         return None
-    return GatePlan(str(pool.target), tuple(str(n.target) for n in chain), fused)
+    return GatePlan(tuple((n.name, k) for n, k in traced.pools.items()), layers, bool(traced.multiplies))
 
 
 class ValidLocalMean(nn.Module):
     """Means of the windows lying inside the map: (N, C, H, W) -> (N, C, H-kh+1, W-kw+1).
 
-    Stands in for the gate's pooling; the module around it replicates the gate back to full size.
+    Stands in for the gate's average pooling; the module around it replicates the gate back to
+    full size.
     """
 
     def __init__(self, window: int | Pair) -> None:
@@ -139,45 +212,83 @@ class ValidLocalMean(nn.Module):
         return f"window={self.window}"
 
 
+class ValidLocalMax(ValidLocalMean):
+    """Maxima of the windows lying inside the map: (N, C, H, W) -> (N, C, H-kh+1, W-kw+1).
+
+    Stands in for the gate's max pooling (CBAM)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return valid_local_max(x, self.window)
+
+
+def _local_pooling(kind: str, window: Pair, fast: bool, max_stride: Pair) -> nn.Module:
+    """The stand-in for a pooling child: valid windows only, or full size with ``fast``."""
+    if not fast:
+        return ValidLocalMean(window) if kind == "avg" else ValidLocalMax(window)
+    return LocalAvgPool2d(window, fast=True, max_stride=max_stride) if kind == "avg" else LocalMaxPool2d(window)
+
+
 def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_stride: Pair = (5, 5)) -> nn.Module:
     """The local version of a module :func:`gate_plan` accepts (same children, same keys).
 
-    With ``fast`` (the reference's approximate pooling, which has no valid-map form) only the
-    pooling child is swapped for :class:`tlc.nn.LocalAvgPool2d`.
+    With ``fast`` (the reference's approximate pooling, which has no valid-map form) the poolings
+    become full-size local poolings and the rest of the module runs as written.
     """
     traced = _trace(module)
     if traced is None:
         raise ValueError(f"{type(module).__name__} is not x * f(pool(x)) with per-pixel f")
-    graph, x, pool = traced
-    if fast:
-        setattr(module, str(pool.target), LocalAvgPool2d(window, fast=True, max_stride=max_stride))
+    graph, x = traced.graph, traced.x
+    if fast and all(node.op == "call_module" for node in traced.pools):  # the poolings swapped, nothing else
+        for node, kind in traced.pools.items():
+            setattr(module, str(node.target), _local_pooling(kind, window, fast, max_stride))
         return module
     keys = list(module.state_dict())
-    setattr(module, str(pool.target), ValidLocalMean(window))
-    chain = _chain(module, graph, pool)
-    gate = pool
-    for node in chain:  # each per-pixel child becomes apply_pointwise(gate, child)
-        with graph.inserting_after(node):
-            child = graph.get_attr(node.target)
-            with graph.inserting_after(child):
-                new = graph.call_function(apply_pointwise, (gate, child))
+    replaced: dict[fx.Node, fx.Node] = {}  # pooled nodes rewritten: old -> new
+    for node, kind in traced.pools.items():
+        if node.op == "call_module":
+            setattr(module, str(node.target), _local_pooling(kind, window, fast, max_stride))
+            continue
+        if fast:
+            function, arguments = (local_max, (x, window)) if kind == "max" else (None, None)
+            if function is None:  # x.mean((2, 3)) with fast: the approximate pooling as a child
+                name = f"_local_pool_{node.name}"
+                module.add_module(name, LocalAvgPool2d(window, fast=True, max_stride=max_stride))
+                with graph.inserting_after(node):
+                    new = graph.call_module(name, (x,))
+            else:
+                with graph.inserting_after(node):
+                    new = graph.call_function(function, arguments)
+        else:
+            with graph.inserting_after(node):
+                new = graph.call_function(valid_local_mean if kind == "avg" else valid_local_max, (x, window))
+        replaced[node] = new
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-        gate = new
-    mul = _multiplication_by_input(gate, x)
-    if mul is not None:
-        with graph.inserting_after(mul):
-            fused = graph.call_function(multiply_replicated, (x, gate))
-        mul.replace_all_uses_with(fused)
-        graph.erase_node(mul)
-    else:
-        with graph.inserting_after(gate):
-            full = graph.call_function(pad_replicate, (gate, x))
-        gate.replace_all_uses_with(full, delete_user_cb=lambda user: user is not full)
+    if not fast:
+        for node in traced.pooled:  # each per-pixel child on pooled values becomes apply_pointwise
+            if node.op != "call_module" or node in traced.pools:
+                continue
+            with graph.inserting_after(node):
+                child = graph.get_attr(str(node.target))
+                with graph.inserting_after(child):
+                    new = graph.call_function(apply_pointwise, (node.args[0], child))
+            replaced[node] = new
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        for mul in traced.multiplies:
+            gate = next(a for a in mul.args if a is not x)
+            with graph.inserting_after(mul):
+                fused = graph.call_function(multiply_replicated, (x, gate))
+            mul.replace_all_uses_with(fused)
+            graph.erase_node(mul)
+        for user, gate in traced.others:
+            gate = replaced.get(gate, gate)
+            with graph.inserting_before(user):
+                full = graph.call_function(pad_replicate, (gate, x))
+            user.replace_input_with(gate, full)
     graph.lint()
     local = fx.GraphModule(module, graph, class_name=f"Local{type(module).__name__}")
     local.training = module.training
     if list(local.state_dict()) != keys:  # e.g. an unused parameter the graph does not reference
-        setattr(module, str(pool.target), LocalAvgPool2d(window))
-        return module
+        raise ValueError(f"{type(module).__name__}: the traced graph does not use every parameter")
     return local

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from ..ops._common import Pair
-from ..ops.gate import multiply_replicated
+from ..ops.gate import combine_replicated
 from ..ops.pool import replicate_to
 
 
@@ -128,10 +128,17 @@ class Grid:
 
 
 class _Entry:
-    __slots__ = ("ref", "local", "grid", "sources")
+    """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
+    the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
+    put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map."""
 
-    def __init__(self, ref: weakref.ref, local: torch.Tensor, grid: Grid, sources: frozenset) -> None:
+    __slots__ = ("ref", "local", "grid", "sources", "expanded")
+
+    def __init__(
+        self, ref: weakref.ref, local: torch.Tensor, grid: Grid, sources: frozenset, expanded: tuple | None = None
+    ) -> None:
         self.ref, self.local, self.grid, self.sources = ref, local, grid, sources
+        self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
 
 
 # ----------------------------------------------------------------------------- call tables
@@ -174,6 +181,8 @@ _TWO_INPUTS = {"bilinear"}
 _LIKE = {"type_as", "to"}
 
 _MUL = {torch.mul, _T.mul, _T.__mul__, _T.__rmul__}
+_ADD = {torch.add, _T.add, _T.__add__, _T.__radd__}
+_EXPANSIONS = {"expand", "expand_as", "broadcast_to"}
 
 # Arguments naming dims, by function name: (position counting the tensor itself, keyword).
 _DIM_ARGS: dict[str, tuple[tuple[int, str], ...]] = {}
@@ -345,7 +354,9 @@ class PooledValues:
         self.applied: set[Hashable] = set()
 
     # --- bookkeeping
-    def _track(self, real: torch.Tensor, local: torch.Tensor, grid: Grid, sources: frozenset) -> None:
+    def _track(
+        self, real: torch.Tensor, local: torch.Tensor, grid: Grid, sources: frozenset, expanded: tuple | None = None
+    ) -> None:
         key, entries = id(real), self._entries
 
         def forget(ref: weakref.ref) -> None:  # the real tensor died: drop its local counterpart
@@ -353,7 +364,7 @@ class PooledValues:
             if entry is not None and entry.ref is ref:
                 del entries[key]
 
-        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources)
+        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded)
 
     def _entry(self, t: torch.Tensor) -> _Entry | None:
         entry = self._entries.get(id(t))
@@ -454,7 +465,25 @@ class PooledValues:
                 )
         if _member(func, _METADATA) or _member(func, _VALUE_FREE):
             return func(*args, **kwargs)
-        return _Call(self, func, name, args, kwargs, grid, sources).run()
+        call = _Call(self, func, name, args, kwargs, grid, sources)
+        if any(e.expanded is not None for e in found):
+            fused = call.fused_with_map()
+            if fused is not None:
+                return fused
+            # Any other use: the expanded values spread to full size, then the call as usual.
+            args, kwargs = _map_args(args, kwargs, self._spread_expanded)
+            result = self.handle(func, types, args, kwargs)
+            return func(*args, **kwargs) if result is NotImplemented else result
+        return call.run()
+
+    def _spread_expanded(self, t: torch.Tensor) -> torch.Tensor:
+        e = self._entry(t)
+        if e is None or e.expanded is None:
+            return t
+        kind, a = e.expanded
+        n, (h, w), (gh, gw) = e.grid.batch, e.grid.size, e.grid.valid
+        valid = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2).contiguous()  # (N, P, Gh, Gw)
+        return replicate_to(valid, (h, w)).reshape(t.shape)
 
     def escaped(self, output: object) -> frozenset:
         """Sources of the pooled values found in ``output`` (tensors in nested lists, tuples, dicts):
@@ -465,7 +494,7 @@ class PooledValues:
             value = stack.pop()
             if isinstance(value, torch.Tensor):
                 entry = self._entry(value)
-                if entry is not None:
+                if entry is not None and entry.expanded is None:  # expanded: it met the map's size
                     found |= entry.sources or {None}
             elif isinstance(value, (list, tuple, set, frozenset)):
                 if id(value) not in seen:
@@ -545,7 +574,8 @@ class _Call:
         if self.is_expansion():
             real = func(*args, **kwargs)
             if isinstance(real, torch.Tensor) and (placement := self.placement(real.shape)) is not None:
-                return self.spread_call(placement, real.shape)
+                deferred = self.deferred_expansion(real, placement)
+                return deferred if deferred is not None else self.spread_call(placement, real.shape)
             return self.follow(real)
         return self.follow(None)
 
@@ -621,22 +651,53 @@ class _Call:
         return out
 
     def fused_multiply(self, placement: tuple[str, int], shape: torch.Size) -> torch.Tensor | None:
-        """``x * gate`` with x (N, C, H, W), gate (N, C, 1, 1): the gate replicated while multiplying."""
-        if not _member(self.func, _MUL) or len(self.args) != 2 or self.kwargs or placement != ("grid", 2):
+        """``x * gate`` or ``x + gate`` with x (N, ..., H, W), gate (N, ..., 1, 1) (any order): the
+        gate replicated while combining (:func:`tlc.ops.gate.combine_replicated`)."""
+        if placement[0] != "grid" or placement[1] + 2 != len(shape):
+            return None
+        return self.fused_with_map()
+
+    def fused_with_map(self) -> torch.Tensor | None:
+        """The call as :func:`tlc.ops.gate.combine_replicated` when it is ``x * y`` or ``x + y``
+        with ``y`` a pooled value of shape (N, ..., 1, 1) (or expanded from one) and ``x`` a map of
+        the result's shape; else None."""
+        if _member(self.func, _MUL):
+            op = "mul"
+        elif _member(self.func, _ADD):
+            op = "add"
+        else:
+            return None
+        if len(self.args) != 2 or self.kwargs:
             return None
         a, b = self.args
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return None
-        e = self.values._entry(b)
-        x, e = (a, e) if e is not None else (b, self.values._entry(a))
-        if e is None or self.values._entry(x) is not None or x.dim() != 4 or tuple(x.shape) != tuple(shape):
+        entry = self.values._entry
+        x, e = (a, entry(b)) if entry(b) is not None else (b, entry(a))
+        if e is None or entry(x) is not None or x.dim() < 3 or x.dtype != e.local.dtype:
             return None
-        n, c = x.shape[:2]
-        gh, gw = self.grid.valid
-        if e.local.shape != (n * gh * gw, c, 1, 1):
+        n, (h, w), (gh, gw) = self.grid.batch, self.grid.size, self.grid.valid
+        lead = tuple(x.shape[1:-2])
+        if tuple(x.shape[-2:]) != (h, w) or x.shape[0] != n or tuple(e.local.shape) != (n * gh * gw, *lead, 1, 1):
             return None
-        gate = e.local.reshape(n, gh, gw, c).permute(0, 3, 1, 2).contiguous()
-        return multiply_replicated(x, gate)
+        gate = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2).reshape(n, *lead, gh, gw)
+        self.values.applied.update(self.sources)
+        return combine_replicated(x, gate, op)
+
+    def deferred_expansion(self, real: torch.Tensor, placement: tuple[str, int]) -> torch.Tensor | None:
+        """``y.expand_as(x)`` of a pooled value y (N, ..., 1, 1) to the map's size: ``real`` (the
+        expanded view) tracked with y's local values, spread only if its use needs it."""
+        kind, a = placement
+        pooled = [e for t in _tensors(self.args, self.kwargs) if (e := self.values._entry(t)) is not None]
+        if self.name not in _EXPANSIONS or len(pooled) != 1 or kind != "grid" or a + 2 != real.dim():
+            return None
+        (e,) = pooled
+        n, g = self.grid.batch, self.grid.positions
+        if e.expanded is not None or tuple(e.local.shape) != (n * g, *real.shape[1:-2], 1, 1):
+            return None
+        self.values.applied.update(self.sources)
+        self.values._track(real, e.local, self.grid, self.sources, expanded=placement)
+        return real
 
     # --- a per-sample computation: run again on the local values, batch folded
     def follow(self, real: Any) -> Any:

@@ -75,40 +75,81 @@ def _multiply_replicated_planes(x, gate, top, left, out):  # pragma: no cover (c
                 out_row[j] = x_row[j] * edge_right
 
 
-_compiled = parallel_kernel(_multiply_replicated_planes)
+def _add_replicated_planes(x, gate, top, left, out):  # pragma: no cover (compiled by numba)
+    """As :func:`_multiply_replicated_planes`, with ``out = x + gate`` edge-replicated."""
+    planes, h, w = x.shape
+    gh, gw = gate.shape[1], gate.shape[2]
+    for p in prange(planes):
+        for i in range(h):
+            x_row, out_row = x[p, i], out[p, i]
+            gate_row = gate[p, min(max(i - top, 0), gh - 1)]
+            edge_left, edge_right = gate_row[0], gate_row[gw - 1]
+            for j in range(left):
+                out_row[j] = x_row[j] + edge_left
+            x_mid, out_mid = x_row[left : left + gw], out_row[left : left + gw]
+            for j in range(gw):
+                out_mid[j] = x_mid[j] + gate_row[j]
+            for j in range(left + gw, w):
+                out_row[j] = x_row[j] + edge_right
 
 
-def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x * replicate_to(gate, x.shape[-2:])`` without building the replicated gate.
+_KERNELS = {"mul": parallel_kernel(_multiply_replicated_planes), "add": parallel_kernel(_add_replicated_planes)}
+
+
+def _replicated(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``replicate_to`` for gates of any rank >= 2 (F.pad replicates 3-d and 4-d inputs only)."""
+    if gate.dim() == 4:
+        return replicate_to(gate, size)
+    planes = gate.reshape(1, -1, *gate.shape[-2:])
+    return replicate_to(planes, size).reshape(*gate.shape[:-2], *size)
+
+
+def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> torch.Tensor:
+    """``x * replicate_to(gate, x.shape[-2:])`` (or ``+`` with ``op="add"``) without building the
+    replicated gate.
 
     Args:
-        x: (N, C, H, W) tensor.
-        gate: (N, C, gh, gw) values of the valid windows, gh <= H, gw <= W (as from
-            :func:`tlc.ops.pool.valid_local_mean` followed by per-pixel layers).
+        x: (..., H, W) tensor, at least 3-d, e.g. (N, C, H, W) or selective-kernel fusion's
+            (N, branches, C, H, W).
+        gate: (..., gh, gw) values of the valid windows, the leading dims those of ``x``,
+            gh <= H, gw <= W (as from :func:`tlc.ops.pool.valid_local_mean` followed by per-pixel
+            layers).
+        op: "mul" or "add".
 
     Returns:
-        (N, C, H, W) tensor, the dtype ``x * gate`` would have.
+        Tensor of the shape of ``x``, the dtype ``x * gate`` would have. Exact: each output is the
+        one product (sum) the unfused form computes.
     """
+    if op not in _KERNELS:
+        raise ValueError(f"op must be 'mul' or 'add', not {op!r}")
     h, w = x.shape[-2:]
     gh, gw = gate.shape[-2:]
+    kernel = _KERNELS[op]
     fused = (
-        _compiled is not None
+        kernel is not None
         and cpu_kernel_applies(x, gate)
-        and x.dim() == 4
-        and gate.shape[:2] == x.shape[:2]
+        and x.dim() >= 3
+        and gate.shape[:-2] == x.shape[:-2]
         and x.dtype == gate.dtype
         and x.dtype in (torch.float32, torch.float64)
         and gh <= h
         and gw <= w
     )
     if not fused:
-        return x * replicate_to(gate, (h, w))
-    n, c = x.shape[:2]
+        full = _replicated(gate, (h, w))
+        return x * full if op == "mul" else x + full
+    planes = x.shape[:-2].numel()
     xs, gs = x.contiguous(), gate.contiguous()
     out = torch.empty_like(xs)
     top, left = (h - gh) // 2, (w - gw) // 2  # replicate_to's split: (k-1)//2 before
-    _compiled(xs.view(n * c, h, w).numpy(), gs.view(n * c, gh, gw).numpy(), top, left, out.view(n * c, h, w).numpy())
+    kernel(xs.view(planes, h, w).numpy(), gs.view(planes, gh, gw).numpy(), top, left, out.view(planes, h, w).numpy())
     return out
+
+
+def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * replicate_to(gate, x.shape[-2:])`` without building the replicated gate: see
+    :func:`combine_replicated` (x (..., H, W), gate (..., gh, gw))."""
+    return combine_replicated(x, gate, "mul")
 
 
 def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -116,4 +157,4 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return replicate_to(gate, like.shape[-2:])
 
 
-__all__ = ["apply_pointwise", "multiply_replicated", "pad_replicate"]
+__all__ = ["apply_pointwise", "combine_replicated", "multiply_replicated", "pad_replicate"]

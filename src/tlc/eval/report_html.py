@@ -173,7 +173,7 @@ def _chart_section(names: list[str], table: dict, modes: list[str]) -> str:
     values = [table[n][m][0] for n in names for m in modes if m in table[n] and math.isfinite(table[n][m][0])]
     if not values:
         return '<section id="chart"><h2>PSNR per image</h2><p class="note">No scores yet.</p></section>'
-    width, height, left, right, top, bottom = 960, 300, 56, 16, 16, 40
+    width, height, left, right, top, bottom = 960, 320, 56, 16, 36, 40
     low, high = min(values), max(values)
     pad = max((high - low) * 0.08, 0.05)
     low, high = low - pad, high + pad
@@ -211,8 +211,8 @@ def _chart_section(names: list[str], table: dict, modes: list[str]) -> str:
     legend_x = left + 8
     for k, mode in enumerate(modes):
         colour = MODE_COLOURS.get(mode, "#666")
-        parts.append(f'<rect x="{legend_x + k * 80}" y="{top}" width="12" height="12" fill="{colour}"/>'
-                     f'<text class="legend" x="{legend_x + k * 80 + 16}" y="{top + 11}">{html.escape(mode)}</text>')
+        parts.append(f'<rect x="{legend_x + k * 80}" y="6" width="12" height="12" fill="{colour}"/>'
+                     f'<text class="legend" x="{legend_x + k * 80 + 16}" y="17">{html.escape(mode)}</text>')
     parts.append("</svg>")
     return f'<section id="chart"><h2>PSNR per image</h2>{"".join(parts)}</section>'
 
@@ -260,14 +260,14 @@ or move the split slider; wheel or +/&minus; to zoom, drag the picture to pan; b
     return section, data
 
 
-def _settings_section(summary: dict) -> str:
+def _settings_section(summary: dict, modes: list[str]) -> str:
     settings = summary.get("settings", {})
     protocol = summary.get("protocol", {})
     items = [
         ("model", summary.get("model")),
         ("protocol", protocol.get("name")),
         ("pairs", f"{summary.get('pairs')} ({summary.get('layout')} layout)"),
-        ("modes", ", ".join(settings.get("modes", []))),
+        ("modes", ", ".join(modes)),
         ("training crop", "x".join(str(v) for v in settings.get("train_size", []))),
         ("TLC window base", "x".join(str(v) for v in settings.get("base_size", []))),
         ("tiles", f"{settings.get('tile')} px, overlap {settings.get('overlap')}"),
@@ -299,7 +299,7 @@ def build_report(summary: dict, rows: list[dict], views: list[View]) -> str:
     names, table = _per_image(rows, modes)
     viewer, data = _viewer_section(views, table, modes)
     body = "\n".join([
-        _settings_section(summary),
+        _settings_section(summary, modes),
         _summary_section(summary, modes),
         _chart_section(names, table, modes),
         _table_section(names, table, modes, {v.name for v in views}),
@@ -409,7 +409,7 @@ _JS = r"""
   function label(panel, scores) {
     var s = scores[panel];
     if (panel === "target" || !s) { return panel; }
-    return panel + "  PSNR " + s[0].toFixed(2) + " dB  SSIM " + s[1].toFixed(4);
+    return panel + " \u00b7 PSNR " + s[0].toFixed(2) + " dB \u00b7 SSIM " + s[1].toFixed(4);
   }
   function apply() {
     var t = "translate(" + view.x + "px, " + view.y + "px) scale(" + view.scale + ")";

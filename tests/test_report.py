@@ -288,11 +288,13 @@ def test_report_in_headless_chromium(chrome, evaluation, tmp_path):  # chrome fi
         psnr, ssim = row.find_element(By.CSS_SELECTOR, "td.psnr"), row.find_element(By.CSS_SELECTOR, "td.ssim")
         assert float(psnr.get_attribute("data-value")) == summary["modes"][mode]["psnr"]
         assert float(ssim.get_attribute("data-value")) == summary["modes"][mode]["ssim"]
-        assert psnr.text == f"{summary['modes'][mode]['psnr']:.4f}" and ssim.text == f"{summary['modes'][mode]['ssim']:.4f}"
+        assert psnr.text == f"{summary['modes'][mode]['psnr']:.4f}"
+        assert ssim.text == f"{summary['modes'][mode]['ssim']:.4f}"
 
     # Clicking "tlc PSNR" sorts the per-image rows by it, again reverses.
     tlc_psnr = {r["image"]: float(r["psnr"]) for r in rows if r["mode"] == "tlc"}
-    header = next(th for th in chrome.find_elements(By.CSS_SELECTOR, "#per-image thead th") if th.text.startswith("tlc PSNR"))
+    header = next(th for th in chrome.find_elements(By.CSS_SELECTOR, "#per-image thead th")
+                  if th.text.startswith("tlc PSNR"))
 
     def order():
         return [td.text for td in chrome.find_elements(By.CSS_SELECTOR, "#per-image tbody tr td:first-child")]

@@ -139,7 +139,8 @@ def _table_section(names: list[str], table: dict, modes: list[str], viewable: se
         best = max(finite) if finite else None
         label = html.escape(name)
         if name in viewable:
-            label = f'<a href="#viewer" class="view-link" data-image="{html.escape(name)}" title="open in the viewer">{label}</a>'
+            label = (f'<a href="#viewer" class="view-link" data-image="{html.escape(name)}" '
+                     f'title="open in the viewer">{label}</a>')
         cells = [f'<td data-value="{html.escape(name)}">{label}</td>']
         for mode in modes:
             p, s = scores.get(mode, (None, None))
@@ -308,7 +309,7 @@ def build_report(summary: dict, rows: list[dict], views: list[View]) -> str:
     title = f"tlc evaluation: {summary.get('model', '')}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="{_POLICY}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>{html.escape(title)}</title>
@@ -323,10 +324,14 @@ def build_report(summary: dict, rows: list[dict], views: list[View]) -> str:
 """
 
 
+# Nothing but what the page itself holds: a page that tried to fetch anything would show errors.
+_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
 _CSS = """
 :root { --fg: #1d2126; --muted: #5b6470; --line: #d8dde3; --bg: #ffffff; --head: #f2f4f7; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: var(--fg); background: var(--bg); }
 main { max-width: 1100px; margin: 0 auto; padding: 20px 24px 48px; }
 h1 { font-size: 1.45em; margin: 0 0 12px; word-break: break-all; }
 h2 { font-size: 1.15em; margin: 28px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
@@ -351,15 +356,18 @@ svg .legend { fill: var(--fg); }
 .controls { display: flex; flex-wrap: wrap; gap: 8px 18px; align-items: center; margin: 8px 0; font-size: 0.92em; }
 .controls select, .controls button { font: inherit; }
 .controls button { min-width: 2.2em; }
-.stage { position: relative; height: 520px; overflow: hidden; background: #2b2f36; cursor: grab; touch-action: none; user-select: none; }
+.stage { position: relative; height: 520px; overflow: hidden; background: #2b2f36; cursor: grab;
+         touch-action: none; user-select: none; }
 .stage.panning { cursor: grabbing; }
 .layer { position: absolute; inset: 0; }
 .layer img { position: absolute; left: 0; top: 0; transform-origin: 0 0; max-width: none; }
 .stage.pixels img { image-rendering: pixelated; }
 .handle { position: absolute; top: 0; bottom: 0; width: 0; border-left: 2px solid #fff; cursor: ew-resize; }
-.handle span { position: absolute; top: 50%; left: -9px; width: 16px; height: 40px; margin-top: -20px; background: #fff; border-radius: 4px; box-shadow: 0 0 3px rgba(0,0,0,.6); }
+.handle span { position: absolute; top: 50%; left: -9px; width: 16px; height: 40px; margin-top: -20px;
+               background: #fff; border-radius: 4px; box-shadow: 0 0 3px rgba(0,0,0,.6); }
 .handle::before { content: ""; position: absolute; top: 0; bottom: 0; left: -10px; width: 18px; }
-.tag { position: absolute; top: 8px; padding: 3px 8px; background: rgba(0,0,0,.65); color: #fff; font-size: 13px; border-radius: 3px; pointer-events: none; white-space: pre; }
+.tag { position: absolute; top: 8px; padding: 3px 8px; background: rgba(0,0,0,.65); color: #fff;
+       font-size: 13px; border-radius: 3px; pointer-events: none; white-space: pre; }
 #tag-left { left: 8px; } #tag-right { right: 8px; text-align: right; }
 a.view-link { color: #0b5cad; }
 """
@@ -479,7 +487,8 @@ _JS = r"""
   var drag = null;
   stage.addEventListener("pointerdown", function (e) {
     var box = stage.getBoundingClientRect();
-    drag = { what: handle.contains(e.target) ? "split" : "pan", x: e.clientX, y: e.clientY, vx: view.x, vy: view.y, box: box };
+    drag = { what: handle.contains(e.target) ? "split" : "pan", x: e.clientX, y: e.clientY,
+             vx: view.x, vy: view.y, box: box };
     stage.setPointerCapture(e.pointerId);
     stage.classList.toggle("panning", drag.what === "pan");
   });

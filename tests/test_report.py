@@ -269,7 +269,6 @@ def test_report_in_headless_chromium(chrome, evaluation, tmp_path):  # chrome fi
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    start = time.monotonic()
     out = evaluation / "out"
     summary = json.loads((out / "summary.json").read_text())
     rows = read_rows(out / "per_image.csv")
@@ -366,4 +365,3 @@ def test_report_in_headless_chromium(chrome, evaluation, tmp_path):  # chrome fi
     assert pixels.shape[0] > 500 and pixels.shape[1] > 800
     packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
     assert len(np.unique(packed)) > 50 and pixels.std() > 10  # many colours: text, chart and photos drawn
-    assert time.monotonic() - start < 20

@@ -181,7 +181,7 @@ def test_eval_three_modes_then_resume(workspace, pairs, tmp_path, capsys):
     assert len(first) == 9 and {r["mode"] for r in first} == {"full", "tlc", "tiles"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["modes"]["tlc"]["images"] == 3 and summary["protocol"]["name"] == "gopro"
-    assert summary["settings"]["train_size"] == [32, 32] and summary["compare_order"] == ["input", "full", "tlc", "tiles", "target"]
+    assert summary["settings"]["train_size"] == [32, 32] and summary["compare_order"] == ["input", "full", "tiles", "tlc", "target"]
     means = {m: np.mean([float(r["psnr"]) for r in first if r["mode"] == m]) for m in ("full", "tlc")}
     assert summary["modes"]["full"]["psnr"] == pytest.approx(means["full"]) and summary["modes"]["tlc"]["psnr"] != summary["modes"]["full"]["psnr"]
     # Anyone recomputing PSNR from the saved uint8 outputs gets the reported value.

@@ -17,7 +17,7 @@ from .chooser import chosen_model, models_for
 SUMMARY = "Score a model on a paired dataset in several modes (resumable)."
 EXAMPLES = (
     "  tlc eval GoPro/test --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth --out results/\n"
-    "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare\n"
+    "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare --report\n"
     "  tlc eval SIDD/val --weights model.pth --protocol float\n"
     "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders).\n"
     "The default protocol (gopro) rounds outputs to uint8 and scores RGB PSNR and 3-D SSIM,\n"
@@ -34,7 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--y-channel", action="store_true", help="score the Y channel")
     parser.add_argument("--crop-border", type=int, default=None, metavar="N", help="ignore N pixels at each border")
     parser.add_argument("--save-images", action="store_true", help="write restored images per mode")
-    parser.add_argument("--compare", action="store_true", help="write side-by-side crops: input | modes | target")
+    parser.add_argument("--compare", action="store_true",
+                        help="write side-by-side crops, each labelled with its mode and PSNR/SSIM: "
+                             "input | full | tiles | tlc | target (the modes evaluated)")
+    parser.add_argument("--report", action="store_true",
+                        help="write report.html: one offline page with the summary, a sortable per-image table, "
+                             "a PSNR chart and a split-view viewer (zoom, pan) of the first images")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N pairs")
     parser.add_argument("--sync-timeout", type=float, default=1800.0, metavar="SECONDS",
                         help="under torchrun: how long a process waits for the others before failing "
@@ -102,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
                   f"protocol {protocol.name}{processes}")
             desc = "evaluating (rank 0's share)" if launch.distributed else "evaluating"
             result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images,
-                              compare=args.compare, progress=lambda it: progress(it, desc=desc), log=speak,
-                              group=group)
+                              compare=args.compare, report=args.report,
+                              progress=lambda it: progress(it, desc=desc), log=speak, group=group)
     except PeerFailed:
         # Rank 0 names the failed process. Exiting 0 lets torchrun wait for rank 0 to say so (a
         # non-zero exit here would make torchrun kill rank 0 first); the launch fails with rank 0.
@@ -112,5 +117,6 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError(f"{err}; the rows finished so far are kept: rerun to resume") from None
     if launch.rank == 0:
         print(result.table())
-        speak(f"results in {args.out}/ (per_image.csv, summary.json)")
+        written = "per_image.csv, summary.json" + (", report.html" if args.report else "")
+        speak(f"results in {args.out}/ ({written})")
     return 1 if result.failures else 0

@@ -10,7 +10,11 @@ Results go to an output folder:
 - ``summary.json``: per mode: mean PSNR and SSIM, images, seconds per image, peak memory, and the
   protocol, model and settings.
 - with ``save_images``: ``images/<mode>/<name>.png``; with ``compare``: ``compare/<name>.png``,
-  centre crops side by side in the order input | modes... | target.
+  centre crops side by side in the fixed order input | full | tiles | tlc | target (the modes
+  evaluated), each under a label with its name and PSNR/SSIM against the target.
+- with ``report``: ``report.html``, one self-contained page (summary, sortable per-image table,
+  PSNR chart, a split-view viewer), and ``views/<name>/``: the viewer's centre crops of the first
+  pairs, kept so that a resumed run need not restore them again.
 
 Under torchrun (several processes, one or more machines) the pairs with work left are shared
 round robin; process k appends its rows to ``per_image.rank<k>.csv`` and rank 0 merges them into
@@ -49,7 +53,8 @@ from .records import (
     rank_files,
     row_order,
 )
-from .report import ModeSummary, side_by_side, summarise
+from .report import ModeSummary, centre_crop, panel_label, panel_order, side_by_side, summarise
+from .report_html import VIEW_CROP, VIEW_IMAGES, build_report, load_views, views_complete
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class _Plan:
     Attributes:
         names: the pair names, in order (each process checks it found the same pairs).
         done: (image, mode) rows already in per_image.csv.
-        pending: (pair index, compare strip still needed) of the pairs with work left, in order.
+        pending: (pair index, compare strip still needed, report views still needed) of the
+            pairs with work left, in order.
         resumed: rows of this run's pairs and modes already done.
         peaks: peak memory per mode recorded by an earlier run into the folder (MiB or None).
         token: written to SHARED_CHECK by rank 0; each process reads it back to prove that it
@@ -121,7 +127,7 @@ class _Plan:
 
     names: list[str]
     done: set[tuple[str, str]]
-    pending: list[tuple[int, bool]]
+    pending: list[tuple[int, bool, bool]]
     resumed: int
     peaks: dict[str, float | None]
     token: str | None = None
@@ -130,8 +136,8 @@ class _Plan:
 SHARED_CHECK = ".tlc-shared-check"
 
 
-def _prepare(out_dir: Path, pairs: PairedSet, settings: EvalSettings, compare: bool, world_size: int,
-             log: Callable[[str], None]) -> _Plan:
+def _prepare(out_dir: Path, pairs: PairedSet, settings: EvalSettings, compare: bool, report: bool,
+             world_size: int, log: Callable[[str], None]) -> _Plan:
     """Rank 0: check run.json, fold in rows left by an interrupted run, and plan the work left."""
     out_dir.mkdir(parents=True, exist_ok=True)
     check_resume(out_dir, settings.to_dict())
@@ -149,8 +155,9 @@ def _prepare(out_dir: Path, pairs: PairedSet, settings: EvalSettings, compare: b
     pending = []
     for index, name in enumerate(names):
         need_strip = compare and not (out_dir / "compare" / f"{name}.png").exists()
-        if need_strip or any((name, mode) not in done for mode in settings.modes):
-            pending.append((index, need_strip))
+        need_views = report and index < VIEW_IMAGES and not views_complete(out_dir, name, settings.modes)
+        if need_strip or need_views or any((name, mode) not in done for mode in settings.modes):
+            pending.append((index, need_strip, need_views))
     token = None
     if world_size > 1:
         token = uuid.uuid4().hex
@@ -178,7 +185,7 @@ def _evaluate_share(
     settings: EvalSettings,
     out_dir: Path,
     plan: _Plan,
-    share: list[tuple[int, bool]],
+    share: list[tuple[int, bool, bool]],
     csv_path: Path,
     *,
     save_images: bool,
@@ -197,9 +204,10 @@ def _evaluate_share(
             writer.writeheader()
             f.flush()
         runner = _ShareRunner(models, settings, out_dir, writer, f, save_images)
-        for index, need_images in progress(share):
+        for index, need_strip, need_views in progress(share):
             name = pairs.pairs[index][0]
-            runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done], need_images)
+            runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done],
+                        need_strip, need_views)
     return runner.peaks, runner.failures, runner.written
 
 
@@ -214,8 +222,10 @@ class _ShareRunner:
         self.failures: list[tuple[int, str]] = []
         self.written = 0
 
-    def pair(self, index: int, pair: tuple[str, Path, Path], todo: list[str], need_images: bool) -> None:
-        """Score the modes in ``todo`` on one pair; with ``need_images`` also the compare strip."""
+    def pair(self, index: int, pair: tuple[str, Path, Path], todo: list[str], need_strip: bool,
+             need_views: bool) -> None:
+        """Score the modes in ``todo`` on one pair; also the compare strip and the report's views
+        where asked (every mode is then run, its score recomputed as the row has it)."""
         name, input_path, target_path = pair
         try:
             degraded, target = io.read_image(input_path), io.read_image(target_path)
@@ -227,7 +237,8 @@ class _ShareRunner:
                                          f"{target.pixels.shape[:2]} differ in size"))
             return
         x = io.to_model_input(degraded)
-        outputs = {}
+        need_images = need_strip or need_views
+        outputs, scores = {}, {}
         for mode in self.settings.modes:
             if mode not in todo and not need_images:
                 continue
@@ -237,17 +248,39 @@ class _ShareRunner:
                 self.failures.append((index, f"{name} [{mode}]: {one_line(err, typed=True)}"))
                 continue
             outputs[mode] = pixels
+            if mode in todo or need_images:
+                scores[mode] = self._score(pixels, target.pixels)
             if mode in todo:
-                value_psnr, value_ssim = self.settings.protocol.score(pixels, target.pixels)
-                self.writer.writerow({"image": name, "mode": mode, "psnr": f"{value_psnr:.6f}",
-                                      "ssim": f"{value_ssim:.6f}", "seconds": f"{seconds:.4f}"})
+                self.writer.writerow({"image": name, "mode": mode, "psnr": f"{scores[mode][0]:.6f}",
+                                      "ssim": f"{scores[mode][1]:.6f}", "seconds": f"{seconds:.4f}"})
                 self.file.flush()
                 self.written += 1
             if self.save_images:
                 self._write(self.out_dir / "images" / mode / f"{name}.png", pixels)
-        if need_images and outputs:
-            self._write(self.out_dir / "compare" / f"{name}.png",
-                        side_by_side([degraded.pixels, *outputs.values(), target.pixels]))
+        if not (need_images and outputs):
+            return
+        scores["input"] = self._score(degraded.pixels, target.pixels)
+        images = {"input": degraded.pixels, **outputs, "target": target.pixels}
+        panels = panel_order(outputs)
+        if need_strip:
+            labels = [panel_label(p, *scores.get(p, (None, None))) for p in panels]
+            self._write(self.out_dir / "compare" / f"{name}.png", side_by_side([images[p] for p in panels], labels))
+        if need_views:
+            self._write_views(name, {p: images[p] for p in panels}, scores["input"])
+
+    def _score(self, pixels: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+        """(PSNR, SSIM) as per_image.csv stores them (6 decimals), so labels show the rows' numbers."""
+        value_psnr, value_ssim = self.settings.protocol.score(pixels, target)
+        return float(f"{value_psnr:.6f}"), float(f"{value_ssim:.6f}")
+
+    def _write_views(self, name: str, images: dict[str, np.ndarray], input_score: tuple[float, float]) -> None:
+        """The report viewer's centre crops of one pair (PNG, lossless: the viewer is for judging
+        restorations) and the input's score, which per_image.csv does not hold."""
+        folder = self.out_dir / "views" / name
+        for panel, pixels in images.items():
+            self._write(folder / f"{panel}.png", centre_crop(pixels, VIEW_CROP))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / "input.json", json.dumps({"psnr": input_score[0], "ssim": input_score[1]}))
 
     def _restore(self, mode: str, x: torch.Tensor, like: io.Image) -> tuple[np.ndarray, float]:
         """The restored pixels of one mode and its model time in seconds; peak memory recorded."""
@@ -273,10 +306,11 @@ def _finish(
     reports: list[tuple[dict, list, int]],
     *,
     compare: bool,
+    report: bool,
     world_size: int,
     log: Callable[[str], None],
 ) -> EvalResult:
-    """Rank 0: merge every process's rows into per_image.csv and write summary.json."""
+    """Rank 0: merge every process's rows into per_image.csv and write summary.json (and report.html)."""
     rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
     if world_size > 1:
         for rank, (_, _, written) in enumerate(reports):
@@ -304,9 +338,15 @@ def _finish(
         "layout": pairs.layout,
         "processes": world_size,
         "failures": failures,
-        "compare_order": ["input", *settings.modes, "target"] if compare else None,
+        "compare_order": panel_order(settings.modes) if compare else None,
     }
-    write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    text = json.dumps(summary, indent=2, default=str)
+    write_atomically(out_dir / "summary.json", text)
+    if report:
+        names = set(plan.names)
+        mine = [r for r in rows if r["image"] in names and r["mode"] in settings.modes]
+        views = load_views(out_dir, plan.names[:VIEW_IMAGES], settings.modes)
+        write_atomically(out_dir / "report.html", build_report(json.loads(text), mine, views))
     return result
 
 
@@ -318,6 +358,7 @@ def evaluate(
     *,
     save_images: bool = False,
     compare: bool = False,
+    report: bool = False,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
     log: Callable[[str], None] = print,
     group: Group | None = None,
@@ -338,7 +379,7 @@ def evaluate(
         pairs: the paired set to score.
         settings: recorded in run.json; a rerun into the same folder must use the same.
         out_dir: results folder (created); shared by all processes.
-        save_images, compare: also write restored images / comparison strips.
+        save_images, compare, report: also write restored images / comparison strips / report.html.
         progress: wraps the iteration over rank 0's pairs (e.g. a tqdm progress bar).
         log: where rank 0's resume and failure notes go (other ranks log nothing).
         group: the processes of the run; None: this process alone.
@@ -352,7 +393,7 @@ def evaluate(
     """
     group = group or Group()
     distributed = group.world_size > 1
-    plan = group.run_on_rank0(lambda: _prepare(out_dir, pairs, settings, compare, group.world_size, log),
+    plan = group.run_on_rank0(lambda: _prepare(out_dir, pairs, settings, compare, report, group.world_size, log),
                               "checking the results folder")
     if distributed:
         error = None
@@ -366,17 +407,17 @@ def evaluate(
             (out_dir / SHARED_CHECK).unlink(missing_ok=True)
     share = shard(plan.pending, group.rank, group.world_size)
     csv_path = out_dir / (f"per_image.rank{group.rank}.csv" if distributed else "per_image.csv")
-    report, error = None, None
+    outcome, error = None, None
     try:
-        report = _evaluate_share(models, pairs, settings, out_dir, plan, share, csv_path, save_images=save_images,
-                                 progress=progress if group.rank == 0 else (lambda it: it))
+        outcome = _evaluate_share(models, pairs, settings, out_dir, plan, share, csv_path, save_images=save_images,
+                                  progress=progress if group.rank == 0 else (lambda it: it))
     except Exception as err:  # shared with the others below: nobody waits for a process that gave up
         if not distributed:
             raise
         error = err
     group.agree(error, "evaluating its pairs")
-    reports = group.all_gather(report, "collecting the results")
+    reports = group.all_gather(outcome, "collecting the results")
     return group.run_on_rank0(
-        lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, world_size=group.world_size,
-                        log=log),
+        lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, report=report,
+                        world_size=group.world_size, log=log),
         "merging the results")

@@ -185,7 +185,7 @@ def _download(
     """Download ``url`` into ``target`` through ``<target>.part``, checked (:func:`_accept`) first."""
     part = target.with_name(target.name + ".part")
     resumed = part.exists()
-    log(f"downloading {entry.name} from {url}" + (f" (resuming {_size(part.stat().st_size)})" if resumed else ""))
+    log(f"downloading {entry.name} from {url}" + (f" (resuming {size_text(part.stat().st_size)})" if resumed else ""))
     try:
         try:
             _fetch(url, part, timeout=timeout, retries=retries, backoff=backoff, progress=progress,
@@ -205,7 +205,7 @@ def _download(
         part.unlink(missing_ok=True)
         raise
     os.replace(part, target)
-    log(f"saved {target} ({_size(target.stat().st_size)})")
+    log(f"saved {target} ({size_text(target.stat().st_size)})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _fetch(
             wait = backoff * 2**attempt
             done = part.stat().st_size if part.exists() else 0
             log(f"{label}: {_reason(err, timeout)}; retrying in {wait:g} s"
-                + (f", resuming at {_size(done)}" if done else ""))
+                + (f", resuming at {size_text(done)}" if done else ""))
             time.sleep(wait)
 
 
@@ -298,7 +298,7 @@ def _transfer(
                 bar.update(len(chunk))
     size = part.stat().st_size
     if total is not None and size < total:
-        raise _Interrupted(f"the connection closed after {_size(size)} of {_size(total)}")
+        raise _Interrupted(f"the connection closed after {size_text(size)} of {size_text(total)}")
     if total is not None and size > total:
         raise _SourceFailed(f"the server sent {size} bytes, more than the {total} it announced")
 
@@ -371,7 +371,8 @@ def _reason(err: BaseException, timeout: float) -> str:
     return one_line(err, typed=True, limit=200)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """A byte count for people: ``'65.3 MiB'``, ``'12.0 KiB'``, ``'512 bytes'``."""
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} bytes"
 
 

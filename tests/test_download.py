@@ -310,6 +310,48 @@ def test_part_file_from_elsewhere_is_refused_then_fetched_whole(server, home, da
     assert server.ranges() == ["bytes=700-", None]
 
 
+@pytest.mark.parametrize("leftover", ["whole", "too long"])
+def test_part_file_the_server_cannot_extend(server, home, data, leftover):
+    """416 Range Not Satisfiable: a complete .part is kept as it is; a longer one is fetched anew."""
+
+    def route(h):
+        start = int(h.headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-"))
+        if start >= len(data):
+            h.send_response(416)
+            h.send_header("Content-Range", f"bytes */{len(data)}")
+            h.end_headers()
+        else:
+            send(h, data)
+
+    server.routes["/w.pth"] = route
+    entry = entry_for(server.url("/w.pth"))
+    part = weights_path(entry).with_name("dl-test-nafnet.pth.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data if leftover == "whole" else data + b"\x00" * 10)
+    assert ensure_weights(entry, **FAST).read_bytes() == data
+    assert server.ranges() == ([f"bytes={len(data)}-"] if leftover == "whole" else [f"bytes={len(data) + 10}-", None])
+
+
+def test_a_second_process_waits_for_the_first_download(server, home, data):
+    from filelock import FileLock
+
+    entry = entry_for(server.url("/w.pth"))
+    target = weights_path(entry)
+    target.parent.mkdir(parents=True)
+    notes, result = [], []
+    with FileLock(str(target) + ".lock"):  # "another process" is downloading
+        waiter = threading.Thread(target=lambda: result.append(ensure_weights(entry, log=notes.append, **FAST)))
+        waiter.start()
+        for _ in range(200):
+            if notes:
+                break
+            threading.Event().wait(0.01)
+        assert notes and "waiting for another process" in notes[0] and not result
+        target.write_bytes(data)  # ... and finishes
+    waiter.join(10)
+    assert result == [target] and server.requests == []
+
+
 @pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream"])
 def test_html_error_page_is_refused(server, home, content_type):
     page = b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>Too many users</body>"

@@ -140,7 +140,11 @@ def ensure_weights(
         raise DownloadError(f"{entry.name} needs its weights file and the registry has no address to download it "
                             f"from: {_by_hand(entry, target)}")
     say = log or _stderr
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot write tlc's cache at {target.parent} ({err.strerror or err}); set TLC_HOME to a "
+                            f"writable folder, or {_by_hand(entry, target)}") from None
     lock = FileLock(str(target) + ".lock")
     try:
         lock.acquire(timeout=0)

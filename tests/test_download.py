@@ -153,8 +153,8 @@ def cut(h: BaseHTTPRequestHandler, body: bytes, at: int, announce: bool = True) 
 
 
 def cache_files(home: Path) -> list[str]:
-    """What the cache holds besides lock files."""
-    return sorted(p.name for p in home.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+    """The files in the cache's weights folder."""
+    return sorted(p.name for p in (home / "weights").rglob("*") if p.is_file())
 
 
 def free_port() -> int:
@@ -339,7 +339,8 @@ def test_a_second_process_waits_for_the_first_download(server, home, data):
     target = weights_path(entry)
     target.parent.mkdir(parents=True)
     notes, result = [], []
-    with FileLock(str(target) + ".lock"):  # "another process" is downloading
+    (home / "locks").mkdir(parents=True)
+    with FileLock(str(home / "locks" / "dl-test-nafnet.lock")):  # "another process" is downloading
         waiter = threading.Thread(target=lambda: result.append(ensure_weights(entry, log=notes.append, **FAST)))
         waiter.start()
         for _ in range(200):
@@ -492,3 +493,11 @@ def test_cli_download_failures(home, monkeypatch, capsys):
     assert "TLC_OFFLINE is set" in capsys.readouterr().err
     assert cache_files(home) == []
 
+
+
+def test_cli_download_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["download", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "tlc download nafnet-gopro-width64" in out and "TLC_HOME" in out

@@ -17,7 +17,8 @@ A finished download is accepted only if it is not a web page, matches the entry'
 (where there is one), loads safely (:func:`read_state_dict`: ``weights_only`` or safetensors) and
 has exactly the keys and shapes of the entry's network; it is then renamed into place atomically.
 Anything else is refused with one line saying why, and nothing of it stays in the cache. A lock
-file beside the weights makes concurrent processes (torchrun ranks) wait for one download.
+file per entry (``<cache>/locks/``) makes concurrent processes (torchrun ranks) wait for one
+download.
 """
 
 from __future__ import annotations
@@ -140,12 +141,14 @@ def ensure_weights(
         raise DownloadError(f"{entry.name} needs its weights file and the registry has no address to download it "
                             f"from: {_by_hand(entry, target)}")
     say = log or _stderr
+    lock_path = cache_dir() / "locks" / f"{entry.name}.lock"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DownloadError(f"cannot write tlc's cache at {target.parent} ({err.strerror or err}); set TLC_HOME to a "
+        raise DownloadError(f"cannot write tlc's cache at {cache_dir()} ({err.strerror or err}); set TLC_HOME to a "
                             f"writable folder, or {_by_hand(entry, target)}") from None
-    lock = FileLock(str(target) + ".lock")
+    lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -162,19 +165,23 @@ def ensure_weights(
                 return target
             except (_SourceFailed, _Interrupted, OSError, http.client.HTTPException, ValueError) as err:
                 failures.append(f"{url}: {_reason(err, timeout)}")
+                if isinstance(err, urllib.error.HTTPError):
+                    err.close()  # it holds the error page's connection
                 if number < len(entry.sources):
                     say(f"tlc: warning: {entry.name}: {failures[-1]}; trying the next address")
     finally:
         lock.release()
     raise DownloadError(f"{entry.name} needs its weights file and no download worked ({'; '.join(failures)}): "
-                        f"{_by_hand(entry, target)}")
+                        f"{_by_hand(entry, target, tried=True)}")
 
 
-def _by_hand(entry: registry.ModelEntry, target: Path) -> str:
-    """What a user can do instead: the addresses, the exact cache path, or --weights."""
-    addresses = " or ".join(dict.fromkeys((*entry.sources, entry.url)))
+def _by_hand(entry: registry.ModelEntry, target: Path, tried: bool = False) -> str:
+    """What a user can do instead: the addresses (those not named already), the exact cache path,
+    or --weights."""
+    addresses = [a for a in dict.fromkeys((*entry.sources, entry.url)) if not (tried and a in entry.sources)]
+    where = f"download it from {' or '.join(addresses)}" if addresses else "download it yourself"
     licence = f" Licence: {entry.licence}." if entry.non_commercial else ""
-    return (f"download it from {addresses} and put it at {target}, or pass weights='path/to/file.pth' "
+    return (f"{where} and put it at {target}, or pass weights='path/to/file.pth' "
             f"(--weights PATH on the command line).{licence}")
 
 

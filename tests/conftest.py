@@ -15,6 +15,14 @@ CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(tmp_path_factory, monkeypatch):
+    """No test downloads anything or reads the user's cache: an empty cache of its own, offline
+    (tests/test_download.py turns downloading back on against its own local server)."""
+    monkeypatch.setenv("TLC_HOME", str(tmp_path_factory.mktemp("tlc-home")))
+    monkeypatch.setenv("TLC_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def conformance() -> Path:
     """The ../shared/conformance folder (CI always has it; elsewhere its tests are skipped)."""

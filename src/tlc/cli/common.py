@@ -31,7 +31,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="NAME", help="registry name (see `tlc inspect --list`)")
+    group.add_argument("--model", metavar="NAME",
+                       help="registry name (see `tlc inspect --list`); without --weights its released weights "
+                            "are downloaded into the cache on first use (see `tlc download --help`)")
     group.add_argument("--weights", metavar="PATH", type=Path, help="checkpoint file (.pth, .pt, .safetensors)")
     group.add_argument("--train-size", metavar="H[xW]", type=parse_size,
                        help="training crop size (default: the registry entry's, else 256)")

@@ -16,6 +16,7 @@ from .chooser import chosen_model, models_for
 
 SUMMARY = "Score a model on a paired dataset in several modes (resumable)."
 EXAMPLES = (
+    "  tlc eval GoPro/test --model nafnet-gopro-width64 --out results/   # weights downloaded on first use\n"
     "  tlc eval GoPro/test --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth --out results/\n"
     "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare --report\n"
     "  tlc eval SIDD/val --weights model.pth --protocol float\n"

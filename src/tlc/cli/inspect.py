@@ -8,6 +8,7 @@ import warnings
 from ..convert import convert
 from ..inspection import activation_memory
 from ..zoo import registry
+from ..zoo.download import cache_dir, cached_weights
 from .common import add_model_options, parse_size
 from .chooser import chosen_model
 
@@ -15,12 +16,13 @@ SUMMARY = "Show a model's global ops, their feature sizes at training and their 
 EXAMPLES = (
     "  tlc inspect --model hinet-gopro\n"
     "  tlc inspect --weights model.pth --train-size 256 --size 720x1280\n"
-    "  tlc inspect --list\n"
+    "  tlc inspect --list          # every registry entry, and whether its weights are here\n"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--list", action="store_true", help="list the registry of released models")
+    parser.add_argument("--list", action="store_true",
+                        help="list the registry of released models, each bundled, cached or not downloaded yet")
     parser.add_argument("--size", type=parse_size, metavar="HxW", help="also show windows and activation memory there")
     add_model_options(parser)
 
@@ -28,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.list:
         for entry in registry.list():
-            print(entry)
+            state = "bundled" if entry.bundled_weights is not None else \
+                "cached" if cached_weights(entry) is not None else "not downloaded"
+            print(f"{entry} [{state}]")
+        print(f"weights cache: {cache_dir() / 'weights'} (downloaded on first use, or `tlc download NAME`)")
         return 0
     chosen = chosen_model(args, need_weights=False)
     model = chosen.model

@@ -1,4 +1,4 @@
-"""The ``tlc`` command line: restore, eval, inspect, synth, export.
+"""The ``tlc`` command line: restore, eval, inspect, download, synth, export.
 
 Every subcommand has ``--help`` with examples. Bad input gives a one-line ``tlc: error: ...`` and
 a non-zero exit code (2 for unusable arguments or inputs, 1 when some files failed), never a
@@ -18,7 +18,7 @@ from ..eval.records import EvaluationError
 from ..io import ImageError
 from ..zoo import CheckpointError
 from . import eval as eval_command
-from . import export, inspect, restore, synth
+from . import download, export, inspect, restore, synth
 from .common import UsageError, say
 
 DESCRIPTION = """\
@@ -32,14 +32,17 @@ crop, without retraining.
 
 EXAMPLES = """\
 examples:
+  tlc restore photo.png -o out/ --model nafnet-gopro-width64     # weights downloaded on first use
   tlc restore photo.png -o out/ --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth
   tlc eval datasets/GoPro/test --weights model.pth --modes full,tlc,tiles --out results/
   tlc inspect --model restormer-gopro --size 720x1280
+  tlc download hinet-gopro                                         # into ~/.cache/tlc (or $TLC_HOME)
   tlc synth sharp_photos/ synthetic_set/ --noise 5 50 --noise-pattern step
 """
 
 #: name -> the module with its SUMMARY, EXAMPLES, add_arguments(parser) and run(args) -> exit code.
-COMMANDS = {"restore": restore, "eval": eval_command, "inspect": inspect, "synth": synth, "export": export}
+COMMANDS = {"restore": restore, "eval": eval_command, "inspect": inspect, "download": download, "synth": synth,
+            "export": export}
 
 KNOWN_ERRORS = (UsageError, CheckpointError, ConversionError, FileNotFoundError, ImageError, EvaluationError)
 

@@ -16,6 +16,7 @@ from .chooser import chosen_model, models_for
 
 SUMMARY = "Restore images with a model, with TLC by default."
 EXAMPLES = (
+    "  tlc restore blurry.png -o out/ --model nafnet-gopro-width64     # weights downloaded on first use\n"
     "  tlc restore blurry.png -o out/ --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth\n"
     "  tlc restore photos/ 'more/*.jpg' -o out/ --weights model.pth --train-size 256 --mode full\n"
     "  tlc restore big.tif -o out/ --weights model.pth --device cuda --dtype float16\n"

@@ -11,6 +11,7 @@ from torch import nn
 from .._util import Pair, default_base_size
 from ..archs import build
 from . import registry
+from .download import cached_weights
 from .load import load_model
 
 DEFAULT_TRAIN_SIZE: Pair = (256, 256)  # for a bare checkpoint file, which does not say its crop
@@ -45,17 +46,19 @@ def choose_model(
 
     Sizes: ``train_size`` if given, else the registry entry's, else :data:`DEFAULT_TRAIN_SIZE`;
     ``base_size`` if given, else the entry's paper setting (only when the training size is the
-    entry's own), else 1.5x the training size. Without ``need_weights`` a registry model whose
-    weights are not at hand is built with random weights (enough to inspect its structure).
+    entry's own), else 1.5x the training size. A registry model's weights that are not at hand
+    are downloaded into the cache (:func:`load_model`); without ``need_weights`` such a model is
+    built with random weights instead (enough to inspect its structure).
 
     Raises:
         KeyError: ``name`` is not in the registry (the message suggests close names).
         ValueError: neither ``name`` nor ``weights`` given.
-        CheckpointError: the weights cannot be read or do not fit.
+        CheckpointError: the weights cannot be read or do not fit, or (DownloadError) cannot be
+            downloaded.
     """
     if name:
         entry = registry.get(name)
-        if weights is None and entry.bundled_weights is None and not need_weights:
+        if weights is None and cached_weights(entry) is None and not need_weights:
             model, description = build(entry.arch, **entry.config).eval(), f"{entry.name} (random weights)"
         else:
             model, description = load_model(entry.name, weights=weights), entry.name

@@ -1,7 +1,8 @@
 """Ready models from the registry or a checkpoint file: built, loaded strictly, in eval mode.
 
     model = load_model("NAFNet-GoPro-width64.pth")        # built, loaded strictly, in eval mode
-    model = load_model("nafnet-gopro-width64", weights="NAFNet-GoPro-width64.pth")  # registry entry
+    model = load_model("nafnet-gopro-width64")            # registry entry: weights downloaded once
+    model = load_model("nafnet-gopro-width64", weights="NAFNet-GoPro-width64.pth")  # a file at hand
 
 A registry entry's own ``checkpoint_key`` is tried before the usual container keys.
 """
@@ -27,6 +28,7 @@ from .checkpoints import (
     state_shapes,
 )
 from .detect import detect
+from .download import ensure_weights
 
 def load_model(
     source: str | os.PathLike,
@@ -34,13 +36,18 @@ def load_model(
     *,
     weights: str | os.PathLike | None = None,
     strict: bool = True,
+    download: bool = True,
     **config: object,
 ) -> nn.Module:
     """A network with its checkpoint loaded, in eval mode, float32, on the CPU.
 
-    ``source`` is a registry name (:func:`tlc.models.get`) with ``weights`` the downloaded file,
-    or the path of a checkpoint file. For a path, ``arch`` and ``config`` build the network as
-    :func:`tlc.archs.build` does; without ``arch`` it is detected (:func:`detect`) and ``config``
+    ``source`` is a registry name (:func:`tlc.models.get`) or the path of a checkpoint file. For a
+    registry name, ``weights`` is a file at hand; without it the entry's bundled or cached weights
+    are used, downloaded into the cache first where needed (:func:`tlc.zoo.download.ensure_weights`:
+    progress bar, resume, checked before it is kept); with ``download=False`` (or ``TLC_OFFLINE=1``)
+    a missing file raises :class:`DownloadError` naming the addresses and the cache path.
+
+    For a path, ``arch`` and ``config`` build the network as :func:`tlc.archs.build` does; without ``arch`` it is detected (:func:`detect`) and ``config``
     overrides the detected values (e.g. ``padder_size``). For a registry name, ``config`` overrides
     the entry's config.
 
@@ -57,11 +64,9 @@ def load_model(
         return _load_entry(entry, Path(weights), arch, strict, config)
     if Path(source).exists():
         return _load_path(Path(source), arch, strict, config)
-    if entry is not None and entry.bundled_weights is not None:
-        return _load_entry(entry, entry.bundled_weights, arch, strict, config)
     if entry is None:
         raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
-    raise CheckpointError(_download_hint(entry))
+    return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, config)
 
 
 def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
@@ -71,14 +76,6 @@ def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
     except KeyError as e:
         close = re.search(r"did you mean [^?]*\?", str(e.args[0]))
         return None, f"; {close.group(0)}" if close else " (see tlc.models.list())"
-
-
-def _download_hint(entry: registry.ModelEntry) -> str:
-    licence = f" Licence: {entry.licence}." if entry.non_commercial else ""
-    return (
-        f"{entry.name} needs its weights file: download it from {entry.url} and pass "
-        f"weights='path/to/file.pth'.{licence}"
-    )
 
 
 def _load_entry(entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:

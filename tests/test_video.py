@@ -185,6 +185,40 @@ def test_variable_frame_times_are_kept(suffix, tmp_path):
     assert times == pytest.approx((pts / 50).tolist(), abs=1e-3)
 
 
+@pytest.mark.parametrize("color_range", [1, 2])  # AVCOL_RANGE_MPEG (limited), AVCOL_RANGE_JPEG (full)
+def test_colour_tags_are_honoured_and_kept(color_range, tmp_path):
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]])
+    tiles = colours[np.random.default_rng(color_range).integers(0, 6, size=(3, 4))]
+    rgb = np.repeat(np.repeat(tiles, 16, axis=0), 16, axis=1).astype(np.uint8)  # saturated 16 x 16 blocks
+    source = tmp_path / "bt709.mp4"
+    with av.open(str(source), "w") as container:  # BT.709, tagged as such
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.colorspace, video.codec_context.color_range = 1, color_range
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range=color_range)
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    inside = np.zeros((48, 64), dtype=bool)  # block interiors: chroma upsampling blurs the edges
+    inside[np.ix_(np.arange(48) % 16 // 4 % 3 > 0, np.arange(64) % 16 // 4 % 3 > 0)] = True
+
+    def error(frames):
+        return max(np.abs(f.astype(int) - rgb)[inside].mean() for f in frames)
+
+    with av.open(str(source)) as container:  # the same file read as BT.601 limited range: far off
+        wrong = [f.to_ndarray(format="rgb24", src_colorspace="ITU601", src_color_range=1)
+                 for f in container.decode(video=0)]
+    assert error(f.rgb for f in read_frames(source)) < 1.5 and error(wrong) > 5
+    target = tmp_path / "out.mp4"
+    copy_through_writer(source, target)
+    with av.open(str(target)) as container:
+        context = container.streams.video[0].codec_context
+        assert (int(context.colorspace), int(context.color_range)) == (1, color_range)
+    assert error(f.rgb for f in read_frames(target)) < 2
+
+
 def test_interrupted_writer_leaves_nothing(tmp_path):
     frames = smooth_frames(np.random.default_rng(1), 6, 48, 64)
     source = tmp_path / "in" / "clip.mp4"
@@ -281,6 +315,10 @@ def test_restore_folder_of_videos_and_an_image_to_a_folder(clips, tmp_path, caps
     assert run("restore", clips / "folder" / "a.mkv", clips / "folder" / "b.mp4", "--frames-out", frames, *MODEL) == 0
     assert sorted(p.name for p in frames.iterdir()) == ["a", "b"]
     assert len(list((frames / "a").iterdir())) == 5 and len(list((frames / "b").iterdir())) == 6
+    remuxed = tmp_path / "remuxed"  # --ext with a video suffix applies to the videos, images keep theirs
+    assert run("restore", clips / "folder", "-o", remuxed, "--ext", "mkv", *MODEL) == 0
+    assert sorted(p.name for p in remuxed.iterdir()) == ["a.mkv", "b.mkv", "c.png"]
+    assert len(decoded(remuxed / "b.mkv")) == 6 and stream_facts(remuxed / "b.mkv")["fps"] == Fraction(24)
     assert run("restore", clips / "folder", "-o", tmp_path / "x.mp4", *MODEL) == 2  # one file for three inputs
     assert "names a video file" in capsys.readouterr().err
 

@@ -61,8 +61,12 @@ def restore_video(
         audio_from=path if info.audio else None, encoding=encoding, colorspace=info.colorspace,
         color_range=info.color_range, overwrite=overwrite,
     ) as writer:
+        last = None
         for frame in restored_frames(model, path, info, settings, context):
-            writer.write(frame.rgb, frame.pts)
+            # A frame without a time stamp, or out of order (a damaged file), follows the previous one.
+            pts = frame.pts if frame.pts is not None and (last is None or frame.pts > last) else None
+            writer.write(frame.rgb, pts)
+            last = writer.last_pts
     return writer.frames_written
 
 

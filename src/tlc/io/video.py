@@ -427,8 +427,8 @@ class VideoWriter:
         self.colorspace, self.color_range = colorspace, color_range
         self.overwrite = overwrite
         self.frames_written = 0
+        self.last_pts: int | None = None  # the time stamp of the last frame written
         self._stack: contextlib.ExitStack | None = None
-        self._last_pts: int | None = None
 
     def __enter__(self) -> VideoWriter:
         if self.path.is_dir():
@@ -439,12 +439,14 @@ class VideoWriter:
         stack = contextlib.ExitStack()
         try:
             temporary = stack.enter_context(atomic_write(self.path, overwrite=self.overwrite))
-            self._out = av.open(str(temporary), "w", format=_MUXERS[self.path.suffix.lower()])
-            stack.callback(_close_quietly, self._out)
-            self._video = self._add_video_stream()
+            with _ffmpeg_errors(self.path, "cannot start writing"):
+                self._out = av.open(str(temporary), "w", format=_MUXERS[self.path.suffix.lower()])
+                stack.callback(_close_quietly, self._out)
+                self._video = self._add_video_stream()
             self._audio_in = self._audio_out = self._audio_packets = None
             if self.audio_from is not None:
-                self._audio_in = stack.enter_context(av.open(str(self.audio_from), "r"))
+                with _ffmpeg_errors(self.audio_from, "cannot read its audio"):
+                    self._audio_in = stack.enter_context(av.open(str(self.audio_from), "r"))
                 self._add_audio_stream()
         except BaseException:
             if not stack.__exit__(*sys.exc_info()):
@@ -475,7 +477,6 @@ class VideoWriter:
             raise VideoError(f"{self.path}: a {self.path.suffix} file cannot hold the input's "
                              f"{source.codec_context.name} audio unchanged; write .mkv, which holds any") from None
         self._audio_packets = iter(self._audio_in.demux(source))
-        self._audio_source = source
 
     def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
         """Encode one (H, W, 3) uint8 RGB frame.
@@ -496,18 +497,19 @@ class VideoWriter:
             pts = self.frames_written
         if pts is None:
             step = 1 / (self.fps * self.time_base)
-            pts = 0 if self._last_pts is None else self._last_pts + max(1, round(step))
-        if self._last_pts is not None and pts <= self._last_pts:
-            raise ValueError(f"frame time stamps must increase: {pts} after {self._last_pts}")
+            pts = 0 if self.last_pts is None else self.last_pts + max(1, round(step))
+        if self.last_pts is not None and pts <= self.last_pts:
+            raise ValueError(f"frame time stamps must increase: {pts} after {self.last_pts}")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_array), format="rgb24")
         if self.encoding.pix_fmt != "rgb24":
             frame = frame.reformat(format=self.encoding.pix_fmt, dst_colorspace=_sws_colorspace(self.colorspace),
                                    dst_color_range=self.color_range or None)
         frame.pts, frame.time_base = pts, self.time_base
-        self._last_pts = pts
-        self._mux_audio_until(pts * self.time_base)
-        for packet in self._video.encode(frame):
-            self._out.mux(packet)
+        self.last_pts = pts
+        with _ffmpeg_errors(self.path, f"cannot encode frame {self.frames_written + 1}"):
+            self._mux_audio_until(pts * self.time_base)
+            for packet in self._video.encode(frame):
+                self._out.mux(packet)
         self.frames_written += 1
 
     def _mux_audio_until(self, seconds: Fraction | None) -> None:
@@ -531,15 +533,26 @@ class VideoWriter:
             try:
                 if self.frames_written == 0:
                     raise VideoError(f"{self.path}: no frames were written")
-                for packet in self._video.encode(None):
-                    self._out.mux(packet)
-                self._mux_audio_until(None)
-                self._out.close()
+                with _ffmpeg_errors(self.path, "cannot finish the file"):
+                    for packet in self._video.encode(None):
+                        self._out.mux(packet)
+                    self._mux_audio_until(None)
+                    self._out.close()
             except BaseException:
                 if not stack.__exit__(*sys.exc_info()):
                     raise
                 return True
         return stack.__exit__(exc_type, exc, tb)
+
+
+@contextlib.contextmanager
+def _ffmpeg_errors(path: Path, doing: str) -> Iterator[None]:
+    """FFmpeg's errors (an encoder that refuses its settings, a full disk, a corrupt audio packet)
+    as a :class:`VideoError` naming ``path``."""
+    try:
+        yield
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: {doing} ({_ffmpeg_message(err)})") from None
 
 
 def _close_quietly(container: av.container.OutputContainer) -> None:

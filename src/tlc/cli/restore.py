@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "... (DIR/NAME/frame_000001.png, ... for several videos)")
     video.add_argument("--lossless", action="store_true",
                        help="encode videos losslessly, RGB stored exactly (libx264rgb QP 0; lossless VP9 for .webm), "
-                            "for evaluation: files are many times larger (default: H.264 yuv420p CRF 18, VP9 for .webm)")
+                            "for evaluation: files are many times larger (default: H.264 yuv420p CRF 18, VP9 for "
+                            ".webm)")
     add_model_options(parser)
     add_run_options(parser, modes=True)
     parser.add_argument("--max-megapixels", metavar="N",
@@ -136,13 +137,15 @@ def _plan_outputs(
                          "or --frames-out DIR for videos' frames)")
     planned: dict[Path, tuple[Path, str]] = {}
     failed = 0
+    image_suffix = suffix if suffix and suffix not in io.VIDEO_SUFFIXES else None
+    video_suffix = suffix if suffix in io.VIDEO_SUFFIXES else None
     for path in paths:
         if not io.is_video_file(path):
-            kind, target = "image", output / f"{path.stem}{suffix if suffix and not io.is_video_file(suffix) else path.suffix}"
+            kind, target = "image", output / f"{path.stem}{image_suffix or path.suffix}"
         elif frames_out is not None:
             kind, target = "frames", frames_out if len(videos) == 1 else frames_out / path.stem
         else:
-            kind, target = "video", output / f"{path.stem}{suffix if suffix and io.is_video_file(suffix) else path.suffix}"
+            kind, target = "video", output / f"{path.stem}{video_suffix or path.suffix}"
         if target in planned:
             say(f"tlc: error: {path}: its output {target} is also {planned[target][0]}'s; rename one of them")
             failed += 1

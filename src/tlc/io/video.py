@@ -185,7 +185,8 @@ def _info(path: Path, container: av.container.InputContainer) -> VideoInfo:
     if isinstance(declared, int) and frames < declared - slack:
         raise VideoError(f"{path}: truncated or corrupt video: {frames} of the {declared} frames it declares are there")
     if isinstance(declared, float) and end is not None and end < declared - 1.5 / fps:
-        raise VideoError(f"{path}: truncated or corrupt video: its frames end at {end:.2f} s of the {declared:.2f} s it declares")
+        raise VideoError(f"{path}: truncated or corrupt video: its frames end at {end:.2f} s of the "
+                         f"{declared:.2f} s it declares")
     duration = None
     if stream.duration is not None and stream.time_base:
         duration = float(stream.duration * stream.time_base)
@@ -207,7 +208,9 @@ def _info(path: Path, container: av.container.InputContainer) -> VideoInfo:
     )
 
 
-def _scan_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[int, float | None]:
+def _scan_packets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, float | None]:
     """The video packets in the file (one per frame) and when the last one ends in seconds (None
     without time stamps), read without decoding; rewinds afterwards."""
     count, end = 0, None
@@ -270,7 +273,8 @@ def read_frames(path: PathLike, info: VideoInfo | None = None) -> Iterator[Frame
             for frame in container.decode(stream):
                 if (frame.width, frame.height) != (info.width, info.height):
                     raise VideoError(f"{p}: frame {index + 1} is {frame.width} x {frame.height}, not "
-                                     f"{info.width} x {info.height} as the stream begins (size changes are not supported)")
+                                     f"{info.width} x {info.height} as the stream begins (size changes are not "
+                                     "supported)")
                 yield Frame(index, frame.pts, frame.to_ndarray(format="rgb24"))
                 index += 1
         except av.error.FFmpegError as err:
@@ -359,7 +363,8 @@ def video_encoding(path: PathLike, width: int, height: int, *, lossless: bool = 
     if width % 2 or height % 2:
         return VideoEncoding(codec, "yuv444p", options,
                              note=f"{width} x {height} is odd-sized and yuv420p needs even sizes, so it is encoded "
-                                  "yuv444p (H.264 High 4:4:4: exact size, full colour; some hardware players cannot play it)")
+                                  "yuv444p (H.264 High 4:4:4: exact size, full colour; some hardware players cannot "
+                                  "play it)")
     return VideoEncoding(codec, "yuv420p", options)
 
 

@@ -388,3 +388,11 @@ def test_bad_videos_get_one_line_each(clips, tmp_path, capsys):
     assert not (tmp_path / "one.mp4").exists()
     with pytest.raises(VideoError, match="not an MP4, MOV, MKV, WebM or AVI video"):
         probe_video(bad / "picture.mp4")
+
+
+def test_audio_the_output_cannot_hold_is_one_line(clips, tmp_path, capsys):
+    out = tmp_path / "x.webm"  # WebM holds Opus and Vorbis, not the clip's AAC
+    assert run("restore", clips / "clip.mp4", "-o", out, *MODEL) == 1
+    err = capsys.readouterr().err
+    assert f"tlc: error: {out}: a .webm file cannot hold the input's aac audio unchanged; write .mkv" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

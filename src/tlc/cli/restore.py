@@ -112,11 +112,10 @@ def run(args: argparse.Namespace) -> int:
             say(f"tlc: error: {path}: {one_line(err, typed=True)}")
             failed += 1
     note = f"; {skipped} skipped (already there, use --overwrite)" if skipped else ""
-    files = [f"{written['image']} image(s)"] if written["image"] or not (written["video"] or written["frames"]) else []
-    files += [f"{written['video']} video(s)"] if written["video"] else []
+    files = [f"{written[kind]} {kind}(s)" for kind in ("image", "video") if written[kind]]
     done = [f"{' and '.join(files)} to {args.output}"] if files else []
     done += [f"the frames of {written['frames']} video(s) to {args.frames_out}"] if written["frames"] else []
-    say(f"wrote {'; '.join(done)}{note}" + (f"; {failed} failed" if failed else ""))
+    say(f"wrote {'; '.join(done) or 'nothing'}{note}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

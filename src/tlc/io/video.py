@@ -453,6 +453,11 @@ class VideoWriter:
                 with _ffmpeg_errors(self.audio_from, "cannot read its audio"):
                     self._audio_in = stack.enter_context(av.open(str(self.audio_from), "r"))
                 self._add_audio_stream()
+            # The header now, so that a container refusing the streams fails before any frame is made.
+            hint = "" if self._audio_out is None else \
+                f"; it may not hold {self._audio_out.codec_context.name} audio unchanged, .mkv holds any"
+            with _ffmpeg_errors(self.path, f"cannot start a {self.path.suffix} file", hint):
+                self._out.start_encoding()
         except BaseException:
             if not stack.__exit__(*sys.exc_info()):
                 raise
@@ -551,13 +556,13 @@ class VideoWriter:
 
 
 @contextlib.contextmanager
-def _ffmpeg_errors(path: Path, doing: str) -> Iterator[None]:
+def _ffmpeg_errors(path: Path, doing: str, hint: str = "") -> Iterator[None]:
     """FFmpeg's errors (an encoder that refuses its settings, a full disk, a corrupt audio packet)
-    as a :class:`VideoError` naming ``path``."""
+    as a :class:`VideoError` naming ``path``: "path: doing (FFmpeg's reason)hint"."""
     try:
         yield
     except av.error.FFmpegError as err:
-        raise VideoError(f"{path}: {doing} ({_ffmpeg_message(err)})") from None
+        raise VideoError(f"{path}: {doing} ({_ffmpeg_message(err)}){hint}") from None
 
 
 def _close_quietly(container: av.container.OutputContainer) -> None:

@@ -73,11 +73,11 @@ def device(name: str) -> str:
     return name
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
-    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "img") -> Iterable:
+    """A progress bar on stderr counting ``unit`` (hidden when stderr is not a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="img", disable=None, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
 
 
 def say(text: str) -> None:

@@ -15,7 +15,7 @@ import traceback
 from .. import __version__
 from ..convert import ConversionError
 from ..eval.records import EvaluationError
-from ..io import ImageError
+from ..io import ImageError, VideoError
 from ..zoo import CheckpointError
 from . import eval as eval_command
 from . import download, export, inspect, restore, synth
@@ -44,7 +44,7 @@ examples:
 COMMANDS = {"restore": restore, "eval": eval_command, "inspect": inspect, "download": download, "synth": synth,
             "export": export}
 
-KNOWN_ERRORS = (UsageError, CheckpointError, ConversionError, FileNotFoundError, ImageError, EvaluationError)
+KNOWN_ERRORS = (UsageError, CheckpointError, ConversionError, FileNotFoundError, ImageError, VideoError, EvaluationError)
 
 
 def build_parser() -> argparse.ArgumentParser:

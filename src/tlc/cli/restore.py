@@ -1,9 +1,10 @@
-"""``tlc restore``: restore image files with a model, with TLC by default."""
+"""``tlc restore``: restore image and video files with a model, with TLC by default."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 from torch import nn
@@ -13,22 +14,38 @@ from .._util import one_line
 from ..run import RunSettings, TileContext, model_tile_plan, restore, tile_context
 from .common import UsageError, add_model_options, add_run_options, device, progress, say
 from .chooser import chosen_model, models_for
+from .video import FRAME_NAME, frame_path, restore_video, restore_video_frames
 
-SUMMARY = "Restore images with a model, with TLC by default."
+SUMMARY = "Restore images and videos with a model, with TLC by default."
 EXAMPLES = (
     "  tlc restore blurry.png -o out/ --model nafnet-gopro-width64     # weights downloaded on first use\n"
     "  tlc restore blurry.png -o out/ --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth\n"
     "  tlc restore photos/ 'more/*.jpg' -o out/ --weights model.pth --train-size 256 --mode full\n"
     "  tlc restore big.tif -o out/ --weights model.pth --device cuda --dtype float16\n"
     "  tlc restore huge_8k.tif -o out/ --model tiny-nafnet --max-megapixels 2   # tiled TLC, tiles <= 2 MP\n"
+    "  tlc restore clip.mp4 -o restored.mp4 --model tiny-nafnet   # frame rate, frames, size and audio kept\n"
+    "  tlc restore clips/ -o out/ --model tiny-nafnet --lossless   # every video in clips/, RGB stored exactly\n"
+    "  tlc restore clip.mp4 --frames-out frames/ --model tiny-nafnet   # frames/frame_000001.png, ...\n"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="folder for the results")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image or video (.mp4, .mov, .mkv, .avi, .webm) files, folders or glob patterns")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT",
+                        help="folder for the results; for a single video input also a video file, e.g. out.mp4")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
-    parser.add_argument("--ext", metavar="SUFFIX", help="output format, e.g. png (default: the input's)")
+    parser.add_argument("--ext", metavar="SUFFIX",
+                        help="output format, e.g. png or mkv: images take an image suffix, videos a video one "
+                             "(default: the input's)")
+    video = parser.add_argument_group("video")
+    video.add_argument("--frames-out", type=Path, metavar="DIR",
+                       help="write each video's restored frames as PNG files instead of a video: DIR/frame_000001.png, "
+                            "... (DIR/NAME/frame_000001.png, ... for several videos)")
+    video.add_argument("--lossless", action="store_true",
+                       help="encode videos losslessly, RGB stored exactly (libx264rgb QP 0; lossless VP9 for .webm), "
+                            "for evaluation: files are many times larger (default: H.264 yuv420p CRF 18, VP9 for "
+                            ".webm)")
     add_model_options(parser)
     add_run_options(parser, modes=True)
     parser.add_argument("--max-megapixels", metavar="N",
@@ -41,11 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths, problems = io.collect_inputs(args.inputs)
+    paths, problems = io.collect_inputs(args.inputs, io.IMAGE_SUFFIXES | io.VIDEO_SUFFIXES)
     for problem in problems:
         say(f"tlc: warning: {problem}")
     if not paths:
-        raise UsageError("no input images found")
+        raise UsageError("no input images or videos found")
+    planned, failed = _plan_outputs(paths, args.output, args.ext, args.frames_out)
     max_megapixels, tile_margin = _tiling_flags(args)
     settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=device(args.device),
                            dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
@@ -58,21 +76,34 @@ def run(args: argparse.Namespace) -> int:
     if max_megapixels is not None:  # measured once per model, used for every image
         context = tile_context(model)
         _say_tile_context(context, tile_margin)
-    planned, failed = _plan_outputs(paths, args.output, args.ext)
     inputs = {p.resolve() for p in paths}
-    skipped = written = 0
-    for target, path in progress(planned.items(), total=len(planned), desc="restoring"):
-        if target.resolve() in inputs:
-            say(f"tlc: error: {path}: the output would overwrite an input; choose another -o folder")
+    skipped = 0
+    written = {"image": 0, "video": 0, "frames": 0}
+    for target, (path, kind) in progress(planned.items(), total=len(planned), desc="restoring"):
+        if _overwrites_input(target, kind, inputs):
+            flag = "--frames-out folder" if kind == "frames" else "-o folder or file"
+            say(f"tlc: error: {path}: the output would overwrite an input; choose another {flag}")
             failed += 1
             continue
-        if target.exists() and not args.overwrite:
+        if (frame_path(target, 1) if kind == "frames" else target).exists() and not args.overwrite:
             skipped += 1
             continue
         try:
-            _restore_file(model, path, target, settings, context, args.overwrite)
-            written += 1
-        except io.ImageError as err:  # its message names the file
+            if kind == "image":
+                _restore_file(model, path, target, settings, context, args.overwrite)
+                written["image"] += 1
+            else:
+                if settings.max_megapixels is not None:
+                    info = io.probe_video(path)
+                    _say_tile_plan(model, path, (info.height, info.width), settings, context)
+                if kind == "frames":
+                    restore_video_frames(model, path, target, settings, context, overwrite=args.overwrite)
+                    written["frames"] += 1
+                else:
+                    restore_video(model, path, target, settings, context, lossless=args.lossless,
+                                  overwrite=args.overwrite)
+                    written["video"] += 1
+        except (io.ImageError, io.VideoError) as err:  # its message names the file
             say(f"tlc: error: {err}")
             failed += 1
         except (ValueError, OSError) as err:
@@ -82,23 +113,54 @@ def run(args: argparse.Namespace) -> int:
             say(f"tlc: error: {path}: {one_line(err, typed=True)}")
             failed += 1
     note = f"; {skipped} skipped (already there, use --overwrite)" if skipped else ""
-    say(f"wrote {written} image(s) to {args.output}{note}" + (f"; {failed} failed" if failed else ""))
+    files = [f"{written[kind]} {kind}(s)" for kind in ("image", "video") if written[kind]]
+    done = [f"{' and '.join(files)} to {args.output}"] if files else []
+    done += [f"the frames of {written['frames']} video(s) to {args.frames_out}"] if written["frames"] else []
+    say(f"wrote {'; '.join(done) or 'nothing'}{note}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 
-def _plan_outputs(paths: list[Path], output: Path, ext: str | None) -> tuple[dict[Path, Path], int]:
-    """output path -> input path, and how many inputs were refused for an output another one has."""
-    planned: dict[Path, Path] = {}
+def _plan_outputs(
+    paths: list[Path], output: Path | None, ext: str | None, frames_out: Path | None
+) -> tuple[dict[Path, tuple[Path, str]], int]:
+    """output path -> (input path, kind), and how many inputs were refused for an output another
+    one has. kind is "image", "video" (to a video file) or "frames" (to a folder of PNG frames)."""
+    suffix = f".{ext.lstrip('.')}".lower() if ext else None
+    videos = [p for p in paths if io.is_video_file(p)]
+    if output is not None and io.is_video_file(output) and not output.is_dir():
+        if len(paths) != 1 or not videos or frames_out is not None:
+            raise UsageError(f"-o {output} names a video file: give one video input (without --frames-out), "
+                             "or make -o a folder")
+        return {output: (paths[0], "video")}, 0
+    if output is None and (len(videos) < len(paths) or frames_out is None):
+        raise UsageError("say where the results go: -o FOLDER (or -o FILE.mp4 for one video, "
+                         "or --frames-out DIR for videos' frames)")
+    planned: dict[Path, tuple[Path, str]] = {}
     failed = 0
+    image_suffix = suffix if suffix and suffix not in io.VIDEO_SUFFIXES else None
+    video_suffix = suffix if suffix in io.VIDEO_SUFFIXES else None
     for path in paths:
-        suffix = f".{ext.lstrip('.')}" if ext else path.suffix
-        target = output / f"{path.stem}{suffix}"
+        if not io.is_video_file(path):
+            kind, target = "image", output / f"{path.stem}{image_suffix or path.suffix}"
+        elif frames_out is not None:
+            kind, target = "frames", frames_out if len(videos) == 1 else frames_out / path.stem
+        else:
+            kind, target = "video", output / f"{path.stem}{video_suffix or path.suffix}"
         if target in planned:
-            say(f"tlc: error: {path}: its output {target} is also {planned[target]}'s; rename one of them")
+            say(f"tlc: error: {path}: its output {target} is also {planned[target][0]}'s; rename one of them")
             failed += 1
             continue
-        planned[target] = path
+        planned[target] = (path, kind)
     return planned, failed
+
+
+def _overwrites_input(target: Path, kind: str, inputs: set[Path]) -> bool:
+    """Whether writing ``target`` (a file, or for "frames" a folder of numbered PNGs) would replace an input."""
+    if kind != "frames":
+        return target.resolve() in inputs
+    folder = target.resolve()
+    pattern = re.compile(re.escape(FRAME_NAME).replace(r"\{:06d\}", r"\d{6,}"))
+    return any(p.parent == folder and pattern.fullmatch(p.name) for p in inputs)
 
 
 def _restore_file(

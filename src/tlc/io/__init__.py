@@ -1,4 +1,5 @@
-"""Image files in and out, the RGB model boundary, and input/pair discovery for ``tlc restore``/``eval``.
+"""Image files in and out, the RGB model boundary, and input/pair discovery for ``tlc restore``/``eval``;
+video files in and out in :mod:`tlc.io.video` (PyAV/FFmpeg: frames as RGB, timing and audio kept).
 
 Decoding and encoding are OpenCV's (``opencv-python-headless``: libpng, libjpeg-turbo, libtiff and
 libwebp, with 16-bit PNG and TIFF kept whole, which Pillow cannot do for RGB). Around it this module
@@ -28,6 +29,21 @@ from .headers import sniff
 from .image import Image, ImageError, Mode, from_model_output, to_model_input
 from .pairs import IMAGE_SUFFIXES, LAYOUTS, PairedSet, collect_inputs, find_pairs
 from .read import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, read_image
+from .video import (
+    VIDEO_SUFFIXES,
+    AudioInfo,
+    Frame,
+    VideoEncoding,
+    VideoError,
+    VideoInfo,
+    VideoWriter,
+    frame_to_tensor,
+    is_video_file,
+    probe_video,
+    read_frames,
+    tensor_to_frame,
+    video_encoding,
+)
 from .write import write_image
 
 __all__ = [
@@ -35,15 +51,28 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LAYOUTS",
     "MAX_PIXELS_ENV",
+    "VIDEO_SUFFIXES",
+    "AudioInfo",
+    "Frame",
     "Image",
     "ImageError",
     "Mode",
     "PairedSet",
+    "VideoEncoding",
+    "VideoError",
+    "VideoInfo",
+    "VideoWriter",
     "collect_inputs",
     "find_pairs",
+    "frame_to_tensor",
     "from_model_output",
+    "is_video_file",
+    "probe_video",
+    "read_frames",
     "read_image",
     "sniff",
+    "tensor_to_frame",
     "to_model_input",
+    "video_encoding",
     "write_image",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,22 +37,29 @@ class PairedSet:
 
 
 
-def _is_image_file(p: Path) -> bool:
+def _is_image_file(p: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> bool:
     # Hidden names are skipped: macOS "._x.png" resource forks and our own temporary files.
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    return p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+def _images_in(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files (or files with one of ``suffixes``) directly in ``folder``, sorted by name."""
+    return sorted((p for p in folder.iterdir() if _is_image_file(p, suffixes)), key=lambda p: p.name)
 
 
-def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
+def collect_inputs(
+    specs: Sequence[str], suffixes: Collection[str] = IMAGE_SUFFIXES
+) -> tuple[list[Path], list[str]]:
     """Image files named by command-line specs: files, folders and glob patterns.
 
     A file is taken as given (its content is checked when read); a folder gives its image files
     (non-recursive, by suffix, sorted); a pattern (``*``, ``?``, ``[``; ``**`` recurses) gives the
     image files it matches, sorted. A path that exists is never taken as a pattern.
+
+    Args:
+        specs: the command line's input arguments.
+        suffixes: lower-case suffixes a folder or pattern picks (default: the image formats'; add
+            :data:`tlc.io.VIDEO_SUFFIXES` to take videos as well).
 
     Returns:
         (paths, problems): the paths in spec order, each file once (by resolved path); one
@@ -61,19 +68,20 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
     paths: list[Path] = []
     seen: set[Path] = set()
     problems: list[str] = []
+    kind = "image" if set(suffixes) <= IMAGE_SUFFIXES else "image or video"
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = _images_in(p)
+            found = _images_in(p, suffixes)
             if not found:
-                problems.append(f"{spec}: folder has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                problems.append(f"{spec}: folder has no {kind} files ({', '.join(sorted(suffixes))})")
         elif p.exists():
             found = [p]
         elif any(c in spec for c in "*?["):
             found = sorted((Path(m) for m in glob.glob(spec, recursive=True)), key=str)
-            found = [m for m in found if _is_image_file(m)]
+            found = [m for m in found if _is_image_file(m, suffixes)]
             if not found:
-                problems.append(f"{spec}: matched no image files")
+                problems.append(f"{spec}: matched no {kind} files")
         else:
             found = []
             problems.append(f"{spec}: no such file or folder")

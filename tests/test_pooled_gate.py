@@ -291,3 +291,19 @@ def test_fast_mode_with_method_poolings():
     model = randomised(GateHolder(ReturnedGate()))
     fast, _ = tlc.convert(model, train_size=12, base_size=18, fast=True)
     assert [m.fast for m in fast.block.modules() if isinstance(m, tlc.LocalAvgPool2d)] == [True]
+
+
+def test_apply_pointwise_overwrites_only_its_own_maps():
+    """Activations after a 1x1 convolution run in place on the product; the input and any map the
+    caller passes stay as they are, and the result equals the layers run one by one."""
+    torch.manual_seed(1)
+    layers = nn.Sequential(nn.Sigmoid(), nn.Conv2d(6, 3, 1), nn.ReLU(), nn.Conv2d(3, 6, 1), nn.Sigmoid(), nn.Tanh())
+    y = torch.randn(2, 6, 11, 13)
+    before = y.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(apply_pointwise(y, layers.eval()), layers(y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, before, rtol=0, atol=0)
+    g = y.clone().requires_grad_(True)  # with autograd: the same values, gradients flow
+    out = apply_pointwise(g, layers)
+    out.sum().backward()
+    assert g.grad is not None and torch.isfinite(g.grad).all()

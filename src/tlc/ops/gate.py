@@ -29,6 +29,7 @@ def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple
     """
     if isinstance(layers, nn.Module):
         layers = list(layers) if isinstance(layers, nn.Sequential) else [layers]
+    owned = False  # whether y is a tensor made here, which activations may then overwrite
     for layer in layers:
         if (
             isinstance(layer, nn.Conv2d)
@@ -47,11 +48,29 @@ def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple
             # MPRNet's 17 s at 720x1280).
             out = torch.bmm(weight.expand(n, -1, -1), y.reshape(n, c, h * w))
             if layer.bias is not None:
-                out = out + layer.bias.view(1, -1, 1)
-            y = out.view(n, layer.out_channels, h, w)
+                out = out.add_(layer.bias.view(1, -1, 1)) if _may_overwrite(out) else out + layer.bias.view(1, -1, 1)
+            y, owned = out.view(n, layer.out_channels, h, w), True
+        elif owned and _may_overwrite(y) and type(layer) in _IN_PLACE:
+            # The gate's maps are nearly as large as the feature map: overwriting them saves a
+            # fresh allocation (page faults) and a pass over memory per activation.
+            y = _IN_PLACE[type(layer)](y)
         else:
-            y = layer(y)
+            y, owned = layer(y), False
     return y
+
+
+def _may_overwrite(t: torch.Tensor) -> bool:
+    """In-place ops are safe on tensors made here, unless autograd must see the original."""
+    return not (torch.is_grad_enabled() and t.requires_grad) and not tracing()
+
+
+# Activations without parameters or options, applied in place on tensors apply_pointwise made.
+_IN_PLACE = {
+    nn.ReLU: torch.relu_,
+    nn.Sigmoid: torch.sigmoid_,
+    nn.Tanh: torch.tanh_,
+    nn.Identity: lambda t: t,
+}
 
 
 def _multiply_replicated_planes(x, gate, top, left, out):  # pragma: no cover (compiled by numba)

@@ -70,7 +70,8 @@ def write_csv(name: str, rows: list[dict]) -> Path:
     path = RESULTS / f"{name}.csv"
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # Every column of every row (rows kept from an older run may lack newer columns).
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)

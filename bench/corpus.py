@@ -10,8 +10,11 @@ For every corpus model (fixed seed, perturbed parameters, eval mode; some built 
 - invariance: max |converted - original| at the training size (batch 1);
 - effect: max |converted - original| at 4x the training size;
 - time: median forward of the original and of the converted model at --size (batch 1, float32,
-  CPU), the two taking turns; the ratio converted / original only where the original takes
-  >= 30 ms (below that the ratio is noise).
+  CPU), taking turns; the ratio converted / original only where the original takes >= 30 ms
+  (below that the ratio is noise). Timed twice converted: at the corpus's training size (32, so
+  the window is 48 pixels and nearly every window position of a 720p map is one the local ops
+  compute) and at --train-size-2 (default 256, the crops the paper's networks are trained on:
+  a 384-pixel window, a third as many positions at full resolution).
 
 Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps the other rows).
 
@@ -61,7 +64,7 @@ def _one_line(err: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int) -> dict:
+def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int) -> dict:
     """One table row for ``entry``: sites, invariance and effect (small widths, as the tests build
     it) and timings at ``size`` (the bench width)."""
     row: dict = {"model": entry.name, "global_ops": entry.kinds, "size": f"{size[0]}x{size[1]}"}
@@ -96,15 +99,21 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int) -> 
 
     # Timing at the benchmark width: the same conversion of the (possibly wider) model.
     wide = build(entry, wide=True)
-    if report is not None and entry.bench is not None:
+    converted_2 = None
+    if report is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            converted, _ = tlc.convert(wide, **kwargs)
+            if entry.bench is not None:
+                converted, _ = tlc.convert(wide, **kwargs)
+            if not entry.fixed_size:
+                converted_2, _ = tlc.convert(wide, **{**kwargs, "train_size": train_2})
     x = image(1, *size, seed=3)
     row["params"] = sum(p.numel() for p in wide.parameters())
     fns = {"original": lambda: wide(x.clone())}
     if report is not None:
         fns["converted"] = lambda: converted(x.clone())
+        if converted_2 is not None:
+            fns["converted_2"] = lambda: converted_2(x.clone())
         outputs(converted, image(1, t, t, seed=4))  # tlc's kernels launch (and set their threads) here
         if torch.get_num_threads() != threads:
             row["note"] = (row["note"] + "; " if row["note"] else "") + (
@@ -115,15 +124,16 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int) -> 
         with torch.inference_mode():
             times = interleaved_median_seconds(fns, "cpu", repeats=repeats)
     except RuntimeError as err:
-        row.update(original_ms="", converted_ms="", ratio="")
+        row.update(original_ms="", converted_ms="", ratio="", converted_2_ms="", ratio_2="")
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"no forward at {row['size']}: {_one_line(err, 60)}"
         return row
     row["original_ms"] = round(1e3 * times["original"], 1)
     row["converted_ms"] = round(1e3 * times["converted"], 1) if "converted" in times else ""
-    if "converted" in times and row["original_ms"] >= MIN_ORIGINAL_MS:
-        row["ratio"] = round(times["converted"] / times["original"], 3)
-    else:
-        row["ratio"] = ""
+    row["converted_2_ms"] = round(1e3 * times["converted_2"], 1) if "converted_2" in times else ""
+    big_enough = row["original_ms"] >= MIN_ORIGINAL_MS
+    row["ratio"] = round(times["converted"] / times["original"], 3) if "converted" in times and big_enough else ""
+    row["ratio_2"] = round(times["converted_2"] / times["original"], 3) if "converted_2" in times and big_enough else ""
+    row["train_2"] = train_2
     return row
 
 
@@ -133,6 +143,8 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated corpus names")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each, taking turns")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and numba threads")
+    parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
+                        help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -144,17 +156,19 @@ def main() -> None:
             parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
         entries = [e for e in CORPUS if e.name in names]
     print(f"corpus at {args.size} on {machine()}, float32, batch 1, median of {args.repeats} taking turns\n")
+    t2 = args.train_size_2
     header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
-              "converted ms", "ratio", "note"]
+              "converted ms", "ratio", f"converted ms (train {t2})", f"ratio (train {t2})", "note"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rows = []
     for entry in entries:
-        row = measure(entry, size, args.repeats, args.threads)
+        row = measure(entry, size, args.repeats, args.threads, t2)
         row["machine"] = machine()
         rows.append(row)
         cells = [row["model"], row["global_ops"], row["converted"], row["reported"], row["invariance"], row["effect"],
-                 row["original_ms"], row["converted_ms"], f"{row['ratio']}x" if row["ratio"] != "" else "-", row["note"]]
+                 row["original_ms"], row["converted_ms"], f"{row['ratio']}x" if row["ratio"] != "" else "-",
+                 row["converted_2_ms"], f"{row['ratio_2']}x" if row["ratio_2"] != "" else "-", row["note"]]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
     print(f"\nwrote {write_csv('corpus_cpu', merged('corpus_cpu', rows))}")
 

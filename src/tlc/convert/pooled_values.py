@@ -432,7 +432,9 @@ class PooledValues:
         if not (1 <= gh <= h and 1 <= gw <= w):
             raise ValueError(f"valid map {gh}x{gw} does not fit a {h}x{w} map")
         grid = Grid(n, (h, w), (h - gh + 1, w - gw + 1))
-        local = local_valid.permute(0, 2, 3, 1).reshape(n * gh * gw, *real.shape[1:])
+        # A view of the channel-first map when N = 1 (positions are then the fastest axis): per-pixel
+        # layers keep that layout (see _pointwise_conv), and the gate meets the map without a copy.
+        local = local_valid.contiguous().permute(0, 2, 3, 1).reshape(n * gh * gw, *real.shape[1:])
         self._track(real, local, grid, frozenset(() if source is None else (source,)))
         return real
 
@@ -761,15 +763,24 @@ class _Call:
 
 
 def _pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel as a matrix product, ``conv1d`` across
-    the channels of pooled vectors (ECA) as products per kernel tap; else None.
+    """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel and ``linear`` of (B, C) values as
+    matrix products, ``conv1d`` across the channels of pooled vectors (ECA) as products per kernel
+    tap; else None.
 
     Folded into the batch, the local values are a large batch of 1x1 maps, on which oneDNN's
     convolution is slow (two 32 -> 32 convolutions on 46k positions: about 90 ms on one CPU
-    thread, against 9 ms as ``linear``, which computes the same sums).
+    thread, against 9 ms as ``linear``, which computes the same sums). Values laid out channel
+    first (positions the fastest axis, as :meth:`PooledValues.start` leaves them) are multiplied
+    as ``weight @ values`` and stay so: ``linear`` would copy them to rows first.
     """
     if name == "conv1d" and not kwargs and len(args) >= 2:
         return conv1d_as_products(args)
+    if name == "linear" and len(args) >= 2 and set(kwargs) <= {"bias"}:
+        x, weight = args[0], args[1]
+        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+        if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 2:
+            return _channel_first_product(x, weight, bias)
+        return None
     if name != "conv2d" or kwargs or len(args) < 2:
         return None
     x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
@@ -780,8 +791,22 @@ def _pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None
         return None
     if padding not in (0, (0, 0), [0, 0], "valid") or stride not in (1, (1, 1), [1, 1]):
         return None
-    out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight.reshape(weight.shape[0], -1), bias)
+    weight = weight.reshape(weight.shape[0], -1)
+    out = _channel_first_product(x.reshape(x.shape[0], -1), weight, bias)
+    if out is None:
+        out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight, bias)
     return out.reshape(x.shape[0], weight.shape[0], 1, 1)
+
+
+def _channel_first_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``linear(x, weight, bias)`` for x (B, C) laid out channel first (``x.t()`` contiguous), as
+    ``(weight @ x.t() + bias).t()``: the result is laid out channel first too. None otherwise."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[0] < 2 or not x.t().is_contiguous():
+        return None
+    out = torch.mm(weight, x.t())
+    if bias is not None:
+        out = out.add_(bias.view(-1, 1)) if not (torch.is_grad_enabled() and out.requires_grad) else out + bias.view(-1, 1)
+    return out.t()
 
 
 def conv1d_as_products(args: tuple) -> torch.Tensor | None:

@@ -59,9 +59,9 @@ def merged(name: str, rows: list[dict], key: str = "model") -> list[dict]:
         with path.open(newline="") as f:
             existing = list(csv.DictReader(f))
     done = {row[key] for row in rows}
-    kept = [row for row in existing if row[key] not in done]
-    order = list(dict.fromkeys([r[key] for r in existing] + [r[key] for r in rows]))  # rerun rows keep their place
-    return sorted(kept + rows, key=lambda row: order.index(row[key]))
+    kept = [row for row in existing if row.get(key) not in done]
+    order = list(dict.fromkeys([r.get(key) for r in existing] + [r[key] for r in rows]))  # rerun rows keep their place
+    return sorted(kept + rows, key=lambda row: order.index(row.get(key)))
 
 
 def write_csv(name: str, rows: list[dict]) -> Path:

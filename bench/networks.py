@@ -47,6 +47,20 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def cuda_peaks(fns: dict) -> dict:
+    """Peak CUDA memory of one call of each function, MiB above what was allocated before it."""
+    peaks = {}
+    with torch.inference_mode():
+        for label, fn in fns.items():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            peaks[label] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+    return peaks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -73,16 +87,19 @@ def main() -> None:
         with torch.inference_mode():
             times = interleaved_median_seconds({"plain": lambda: plain(x), "tlc": lambda: local(x)}, args.device,
                                                repeats=args.repeats)
+        peaks = cuda_peaks({"plain": lambda: plain(x), "tlc": lambda: local(x)}) if x.is_cuda else {}
         params = sum(p.numel() for p in plain.parameters())
         ratio = times["tlc"] / times["plain"]
         print(f"  {name:<16}{params:>10,}{1e3 * times['plain']:>11.1f}{1e3 * times['tlc']:>10.1f}{ratio:>7.2f}x"
               f"{report.max_deviation:>22.2e}")
         rows.append({"network": name, "config": str(config), "params": params, "size": args.size, "device": args.device,
                      "dtype": args.dtype, "plain_ms": round(1e3 * times["plain"], 2), "tlc_ms": round(1e3 * times["tlc"], 2),
-                     "ratio": round(ratio, 3), "converted_ops": len(report.converted), "machine": machine()})
+                     "ratio": round(ratio, 3), "converted_ops": len(report.converted),
+                     "plain_peak_mib": peaks.get("plain", ""), "tlc_peak_mib": peaks.get("tlc", ""),
+                     "run": f"{name} {args.size} {args.dtype}", "machine": machine()})
         del plain, local
     name = f"networks_{torch.device(args.device).type}"
-    print(f"wrote {write_csv(name, merged(name, rows, key='network'))}")  # --only keeps the other rows
+    print(f"wrote {write_csv(name, merged(name, rows, key='run'))}")  # other networks, sizes and dtypes are kept
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU figure of the benchmarks in one command, for a machine with a CUDA GPU and a CUDA build
+# of torch (plus tlc's dependencies) already installed; about 8 minutes on an H100/H200.
+#
+#   bash bench/gpu.sh                 # writes bench/results/*_cuda.csv
+#   PY=/path/to/python bash bench/gpu.sh
+#
+# Each step is the CPU benchmark script run with --device cuda (CUDA synchronisation around every
+# timed call, see bench/common.py); each step has its own time limit so one slow step cannot take
+# the others' time, and a failed step does not stop the rest (the exit code says whether any did).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+failed=0
+step() {  # step SECONDS COMMAND...
+  local limit=$1; shift
+  echo "== $*"
+  timeout "$limit" "$@" || { echo "!! failed ($?): $*"; failed=1; }
+}
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)" || exit 2
+# Local mean vs the reference's exact algorithm and its fast_imp, float32 (exact: float64 sums).
+step 60 "$PY" bench/local_mean.py --device cuda --shapes 1x32x720x1280,1x64x720x1280,1x16x2160x3840,1x64x2160x3840
+# Restormer's local attention vs the reference loop over windows: levels 1 and 2 at 720p, and 4K.
+step 90 "$PY" bench/attention.py --device cuda --dim 48 --heads 1
+step 90 "$PY" bench/attention.py --device cuda --dim 96 --heads 2 --height 360 --width 640 --window 192
+step 90 "$PY" bench/attention.py --device cuda --dim 48 --heads 1 --height 2160 --width 3840
+# Converted vs plain at the released widths (NAFNet width 64, HINet, MPRNet, Restormer), each dtype.
+for dtype in float32 float16 bfloat16; do
+  step 120 "$PY" bench/networks.py --device cuda --full --dtype "$dtype" --size 720x1280
+done
+step 150 "$PY" bench/networks.py --device cuda --full --dtype float16 --size 2160x3840
+exit $failed

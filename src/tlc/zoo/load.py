@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._util import Hint, hinted
 from . import registry
 from .checkpoints import (
     CheckpointError,
@@ -100,9 +101,17 @@ def _instantiate(
     """Build ``arch(**config)`` and load ``state_dict`` into it, after checking keys and shapes."""
     with torch.device("meta"):  # no memory and no random init: the checkpoint supplies every value
         model = build_checked(arch, config)
-    problems = shape_differences(state_shapes(state_dict), state_shapes(model.state_dict()), shapes_only=not strict)
+    found, expected = state_shapes(state_dict), state_shapes(model.state_dict())
+    problems = shape_differences(found, expected, shapes_only=not strict)
     if problems:
-        raise CheckpointError(f"{path} does not fit {describe_call(arch, config)}{hint}:\n{problems}")
+        problem = f"{path} does not fit {describe_call(arch, config)}{hint}"
+        if strict and not shape_differences(found, expected, shapes_only=True):
+            # Only keys differ: a non-strict load would take it.
+            raise hinted(CheckpointError, Hint(
+                "load_model", "strict=False", f"{problem} (pass ",
+                " to load it anyway: missing weights keep their initial values, unexpected ones are "
+                f"ignored):\n{problems}"))
+        raise CheckpointError(f"{problem}:\n{problems}")
     # Fresh copies, like a normally built model's: safetensors hands out unaligned views into one
     # buffer, on which CPU convolutions pick other kernels and results differ in the last bits.
     dtype = torch.get_default_dtype()

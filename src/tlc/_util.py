@@ -96,7 +96,8 @@ def hinted(error_type: type[E], hint: Hint) -> E:
 
 
 def exists_error(path: Path) -> FileExistsError:
-    return hinted(FileExistsError, Hint("atomic_write", "overwrite=True", f"{path}: already exists (pass ", " to replace it)"))
+    return hinted(FileExistsError,
+                  Hint("atomic_write", "overwrite=True", f"{path}: already exists (pass ", " to replace it)"))
 
 
 @contextlib.contextmanager

@@ -258,7 +258,8 @@ def _check_sizes_stay_dynamic(program: torch.export.ExportedProgram, axes: list[
         if ranges is None or ranges.lower > limit or ranges.upper != int_oo:
             found = f"fixed at {size}" if ranges is None else f"valid for {ranges.lower}..{ranges.upper} only"
             raise ExportError(f"the traced graph is {found} in {_AXES[axis]}: the model branches on the image size "
-                              "in Python (e.g. the approximate fast_imp pooling or a size check), so no single graph fits every size")
+                              "in Python (e.g. the approximate fast_imp pooling or a size check), so no single graph "
+                              "fits every size")
 
 
 def _name_dynamic_dims(onnx, path: Path, axes: list[int]) -> None:

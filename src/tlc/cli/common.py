@@ -28,6 +28,7 @@ FLAGS: dict[tuple[str, str], str] = {
     ("read_image", "max_pixels"): "--pixel-limit MEGAPIXELS",
     ("load_model", "strict"): "--no-strict",
     ("load_model", "weights"): "--weights PATH",
+    ("read_state_dict", "key"): "--checkpoint-key KEY",
     ("load_model", "arch"): "--model NAME, a registry model of that architecture (`tlc inspect --list`), "
                             "with this file as --weights",
     ("atomic_write", "overwrite"): "--overwrite",
@@ -35,6 +36,7 @@ FLAGS: dict[tuple[str, str], str] = {
     ("export_onnx", "example_size"): "--example-size",
     ("convert", "fast"): "the exact pooling (leave out --fast)",
     ("plan_tiles", "max_megapixels"): "--max-megapixels {value}",
+    ("Protocol", "crop_border"): "--crop-border {value}",
     ("process_group", "device"): "--device cuda",
     ("Degradation", "noise_sigma"): "--noise",
     ("Degradation", "blur_length"): "--blur",
@@ -74,6 +76,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="training crop size (default: the registry entry's, else 256)")
     group.add_argument("--base-size", metavar="H[xW]", type=parse_size,
                        help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
+    group.add_argument("--checkpoint-key", metavar="KEY",
+                       help="the checkpoint's entry holding the weights, e.g. params_ema (default: found among "
+                            "params_ema, params, state_dict, model, net, ...)")
     group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                        help="every key of the checkpoint must match the model (default); --no-strict: missing and "
                             "unexpected keys are allowed (missing weights keep their initial values), other "

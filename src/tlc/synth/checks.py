@@ -55,7 +55,8 @@ def check_range(low: float, high: float, name: str, lo: float, hi: float) -> Non
     """``low <= high`` within ``[lo, hi]``; errors name the range as ``Degradation``'s fields
     ``<name>_min``/``<name>_max`` do (a hint, so the command line names its flag)."""
     if low < lo or high > hi:
-        raise hinted(ValueError, Hint("Degradation", name, "", f" must lie in [{lo:g}, {hi:g}], got [{low:g}, {high:g}]"))
+        raise hinted(ValueError,
+                     Hint("Degradation", name, "", f" must lie in [{lo:g}, {hi:g}], got [{low:g}, {high:g}]"))
     if low > high:
         raise hinted(ValueError, Hint("Degradation", name, "", f": min {low:g} exceeds max {high:g}"))
 

@@ -38,6 +38,7 @@ def load_model(
     weights: str | os.PathLike | None = None,
     strict: bool = True,
     download: bool = True,
+    key: str | None = None,
     **config: object,
 ) -> nn.Module:
     """A network with its checkpoint loaded, in eval mode, float32, on the CPU.
@@ -52,6 +53,9 @@ def load_model(
     overrides the detected values (e.g. ``padder_size``). For a registry name, ``config`` overrides
     the entry's config.
 
+    ``key`` names the checkpoint's entry holding the state_dict (default: found, as
+    :func:`read_state_dict` does).
+
     With ``strict`` (the default) every key and shape must match; with ``strict=False`` missing and
     unexpected keys are allowed (missing weights keep their initial values), different shapes never.
     """
@@ -62,12 +66,12 @@ def load_model(
                 f"weights= goes with a registry name, and {str(source)!r} is not one{unknown}; "
                 "to load a checkpoint file, pass its path as the first argument"
             )
-        return _load_entry(entry, Path(weights), arch, strict, config)
+        return _load_entry(entry, Path(weights), arch, strict, key, config)
     if Path(source).exists():
-        return _load_path(Path(source), arch, strict, config)
+        return _load_path(Path(source), arch, strict, key, config)
     if entry is None:
         raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
-    return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, config)
+    return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, key, config)
 
 
 def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
@@ -79,15 +83,17 @@ def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
         return None, f"; {close.group(0)}" if close else " (see tlc.models.list())"
 
 
-def _load_entry(entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
+def _load_entry(
+    entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, key: str | None, config: dict
+) -> nn.Module:
     if arch is not None and arch.lower() != entry.arch.lower():
         raise CheckpointError(f"{entry.name} is a {entry.arch}, not a {arch}; leave arch out for registry names")
-    state_dict = read_state_dict(weights, prefer=(entry.checkpoint_key,))
+    state_dict = read_state_dict(weights, key=key, prefer=(entry.checkpoint_key,))
     return _instantiate(entry.arch, {**entry.config, **config}, state_dict, strict, weights)
 
 
-def _load_path(path: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
-    state_dict = read_state_dict(path)
+def _load_path(path: Path, arch: str | None, strict: bool, key: str | None, config: dict) -> nn.Module:
+    state_dict = read_state_dict(path, key=key)
     if arch is None:
         arch, detected = detect(state_dict)
         return _instantiate(arch, {**detected, **config}, state_dict, strict, path)

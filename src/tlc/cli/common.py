@@ -28,6 +28,7 @@ FLAGS: dict[tuple[str, str], str] = {
     ("read_image", "max_pixels"): "--pixel-limit MEGAPIXELS",
     ("load_model", "strict"): "--no-strict",
     ("load_model", "weights"): "--weights PATH",
+    ("load_model", "tlc.models.list()"): "`tlc inspect --list`",
     ("read_state_dict", "key"): "--checkpoint-key KEY",
     ("load_model", "arch"): "--model NAME, a registry model of that architecture (`tlc inspect --list`), "
                             "with this file as --weights",

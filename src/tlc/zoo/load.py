@@ -70,8 +70,14 @@ def load_model(
     if Path(source).exists():
         return _load_path(Path(source), arch, strict, key, config)
     if entry is None:
-        raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
+        problem = f"{str(source)!r} is neither an existing checkpoint file nor a registry name"
+        if unknown != _LIST_THEM:
+            raise CheckpointError(f"{problem}{unknown}")
+        raise hinted(CheckpointError, Hint("load_model", "tlc.models.list()", f"{problem} (see ", ")"))
     return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, key, config)
+
+
+_LIST_THEM = " (see tlc.models.list())"
 
 
 def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
@@ -80,7 +86,7 @@ def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
         return registry.get(name), ""
     except KeyError as e:
         close = re.search(r"did you mean [^?]*\?", str(e.args[0]))
-        return None, f"; {close.group(0)}" if close else " (see tlc.models.list())"
+        return None, f"; {close.group(0)}" if close else _LIST_THEM
 
 
 def _load_entry(

@@ -10,14 +10,17 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .ops._common import Pair, as_pair
 
-__all__ = ["Pair", "as_pair", "atomic_write", "default_base_size", "exists_error", "eval_mode", "one_line", "output_tensors", "write_atomically"]
+__all__ = ["Hint", "Pair", "as_pair", "atomic_write", "default_base_size", "exists_error", "eval_mode", "hinted",
+           "one_line", "output_tensors", "write_atomically"]
 
 BASE_SCALE = 1.5  # the paper's window: about 1.5x the training crop
 
@@ -50,8 +53,51 @@ def one_line(err: BaseException, *, limit: int | None = None, typed: bool = Fals
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
+@dataclass(frozen=True)
+class Hint:
+    """An error message that names a keyword argument of a tlc function, kept in parts so that
+    another front end can name its own setting instead (the command line names its flag; see
+    :data:`tlc.cli.common.FLAGS`). The message is ``before + setting + after``.
+
+    Attributes:
+        function: the function taking the argument, e.g. "find_pairs".
+        setting: the argument as a Python caller writes it, e.g. "strict=False" or "max_pixels=N".
+        before, after: the message's text around the setting.
+    """
+
+    function: str
+    setting: str
+    before: str
+    after: str = ""
+
+    @property
+    def parameter(self) -> str:
+        """The keyword's name: "strict" for "strict=False"."""
+        return self.setting.split("=", 1)[0]
+
+    @property
+    def value(self) -> str:
+        """The value the setting gives the keyword ("False", "N"; "" when the setting has none)."""
+        return self.setting.split("=", 1)[1] if "=" in self.setting else ""
+
+    def message(self, setting: str | None = None) -> str:
+        """The message with ``setting`` (default: the Python one) in its place."""
+        return f"{self.before}{self.setting if setting is None else setting}{self.after}"
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def hinted(error_type: type[E], hint: Hint) -> E:
+    """``error_type(hint.message())``, carrying ``hint`` as its ``hint`` attribute."""
+    error = error_type(hint.message())
+    error.hint = hint  # type: ignore[attr-defined]
+    return error
+
+
 def exists_error(path: Path) -> FileExistsError:
-    return FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    return hinted(FileExistsError,
+                  Hint("atomic_write", "overwrite=True", f"{path}: already exists (pass ", " to replace it)"))
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .nn import LocalAvgPool2d
-from ._util import Pair, as_pair, atomic_write, eval_mode, one_line, output_tensors
+from ._util import Hint, Pair, as_pair, atomic_write, eval_mode, hinted, one_line, output_tensors
 
 INPUT_NAME = "image"
 
@@ -134,16 +134,18 @@ def _check_arguments(
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give the .onnx file to write")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (overwrite=True / --overwrite to replace it)")
+        raise hinted(FileExistsError, Hint("export_onnx", "overwrite=True", f"{path} exists (pass ", " to replace it)"))
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
     size = as_pair(example_size, "example_size")
     if min(size) < 2:
-        raise ValueError(f"example_size must be at least 2x2 (size 1 is traced as a constant), got {size}")
+        raise hinted(ValueError, Hint("export_onnx", "example_size", "",
+                                      f" must be at least 2x2 (size 1 is traced as a constant), got {size}"))
     fast = next((name for name, m in model.named_modules() if isinstance(m, LocalAvgPool2d) and m.fast), None)
     if fast is not None:
-        raise ExportError(f"{fast or 'the model'} uses the approximate fast_imp pooling, whose subsampling "
-                          "depends on the image size; convert with fast=False to export")
+        raise hinted(ExportError, Hint("convert", "fast=False", f"{fast or 'the model'} uses the approximate fast_imp "
+                                       "pooling, whose subsampling depends on the image size; to export, convert "
+                                       "with "))
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -256,7 +258,8 @@ def _check_sizes_stay_dynamic(program: torch.export.ExportedProgram, axes: list[
         if ranges is None or ranges.lower > limit or ranges.upper != int_oo:
             found = f"fixed at {size}" if ranges is None else f"valid for {ranges.lower}..{ranges.upper} only"
             raise ExportError(f"the traced graph is {found} in {_AXES[axis]}: the model branches on the image size "
-                              "in Python (e.g. fast=True pooling or a size check), so no single graph fits every size")
+                              "in Python (e.g. the approximate fast_imp pooling or a size check), so no single graph "
+                              "fits every size")
 
 
 def _name_dynamic_dims(onnx, path: Path, axes: list[int]) -> None:

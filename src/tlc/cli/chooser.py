@@ -20,7 +20,7 @@ def chosen_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenM
         raise UsageError("say which model: --model NAME (with --weights PATH) or --weights PATH")
     try:
         return choose_model(args.model, args.weights, train_size=args.train_size, base_size=args.base_size,
-                            need_weights=need_weights)
+                            need_weights=need_weights, strict=args.strict, key=args.checkpoint_key)
     except KeyError as err:
         raise UsageError(err.args[0]) from None
 

@@ -1,18 +1,56 @@
-"""What every subcommand shares: the usage error, size parsing, console output, the device, and
-the model and running option groups."""
+"""What every subcommand shares: the usage error, size parsing, console output, the device, the
+model and running option groups, and error messages in the command line's terms (:data:`FLAGS`)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from .._util import Hint
+from ..io import MAX_PIXELS_ENV
+
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+#: (function, keyword) named by a library error's :class:`~tlc._util.Hint` -> the flag that sets
+#: it, as the command line's message names it in the keyword's place ("{value}": the value the
+#: hint gives). An error whose hint has no entry keeps its message (tests/test_cli_advice.py
+#: checks that every hint the command line can meet has one).
+FLAGS: dict[tuple[str, str], str] = {
+    ("find_pairs", "strict"): "--skip-missing",
+    ("read_image", "max_pixels"): "--pixel-limit MEGAPIXELS",
+    ("load_model", "strict"): "--no-strict",
+    ("load_model", "weights"): "--weights PATH",
+    ("load_model", "tlc.models.list()"): "`tlc inspect --list`",
+    ("read_state_dict", "key"): "--checkpoint-key KEY",
+    ("load_model", "arch"): "--model NAME, a registry model of that architecture (`tlc inspect --list`), "
+                            "with this file as --weights",
+    ("atomic_write", "overwrite"): "--overwrite",
+    ("export_onnx", "overwrite"): "--overwrite",
+    ("export_onnx", "example_size"): "--example-size",
+    ("convert", "fast"): "the exact pooling (leave out --fast)",
+    ("plan_tiles", "max_megapixels"): "--max-megapixels {value}",
+    ("Protocol", "crop_border"): "--crop-border {value}",
+    ("process_group", "device"): "--device cuda",
+    ("Degradation", "noise_sigma"): "--noise",
+    ("Degradation", "blur_length"): "--blur",
+    ("Degradation", "blur_angle"): "--blur-angle",
+}
+
+
+def error_text(err: BaseException) -> str:
+    """``err``'s message for the command line: where it names a keyword argument of a library
+    function (its ``hint``), the flag that sets it instead (:data:`FLAGS`)."""
+    hint = getattr(err, "hint", None)
+    flag = FLAGS.get((hint.function, hint.parameter)) if isinstance(hint, Hint) else None
+    return str(err) if flag is None else hint.message(flag.format(value=hint.value))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -39,6 +77,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="training crop size (default: the registry entry's, else 256)")
     group.add_argument("--base-size", metavar="H[xW]", type=parse_size,
                        help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
+    group.add_argument("--checkpoint-key", metavar="KEY",
+                       help="the checkpoint's entry holding the weights, e.g. params_ema (default: found among "
+                            "params_ema, params, state_dict, model, net, ...)")
+    group.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                       help="every key of the checkpoint must match the model (default); --no-strict: missing and "
+                            "unexpected keys are allowed (missing weights keep their initial values), other "
+                            "shapes never")
     group.add_argument("--fast", action="store_true",
                        help="use the reference's approximate fast_imp pooling (not exact)")
     group.add_argument("--functional", action=argparse.BooleanOptionalAction, default=True,
@@ -58,6 +103,30 @@ def add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                        help="precision of the model (default float32)")
+    group.add_argument("--pixel-limit", metavar="MEGAPIXELS",
+                       help="refuse images over this many megapixels, checked before decoding (a guard against "
+                            f"decompression bombs; default: ${MAX_PIXELS_ENV} in pixels, else 200)")
+
+
+def pixel_limit(args: argparse.Namespace) -> int | None:
+    """--pixel-limit in pixels (None: the library's default), checked."""
+    if args.pixel_limit is None:
+        return None
+    try:
+        megapixels = float(args.pixel_limit)
+    except ValueError:
+        megapixels = math.nan
+    if not math.isfinite(megapixels) or megapixels <= 0:
+        raise UsageError(f"--pixel-limit must be a positive number of megapixels, e.g. 400; got {args.pixel_limit!r}")
+    return max(1, round(megapixels * 1e6))
+
+
+def check_tiles(tile: int, overlap: int) -> None:
+    """--tile and --overlap as tiles mode needs them."""
+    if tile < 1:
+        raise UsageError(f"--tile must be a positive number of pixels, got {tile}")
+    if not 0 <= overlap < tile:
+        raise UsageError(f"--overlap must be at least 0 and less than --tile ({tile}), got {overlap}")
 
 
 def device(name: str) -> str:

@@ -6,7 +6,7 @@ import argparse
 
 from ..zoo import registry
 from ..zoo.download import DownloadError, cache_dir, cached_weights, ensure_weights, size_text
-from .common import UsageError, say
+from .common import UsageError, error_text, say
 
 SUMMARY = "Download released weights into the cache (restore, eval and export --model NAME do it on first use)."
 EXAMPLES = (
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             path = ensure_weights(entry, timeout=args.timeout, log=say)
         except DownloadError as err:
-            say(f"tlc: error: {err}")
+            say(f"tlc: error: {error_text(err)}")
             failed += 1
             continue
         print(f"{entry.name}: {path} ({size_text(path.stat().st_size)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,8 +12,20 @@ from ..eval.distributed import DistributedError, PeerFailed, detect_launch, proc
 from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
 from ..eval.records import EvaluationError
-from .common import UsageError, add_model_options, add_run_options, device, progress, say
+from .common import (
+    UsageError,
+    add_model_options,
+    add_run_options,
+    check_tiles,
+    device,
+    error_text,
+    pixel_limit,
+    progress,
+    say,
+)
 from .chooser import chosen_model, models_for
+
+_LISTED = 10  # unmatched files named one per line before "and N more"
 
 SUMMARY = "Score a model on a paired dataset in several modes (resumable)."
 EXAMPLES = (
@@ -20,6 +33,7 @@ EXAMPLES = (
     "  tlc eval GoPro/test --model nafnet-gopro-width64 --weights NAFNet-GoPro-width64.pth --out results/\n"
     "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare --report\n"
     "  tlc eval SIDD/val --weights model.pth --protocol float\n"
+    "  tlc eval my_pairs/ --weights model.pth --skip-missing     # pairs lacking a side are listed, skipped\n"
     "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders).\n"
     "The default protocol (gopro) rounds outputs to uint8 and scores RGB PSNR and 3-D SSIM,\n"
     "as the reference repositories and MATLAB's ssim on RGB arrays do.\n"
@@ -42,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write report.html: one offline page with the summary, a sortable per-image table, "
                              "a PSNR chart and a split-view viewer (zoom, pan) of the first images")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N pairs")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="an input without a target (or the reverse) is listed and skipped, and counted in "
+                             "summary.json, instead of stopping the run")
     parser.add_argument("--sync-timeout", type=float, default=1800.0, metavar="SECONDS",
                         help="under torchrun: how long a process waits for the others before failing "
                              "(default 1800)")
@@ -72,12 +89,35 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def _say_skipped(pairs: io.PairedSet, speak: Callable[[str], None]) -> None:
+    """The unmatched files --skip-missing skips: one line each, the first few."""
+    names = pairs.unmatched_names()
+    if not names:
+        return
+    speak(f"skipping {len(names)} unmatched file(s) (--skip-missing; listed in summary.json):")
+    for name in names[:_LISTED]:
+        speak(f"  {name}")
+    if len(names) > _LISTED:
+        speak(f"  and {len(names) - _LISTED} more")
+
+
+def _read(path: Path, max_pixels: int | None) -> io.Image:
+    """A pair's image, refused over --pixel-limit; the error's advice names the flags."""
+    try:
+        return io.read_image(path, max_pixels=max_pixels)
+    except io.ImageError as err:
+        raise io.ImageError(error_text(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     modes = _modes(args.modes)
     if not args.sync_timeout > 0:
         raise UsageError(f"--sync-timeout must be a positive number of seconds, got {args.sync_timeout:g}")
     protocol = _protocol(args)
-    pairs = io.find_pairs(args.dataset)
+    if "tiles" in modes:
+        check_tiles(args.tile, args.overlap)
+    max_pixels = pixel_limit(args)
+    pairs = io.find_pairs(args.dataset, strict=not args.skip_missing)
     if args.limit is not None:
         pairs = replace(pairs, pairs=pairs.pairs[: args.limit])
     where = device(args.device)
@@ -86,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except DistributedError as err:
         raise UsageError(str(err)) from None
     speak = say if launch.rank == 0 else (lambda text: None)  # rank 0 speaks for the run; the others only fail
+    _say_skipped(pairs, speak)
     try:
         with process_group(launch, device=where, timeout_s=args.sync_timeout) as group:
             per_mode, report, chosen, error = None, "", None, None
@@ -109,13 +150,14 @@ def run(args: argparse.Namespace) -> int:
             desc = "evaluating (rank 0's share)" if launch.distributed else "evaluating"
             result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images,
                               compare=args.compare, report=args.report,
-                              progress=lambda it: progress(it, desc=desc), log=speak, group=group)
+                              progress=lambda it: progress(it, desc=desc), log=speak, group=group,
+                              read=lambda path: _read(path, max_pixels))
     except PeerFailed:
         # Rank 0 names the failed process. Exiting 0 lets torchrun wait for rank 0 to say so (a
         # non-zero exit here would make torchrun kill rank 0 first); the launch fails with rank 0.
         return 0
     except DistributedError as err:
-        raise EvaluationError(f"{err}; the rows finished so far are kept: rerun to resume") from None
+        raise EvaluationError(f"{error_text(err)}; the rows finished so far are kept: rerun to resume") from None
     if launch.rank == 0:
         print(result.table())
         written = "per_image.csv, summary.json" + (", report.html" if args.report else "")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import export as onnx_export
-from .common import UsageError, add_model_options, parse_size, say
+from .common import UsageError, add_model_options, error_text, parse_size, say
 from .chooser import chosen_model, models_for
 
 SUMMARY = "Export a model, converted by default, to ONNX with dynamic batch, height and width."
@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
         result = onnx_export.export_onnx(per_mode[args.mode], args.output, example_size=args.example_size,
                                          opset=args.opset, overwrite=args.overwrite, check=not args.no_check)
     except (onnx_export.ExportError, FileExistsError, ValueError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(error_text(err)) from None
     print(result)
     return 0

@@ -19,7 +19,7 @@ from ..io import ImageError, VideoError
 from ..zoo import CheckpointError
 from . import eval as eval_command
 from . import download, export, inspect, restore, synth
-from .common import UsageError, say
+from .common import UsageError, error_text, say
 
 DESCRIPTION = """\
 tlc: Test-time Local Converter for image restoration models.
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except KNOWN_ERRORS as err:
-        say(f"tlc: error: {err}")
+        say(f"tlc: error: {error_text(err)}")
         return 2
     except KeyboardInterrupt:
         say("tlc: interrupted")
@@ -80,5 +80,5 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TLC_DEBUG"):
             traceback.print_exc()
         else:
-            say(f"tlc: error: {type(err).__name__}: {err} (set TLC_DEBUG=1 for a traceback)")
+            say(f"tlc: error: {type(err).__name__}: {error_text(err)} (set TLC_DEBUG=1 for a traceback)")
         return 1

@@ -12,7 +12,17 @@ from torch import nn
 from .. import io
 from .._util import one_line
 from ..run import RunSettings, TileContext, model_tile_plan, restore, tile_context
-from .common import UsageError, add_model_options, add_run_options, device, progress, say
+from .common import (
+    UsageError,
+    add_model_options,
+    add_run_options,
+    check_tiles,
+    device,
+    error_text,
+    pixel_limit,
+    progress,
+    say,
+)
 from .chooser import chosen_model, models_for
 from .video import FRAME_NAME, frame_path, restore_video, restore_video_frames
 
@@ -65,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no input images or videos found")
     planned, failed = _plan_outputs(paths, args.output, args.ext, args.frames_out)
     max_megapixels, tile_margin = _tiling_flags(args)
+    if args.mode == "tiles":
+        check_tiles(args.tile, args.overlap)
+    max_pixels = pixel_limit(args)
     settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=device(args.device),
                            dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
     chosen = chosen_model(args)
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             if kind == "image":
-                _restore_file(model, path, target, settings, context, args.overwrite)
+                _restore_file(model, path, target, settings, context, args.overwrite, max_pixels)
                 written["image"] += 1
             else:
                 if settings.max_megapixels is not None:
@@ -104,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
                                   overwrite=args.overwrite)
                     written["video"] += 1
         except (io.ImageError, io.VideoError) as err:  # its message names the file
-            say(f"tlc: error: {err}")
+            say(f"tlc: error: {error_text(err)}")
             failed += 1
         except (ValueError, OSError) as err:
-            say(f"tlc: error: {path}: {err}")
+            say(f"tlc: error: {path}: {error_text(err)}")
             failed += 1
         except (RuntimeError, MemoryError) as err:  # e.g. out of memory: report this file, go on
             say(f"tlc: error: {path}: {one_line(err, typed=True)}")
@@ -164,10 +177,12 @@ def _overwrites_input(target: Path, kind: str, inputs: set[Path]) -> bool:
 
 
 def _restore_file(
-    model: nn.Module, path: Path, target: Path, settings: RunSettings, context: TileContext | None, overwrite: bool
+    model: nn.Module, path: Path, target: Path, settings: RunSettings, context: TileContext | None, overwrite: bool,
+    max_pixels: int | None,
 ) -> None:
-    """Read one image, restore it and write the result (8-bit where the format needs it)."""
-    image = io.read_image(path)
+    """Read one image (refused over ``max_pixels``), restore it and write the result (8-bit where the
+    format needs it)."""
+    image = io.read_image(path, max_pixels=max_pixels)
     if settings.max_megapixels is not None:
         _say_tile_plan(model, path, image.pixels.shape[:2], settings, context)
     restored = restore(model, io.to_model_input(image), settings, context)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..synth import PATTERNS, Degradation, write_pairs
-from .common import UsageError, progress, say
+from .common import UsageError, error_text, progress, say
 
 SUMMARY = "Build a paired dataset (GoPro layout) from sharp photos with synthetic degradations."
 EXAMPLES = (
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         report = write_pairs(args.sharp, args.out, degradation, seed=args.seed, overwrite=args.overwrite,
                              progress=progress, log=say)
     except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(error_text(err)) from None
     note = f", {report.skipped} already there (use --overwrite)" if report.skipped else ""
     say(f"wrote {report.written} pair(s) to {args.out} (input/, target/, degradations.json){note}"
         + (f"; {report.failed} failed" if report.failed else ""))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .._util import one_line
+from .._util import Hint, hinted, one_line
 
 T = TypeVar("T")
 
@@ -216,8 +216,8 @@ def process_group(launch: Launch, *, device: str = "cpu", timeout_s: float = DEF
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if torch.device(device).index is not None:
-            raise DistributedError(f"device {device} names one GPU, but each torchrun process takes its own "
-                                   "(cuda:LOCAL_RANK); pass the device as plain cuda")
+            raise hinted(DistributedError, Hint("process_group", "device='cuda'", f"device {device} names one GPU, "
+                                                "but each torchrun process takes its own (cuda:LOCAL_RANK); pass "))
         count = torch.cuda.device_count()
         if launch.local_rank >= count:
             raise DistributedError(f"LOCAL_RANK={launch.local_rank} but only {count} GPU(s) visible on this node; "

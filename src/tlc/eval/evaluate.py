@@ -8,7 +8,8 @@ Results go to an output folder:
 - ``run.json``: the settings the rows were computed with; a rerun with other settings is refused
   rather than mixing results.
 - ``summary.json``: per mode: mean PSNR and SSIM, images, seconds per image, peak memory, and the
-  protocol, model and settings.
+  protocol, model and settings; the dataset's unmatched files (``skipped_missing``: how many,
+  ``skipped_missing_files``: their names), found with ``find_pairs(strict=False)``.
 - with ``save_images``: ``images/<mode>/<name>.png``; with ``compare``: ``compare/<name>.png``,
   centre crops side by side in the fixed order input | full | tiles | tlc | target (the modes
   evaluated), each under a label with its name and PSNR/SSIM against the target.
@@ -190,6 +191,7 @@ def _evaluate_share(
     *,
     save_images: bool,
     progress: Callable[[Iterable], Iterable],
+    read: Callable[[Path], io.Image],
 ) -> tuple[dict[str, float | None], list[tuple[int, str]], int]:
     """Run this process's pairs, appending a row to ``csv_path`` per (image, mode) as it goes.
 
@@ -203,7 +205,7 @@ def _evaluate_share(
         if new_file:
             writer.writeheader()
             f.flush()
-        runner = _ShareRunner(models, settings, out_dir, writer, f, save_images)
+        runner = _ShareRunner(models, settings, out_dir, writer, f, save_images, read)
         for index, need_strip, need_views in progress(share):
             name = pairs.pairs[index][0]
             runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done],
@@ -215,9 +217,9 @@ class _ShareRunner:
     """One process's pairs: runs each mode, appends rows, writes images; counts what happened."""
 
     def __init__(self, models: dict[str, nn.Module], settings: EvalSettings, out_dir: Path, writer: csv.DictWriter,
-                 file: object, save_images: bool) -> None:
+                 file: object, save_images: bool, read: Callable[[Path], io.Image]) -> None:
         self.models, self.settings, self.out_dir = models, settings, out_dir
-        self.writer, self.file, self.save_images = writer, file, save_images
+        self.writer, self.file, self.save_images, self.read = writer, file, save_images, read
         self.peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
         self.failures: list[tuple[int, str]] = []
         self.written = 0
@@ -228,7 +230,7 @@ class _ShareRunner:
         where asked (every mode is then run, its score recomputed as the row has it)."""
         name, input_path, target_path = pair
         try:
-            degraded, target = io.read_image(input_path), io.read_image(target_path)
+            degraded, target = self.read(input_path), self.read(target_path)
         except io.ImageError as err:
             self.failures.append((index, f"{name}: {err}"))
             return
@@ -336,6 +338,8 @@ def _finish(
         "settings": settings.to_dict(),
         "pairs": len(pairs.pairs),
         "layout": pairs.layout,
+        "skipped_missing": len(pairs.unmatched_inputs) + len(pairs.unmatched_targets),
+        "skipped_missing_files": pairs.unmatched_names(),
         "processes": world_size,
         "failures": failures,
         "compare_order": panel_order(settings.modes) if compare else None,
@@ -362,6 +366,7 @@ def evaluate(
     progress: Callable[[Iterable], Iterable] = lambda it: it,
     log: Callable[[str], None] = print,
     group: Group | None = None,
+    read: Callable[[Path], io.Image] | None = None,
 ) -> EvalResult:
     """Evaluate each mode's model on every pair and write the results to ``out_dir``.
 
@@ -383,6 +388,8 @@ def evaluate(
         progress: wraps the iteration over rank 0's pairs (e.g. a tqdm progress bar).
         log: where rank 0's resume and failure notes go (other ranks log nothing).
         group: the processes of the run; None: this process alone.
+        read: reads a pair's image files (default :func:`tlc.io.read_image`; e.g. one with a pixel
+            limit); an :class:`~tlc.io.ImageError` it raises fails that pair, with its message.
 
     Raises:
         EvaluationError: the folder holds other settings (or, seen from a process other than
@@ -410,7 +417,8 @@ def evaluate(
     outcome, error = None, None
     try:
         outcome = _evaluate_share(models, pairs, settings, out_dir, plan, share, csv_path, save_images=save_images,
-                                  progress=progress if group.rank == 0 else (lambda it: it))
+                                  progress=progress if group.rank == 0 else (lambda it: it),
+                                  read=read or io.read_image)
     except Exception as err:  # shared with the others below: nobody waits for a process that gave up
         if not distributed:
             raise

@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .._util import Hint, hinted
+
 ImageLike = np.ndarray | torch.Tensor
 SsimMode = Literal["3d", "2d"]
 
@@ -104,7 +106,8 @@ def _check_crop(crop_border: int, shape: tuple[int, ...]) -> int:
     if b < 0:
         raise ValueError(f"crop_border must be >= 0, got {b}")
     if 2 * b >= min(shape[0], shape[1]):
-        raise ValueError(f"crop_border={b} leaves nothing of a {shape[0]} x {shape[1]} image")
+        raise hinted(ValueError, Hint("Protocol", f"crop_border={b}", "",
+                                      f" leaves nothing of a {shape[0]} x {shape[1]} image"))
     return b
 
 

@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._util import Hint, hinted
 from .image import ImageError, PathLike
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
@@ -35,6 +36,11 @@ class PairedSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def unmatched_names(self) -> list[str]:
+        """The unmatched files relative to the dataset folder ("input/x.png", or
+        "scene/blur/x.png" in the nested layout): inputs first, then targets."""
+        depth = self.layout.count("/") + 1  # folders from the dataset down to a file, and the file
+        return ["/".join(p.parts[-depth:]) for p in self.unmatched_inputs + self.unmatched_targets]
 
 
 def _is_image_file(p: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> bool:
@@ -160,13 +166,15 @@ def find_pairs(root: PathLike, *, strict: bool = True) -> PairedSet:
     unmatched = unmatched_inputs + unmatched_targets
     a, b = layout.split("/")[-2:]
     if strict and unmatched:
-        listed = ", ".join(str(p.relative_to(root)) for p in unmatched[:_MAX_LISTED])
+        names = result.unmatched_names()
+        listed = ", ".join(names[:_MAX_LISTED])
         more = f" and {len(unmatched) - _MAX_LISTED} more" if len(unmatched) > _MAX_LISTED else ""
-        raise ImageError(
+        raise hinted(ImageError, Hint(
+            "find_pairs", "strict=False",
             f"{root}: {len(unmatched)} unmatched file(s) ({len(unmatched_inputs)} in {a}/ with no {b}/ file of the "
-            f"same name, {len(unmatched_targets)} in {b}/ with no {a}/ one): {listed}{more}; "
-            "pass strict=False to skip them"
-        )
+            f"same name, {len(unmatched_targets)} in {b}/ with no {a}/ one): {listed}{more}; pass ",
+            " to skip them",
+        ))
     if not pairs:
         raise ImageError(f"{root}: layout {layout} found but no {a}/ and {b}/ files share a name")
     return result

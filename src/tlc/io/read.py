@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .._util import one_line
+from .._util import Hint, hinted, one_line
 from .headers import HEADER_PARSERS, Header, HeaderProblem, sniff
 from .image import Image, ImageError, PathLike
 
@@ -93,11 +93,12 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> Image:
     limit = _max_pixels(max_pixels)
     count = header.width * header.height
     if count > limit:
-        raise ImageError(
+        raise hinted(ImageError, Hint(
+            "read_image", "max_pixels=N",
             f"{p}: {header.width} x {header.height} = {count / 1e6:.1f} megapixels is over the limit of "
-            f"{limit / 1e6:g} megapixels (a guard against decompression bombs); raise it with "
-            f"read_image(..., max_pixels=N) or the {MAX_PIXELS_ENV} environment variable"
-        )
+            f"{limit / 1e6:g} megapixels (a guard against decompression bombs); raise it with ",
+            f" or the {MAX_PIXELS_ENV} environment variable",
+        ))
     # JPEG has no alpha, so it can take the flags under which OpenCV applies EXIF orientation.
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if fmt == "JPEG" else cv2.IMREAD_UNCHANGED
     if header.patch is not None:

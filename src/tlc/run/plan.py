@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._util import Pair, as_pair, final_output
+from .._util import Hint, Pair, as_pair, final_output, hinted
 
 def round_up(value: float, multiple: int) -> int:
     """``value`` rounded up to a multiple of ``multiple`` (a hair under a multiple counts as it)."""
@@ -135,10 +135,10 @@ def plan_tiles(image_size: Pair, max_megapixels: float, margin: int | Pair, mult
     smallest = (_longest_tile_bound(height, -(-height // multiple), multiple, mh)
                 * _longest_tile_bound(width, -(-width // multiple), multiple, mw))
     if smallest > pixels:
-        raise ValueError(
-            f"max_megapixels={budget:g} is too small for a {height}x{width} image: a tile needs a core of "
-            f"{multiple} px plus margins of {mh}x{mw} px, at least {smallest / 1e6:.3g} megapixels"
-        )
+        raise hinted(ValueError, Hint(
+            "plan_tiles", f"max_megapixels={budget:g}", "",
+            f" is too small for a {height}x{width} image: a tile needs a core of {multiple} px plus margins of "
+            f"{mh}x{mw} px, at least {smallest / 1e6:.3g} megapixels"))
     best: tuple[int, int, int, int] | None = None  # (tiles, pixels run, rows, cols)
     for rows in range(1, -(-height // multiple) + 1):
         if best is not None and rows > best[0]:

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._util import Hint, hinted
+
 Pattern = Literal["uniform", "ramp", "step", "blobs"]
 PATTERNS: tuple[str, ...] = ("uniform", "ramp", "step", "blobs")
 
@@ -50,10 +52,13 @@ def check_pattern(pattern: Any, name: str) -> str:
 
 
 def check_range(low: float, high: float, name: str, lo: float, hi: float) -> None:
+    """``low <= high`` within ``[lo, hi]``; errors name the range as ``Degradation``'s fields
+    ``<name>_min``/``<name>_max`` do (a hint, so the command line names its flag)."""
     if low < lo or high > hi:
-        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got [{low:g}, {high:g}]")
+        raise hinted(ValueError,
+                     Hint("Degradation", name, "", f" must lie in [{lo:g}, {hi:g}], got [{low:g}, {high:g}]"))
     if low > high:
-        raise ValueError(f"{name}: min {low:g} exceeds max {high:g}")
+        raise hinted(ValueError, Hint("Degradation", name, "", f": min {low:g} exceeds max {high:g}"))
 
 
 def check_size(height: Any, width: Any) -> tuple[int, int]:

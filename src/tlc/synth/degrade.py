@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +96,7 @@ class Degradation:
         check_pattern(self.blur_pattern, "blur_pattern")
         check_range(self.noise_sigma_min, self.noise_sigma_max, "noise_sigma", 0.0, MAX_SIGMA)
         check_range(self.blur_length_min, self.blur_length_max, "blur_length", 0.0, MAX_BLUR)
-        if self.blur_angle_min > self.blur_angle_max:
-            raise ValueError(f"blur_angle: min {self.blur_angle_min:g} exceeds max {self.blur_angle_max:g}")
+        check_range(self.blur_angle_min, self.blur_angle_max, "blur_angle", -math.inf, math.inf)
         if not 0.0 <= self.noise_shot_fraction <= 1.0:
             raise ValueError(f"noise_shot_fraction must lie in [0, 1], got {self.noise_shot_fraction:g}")
         if not self.blur_gamma > 0.0:

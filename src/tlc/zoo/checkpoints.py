@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .._util import one_line
+from .._util import Hint, hinted, one_line
 from ..archs import build
 
 #: Keys under which checkpoint files keep their state_dict, most preferred first (see module doc).
@@ -149,9 +149,8 @@ def _unwrap(obj: object, path: Path, key: str | None = None, prefer: Iterable[st
         obj = obj[inner[0]]
     if not _has_tensor(top):
         raise CheckpointError(f"{path} contains no tensors: it holds {_describe(top)}")
-    raise CheckpointError(
-        f"no state_dict found in {path}: it holds {_describe(top)}; pass key= to name the entry holding the weights"
-    )
+    raise hinted(CheckpointError, Hint("read_state_dict", "key=NAME", f"no state_dict found in {path}: it holds "
+                                       f"{_describe(top)}; pass ", " to name the entry holding the weights"))
 
 
 def _is_state_dict(obj: object) -> bool:

@@ -41,6 +41,8 @@ def choose_model(
     train_size: Pair | None = None,
     base_size: Pair | None = None,
     need_weights: bool = True,
+    strict: bool = True,
+    key: str | None = None,
 ) -> ChosenModel:
     """Load the model a registry ``name`` and/or a ``weights`` file name, with its TLC sizes.
 
@@ -48,7 +50,9 @@ def choose_model(
     ``base_size`` if given, else the entry's paper setting (only when the training size is the
     entry's own), else 1.5x the training size. A registry model's weights that are not at hand
     are downloaded into the cache (:func:`load_model`); without ``need_weights`` such a model is
-    built with random weights instead (enough to inspect its structure).
+    built with random weights instead (enough to inspect its structure). ``strict`` is
+    :func:`load_model`'s: False allows missing and unexpected checkpoint keys; ``key``, also
+    :func:`load_model`'s, names the checkpoint's entry holding the state_dict.
 
     Raises:
         KeyError: ``name`` is not in the registry (the message suggests close names).
@@ -61,11 +65,11 @@ def choose_model(
         if weights is None and cached_weights(entry) is None and not need_weights:
             model, description = build(entry.arch, **entry.config).eval(), f"{entry.name} (random weights)"
         else:
-            model, description = load_model(entry.name, weights=weights), entry.name
+            model, description = load_model(entry.name, weights=weights, strict=strict, key=key), entry.name
         train = train_size or entry.train_size
         base = base_size or (entry.base_size if train_size is None else None)
     elif weights is not None:
-        model, description = load_model(weights), str(weights)
+        model, description = load_model(weights, strict=strict, key=key), str(weights)
         train, base = train_size or DEFAULT_TRAIN_SIZE, base_size
     else:
         raise ValueError("say which model: a registry name, a weights file, or both")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .._util import Hint, hinted
 from ..archs import ARCHITECTURES
 from .checkpoints import CheckpointError, Shapes, describe_call, listing, model_shapes, shape_differences, state_shapes
 
@@ -43,7 +44,7 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
                     f"{describe_call(arch, config)}, differs:\n{problems}"
                 )
             return arch, config
-    raise CheckpointError(_unrecognised(shapes))
+    raise _unrecognised(shapes)
 
 
 def _count(shapes: Shapes, prefix: str) -> int:
@@ -184,10 +185,10 @@ _DETECTORS: tuple[tuple[str, Callable[[Shapes], bool], Callable[[Shapes], dict]]
 )
 
 
-def _unrecognised(shapes: Shapes) -> str:
+def _unrecognised(shapes: Shapes) -> CheckpointError:
     prefixes = list(dict.fromkeys(k.split(".")[0] for k in shapes))
     examples = ", ".join(f"{k} {s}" for k, s in list(shapes.items())[:4])
-    return (
+    return hinted(CheckpointError, Hint(
+        "load_model", "arch=NAME with its config",
         f"not a state_dict of a known architecture ({', '.join(ARCHITECTURES)}): {len(shapes)} tensors under "
-        f"{listing(prefixes)}; e.g. {examples}. If it is one of them, pass arch= and its config."
-    )
+        f"{listing(prefixes)}; e.g. {examples}. If it is one of them, pass ", "."))

@@ -41,7 +41,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from .._util import one_line
+from .._util import Hint, hinted, one_line
 from . import registry
 from .checkpoints import CheckpointError, model_shapes, read_state_dict, shape_differences, state_shapes
 
@@ -135,19 +135,19 @@ def ensure_weights(
     target = weights_path(entry)
     if not download or offline():
         why = "TLC_OFFLINE is set" if offline() else "download=False"
-        raise DownloadError(f"{entry.name} needs its weights file, which is not in the cache, and downloads are "
-                            f"off ({why}): {_by_hand(entry, target)}")
+        raise _by_hand(f"{entry.name} needs its weights file, which is not in the cache, and downloads are "
+                       f"off ({why}): ", entry, target)
     if not entry.sources:
-        raise DownloadError(f"{entry.name} needs its weights file and the registry has no address to download it "
-                            f"from: {_by_hand(entry, target)}")
+        raise _by_hand(f"{entry.name} needs its weights file and the registry has no address to download it "
+                       "from: ", entry, target)
     say = log or _stderr
     lock_path = cache_dir() / "locks" / f"{entry.name}.lock"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DownloadError(f"cannot write tlc's cache at {cache_dir()} ({err.strerror or err}); set TLC_HOME to a "
-                            f"writable folder, or {_by_hand(entry, target)}") from None
+        raise _by_hand(f"cannot write tlc's cache at {cache_dir()} ({err.strerror or err}); set TLC_HOME to a "
+                       "writable folder, or ", entry, target) from None
     lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=0)
@@ -171,18 +171,18 @@ def ensure_weights(
                     say(f"tlc: warning: {entry.name}: {failures[-1]}; trying the next address")
     finally:
         lock.release()
-    raise DownloadError(f"{entry.name} needs its weights file and no download worked ({'; '.join(failures)}): "
-                        f"{_by_hand(entry, target, tried=True)}")
+    raise _by_hand(f"{entry.name} needs its weights file and no download worked ({'; '.join(failures)}): ",
+                   entry, target, tried=True)
 
 
-def _by_hand(entry: registry.ModelEntry, target: Path, tried: bool = False) -> str:
-    """What a user can do instead: the addresses (those not named already), the exact cache path,
-    or --weights."""
+def _by_hand(problem: str, entry: registry.ModelEntry, target: Path, tried: bool = False) -> DownloadError:
+    """The error: ``problem``, then what a user can do instead: the addresses (those not named
+    already), the exact cache path, or a weights file of their own."""
     addresses = [a for a in dict.fromkeys((*entry.sources, entry.url)) if not (tried and a in entry.sources)]
     where = f"download it from {' or '.join(addresses)}" if addresses else "download it yourself"
     licence = f" Licence: {entry.licence}." if entry.non_commercial else ""
-    return (f"{where} and put it at {target}, or pass weights='path/to/file.pth' "
-            f"(--weights PATH on the command line).{licence}")
+    return hinted(DownloadError, Hint("load_model", "weights='path/to/file.pth'",
+                                      f"{problem}{where} and put it at {target}, or pass ", f".{licence}"))
 
 
 def _stderr(text: str) -> None:

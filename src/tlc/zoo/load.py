@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._util import Hint, hinted
 from . import registry
 from .checkpoints import (
     CheckpointError,
@@ -37,6 +38,7 @@ def load_model(
     weights: str | os.PathLike | None = None,
     strict: bool = True,
     download: bool = True,
+    key: str | None = None,
     **config: object,
 ) -> nn.Module:
     """A network with its checkpoint loaded, in eval mode, float32, on the CPU.
@@ -51,6 +53,9 @@ def load_model(
     overrides the detected values (e.g. ``padder_size``). For a registry name, ``config`` overrides
     the entry's config.
 
+    ``key`` names the checkpoint's entry holding the state_dict (default: found, as
+    :func:`read_state_dict` does).
+
     With ``strict`` (the default) every key and shape must match; with ``strict=False`` missing and
     unexpected keys are allowed (missing weights keep their initial values), different shapes never.
     """
@@ -61,12 +66,18 @@ def load_model(
                 f"weights= goes with a registry name, and {str(source)!r} is not one{unknown}; "
                 "to load a checkpoint file, pass its path as the first argument"
             )
-        return _load_entry(entry, Path(weights), arch, strict, config)
+        return _load_entry(entry, Path(weights), arch, strict, key, config)
     if Path(source).exists():
-        return _load_path(Path(source), arch, strict, config)
+        return _load_path(Path(source), arch, strict, key, config)
     if entry is None:
-        raise CheckpointError(f"{str(source)!r} is neither an existing checkpoint file nor a registry name{unknown}")
-    return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, config)
+        problem = f"{str(source)!r} is neither an existing checkpoint file nor a registry name"
+        if unknown != _LIST_THEM:
+            raise CheckpointError(f"{problem}{unknown}")
+        raise hinted(CheckpointError, Hint("load_model", "tlc.models.list()", f"{problem} (see ", ")"))
+    return _load_entry(entry, ensure_weights(entry, download=download), arch, strict, key, config)
+
+
+_LIST_THEM = " (see tlc.models.list())"
 
 
 def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
@@ -75,18 +86,20 @@ def _lookup(name: str) -> tuple[registry.ModelEntry | None, str]:
         return registry.get(name), ""
     except KeyError as e:
         close = re.search(r"did you mean [^?]*\?", str(e.args[0]))
-        return None, f"; {close.group(0)}" if close else " (see tlc.models.list())"
+        return None, f"; {close.group(0)}" if close else _LIST_THEM
 
 
-def _load_entry(entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
+def _load_entry(
+    entry: registry.ModelEntry, weights: Path, arch: str | None, strict: bool, key: str | None, config: dict
+) -> nn.Module:
     if arch is not None and arch.lower() != entry.arch.lower():
         raise CheckpointError(f"{entry.name} is a {entry.arch}, not a {arch}; leave arch out for registry names")
-    state_dict = read_state_dict(weights, prefer=(entry.checkpoint_key,))
+    state_dict = read_state_dict(weights, key=key, prefer=(entry.checkpoint_key,))
     return _instantiate(entry.arch, {**entry.config, **config}, state_dict, strict, weights)
 
 
-def _load_path(path: Path, arch: str | None, strict: bool, config: dict) -> nn.Module:
-    state_dict = read_state_dict(path)
+def _load_path(path: Path, arch: str | None, strict: bool, key: str | None, config: dict) -> nn.Module:
+    state_dict = read_state_dict(path, key=key)
     if arch is None:
         arch, detected = detect(state_dict)
         return _instantiate(arch, {**detected, **config}, state_dict, strict, path)
@@ -100,9 +113,17 @@ def _instantiate(
     """Build ``arch(**config)`` and load ``state_dict`` into it, after checking keys and shapes."""
     with torch.device("meta"):  # no memory and no random init: the checkpoint supplies every value
         model = build_checked(arch, config)
-    problems = shape_differences(state_shapes(state_dict), state_shapes(model.state_dict()), shapes_only=not strict)
+    found, expected = state_shapes(state_dict), state_shapes(model.state_dict())
+    problems = shape_differences(found, expected, shapes_only=not strict)
     if problems:
-        raise CheckpointError(f"{path} does not fit {describe_call(arch, config)}{hint}:\n{problems}")
+        problem = f"{path} does not fit {describe_call(arch, config)}{hint}"
+        if strict and not shape_differences(found, expected, shapes_only=True):
+            # Only keys differ: a non-strict load would take it.
+            raise hinted(CheckpointError, Hint(
+                "load_model", "strict=False", f"{problem} (pass ",
+                " to load it anyway: missing weights keep their initial values, unexpected ones are "
+                f"ignored):\n{problems}"))
+        raise CheckpointError(f"{problem}:\n{problems}")
     # Fresh copies, like a normally built model's: safetensors hands out unaligned views into one
     # buffer, on which CPU convolutions pick other kernels and results differ in the last bits.
     dtype = torch.get_default_dtype()

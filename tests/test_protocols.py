@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import zlib
 from pathlib import Path
@@ -194,7 +195,9 @@ def test_rain_differs_from_unrounded_luma():
 
 
 @pytest.mark.parametrize("shape", [(7, 7), (19, 26), (45, 33)])
-@pytest.mark.parametrize("dtypes", [("float32", "uint16"), ("uint16", "uint16"), ("float64", "uint8"), ("uint8", "uint8")])
+@pytest.mark.parametrize(
+    "dtypes", [("float32", "uint16"), ("uint16", "uint16"), ("float64", "uint8"), ("uint8", "uint8")]
+)
 def test_dpdd_matches_restormer_utils(shape, dtypes):
     rng = np.random.default_rng(zlib.crc32(repr((shape, dtypes)).encode()))
     h, w = shape
@@ -327,13 +330,7 @@ def test_score_is_the_psnr_and_ssim_of_score_all(name):
     scores = PROTOCOLS[name].score_all(restored, target)
     assert PROTOCOLS[name].score(restored, target) == (scores["psnr"], scores["ssim"])
     assert ("mae" in scores) == PROTOCOLS[name].mae
-    assert json_ready(dataclasses.asdict(PROTOCOLS[name]))
-
-
-def json_ready(d: dict) -> bool:
-    import json
-
-    return bool(json.dumps(d))
+    json.dumps(dataclasses.asdict(PROTOCOLS[name]))  # summary.json records the protocol
 
 
 def test_new_fields_are_validated():

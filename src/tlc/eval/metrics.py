@@ -53,12 +53,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .protocols import aligned_scores, matlab_luma
+from .protocols import align_to_target, aligned_scores, matlab_luma
 
 ImageLike = np.ndarray | torch.Tensor
 SsimMode = Literal["3d", "2d", "box7"]
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "psnr", "ssim", "to_uint8"]
+__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "align_to_target", "psnr", "ssim", "to_uint8"]
 
 _PEAK = 255.0
 _C1 = (0.01 * _PEAK) ** 2
@@ -359,11 +359,10 @@ def _is_float(image: ImageLike) -> bool:
 
 def _integer_peak(image: ImageLike) -> float | None:
     """255 for uint8, 65535 for uint16 images, None otherwise."""
-    dtype = image.dtype
     if isinstance(image, torch.Tensor):
-        return {torch.uint8: 255.0, torch.uint16: 65535.0}.get(dtype)
+        return {torch.uint8: 255.0, torch.uint16: 65535.0}.get(image.dtype)
     if isinstance(image, np.ndarray):
-        return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(dtype)
+        return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype)
     return None
 
 

@@ -1,8 +1,8 @@
 """Float64 re-derivation of the RealBlur evaluation, and the frozen case tests/test_protocols.py uses.
 
-The reference (MPRNet/Restormer ``evaluate_RealBlur.py``) aligns each output to its target with
-OpenCV before scoring. This script re-derives every step in numpy float64, from OpenCV's documented
-and published algorithms, without calling OpenCV:
+The reference (MPRNet ``Deblurring/evaluate_RealBlur.py``, which later papers reuse) aligns each
+output to its target with OpenCV before scoring. This script re-derives every step in numpy
+float64, from OpenCV's documented and published algorithms, without calling OpenCV:
 
 - intensity matching ``zs = (sum(x z) / sum(z z)) z``;
 - ECC homography (Evangelidis and Psarakis 2008, as ``cv2.findTransformECC`` runs it): both gray
@@ -14,8 +14,8 @@ and published algorithms, without calling OpenCV:
 - the final warp: bicubic (a = -0.75) with reflect borders, the mask by nearest neighbour;
 - PSNR over the valid region and the masked per-channel Gaussian SSIM (11 taps, sigma 1.5).
 
-OpenCV's warps quantise the sampling position to 1/32 pixel (``INTER_BITS = 5``); ``SUBPIXEL``
-reproduces that (set it to None for exact positions).
+OpenCV 4.x warps quantised the sampling position to 1/32 pixel (``INTER_BITS = 5``); OpenCV 5,
+which tlc runs, samples at exact positions. ``SUBPIXEL = 32`` models the former, None the latter.
 
 Run ``python bench/realblur_reference.py`` to rewrite tests/data/realblur_case.npz: a textured
 target, the same texture seen through a known homography and an intensity scale of 0.9 (both 8-bit),

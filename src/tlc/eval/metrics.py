@@ -515,7 +515,7 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
         # target im2single), MATLAB psnr (peak 1) and ssim on the 256 x 256 x 3 array (3-D
         # Gaussian, replicate padding); the mean over blocks is score_blocks.
         "sidd": Protocol("sidd", quantize=False),
-        # RealBlur-J/-R, MPRNet/Restormer evaluate_RealBlur.py: 8-bit outputs on [0, 1], intensity
+        # RealBlur-J/-R, MPRNet Deblurring/evaluate_RealBlur.py: 8-bit outputs on [0, 1], intensity
         # scale + ECC homography alignment, PSNR and masked per-channel Gaussian SSIM over the
         # valid region.
         "realblur": Protocol("realblur", ssim="2d", align=True),

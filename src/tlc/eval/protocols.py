@@ -6,8 +6,8 @@ Pure numpy/OpenCV functions on H x W x C arrays; :mod:`.metrics` wires them into
 - :func:`matlab_luma`: the Y plane of MATLAB's ``rgb2ycbcr`` on a uint8 image (BT.601 studio
   swing, 16..235), which MATLAB returns as uint8, i.e. rounded. The Rain13k evaluation
   (Restormer ``Deraining/evaluate_PSNR_SSIM.m``) scores that rounded plane.
-- :func:`align_to_target` / :func:`aligned_scores`: the RealBlur evaluation (MPRNet and Restormer
-  ``evaluate_RealBlur.py``, after Koehler et al.'s code): least-squares intensity scaling, an ECC
+- :func:`align_to_target` / :func:`aligned_scores`: the RealBlur evaluation (MPRNet
+  ``Deblurring/evaluate_RealBlur.py``, after Koehler et al.'s code): least-squares intensity scaling, an ECC
   homography found by OpenCV, a bicubic warp of the output and a nearest-neighbour warp of a mask,
   then PSNR and SSIM over the valid region.
 """
@@ -73,7 +73,7 @@ def _gray32(image: np.ndarray) -> np.ndarray:
 def align_to_target(restored: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Align ``restored`` to ``target`` as the RealBlur evaluation does before scoring.
 
-    Steps (``image_align`` of MPRNet/Restormer ``evaluate_RealBlur.py``):
+    Steps (``image_align`` of MPRNet ``Deblurring/evaluate_RealBlur.py``):
 
     1. intensity matching: ``zs = (sum(x z) / sum(z z)) z``, the least-squares scale of the
        output ``z`` onto the target ``x`` over all pixels and channels (no shift);

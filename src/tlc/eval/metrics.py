@@ -34,11 +34,11 @@ where E[x^2] - E[x]^2 on 0..255 values loses digits, and land up to 2.4e-5 from 
   (:func:`tlc.eval.protocols.matlab_luma`).
 - MAE (protocols with ``mae``): mean absolute difference over all pixels and channels, in units of
   the data range (images on [0, 1]).
+- ``crop_border=b`` drops b pixels from every side before anything else (before the Y conversion
+  and before SSIM's padding).
 
 The benchmark presets in :data:`PROTOCOLS` ("rain", "dpdd", "sidd", "realblur") name the
 reference evaluation they reproduce; see docs/benchmarks.md for the measured agreement.
-- ``crop_border=b`` drops b pixels from every side before anything else (before the Y conversion
-  and before SSIM's padding).
 """
 
 from __future__ import annotations

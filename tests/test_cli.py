@@ -214,7 +214,8 @@ def test_eval_protocol_options(workspace, pairs, tmp_path):
     assert run("eval", pairs, *weights(workspace), "--modes", "full", "--out", out, "--y-channel",
                "--crop-border", "4", "--limit", "2") == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["protocol"] == {"name": "gopro+y+crop4", "y_channel": True, "crop_border": 4, "ssim": "3d", "quantize": True}
+    assert summary["protocol"] == {"name": "gopro+y+crop4", "y_channel": True, "crop_border": 4, "ssim": "3d", "quantize": True,
+                                   "y_rounded": False, "mae": False, "align": False}
     assert summary["modes"]["full"]["images"] == 2
 
 

@@ -227,7 +227,7 @@ def test_float_protocol_scores_unrounded_values():
 
 
 def test_protocols_are_frozen_and_validated():
-    assert set(PROTOCOLS) == {"gopro", "y", "float", "per-channel-2d"}
+    assert set(PROTOCOLS) == {"gopro", "y", "float", "per-channel-2d", "rain", "dpdd", "sidd", "realblur"}
     assert metrics.DEFAULT_PROTOCOL is PROTOCOLS["gopro"]
     assert all(name == p.name for name, p in PROTOCOLS.items())
     assert PROTOCOLS["gopro"] == Protocol("gopro", y_channel=False, crop_border=0, ssim="3d", quantize=True)

@@ -21,12 +21,24 @@ where E[x^2] - E[x]^2 on 0..255 values loses digits, and land up to 2.4e-5 from 
   averaged over pixels at least 5 from the border (the positions where the window lies inside the
   image), then over channels. This is scikit-image's ``structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1)``;
-  its boundary mode never reaches the pixels it averages. Needs H, W >= 11 after cropping.
+  its boundary mode never reaches the pixels it averages. Needs H, W >= 11 after cropping. On one
+  channel it is Wang's original ``SSIM_index.m`` (``filter2(..., 'valid')``, ``mean2`` of the map).
+- SSIM, ``mode="box7"``: scikit-image's defaults, ``structural_similarity(..., data_range=...,
+  channel_axis=-1)`` (``multichannel=True`` before 0.19): each channel on its own, 7 x 7 uniform
+  window, sample covariances (variances times 49 / 48), map averaged over pixels at least 3 from
+  the border, then over channels. Needs H, W >= 7 after cropping.
 - ``y_channel=True``: score Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 (BasicSR's
   MATLAB-compatible BT.601 luma on 0..255 values, not rounded). Inputs are RGB; a grayscale image
-  is taken as its own luma, as BasicSR does.
+  is taken as its own luma, as BasicSR does. With ``y_rounded`` (protocol field), Y is MATLAB's
+  ``rgb2ycbcr`` on uint8, which returns uint8: the same formula rounded half away from zero
+  (:func:`tlc.eval.protocols.matlab_luma`).
+- MAE (protocols with ``mae``): mean absolute difference over all pixels and channels, in units of
+  the data range (images on [0, 1]).
 - ``crop_border=b`` drops b pixels from every side before anything else (before the Y conversion
   and before SSIM's padding).
+
+The benchmark presets in :data:`PROTOCOLS` ("rain", "dpdd", "sidd", "realblur") name the
+reference evaluation they reproduce; see docs/benchmarks.md for the measured agreement.
 """
 
 from __future__ import annotations
@@ -42,11 +54,12 @@ import numpy as np
 import torch
 
 from .._util import Hint, hinted
+from .protocols import align_to_target, aligned_scores, matlab_luma
 
 ImageLike = np.ndarray | torch.Tensor
-SsimMode = Literal["3d", "2d"]
+SsimMode = Literal["3d", "2d", "box7"]
 
-__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "psnr", "ssim", "to_uint8"]
+__all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "Protocol", "align_to_target", "psnr", "ssim", "to_uint8"]
 
 _PEAK = 255.0
 _C1 = (0.01 * _PEAK) ** 2
@@ -67,6 +80,8 @@ def _gaussian_1d(size: int = _WINDOW, sigma: float = _SIGMA) -> np.ndarray:
 
 
 _TAPS = _gaussian_1d()
+_SSIM_MODES = ("3d", "2d", "box7")
+_BOX = 7
 
 
 def _to_numpy(image: ImageLike, name: str) -> np.ndarray:
@@ -124,7 +139,12 @@ def _check_data_range(data_range: float) -> float:
 
 
 def _prepare(
-    restored: ImageLike, target: ImageLike, crop_border: int, y_channel: bool, data_range: float | None
+    restored: ImageLike,
+    target: ImageLike,
+    crop_border: int,
+    y_channel: bool,
+    data_range: float | None,
+    y_rounded: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate a pair and return it cropped, in float64 on the 0..255 scale, H x W x C (C = 1 for Y)."""
     a = _as_hwc(restored, "restored")
@@ -153,7 +173,7 @@ def _prepare(
         if scale != 1.0:
             x *= scale
         if y_channel and x.shape[2] == 3:
-            x = (x @ _Y_WEIGHTS + _Y_OFFSET)[:, :, None]
+            x = (matlab_luma(x) if y_rounded else x @ _Y_WEIGHTS + _Y_OFFSET)[:, :, None]
         pair.append(x)
     return pair[0], pair[1]
 
@@ -198,10 +218,33 @@ def _blur(x: np.ndarray, mode: SsimMode) -> np.ndarray:
     return f
 
 
+def _box_valid(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) map averaged over 7 x 7 windows per plane, valid positions only (H - 6, W - 6)."""
+    h, w = x.shape[1] - _BOX + 1, x.shape[2] - _BOX + 1
+    rows = sum(x[:, k : k + h, :] for k in range(_BOX))
+    return sum(rows[:, :, k : k + w] for k in range(_BOX)) / float(_BOX * _BOX)
+
+
+def _ssim_box(x: np.ndarray, y: np.ndarray) -> float:
+    """scikit-image's default SSIM (7 x 7 uniform, sample covariance) of (C, H, W) maps on 0..255."""
+    if min(x.shape[1], x.shape[2]) < _BOX:
+        raise ValueError(f"7 x 7 SSIM needs at least {_BOX} x {_BOX} pixels, got {x.shape[1]} x {x.shape[2]}")
+    norm = _BOX * _BOX / (_BOX * _BOX - 1.0)
+    mu_x, mu_y = _box_valid(x), _box_valid(y)
+    var_x = norm * (_box_valid(x * x) - mu_x * mu_x)
+    var_y = norm * (_box_valid(y * y) - mu_y * mu_y)
+    cov = norm * (_box_valid(x * y) - mu_x * mu_y)
+    num = (2 * mu_x * mu_y + _C1) * (2 * cov + _C2)
+    den = (mu_x * mu_x + mu_y * mu_y + _C1) * (var_x + var_y + _C2)
+    return float(np.mean(np.mean(num / den, axis=(1, 2))))
+
+
 def _ssim_value(x: np.ndarray, y: np.ndarray, mode: SsimMode) -> float:
     """Mean SSIM of two H x W x C float64 arrays on the 0..255 scale (see the module docstring)."""
-    if mode not in ("3d", "2d"):
-        raise ValueError(f"mode must be '3d' or '2d', got {mode!r}")
+    if mode not in _SSIM_MODES:
+        raise ValueError(f"mode must be '3d', '2d' or 'box7', got {mode!r}")
+    if mode == "box7":
+        return _ssim_box(np.ascontiguousarray(x.transpose(2, 0, 1)), np.ascontiguousarray(y.transpose(2, 0, 1)))
     if mode == "2d" and min(x.shape[0], x.shape[1]) < _WINDOW:
         raise ValueError(f"2-D SSIM needs at least {_WINDOW} x {_WINDOW} pixels, got {x.shape[0]} x {x.shape[1]}")
     # Channels first, so that both spatial passes and the channel mix run on contiguous planes.
@@ -263,16 +306,17 @@ def ssim(
         crop_border: pixels dropped from every side first.
         y_channel: score BT.601 luma instead of RGB.
         mode: ``"3d"`` (the reference repositories' and MATLAB's SSIM on RGB arrays; on one channel
-            the 2-D replicate-padded SSIM) or ``"2d"`` (scikit-image's per-channel Gaussian SSIM,
-            averaged away from a 5-pixel border). See the module docstring.
+            the 2-D replicate-padded SSIM), ``"2d"`` (scikit-image's per-channel Gaussian SSIM,
+            averaged away from a 5-pixel border) or ``"box7"`` (scikit-image's default 7 x 7
+            uniform SSIM with sample covariances). See the module docstring.
         data_range: value span of the inputs (1.0 for [0, 1]); required unless both are uint8.
 
     Returns:
-        SSIM with an 11-tap Gaussian of sigma 1.5 per axis, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2
-        on the 0..255 scale, computed in float64.
+        SSIM with an 11-tap Gaussian of sigma 1.5 per axis (or the 7 x 7 box), C1 = (0.01 * 255)^2,
+        C2 = (0.03 * 255)^2 on the 0..255 scale, computed in float64.
     """
-    if mode not in ("3d", "2d"):
-        raise ValueError(f"mode must be '3d' or '2d', got {mode!r}")
+    if mode not in _SSIM_MODES:
+        raise ValueError(f"mode must be '3d', '2d' or 'box7', got {mode!r}")
     x, y = _prepare(restored, target, crop_border, y_channel, data_range)
     return _ssim_value(x, y, mode)
 
@@ -315,26 +359,37 @@ def _is_float(image: ImageLike) -> bool:
     return isinstance(image, np.ndarray) and image.dtype.kind == "f"
 
 
-def _is_uint8(image: ImageLike) -> bool:
+def _integer_peak(image: ImageLike) -> float | None:
+    """255 for uint8, 65535 for uint16 images, None otherwise."""
     if isinstance(image, torch.Tensor):
-        return image.dtype == torch.uint8
-    return isinstance(image, np.ndarray) and image.dtype == np.uint8
+        return {torch.uint8: 255.0, torch.uint16: 65535.0}.get(image.dtype)
+    if isinstance(image, np.ndarray):
+        return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype)
+    return None
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """An evaluation protocol: how outputs are brought to a scoring dtype, and which PSNR/SSIM.
+    """An evaluation protocol: how outputs are brought to a scoring dtype, and which metrics.
 
     Attributes:
         name: key in :data:`PROTOCOLS`.
         y_channel: score BT.601 luma instead of RGB.
         crop_border: pixels dropped from every side before scoring.
-        ssim: ``"3d"`` or ``"2d"``, the ``mode`` of :func:`ssim`.
+        ssim: ``"3d"``, ``"2d"`` or ``"box7"``, the ``mode`` of :func:`ssim`.
         quantize: float images in [0, 1] go through :func:`to_uint8` (clamp, * 255, round) as the
-            reference scripts do when they save PNGs; uint8 images pass unchanged. When False,
-            float images are clamped to [0, 1] and scored unrounded (uint8 images are divided by
-            255 first): PSNR with peak 1, SSIM with C1 = 0.01^2, C2 = 0.03^2 on [0, 1], which is the
+            reference scripts do when they save PNGs; uint8 images pass unchanged, uint16 images
+            are divided by 65535 and quantized the same way. When False, float images are clamped
+            to [0, 1] and scored unrounded (uint8 images are divided by 255, uint16 by 65535
+            first): PSNR with peak 1, SSIM with C1 = 0.01^2, C2 = 0.03^2 on [0, 1], which is the
             same SSIM as on x * 255 with the 255-scale constants.
+        y_rounded: with ``y_channel``, round Y to integers as MATLAB's ``rgb2ycbcr`` does on uint8
+            images (needs ``quantize``).
+        mae: also report ``"mae"`` (mean absolute error on [0, 1]) from :meth:`score_all`.
+        align: RealBlur scoring (:func:`tlc.eval.protocols.aligned_scores`): the output is aligned
+            to the target (intensity scale, ECC homography) and PSNR and SSIM are taken over the
+            valid region; needs ``ssim="2d"`` (the per-channel Gaussian SSIM it masks), no
+            ``y_channel`` and no ``crop_border``.
     """
 
     name: str
@@ -342,22 +397,35 @@ class Protocol:
     crop_border: int = 0
     ssim: SsimMode = "3d"
     quantize: bool = True
+    y_rounded: bool = False
+    mae: bool = False
+    align: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.y_channel, bool) or not isinstance(self.quantize, bool):
-            raise TypeError("y_channel and quantize must be bools")
-        if self.ssim not in ("3d", "2d"):
-            raise ValueError(f"ssim must be '3d' or '2d', got {self.ssim!r}")
+        flags = (self.y_channel, self.quantize, self.y_rounded, self.mae, self.align)
+        if not all(isinstance(f, bool) for f in flags):
+            raise TypeError("y_channel, quantize, y_rounded, mae and align must be bools")
+        if self.ssim not in _SSIM_MODES:
+            raise ValueError(f"ssim must be '3d', '2d' or 'box7', got {self.ssim!r}")
         if isinstance(self.crop_border, bool) or not isinstance(self.crop_border, int) or self.crop_border < 0:
             raise ValueError(f"crop_border must be an int >= 0, got {self.crop_border!r}")
+        if self.y_rounded and not (self.y_channel and self.quantize):
+            raise ValueError("y_rounded rounds the luma of 8-bit images: it needs y_channel=True and quantize=True")
+        if self.align and (self.y_channel or self.crop_border or self.ssim != "2d"):
+            raise ValueError("align (RealBlur) scores RGB over the valid region: it needs ssim='2d', "
+                             "no y_channel and no crop_border")
 
     def _scoring_pair(self, restored: ImageLike, target: ImageLike) -> tuple[ImageLike, ImageLike, float]:
         pair = []
         for name, image in (("restored", restored), ("target", target)):
-            if _is_uint8(image):
-                pair.append(image if self.quantize else _to_numpy(image, name).astype(np.float64) / 255.0)
+            peak = _integer_peak(image)
+            if peak == 255.0 and self.quantize:
+                pair.append(image)
+            elif peak is not None:
+                a = _to_numpy(image, name).astype(np.float64) / peak
+                pair.append(to_uint8(a) if self.quantize else a)
             elif _is_float(image):
                 if self.quantize:
                     pair.append(to_uint8(image))
@@ -368,19 +436,63 @@ class Protocol:
                     pair.append(np.clip(a, 0.0, 1.0))
             else:
                 kind = f"{type(image).__name__} of dtype {getattr(image, 'dtype', None)}"
-                raise TypeError(f"{name} must be uint8 or floating in [0, 1], got {kind}")
+                raise TypeError(f"{name} must be uint8, uint16 or floating in [0, 1], got {kind}")
         return pair[0], pair[1], 255.0 if self.quantize else 1.0
+
+    def score_all(self, restored: ImageLike, target: ImageLike) -> dict[str, float]:
+        """Every metric of this protocol for one pair.
+
+        Args:
+            restored, target: H x W x 3 RGB (or H x W x 1, H x W), uint8 on 0..255, uint16 on
+                0..65535 or floating in [0, 1], numpy arrays or torch tensors (a C x H x W tensor
+                needs ``.permute(1, 2, 0)``); the two may differ in dtype.
+
+        Returns:
+            ``{"psnr": dB, "ssim": value}``, plus ``"mae"`` (on [0, 1]) when :attr:`mae` is set.
+            PSNR is ``math.inf`` for identical images.
+        """
+        a, b, data_range = self._scoring_pair(restored, target)
+        if self.align:
+            pa = _as_hwc(a, "restored").astype(np.float64) / data_range
+            pb = _as_hwc(b, "target").astype(np.float64) / data_range
+            return aligned_scores(pa, pb)
+        x, y = _prepare(a, b, self.crop_border, self.y_channel, data_range, self.y_rounded)
+        scores = {"psnr": _psnr_value(x, y), "ssim": _ssim_value(x, y, self.ssim)}
+        if self.mae:
+            scores["mae"] = float(np.mean(np.abs(x - y))) / _PEAK
+        return scores
 
     def score(self, restored: ImageLike, target: ImageLike) -> tuple[float, float]:
         """(PSNR in dB, SSIM) of ``restored`` against ``target`` under this protocol.
 
         Args:
-            restored, target: H x W x 3 RGB (or H x W x 1, H x W), uint8 on 0..255 or floating in
-                [0, 1], numpy arrays or torch tensors (a C x H x W tensor needs ``.permute(1, 2, 0)``).
+            restored, target: as for :meth:`score_all`.
         """
-        a, b, data_range = self._scoring_pair(restored, target)
-        x, y = _prepare(a, b, self.crop_border, self.y_channel, data_range)
-        return _psnr_value(x, y), _ssim_value(x, y, self.ssim)
+        scores = self.score_all(restored, target)
+        return scores["psnr"], scores["ssim"]
+
+    def score_blocks(self, restored: ImageLike, target: ImageLike) -> dict[str, float]:
+        """Mean of :meth:`score_all` over a stack of blocks (SIDD's 40 x 32 validation blocks).
+
+        Args:
+            restored, target: (..., H, W, C) arrays of one shape, e.g. (40, 32, 256, 256, 3); every
+                leading index is one block, scored on its own.
+
+        Returns:
+            Each key of :meth:`score_all` averaged over the blocks (the MATLAB script's
+            ``total / (40 * 32)``).
+        """
+        a, b = _to_numpy(restored, "restored"), _to_numpy(target, "target")
+        if a.shape != b.shape or a.ndim < 3:
+            raise ValueError(f"blocks must be (..., H, W, C) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        lead = a.shape[:-3] if a.ndim > 3 else ()
+        a = a.reshape((-1,) + a.shape[-3:]) if lead else a[None]
+        b = b.reshape((-1,) + b.shape[-3:]) if lead else b[None]
+        totals: dict[str, float] = {}
+        for i in range(a.shape[0]):
+            for key, value in self.score_all(a[i], b[i]).items():
+                totals[key] = totals.get(key, 0.0) + value
+        return {key: value / a.shape[0] for key, value in totals.items()}
 
 
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
@@ -393,6 +505,22 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
         "float": Protocol("float", quantize=False),
         # scikit-image's per-channel Gaussian SSIM (structural_similarity, channel_axis=-1).
         "per-channel-2d": Protocol("per-channel-2d", ssim="2d"),
+        # Rain13k test sets, Restormer Deraining/evaluate_PSNR_SSIM.m: 8-bit outputs, Y of MATLAB's
+        # rgb2ycbcr (uint8, rounded), PSNR 20 log10(255 / RMSE), Wang's SSIM_index ('valid' 11 x 11
+        # Gaussian, sigma 1.5, L = 255).
+        "rain": Protocol("rain", y_channel=True, y_rounded=True, ssim="2d"),
+        # DPDD, Restormer Defocus_Deblurring/test_*_defocus_deblur.py with its utils.py: unrounded
+        # floats on [0, 1] (16-bit images from 16 bits), PSNR peak 1, scikit-image's default SSIM
+        # (7 x 7 box, sample covariance, data_range=1, per channel), sklearn's MAE per channel.
+        "dpdd": Protocol("dpdd", quantize=False, ssim="box7", mae=True),
+        # SIDD validation blocks, MPRNet/Restormer evaluate_SIDD.m: float blocks on [0, 1] (the
+        # target im2single), MATLAB psnr (peak 1) and ssim on the 256 x 256 x 3 array (3-D
+        # Gaussian, replicate padding); the mean over blocks is score_blocks.
+        "sidd": Protocol("sidd", quantize=False),
+        # RealBlur-J/-R, MPRNet Deblurring/evaluate_RealBlur.py: 8-bit outputs on [0, 1], intensity
+        # scale + ECC homography alignment, PSNR and masked per-channel Gaussian SSIM over the
+        # valid region.
+        "realblur": Protocol("realblur", ssim="2d", align=True),
     }
 )
 """Named presets, read-only."""

@@ -332,3 +332,16 @@ def test_a_named_benchmark_that_is_not_there_says_what_it_expects(tmp_path, caps
     assert main(["eval", str(tmp_path / "empty"), "--benchmark", "hide", *TINY, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test/test-close-ups/" in err[0] and "GT/" in err[0]
+
+
+def test_report_names_the_benchmark_and_subsets(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "HIDE"
+    for subset, stem in (("test-close-ups", "1fromA"), ("test-long-shot", "2fromB")):
+        put(root / "test" / subset / f"{stem}.png", rng)
+        put(root / "GT" / f"{stem}.png", rng)
+    code, summary, _ = evaluate(root, tmp_path / "out", "--report")
+    assert code == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<dt>benchmark</dt><dd>hide</dd>" in page
+    assert "subset test-close-ups" in page and f"{summary['subsets']['test-long-shot']['full']['psnr']:.4f} dB" in page

@@ -36,7 +36,8 @@ EXAMPLES = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, metavar="DATASET", help="paired dataset folder")
+    parser.add_argument("dataset", type=Path, metavar="DATASET",
+                        help="paired dataset folder, or a benchmark's in its published layout (see --benchmark)")
     parser.add_argument("--modes", default="full,tlc", help="comma-separated among full, tlc, tiles (default full,tlc)")
     parser.add_argument("--out", type=Path, default=Path("tlc-eval"), metavar="DIR",
                         help="results folder; rerun with the same one to resume (default tlc-eval)")

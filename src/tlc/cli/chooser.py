@@ -63,6 +63,6 @@ def check_channels(chosen: ChosenModel, channels: int, source: str = "") -> None
         raise UsageError(f"{chosen.description} takes 6 channels (left and right dual-pixel views), not one RGB image: "
                          "use --benchmark dpdd-dual on a DPDD folder with inputL/ and inputR/, or "
                          "`tlc restore --dual LEFT RIGHT`")
-    raise UsageError(f"{chosen.description} takes {expected} channels (one RGB image) but {source or 'the input'} feeds 6 "
-                     "(left and right views): use --benchmark dpdd (inputC/), or a dual-pixel model such as "
+    raise UsageError(f"{chosen.description} takes {expected} channels (one RGB image) but {source or 'the input'} "
+                     "feeds 6 (left and right views): use --benchmark dpdd (inputC/), or a dual-pixel model such as "
                      "restormer-dpdd-dual")

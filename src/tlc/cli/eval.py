@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..io.benchmarks import BENCHMARKS, AmbiguousLayout, find_benchmark
-from ..io.matblocks import write_blocks
-from ..zoo import registry
 from ..eval.distributed import DistributedError, PeerFailed, detect_launch, process_group
 from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
 from ..eval.records import EvaluationError
+from ..io.benchmarks import BENCHMARKS, AmbiguousLayout, find_benchmark
+from ..io.matblocks import write_blocks
+from ..zoo import registry
 from .common import UsageError, add_model_options, add_run_options, device, progress, say
 from .chooser import check_channels, chosen_model, models_for
 

@@ -254,7 +254,6 @@ class _ShareRunner:
         self.peaks: dict[str, float | None] = {mode: None for mode in settings.modes}
         self.failures: list[tuple[int, str]] = []
         self.written = 0
-        self.depth = 8  # restored images are saved at the target's bit depth (16 for DPDD)
 
     def pair(self, index: int, pairs: PairedSet, todo: list[str], need_strip: bool, need_views: bool) -> None:
         """Score the modes in ``todo`` on pair ``index``; also the compare strip and the report's
@@ -270,7 +269,7 @@ class _ShareRunner:
             self.failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
                                          f"{target.pixels.shape[:2]} differ in size"))
             return
-        self.depth = target.bit_depth
+        depth = target.bit_depth  # restored images are saved at the target's bit depth (16 for DPDD)
         x = torch.cat([io.to_model_input(v) for v in views], dim=1) if len(views) > 1 else io.to_model_input(degraded)
         need_images = need_strip or need_views
         outputs, scores = {}, {}
@@ -291,7 +290,7 @@ class _ShareRunner:
                 self.file.flush()
                 self.written += 1
             if self.save_images:
-                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels, self.depth)
+                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels, depth)
         if not (need_images and outputs):
             return
         scores["input"] = self._score(degraded.pixels, target.pixels)

@@ -215,7 +215,8 @@ def _find_realblur(name: str) -> Callable[[Path, bool], PairedSet]:
         pairs, lone_in, lone_out = [], [], []
         for scene in _subdirs(scenes):
             if (scene / "blur").is_dir() or (scene / "gt").is_dir():
-                found = _match(f"{scene.name}/", _keyed(scene / "blur", r"blur_(\d+)"), _keyed(scene / "gt", r"gt_(\d+)"))
+                found = _match(f"{scene.name}/", _keyed(scene / "blur", r"blur_(\d+)"),
+                               _keyed(scene / "gt", r"gt_(\d+)"))
                 pairs += found[0]
                 lone_in += found[1]
                 lone_out += found[2]
@@ -289,7 +290,8 @@ def _find_reds(subset_300: bool) -> Callable[[Path, bool], PairedSet]:
             lone_in += got[1]
             lone_out += got[2]
         frames = " (frames ending in 9)" if subset_300 else ""
-        return _finish(root, pairs, f"{input_folder}/NNN/ + val_sharp/NNN/{frames}", lone_in, lone_out, strict, benchmark)
+        layout = f"{input_folder}/NNN/ + val_sharp/NNN/{frames}"
+        return _finish(root, pairs, layout, lone_in, lone_out, strict, benchmark)
     return find
 
 
@@ -430,9 +432,11 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("reds", "REDS", "deblurring with JPEG artifacts", "val_blur_jpeg/NNN/ (or val_blur/) + val_sharp/NNN/",
               "gopro", "gopro", _find_reds(False), _is_reds),
     Benchmark("reds-300", "REDS val-300", "deblurring with JPEG artifacts",
-              "as reds, frames ending in 9; or blur_300/ + sharp_300/", "gopro", "gopro", _find_reds(True), _is_reds_300),
+              "as reds, frames ending in 9; or blur_300/ + sharp_300/", "gopro", "gopro", _find_reds(True),
+              _is_reds_300),
     Benchmark("dpdd", "DPDD", "single-image defocus deblurring", "inputC/ + target/ (16-bit), *_labels.npy",
-              "dpdd", "float", _find_dpdd(False), lambda root: (root / "inputC").is_dir() and (root / "target").is_dir(),
+              "dpdd", "float", _find_dpdd(False),
+              lambda root: (root / "inputC").is_dir() and (root / "target").is_dir(),
               subsets=DPDD_LABELS),
     Benchmark("dpdd-dual", "DPDD (dual-pixel)", "dual-pixel defocus deblurring",
               "inputL/ + inputR/ (6 channels) + target/ (16-bit), *_labels.npy", "dpdd", "float", _find_dpdd(True),

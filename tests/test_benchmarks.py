@@ -362,3 +362,18 @@ def test_report_names_the_benchmark_and_subsets(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<dt>benchmark</dt><dd>hide</dd>" in page
     assert "subset test-close-ups" in page and f"{summary['subsets']['test-long-shot']['full']['psnr']:.4f} dB" in page
+
+
+def test_restormer_copies_in_input_target_take_the_named_benchmark(tmp_path):
+    rng = np.random.default_rng(13)
+    root = tmp_path / "test" / "HIDE"
+    for n in (1, 2):
+        put(root / "input" / f"{n}.png", rng)
+        put(root / "target" / f"{n}.png", rng)
+    assert identify(root) is None
+    for name in ("gopro", "hide", "realblur-j", "reds"):
+        pairs = find_benchmark(root, name)
+        assert pairs.benchmark == name and pairs.layout == "input/target" and len(pairs) == 2
+    for name in ("dpdd", "dpdd-dual", "sidd"):  # their copies keep the published layout
+        with pytest.raises(tlc_io.ImageError, match=f"not the {name if name != 'sidd' else 'SIDD'} layout"):
+            find_benchmark(root, name)

@@ -25,6 +25,9 @@ Layouts (DATASET is the folder given on the command line):
   x 3 under keys of the same names; MATLAB v5 or v7.3); pairs "II_BB" (image, block).
 - rain (Rain100L/H, Test100, Test1200, Test2800): ``input/`` + ``target/``, or the original naming
   ``rain-NNN.png`` + ``norain-NNN.png`` in the folder or its subfolders.
+
+GoPro, HIDE, RealBlur and REDS named with ``--benchmark`` are also read from ``input/`` + ``target/``,
+as the Restormer and MPRNet repositories distribute their copies (without HIDE's subsets).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ REALBLUR_FOLDERS = {"realblur-j": "RealBlur-J_ECC_IMCORR_centroid_itensity_ref",
 REALBLUR_LISTS = {"realblur-j": "RealBlur_J_test_list.txt", "realblur-r": "RealBlur_R_test_list.txt"}
 
 
+class LayoutNotFound(ImageError):
+    """The folder is not laid out as the benchmark asked for (the message says what was expected)."""
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A published test set.
@@ -66,6 +73,8 @@ class Benchmark:
         find: ``find(root, strict)`` -> the pairs under ``root`` (:class:`ImageError` when the
             layout is not there).
         recognise: whether ``root`` is laid out as this benchmark (for :func:`identify`).
+        copies: also read from ``input/`` + ``target/``, the layout the Restormer and MPRNet
+            repositories distribute their copies of the test set in (subsets are then unknown).
     """
 
     name: str
@@ -78,6 +87,7 @@ class Benchmark:
     recognise: Callable[[Path], bool] = field(repr=False, compare=False)
     channels: int = 3
     subsets: tuple[str, ...] = ()
+    copies: bool = False
 
 
 def natural_key(text: str) -> tuple:
@@ -144,7 +154,7 @@ def _gopro_root(root: Path) -> Path | None:
 def _find_gopro(root: Path, strict: bool) -> PairedSet:
     base = _gopro_root(root)
     if base is None:
-        raise ImageError(f"{root}: not the GoPro layout: expected scene folders with blur/ and sharp/ "
+        raise LayoutNotFound(f"{root}: not the GoPro layout: expected scene folders with blur/ and sharp/ "
                          "(e.g. test/GOPR0384_11_00/blur), here or in test/")
     pairs, lone_in, lone_out = [], [], []
     for scene in _subdirs(base):
@@ -165,7 +175,8 @@ def _is_hide(root: Path) -> bool:
 
 def _find_hide(root: Path, strict: bool) -> PairedSet:
     if not _is_hide(root):
-        raise ImageError(f"{root}: not the HIDE layout: expected test/test-close-ups/, test/test-long-shot/ and GT/")
+        raise LayoutNotFound(f"{root}: not the HIDE layout: expected test/test-close-ups/, test/test-long-shot/ "
+                             "and GT/")
     targets = images_by_stem(root / "GT")
     pairs, lone_in, subsets = [], [], {}
     for subset in HIDE_SUBSETS:
@@ -210,7 +221,7 @@ def _find_realblur(name: str) -> Callable[[Path, bool], PairedSet]:
         if scenes is None and _has_scenes(root):
             scenes = root  # scene folders named by the user: --benchmark says which set
         if scenes is None or not _has_scenes(scenes):
-            raise ImageError(f"{root}: not the {name} layout: expected {REALBLUR_LISTS[name]} (lines "
+            raise LayoutNotFound(f"{root}: not the {name} layout: expected {REALBLUR_LISTS[name]} (lines "
                              f"'GT_PATH BLUR_PATH') or scene folders {REALBLUR_FOLDERS[name]}/sceneNNN/blur + gt")
         pairs, lone_in, lone_out = [], [], []
         for scene in _subdirs(scenes):
@@ -275,7 +286,7 @@ def _find_reds(subset_300: bool) -> Callable[[Path, bool], PairedSet]:
             pairs = [(n.replace("_", "/", 1), a, b) for n, a, b in pairs]
             return _finish(root, pairs, "blur_300/ + sharp_300/", lone_in, lone_out, strict, benchmark)
         if found is None:
-            raise ImageError(f"{root}: not the REDS layout: expected val_blur_jpeg/ (or val_blur/) and val_sharp/ "
+            raise LayoutNotFound(f"{root}: not the REDS layout: expected val_blur_jpeg/ (or val_blur/) and val_sharp/ "
                              "with clip folders NNN/XXXXXXXX.png, here or in val/")
         base, input_folder = found
         pairs, lone_in, lone_out = [], [], []
@@ -340,7 +351,7 @@ def _find_dpdd(dual: bool) -> Callable[[Path, bool], PairedSet]:
 
     def find(root: Path, strict: bool) -> PairedSet:
         if not all((root / f).is_dir() for f in (*folders, "target")):
-            raise ImageError(f"{root}: not the {benchmark} layout: expected {'/, '.join(folders)}/ and target/")
+            raise LayoutNotFound(f"{root}: not the {benchmark} layout: expected {'/, '.join(folders)}/ and target/")
         views = [images_by_stem(root / f) for f in folders]
         pairs, lone_in, lone_out = _match("", views[0], images_by_stem(root / "target"))
         if dual:
@@ -376,7 +387,7 @@ def _sidd_files(root: Path) -> tuple[Path, Path] | None:
 def _find_sidd(root: Path, strict: bool) -> PairedSet:
     files = _sidd_files(root)
     if files is None:
-        raise ImageError(f"{root}: not the SIDD layout: expected {SIDD_KEYS[0]}.mat and {SIDD_KEYS[1]}.mat")
+        raise LayoutNotFound(f"{root}: not the SIDD layout: expected {SIDD_KEYS[0]}.mat and {SIDD_KEYS[1]}.mat")
     blocks = MatBlocks(files[0], files[1], *SIDD_KEYS)
     pairs = [(name, files[0], files[1]) for name in blocks.names()]
     return PairedSet(pairs, f"{files[0].name} + {files[1].name} (blocks)", benchmark="sidd", blocks=blocks)
@@ -413,24 +424,24 @@ def _find_rain(root: Path, strict: bool) -> PairedSet:
     if (root / "input").is_dir() and (root / "target").is_dir():
         pairs, lone_in, lone_out = _match("", images_by_stem(root / "input"), images_by_stem(root / "target"))
         return _finish(root, pairs, "input/target", lone_in, lone_out, strict, "rain")
-    raise ImageError(f"{root}: not a Rain layout: expected input/ + target/ or rain-NNN.png + norain-NNN.png")
+    raise LayoutNotFound(f"{root}: not a Rain layout: expected input/ + target/ or rain-NNN.png + norain-NNN.png")
 
 
 # The table --------------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("gopro", "GoPro", "motion deblurring", "test/SCENE/blur/ + SCENE/sharp/ (root or test/)",
-              "gopro", "gopro", _find_gopro, lambda root: _gopro_root(root) is not None),
+              "gopro", "gopro", _find_gopro, lambda root: _gopro_root(root) is not None, copies=True),
     Benchmark("hide", "HIDE", "motion deblurring", "test/test-close-ups/ + test/test-long-shot/ + GT/",
-              "gopro", "gopro", _find_hide, _is_hide, subsets=HIDE_SUBSETS),
+              "gopro", "gopro", _find_hide, _is_hide, subsets=HIDE_SUBSETS, copies=True),
     Benchmark("realblur-j", "RealBlur-J", "real motion deblurring",
               f"{REALBLUR_LISTS['realblur-j']} or {REALBLUR_FOLDERS['realblur-j']}/sceneNNN/blur + gt",
-              "realblur", "gopro", _find_realblur("realblur-j"), _is_realblur("realblur-j")),
+              "realblur", "gopro", _find_realblur("realblur-j"), _is_realblur("realblur-j"), copies=True),
     Benchmark("realblur-r", "RealBlur-R", "real motion deblurring",
               f"{REALBLUR_LISTS['realblur-r']} or {REALBLUR_FOLDERS['realblur-r']}/sceneNNN/blur + gt",
-              "realblur", "gopro", _find_realblur("realblur-r"), _is_realblur("realblur-r")),
+              "realblur", "gopro", _find_realblur("realblur-r"), _is_realblur("realblur-r"), copies=True),
     Benchmark("reds", "REDS", "deblurring with JPEG artifacts", "val_blur_jpeg/NNN/ (or val_blur/) + val_sharp/NNN/",
-              "gopro", "gopro", _find_reds(False), _is_reds),
+              "gopro", "gopro", _find_reds(False), _is_reds, copies=True),
     Benchmark("reds-300", "REDS val-300", "deblurring with JPEG artifacts",
               "as reds, frames ending in 9; or blur_300/ + sharp_300/", "gopro", "gopro", _find_reds(True),
               _is_reds_300),
@@ -503,4 +514,12 @@ def find_benchmark(root: PathLike, name: str | None = None, *, strict: bool = Tr
         raise ImageError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
     if not root.exists():
         raise ImageError(f"{root}: no such folder")
-    return BENCHMARKS[name].find(root, strict)
+    benchmark = BENCHMARKS[name]
+    try:
+        return benchmark.find(root, strict)
+    except LayoutNotFound:
+        if not (benchmark.copies and (root / "input").is_dir() and (root / "target").is_dir()):
+            raise
+    pairs = find_pairs(root, strict=strict)
+    pairs.benchmark = name
+    return pairs

@@ -42,3 +42,27 @@ def models_for(
         report = (f"TLC: {len(conversion.converted) + sites} global ops made local "
                   f"(train {chosen.train_size[0]}x{chosen.train_size[1]}, base {chosen.base_size[0]}x{chosen.base_size[1]})")
     return per_mode, report
+
+
+def model_input_channels(model: nn.Module) -> int | None:
+    """Input channels of ``model``: those of its first convolution (the input projection of every
+    network in the registry), or None without one."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None
+
+
+def check_channels(chosen: ChosenModel, channels: int, source: str = "") -> None:
+    """A one-line UsageError when the model takes dual-pixel input (6 channels) and the input is
+    one RGB image, or the other way round; ``source`` names what feeds ``channels``."""
+    expected = model_input_channels(chosen.model)
+    if expected is None or expected == channels or 6 not in (expected, channels):
+        return
+    if expected == 6:
+        raise UsageError(f"{chosen.description} takes 6 channels (left and right dual-pixel views), not one RGB image: "
+                         "use --benchmark dpdd-dual on a DPDD folder with inputL/ and inputR/, or "
+                         "`tlc restore --dual LEFT RIGHT`")
+    raise UsageError(f"{chosen.description} takes {expected} channels (one RGB image) but {source or 'the input'} "
+                     "feeds 6 (left and right views): use --benchmark dpdd (inputC/), or a dual-pixel model such as "
+                     "restormer-dpdd-dual")

@@ -7,11 +7,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from .. import io
 from ..eval.distributed import DistributedError, PeerFailed, detect_launch, process_group
 from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
 from ..eval.records import EvaluationError
+from ..io.benchmarks import BENCHMARKS, AmbiguousLayout, find_benchmark
+from ..io.matblocks import write_blocks
+from ..zoo import registry
 from .common import (
     UsageError,
     add_model_options,
@@ -23,7 +28,7 @@ from .common import (
     progress,
     say,
 )
-from .chooser import chosen_model, models_for
+from .chooser import check_channels, chosen_model, models_for
 
 _LISTED = 10  # unmatched files named one per line before "and N more"
 
@@ -34,18 +39,29 @@ EXAMPLES = (
     "  tlc eval my_pairs/ --weights model.pth --modes full,tlc,tiles --tile 256 --overlap 32 --compare --report\n"
     "  tlc eval SIDD/val --weights model.pth --protocol float\n"
     "  tlc eval my_pairs/ --weights model.pth --skip-missing     # pairs lacking a side are listed, skipped\n"
-    "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders).\n"
+    "  tlc eval HIDE_dataset --benchmark hide --model restormer-gopro   # published numbers beside measured\n"
+    "  tlc eval DPDD/test --benchmark dpdd-dual --model restormer-dpdd-dual   # inputL + inputR as 6 channels\n"
+    "  tlc eval SIDD/ --benchmark sidd --weights model.pth --save-images   # .mat blocks in, restored .mat out\n"
+    "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders), or a\n"
+    "benchmark in its published layout: --benchmark sets the layout and the scoring protocol of\n"
+    "its published tables (docs/benchmarks.md); a layout that identifies itself needs no --benchmark.\n"
     "The default protocol (gopro) rounds outputs to uint8 and scores RGB PSNR and 3-D SSIM,\n"
     "as the reference repositories and MATLAB's ssim on RGB arrays do.\n"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, metavar="DATASET", help="paired dataset folder")
+    parser.add_argument("dataset", type=Path, metavar="DATASET",
+                        help="paired dataset folder, or a benchmark's in its published layout (see --benchmark)")
     parser.add_argument("--modes", default="full,tlc", help="comma-separated among full, tlc, tiles (default full,tlc)")
     parser.add_argument("--out", type=Path, default=Path("tlc-eval"), metavar="DIR",
                         help="results folder; rerun with the same one to resume (default tlc-eval)")
-    parser.add_argument("--protocol", default="gopro", help="gopro (default), y, float or per-channel-2d")
+    parser.add_argument("--benchmark", choices=tuple(BENCHMARKS), metavar="NAME",
+                        help="the dataset's published layout and protocol: " + ", ".join(BENCHMARKS)
+                             + " (default: recognised from the layout)")
+    parser.add_argument("--protocol", default=None,
+                        help="gopro (the default without a benchmark), y, float or per-channel-2d; "
+                             "overrides the benchmark's")
     parser.add_argument("--y-channel", action="store_true", help="score the Y channel")
     parser.add_argument("--crop-border", type=int, default=None, metavar="N", help="ignore N pixels at each border")
     parser.add_argument("--save-images", action="store_true", help="write restored images per mode")
@@ -66,10 +82,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser, modes=False)
 
 
-def _protocol(args: argparse.Namespace) -> Protocol:
-    if args.protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {args.protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    protocol = PROTOCOLS[args.protocol]
+def benchmark_protocol(name: str | None) -> str:
+    """The protocol a benchmark's published tables use, or its fallback preset where that
+    protocol is not (yet) among :data:`PROTOCOLS`; "gopro" without a benchmark."""
+    if name is None:
+        return "gopro"
+    benchmark = BENCHMARKS[name]
+    return benchmark.protocol if benchmark.protocol in PROTOCOLS else benchmark.fallback
+
+
+def published_scores(model: str | None, benchmark: str | None) -> dict[str, dict]:
+    """mode -> the registry's published score of ``model`` on ``benchmark``: "full" the one
+    without TLC, "tlc" the one with; empty for a model or benchmark without one."""
+    if not model or not benchmark:
+        return {}
+    try:
+        entry = registry.get(model)
+    except KeyError:
+        return {}
+    return {("tlc" if r.tlc else "full"): {"psnr": r.psnr, "ssim": r.ssim, "source": r.source}
+            for r in entry.results if r.benchmark == benchmark}
+
+
+def _protocol(args: argparse.Namespace, benchmark: str | None = None) -> Protocol:
+    name = args.protocol or benchmark_protocol(benchmark)
+    if name not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS[name]
     if args.y_channel:
         protocol = replace(protocol, y_channel=True)
     if args.crop_border is not None:
@@ -113,11 +152,14 @@ def run(args: argparse.Namespace) -> int:
     modes = _modes(args.modes)
     if not args.sync_timeout > 0:
         raise UsageError(f"--sync-timeout must be a positive number of seconds, got {args.sync_timeout:g}")
-    protocol = _protocol(args)
     if "tiles" in modes:
         check_tiles(args.tile, args.overlap)
     max_pixels = pixel_limit(args)
-    pairs = io.find_pairs(args.dataset, strict=not args.skip_missing)
+    try:
+        pairs = find_benchmark(args.dataset, args.benchmark, strict=not args.skip_missing)
+    except AmbiguousLayout as err:
+        raise UsageError(str(err)) from None
+    protocol = _protocol(args, pairs.benchmark)
     if args.limit is not None:
         pairs = replace(pairs, pairs=pairs.pairs[: args.limit])
     where = device(args.device)
@@ -132,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             per_mode, report, chosen, error = None, "", None, None
             try:
                 chosen = chosen_model(args)
+                check_channels(chosen, pairs.channels, f"--benchmark {pairs.benchmark}" if pairs.benchmark else "")
                 per_mode, report = models_for(chosen, modes, where, args.dtype, args.fast, args.functional)
             except Exception as err:  # told to the others, so none of them waits for this process
                 if not launch.distributed:
@@ -145,13 +188,15 @@ def run(args: argparse.Namespace) -> int:
                                     functional=args.functional,
                                     tile=args.tile, overlap=args.overlap, device=where, dtype=args.dtype)
             processes = f", {launch.world_size} processes" if launch.distributed else ""
-            speak(f"{len(pairs.pairs)} pairs ({pairs.layout} layout), modes {', '.join(modes)}, "
+            bench = f"benchmark {pairs.benchmark}, " if pairs.benchmark else ""
+            speak(f"{len(pairs.pairs)} pairs ({bench}{pairs.layout} layout), modes {', '.join(modes)}, "
                   f"protocol {protocol.name}{processes}")
+            published = published_scores(args.model, pairs.benchmark)
             desc = "evaluating (rank 0's share)" if launch.distributed else "evaluating"
             result = evaluate(per_mode, pairs, settings, args.out, save_images=args.save_images,
                               compare=args.compare, report=args.report,
                               progress=lambda it: progress(it, desc=desc), log=speak, group=group,
-                              read=lambda path: _read(path, max_pixels))
+                              read=lambda path: _read(path, max_pixels), published=published)
     except PeerFailed:
         # Rank 0 names the failed process. Exiting 0 lets torchrun wait for rank 0 to say so (a
         # non-zero exit here would make torchrun kill rank 0 first); the launch fails with rank 0.
@@ -160,6 +205,28 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError(f"{error_text(err)}; the rows finished so far are kept: rerun to resume") from None
     if launch.rank == 0:
         print(result.table())
+        if pairs.blocks is not None and args.save_images:
+            for mode in modes:
+                saved = _save_blocks(args.out, mode, pairs)
+                if saved:
+                    speak(f"{mode}: restored blocks in {saved}")
         written = "per_image.csv, summary.json" + (", report.html" if args.report else "")
         speak(f"results in {args.out}/ ({written})")
     return 1 if result.failures else 0
+
+
+def _save_blocks(out: Path, mode: str, pairs: io.PairedSet) -> Path | None:
+    """The restored blocks of ``mode`` (images/MODE/II_BB.png) gathered into one .mat file of the
+    input's layout (images x blocks x H x W x 3, uint8) beside them; None while some are missing."""
+    folder = out / "images" / mode
+    names = [name for name, _, _ in pairs.pairs]
+    if not all((folder / f"{name}.png").is_file() for name in names):
+        return None
+    shape = pairs.blocks.arrays()[0].shape
+    if len(names) != shape[0] * shape[1]:  # --limit: a partial array would read as a whole one
+        return None
+    blocks = np.zeros(shape, dtype=np.uint8)
+    for name in names:
+        i, j = (int(part) for part in name.split("_"))
+        blocks[i, j] = np.rint(io.read_image(folder / f"{name}.png").pixels * 255).astype(np.uint8)
+    return write_blocks(folder / "DenoisedBlocksSrgb.mat", "DenoisedBlocksSrgb", blocks)

@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .. import io
@@ -23,7 +24,7 @@ from .common import (
     progress,
     say,
 )
-from .chooser import chosen_model, models_for
+from .chooser import check_channels, chosen_model, models_for
 from .video import FRAME_NAME, frame_path, restore_video, restore_video_frames
 
 SUMMARY = "Restore images and videos with a model, with TLC by default."
@@ -36,12 +37,18 @@ EXAMPLES = (
     "  tlc restore clip.mp4 -o restored.mp4 --model tiny-nafnet   # frame rate, frames, size and audio kept\n"
     "  tlc restore clips/ -o out/ --model tiny-nafnet --lossless   # every video in clips/, RGB stored exactly\n"
     "  tlc restore clip.mp4 --frames-out frames/ --model tiny-nafnet   # frames/frame_000001.png, ...\n"
+    "  tlc restore --dual left.png right.png -o out/ --model restormer-dpdd-dual   # dual-pixel views, 6 channels\n"
+    "  tlc restore --dual DPDD/inputL DPDD/inputR -o out/ --model restormer-dpdd-dual   # folders paired by name\n"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image or video (.mp4, .mov, .mkv, .avi, .webm) files, folders or glob patterns")
+    parser.add_argument("--dual", nargs=2, type=Path, metavar=("LEFT", "RIGHT"),
+                        help="dual-pixel input instead of INPUT: the left and right views, two images or two folders "
+                             "whose images pair by file name (DPDD's inputL/ and inputR/), fed to the model as 6 "
+                             "channels; outputs are named after the left views")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT",
                         help="folder for the results; for a single video input also a video file, e.g. out.mp4")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
@@ -68,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dual is not None:
+        return _run_dual(args)
+    if not args.inputs:
+        raise UsageError("give the images or videos to restore (INPUT ...), or --dual LEFT RIGHT")
     paths, problems = io.collect_inputs(args.inputs, io.IMAGE_SUFFIXES | io.VIDEO_SUFFIXES)
     for problem in problems:
         say(f"tlc: warning: {problem}")
@@ -81,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=device(args.device),
                            dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
     chosen = chosen_model(args)
+    check_channels(chosen, 3)
     models, report = models_for(chosen, [args.mode], settings.device, settings.dtype, args.fast, args.functional)
     if report:
         say(report)
@@ -245,3 +257,71 @@ def _say_tile_plan(
     if plan.overhead > 3:
         say(f"tlc: warning: {path.name}: the tiles are mostly context margin ({plan.overhead:.1f}x the pixels of "
             "one pass); a larger --max-megapixels runs faster")
+
+
+def dual_pairs(left: Path, right: Path) -> list[tuple[Path, Path]]:
+    """(left, right) views named by --dual: two image files, or two folders paired by file stem.
+
+    Raises:
+        UsageError: a path is missing, one is a file and the other a folder, or a folder's image
+            has no counterpart of the same name in the other.
+    """
+    for p in (left, right):
+        if not p.exists():
+            raise UsageError(f"--dual: {p}: no such file or folder")
+    if left.is_dir() != right.is_dir():
+        raise UsageError("--dual takes two image files or two folders, not one of each")
+    if not left.is_dir():
+        return [(left, right)]
+    lefts, rights = io.images_by_stem(left), io.images_by_stem(right)
+    lone = sorted(set(lefts) ^ set(rights))
+    if lone:
+        raise UsageError(f"--dual: {len(lone)} view(s) without a counterpart of the same name in the other folder: "
+                         f"{', '.join(lone[:10])}")
+    if not lefts:
+        raise UsageError(f"--dual: {left} has no image files")
+    return [(lefts[stem], rights[stem]) for stem in sorted(lefts)]
+
+
+def _run_dual(args: argparse.Namespace) -> int:
+    """Restore dual-pixel pairs: left and right views concatenated to the 6 channels the model takes."""
+    if args.inputs:
+        raise UsageError("give either INPUT files or --dual LEFT RIGHT, not both")
+    if args.output is None:
+        raise UsageError("say where the results go: -o FOLDER")
+    pairs = dual_pairs(*args.dual)
+    max_megapixels, tile_margin = _tiling_flags(args)
+    settings = RunSettings(mode=args.mode, tile=args.tile, overlap=args.overlap, device=device(args.device),
+                           dtype=args.dtype, max_megapixels=max_megapixels, tile_margin=tile_margin)
+    chosen = chosen_model(args)
+    check_channels(chosen, 6, "--dual")
+    models, report = models_for(chosen, [args.mode], settings.device, settings.dtype, args.fast, args.functional)
+    if report:
+        say(report)
+    model = models[args.mode]
+    suffix = f".{args.ext.lstrip('.')}".lower() if args.ext else None
+    written = skipped = failed = 0
+    for left, right in progress(pairs, total=len(pairs), desc="restoring"):
+        target = args.output / f"{left.stem}{suffix or left.suffix}"
+        if target.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            views = io.read_image(left), io.read_image(right)
+            if views[0].pixels.shape[:2] != views[1].pixels.shape[:2]:
+                raise io.ImageError(f"{left} is {views[0].width} x {views[0].height} but {right} is "
+                                    f"{views[1].width} x {views[1].height}")
+            x = torch.cat([io.to_model_input(v) for v in views], dim=1)
+            pixels, _ = io.from_model_output(restore(model, x, settings), views[0])
+            depth = views[0].bit_depth if target.suffix.lower() in (".png", ".tif", ".tiff") else 8
+            io.write_image(target, pixels, bit_depth=depth, overwrite=args.overwrite)
+            written += 1
+        except io.ImageError as err:
+            say(f"tlc: error: {err}")
+            failed += 1
+        except (ValueError, OSError, RuntimeError, MemoryError) as err:
+            say(f"tlc: error: {left}: {one_line(err, typed=True)}")
+            failed += 1
+    note = f"; {skipped} skipped (already there, use --overwrite)" if skipped else ""
+    say(f"wrote {written} image(s) to {args.output}{note}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0

@@ -9,7 +9,9 @@ Results go to an output folder:
   rather than mixing results.
 - ``summary.json``: per mode: mean PSNR and SSIM, images, seconds per image, peak memory, and the
   protocol, model and settings; the dataset's unmatched files (``skipped_missing``: how many,
-  ``skipped_missing_files``: their names), found with ``find_pairs(strict=False)``.
+  ``skipped_missing_files``: their names), found with ``find_pairs(strict=False)``;
+  the benchmark, per-subset means (HIDE's close-ups and long shots,
+  DPDD's indoor and outdoor scenes) and the published numbers where given.
 - with ``save_images``: ``images/<mode>/<name>.png``; with ``compare``: ``compare/<name>.png``,
   centre crops side by side in the fixed order input | full | tiles | tlc | target (the modes
   evaluated), each under a label with its name and PSNR/SSIM against the target.
@@ -97,17 +99,49 @@ class EvalSettings:
 
 @dataclass
 class EvalResult:
+    """What an evaluation found.
+
+    Attributes:
+        settings: what the numbers were computed with.
+        modes: mode -> means over every pair.
+        resumed_rows: rows an earlier run had already written.
+        failures: one line per pair or (pair, mode) that could not be scored.
+        benchmark: the benchmark evaluated (e.g. "hide"), or None.
+        subsets: subset -> mode -> means over that subset's pairs.
+        published: mode -> the published score it is compared with: {"psnr", "ssim", "source"}
+            ("full" against the number without TLC, "tlc" against the one with).
+    """
+
     settings: EvalSettings
     modes: dict[str, ModeSummary]
     resumed_rows: int = 0
     failures: list[str] = field(default_factory=list)
+    benchmark: str | None = None
+    subsets: dict[str, dict[str, ModeSummary]] = field(default_factory=dict)
+    published: dict[str, dict] = field(default_factory=dict)
 
     def table(self) -> str:
-        """The per-mode results as an aligned text table."""
-        lines = [f"{'mode':<8}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"]
+        """The per-mode results as an aligned text table: the published PSNR/SSIM beside the
+        measured ones where known, then the means of each subset."""
+        head = f"{'mode':<8}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"
+        if self.published:
+            head += f"{'published PSNR':>16}{'SSIM':>8}"
+        lines = [head]
         for mode, s in self.modes.items():
             memory = f"{s.peak_memory_mib:.0f}" if s.peak_memory_mib is not None else "-"
-            lines.append(f"{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}")
+            line = f"{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}"
+            if mode in self.published:
+                ref = self.published[mode]
+                ssim = f"{ref['ssim']:.4f}" if ref.get("ssim") is not None else "-"
+                line += f"{ref['psnr']:>16.2f}{ssim:>8}  ({ref.get('source', '')})"
+            elif self.published:
+                line += f"{'-':>16}{'-':>8}"
+            lines.append(line)
+        if self.subsets:
+            lines.append(f"{'subset':<16}{'mode':<8}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}")
+            for subset, per_mode in self.subsets.items():
+                for mode, s in per_mode.items():
+                    lines.append(f"{subset:<16}{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}")
         return "\n".join(lines)
 
 
@@ -208,7 +242,7 @@ def _evaluate_share(
         runner = _ShareRunner(models, settings, out_dir, writer, f, save_images, read)
         for index, need_strip, need_views in progress(share):
             name = pairs.pairs[index][0]
-            runner.pair(index, pairs.pairs[index], [m for m in settings.modes if (name, m) not in plan.done],
+            runner.pair(index, pairs, [m for m in settings.modes if (name, m) not in plan.done],
                         need_strip, need_views)
     return runner.peaks, runner.failures, runner.written
 
@@ -224,21 +258,22 @@ class _ShareRunner:
         self.failures: list[tuple[int, str]] = []
         self.written = 0
 
-    def pair(self, index: int, pair: tuple[str, Path, Path], todo: list[str], need_strip: bool,
-             need_views: bool) -> None:
-        """Score the modes in ``todo`` on one pair; also the compare strip and the report's views
-        where asked (every mode is then run, its score recomputed as the row has it)."""
-        name, input_path, target_path = pair
+    def pair(self, index: int, pairs: PairedSet, todo: list[str], need_strip: bool, need_views: bool) -> None:
+        """Score the modes in ``todo`` on pair ``index``; also the compare strip and the report's
+        views where asked (every mode is then run, its score recomputed as the row has it)."""
+        name = pairs.pairs[index][0]
         try:
-            degraded, target = self.read(input_path), self.read(target_path)
+            views, target = pairs.load(index, self.read)
         except io.ImageError as err:
             self.failures.append((index, f"{name}: {err}"))
             return
+        degraded = views[0]  # the image shown and scored as "input" (dual-pixel: the left view)
         if degraded.pixels.shape[:2] != target.pixels.shape[:2]:
             self.failures.append((index, f"{name}: input {degraded.pixels.shape[:2]} and target "
                                          f"{target.pixels.shape[:2]} differ in size"))
             return
-        x = io.to_model_input(degraded)
+        depth = target.bit_depth  # restored images are saved at the target's bit depth (16 for DPDD)
+        x = torch.cat([io.to_model_input(v) for v in views], dim=1) if len(views) > 1 else io.to_model_input(degraded)
         need_images = need_strip or need_views
         outputs, scores = {}, {}
         for mode in self.settings.modes:
@@ -258,7 +293,7 @@ class _ShareRunner:
                 self.file.flush()
                 self.written += 1
             if self.save_images:
-                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels)
+                self._write(self.out_dir / "images" / mode / f"{name}.png", pixels, depth)
         if not (need_images and outputs):
             return
         scores["input"] = self._score(degraded.pixels, target.pixels)
@@ -295,9 +330,9 @@ class _ShareRunner:
         return io.from_model_output(restored, like)[0], seconds
 
     @staticmethod
-    def _write(path: Path, pixels: np.ndarray) -> None:
+    def _write(path: Path, pixels: np.ndarray, bit_depth: int = 8) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        io.write_image(path, pixels, bit_depth=8, overwrite=True)
+        io.write_image(path, pixels, bit_depth=bit_depth, overwrite=True)
 
 
 def _finish(
@@ -311,6 +346,7 @@ def _finish(
     report: bool,
     world_size: int,
     log: Callable[[str], None],
+    published: dict[str, dict] | None = None,
 ) -> EvalResult:
     """Rank 0: merge every process's rows into per_image.csv and write summary.json (and report.html)."""
     rows, per_file = merge_rows(out_dir, row_order(pairs, settings.modes))
@@ -330,8 +366,13 @@ def _finish(
                                            key=lambda f: f[0])]
     for failure in failures:
         log(f"failed: {failure}")
-    result = EvalResult(settings, summarise(rows, set(plan.names), settings.modes, peaks), plan.resumed, failures)
+    names = set(plan.names)
+    subsets = {subset: summarise(rows, names & set(members), settings.modes, {})
+               for subset, members in pairs.subsets.items()}
+    result = EvalResult(settings, summarise(rows, names, settings.modes, peaks), plan.resumed, failures,
+                        pairs.benchmark, subsets, dict(published or {}))
     summary = {
+        "benchmark": pairs.benchmark,
         "modes": {mode: asdict(s) for mode, s in result.modes.items()},
         "protocol": asdict(settings.protocol),
         "model": settings.model,
@@ -343,11 +384,12 @@ def _finish(
         "processes": world_size,
         "failures": failures,
         "compare_order": panel_order(settings.modes) if compare else None,
+        "subsets": {subset: {mode: asdict(s) for mode, s in per_mode.items()} for subset, per_mode in subsets.items()},
+        "published": result.published,
     }
     text = json.dumps(summary, indent=2, default=str)
     write_atomically(out_dir / "summary.json", text)
     if report:
-        names = set(plan.names)
         mine = [r for r in rows if r["image"] in names and r["mode"] in settings.modes]
         views = load_views(out_dir, plan.names[:VIEW_IMAGES], settings.modes)
         write_atomically(out_dir / "report.html", build_report(json.loads(text), mine, views))
@@ -367,6 +409,7 @@ def evaluate(
     log: Callable[[str], None] = print,
     group: Group | None = None,
     read: Callable[[Path], io.Image] | None = None,
+    published: dict[str, dict] | None = None,
 ) -> EvalResult:
     """Evaluate each mode's model on every pair and write the results to ``out_dir``.
 
@@ -390,6 +433,8 @@ def evaluate(
         group: the processes of the run; None: this process alone.
         read: reads a pair's image files (default :func:`tlc.io.read_image`; e.g. one with a pixel
             limit); an :class:`~tlc.io.ImageError` it raises fails that pair, with its message.
+        published: mode -> published score ({"psnr", "ssim", "source"}) shown beside the measured
+            one in the table and summary.json.
 
     Raises:
         EvaluationError: the folder holds other settings (or, seen from a process other than
@@ -427,5 +472,5 @@ def evaluate(
     reports = group.all_gather(outcome, "collecting the results")
     return group.run_on_rank0(
         lambda: _finish(out_dir, pairs, settings, plan, reports, compare=compare, report=report,
-                        world_size=group.world_size, log=log),
+                        world_size=group.world_size, log=log, published=published),
         "merging the results")

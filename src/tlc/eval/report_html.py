@@ -275,6 +275,14 @@ def _settings_section(summary: dict, modes: list[str]) -> str:
         ("device", f"{settings.get('device')}, {settings.get('dtype')}"),
         ("processes", summary.get("processes")),
     ]
+    if summary.get("benchmark"):
+        items.insert(1, ("benchmark", summary["benchmark"]))
+    for subset, per_mode in (summary.get("subsets") or {}).items():
+        means = (f"{mode} {s['psnr']:.4f} dB / {s['ssim']:.4f} ({s['images']} images)" for mode, s in per_mode.items())
+        items.append((f"subset {subset}", ", ".join(means)))
+    for mode, ref in (summary.get("published") or {}).items():
+        ssim = f" / {ref['ssim']:.4f}" if ref.get("ssim") is not None else ""
+        items.append((f"published ({mode})", f"{ref['psnr']:.2f} dB{ssim}, {ref.get('source', '')}"))
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
     failures = summary.get("failures") or []
     failed = ""

@@ -27,7 +27,7 @@ is applied, as viewers show the photo; other formats are returned as stored.
 """
 from .headers import sniff
 from .image import Image, ImageError, Mode, from_model_output, to_model_input
-from .pairs import IMAGE_SUFFIXES, LAYOUTS, PairedSet, collect_inputs, find_pairs
+from .pairs import IMAGE_SUFFIXES, LAYOUTS, PairedSet, collect_inputs, find_pairs, images_by_stem
 from .read import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, read_image
 from .video import (
     VIDEO_SUFFIXES,
@@ -66,6 +66,7 @@ __all__ = [
     "find_pairs",
     "frame_to_tensor",
     "from_model_output",
+    "images_by_stem",
     "is_video_file",
     "probe_video",
     "read_frames",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .._util import Hint, hinted
-from .image import ImageError, PathLike
+from .image import Image, ImageError, PathLike
+from .read import read_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
 # (input folder, target folder) names of paired datasets, in the order they are tried.
@@ -16,9 +18,17 @@ LAYOUTS: tuple[tuple[str, str], ...] = (("input", "target"), ("blur", "sharp"), 
 _MAX_LISTED = 10
 
 
+class BlockSource(Protocol):
+    """Pairs stored as arrays of blocks rather than image files (SIDD's .mat files)."""
+
+    def load(self, name: str) -> tuple[Image, Image]:
+        """(degraded, target) of the block called ``name``."""
+        ...
+
+
 @dataclass
 class PairedSet:
-    """Input/target pairs found by :func:`find_pairs`.
+    """Input/target pairs found by :func:`find_pairs` or :func:`tlc.io.benchmarks.find_benchmark`.
 
     Attributes:
         pairs: (name, input path, target path), sorted by name; the name is the file stem, or
@@ -26,12 +36,25 @@ class PairedSet:
         layout: the folder layout found, e.g. "input/target" or "*/blur/sharp" (nested scenes).
         unmatched_inputs: input files with no target of the same stem.
         unmatched_targets: target files with no input of the same stem.
+        benchmark: the benchmark whose published layout this is (e.g. "hide"), or None.
+        subsets: subset name -> names of its pairs (HIDE's close-ups and long shots, DPDD's
+            indoor and outdoor scenes), reported beside the overall means.
+        views: pair name -> the input files whose RGB channels are concatenated into the model
+            input, in order (dual-pixel: left, right); pairs not listed take their input path.
+        channels: channels of the model input: 3 per view.
+        blocks: where the pairs' pixels come from when they are blocks of arrays (the paths are
+            then the array files); None for image files.
     """
 
     pairs: list[tuple[str, Path, Path]]
     layout: str
     unmatched_inputs: list[Path] = field(default_factory=list)
     unmatched_targets: list[Path] = field(default_factory=list)
+    benchmark: str | None = None
+    subsets: dict[str, list[str]] = field(default_factory=dict)
+    views: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    channels: int = 3
+    blocks: BlockSource | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -42,13 +65,33 @@ class PairedSet:
         depth = self.layout.count("/") + 1  # folders from the dataset down to a file, and the file
         return ["/".join(p.parts[-depth:]) for p in self.unmatched_inputs + self.unmatched_targets]
 
+    def load(
+        self, index: int, read: Callable[[Path], Image] = read_image
+    ) -> tuple[tuple[Image, ...], Image]:
+        """The input views and the target of pair ``index`` (one view unless dual-pixel), image
+        files read with ``read`` (e.g. one with a pixel limit).
+
+        Raises:
+            ImageError: a file cannot be read, or the views differ in size.
+        """
+        name, input_path, target_path = self.pairs[index]
+        if self.blocks is not None:
+            degraded, target = self.blocks.load(name)
+            return (degraded,), target
+        views = tuple(read(p) for p in self.views.get(name, (input_path,)))
+        if len({v.pixels.shape[:2] for v in views}) > 1:
+            sizes = ", ".join(f"{v.width} x {v.height}" for v in views)
+            raise ImageError(f"{name}: its input views differ in size ({sizes})")
+        return views, read(target_path)
+
+
 
 def _is_image_file(p: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> bool:
     # Hidden names are skipped: macOS "._x.png" resource forks and our own temporary files.
     return p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
 
 
-def _images_in(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+def images_in(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files (or files with one of ``suffixes``) directly in ``folder``, sorted by name."""
     return sorted((p for p in folder.iterdir() if _is_image_file(p, suffixes)), key=lambda p: p.name)
 
@@ -78,7 +121,7 @@ def collect_inputs(
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = _images_in(p, suffixes)
+            found = images_in(p, suffixes)
             if not found:
                 problems.append(f"{spec}: folder has no {kind} files ({', '.join(sorted(suffixes))})")
         elif p.exists():
@@ -99,12 +142,12 @@ def collect_inputs(
     return paths, problems
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def images_by_stem(folder: Path) -> dict[str, Path]:
     """Image files of ``folder`` keyed by stem; two files with one stem cannot be paired."""
     found: dict[str, Path] = {}
     if not folder.is_dir():
         return found
-    for p in _images_in(folder):
+    for p in images_in(folder):
         if p.stem in found:
             raise ImageError(f"{folder}: {found[p.stem].name} and {p.name} have the same name; "
                              "cannot tell which one to pair")
@@ -157,7 +200,7 @@ def find_pairs(root: PathLike, *, strict: bool = True) -> PairedSet:
     unmatched_inputs: list[Path] = []
     unmatched_targets: list[Path] = []
     for prefix, input_dir, target_dir in scenes:
-        inputs, targets = _by_stem(input_dir), _by_stem(target_dir)
+        inputs, targets = images_by_stem(input_dir), images_by_stem(target_dir)
         pairs += [(prefix + stem, inputs[stem], targets[stem]) for stem in inputs if stem in targets]
         unmatched_inputs += [p for stem, p in inputs.items() if stem not in targets]
         unmatched_targets += [p for stem, p in targets.items() if stem not in inputs]

@@ -27,15 +27,30 @@ from pathlib import Path
 from .._util import Pair
 
 
+#: The benchmark (``tlc eval --benchmark``) each published dataset name is scored on.
+BENCHMARK_OF_DATASET = {"GoPro": "gopro", "HIDE": "hide", "REDS": "reds-300", "SIDD": "sidd", "DPDD": "dpdd",
+                        "RealBlur-J": "realblur-j", "RealBlur-R": "realblur-r"}
+
+
 @dataclass(frozen=True)
 class Result:
-    """A published score: PSNR in dB and SSIM on ``dataset``, with or without TLC."""
+    """A published score: PSNR in dB and SSIM on ``dataset``, with or without TLC.
+
+    ``benchmark`` is the name ``tlc eval --benchmark`` takes for the test set and protocol the
+    number was measured on (default: from :data:`BENCHMARK_OF_DATASET`; REDS numbers are on the
+    300-frame validation subset, "reds-300").
+    """
 
     dataset: str
     psnr: float
     ssim: float | None = None
     tlc: bool = False
     source: str = ""
+    benchmark: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.benchmark:
+            object.__setattr__(self, "benchmark", BENCHMARK_OF_DATASET.get(self.dataset, self.dataset.lower()))
 
 
 @dataclass(frozen=True)
@@ -205,7 +220,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
     ModelEntry(
         "restormer-dpdd-dual", "Restormer", {"inp_channels": 6, "dual_pixel_task": True},
         "dual-pixel defocus deblurring", "params", (256, 256), None,
-        (Result("DPDD", 26.66, 0.833, source="Zamir et al. 2022 (Restormer)"),),
+        (Result("DPDD", 26.66, 0.833, source="Zamir et al. 2022 (Restormer)", benchmark="dpdd-dual"),),
         NON_COMMERCIAL, RESTORMER_URL + "dual_pixel_defocus_deblurring.pth", non_commercial=True,
         sources=(RESTORMER_URL + "dual_pixel_defocus_deblurring.pth",),
     ),

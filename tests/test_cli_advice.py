@@ -357,6 +357,9 @@ UNREACHABLE = {
     ("convert/core.py", "pass inplace=True"): "the CLI converts each freshly loaded model once",
     ("convert/pooled_values.py", "writes into out="): "describes a torch call in a conversion report",
     ("eval/metrics.py", "pass data_range"): "the CLI scores through a Protocol, which sets the range",
+    ("eval/metrics.py", "it needs y_channel=True"): "the CLI refuses --y-channel/--crop-border on such presets first",
+    ("eval/metrics.py", "it needs ssim='2d'"): "the CLI refuses --y-channel/--crop-border on such presets first",
+    ("eval/metrics.py", "blocks must be"): "the CLI passes SIDD's blocks as the .mat files hold them",
     ("export.py", "pass in_channels"): "every model the CLI loads has a convolution",
     ("io/write.py", "bit_depth=8"): "the CLI writes 8-bit to formats without 16-bit",
     ("nn/attention_pattern.py", "p="): "describes a torch call in a conversion report",
@@ -397,3 +400,15 @@ def test_no_message_gives_python_advice_the_cli_can_show():
     assert unexplained == []
     stale = [key for key in UNREACHABLE if not any(name == key[0] and key[1] in text for name, _, text in found)]
     assert stale == []  # each exception still matches a message
+
+
+@pytest.mark.parametrize("flag", [["--y-channel"], ["--crop-border", "4"]])
+def test_presets_with_their_own_region_refuse_luma_and_crop_flags(tmp_path, capsys, flag):
+    """realblur scores RGB over the region its alignment leaves: the flags get one usage line."""
+    for side in ("input", "target"):
+        tlc.io.write_image(tmp_path / side / "a.png", np.full((16, 16, 3), 0.4))
+    code = main(["eval", str(tmp_path), "--protocol", "realblur", *flag, "--model", "tiny-nafnet",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the realblur protocol scores as its reference script does" in err, err
+    assert not (tmp_path / "out").exists()

@@ -109,12 +109,16 @@ def _protocol(args: argparse.Namespace, benchmark: str | None = None) -> Protoco
     if name not in PROTOCOLS:
         raise UsageError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[name]
-    if args.y_channel:
-        protocol = replace(protocol, y_channel=True)
-    if args.crop_border is not None:
-        if args.crop_border < 0:
-            raise UsageError("--crop-border must be >= 0")
-        protocol = replace(protocol, crop_border=args.crop_border)
+    if args.crop_border is not None and args.crop_border < 0:
+        raise UsageError("--crop-border must be >= 0")
+    try:
+        if args.y_channel:
+            protocol = replace(protocol, y_channel=True)
+        if args.crop_border is not None:
+            protocol = replace(protocol, crop_border=args.crop_border)
+    except ValueError:  # presets that fix their own channels and region (rain's luma, RealBlur's alignment)
+        raise UsageError(f"the {name} protocol scores as its reference script does: leave out --y-channel "
+                         "and --crop-border") from None
     if args.y_channel or args.crop_border:
         protocol = replace(protocol, name=f"{protocol.name}{'+y' if protocol.y_channel else ''}"
                                           f"{f'+crop{protocol.crop_border}' if protocol.crop_border else ''}")

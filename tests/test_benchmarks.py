@@ -98,9 +98,13 @@ def _realblur(root, rng, which: str, listed: list[tuple[str, int]], unlisted: li
     folder = {"J": "RealBlur-J_ECC_IMCORR_centroid_itensity_ref",
               "R": "RealBlur-R_BM3D_ECC_IMCORR_centroid_itensity_ref"}[which]
     lines = []
-    for scene, n in listed + unlisted:
-        put(root / folder / scene / "blur" / f"blur_{n}.png", rng)
-        put(root / folder / scene / "gt" / f"gt_{n}.png", rng)
+    for scene, n in listed + unlisted:  # blur: the sharp image plus a little noise, so that alignment converges
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        phase = rng.random(3, dtype=np.float32) * 6
+        sharp = np.stack([0.5 + 0.3 * np.sin(xx / 3 + p) * np.cos(yy / 4 - p) for p in phase], axis=-1)
+        tlc_io.write_image(root / folder / scene / "gt" / f"gt_{n}.png", sharp)
+        blurred = np.clip(sharp + 0.02 * rng.standard_normal(sharp.shape), 0, 1)
+        tlc_io.write_image(root / folder / scene / "blur" / f"blur_{n}.png", blurred)
     for scene, n in listed:
         lines.append(f"{folder}/{scene}/gt/gt_{n}.png {folder}/{scene}/blur/blur_{n}.png")
     (root / f"RealBlur_{which}_test_list.txt").write_text("\n".join(lines) + "\n")
@@ -377,3 +381,15 @@ def test_restormer_copies_in_input_target_take_the_named_benchmark(tmp_path):
     for name in ("dpdd", "dpdd-dual", "sidd"):  # their copies keep the published layout
         with pytest.raises(tlc_io.ImageError, match=f"not the {name if name != 'sidd' else 'SIDD'} layout"):
             find_benchmark(root, name)
+
+
+def test_realblur_pair_that_does_not_align_fails_alone(tmp_path):
+    """ECC cannot align unrelated images: that pair is a failure in summary.json, the others are scored."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "RealBlur"
+    _realblur(root, rng, "J", [("scene230", 1), ("scene230", 2)], [])
+    folder = root / "RealBlur-J_ECC_IMCORR_centroid_itensity_ref" / "scene230"
+    tlc_io.write_image(folder / "blur" / "blur_2.png", image(rng), overwrite=True)  # noise, unrelated to gt_2
+    code, summary, rows = evaluate(root, tmp_path / "out", "--benchmark", "realblur-j")
+    assert code == 1 and [r["image"] for r in rows] == ["scene230/blur_1"]
+    assert len(summary["failures"]) == 1 and summary["failures"][0].startswith("scene230/blur_2 [full]: RealBlur alignment failed")

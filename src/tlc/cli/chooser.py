@@ -5,42 +5,67 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ..convert import convert
+from ..eval.ablation import ablation_mode
 from ..zoo import ChosenModel, choose_model
-from .common import UsageError
+from .common import UsageError, resolve_base_size
 
 
-def chosen_model(args: argparse.Namespace, need_weights: bool = True) -> ChosenModel:
-    """Load the model --model / --weights name, with TLC sizes from the flags or the registry."""
+def chosen_model(args: argparse.Namespace, need_weights: bool = True, several_bases: bool = False) -> ChosenModel:
+    """Load the model --model / --weights name, with TLC sizes from the flags or the registry (the
+    first --base-size value when ``several_bases``: see :func:`base_sizes`)."""
     if not args.model and args.weights is None:
         raise UsageError("say which model: --model NAME (with --weights PATH) or --weights PATH")
+    specs = args.base_size or []
+    if len(specs) > 1 and not several_bases:
+        raise UsageError("several --base-size values are for `tlc eval`, which scores each (a window ablation)")
+    first = specs[0] if specs else None
     try:
-        return choose_model(args.model, args.weights, train_size=args.train_size, base_size=args.base_size,
-                            need_weights=need_weights, strict=args.strict, key=args.checkpoint_key)
+        chosen = choose_model(args.model, args.weights, train_size=args.train_size,
+                              base_size=first if first is not None and len(first) == 2 else None,
+                              need_weights=need_weights, strict=args.strict, key=args.checkpoint_key)
     except KeyError as err:
         raise UsageError(err.args[0]) from None
+    if first is not None and len(first) == 1:
+        chosen = replace(chosen, base_size=resolve_base_size(first, chosen.train_size))
+    return chosen
+
+
+def base_sizes(args: argparse.Namespace, chosen: ChosenModel) -> list[tuple[int, int]]:
+    """Every --base-size value in pixels, in order, without repeats (the chosen model's own base
+    size when the flag is absent)."""
+    if not args.base_size:
+        return [chosen.base_size]
+    return list(dict.fromkeys(resolve_base_size(spec, chosen.train_size) for spec in args.base_size))
 
 
 def models_for(
-    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = True
+    chosen: ChosenModel, modes: list[str], device: str, dtype: str, fast: bool, functional: bool = True,
+    bases: list[tuple[int, int]] | None = None,
 ) -> tuple[dict[str, nn.Module], str]:
-    """mode -> model on the device in the dtype (the TLC one converted), and the report line."""
+    """mode -> model on the device in the dtype (the TLC one converted), and the report line.
+
+    With several ``bases`` (a window ablation) the TLC mode is one converted model per base size,
+    under the modes :func:`tlc.eval.ablation_mode` names ("tlc@384", ...)."""
     model = chosen.model.to(device=device, dtype=getattr(torch, dtype))
     per_mode: dict[str, nn.Module] = {m: model for m in modes if m != "tlc"}
     report = ""
     if "tlc" in modes:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a model without global ops: the report says so
-            per_mode["tlc"], conversion = convert(
-                model, chosen.train_size, chosen.base_size, fast=fast, functional=functional
-            )
+        several = bases is not None and len(bases) > 1
+        for base in bases if several else [chosen.base_size]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a model without global ops: the report says so
+                local, conversion = convert(model, chosen.train_size, base, fast=fast, functional=functional)
+            per_mode[ablation_mode(base) if several else "tlc"] = local
         sites = sum(1 for site in conversion.call_sites if site.window is not None) if functional else 0
+        shown = ", ".join(f"{b[0]}x{b[1]}" for b in bases) if several else f"{chosen.base_size[0]}x{chosen.base_size[1]}"
         report = (f"TLC: {len(conversion.converted) + sites} global ops made local "
-                  f"(train {chosen.train_size[0]}x{chosen.train_size[1]}, base {chosen.base_size[0]}x{chosen.base_size[1]})")
+                  f"(train {chosen.train_size[0]}x{chosen.train_size[1]}, base {shown})")
     return per_mode, report
 
 

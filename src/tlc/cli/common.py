@@ -67,6 +67,33 @@ def parse_size(text: str) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
+BaseSpec = tuple  # (H, W) in pixels, or (factor,): that many times the training size
+
+
+def parse_base_sizes(text: str) -> list[BaseSpec]:
+    """'384' -> [(384, 384)]; '1.5x' -> [(1.5,)] (times the training size); a comma-separated list
+    of either, e.g. '1x,1.5x,2x,3x' or '256,384,512x768' (a window ablation in `tlc eval`)."""
+    specs: list[BaseSpec] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.lower().endswith("x") and part[:-1].replace(".", "", 1).isdigit():
+            factor = float(part[:-1])
+            if not factor > 0:
+                raise argparse.ArgumentTypeError(f"a relative base size must be positive, got {part!r}")
+            specs.append((factor,))
+        else:
+            specs.append(parse_size(part))
+    if not specs:
+        raise argparse.ArgumentTypeError("expected H[xW] or a factor like 1.5x")
+    return specs
+
+
+def resolve_base_size(spec: BaseSpec, train_size: tuple[int, int]) -> tuple[int, int]:
+    """A --base-size value in pixels: (H, W) as given, or a factor times the training size."""
+    if len(spec) == 2:
+        return spec  # type: ignore[return-value]
+    return tuple(max(1, round(spec[0] * t)) for t in train_size)  # type: ignore[return-value]
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="NAME",
@@ -75,8 +102,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", metavar="PATH", type=Path, help="checkpoint file (.pth, .pt, .safetensors)")
     group.add_argument("--train-size", metavar="H[xW]", type=parse_size,
                        help="training crop size (default: the registry entry's, else 256)")
-    group.add_argument("--base-size", metavar="H[xW]", type=parse_size,
-                       help="local window in image pixels (default: the paper's setting, else 1.5x train size)")
+    group.add_argument("--base-size", metavar="H[xW]|Fx", type=parse_base_sizes,
+                       help="local window in image pixels, or a factor of the training size like 1.5x (default: "
+                            "the paper's setting, else 1.5x); `tlc eval` takes several, comma-separated "
+                            "(1x,1.5x,2x,3x), and scores each: a window ablation")
     group.add_argument("--checkpoint-key", metavar="KEY",
                        help="the checkpoint's entry holding the weights, e.g. params_ema (default: found among "
                             "params_ema, params, state_dict, model, net, ...)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..eval.ablation import base_of
 from ..eval.distributed import DistributedError, PeerFailed, detect_launch, process_group
 from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
@@ -28,7 +29,7 @@ from .common import (
     progress,
     say,
 )
-from .chooser import check_channels, chosen_model, models_for
+from .chooser import base_sizes, check_channels, chosen_model, models_for
 
 _LISTED = 10  # unmatched files named one per line before "and N more"
 
@@ -42,6 +43,7 @@ EXAMPLES = (
     "  tlc eval HIDE_dataset --benchmark hide --model restormer-gopro   # published numbers beside measured\n"
     "  tlc eval DPDD/test --benchmark dpdd-dual --model restormer-dpdd-dual   # inputL + inputR as 6 channels\n"
     "  tlc eval SIDD/ --benchmark sidd --weights model.pth --save-images   # .mat blocks in, restored .mat out\n"
+    "  tlc eval my_pairs/ --model tiny-nafnet --base-size 1x,1.5x,2x,3x   # window ablation: the best is named\n"
     "\nDATASET holds input/ + target/ (also blur/ + sharp/, lq/ + gt/, or GoPro's scene folders), or a\n"
     "benchmark in its published layout: --benchmark sets the layout and the scoring protocol of\n"
     "its published tables (docs/benchmarks.md); a layout that identifies itself needs no --benchmark.\n"
@@ -177,9 +179,12 @@ def run(args: argparse.Namespace) -> int:
         with process_group(launch, device=where, timeout_s=args.sync_timeout) as group:
             per_mode, report, chosen, error = None, "", None, None
             try:
-                chosen = chosen_model(args)
+                chosen = chosen_model(args, several_bases=True)
                 check_channels(chosen, pairs.channels, f"--benchmark {pairs.benchmark}" if pairs.benchmark else "")
-                per_mode, report = models_for(chosen, modes, where, args.dtype, args.fast, args.functional)
+                bases = base_sizes(args, chosen)
+                if len(bases) > 1 and "tlc" not in modes:
+                    raise UsageError("several --base-size values compare TLC windows: add tlc to --modes")
+                per_mode, report = models_for(chosen, modes, where, args.dtype, args.fast, args.functional, bases)
             except Exception as err:  # told to the others, so none of them waits for this process
                 if not launch.distributed:
                     raise
@@ -187,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
             group.agree(error, "loading the model")
             if report:
                 speak(report)
+            # With a window ablation, "tlc" is one mode per base size ("tlc@384", ...), in its place.
+            modes = [m for mode in modes for m in (sorted((k for k in per_mode if base_of(k)), key=base_of) or ["tlc"]
+                                                   if mode == "tlc" else [mode])]
             settings = EvalSettings(model=chosen.description, modes=tuple(modes), protocol=protocol,
                                     train_size=chosen.train_size, base_size=chosen.base_size, fast=args.fast,
                                     functional=args.functional,

@@ -56,6 +56,7 @@ from .records import (
     rank_files,
     row_order,
 )
+from .ablation import ablation_text, mode_kind, window_ablation
 from .report import ModeSummary, centre_crop, panel_label, panel_order, side_by_side, summarise
 from .report_html import VIEW_CROP, VIEW_IMAGES, build_report, load_views, views_complete
 
@@ -88,7 +89,7 @@ class EvalSettings:
     dtype: str = "float32"
 
     def run_settings(self, mode: str) -> RunSettings:
-        return RunSettings(mode=mode, tile=self.tile, overlap=self.overlap, device=self.device, dtype=self.dtype)
+        return RunSettings(mode=mode_kind(mode), tile=self.tile, overlap=self.overlap, device=self.device, dtype=self.dtype)
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -119,17 +120,19 @@ class EvalResult:
     benchmark: str | None = None
     subsets: dict[str, dict[str, ModeSummary]] = field(default_factory=dict)
     published: dict[str, dict] = field(default_factory=dict)
+    ablation: dict | None = None
 
     def table(self) -> str:
         """The per-mode results as an aligned text table: the published PSNR/SSIM beside the
         measured ones where known, then the means of each subset."""
-        head = f"{'mode':<8}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"
+        width = max([8, *(len(m) + 1 for m in self.modes)])
+        head = f"{'mode':<{width}}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"
         if self.published:
             head += f"{'published PSNR':>16}{'SSIM':>8}"
         lines = [head]
         for mode, s in self.modes.items():
             memory = f"{s.peak_memory_mib:.0f}" if s.peak_memory_mib is not None else "-"
-            line = f"{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}"
+            line = f"{mode:<{width}}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}"
             if mode in self.published:
                 ref = self.published[mode]
                 ssim = f"{ref['ssim']:.4f}" if ref.get("ssim") is not None else "-"
@@ -142,6 +145,8 @@ class EvalResult:
             for subset, per_mode in self.subsets.items():
                 for mode, s in per_mode.items():
                     lines.append(f"{subset:<16}{mode:<8}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}")
+        if self.ablation is not None:
+            lines.append(ablation_text(self.ablation))
         return "\n".join(lines)
 
 
@@ -286,7 +291,14 @@ class _ShareRunner:
                 continue
             outputs[mode] = pixels
             if mode in todo or need_images:
-                scores[mode] = self._score(pixels, target.pixels)
+                try:
+                    scores[mode] = self._score(pixels, target.pixels)
+                except ValueError as err:
+                    if not self.settings.protocol.align:
+                        raise
+                    # RealBlur's alignment may not converge on an image: that pair fails, the rest go on.
+                    self.failures.append((index, f"{name} [{mode}]: {one_line(err)}"))
+                    continue
             if mode in todo:
                 self.writer.writerow({"image": name, "mode": mode, "psnr": f"{scores[mode][0]:.6f}",
                                       "ssim": f"{scores[mode][1]:.6f}", "seconds": f"{seconds:.4f}"})
@@ -296,11 +308,16 @@ class _ShareRunner:
                 self._write(self.out_dir / "images" / mode / f"{name}.png", pixels, depth)
         if not (need_images and outputs):
             return
-        scores["input"] = self._score(degraded.pixels, target.pixels)
+        try:
+            scores["input"] = self._score(degraded.pixels, target.pixels)
+        except ValueError:
+            if not self.settings.protocol.align:
+                raise
+            scores["input"] = (float("nan"), float("nan"))  # it does not align: its panel shows the name only
         images = {"input": degraded.pixels, **outputs, "target": target.pixels}
         panels = panel_order(outputs)
         if need_strip:
-            labels = [panel_label(p, *scores.get(p, (None, None))) for p in panels]
+            labels = [panel_label(p, *(v if v == v else None for v in scores.get(p, (None, None)))) for p in panels]
             self._write(self.out_dir / "compare" / f"{name}.png", side_by_side([images[p] for p in panels], labels))
         if need_views:
             self._write_views(name, {p: images[p] for p in panels}, scores["input"])
@@ -371,6 +388,7 @@ def _finish(
                for subset, members in pairs.subsets.items()}
     result = EvalResult(settings, summarise(rows, names, settings.modes, peaks), plan.resumed, failures,
                         pairs.benchmark, subsets, dict(published or {}))
+    result.ablation = window_ablation(result.modes, settings.train_size)
     summary = {
         "benchmark": pairs.benchmark,
         "modes": {mode: asdict(s) for mode, s in result.modes.items()},
@@ -386,6 +404,7 @@ def _finish(
         "compare_order": panel_order(settings.modes) if compare else None,
         "subsets": {subset: {mode: asdict(s) for mode, s in per_mode.items()} for subset, per_mode in subsets.items()},
         "published": result.published,
+        "window_ablation": result.ablation,
     }
     text = json.dumps(summary, indent=2, default=str)
     write_atomically(out_dir / "summary.json", text)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .ablation import base_of
+
 # Panels of a comparison strip (and of the HTML report's viewer), left to right: whatever order
 # --modes gives, the same place for the same thing in every strip.
 PANEL_ORDER = ("input", "full", "tiles", "tlc", "target")
@@ -61,12 +63,14 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def panel_order(modes: Iterable[str]) -> list[str]:
     """The panels of a strip for the evaluated ``modes``: input, those modes in the fixed order
-    full, tiles, tlc, then target."""
+    full, tiles, tlc (then the window ablation's "tlc@..." modes, smallest window first), target."""
     modes = set(modes)
-    unknown = modes - set(PANEL_ORDER[1:-1])
+    ablation = sorted((m for m in modes if base_of(m) is not None), key=base_of)
+    unknown = modes - set(PANEL_ORDER[1:-1]) - set(ablation)
     if unknown:
         raise ValueError(f"unknown mode(s) {sorted(unknown)}; modes are {', '.join(PANEL_ORDER[1:-1])}")
-    return [p for p in PANEL_ORDER if p in ("input", "target") or p in modes]
+    fixed = [p for p in PANEL_ORDER[:-1] if p == "input" or p in modes]
+    return [*fixed, *ablation, "target"]
 
 
 def panel_label(panel: str, psnr: float | None = None, ssim: float | None = None) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ablation import base_of
 from .report import panel_order
 
 VIEW_CROP = 384  # pixels a side of the viewer's centre crops
@@ -29,6 +30,19 @@ VIEW_IMAGES = 12  # pairs shown in the viewer: the first ones, in the dataset's 
 
 # Series colours (colour-blind safe, Okabe-Ito) per mode.
 MODE_COLOURS = {"full": "#0072B2", "tiles": "#E69F00", "tlc": "#009E73"}
+# The window ablation's "tlc@..." modes, smallest window first (the rest of Okabe-Ito's palette).
+ABLATION_COLOURS = ("#009E73", "#56B4E9", "#CC79A7", "#D55E00", "#000000", "#F0E442")
+
+
+def mode_colour(mode: str, modes: Sequence[str]) -> str:
+    """A mode's series colour; the "tlc@..." modes among ``modes`` get one each, by window size."""
+    if mode in MODE_COLOURS:
+        return MODE_COLOURS[mode]
+    base = base_of(mode)
+    if base is None:
+        return "#666"
+    rank = sum(1 for m in modes if base_of(m) is not None and base_of(m) < base)
+    return ABLATION_COLOURS[rank % len(ABLATION_COLOURS)]
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ def _summary_section(summary: dict, modes: list[str]) -> str:
         peak = s.get("peak_memory_mib")
         body.append(
             f'<tr data-mode="{html.escape(mode)}"><th scope="row">'
-            f'<span class="swatch" style="background:{MODE_COLOURS.get(mode, "#666")}"></span>{html.escape(mode)}</th>'
+            f'<span class="swatch" style="background:{mode_colour(mode, modes)}"></span>{html.escape(mode)}</th>'
             f'{_cell(_number(s["images"]), 0, " images")}{_cell(_number(s["psnr"]), 4, " psnr")}'
             f'{_cell(_number(s["ssim"]), 4, " ssim")}{_cell(_number(s["seconds_per_image"]), 3, " seconds")}'
             f'{_cell(_number(peak) if peak is not None else None, 0, " peak")}</tr>'
@@ -197,7 +211,7 @@ def _chart_section(names: list[str], table: dict, modes: list[str]) -> str:
                  f'text-anchor="middle">images, in the dataset&#39;s order ({n})</text>')
     markers = n <= 400
     for mode in modes:
-        colour = MODE_COLOURS.get(mode, "#666")
+        colour = mode_colour(mode, modes)
         points = [(i, table[name][mode][0]) for i, name in enumerate(names)
                   if mode in table[name] and math.isfinite(table[name][mode][0])]
         parts.append(f'<g class="series" data-mode="{html.escape(mode)}" stroke="{colour}" fill="{colour}">')
@@ -211,7 +225,7 @@ def _chart_section(names: list[str], table: dict, modes: list[str]) -> str:
         parts.append("</g>")
     legend_x = left + 8
     for k, mode in enumerate(modes):
-        colour = MODE_COLOURS.get(mode, "#666")
+        colour = mode_colour(mode, modes)
         parts.append(f'<rect x="{legend_x + k * 80}" y="6" width="12" height="12" fill="{colour}"/>'
                      f'<text class="legend" x="{legend_x + k * 80 + 16}" y="17">{html.escape(mode)}</text>')
     parts.append("</svg>")
@@ -292,6 +306,65 @@ def _settings_section(summary: dict, modes: list[str]) -> str:
     return f'<section id="settings"><dl>{rows}</dl>{failed}</section>'
 
 
+def _ablation_section(ablation: dict | None) -> str:
+    """The window ablation (``summary["window_ablation"]``): mean PSNR against base size, as a table
+    and a line chart, the best marked; empty without an ablation."""
+    if not ablation:
+        return ""
+    points = ablation["points"]
+    rows = []
+    for p in points:
+        best = p["mode"] == ablation["best"]
+        rows.append(f'<tr{" class=best" if best else ""}><th scope="row">{html.escape(p["mode"])}</th>'
+                    f'<td class="num">{p["base_size"][0]} x {p["base_size"][1]}</td>'
+                    f'<td class="num">{_fmt(_number(p["relative"]), 2)}x</td>'
+                    f'{_cell(_number(p["psnr"]), 4, " psnr")}{_cell(_number(p["ssim"]), 4, " ssim")}'
+                    f'<td>{"best" if best else ""}</td></tr>')
+    values = [_number(p["psnr"]) for p in points] + ([_number(ablation["full_psnr"])] if ablation["full_psnr"] else [])
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    low, high = min(finite), max(finite)
+    pad = max(high - low, 0.1) * 0.15
+    low, high = low - pad, high + pad
+    width, height, left, right, top, bottom = 560, 220, 56, 56, 16, 36
+    sizes = [p["base_size"][0] * p["base_size"][1] for p in points]
+    logs = [math.log(v) for v in sizes]
+
+    def x(i: int) -> float:
+        span = (logs[-1] - logs[0]) or 1.0
+        return left + (logs[i] - logs[0]) / span * (width - left - right)
+
+    def y(v: float) -> float:
+        return top + (high - v) / (high - low) * (height - top - bottom)
+
+    parts = [f'<svg id="ablation-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             f'style="max-width:{width}px;height:auto" role="img" '
+             'aria-label="mean PSNR against the TLC window">']
+    for k in range(5):
+        v = low + (high - low) * k / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e3e6ea"/>'
+                     f'<text class="tick" x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    if ablation["full_psnr"] is not None and math.isfinite(_number(ablation["full_psnr"])):
+        fy = y(_number(ablation["full_psnr"]))
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{fy:.1f}" y2="{fy:.1f}" stroke="{MODE_COLOURS["full"]}" '
+                     f'stroke-dasharray="5 4"/><text class="legend" x="{width - right}" y="{fy - 5:.1f}" '
+                     'text-anchor="end">full image</text>')
+    path = " ".join(f"{x(i):.1f},{y(_number(p['psnr'])):.1f}" for i, p in enumerate(points))
+    parts.append(f'<polyline fill="none" stroke="{MODE_COLOURS["tlc"]}" stroke-width="2" points="{path}"/>')
+    for i, p in enumerate(points):
+        r = 6 if p["mode"] == ablation["best"] else 4
+        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(_number(p["psnr"])):.1f}" r="{r}" fill="{MODE_COLOURS["tlc"]}">'
+                     f'<title>{html.escape(p["mode"])}: {_fmt(_number(p["psnr"]), 4)} dB</title></circle>'
+                     f'<text class="tick" x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+                     f'{p["base_size"][0]} ({_fmt(_number(p["relative"]), 2)}x)</text>')
+    parts.append(f'<text class="tick" x="{(left + width - right) / 2}" y="{height - 4}" text-anchor="middle">'
+                 'base size in image pixels (times the training size)</text></svg>')
+    best = html.escape(str(ablation["best"]))
+    return (f'<section id="ablation"><h2>Window ablation</h2><p>Mean PSNR of TLC at each base size on the same '
+            f'pairs (training crop {ablation["train_size"][0]} x {ablation["train_size"][1]}); best: <b>{best}</b>.</p>'
+            f'<table id="ablation-table"><thead><tr><th>mode</th><th>base size</th><th>x train</th><th>PSNR (dB)</th>'
+            f'<th>SSIM</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>{"".join(parts)}</section>')
+
+
 def build_report(summary: dict, rows: list[dict], views: list[View]) -> str:
     """The report page, as text.
 
@@ -310,6 +383,7 @@ def build_report(summary: dict, rows: list[dict], views: list[View]) -> str:
     body = "\n".join([
         _settings_section(summary, modes),
         _summary_section(summary, modes),
+        _ablation_section(summary.get("window_ablation")),
         _chart_section(names, table, modes),
         _table_section(names, table, modes, {v.name for v in views}),
         viewer,

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -180,6 +181,16 @@ def test_dpdd_16_bit_with_indoor_outdoor_labels(tmp_path, capsys):
     indoor = (psnr["1P0A2"] + psnr["1P0A1010"]) / 2  # positions 1 and 3 of the natural order
     assert summary["subsets"]["indoor"]["full"]["psnr"] == pytest.approx(indoor, abs=1e-9)
     assert tlc_io.read_image(tmp_path / "out" / "images" / "full" / "1P0A2.png").bit_depth == 16
+    # MAE: each row against the saved 16-bit output and the target, computed here on [0, 1]; the
+    # row scores the unrounded output (as the reference script does), the file holds it rounded to
+    # 16 bits: they differ by at most half a 16-bit step.
+    for r in rows:
+        out = cv2.imread(str(tmp_path / "out" / "images" / "full" / f"{r['image']}.png"), cv2.IMREAD_UNCHANGED)
+        ref = cv2.imread(str(root / "target" / f"{r['image']}.png"), cv2.IMREAD_UNCHANGED)
+        mae = np.abs(out.astype(np.float64) / 65535 - ref.astype(np.float64) / 65535).mean()
+        assert float(r["mae"]) == pytest.approx(mae, abs=0.5 / 65535)
+    assert summary["modes"]["full"]["mae"] == pytest.approx(np.mean([float(r["mae"]) for r in rows]), abs=1e-12)
+    assert "MAE" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

@@ -127,12 +127,17 @@ class EvalResult:
         measured ones where known, then the means of each subset."""
         width = max([8, *(len(m) + 1 for m in self.modes)])
         head = f"{'mode':<{width}}{'images':>8}{'PSNR (dB)':>12}{'SSIM':>10}{'s/image':>10}{'peak MiB':>10}"
+        maes = any(s.mae is not None for s in self.modes.values())
+        if maes:
+            head += f"{'MAE':>10}"
         if self.published:
             head += f"{'published PSNR':>16}{'SSIM':>8}"
         lines = [head]
         for mode, s in self.modes.items():
             memory = f"{s.peak_memory_mib:.0f}" if s.peak_memory_mib is not None else "-"
             line = f"{mode:<{width}}{s.images:>8}{s.psnr:>12.4f}{s.ssim:>10.4f}{s.seconds_per_image:>10.3f}{memory:>10}"
+            if maes:
+                line += f"{s.mae:>10.5f}" if s.mae is not None else f"{'-':>10}"
             if mode in self.published:
                 ref = self.published[mode]
                 ssim = f"{ref['ssim']:.4f}" if ref.get("ssim") is not None else "-"
@@ -300,8 +305,10 @@ class _ShareRunner:
                     self.failures.append((index, f"{name} [{mode}]: {one_line(err)}"))
                     continue
             if mode in todo:
+                mae = self.settings.protocol.score_all(pixels, target.pixels)["mae"] if self.settings.protocol.mae else None
                 self.writer.writerow({"image": name, "mode": mode, "psnr": f"{scores[mode][0]:.6f}",
-                                      "ssim": f"{scores[mode][1]:.6f}", "seconds": f"{seconds:.4f}"})
+                                      "ssim": f"{scores[mode][1]:.6f}", "seconds": f"{seconds:.4f}",
+                                      "mae": "" if mae is None else f"{mae:.8f}"})
                 self.file.flush()
                 self.written += 1
             if self.save_images:

@@ -11,7 +11,10 @@ from pathlib import Path
 from .._util import atomic_write, write_atomically
 from ..io import PairedSet
 
-CSV_FIELDS = ("image", "mode", "psnr", "ssim", "seconds")
+# "mae": the mean absolute error, for protocols that score it (DPDD), else empty. Files from
+# before it was added (the first five columns) are read as they are.
+CSV_FIELDS = ("image", "mode", "psnr", "ssim", "seconds", "mae")
+REQUIRED_FIELDS = CSV_FIELDS[:5]
 
 
 class EvaluationError(RuntimeError):
@@ -25,10 +28,10 @@ def read_rows(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != CSV_FIELDS:
+        if reader.fieldnames is not None and tuple(reader.fieldnames) not in (CSV_FIELDS, REQUIRED_FIELDS):
             raise EvaluationError(f"{path} does not look like a tlc per_image.csv; use another --out folder")
         rows = list(reader)
-    return [r for r in rows if all(r.get(k) not in (None, "") for k in CSV_FIELDS) and _is_number(r["seconds"])]
+    return [r for r in rows if all(r.get(k) not in (None, "") for k in REQUIRED_FIELDS) and _is_number(r["seconds"])]
 
 
 def _is_number(text: str) -> bool:

@@ -30,6 +30,7 @@ class ModeSummary:
     ssim: float = float("nan")
     seconds_per_image: float = float("nan")
     peak_memory_mib: float | None = None
+    mae: float | None = None  # mean absolute error on [0, 1], for protocols that score it (DPDD)
 
 
 def summarise(rows: list[dict], names: set[str], modes: tuple[str, ...], peaks: dict) -> dict[str, ModeSummary]:
@@ -39,15 +40,16 @@ def summarise(rows: list[dict], names: set[str], modes: tuple[str, ...], peaks: 
         if not mine:
             summaries[mode] = ModeSummary(peak_memory_mib=peaks.get(mode))
             continue
+        maes = [r.get("mae") for r in mine]
         summaries[mode] = ModeSummary(
             images=len(mine),
             psnr=float(np.mean([float(r["psnr"]) for r in mine])),
             ssim=float(np.mean([float(r["ssim"]) for r in mine])),
             seconds_per_image=float(np.mean([float(r["seconds"]) for r in mine])),
             peak_memory_mib=peaks.get(mode),
+            mae=float(np.mean([float(v) for v in maes])) if all(v not in (None, "") for v in maes) else None,
         )
     return summaries
-
 
 
 def centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -16,7 +16,8 @@ from ..eval.evaluate import EvalSettings, evaluate
 from ..eval.metrics import PROTOCOLS, Protocol
 from ..eval.records import EvaluationError
 from ..io.benchmarks import BENCHMARKS, AmbiguousLayout, find_benchmark
-from ..io.matblocks import write_blocks
+from ..io.lmdbimages import LmdbPairs
+from ..io.matblocks import MatBlocks, write_blocks
 from ..zoo import registry
 from .common import (
     UsageError,
@@ -165,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         pairs = find_benchmark(args.dataset, args.benchmark, strict=not args.skip_missing)
     except AmbiguousLayout as err:
         raise UsageError(str(err)) from None
+    if isinstance(pairs.blocks, LmdbPairs):
+        pairs.blocks.max_pixels = max_pixels  # its images are decoded from the databases, not read by _read
     protocol = _protocol(args, pairs.benchmark)
     if args.limit is not None:
         pairs = replace(pairs, pairs=pairs.pairs[: args.limit])
@@ -217,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError(f"{error_text(err)}; the rows finished so far are kept: rerun to resume") from None
     if launch.rank == 0:
         print(result.table())
-        if pairs.blocks is not None and args.save_images:
+        if isinstance(pairs.blocks, MatBlocks) and args.save_images:
             for mode in modes:
                 saved = _save_blocks(args.out, mode, pairs)
                 if saved:

@@ -8,7 +8,8 @@ input channels its model takes. :func:`find_benchmark` finds the pairs of a name
 Layouts (DATASET is the folder given on the command line):
 
 - gopro: ``GOPRO_Large/`` or ``GOPRO_Large/test/``: scene folders ``GOPR0384_11_00/blur/`` +
-  ``sharp/`` (``blur_gamma/`` is not used); pairs "scene/stem".
+  ``sharp/`` (``blur_gamma/`` is not used); pairs "scene/stem". Or NAFNet's LMDB copy:
+  ``GoPro/test/input.lmdb`` + ``target.lmdb`` (see :mod:`tlc.io.lmdbimages`); pairs named by key.
 - hide: ``HIDE_dataset/``: ``test/test-close-ups/``, ``test/test-long-shot/`` and ``GT/`` (which
   also holds the training targets); subsets close-ups and long-shot.
 - realblur-j, realblur-r: the folder of ``RealBlur_J_test_list.txt`` / ``RealBlur_R_test_list.txt``,
@@ -22,7 +23,11 @@ Layouts (DATASET is the folder given on the command line):
   to 6 channels + ``target/``; 16-bit PNGs; indoor/outdoor subsets from ``indoor_labels.npy`` /
   ``outdoor_labels.npy`` (or ``.txt``): 1-based positions in the naturally sorted file list.
 - sidd: ``ValidationNoisyBlocksSrgb.mat`` + ``ValidationGtBlocksSrgb.mat`` (uint8 40 x 32 x 256 x 256
-  x 3 under keys of the same names; MATLAB v5 or v7.3); pairs "II_BB" (image, block).
+  x 3 under keys of the same names; MATLAB v5 or v7.3); pairs "II_BB" (image, block). Or NAFNet's
+  LMDB copy: ``SIDD/val/input_crops.lmdb`` + ``gt_crops.lmdb``; pairs named by key.
+
+An LMDB copy is found in DATASET, in its ``test/`` (GoPro) or ``val/`` (SIDD), or given as one of
+the two ``.lmdb`` folders; keys on one side only are unmatched files.
 - rain (Rain100L/H, Test100, Test1200, Test2800): ``input/`` + ``target/``, or the original naming
   ``rain-NNN.png`` + ``norain-NNN.png`` in the folder or its subfolders.
 
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .image import ImageError, PathLike
+from .lmdbimages import LmdbPairs, is_lmdb, lmdb_keys
 from .matblocks import MatBlocks
 from .pairs import PairedSet, images_by_stem, images_in, find_pairs
 
@@ -50,6 +56,9 @@ SIDD_KEYS = ("ValidationNoisyBlocksSrgb", "ValidationGtBlocksSrgb")
 REALBLUR_FOLDERS = {"realblur-j": "RealBlur-J_ECC_IMCORR_centroid_itensity_ref",
                     "realblur-r": "RealBlur-R_BM3D_ECC_IMCORR_centroid_itensity_ref"}
 REALBLUR_LISTS = {"realblur-j": "RealBlur_J_test_list.txt", "realblur-r": "RealBlur_R_test_list.txt"}
+# NAFNet's LMDB copies: (input database, target database, the subfolder they are in under the dataset).
+GOPRO_LMDB = ("input.lmdb", "target.lmdb", "test")
+SIDD_LMDB = ("input_crops.lmdb", "gt_crops.lmdb", "val")
 
 
 class LayoutNotFound(ImageError):
@@ -142,6 +151,32 @@ def _keyed(folder: Path, pattern: str) -> dict[str, Path]:
     return found
 
 
+# LMDB copies ------------------------------------------------------------------------------------
+
+def _lmdb_base(root: Path, names: tuple[str, str, str]) -> Path | None:
+    """The folder holding both databases ``names``: ``root``, its subfolder, or its parent when
+    ``root`` is one of the two."""
+    first, second, subfolder = names
+    candidates = [root, root / subfolder]
+    if root.name in (first, second):
+        candidates.insert(0, root.parent)
+    return next((base for base in candidates if is_lmdb(base / first) and is_lmdb(base / second)), None)
+
+
+def _find_lmdb(root: Path, base: Path, names: tuple[str, str, str], strict: bool, benchmark: str) -> PairedSet:
+    """Pairs of two databases sharing keys, named by key; a key on one side only is unmatched."""
+    inputs, targets = base / names[0], base / names[1]
+    input_keys, target_keys = lmdb_keys(inputs), lmdb_keys(targets)
+    have_input, have_target = set(input_keys), set(target_keys)
+    pairs = [(key, inputs / key, targets / key) for key in input_keys if key in have_target]
+    lone_in = [inputs / key for key in input_keys if key not in have_target]
+    lone_out = [targets / key for key in target_keys if key not in have_input]
+    where = f"{names[2]}/" if base == root / names[2] else ""
+    # One "/" between the databases, so unmatched_names() gives "input.lmdb/KEY" (with "test/" before it).
+    return _finish(root, pairs, f"{where}{names[0]}/{names[1]}", lone_in, lone_out, strict, benchmark,
+                   blocks=LmdbPairs(inputs, targets))
+
+
 # GoPro ------------------------------------------------------------------------------------------
 
 def _gopro_root(root: Path) -> Path | None:
@@ -154,8 +189,11 @@ def _gopro_root(root: Path) -> Path | None:
 def _find_gopro(root: Path, strict: bool) -> PairedSet:
     base = _gopro_root(root)
     if base is None:
+        lmdb_base = _lmdb_base(root, GOPRO_LMDB)
+        if lmdb_base is not None:
+            return _find_lmdb(root, lmdb_base, GOPRO_LMDB, strict, "gopro")
         raise LayoutNotFound(f"{root}: not the GoPro layout: expected scene folders with blur/ and sharp/ "
-                         "(e.g. test/GOPR0384_11_00/blur), here or in test/")
+                             "(e.g. test/GOPR0384_11_00/blur), or NAFNet's input.lmdb + target.lmdb, here or in test/")
     pairs, lone_in, lone_out = [], [], []
     for scene in _subdirs(base):
         if (scene / "blur").is_dir() or (scene / "sharp").is_dir():
@@ -387,7 +425,11 @@ def _sidd_files(root: Path) -> tuple[Path, Path] | None:
 def _find_sidd(root: Path, strict: bool) -> PairedSet:
     files = _sidd_files(root)
     if files is None:
-        raise LayoutNotFound(f"{root}: not the SIDD layout: expected {SIDD_KEYS[0]}.mat and {SIDD_KEYS[1]}.mat")
+        lmdb_base = _lmdb_base(root, SIDD_LMDB)
+        if lmdb_base is not None:
+            return _find_lmdb(root, lmdb_base, SIDD_LMDB, strict, "sidd")
+        raise LayoutNotFound(f"{root}: not the SIDD layout: expected {SIDD_KEYS[0]}.mat and {SIDD_KEYS[1]}.mat, "
+                             f"or NAFNet's {SIDD_LMDB[0]} + {SIDD_LMDB[1]}, here or in {SIDD_LMDB[2]}/")
     blocks = MatBlocks(files[0], files[1], *SIDD_KEYS)
     pairs = [(name, files[0], files[1]) for name in blocks.names()]
     return PairedSet(pairs, f"{files[0].name} + {files[1].name} (blocks)", benchmark="sidd", blocks=blocks)
@@ -430,8 +472,10 @@ def _find_rain(root: Path, strict: bool) -> PairedSet:
 # The table --------------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("gopro", "GoPro", "motion deblurring", "test/SCENE/blur/ + SCENE/sharp/ (root or test/)",
-              "gopro", "gopro", _find_gopro, lambda root: _gopro_root(root) is not None, copies=True),
+    Benchmark("gopro", "GoPro", "motion deblurring",
+              "test/SCENE/blur/ + SCENE/sharp/ (root or test/), or NAFNet's test/input.lmdb + target.lmdb",
+              "gopro", "gopro", _find_gopro,
+              lambda root: _gopro_root(root) is not None or _lmdb_base(root, GOPRO_LMDB) is not None, copies=True),
     Benchmark("hide", "HIDE", "motion deblurring", "test/test-close-ups/ + test/test-long-shot/ + GT/",
               "gopro", "gopro", _find_hide, _is_hide, subsets=HIDE_SUBSETS, copies=True),
     Benchmark("realblur-j", "RealBlur-J", "real motion deblurring",
@@ -453,8 +497,10 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "inputL/ + inputR/ (6 channels) + target/ (16-bit), *_labels.npy", "dpdd", "float", _find_dpdd(True),
               lambda root: all((root / f).is_dir() for f in ("inputL", "inputR", "target")),
               channels=6, subsets=DPDD_LABELS),
-    Benchmark("sidd", "SIDD", "real denoising", f"{SIDD_KEYS[0]}.mat + {SIDD_KEYS[1]}.mat", "sidd", "float",
-              _find_sidd, lambda root: _sidd_files(root) is not None),
+    Benchmark("sidd", "SIDD", "real denoising",
+              f"{SIDD_KEYS[0]}.mat + {SIDD_KEYS[1]}.mat, or NAFNet's val/input_crops.lmdb + gt_crops.lmdb",
+              "sidd", "float", _find_sidd,
+              lambda root: _sidd_files(root) is not None or _lmdb_base(root, SIDD_LMDB) is not None),
     Benchmark("rain", "Rain13k test sets", "deraining (Rain100L/H, Test100, Test1200, Test2800)",
               "input/ + target/, or rain-NNN + norain-NNN", "rain", "y", _find_rain, _is_rain),
 )}
@@ -497,7 +543,8 @@ def find_benchmark(root: PathLike, name: str | None = None, *, strict: bool = Tr
     :func:`identify` recognises, else of the generic layouts of :func:`tlc.io.find_pairs`.
 
     Args:
-        root: the dataset folder (for SIDD also one of its two .mat files).
+        root: the dataset folder (for SIDD also one of its two .mat files; for an LMDB copy also
+            one of its two .lmdb folders).
         name: a key of :data:`BENCHMARKS`, or None.
         strict: raise when a file has no counterpart; otherwise record it in the unmatched lists.
 

@@ -77,6 +77,23 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> Image:
         data = p.read_bytes()
     except OSError as err:
         raise ImageError(f"{p}: cannot read it ({err.strerror or err})") from None
+    return decode_image(data, p, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, name: PathLike, *, max_pixels: int | None = None) -> Image:
+    """Decode an encoded image held in memory (a PNG, JPEG, TIFF, WebP or BMP file's bytes), with
+    the checks of :func:`read_image`.
+
+    Args:
+        data: the encoded bytes, e.g. a value of an LMDB database of PNGs.
+        name: where they came from (a file, or "db.lmdb/key"): named in errors, kept as ``Image.path``.
+        max_pixels: as for :func:`read_image`.
+
+    Raises:
+        ImageError: empty, not an image, truncated or corrupt, an unsupported sample format, or
+            over the pixel limit; the one-line message starts with ``name``.
+    """
+    p = Path(name)
     if not data:
         raise ImageError(f"{p}: empty file (0 bytes)")
     fmt = sniff(data)
@@ -107,7 +124,7 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> Image:
     try:
         with quiet_opencv():
             decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-            if decoded is None and fmt == "TIFF" and header.patch is None:
+            if decoded is None and fmt == "TIFF" and header.patch is None and p.is_file():
                 # OpenCV 4.13+ fails on uncompressed tiled 8-bit TIFF from memory, not from a file.
                 decoded = cv2.imread(str(p), flags)
     except cv2.error as err:

@@ -217,3 +217,23 @@ def test_a_truncated_database_is_one_line_not_a_crash(tmp_path):
     garbage.write_bytes(b"not a database" * 100)
     with pytest.raises(ImageError, match=r"input\.lmdb: cannot open this LMDB database \(MDB_INVALID"):
         find_benchmark(tmp_path)
+
+
+def test_pixel_limit_applies_to_database_images(tmp_path):
+    rng = np.random.default_rng(7)
+    arrays = pairs_of(rng, ["q1", "q2"], 20, 30)  # 600 pixels each
+    write_lmdb_pair(tmp_path, ("input.lmdb", "target.lmdb"), arrays)
+    code, summary, rows = evaluate(tmp_path, tmp_path / "small", "--pixel-limit", "0.0005")  # 500 pixels
+    assert code == 1 and rows == [] and len(summary["failures"]) == 2
+    assert all("over the limit" in f and "input.lmdb/q" in f for f in summary["failures"])
+    code, _, rows = evaluate(tmp_path, tmp_path / "enough", "--pixel-limit", "0.0006")
+    assert code == 0 and len(rows) == 2
+
+
+def test_meta_info_names_with_dots_keep_all_but_the_extension(tmp_path):
+    rng = np.random.default_rng(8)
+    arrays = pairs_of(rng, ["scene.v2_001", "scene.v2_002"], 6, 7)
+    write_lmdb_pair(tmp_path, ("input.lmdb", "target.lmdb"), arrays)
+    assert lmdb_keys(tmp_path / "target.lmdb") == ["scene.v2_001", "scene.v2_002"]
+    (degraded,), _ = find_benchmark(tmp_path).load(1)
+    assert np.array_equal(np.rint(degraded.pixels * 255), arrays["scene.v2_002"][0])

@@ -88,4 +88,5 @@ def test_the_demo_deblurring_part_runs(tmp_path, capsys):
         for name, sharp in photos.items():
             pair = tlc.io.read_image(tmp_path / kind / "input" / f"{name}.png").pixels
             assert _psnr(pair, sharp) < 40  # blurred, not a copy
-    assert "tiny-nafnet-deblur trained on 48x48 crops" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny-nafnet-deblur trained on 48x48 crops" in out and out.count("blurred input: ") == 2

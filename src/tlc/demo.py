@@ -27,6 +27,7 @@ import numpy as np
 from . import io
 from .zoo import registry
 from .cli import main as tlc_main
+from .metrics import DEFAULT_PROTOCOL
 from .synth import add_noise, motion_blur_field, motion_field
 
 MODEL = "tiny-nafnet"
@@ -84,10 +85,13 @@ def deblur(photos: dict[str, np.ndarray], out: Path, tile: int = 96, overlap: in
         print(f"\n== {kind.replace('-', ' ')} ({_blur_text(kind)}), {DEBLUR_MODEL} trained on "
               f"{entry.train_size[0]}x{entry.train_size[1]} crops", flush=True)
         pairs = out / kind
+        scores = []
         for i, (name, image) in enumerate(photos.items()):
             if not (pairs / "input" / f"{name}.png").exists():
                 io.write_image(pairs / "target" / f"{name}.png", image, overwrite=True)
                 io.write_image(pairs / "input" / f"{name}.png", blurred(image, kind, i), overwrite=True)
+            scores.append(DEFAULT_PROTOCOL.score(io.read_image(pairs / "input" / f"{name}.png").pixels, image))
+        print(f"blurred input: {np.mean([p for p, _ in scores]):.4f} dB, SSIM {np.mean([s for _, s in scores]):.4f}")
         code = tlc_main(["eval", str(pairs), "--model", DEBLUR_MODEL, "--modes", "full,tiles,tlc", "--tile", str(tile),
                          "--overlap", str(overlap), "--out", str(pairs / "results"), "--compare", "--device", "cpu"])
         if code:

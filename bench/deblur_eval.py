@@ -60,8 +60,9 @@ def main() -> int:
         input_scores = [tlc.metrics.PROTOCOLS["gopro"].score(tlc.io.read_image(p).pixels,
                                                              tlc.io.read_image(pairs / "target" / p.name).pixels)
                         for p in sorted((pairs / "input").glob("*.png"))]
-        rows.append({"blur": kind, "model": "(blurred input)", "mode": "-", "psnr": np.mean([s[0] for s in input_scores]),
-                     "ssim": np.mean([s[1] for s in input_scores]), "images": len(input_scores)})
+        rows.append({"blur": kind, "model": "(blurred input)", "mode": "-",
+                     "psnr": np.mean([s[0] for s in input_scores]), "ssim": np.mean([s[1] for s in input_scores]),
+                     "images": len(input_scores)})
         for model in MODELS:
             out = pairs / f"results-{model}"
             code = tlc_main(["eval", str(pairs), "--model", model, "--modes", "full,tiles,tlc", "--tile", "96",

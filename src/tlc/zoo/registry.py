@@ -220,8 +220,8 @@ REGISTRY: tuple[ModelEntry, ...] = (
 
 BUNDLED_URL = "bundled with tlc (trained by bench/train_tiny.py; model card beside the weights)"
 _TINY_TASK = "blind Gaussian denoising (sigma 0-50), trained here on 48x48 crops of scikit-image photographs"
-_TINY_DEBLUR_TASK = ("motion deblurring (motion up to 20 px, length and direction varying across the frame, mild noise), "
-                     "trained here on 48x48 crops of scikit-image photographs")
+_TINY_DEBLUR_TASK = ("motion deblurring (motion up to 20 px, length and direction varying across the frame, "
+                     "mild noise), trained here on 48x48 crops of scikit-image photographs")
 
 
 def _tiny(name: str, arch: str, config: dict, task: str = _TINY_TASK) -> ModelEntry:

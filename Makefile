@@ -26,8 +26,9 @@ bench: venv
 	$(PY) bench/networks.py
 	$(PY) bench/half_precision.py
 
-# The built-in demo: held-out photographs, noise varying across the frame, tiny-nafnet in full,
-# tiles and tlc modes; tables printed, comparison strips in demo-output/.
+# The built-in demo: held-out photographs, noise and motion blur varying across the frame,
+# tiny-nafnet and tiny-nafnet-deblur in full, tiles and tlc modes; tables printed, comparison
+# strips in demo-output/.
 demo: venv
 	$(PY) -m tlc.demo
 

@@ -19,6 +19,8 @@ from tlc.synth import (
     draw_maps,
     level_map,
     motion_blur,
+    motion_blur_field,
+    motion_field,
     motion_kernel,
 )
 
@@ -434,3 +436,91 @@ def test_degradation_dict_round_trip() -> None:
 def test_degradation_validation(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         Degradation(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Motion fields: length and direction varying per pixel
+
+
+def _gather(image: np.ndarray, kernels: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Brute force: out[y, x] = sum_k weight_k[y, x] sum_(i, j) kernel_k[i, j] mirror(image)[y + i - r, x + j - r]."""
+    h, w, c = image.shape
+    out = np.zeros((h, w, c))
+    for kernel, weight in kernels:
+        r = kernel.shape[0] // 2
+        padded = np.pad(image.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="symmetric")
+        for y in range(h):
+            for x in range(w):
+                patch = padded[y : y + 2 * r + 1, x : x + 2 * r + 1]
+                # A convolution flips the kernel; line kernels are point-symmetric, so it is the same.
+                out[y, x] += weight[y, x] * np.einsum("ij,ijc->c", kernel[::-1, ::-1], patch)
+    return out
+
+
+def test_motion_blur_field_matches_a_per_pixel_gather_of_the_blended_kernels():
+    rng = np.random.default_rng(7)
+    h, w = 9, 13
+    image = _texture(h, w, seed=3)
+    length = np.where(rng.random((h, w)) < 0.5, 3.0, 6.0)
+    length[0, 0] = 4.5  # halfway between the two bank lengths
+    angle = rng.choice([0.0, 90.0, 45.0, 175.0, -30.0], size=(h, w))
+    out = motion_blur_field(image, length, angle, length_bank=3, angle_bank=2)
+    # Bank: lengths 3, 4.5, 6; angles 0, 90. Angle index a / 90 wraps: 175 -> 1.944, 0.056 from 0 (= 180).
+    ang_weights = {0.0: {0.0: 1.0}, 90.0: {90.0: 1.0}, 45.0: {0.0: 0.5, 90.0: 0.5},
+                   175.0: {0.0: 1 - 5 / 90, 90.0: 5 / 90}, -30.0: {90.0: 1 - 60 / 90, 0.0: 60 / 90}}
+    kernels = []
+    for lj in (3.0, 4.5, 6.0):
+        for aj in (0.0, 90.0):
+            weight = np.array([[ang_weights[a].get(aj, 0.0) * (lv == lj) for lv, a in zip(lrow, arow)]
+                               for lrow, arow in zip(length, angle)])
+            size = 2 * (math.ceil(6.0 / 2 + 1) - 1) + 1
+            kernels.append((motion_kernel(lj, aj, size=size), weight))
+    expected = _gather(image, kernels)
+    np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=2e-5)
+
+
+def test_motion_blur_field_with_constant_maps_is_the_uniform_blur_and_zero_is_identity():
+    image = _texture(17, 12, seed=5)
+    field = motion_blur_field(image, np.full((17, 12), 5.0), np.full((17, 12), 60.0), angle_bank=6)
+    np.testing.assert_allclose(field, _gather(image, [(motion_kernel(5.0, 60.0), np.ones((17, 12)))]), atol=2e-5)
+    assert np.array_equal(motion_blur_field(image, np.zeros((17, 12)), np.zeros((17, 12))), image)
+    gray = image[:, :, 0]
+    assert motion_blur_field(gray, 3.0, 10.0).shape == gray.shape
+
+
+def test_motion_blur_field_rejects_bad_maps():
+    image = _texture(8, 8)
+    with pytest.raises(ValueError):
+        motion_blur_field(image, np.full((8, 8), -1.0), np.zeros((8, 8)))
+    with pytest.raises(ValueError):
+        motion_blur_field(image, np.ones((8, 8)), np.full((8, 8), np.nan))
+    with pytest.raises(ValueError):
+        motion_blur_field(image, np.ones((8, 8)), np.zeros((8, 8)), angle_bank=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_motion_field_affine_is_a_similarity_motion(seed):
+    """d(p) = t + M (p - c) with M = [[s, -r], [r, s]] makes |d|^2 = A (x^2 + y^2) + B x + C y + D:
+    equal second differences along x and y, no mixed term, zero third differences."""
+    h, w, top = 23, 31, 18.0
+    length, angle = motion_field(h, w, top, np.random.default_rng(seed))
+    assert length.shape == angle.shape == (h, w)
+    assert 0.4 * top - 1e-9 <= length.max() <= top + 1e-9 and (angle >= 0).all() and (angle < 180).all()
+    q = length**2
+    dxx, dyy = np.diff(q, 2, axis=1)[1:-1, :], np.diff(q, 2, axis=0)[:, 1:-1]
+    np.testing.assert_allclose(dxx, dxx.mean(), atol=1e-9 * top**2)
+    np.testing.assert_allclose(dyy, dxx.mean(), atol=1e-9 * top**2)
+    np.testing.assert_allclose(np.diff(np.diff(q, axis=0), axis=1), 0.0, atol=1e-9 * top**2)
+    again = motion_field(h, w, top, np.random.default_rng(seed))
+    assert np.array_equal(length, again[0]) and np.array_equal(angle, again[1])
+
+
+def test_motion_field_uniform_camera_and_objects():
+    length, angle = motion_field(20, 30, 12.0, np.random.default_rng(1), camera="uniform")
+    assert np.ptp(length) == 0 and np.ptp(angle) == 0 and 4.8 <= length[0, 0] <= 12.0
+    # A moving object replaces the (uniform) camera motion inside a disc: two distinct motions.
+    length, angle = motion_field(64, 64, 12.0, np.random.default_rng(4), camera="uniform", objects=1)
+    assert length.max() <= 12.0 and len(np.unique(np.round(length, 6))) > 2
+    assert np.array_equal(motion_field(5, 6, 0.0, np.random.default_rng(0))[0], np.zeros((5, 6)))
+    with pytest.raises(ValueError):
+        motion_field(5, 6, 3.0, np.random.default_rng(0), camera="spin")

@@ -37,7 +37,7 @@ A ramp or step with no angle given takes one uniform in [0, 360). A map that can
 along an axis of one pixel) is ``low`` everywhere.
 """
 
-from .blur import motion_blur, motion_kernel
+from .blur import motion_blur, motion_blur_field, motion_kernel
 from .checks import PATTERNS, Pattern
 from .degrade import (
     RECORD_FORMAT,
@@ -48,7 +48,7 @@ from .degrade import (
     degrade_from_record,
     draw_maps,
 )
-from .fields import level_map
+from .fields import level_map, motion_field
 from .pairs import SynthReport, write_pairs
 
 __all__ = [
@@ -64,6 +64,8 @@ __all__ = [
     "draw_maps",
     "level_map",
     "motion_blur",
+    "motion_blur_field",
+    "motion_field",
     "motion_kernel",
     "write_pairs",
 ]

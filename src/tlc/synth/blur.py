@@ -206,3 +206,74 @@ def motion_blur(
     chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
     out, _ = blur_chw(chw, length, angle, bank, g)
     return np.ascontiguousarray(out.numpy().transpose(1, 2, 0)).reshape(image.shape)
+
+
+def _angle_bank_weights(angle_map: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bank angles ``j * 180 / count`` and, per pixel, the fractional (circular) bank index."""
+    angles = np.arange(count) * (180.0 / count)
+    index = np.mod(angle_map, 180.0) / (180.0 / count)
+    return angles, np.mod(index, count).astype(np.float32)
+
+
+def motion_blur_field(
+    image: np.ndarray,
+    length: np.ndarray,
+    angle_deg: np.ndarray,
+    *,
+    length_bank: int = 6,
+    angle_bank: int = 12,
+) -> np.ndarray:
+    """Blur by a linear motion whose length AND direction vary per pixel (a motion field).
+
+    A bank of :func:`motion_kernel` kernels on a grid of ``length_bank`` lengths (evenly spaced
+    from min to max of ``length``) by ``angle_bank`` directions (``j * 180 / angle_bank`` degrees)
+    is applied to the whole image; pixel x of the output blends the blurred images with bilinear
+    weights in (length index, angle index), the angle index wrapping around (a line kernel at
+    a + 180 is the one at a). Where the maps hit bank nodes exactly the output is that kernel's
+    convolution; bank members no pixel uses are skipped; length 0 is the identity. Convolutions
+    are FFTs in float32 over the image extended by half-sample symmetric padding, as
+    :func:`motion_blur`.
+
+    Args:
+        image: H x W x C (C <= 4) or H x W float array in [0, 1].
+        length: motion length in pixels, an (H, W) map or a number, within [0, 512].
+        angle_deg: motion direction, degrees counterclockwise from +x as displayed, an (H, W) map
+            or a number.
+        length_bank: lengths in the bank, 2..64.
+        angle_bank: directions in the bank, 1..64.
+
+    Returns:
+        float32 array of ``image``'s shape, in [0, 1].
+    """
+    hwc = as_hwc(image)
+    h, w = hwc.shape[:2]
+    length = np.broadcast_to(as_level(length, (h, w), "length", MAX_BLUR), (h, w))
+    angle_map = np.broadcast_to(np.asarray(angle_deg, dtype=np.float64), (h, w))
+    if not np.isfinite(angle_map).all():
+        raise ValueError("angle_deg must be finite")
+    nl, na = integer(length_bank, "length_bank"), integer(angle_bank, "angle_bank")
+    if not 2 <= nl <= MAX_BANK or not 1 <= na <= MAX_BANK:
+        raise ValueError(f"length_bank must lie in [2, {MAX_BANK}] and angle_bank in [1, {MAX_BANK}], got {nl}, {na}")
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    lengths, l_index = _bank(length, nl)
+    angles, a_index = _angle_bank_weights(angle_map, na)
+    l_index_t, a_index_t = torch.from_numpy(l_index), torch.from_numpy(a_index)
+    out = torch.zeros(chw.shape, dtype=torch.float32)
+    spectrum = _Spectrum(chw, kernel_radius(float(lengths[-1]))) if lengths[-1] > 0 else None
+    for i, li in enumerate(lengths):
+        w_len = (1.0 - (l_index_t - i).abs()).clamp_(min=0.0)
+        if not bool((w_len > 0).any()):
+            continue
+        if li == 0.0:
+            out.addcmul_(torch.from_numpy(chw), w_len)
+            continue
+        for j, aj in enumerate(angles):
+            # Circular distance in bank steps: index na - 0.3 lies 0.3 from member 0.
+            d = (a_index_t - j).abs()
+            w_ang = (1.0 - torch.minimum(d, na - d)).clamp_(min=0.0) if na > 1 else torch.ones_like(d)
+            weight = w_len * w_ang
+            if not bool((weight > 0).any()):
+                continue
+            out.addcmul_(spectrum.convolve(motion_kernel(float(li), float(aj))), weight)
+    out.clamp_(0.0, 1.0)
+    return np.ascontiguousarray(out.numpy().transpose(1, 2, 0)).reshape(image.shape)

@@ -235,10 +235,12 @@ REGISTRY: tuple[ModelEntry, ...] = (
 
 BUNDLED_URL = "bundled with tlc (trained by bench/train_tiny.py; model card beside the weights)"
 _TINY_TASK = "blind Gaussian denoising (sigma 0-50), trained here on 48x48 crops of scikit-image photographs"
+_TINY_DEBLUR_TASK = ("motion deblurring (motion up to 20 px, length and direction varying across the frame, "
+                     "mild noise), trained here on 48x48 crops of scikit-image photographs")
 
 
-def _tiny(name: str, arch: str, config: dict) -> ModelEntry:
-    return ModelEntry(name, arch, config, _TINY_TASK, "params", (48, 48), (72, 72), (), "MIT", BUNDLED_URL,
+def _tiny(name: str, arch: str, config: dict, task: str = _TINY_TASK) -> ModelEntry:
+    return ModelEntry(name, arch, config, task, "params", (48, 48), (72, 72), (), "MIT", BUNDLED_URL,
                       weights_file=f"{name}.safetensors")
 
 
@@ -251,6 +253,8 @@ BUNDLED: tuple[ModelEntry, ...] = (
     _tiny("tiny-nafnet", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1]}),
     _tiny("tiny-hinet", "HINet", {"wf": 16, "depth": 3, "hin_position_left": 0, "hin_position_right": 2, "padder_size": 4,
                                  "padding_mode": "reflect"}),
+    _tiny("tiny-nafnet-deblur", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1,
+                                           "dec_blk_nums": [1, 1, 1]}, _TINY_DEBLUR_TASK),
 )
 REGISTRY = REGISTRY + BUNDLED
 

@@ -20,7 +20,7 @@ MARGIN_DB = {"blur-varying": 0.4, "blur-uniform": 1.0}
 
 def test_every_bundled_model_is_in_the_registry():
     assert {e.name for e in BUNDLED} == {"tiny-unet", "tiny-unet-in", "tiny-unet-se", "tiny-nafnet", "tiny-hinet",
-                                        "tiny-nafnet-deblur"}
+                                        "tiny-nafnet-deblur", "tiny-unet-in-deblur"}
 
 
 @pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.name)

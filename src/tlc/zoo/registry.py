@@ -255,6 +255,8 @@ BUNDLED: tuple[ModelEntry, ...] = (
                                  "padding_mode": "reflect"}),
     _tiny("tiny-nafnet-deblur", "NAFNet", {"width": 16, "enc_blk_nums": [1, 1, 1], "middle_blk_num": 1,
                                            "dec_blk_nums": [1, 1, 1]}, _TINY_DEBLUR_TASK),
+    _tiny("tiny-unet-in-deblur", "UNet", {"width": 16, "depth": 3, "blocks": 2, "norm": "instance", "attention": "none",
+                                          "padding_mode": "reflect"}, _TINY_DEBLUR_TASK),
 )
 REGISTRY = REGISTRY + BUNDLED
 

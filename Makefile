@@ -24,6 +24,7 @@ bench: venv
 	$(PY) bench/local_ops.py
 	$(PY) bench/corpus.py
 	$(PY) bench/networks.py
+	$(PY) bench/memory.py
 	$(PY) bench/half_precision.py
 
 # The built-in demo: held-out photographs, noise and motion blur varying across the frame,

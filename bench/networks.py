@@ -29,7 +29,11 @@ REDUCED = {
     "HINet": dict(wf=16, hin_position_left=3, hin_position_right=4),
     "MPRNet": dict(n_feat=24, scale_unetfeats=12, scale_orsnetfeats=8, num_cab=2),
     "Restormer": dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 2, 4, 8]),
+    # Light networks, where the local statistics weigh most (the configurations of the cost issue).
+    "NAFNet-w16-light": dict(width=16, enc_blk_nums=[1, 1, 1, 2], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1]),
+    "HINet-wf16-hin5": dict(wf=16, hin_position_left=0, hin_position_right=4),
 }
+ARCH = {"NAFNet-w16-light": "NAFNet", "HINet-wf16-hin5": "HINet"}  # reduced entries named otherwise
 FULL = {
     "NAFNet-width32": ("NAFNet", dict(width=32, enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])),
     "NAFNet-width64": ("NAFNet", dict(width=64, enc_blk_nums=[1, 1, 1, 28], middle_blk_num=1, dec_blk_nums=[1, 1, 1, 1])),
@@ -72,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     dtype = getattr(torch, args.dtype)
-    nets = FULL if args.full else {name: (name, config) for name, config in REDUCED.items()}
+    nets = FULL if args.full else {name: (ARCH.get(name, name), config) for name, config in REDUCED.items()}
     if args.only:
         nets = {k: v for k, v in nets.items() if k in args.only.split(",")}
     print(f"networks at {h}x{w} on {machine()}, {args.dtype}, {'released' if args.full else 'reduced'} widths")

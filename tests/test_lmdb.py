@@ -226,6 +226,7 @@ def test_pixel_limit_applies_to_database_images(tmp_path):
     code, summary, rows = evaluate(tmp_path, tmp_path / "small", "--pixel-limit", "0.0005")  # 500 pixels
     assert code == 1 and rows == [] and len(summary["failures"]) == 2
     assert all("over the limit" in f and "input.lmdb/q" in f for f in summary["failures"])
+    assert all("--pixel-limit" in f and "max_pixels" not in f for f in summary["failures"])  # CLI advice
     code, _, rows = evaluate(tmp_path, tmp_path / "enough", "--pixel-limit", "0.0006")
     assert code == 0 and len(rows) == 2
 

@@ -155,6 +155,22 @@ def _read(path: Path, max_pixels: int | None) -> io.Image:
         raise io.ImageError(error_text(err)) from None
 
 
+class _AdvisedPairs:
+    """An LMDB pair source whose read errors name the CLI's flags, as :func:`_read` does for files."""
+
+    def __init__(self, source: LmdbPairs) -> None:
+        self._source = source
+
+    def load(self, name: str) -> tuple[io.Image, io.Image]:
+        try:
+            return self._source.load(name)
+        except io.ImageError as err:
+            raise io.ImageError(error_text(err)) from None
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self._source, attr)
+
+
 def run(args: argparse.Namespace) -> int:
     modes = _modes(args.modes)
     if not args.sync_timeout > 0:
@@ -168,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if isinstance(pairs.blocks, LmdbPairs):
         pairs.blocks.max_pixels = max_pixels  # its images are decoded from the databases, not read by _read
+        pairs = replace(pairs, blocks=_AdvisedPairs(pairs.blocks))
     protocol = _protocol(args, pairs.benchmark)
     if args.limit is not None:
         pairs = replace(pairs, pairs=pairs.pairs[: args.limit])

@@ -116,6 +116,12 @@ class Grid:
         gh, gw = self.valid
         return gh * gw
 
+    def valid_map(self, local: torch.Tensor) -> torch.Tensor:
+        """Local values (N * G, ...) as the map of valid windows (N, P, Gh, Gw), P values per
+        position: a view, contiguous where the values lie channel first (batch 1)."""
+        gh, gw = self.valid
+        return local.reshape(self.batch, gh, gw, -1).permute(0, 3, 1, 2)
+
     def pixel_index(self, device: torch.device) -> torch.Tensor:
         """(H * W,) long: the window position (``i * Gw + j``) each pixel takes, pixels row-major."""
         (h, w), (kh, kw), (gh, gw) = self.size, self.window, self.valid
@@ -482,10 +488,7 @@ class PooledValues:
         e = self._entry(t)
         if e is None or e.expanded is None:
             return t
-        kind, a = e.expanded
-        n, (h, w), (gh, gw) = e.grid.batch, e.grid.size, e.grid.valid
-        valid = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2).contiguous()  # (N, P, Gh, Gw)
-        return replicate_to(valid, (h, w)).reshape(t.shape)
+        return replicate_to(e.grid.valid_map(e.local).contiguous(), e.grid.size).reshape(t.shape)
 
     def escaped(self, output: object) -> frozenset:
         """Sources of the pooled values found in ``output`` (tensors in nested lists, tuples, dicts):
@@ -618,13 +621,12 @@ class _Call:
         """The pooled value at every pixel: ``real_shape`` with the placement dims at full size."""
         grid = self.grid
         kind, a = placement
-        n, (h, w), (gh, gw) = grid.batch, grid.size, grid.valid
+        n, (h, w) = grid.batch, grid.size
         tail = tuple(real_shape[1:])
         if grid.positions == 1:
             return e.local  # one window: the real shape, broadcast by the call itself
         if kind == "grid" and a + 2 == len(real_shape):  # trailing (1, 1): replicate padding
-            valid = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2)  # (N, P, Gh, Gw)
-            return replicate_to(valid.contiguous(), (h, w)).reshape(n, *tail[:-2], h, w)
+            return replicate_to(grid.valid_map(e.local).contiguous(), (h, w)).reshape(n, *tail[:-2], h, w)
         full = e.local.reshape(n, grid.positions, *tail).index_select(1, grid.pixel_index(e.local.device))
         if kind == "grid":
             full = full.squeeze(a + 2).squeeze(a + 1).unflatten(1, (h, w))
@@ -682,7 +684,7 @@ class _Call:
         lead = tuple(x.shape[1:-2])
         if tuple(x.shape[-2:]) != (h, w) or x.shape[0] != n or tuple(e.local.shape) != (n * gh * gw, *lead, 1, 1):
             return None
-        gate = e.local.reshape(n, gh, gw, -1).permute(0, 3, 1, 2).reshape(n, *lead, gh, gw)
+        gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)
         self.values.applied.update(self.sources)
         return combine_replicated(x, gate, op)
 

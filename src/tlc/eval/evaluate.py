@@ -297,7 +297,8 @@ class _ShareRunner:
             outputs[mode] = pixels
             if mode in todo or need_images:
                 try:
-                    scores[mode] = self._score(pixels, target.pixels)
+                    value_psnr, value_ssim, mae = self._score(pixels, target.pixels)
+                    scores[mode] = (value_psnr, value_ssim)
                 except ValueError as err:
                     if not self.settings.protocol.align:
                         raise
@@ -305,7 +306,6 @@ class _ShareRunner:
                     self.failures.append((index, f"{name} [{mode}]: {one_line(err)}"))
                     continue
             if mode in todo:
-                mae = self.settings.protocol.score_all(pixels, target.pixels)["mae"] if self.settings.protocol.mae else None
                 self.writer.writerow({"image": name, "mode": mode, "psnr": f"{scores[mode][0]:.6f}",
                                       "ssim": f"{scores[mode][1]:.6f}", "seconds": f"{seconds:.4f}",
                                       "mae": "" if mae is None else f"{mae:.8f}"})
@@ -316,7 +316,7 @@ class _ShareRunner:
         if not (need_images and outputs):
             return
         try:
-            scores["input"] = self._score(degraded.pixels, target.pixels)
+            scores["input"] = self._score(degraded.pixels, target.pixels)[:2]
         except ValueError:
             if not self.settings.protocol.align:
                 raise
@@ -329,10 +329,11 @@ class _ShareRunner:
         if need_views:
             self._write_views(name, {p: images[p] for p in panels}, scores["input"])
 
-    def _score(self, pixels: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-        """(PSNR, SSIM) as per_image.csv stores them (6 decimals), so labels show the rows' numbers."""
-        value_psnr, value_ssim = self.settings.protocol.score(pixels, target)
-        return float(f"{value_psnr:.6f}"), float(f"{value_ssim:.6f}")
+    def _score(self, pixels: np.ndarray, target: np.ndarray) -> tuple[float, float, float | None]:
+        """(PSNR, SSIM, MAE or None) from one scoring of the pair: PSNR and SSIM as per_image.csv
+        stores them (6 decimals), so labels show the rows' numbers; MAE where the protocol scores it."""
+        values = self.settings.protocol.score_all(pixels, target)
+        return float(f"{values['psnr']:.6f}"), float(f"{values['ssim']:.6f}"), values.get("mae")
 
     def _write_views(self, name: str, images: dict[str, np.ndarray], input_score: tuple[float, float]) -> None:
         """The report viewer's centre crops of one pair (PNG, lossless: the viewer is for judging

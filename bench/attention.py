@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_seconds, merged, write_csv  # noqa: E402
+from common import in_fresh_process, machine, median_seconds, merged, peak_rss_mib_during, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 
@@ -95,28 +95,11 @@ def _peak_child(method: str, args: argparse.Namespace, queue: mp.Queue) -> None:
             torch.cuda.synchronize()
             queue.put((torch.cuda.max_memory_allocated() - base) / 2**20)
         else:
-            # Linux: writing 5 to clear_refs resets the peak resident size (VmHWM) to the current one.
-            Path("/proc/self/clear_refs").write_text("5")
-            base = _status_kib("VmHWM")
-            _run(method, qkv, temperature, args)
-            queue.put((_status_kib("VmHWM") - base) / 1024)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+            queue.put(peak_rss_mib_during(lambda: _run(method, qkv, temperature, args)))
 
 
 def peak_mib(method: str, args: argparse.Namespace) -> float:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_peak_child, args=(method, args, queue))
-    process.start()
-    value = queue.get()
-    process.join()
-    return value
+    return in_fresh_process(_peak_child, method, args)
 
 
 def main() -> None:

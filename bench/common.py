@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing as mp
 import platform
 import statistics
 import time
@@ -76,3 +77,34 @@ def write_csv(name: str, rows: list[dict]) -> Path:
         writer.writerows(rows)
     tmp.replace(path)
     return path
+
+
+def peak_rss_mib_during(fn: Callable[[], object]) -> float:
+    """MiB the process's peak resident size rises above its current size while ``fn`` runs.
+
+    Linux: writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to the current size, so
+    earlier peaks (loading, conversion, warm-up) do not hide or shrink this one.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmHWM")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def in_fresh_process(target: Callable, *args: object) -> object:
+    """``target(*args, queue)`` run in a new (spawned) process; returns what it puts on the queue."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    value = queue.get()
+    process.join()
+    return value
+

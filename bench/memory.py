@@ -4,7 +4,8 @@ Each measurement runs in a fresh process (the peak resident size of a process on
 network is built (perturbed weights), converted or not, warmed up on a 64x64 image, and then one
 forward runs on the test image under ``torch.inference_mode``. Reported: the peak resident size
 above what the process held just before that forward (the input image included), in MiB, and
-the ratio converted / plain. Linux only (``ru_maxrss`` in KiB). Writes bench/results/memory_cpu.csv.
+the ratio converted / plain. Linux only (the peak is reset before the forward through
+/proc/self/clear_refs, so conversion and warm-up peaks do not count). Writes bench/results/memory_cpu.csv.
 
     python bench/memory.py                      # NAFNet and HINet (issue widths) at 2160x3840
     python bench/memory.py --size 720x1280
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, merged, write_csv  # noqa: E402
+from common import in_fresh_process, machine, merged, peak_rss_mib_during, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 
@@ -41,10 +41,6 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _measure(arch: str, config: dict, converted: bool, size: tuple[int, int], queue: mp.Queue) -> None:
     torch.set_num_threads(2)
     model = _perturbed(tlc.archs.build(arch, **config))
@@ -55,20 +51,12 @@ def _measure(arch: str, config: dict, converted: bool, size: tuple[int, int], qu
     with torch.inference_mode():
         model(torch.rand(1, 3, 64, 64))  # kernels compiled, allocator warm
         x = torch.rand(1, 3, *size)
-        before = _peak_mib()  # the peak so far: the warm-up, the input (the test forward's is far larger)
-        model(x)
-        queue.put(_peak_mib() - before)
+        queue.put(peak_rss_mib_during(lambda: model(x)))
 
 
 def peak_above_start(arch: str, config: dict, converted: bool, size: tuple[int, int]) -> float:
     """MiB the forward adds to the process's peak resident size, measured in a fresh process."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=_measure, args=(arch, config, converted, size, queue))
-    process.start()
-    value = queue.get()
-    process.join()
-    return value
+    return in_fresh_process(_measure, arch, config, converted, size)
 
 
 def main() -> None:

@@ -499,6 +499,20 @@ def test_float32(name):
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=4 * TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("name", ["se-linear", "conv-gate"])
+def test_gate_expanded_to_its_map_is_never_spread(name):
+    """``x * y.expand_as(x)`` (SENet code): the expanded gate is multiplied in while replicated
+    (one pass) and never written out at full size by replicate padding (46 ms of 1.35 s in a
+    720p SE network)."""
+    factory, _ = CONSUMERS[name]
+    model = randomise(factory(), 5)
+    x = _input(5, torch.float32)
+    with torch.profiler.profile() as profile:
+        run_local(model, x, (6, 9))
+    ops = [event.name for event in profile.events()]
+    assert not [op for op in ops if "replication_pad" in op or op == "aten::index_select"]
+
+
 def test_gradients_flow_through_local_values():
     model = randomise(SELinear(), 3).double()
     x = _input(3).requires_grad_(True)

@@ -561,6 +561,12 @@ class _Call:
         spatial = h * w > 1 and name not in _LIKE
         maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
         real = None
+        if maps and self.name in _EXPANSIONS:  # y.expand_as(x): a view, spread only if its use needs it
+            real = func(*args, **kwargs)
+            placement = self.placement(real.shape)
+            deferred = None if placement is None else self.deferred_expansion(real, placement)
+            if deferred is not None:
+                return deferred
         if maps:  # the result's shape without computing it: a terminal call is computed once
             try:
                 margs, mkwargs = _map_args(args, kwargs, lambda t: t.to("meta"))

@@ -11,6 +11,7 @@ from torch import nn
 
 from tlc.nn import LocalStripAvgPool2d
 from tlc.ops import local_axis_mean, local_softmax_pool, local_std, local_var
+from tlc.ops.stats import valid_local_var
 
 from .conftest import TOLERANCE
 
@@ -309,6 +310,27 @@ def test_var_and_std_match_brute_force(shape, window, correction):
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     for out in both_paths(local_std, x, window, correction):
         torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shape,window,correction",
+    [((2, 3, 7, 11), (3, 4), 1.0), ((2, 2, 1, 9), (4, 4), 0.0), ((1, 2, 13, 10), (5, 6), 1.0), ((2, 1, 6, 5), (9, 9), 1.0)],
+)
+def test_valid_var_and_std_are_each_inside_window(shape, window, correction):
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 3
+    h, w = shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    ref = torch.empty(*shape[:2], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    for top in range(h - kh + 1):
+        for left in range(w - kw + 1):
+            ref[:, :, top, left] = x[:, :, top : top + kh, left : left + kw].var(dim=(-2, -1), correction=correction)
+    for out in both_paths(valid_local_var, x, window, correction):
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for out in both_paths(valid_local_var, x, window, correction, True):
+        torch.testing.assert_close(out, ref.sqrt(), rtol=0, atol=1e-12)
+    for out in both_paths(valid_local_var, x.float(), window, correction, True):
+        assert out.dtype == torch.float32
+        assert (out.double() - ref.sqrt()).abs().max().item() <= 4 * TOLERANCE[torch.float32]
 
 
 def test_var_keeps_digits_for_offset_inputs():

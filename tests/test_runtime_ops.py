@@ -131,6 +131,50 @@ def test_hand_written_mean_and_std_become_local_mean_and_std():
     assert (std - stdv_channels(y)).abs().max().item() > 1e-3  # not the global one
 
 
+class StyleGate(nn.Module):
+    """SRM's style recalibration: x.mean and x.var over the map, a channel-wise FC, batch norm, a
+    sigmoid gate (Lee et al. ICCV 2019)."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.cfc = nn.Parameter(torch.randn(c, 2))
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        mean = y.mean((2, 3), keepdim=True)
+        std = (y.var((2, 3), keepdim=True) + 1e-5).sqrt()
+        z = mean * self.cfc[:, 0].view(1, -1, 1, 1) + std * self.cfc[:, 1].view(1, -1, 1, 1)
+        return y * torch.sigmoid(self.bn(z))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_style_gate_runs_on_the_windows_inside_the_map(batch):
+    """The statistics are answered with pooled values: the gate's layers run once per window
+    inside the map (fewer than the pixels) and the gate is multiplied in replicated, never written
+    out at full size; the result is each pixel's window statistics through the gate."""
+    model = randomised(StyleGate()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert converted_sites(report) == [("mean", (24, 24)), ("var", (24, 24))]
+    check_invariant(model, converted, report)
+    x = image(batch, 3, 33, 41)
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        out = converted(x)
+    with torch.no_grad():
+        y = model.conv(x)
+        mu = brute_force(y, (24, 24), mean)
+        std = (brute_force(y, (24, 24), lambda t: t.var(-1)) + 1e-5).sqrt()
+        z = mu * model.cfc[:, 0].view(1, -1, 1, 1) + std * model.cfc[:, 1].view(1, -1, 1, 1)
+        expected = y * torch.sigmoid(model.bn(z))
+    assert (out - expected).abs().max().item() < 1e-12
+    assert (out - model(x)).abs().max().item() > 1e-3
+    windows = batch * (33 - 24 + 1) * (41 - 24 + 1)
+    sigmoid = [e.input_shapes[0] for e in profile.events() if e.name == "aten::sigmoid"]
+    # The global values (which the model's own Python sees) and the windows' values, nothing else.
+    assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
+
+
 def test_var_mean_and_std_mean_are_local():
     class Stats(nn.Module):
         def __init__(self):

@@ -511,6 +511,29 @@ class PooledValues:
                     stack.extend(value.values())
         return frozenset(found)
 
+    def materialise(self, output: object, sources: set) -> object:
+        """``output`` with every pooled value of shape (N, ..., 1, 1) whose sources all lie in
+        ``sources`` replaced by its full-size local map (the window values replicated to the
+        pixels), in the same containers; ``output`` itself when there is none."""
+        if isinstance(output, torch.Tensor):
+            e = self._entry(output)
+            if e is None or e.expanded is not None or not e.sources or not e.sources <= sources:
+                return output
+            n, (h, w), (gh, gw) = e.grid.batch, e.grid.size, e.grid.valid
+            lead = tuple(output.shape[1:-2])
+            if output.dim() < 3 or tuple(output.shape[-2:]) != (1, 1) or tuple(e.local.shape) != (n * gh * gw, *lead, 1, 1):
+                return output
+            return replicate_to(e.grid.valid_map(e.local).reshape(n, *lead, gh, gw).contiguous(), (h, w))
+        if isinstance(output, (list, tuple)):
+            items = [self.materialise(v, sources) for v in output]
+            if all(a is b for a, b in zip(items, output)):
+                return output
+            return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
+        if isinstance(output, dict):
+            items = {k: self.materialise(v, sources) for k, v in output.items()}
+            return output if all(items[k] is v for k, v in output.items()) else type(output)(items)
+        return output
+
     def finish(self, output: object) -> frozenset:
         """:meth:`escaped` of the forward's ``output``, then forget every pooled value."""
         leaving = self.escaped(output)
@@ -575,7 +598,10 @@ class _Call:
             except Exception:  # no meta kernel: compute it for real
                 if _is_inplace(name, args, kwargs):
                     raise self.fail("in-place call without a meta kernel") from None
-                real = func(*args, **kwargs)
+                try:
+                    real = func(*args, **kwargs)
+                except Exception as err:  # torch.stack([pooled, map]): the shapes do not fit
+                    raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it") from err
                 shape = real.shape if isinstance(real, torch.Tensor) else None
             if shape is not None:
                 placement = self.placement(shape)
@@ -719,6 +745,7 @@ class _Call:
         weighted = self.name in _WEIGHTED or self.name in _TWO_INPUTS
         indexing = func is _T.__getitem__ or func is _T.__setitem__
         like = self.name in _LIKE
+        inplace = _is_inplace(self.name, args, kwargs)
 
         def local(t: torch.Tensor) -> torch.Tensor:
             e = entry(t)
@@ -731,6 +758,8 @@ class _Call:
             ones = [d for d in range(1, rank) if all(e.local.dim() == rank and e.local.shape[d] == 1 for e in pooled)]
             if any(t.shape[d] > 1 for d in ones):
                 raise self.fail(f"a pooled value broadcast over a {tuple(t.shape)} tensor that is not its map")
+            if n == 1 and not inplace:  # the same for each window position: a view will do
+                return t.expand(g, *t.shape[1:])
             return t.repeat_interleave(g, dim=0)  # per sample: the same for each window position
 
         if indexing:  # the index stays as it is

@@ -303,10 +303,11 @@ def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no c
         _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
-def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
+def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
-    with ``root``) of the (k1, k2) windows, replicated: running float64 sums of x - centre and of
-    its square, a row of column sums sliding down and a window sum sliding along it."""
+    with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
+    those of the windows inside the map: running float64 sums of x - centre and of its square, a
+    row of column sums sliding down and a window sum sliding along it."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
@@ -340,7 +341,10 @@ def _var_planes(x, centre, k1, k2, divisor, root, out):  # pragma: no cover
                 squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
                 var = squares / divisor
                 valid[a, b] = np.sqrt(var) if root else var
-        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+        if valid_only:
+            out[p] = valid
+        else:
+            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 if njit is not None:
@@ -421,7 +425,8 @@ def fused_softmax_pool_general(x: torch.Tensor, logits: torch.Tensor, window: tu
 
 
 def fused_local_var(
-    x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool
+    x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool,
+    valid_only: bool = False,
 ) -> torch.Tensor:
     """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
 
@@ -431,11 +436,13 @@ def fused_local_var(
         window: clamped (kh, kw).
         correction: subtracted from the window's pixel count in the divisor.
         root: return the standard deviation.
+        valid_only: return only the (N, C, H-kh+1, W-kw+1) windows inside the map.
     """
     n, c, h, w = x.shape
     work = _working(x)
-    out = torch.empty_like(work)
+    size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
+    out = work.new_empty((n * c, *size))
     divisor = max(window[0] * window[1] - correction, 0.0)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
-                  float(divisor), bool(root), out.view(n * c, h, w).numpy())
-    return out.to(x.dtype)
+                  float(divisor), bool(root), bool(valid_only), out.numpy())
+    return out.view(n, c, *size).to(x.dtype)

@@ -47,6 +47,13 @@ call                                                    local version
 ``F.layer_norm`` over (H, W) / (C, H, W), no affine     local instance norm / group norm, one group
 ======================================================  ============================================
 
+Whole-map statistics with ``keepdim=True`` (``mean``, ``sum``, ``amax``, ``var``, ``std``, the
+poolings) are answered with *pooled values* (:mod:`tlc.convert.pooled_values`) rather than their
+full-size local maps: what consumes the statistic (a gate's layers: SRM's FC, batch norm and
+sigmoid) then runs once per window inside the map, and ``x * gate`` multiplies it in replicated.
+The result is the same; a consumer that refuses pooled values (``torch.stack`` with a map) gets
+the local map instead, and a statistic returned from the model is returned as its local map.
+
 Reported, left global: the same with ``keepdim=False`` or over a flattened H*W axis (reasons start
 with :data:`POOLED_VALUE`), ``var``/``std`` over one axis, adaptive pooling to a fixed k x k grid,
 ``F.layer_norm`` over H, W with an affine weight, FFTs over H and/or W, softmax, normalisation
@@ -189,7 +196,8 @@ def _leave_failing_site(converter: CallSiteConverter, err: Exception) -> bool:
     refused = converter.known(getattr(cause, "sources", ()))
     if isinstance(cause, PooledValueError) and refused:
         for key in refused:
-            converter.leave_global(key, f"{POOLED_VALUE}: {cause.reason}")
+            if not converter.map_instead(key):
+                converter.leave_global(key, f"{POOLED_VALUE}: {cause.reason}")
         return True
     last = converter.last_converted()
     if last is None:

@@ -33,6 +33,8 @@ class Call:
         local: the local form at a site (None when it has none).
         mark: how the result relates to the input for the centred-square patterns (see ``Mark``):
             "mean", "sum" or None.
+        valid: for a whole-map statistic :data:`POOLINGS` does not name (``var``, ``std``), its
+            value over every window inside the map, (N, C, H - kh + 1, W - kw + 1), at a site.
     """
 
     op: str
@@ -42,6 +44,7 @@ class Call:
     reason: str | None = None
     local: Callable[[Site], torch.Tensor] | None = None
     mark: str | None = None
+    valid: Callable[[Site], torch.Tensor] | None = None
 
 
 def is_map(x: object) -> bool:
@@ -118,13 +121,15 @@ POOLINGS = {
 def poolable(call: Call) -> bool:
     """Whether ``call`` pools a whole (N, C, H, W) map and may be answered with a pooled value."""
     return (
-        call.op in POOLINGS and call.dims == (2, 3) and call.x.dim() == 4
+        (call.op in POOLINGS or call.valid is not None) and call.dims == (2, 3) and call.x.dim() == 4
         and (call.reason is None or call.reason.startswith(POOLED_VALUE))
     )
 
 
 def valid_pooling(call: Call, site: Site) -> torch.Tensor:
     """(N, C, H - kh + 1, W - kw + 1): the pooling of ``call`` over every window inside the map."""
+    if call.valid is not None:
+        return call.valid(site)
     x, kind = call.x, POOLINGS[call.op]
     if kind == "max":
         return valid_local_max(x, site.window)

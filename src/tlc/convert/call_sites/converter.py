@@ -62,6 +62,7 @@ class CallSiteConverter:
         self._unknown: dict[SiteKey, str] = {}  # keys met after calibration, with their description
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
+        self._map_fallback: set[SiteKey] = set()  # of those, sites whose local map may answer instead
         # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
         self._pairs: dict[SiteKey, tuple[SiteKey, Pair]] = {}
         self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
@@ -141,17 +142,24 @@ class CallSiteConverter:
         size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
         stack.append(ModuleCall(hook, hook.path, excluded, map_size=size))
 
-    def leave_module(self, hook: Enter, output: object = None) -> None:
+    def leave_module(self, hook: Enter, output: object = None) -> object:
+        """Pop the module call; at the outermost one, leave the mode. Returns the output to give
+        instead of ``output`` (pooled values answered by choice become their local maps), or None."""
         stack = self._stack()
         if not stack or stack[-1].hook is not hook:
-            return  # this call's pre-hook never ran (an earlier pre-hook raised)
+            return None  # this call's pre-hook never ran (an earlier pre-hook raised)
         stack.pop()
         mode = getattr(self._thread, "mode", None)
-        if not stack and mode is not None:
-            self._thread.mode = None
-            remove_mode(mode)
-            if mode.values is not None:  # pooled values in the output never met the image
-                self._thread.escaped = mode.values.finish(output)
+        if stack or mode is None:
+            return None
+        self._thread.mode = None
+        remove_mode(mode)
+        if mode.values is None:
+            return None
+        # A statistic returned as such, where its local map would have answered: that map.
+        returned = mode.values.materialise(output, self._map_fallback)
+        self._thread.escaped = mode.values.finish(returned)  # pooled values that never met the image
+        return None if returned is output else returned
 
     # --- the mode's answer to a recognised call
     def answer(self, func: Callable, args: tuple, kwargs: dict, call: Call) -> object:
@@ -297,6 +305,16 @@ class CallSiteConverter:
                 site = site_for(feature)
                 self._windows[key] = (site, channels)
                 window = site.window
+                if (
+                    key not in self._pooled and not site.fast and len(shapes) == 1 and poolable(call) and tags == (H, W)
+                    and (call.mark is None or not self._variances)  # marks find hand-written variances on maps
+                ):
+                    # Also answered with a pooled value, though the local map would do: what consumes
+                    # the statistic (a gate's layers) then runs on the valid windows only, and x * gate
+                    # multiplies it in replicated, never writing a full-size gate. Should a consumer
+                    # refuse pooled values, the site falls back to its local map.
+                    self._pooled.add(key)
+                    self._map_fallback.add(key)
             self._index[key] = len(self.sites)
             self.sites.append(
                 CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
@@ -332,6 +350,7 @@ class CallSiteConverter:
         gives ``reason``."""
         self._windows.pop(key, None)
         self._pooled.discard(key)
+        self._map_fallback.discard(key)
         partner = self._context.pop(key, None)
         if partner is None:
             partner = next((k for k, v in self._context.items() if v == key), None)
@@ -344,6 +363,15 @@ class CallSiteConverter:
             self.sites[self._index[partner]] = replace(self.sites[self._index[partner]], window=None, reason=reason)
         index = self._index[key]
         self.sites[index] = replace(self.sites[index], window=None, reason=reason)
+
+    def map_instead(self, key: SiteKey) -> bool:
+        """Answer the converted site ``key`` with its full-size local map from now on, if it was
+        answered with a pooled value by choice (a consumer refused the pooled value); else False."""
+        if key not in self._map_fallback:
+            return False
+        self._map_fallback.discard(key)
+        self._pooled.discard(key)
+        return True
 
     def pool_instead(self, key: SiteKey) -> bool:
         """Answer the converted site ``key`` with a pooled value from now on, if it is a whole-map

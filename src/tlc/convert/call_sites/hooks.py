@@ -79,8 +79,8 @@ class Leave:
     def __init__(self, enter: Enter) -> None:
         self.enter = enter
 
-    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
-        self.enter.converter.leave_module(self.enter, output)
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> object:
+        return self.enter.converter.leave_module(self.enter, output)
 
 
 def remove_mode(mode: TorchFunctionMode) -> None:
@@ -203,7 +203,9 @@ class Observed:
 def template(call: Call) -> Call:
     """``call`` without its tensors: what judging it needs."""
     meta = torch.empty(call.x.shape, dtype=call.x.dtype, device="meta")
-    return replace(call, x=meta, local=None if call.local is None else _has_local)
+    return replace(
+        call, x=meta, local=None if call.local is None else _has_local, valid=None if call.valid is None else _has_local
+    )
 
 
 def _has_local(site: Site) -> torch.Tensor:  # placeholder for a template's local form

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ...ops import local_axis_max, local_group_norm, local_instance_norm, local_std, local_var
+from ...ops.stats import valid_local_var
 from ...ops._common import as_pair
 from ..rules import Site
 from .calls import (
@@ -93,6 +94,12 @@ def _variance(op: str) -> Callable[[tuple, dict], Call | None]:
         call = Call(op, x, dims)
         if not spatial_only(x, dims):
             return call
+        correction = b.get("correction")
+        if correction is None:
+            correction = 0 if b.get("unbiased", True) is False else 1
+        root = op.startswith("std")
+        if dims == (2, 3) and not op.endswith("_mean"):  # the value per window, for a pooled value
+            call.valid = lambda site: valid_local_var(x, site.window, float(correction), root)
         if b.get("out") is not None:
             call.reason = "writes into out="
         elif not b.get("keepdim", False):
@@ -100,10 +107,7 @@ def _variance(op: str) -> Callable[[tuple, dict], Call | None]:
         elif dims != (2, 3):
             call.reason = f"{op} over one spatial axis: no local form here"
         else:
-            correction = b.get("correction")
-            if correction is None:
-                correction = 0 if b.get("unbiased", True) is False else 1
-            stat = local_std if op.startswith("std") else local_var
+            stat = local_std if root else local_var
             if op.endswith("_mean"):
                 call.local = lambda site: (stat(x, site.window, float(correction)), local_pool(x, site))
             else:

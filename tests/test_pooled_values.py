@@ -732,3 +732,20 @@ def test_conv1d_on_folded_values_equals_torch_conv1d(c_in, c_out, k, padding):
     x, weight, bias = torch.randn(7, c_in, 11, generator=g), torch.randn(c_out, c_in, k, generator=g), torch.randn(c_out, generator=g)
     torch.testing.assert_close(conv1d_as_products((x, weight, bias, 1, padding)), F.conv1d(x, weight, bias, 1, padding))
     assert conv1d_as_products((x, weight, bias, 2, padding)) is None  # strided: left to torch
+
+
+@pytest.mark.parametrize("k,padding", [(3, 1), (5, 2), (3, 0), (1, 0), (5, 4), (9, 4)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv1d_on_values_laid_out_channel_first_keeps_the_layout(k, padding, with_bias):
+    """ECA's conv1d of (B, 1, C) values whose positions are the fastest axis: the same sums as
+    F.conv1d (taps past either end, padding wider than the kernel), and the result laid out the
+    same way (no transposing copy later)."""
+    from tlc.convert.pooled_values import conv1d_as_products
+
+    g = torch.Generator().manual_seed(k + padding)
+    x = torch.randn(1, 7, 40, generator=g, dtype=torch.float64).movedim(-1, 0)  # (40, 1, 7), channel first
+    weight = torch.randn(1, 1, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(1, generator=g, dtype=torch.float64) if with_bias else None
+    out = conv1d_as_products((x, weight, bias, 1, padding))
+    torch.testing.assert_close(out, F.conv1d(x.contiguous(), weight, bias, 1, padding), rtol=0, atol=1e-12)
+    assert out.movedim(0, -1).is_contiguous()

@@ -186,6 +186,26 @@ def test_softmax_pool_matches_brute_force(shape, window, shared):
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
+def valid_part(full: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The windows inside the map, from a replicated result: (N, C, H - kh + 1, W - kw + 1)."""
+    h, w = full.shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    return full[..., top : top + h - kh + 1, left : left + w - kw + 1]
+
+
+@pytest.mark.parametrize("spread", [3.0, 2000.0])  # one shift holds them / partial sums need their own
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shape,window", POOL_CASES)
+def test_softmax_pool_valid_only_is_each_inside_window(shape, window, shared, spread):
+    x = torch.randn(shape, dtype=torch.float64)
+    logits = spread * torch.randn(shape[0], 1 if shared else shape[1], *shape[2:], dtype=torch.float64)
+    ref = valid_part(brute_softmax_pool(x, logits, window), window)
+    for out in both_paths(lambda *a: local_softmax_pool(*a, valid_only=True), x, logits, window):
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("scale", [1e4, 1e3])
 def test_softmax_pool_exact_for_logits_spanning_a_huge_range(scale, shared):

@@ -478,6 +478,40 @@ def test_matches_per_pixel_reference(name, window):
 
 
 @pytest.mark.parametrize("name", list(CONSUMERS))
+def test_batch_of_one_matches_per_pixel_reference(name):
+    """At batch 1 the folded positions are the values' fastest axis (channel first), and the calls
+    computed in that layout (products, cat, softmax, layer norm, batch norm, ECA's conv1d) give
+    each pixel's window result too."""
+    factory, tokens = CONSUMERS[name]
+    seed = 200 + list(CONSUMERS).index(name)
+    model = randomise(factory(), seed).double()
+    x = _input(seed)[:1]
+    ref = per_pixel_reference(model, x, (5, 7), tokens)
+    out, _ = run_local(model, x, (5, 7))
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+def test_norms_of_values_laid_out_channel_first_equal_torch(affine):
+    from tlc.convert.pooled_values import _channel_first_layer_norm, _inference_batch_norm
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 1, 1, 50, generator=g, dtype=torch.float64).movedim(-1, 0)  # (50, 6, 1, 1), channel first
+    weight = torch.randn(6, 1, 1, generator=g, dtype=torch.float64) if affine in ("both", "weight") else None
+    bias = torch.randn(6, 1, 1, generator=g, dtype=torch.float64) if affine in ("both", "bias") else None
+    out = _channel_first_layer_norm((x, [6, 1, 1], weight, bias, 1e-5), {})
+    torch.testing.assert_close(out, F.layer_norm(x.contiguous(), [6, 1, 1], weight, bias, 1e-5), rtol=0, atol=1e-12)
+    assert out.movedim(0, -1).is_contiguous()
+    mean, var = torch.randn(6, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64) + 0.5
+    w = None if weight is None else weight.flatten()
+    b = None if bias is None else bias.flatten()
+    out = _inference_batch_norm((x, mean, var, w, b, False, 0.1, 1e-3), {})
+    torch.testing.assert_close(out, F.batch_norm(x.contiguous(), mean, var, w, b, False, 0.1, 1e-3), rtol=0, atol=1e-12)
+    assert out.movedim(0, -1).is_contiguous()
+    assert _inference_batch_norm((x, mean, var, w, b, True, 0.1, 1e-3), {}) is None  # batch statistics
+
+
+@pytest.mark.parametrize("name", list(CONSUMERS))
 def test_window_covering_the_map_is_the_original_model(name):
     factory, _ = CONSUMERS[name]
     model = randomise(factory(), 100 + list(CONSUMERS).index(name)).double()

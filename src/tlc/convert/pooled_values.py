@@ -780,6 +780,8 @@ class _Call:
                 result = _batch_last(self.name, largs, lkwargs)
             if result is None and func is torch.nn.functional.batch_norm:
                 result = _inference_batch_norm(largs, lkwargs)
+            if result is None and func is torch.nn.functional.layer_norm:
+                result = _channel_first_layer_norm(largs, lkwargs)
             if result is None:
                 result = func(*largs, **lkwargs)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -866,6 +868,28 @@ def _batch_last(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if any(t.dim() != ndim for t in tensors) or dim % ndim == 0:
         return None
     return torch.cat([t.movedim(0, -1) for t in tensors], dim % ndim - 1).movedim(-1, 0)
+
+
+def _channel_first_layer_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``F.layer_norm`` over every dim but the batch (GCNet's ``LayerNorm([C, 1, 1])``) of values
+    laid out channel first, computed in that layout (torch's comes out in rows, and the
+    transposing copy back where the values meet the map cost more than the norm); else None."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    if len(args) > len(names) or set(kwargs) - set(names):
+        return None
+    b = {**dict(zip(names, args)), **kwargs}
+    x, shape = b.get("input"), b.get("normalized_shape")
+    if not _channel_first(x) or not isinstance(shape, (tuple, list, torch.Size)) or tuple(shape) != tuple(x.shape[1:]):
+        return None
+    rows = x.movedim(0, -1).reshape(-1, x.shape[0])  # (D, B), contiguous
+    var, mean = torch.var_mean(rows, dim=0, correction=0)
+    out = (rows - mean).mul_(torch.rsqrt(var + b.get("eps", 1e-5)))
+    weight, bias = b.get("weight"), b.get("bias")
+    if weight is not None:
+        out = out.mul_(weight.reshape(-1, 1)) if bias is None else torch.addcmul(bias.reshape(-1, 1), out, weight.reshape(-1, 1))
+    elif bias is not None:
+        out = out.add_(bias.reshape(-1, 1))
+    return out.reshape(*x.shape[1:], x.shape[0]).movedim(-1, 0)
 
 
 def _inference_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:

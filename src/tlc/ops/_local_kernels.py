@@ -214,7 +214,10 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
         for r in range(vh):
             for j in range(vw):
                 valid[r, j] /= den[q, r, j]
-        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+        if out.shape[1] == vh and out.shape[2] == vw:
+            out[p, :, :] = valid
+        else:
+            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 def _merge(m1, d1, n1, m2, d2, n2):  # pragma: no cover
@@ -300,7 +303,10 @@ def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no c
                         m, d, n = _merge(m, d, n, cm[r, e], cd[r, e], cn[r, e])
                     mm, dd, nn = _merge(rm[b], rd[b], rn[b], m, d, n)
                     valid[r, b] = nn / dd
-        _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+        if out.shape[1] == vh and out.shape[2] == vw:
+            out[p, :, :] = valid
+        else:
+            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: no cover
@@ -388,13 +394,16 @@ def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: b
     return out.to(planes.dtype)
 
 
-def fused_softmax_pool(x: torch.Tensor, weights: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+def fused_softmax_pool(
+    x: torch.Tensor, weights: torch.Tensor, window: tuple[int, int], valid_only: bool = False
+) -> torch.Tensor:
     """Window sums of ``weights * x`` over window sums of ``weights``, replicated to full size.
 
     Args:
         x: (N, C, H, W) CPU tensor.
         weights: (N, 1 or C, H, W) float64 weights, already shifted (see :mod:`tlc.ops.context`).
         window: clamped (kh, kw).
+        valid_only: return only the (N, C, H-kh+1, W-kw+1) windows inside the map.
 
     Returns:
         (N, C, H, W), dtype of ``x``.
@@ -405,23 +414,27 @@ def fused_softmax_pool(x: torch.Tensor, weights: torch.Tensor, window: tuple[int
     den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
     _weight_sums_compiled(e.numpy(), kh, kw, den.numpy())
     work = _working(x)
-    out = torch.empty_like(work)
+    size = (h - kh + 1, w - kw + 1) if valid_only else (h, w)
+    out = work.new_empty((n * c, *size))
     ratio = c // weights.shape[1]
-    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw,
-                            out.view(n * c, h, w).numpy())
-    return out.to(x.dtype)
+    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw, out.numpy())
+    return out.view(n, c, *size).to(x.dtype)
 
 
-def fused_softmax_pool_general(x: torch.Tensor, logits: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+def fused_softmax_pool_general(
+    x: torch.Tensor, logits: torch.Tensor, window: tuple[int, int], valid_only: bool = False
+) -> torch.Tensor:
     """Softmax pooling of a CPU (N, C, H, W) ``x`` by (N, 1 or C, H, W) float64 ``logits`` of any
-    finite range (partial sums relative to their own maxima), replicated; dtype of ``x``."""
+    finite range (partial sums relative to their own maxima), replicated (or with ``valid_only``
+    the windows inside the map only); dtype of ``x``."""
     n, c, h, w = x.shape
     work = _working(x)
-    out = torch.empty_like(work)
+    size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
+    out = work.new_empty((n * c, *size))
     scores = logits.contiguous().view(-1, h, w)
     _general_pool_compiled(work.view(n * c, h, w).numpy(), scores.numpy(), c // logits.shape[1], window[0],
-                           window[1], out.view(n * c, h, w).numpy())
-    return out.to(x.dtype)
+                           window[1], out.numpy())
+    return out.view(n, c, *size).to(x.dtype)
 
 
 def fused_local_var(

@@ -78,7 +78,7 @@ def _shared_shift_is_exact(logits: torch.Tensor, shift: torch.Tensor, window: Pa
     return bool((window_max.amin(dim=(-2, -1), keepdim=True) >= shift - reach).all())
 
 
-def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair) -> torch.Tensor:
+def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair, valid_only: bool = False) -> torch.Tensor:
     """Softmax-weighted pooling of ``x`` over a local window around each pixel.
 
     At each pixel, with q running over the pixels of the window placed as in
@@ -94,6 +94,8 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
         logits: (N, 1, H, W) (one attention map shared by the channels, as in GCNet) or
             (N, C, H, W) floating tensor: the attention logits, finite.
         window: (kh, kw) in pixels (an int means square), each clamped to the map.
+        valid_only: return only the windows lying inside the map, (N, C, H - kh + 1, W - kw + 1),
+            before the edge replication (``tlc.ops.pool.replicate_to`` completes them).
 
     Returns:
         (N, C, H, W) tensor, dtype of ``x``. Differentiable in ``x`` and ``logits``. Inputs holding
@@ -106,17 +108,17 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
     scores = logits.to(acc)
     if (kh, kw) == (h, w):  # the global formula, broadcast
         weights = torch.softmax(scores.flatten(2), dim=-1)
-        context = (x.to(acc).flatten(2) * weights).sum(-1)
-        return context.to(x.dtype)[:, :, None, None].expand(x.shape).contiguous()
+        context = (x.to(acc).flatten(2) * weights).sum(-1).to(x.dtype)[:, :, None, None]
+        return context if valid_only else context.expand(x.shape).contiguous()
     shift = scores.detach().amax(dim=(-2, -1), keepdim=True)
     if not tracing() and _shared_shift_is_exact(scores.detach(), shift, (kh, kw)):
         weights = torch.exp(scores - shift)
         if local_kernels_apply(x, logits):
-            return fused_softmax_pool(x, weights, (kh, kw))
+            return fused_softmax_pool(x, weights, (kh, kw), valid_only)
         values = x.to(acc)
         valid = _block_sums(weights * values, (kh, kw)) / _block_sums(weights, (kh, kw))
     elif local_kernels_apply(x, logits):
-        return fused_softmax_pool_general(x, scores, (kh, kw))
+        return fused_softmax_pool_general(x, scores, (kh, kw), valid_only)
     else:
         values = x.to(acc)
         # Positive values for the log; the per-map offset (a convex combination's shift) is added
@@ -125,4 +127,4 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
         log_num = _block_logsumexp(scores + torch.log(values - offset), (kh, kw))
         log_den = _block_logsumexp(scores, (kh, kw))
         valid = torch.exp(log_num - log_den) + offset
-    return replicate_to(valid.to(x.dtype), (h, w))
+    return valid.to(x.dtype) if valid_only else replicate_to(valid.to(x.dtype), (h, w))

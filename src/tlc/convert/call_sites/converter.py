@@ -123,9 +123,7 @@ class CallSiteConverter:
         x_map, logits_map = found
         h, w = x_map.shape[-2:]
         kh, kw = min(site.window[0], h), min(site.window[1], w)
-        pooled = local_softmax_pool(x_map, logits_map, (kh, kw))
-        top, left = (kh - 1) // 2, (kw - 1) // 2
-        valid = pooled[:, :, top : top + h - kh + 1, left : left + w - kw + 1]
+        valid = local_softmax_pool(x_map, logits_map, (kh, kw), valid_only=True)
         return self._thread.mode.values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
     # --- hooks

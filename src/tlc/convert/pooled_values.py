@@ -882,8 +882,11 @@ def _channel_first_layer_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     if not _channel_first(x) or not isinstance(shape, (tuple, list, torch.Size)) or tuple(shape) != tuple(x.shape[1:]):
         return None
     rows = x.movedim(0, -1).reshape(-1, x.shape[0])  # (D, B), contiguous
-    var, mean = torch.var_mean(rows, dim=0, correction=0)
-    out = (rows - mean).mul_(torch.rsqrt(var + b.get("eps", 1e-5)))
+    # Means over the D rows as products (torch's var_mean across rows: 45 ms for 8 x 300k).
+    average = rows.new_full((1, rows.shape[0]), 1.0 / rows.shape[0])
+    centred = rows - average @ rows
+    var = average @ centred.square()
+    out = centred.mul_(torch.rsqrt(var.add_(b.get("eps", 1e-5))))
     weight, bias = b.get("weight"), b.get("bias")
     if weight is not None:
         out = out.mul_(weight.reshape(-1, 1)) if bias is None else torch.addcmul(bias.reshape(-1, 1), out, weight.reshape(-1, 1))

@@ -30,18 +30,29 @@ def interleaved_median_seconds(
 ) -> dict[str, float]:
     """Median wall time of each ``fn()``, the functions taking turns (a, b, a, b, ...) so that a
     slow spell of a shared machine falls on all of them alike (CUDA synchronised)."""
+    return {name: statistics.median(t) for name, t in interleaved_seconds(fns, device, warmup, repeats).items()}
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5
+) -> dict[str, list[float]]:
+    """Every timed run of each ``fn()``, taking turns as in :func:`interleaved_median_seconds`, each
+    turn starting one function later."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for turn in range(repeats):
+        # Each turn starts with the next function, so none always runs right after the same one
+        # (what one leaves behind, such as freed memory, would otherwise bias the next alike).
+        for name, fn in order[turn % len(order) :] + order[: turn % len(order)]:
             start = time.perf_counter()
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def machine() -> str:

@@ -9,8 +9,8 @@ For every corpus model (fixed seed, perturbed parameters, eval mode; some built 
   (matched on module paths, as tests/test_corpus.py does), plus any site it shows unexpectedly;
 - invariance: max |converted - original| at the training size (batch 1);
 - effect: max |converted - original| at 4x the training size;
-- time: median forward of the original and of the converted model at --size (batch 1, float32,
-  CPU), taking turns; the ratio converted / original only where the original takes >= 30 ms
+- time: median (with --stat min, the fastest) forward of the original and of the converted model
+  at --size (batch 1, float32, CPU), taking turns; the ratio converted / original only where the original takes >= 30 ms
   (below that the ratio is noise). Timed twice converted: at the corpus's training size (32, so
   the window is 48 pixels and nearly every window position of a 720p map is one the local ops
   compute) and at --train-size-2 (default 256, the crops the paper's networks are trained on:
@@ -34,7 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from common import interleaved_median_seconds, machine, merged, write_csv  # noqa: E402
+import statistics  # noqa: E402
+
+from common import interleaved_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tests.corpus import CORPUS, Entry, build  # noqa: E402
@@ -64,7 +66,10 @@ def _one_line(err: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int) -> dict:
+STATS = {"median": statistics.median, "min": min}
+
+
+def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int, stat: str = "median") -> dict:
     """One table row for ``entry``: sites, invariance and effect (small widths, as the tests build
     it) and timings at ``size`` (the bench width)."""
     row: dict = {"model": entry.name, "global_ops": entry.kinds, "size": f"{size[0]}x{size[1]}"}
@@ -122,7 +127,8 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, tra
     pin_threads(threads)
     try:
         with torch.inference_mode():
-            times = interleaved_median_seconds(fns, "cpu", repeats=repeats)
+            runs = interleaved_seconds(fns, "cpu", repeats=repeats)
+        times = {name: STATS[stat](t) for name, t in runs.items()}
     except RuntimeError as err:
         row.update(original_ms="", converted_ms="", ratio="", converted_2_ms="", ratio_2="")
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"no forward at {row['size']}: {_one_line(err, 60)}"
@@ -143,6 +149,9 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated corpus names")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each, taking turns")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and numba threads")
+    parser.add_argument("--stat", choices=tuple(STATS), default="median",
+                        help="per-model time from the runs: their median (default) or their minimum, the run "
+                             "least disturbed by the rest of a shared machine")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
@@ -155,7 +164,7 @@ def main() -> None:
         if unknown:
             parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
         entries = [e for e in CORPUS if e.name in names]
-    print(f"corpus at {args.size} on {machine()}, float32, batch 1, median of {args.repeats} taking turns\n")
+    print(f"corpus at {args.size} on {machine()}, float32, batch 1, {args.stat} of {args.repeats} taking turns\n")
     t2 = args.train_size_2
     header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
               "converted ms", "ratio", f"converted ms (train {t2})", f"ratio (train {t2})", "note"]
@@ -163,7 +172,8 @@ def main() -> None:
     print("|" + "---|" * len(header))
     rows = []
     for entry in entries:
-        row = measure(entry, size, args.repeats, args.threads, t2)
+        row = measure(entry, size, args.repeats, args.threads, t2, args.stat)
+        row["stat"] = f"{args.stat} of {args.repeats}"
         row["machine"] = machine()
         rows.append(row)
         cells = [row["model"], row["global_ops"], row["converted"], row["reported"], row["invariance"], row["effect"],

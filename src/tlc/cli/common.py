@@ -137,17 +137,23 @@ def add_run_options(parser: argparse.ArgumentParser, modes: bool) -> None:
                             f"decompression bombs; default: ${MAX_PIXELS_ENV} in pixels, else 200)")
 
 
+def positive_megapixels(value: str, flag: str, example: str) -> float:
+    """The value of ``flag`` as a positive, finite number of megapixels, else a UsageError
+    naming the flag with ``example``."""
+    try:
+        megapixels = float(value)
+    except ValueError:
+        megapixels = math.nan
+    if not math.isfinite(megapixels) or megapixels <= 0:
+        raise UsageError(f"{flag} must be a positive number of megapixels, e.g. {example}; got {value!r}")
+    return megapixels
+
+
 def pixel_limit(args: argparse.Namespace) -> int | None:
     """--pixel-limit in pixels (None: the library's default), checked."""
     if args.pixel_limit is None:
         return None
-    try:
-        megapixels = float(args.pixel_limit)
-    except ValueError:
-        megapixels = math.nan
-    if not math.isfinite(megapixels) or megapixels <= 0:
-        raise UsageError(f"--pixel-limit must be a positive number of megapixels, e.g. 400; got {args.pixel_limit!r}")
-    return max(1, round(megapixels * 1e6))
+    return max(1, round(positive_megapixels(args.pixel_limit, "--pixel-limit", "400") * 1e6))
 
 
 def check_tiles(tile: int, overlap: int) -> None:

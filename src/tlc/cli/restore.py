@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .common import (
     device,
     error_text,
     pixel_limit,
+    positive_megapixels,
     progress,
     say,
 )
@@ -213,12 +213,7 @@ def _tiling_flags(args: argparse.Namespace) -> tuple[float | None, int | None]:
         if args.tile_margin is not None:
             raise UsageError("--tile-margin goes with --max-megapixels (it is the tiles' context)")
         return None, None
-    try:
-        megapixels = float(args.max_megapixels)
-    except ValueError:
-        megapixels = math.nan
-    if not math.isfinite(megapixels) or megapixels <= 0:
-        raise UsageError(f"--max-megapixels must be a positive number of megapixels, e.g. 4; got {args.max_megapixels!r}")
+    megapixels = positive_megapixels(args.max_megapixels, "--max-megapixels", "4")
     if args.mode != "tlc":
         raise UsageError(f"--max-megapixels runs TLC tile by tile; --mode {args.mode} "
                          + ("is the whole image in one pass" if args.mode == "full" else "is bounded by --tile already"))

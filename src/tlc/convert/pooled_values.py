@@ -583,13 +583,17 @@ class _Call:
         h, w = grid.size
         spatial = h * w > 1 and name not in _LIKE
         maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
-        real = None
-        if maps and self.name in _EXPANSIONS:  # y.expand_as(x): a view, spread only if its use needs it
+        if self.name in _EXPANSIONS or (self.is_expansion() and not maps):
+            # A view of the value brought to the map's size (``y.expand(...)``, ``y.expand_as(x)``):
+            # tracked unexpanded and spread only if its use needs it.
             real = func(*args, **kwargs)
-            placement = self.placement(real.shape)
-            deferred = None if placement is None else self.deferred_expansion(real, placement)
-            if deferred is not None:
-                return deferred
+            placement = self.placement(real.shape) if isinstance(real, torch.Tensor) else None
+            if placement is not None:
+                deferred = self.deferred_expansion(real, placement)
+                return deferred if deferred is not None else self.spread_call(placement, real.shape)
+            if not maps:
+                return self.follow(real)
+            raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
         if maps:  # the result's shape without computing it: a terminal call is computed once
             try:
                 margs, mkwargs = _map_args(args, kwargs, lambda t: t.to("meta"))
@@ -608,12 +612,6 @@ class _Call:
                 if placement is not None:
                     return self.spread_call(placement, shape)
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
-        if self.is_expansion():
-            real = func(*args, **kwargs)
-            if isinstance(real, torch.Tensor) and (placement := self.placement(real.shape)) is not None:
-                deferred = self.deferred_expansion(real, placement)
-                return deferred if deferred is not None else self.spread_call(placement, real.shape)
-            return self.follow(real)
         return self.follow(None)
 
     # --- classification
@@ -870,14 +868,20 @@ def _batch_last(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     return torch.cat([t.movedim(0, -1) for t in tensors], dim % ndim - 1).movedim(-1, 0)
 
 
+def _bound(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict | None:
+    """A call's arguments by parameter name, or None for arguments ``names`` does not cover."""
+    if len(args) > len(names) or set(kwargs) - set(names):
+        return None
+    return {**dict(zip(names, args)), **kwargs}
+
+
 def _channel_first_layer_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     """``F.layer_norm`` over every dim but the batch (GCNet's ``LayerNorm([C, 1, 1])``) of values
     laid out channel first, computed in that layout (torch's comes out in rows, and the
     transposing copy back where the values meet the map cost more than the norm); else None."""
-    names = ("input", "normalized_shape", "weight", "bias", "eps")
-    if len(args) > len(names) or set(kwargs) - set(names):
+    b = _bound(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"))
+    if b is None:
         return None
-    b = {**dict(zip(names, args)), **kwargs}
     x, shape = b.get("input"), b.get("normalized_shape")
     if not _channel_first(x) or not isinstance(shape, (tuple, list, torch.Size)) or tuple(shape) != tuple(x.shape[1:]):
         return None
@@ -900,10 +904,9 @@ def _inference_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     or None for other calls. oneDNN's batch norm writes a (B, C, 1, 1) batch of values laid out
     channel first back in rows (SRM's gate at 720p: 87 ms, and a 47 ms transposing copy where
     the gate meets the map); the multiply-add keeps their layout."""
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-    if len(args) > len(names) or set(kwargs) - set(names):
+    b = _bound(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
+    if b is None:
         return None
-    b = {**dict(zip(names, args)), **kwargs}
     x, mean, var = b.get("input"), b.get("running_mean"), b.get("running_var")
     if b.get("training", False) or not all(isinstance(t, torch.Tensor) for t in (x, mean, var)) or x.dim() < 2:
         return None

@@ -296,7 +296,8 @@ class CallSiteConverter:
             channels = shape[1] if len(shape) > 1 else 0
             feature = (shape[2], shape[3]) if len(shape) == 4 else (0, 0)
             window = None
-            if reason is not None and len(shapes) == 1 and poolable(call) and tags == (H, W):
+            whole_map = len(shapes) == 1 and poolable(call) and tags == (H, W)
+            if reason is not None and whole_map:
                 reason = None  # kept as a pooled value: consumers may reshape it freely
                 self._pooled.add(key)
             if reason is None:
@@ -304,7 +305,7 @@ class CallSiteConverter:
                 self._windows[key] = (site, channels)
                 window = site.window
                 if (
-                    key not in self._pooled and not site.fast and len(shapes) == 1 and poolable(call) and tags == (H, W)
+                    whole_map and key not in self._pooled and not site.fast
                     and (call.mark is None or not self._variances)  # marks find hand-written variances on maps
                 ):
                     # Also answered with a pooled value, though the local map would do: what consumes

@@ -129,7 +129,7 @@ def test_larger_inputs_match_a_hand_built_local_model(net):
     with torch.no_grad():
         # The SE gates' 1x1 convolutions run as matrix products (other summation order): not bitwise.
         torch.testing.assert_close(converted(x), manual(x), rtol=0, atol=2e-5)
-        strict, _ = tlc.convert(net, train_size=(32, 32), base_size=(40, 40), rules=[tlc.rules.GLOBAL_AVG_POOL, tlc.rules.INSTANCE_NORM, tlc.rules.GROUP_NORM])
+        strict, _ = tlc.convert(net, train_size=(32, 32), base_size=(40, 40), rules=[tlc.rules.GLOBAL_AVG_POOL, tlc.rules.INSTANCE_NORM, tlc.rules.GROUP_NORM], functional=False)
         torch.testing.assert_close(strict(x), manual(x), rtol=0, atol=0)
 
 
@@ -235,9 +235,13 @@ def test_shared_module_at_several_sizes_is_left_global():
             small = nn.functional.avg_pool2d(x, 2)
             return self.conv(x) * self.pool(x) + nn.functional.interpolate(small * self.pool(small), scale_factor=2)
 
-    converted, report = tlc.convert(Shared(), train_size=16)
+    converted, report = tlc.convert(Shared(), train_size=16, functional=False)
     assert not report.converted
     assert "several feature sizes (8x8, 16x16)" in report.skipped[0].reason
+    # The run-time view (on by default) takes bare poolings, and says the same of the one call.
+    converted, report = tlc.convert(Shared(), train_size=16)
+    assert not report.converted
+    assert "several input sizes (CxHxW: 3x8x8, 3x16x16)" in report.skipped[0].reason
 
 
 def test_shared_module_at_one_size_is_replaced_everywhere():
@@ -252,9 +256,16 @@ def test_shared_module_at_one_size_is_replaced_everywhere():
             y = x * self.first(x)
             return y * self.second(y)
 
-    converted, report = tlc.convert(TwoBlocks(), train_size=16)
+    model = TwoBlocks()
+    converted, report = tlc.convert(model, train_size=16, functional=False)
     assert report.converted[0].paths == ("first.1", "second.1")
     assert converted.first[1] is converted.second[1] and isinstance(converted.first[1], tlc.LocalAvgPool2d)
+    # The run-time view (on by default) names the shared module once; both calls run locally.
+    default, report = tlc.convert(model, train_size=16)
+    assert [(op.paths, op.rule) for op in report.converted] == [(("first.1",), "adaptive_avg_pool2d")]
+    x = torch.rand(2, 3, 40, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(default(x), converted(x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_site_whose_local_result_breaks_the_model_stays_global_and_the_rest_converts():
@@ -349,7 +360,7 @@ def test_user_rules_extend_the_defaults():
     rule = tlc.Rule("global-context", lambda m: isinstance(m, GlobalContext), lambda m, site: LocalContext(site.window))
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), GlobalContext(), nn.AdaptiveAvgPool2d(1))
     converted, report = tlc.convert(model, train_size=20, rules=(*tlc.DEFAULT_RULES, rule))
-    assert [op.rule for op in report.converted] == ["global-context", "global-avg-pool"]
+    assert [op.rule for op in report.converted] == ["global-context", "adaptive_avg_pool2d"]
     assert converted[1].window == (30, 30)
     only_mine, report = tlc.convert(model, train_size=20, rules=[rule], functional=False)
     assert [op.rule for op in report.converted] == ["global-context"]

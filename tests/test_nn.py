@@ -88,9 +88,22 @@ def test_converter_uses_the_fused_form_only_for_pointwise_sequences():
             y = self.head(x)
             return y * self.se(y) + self.odd(y)
 
-    # A 3x3 conv after the pool sees zero padding around a full-size map instead of a 1x1 one:
-    # not equivalent at the training size, and the converter says so.
+    # Module rules alone: a 3x3 conv after the pool sees zero padding around a full-size map
+    # instead of a 1x1 one; not equivalent at the training size, and the converter says so.
     with pytest.warns(UserWarning, match="differs from the original"):
-        converted, report = tlc.convert(Net(), train_size=16)
+        converted, report = tlc.convert(Net(), train_size=16, functional=False)
     assert {op.path: op.rule for op in report.converted} == {"se": "global-avg-pool+pointwise", "odd.0": "global-avg-pool"}
     assert isinstance(converted.se, tlc.LocalPooledSequential) and isinstance(converted.odd[0], tlc.LocalAvgPool2d)
+    # By default the bare pool is a pooled value: the 3x3 conv runs on each window's 1x1 mean
+    # (only its centre tap meets it), exact at the training size.
+    net = Net()
+    converted, report = tlc.convert(net, train_size=16)
+    assert {op.path: op.rule for op in report.converted} == {"se": "global-avg-pool+pointwise", "odd.0": "adaptive_avg_pool2d"}
+    assert report.max_deviation < 1e-6
+    x = torch.rand(2, 3, 37, 45)
+    with torch.no_grad():
+        y = net.head(x)
+        means = tlc.local_mean(y, 24)
+        centre = nn.functional.conv2d(means, net.odd[1].weight[:, :, 1:2, 1:2], net.odd[1].bias)
+        expected = y * torch.sigmoid(net.se[1](means)) + centre
+        torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)

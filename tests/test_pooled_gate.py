@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tlc
-from tlc.ops.gate import apply_pointwise, multiply_replicated
+from tlc.ops.gate import apply_pointwise, combine_replicated, multiply_replicated
 from tlc.ops.pool import replicate_to, valid_local_mean
 from tlc.convert.pooled_gate import GatePlan, gate_plan
 
@@ -212,9 +212,19 @@ def test_fast_mode_keeps_max_poolings_exact():
 def test_other_patterns_fall_back_to_the_pooling_rule(block):
     model = randomised(Holder(block()))
     assert gate_plan(model.block) is None
-    converted, report = tlc.convert(model, train_size=24, base_size=36)
+    converted, report = tlc.convert(model, train_size=24, base_size=36, functional=False)
     assert [(op.path, op.rule) for op in report.converted] == [("block.pool", "global-avg-pool")]
     assert isinstance(converted.block.pool, tlc.LocalAvgPool2d)
+    # By default the run-time view takes the bare pooling, as a pooled value: the same numbers.
+    default, report = tlc.convert(model, train_size=24, base_size=36)
+    assert [(op.path, op.rule) for op in report.converted] == [("block.pool", "adaptive_avg_pool2d")]
+    x = torch.rand(2, 3, 61, 50)
+    with torch.no_grad():
+        features = model.head(x)
+        gate = model.block.fc(brute_force(features, (36, 36), lambda v: v.mean(-1)))
+        if isinstance(model.block, Branching):
+            gate = gate.sigmoid()
+        torch.testing.assert_close(default(x), model.tail(features * gate), rtol=1e-5, atol=1e-5)
 
 
 def test_keys_are_kept_and_released_weights_load_strictly():
@@ -259,8 +269,13 @@ def test_multiply_replicated_equals_replicate_then_multiply(dtype, size):
     x = torch.randn(2, 3, *size).to(dtype)
     for window in [(3, 4), (1, 1), size, (2, 9)]:
         gate = valid_local_mean(torch.rand(2, 3, *size).to(dtype), window)
-        expected = x * replicate_to(gate, size)
-        torch.testing.assert_close(multiply_replicated(x, gate), expected, rtol=0, atol=0)
+        full = replicate_to(gate, size)
+        torch.testing.assert_close(multiply_replicated(x, gate), x * full, rtol=0, atol=0)
+        # The other combinations, bit for bit too (x - gate runs as x + (-gate)).
+        torch.testing.assert_close(combine_replicated(x, gate, "add"), x + full, rtol=0, atol=0)
+        torch.testing.assert_close(combine_replicated(x, gate, "sub"), x - full, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'mul', 'add' or 'sub'"):
+        combine_replicated(x, gate, "div")
 
 
 def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():

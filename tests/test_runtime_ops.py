@@ -131,6 +131,46 @@ def test_hand_written_mean_and_std_become_local_mean_and_std():
     assert (std - stdv_channels(y)).abs().max().item() > 1e-3  # not the global one
 
 
+class ContrastGate(nn.Module):
+    """IMDN's contrast-aware channel attention as its authors wrote it: a hand-written standard
+    deviation (sums over W, then H) plus an ``nn.AdaptiveAvgPool2d(1)``, a 1x1 bottleneck, a gate."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.down = nn.Conv2d(c, 2, 1)
+        self.up = nn.Conv2d(2, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(self.up(F.relu(self.down(stdv_channels(y) + self.pool(y)))))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_hand_written_std_and_pool_module_gate_runs_on_the_windows_inside_the_map(batch):
+    """The hand-written mean and standard deviation and the pooling module are answered with pooled
+    values: the bottleneck runs once per window inside the map, and the result is each pixel's
+    window statistics through the gate."""
+    model = randomised(ContrastGate()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    # sum(3) on the map (window 24 along W), then sum(2) on its 16x1 column (24 along H), twice.
+    assert sorted(converted_sites(report)) == [("adaptive_avg_pool2d", (24, 24))] + [("sum", (24, 1))] * 2 + [("sum", (24, 24))] * 2
+    check_invariant(model, converted, report)
+    x = image(batch, 3, 37, 30)
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        out = converted(x)
+    with torch.no_grad():
+        y = model.conv(x)
+        stats = brute_force(y, (24, 24), lambda t: t.std(-1, correction=0)) + brute_force(y, (24, 24), mean)
+        expected = y * torch.sigmoid(model.up(F.relu(model.down(stats))))
+    assert (out - expected).abs().max().item() < 1e-12
+    assert (out - model(x)).abs().max().item() > 1e-3
+    windows = batch * (37 - 24 + 1) * (30 - 24 + 1)
+    sigmoid = [e.input_shapes[0] for e in profile.events() if e.name == "aten::sigmoid"]
+    assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
+
+
 class StyleGate(nn.Module):
     """SRM's style recalibration: x.mean and x.var over the map, a channel-wise FC, batch norm, a
     sigmoid gate (Lee et al. ICCV 2019)."""

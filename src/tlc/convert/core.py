@@ -132,6 +132,8 @@ def convert(
         x, original, seen, found = calibrate(target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time])
         report.in_channels = x.shape[1]
         matched += _match_at_run_time(target, matched, at_run_time, found)
+        if functional and not fast:
+            matched = _left_to_run_time_view(matched)
         if not matched and not functional:
             warnings.warn(_NOTHING_FOUND, stacklevel=2)
             return target, report
@@ -223,6 +225,17 @@ def _match_modules(model: nn.Module, rules: Sequence[Rule]) -> list[_Match]:
             matched_paths.append(path)
     _attach_places(model, found)
     return list(found.values())
+
+
+def _left_to_run_time_view(matched: list[_Match]) -> list[_Match]:
+    """``matched`` without the modules of ``run_time_first`` rules, which the run-time view then
+    converts; those inside another matched module stay (the run-time view skips its calls)."""
+    inside = [p for m in matched if not m.rule.run_time_first for p in m.paths]
+
+    def held(match: _Match) -> bool:
+        return any(path.startswith(p + ".") for path in match.paths for p in inside)
+
+    return [m for m in matched if not m.rule.run_time_first or held(m)]
 
 
 def _attach_places(model: nn.Module, matches: dict[int, _Match]) -> None:

@@ -188,6 +188,7 @@ _LIKE = {"type_as", "to"}
 
 _MUL = {torch.mul, _T.mul, _T.__mul__, _T.__rmul__}
 _ADD = {torch.add, _T.add, _T.__add__, _T.__radd__}
+_SUB = {torch.sub, _T.sub, _T.__sub__}
 _EXPANSIONS = {"expand", "expand_as", "broadcast_to"}
 
 # Arguments naming dims, by function name: (position counting the tensor itself, keyword).
@@ -692,13 +693,15 @@ class _Call:
         return self.fused_with_map()
 
     def fused_with_map(self) -> torch.Tensor | None:
-        """The call as :func:`tlc.ops.gate.combine_replicated` when it is ``x * y`` or ``x + y``
-        with ``y`` a pooled value of shape (N, ..., 1, 1) (or expanded from one) and ``x`` a map of
-        the result's shape; else None."""
+        """The call as :func:`tlc.ops.gate.combine_replicated` when it is ``x * y``, ``x + y`` (either
+        order) or ``x - y``, with ``y`` a pooled value of shape (N, ..., 1, 1) (or expanded from one)
+        and ``x`` a map of the result's shape; else None."""
         if _member(self.func, _MUL):
             op = "mul"
         elif _member(self.func, _ADD):
             op = "add"
+        elif _member(self.func, _SUB) and len(self.args) == 2 and self.values._entry(self.args[0]) is None:
+            op = "sub"
         else:
             return None
         if len(self.args) != 2 or self.kwargs:

@@ -65,6 +65,10 @@ class Rule:
             never inside a module a class rule matched, but it may hold some (their
             replacements are made first). Its window comes from the recorded size, not from the
             module's first argument. None: a class rule, matched before the calibration forward.
+        run_time_first: with functional conversion on (the default) and exact windows, leave the
+            modules this rule matches to the run-time view, which answers their pooling with a
+            pooled value: what consumes it then runs on the valid windows only, not at every
+            pixel (see :mod:`tlc.convert.pooled_values`). The rule builds its module otherwise.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Rule:
     build: Callable[[nn.Module, Site], nn.Module]
     skip_reason: Callable[[nn.Module], str | None] = _never_skip
     recorder: Callable[[nn.Module], Any] | None = None
+    run_time_first: bool = False
 
 
 def _keep_affine(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -87,6 +92,9 @@ GLOBAL_AVG_POOL = Rule(
     name="global-avg-pool",
     matches=is_global_avg_pool,
     build=lambda m, site: LocalAvgPool2d(site.window, fast=site.fast, max_stride=site.max_stride),
+    # A bare pooling's consumers are unknown here (IMDN adds a hand-written std to it, DAT reshapes
+    # it): as a pooled value they run per window, as a local map at every pixel.
+    run_time_first=True,
 )
 
 def _is_pooled_pointwise(module: nn.Module) -> bool:

@@ -124,8 +124,8 @@ def _replicated(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> torch.Tensor:
-    """``x * replicate_to(gate, x.shape[-2:])`` (or ``+`` with ``op="add"``) without building the
-    replicated gate.
+    """``x * replicate_to(gate, x.shape[-2:])`` (or ``+``, ``-`` with ``op="add"``, ``"sub"``)
+    without building the replicated gate.
 
     Args:
         x: (..., H, W) tensor, at least 3-d, e.g. (N, C, H, W) or selective-kernel fusion's
@@ -133,14 +133,17 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
         gate: (..., gh, gw) values of the valid windows, the leading dims those of ``x``,
             gh <= H, gw <= W (as from :func:`tlc.ops.pool.valid_local_mean` followed by per-pixel
             layers).
-        op: "mul" or "add".
+        op: "mul", "add" or "sub" (``x - gate``).
 
     Returns:
         Tensor of the shape of ``x``, the dtype ``x * gate`` would have. Exact: each output is the
         one product (sum) the unfused form computes.
     """
-    if op not in _KERNELS:
-        raise ValueError(f"op must be 'mul' or 'add', not {op!r}")
+    if op not in ("mul", "add", "sub"):
+        raise ValueError(f"op must be 'mul', 'add' or 'sub', not {op!r}")
+    if op == "sub" and gate.is_floating_point():
+        # x - g is x + (-g) in IEEE arithmetic, bit for bit; negating the small map is exact.
+        return combine_replicated(x, -gate, "add")
     h, w = x.shape[-2:]
     gh, gw = gate.shape[-2:]
     kernel = _KERNELS[op]
@@ -156,7 +159,7 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
     )
     if not fused:
         full = _replicated(gate, (h, w))
-        return x * full if op == "mul" else x + full
+        return x * full if op == "mul" else x + full if op == "add" else x - full
     planes = x.shape[:-2].numel()
     xs, gs = x.contiguous(), gate.contiguous()
     out = torch.empty_like(xs)

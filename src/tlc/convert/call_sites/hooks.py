@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ..pooled_values import PooledValues
 from ..rules import Site
 from .calls import Call, bind
-from .marks import ARITHMETIC
+from .marks import ARITHMETIC, MARKERS
 from .parsers import MAP_FUNCS, PARSERS
 from .sites import SiteKey
 
@@ -167,17 +167,26 @@ def context_maps(
 
 class LocalCalls(TorchFunctionMode):
     """The mode active while a hooked model runs: hands the calls in ``handlers`` to them, and
-    every call taking a pooled value to ``values`` first."""
+    every call taking a pooled value to ``values`` first (marking its result as the arithmetic of
+    hand-written statistics would, where ``handlers`` follow that arithmetic)."""
 
     def __init__(self, converter: CallSiteConverter, handlers: dict[object, Handler], values: PooledValues | None) -> None:
         super().__init__()
         self.converter, self.handlers, self.values = converter, handlers, values
+        self.markers = MARKERS if any(f in handlers for f in MARKERS) else {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         kwargs = kwargs or {}
         if self.values is not None:
             result = self.values.handle(func, types, args, kwargs)
             if result is not NotImplemented:
+                if self.markers:  # ``mean_pooled / (H * W)``, ``x - mean_pooled``
+                    try:
+                        mark = self.markers.get(func)
+                    except TypeError:  # unhashable callables are none of ours
+                        mark = None
+                    if mark is not None:
+                        mark(result, args, kwargs)
                 return result
         try:
             handle = self.handlers.get(func)

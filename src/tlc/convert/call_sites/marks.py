@@ -60,15 +60,13 @@ def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def _marked_sub(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
-    out = func(*args, **kwargs)
+def _mark_sub(out: object, args: tuple, kwargs: dict) -> None:
     if len(args) == 2 and kwargs.get("alpha", 1) == 1:
         for a, b in (args, args[::-1]):
             m = mark_of(b)
             if m is not None and m.kind == "mean" and m.done == (2, 3) and m.src is a and abs(m.scale - 1) < 1e-9:
                 set_mark(out, Mark("dev", a, centre=m.windows))
                 break
-    return out
 
 
 def _squared(t: object, exponent: object) -> Mark | None:
@@ -78,61 +76,69 @@ def _squared(t: object, exponent: object) -> Mark | None:
     return None
 
 
-def _marked_pow(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
-    out = func(*args, **kwargs)
+def _mark_pow(out: object, args: tuple, kwargs: dict) -> None:
     b = bind(args, kwargs, ("input", "exponent"))
     if b is not None and (m := _squared(b.get("input", b.get("self")), b.get("exponent"))) is not None:
         set_mark(out, m)
-    return out
 
 
-def _marked_square(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
-    out = func(*args, **kwargs)
+def _mark_square(out: object, args: tuple, kwargs: dict) -> None:
     if args and (m := _squared(args[0], 2)) is not None:
         set_mark(out, m)
-    return out
 
 
-def _marked_scale(divide: bool) -> Callable[[object, Callable, tuple, dict], object]:
+def _mark_scale(divide: bool) -> Callable[[object, tuple, dict], None]:
     """``mul``/``div``: a scaled mark stays a mark (``sum / (H * W)`` is a mean); ``d * d`` is a square."""
 
-    def handle(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
-        out = func(*args, **kwargs)
+    def mark(out: object, args: tuple, kwargs: dict) -> None:
         if len(args) != 2 or kwargs:
-            return out
+            return
         a, b = args
         if not divide and a is b and (m := _squared(a, 2)) is not None:
             set_mark(out, m)
-            return out
-        if divide:
-            pairs = ((a, b),)
-        else:
-            pairs = ((a, b), (b, a))
-        for t, number in pairs:
+            return
+        for t, number in ((a, b),) if divide else ((a, b), (b, a)):
             m = mark_of(t)
             if m is not None and m.kind in ("mean", "sqsum") and isinstance(number, (int, float)) and not isinstance(number, bool) and number:
                 set_mark(out, replace(m, scale=m.scale / number if divide else m.scale * number))
-                break
+                return
+
+    return mark
+
+
+def _computed_then_marked(mark: Callable[[object, tuple, dict], None]) -> Callable[[object, Callable, tuple, dict], object]:
+    def handle(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
+        out = func(*args, **kwargs)
+        mark(out, args, kwargs)
         return out
 
     return handle
 
 
+_SCALE, _DIVIDE = _mark_scale(False), _mark_scale(True)
+
+#: The arithmetic of hand-written statistics: function -> ``mark(out, args, kwargs)`` setting the
+#: mark of ``out`` that its arguments' marks imply (also applied to results of pooled values).
+MARKERS: dict[object, Callable[[object, tuple, dict], None]] = {
+    torch.sub: _mark_sub,
+    torch.Tensor.sub: _mark_sub,
+    torch.Tensor.__sub__: _mark_sub,
+    torch.Tensor.__rsub__: _mark_sub,
+    torch.pow: _mark_pow,
+    torch.Tensor.pow: _mark_pow,
+    torch.Tensor.__pow__: _mark_pow,
+    torch.square: _mark_square,
+    torch.Tensor.square: _mark_square,
+    torch.mul: _SCALE,
+    torch.Tensor.mul: _SCALE,
+    torch.Tensor.__mul__: _SCALE,
+    torch.Tensor.__rmul__: _SCALE,
+    torch.div: _DIVIDE,
+    torch.Tensor.div: _DIVIDE,
+    torch.Tensor.__truediv__: _DIVIDE,
+}
+
+#: Handlers computing each of :data:`MARKERS`' calls, then marking the result.
 ARITHMETIC: dict[object, Callable[[object, Callable, tuple, dict], object]] = {
-    torch.sub: _marked_sub,
-    torch.Tensor.sub: _marked_sub,
-    torch.Tensor.__sub__: _marked_sub,
-    torch.Tensor.__rsub__: _marked_sub,
-    torch.pow: _marked_pow,
-    torch.Tensor.pow: _marked_pow,
-    torch.Tensor.__pow__: _marked_pow,
-    torch.square: _marked_square,
-    torch.Tensor.square: _marked_square,
-    torch.mul: _marked_scale(False),
-    torch.Tensor.mul: _marked_scale(False),
-    torch.Tensor.__mul__: _marked_scale(False),
-    torch.Tensor.__rmul__: _marked_scale(False),
-    torch.div: _marked_scale(True),
-    torch.Tensor.div: _marked_scale(True),
-    torch.Tensor.__truediv__: _marked_scale(True),
+    f: _computed_then_marked(mark) for f, mark in MARKERS.items()
 }

@@ -11,7 +11,7 @@ from torch import nn
 
 from tlc.nn import LocalStripAvgPool2d
 from tlc.ops import local_axis_mean, local_softmax_pool, local_std, local_var
-from tlc.ops.stats import valid_local_var
+from tlc.ops.stats import valid_local_var, valid_local_var_and_var
 
 from .conftest import TOLERANCE
 
@@ -351,6 +351,31 @@ def test_valid_var_and_std_are_each_inside_window(shape, window, correction):
     for out in both_paths(valid_local_var, x.float(), window, correction, True):
         assert out.dtype == torch.float32
         assert (out.double() - ref.sqrt()).abs().max().item() <= 4 * TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize(
+    "shape,window", [((2, 3, 7, 11), (3, 4)), ((1, 2, 13, 10), (5, 6)), ((2, 1, 6, 5), (9, 9)), ((1, 2, 1, 9), (4, 4))]
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_valid_var_comes_with_the_maps_own_variance(shape, window, dtype):
+    """valid_local_var_and_var: the windows' variances and the whole map's, from the kernel's one
+    pass (and from torch where autograd is on), for values far from zero too."""
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1e3).to(dtype)
+    h, w = shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    ref = torch.empty(*shape[:2], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    for top in range(h - kh + 1):
+        for left in range(w - kw + 1):
+            ref[:, :, top, left] = x[:, :, top : top + kh, left : left + kw].double().var(dim=(-2, -1), correction=0)
+    whole = x.double().var(dim=(2, 3), correction=0, keepdim=True)
+    tolerance = 1e-9 if dtype == torch.float64 else 4e-3  # float32 values of 1e3 carry ~6e-5 each
+    kernel = valid_local_var_and_var(x, window)
+    with torch.enable_grad():  # torch's path
+        by_torch = tuple(t.detach() for t in valid_local_var_and_var(x.clone().requires_grad_(), window))
+    for valid, var in (kernel, by_torch):
+        assert valid.dtype == var.dtype == dtype and var.shape == (*shape[:2], 1, 1)
+        assert (valid.double() - ref).abs().max().item() <= tolerance
+        assert (var.double() - whole).abs().max().item() <= tolerance
 
 
 def test_var_keeps_digits_for_offset_inputs():

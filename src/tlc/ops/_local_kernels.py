@@ -309,11 +309,12 @@ def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no c
             _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
-def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: no cover
+def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
     those of the windows inside the map: running float64 sums of x - centre and of its square, a
-    row of column sums sliding down and a window sum sliding along it."""
+    row of column sums sliding down and a window sum sliding along it. totals: (P, 2) float64 gets
+    the whole plane's sums of x - centre and of its square (each row enters the sums once)."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
@@ -326,6 +327,8 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: n
                 d = np.float64(x[p, i, j]) - c
                 col1[j] += d
                 col2[j] += d * d
+        all1 = col1.copy()  # every row entered so far, column by column
+        all2 = col2.copy()
         valid = np.empty((vh, vw), np.float64)
         for a in range(vh):
             if a > 0:
@@ -334,6 +337,8 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: n
                     d_out = np.float64(x[p, a - 1, j]) - c
                     col1[j] += d_in - d_out
                     col2[j] += d_in * d_in - d_out * d_out
+                    all1[j] += d_in
+                    all2[j] += d_in * d_in
             s1 = 0.0
             s2 = 0.0
             for j in range(k2):
@@ -347,6 +352,8 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out):  # pragma: n
                 squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
                 var = squares / divisor
                 valid[a, b] = np.sqrt(var) if root else var
+        totals[p, 0] = all1.sum()
+        totals[p, 1] = all2.sum()
         if valid_only:
             out[p] = valid
         else:
@@ -439,7 +446,7 @@ def fused_softmax_pool_general(
 
 def fused_local_var(
     x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool,
-    valid_only: bool = False,
+    valid_only: bool = False, totals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
 
@@ -450,12 +457,15 @@ def fused_local_var(
         correction: subtracted from the window's pixel count in the divisor.
         root: return the standard deviation.
         valid_only: return only the (N, C, H-kh+1, W-kw+1) windows inside the map.
+        totals: optional (N * C, 2) float64 CPU tensor that gets each plane's sums of
+            ``x - centre`` and of its square (from the same pass).
     """
     n, c, h, w = x.shape
     work = _working(x)
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
     out = work.new_empty((n * c, *size))
     divisor = max(window[0] * window[1] - correction, 0.0)
+    sums = totals if totals is not None else torch.empty(n * c, 2, dtype=torch.float64)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
-                  float(divisor), bool(root), bool(valid_only), out.numpy())
+                  float(divisor), bool(root), bool(valid_only), out.numpy(), sums.numpy())
     return out.view(n, c, *size).to(x.dtype)

@@ -28,10 +28,12 @@ def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> 
 
 
 def _fused_local_var(
-    x: torch.Tensor, window: int | Pair, correction: float, root: bool, valid_only: bool = False
+    x: torch.Tensor, window: int | Pair, correction: float, root: bool, valid_only: bool = False,
+    totals: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """The CPU kernel's result (running float64 sums of centred values), or None where it does
-    not apply (autograd, other devices, tracing, a window covering the map)."""
+    not apply (autograd, other devices, tracing, a window covering the map). ``totals``: see
+    :func:`tlc.ops._local_kernels.fused_local_var`; its rows are then centred by the map's mean."""
     check_feature_map(x)
     h, w = x.shape[-2:]
     kh, kw = clamp_window(as_pair(window, "window"), (h, w))
@@ -42,7 +44,30 @@ def _fused_local_var(
     centre = x.sum(dim=(-2, -1), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).double() / (h * w)
     if not bool(centre.isfinite().all()):  # float32 overflow (or NaN/inf in x): as float64
         centre = x.sum(dim=(-2, -1), dtype=torch.float64) / (h * w)
-    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only)
+    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals)
+
+
+def valid_local_var_and_var(x: torch.Tensor, window: int | Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`valid_local_var` (``correction=0``) and the map's own variance
+    ``x.var((2, 3), correction=0, keepdim=True)``, from one pass over ``x`` where the CPU kernel
+    applies (its float64 sums over the whole map come with the windows').
+
+    Args:
+        x: (N, C, H, W) floating tensor.
+        window: (kh, kw) in pixels of ``x``; clamped to the map.
+
+    Returns:
+        ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1)), both in the dtype of ``x``.
+    """
+    n, c, h, w = x.shape
+    totals = torch.empty(n * c, 2, dtype=torch.float64)
+    valid = _fused_local_var(x, window, 0.0, False, valid_only=True, totals=totals) if x.device.type == "cpu" else None
+    if valid is None:
+        return valid_local_var(x, window, 0.0), x.var(dim=(2, 3), correction=0, keepdim=True)
+    area = h * w
+    # Sums of d = x - centre: var = (sum d^2 - (sum d)^2 / area) / area, centre near the mean.
+    var = ((totals[:, 1] - totals[:, 0].square() / area) / area).clamp_min(0)
+    return valid, var.view(n, c, 1, 1).to(x.dtype)
 
 
 def valid_local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0, root: bool = False) -> torch.Tensor:

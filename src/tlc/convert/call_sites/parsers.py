@@ -61,7 +61,11 @@ def _reduction(op: str) -> Callable[[tuple, dict], Call | None]:
 
                 def local(site: Site) -> torch.Tensor:
                     mean = local_mean_over(x if dtype is None else x.to(dtype), dims, site)
-                    return mean if scale == 1 else mean * scale
+                    if scale == 1:
+                        return mean
+                    # The local ops return fresh tensors: scaled in place, one pass fewer over the map.
+                    owned = mean._base is None and mean is not x and not (torch.is_grad_enabled() and mean.requires_grad)
+                    return mean.mul_(scale) if owned else mean * scale
 
             elif op == "amax":
                 call.local = lambda site: local_max_over(x, dims, site)

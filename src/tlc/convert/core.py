@@ -132,8 +132,10 @@ def convert(
         x, original, seen, found = calibrate(target, [m.module for m in matched], train, in_channels, [r.recorder for r in at_run_time])
         report.in_channels = x.shape[1]
         matched += _match_at_run_time(target, matched, at_run_time, found)
+        reopened = []
         if functional and not fast:
-            matched = _left_to_run_time_view(matched)
+            reopened = [p for m in matched if m.rule.run_time_first for p in m.paths]
+            matched = [m for m in matched if not m.rule.run_time_first]
         if not matched and not functional:
             warnings.warn(_NOTHING_FOUND, stacklevel=2)
             return target, report
@@ -141,7 +143,7 @@ def convert(
         converted = _check_modules(target, x, swaps, report)
         handed_over, settled = _hand_over(report, matched)
         if functional:  # calibrated and checked on the module-converted model
-            converted, report.call_sites = _convert_calls(target, x, train, site_for, settled)
+            converted, report.call_sites = _convert_calls(target, x, train, site_for, settled, reopened)
         _fold_call_sites(report, handed_over)
         _verify(report, original, converted, x.dtype)
     except BaseException:
@@ -182,15 +184,18 @@ def _hand_over(report: ConversionReport, matched: list[_Match]) -> tuple[list[Sk
 
 
 def _convert_calls(
-    model: nn.Module, x: torch.Tensor, train: Pair, site_for: Callable[[Pair], Site], settled: list[str]
+    model: nn.Module, x: torch.Tensor, train: Pair, site_for: Callable[[Pair], Site], settled: list[str],
+    reopened: list[str],
 ) -> tuple[object, list[CallSite]]:
     """The run-time view on the module-converted model: calibrated at ``x``, probed at twice the
-    training height and width, checked at a non-square size. (The check's output, the call sites.)"""
+    training height and width, checked at a non-square size; calls inside ``settled`` modules are
+    not sites unless made inside ``reopened`` ones. (The check's output, the call sites.)"""
     probes = [probe_input(x, (2 * train[0], train[1]), 1), probe_input(x, (train[0], 2 * train[1]), 2)]
     other = probes[1] if probes[1].shape[-2] != probes[1].shape[-1] else probes[0]
     return convert_call_sites(
         model, lambda what: run(model, x, what), site_for,
         skip=settled,
+        reopen=reopened,
         probes=[lambda what, p=p: run(model, p, what) for p in probes],
         check_other=lambda what: run(model, other, what),
     )
@@ -225,17 +230,6 @@ def _match_modules(model: nn.Module, rules: Sequence[Rule]) -> list[_Match]:
             matched_paths.append(path)
     _attach_places(model, found)
     return list(found.values())
-
-
-def _left_to_run_time_view(matched: list[_Match]) -> list[_Match]:
-    """``matched`` without the modules of ``run_time_first`` rules, which the run-time view then
-    converts; those inside another matched module stay (the run-time view skips its calls)."""
-    inside = [p for m in matched if not m.rule.run_time_first for p in m.paths]
-
-    def held(match: _Match) -> bool:
-        return any(path.startswith(p + ".") for path in match.paths for p in inside)
-
-    return [m for m in matched if not m.rule.run_time_first or held(m)]
 
 
 def _attach_places(model: nn.Module, matches: dict[int, _Match]) -> None:

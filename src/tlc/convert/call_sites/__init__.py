@@ -98,6 +98,7 @@ def convert_call_sites(
     site_for: Callable[[Pair], Site],
     *,
     skip: Iterable[str] = (),
+    reopen: Iterable[str] = (),
     probes: Sequence[Callable[[str], object]] = (),
     check_other: Callable[[str], object] | None = None,
 ) -> tuple[object, list[CallSite]]:
@@ -118,7 +119,10 @@ def convert_call_sites(
         run: ``run(what)`` runs ``model`` at the training size and returns its output; ``what``
             names the forward in error messages.
         site_for: the :class:`tlc.Site` for a feature size (h, w) measured at the training size.
-        skip: qualified names of modules whose calls are not sites (those module rules matched).
+        skip: qualified names of modules whose calls are not sites (those module rules matched),
+            nor those of the modules below them,
+        reopen: except these modules and those below them (poolings left to this view inside a
+            module a rule took).
         probes: two runners, at (2h, w) and (h, 2w). Without them, or should one fail (with a
             warning), a 4-D tensor is taken as (N, C, H, W) and softmax, normalisation and matrix
             products over positions are not looked at.
@@ -130,7 +134,7 @@ def convert_call_sites(
         converted or not).
     """
     remove_call_site_conversion(model)
-    converter = CallSiteConverter(model, skip)
+    converter = CallSiteConverter(model, skip, reopen)
     try:
         run("the calibration forward of functional call sites")
         probed = len(probes) == 2 and converter.recorded and _probe(converter, probes)

@@ -54,8 +54,8 @@ class CallSiteConverter:
         sites: every global op found at calibration, in call order.
     """
 
-    def __init__(self, model: nn.Module, skip: Iterable[str] = ()) -> None:
-        skip = tuple(skip)
+    def __init__(self, model: nn.Module, skip: Iterable[str] = (), reopen: Iterable[str] = ()) -> None:
+        skip, reopen = tuple(skip), tuple(reopen)
         self.phase = "record"
         self.sites: list[CallSite] = []
         self._windows: dict[SiteKey, tuple[Site, int]] = {}  # converted sites: (site, channels)
@@ -76,8 +76,9 @@ class CallSiteConverter:
         # Calls inside modules that module rules matched (converted or deliberately left global)
         # belong to those rules.
         for path, module in model.named_modules():
-            excluded = any(path == p or path.startswith(p + ".") for p in skip)
-            enter = Enter(self, path, excluded)
+            reopened = any(path == p or path.startswith(p + ".") for p in reopen)
+            excluded = not reopened and any(path == p or path.startswith(p + ".") for p in skip)
+            enter = Enter(self, path, excluded, reopened)
             module.register_forward_pre_hook(enter)
             module.register_forward_hook(Leave(enter), always_call=True)
 
@@ -139,7 +140,7 @@ class CallSiteConverter:
             mode = LocalCalls(self, self._handlers(), values)
             mode.__enter__()
             self._thread.mode = mode
-        excluded = hook.excluded or (stack[-1].excluded if stack else False)
+        excluded = hook.excluded or (stack[-1].excluded and not hook.reopened if stack else False)
         first = args[0] if args else None
         size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
         stack.append(ModuleCall(hook, hook.path, excluded, map_size=size))

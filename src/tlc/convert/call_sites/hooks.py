@@ -66,8 +66,9 @@ class ModuleCall:
 class Enter:
     """Forward pre-hook of every module: pushes the module call (and enters the mode at the top)."""
 
-    def __init__(self, converter: CallSiteConverter, path: str, excluded: bool) -> None:
+    def __init__(self, converter: CallSiteConverter, path: str, excluded: bool, reopened: bool = False) -> None:
         self.converter, self.path, self.excluded = converter, path, excluded
+        self.reopened = reopened  # seen even when called from inside an excluded module
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         self.converter.enter_module(self, args)

@@ -169,6 +169,48 @@ def test_hand_written_std_and_pool_module_gate_runs_on_the_windows_inside_the_ma
     windows = batch * (37 - 24 + 1) * (30 - 24 + 1)
     sigmoid = [e.input_shapes[0] for e in profile.events() if e.name == "aten::sigmoid"]
     assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
+    # The two sums over W run globally: only the sums over H completing them take them, and those
+    # are pooled values computed from the marked maps (their local forms would be full-size maps).
+    over_w = [
+        e for e in profile.events()
+        if e.name == "aten::sum" and e.input_shapes[0] == [batch, 4, 37, 30] and e.concrete_inputs[1] == [3]
+    ]
+    assert len(over_w) == 2
+
+
+class PartialSumUsedAtLargeSizes(nn.Module):
+    """A hand-written mean whose partial sum over W is also used, but only on maps wider than the
+    training size: calibration sees it taken by the chain's end alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, in_place=False):
+        y = self.conv(x)
+        rows = y.sum(3, keepdim=True)
+        mean = rows.sum(2, keepdim=True) / (y.size(2) * y.size(3))
+        out = y * torch.sigmoid(self.gate(mean))
+        if y.size(3) > TRAIN:
+            out = out + (rows.mul_(0.5) if in_place else rows * 0.5)
+        return out
+
+
+def test_a_partial_sum_met_by_another_call_than_at_calibration_takes_its_local_value():
+    model = randomised(PartialSumUsedAtLargeSizes()).double()
+    converted, report = tlc.convert(model, TRAIN, base_size=(24, 16))
+    assert sorted(converted_sites(report)) == [("sum", (24, 1)), ("sum", (24, 16))]
+    x = image(2, 3, 19, 31)
+    with torch.no_grad():
+        out = converted(x)
+        y = model.conv(x)
+        means = brute_force(y, (24, 16), mean)
+        rows = brute_force(y, (1, 16), mean) * y.size(3)  # a local sum: the window's mean x W
+        expected = y * torch.sigmoid(model.gate(means)) + rows * 0.5
+    assert (out - expected).abs().max().item() < 1e-10
+    with torch.no_grad(), pytest.raises(RuntimeError, match="changes in place a partial sum"):
+        converted(x, in_place=True)
 
 
 class StyleGate(nn.Module):

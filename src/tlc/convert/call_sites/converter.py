@@ -39,6 +39,7 @@ from .hooks import (
     template,
 )
 from .marks import Mark, mark_of, set_mark
+from .partials import PartialUses, StandIns, reparsed
 from .recognise import H, W, judge, tags_of
 from .sites import CallSite, SiteKey
 
@@ -65,6 +66,13 @@ class CallSiteConverter:
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._chain_ends: set[SiteKey] = set()  # sites completing a mean, sum or variance over H and W
         self._pooled_chains: set[SiteKey] = set()  # of those, converted sites answered with pooled values
+        # Sites making partial reductions (a sum over W that the next call sums over H), those of
+        # them calibration saw used otherwise than once by their chain's end, each one's end, and
+        # the converted ones that run globally (see tlc.convert.call_sites.partials).
+        self._partial_sites: set[SiteKey] = set()
+        self._public: set[SiteKey] = set()
+        self._completers: dict[SiteKey, SiteKey] = {}
+        self._stand_in_sites: set[SiteKey] = set()
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
         self._map_fallback: set[SiteKey] = set()  # of those, sites whose local map may answer instead
         # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
@@ -138,6 +146,10 @@ class CallSiteConverter:
             self._thread.softmaxes = {}
             values = PooledValues() if self.phase == "apply" and (self._pooled or self._pooled_chains) else None
             mode = LocalCalls(self, self._handlers(), values)
+            if self.phase == "record":
+                mode.partials = PartialUses()
+            elif self.phase == "apply" and self._stand_in_sites:
+                mode.partials = StandIns()
             mode.__enter__()
             self._thread.mode = mode
         excluded = hook.excluded or (stack[-1].excluded and not hook.reopened if stack else False)
@@ -157,12 +169,18 @@ class CallSiteConverter:
             return None
         self._thread.mode = None
         remove_mode(mode)
-        if mode.values is None:
-            return None
-        # A statistic returned as such, where its local map would have answered: that map.
-        returned = mode.values.materialise(output, self._map_fallback)
-        self._thread.escaped = mode.values.finish(returned)  # pooled values that never met the image
-        return None if returned is output else returned
+        partials, given = mode.partials, output
+        if isinstance(partials, PartialUses):
+            public, completers = partials.finish(output)
+            self._public |= public
+            self._completers.update(completers)
+        elif isinstance(partials, StandIns) and partials:
+            output = partials.replace_in(output)  # returned: their local values
+        if mode.values is not None:
+            # A statistic returned as such, where its local map would have answered: that map.
+            output = mode.values.materialise(output, self._map_fallback)
+            self._thread.escaped = mode.values.finish(output)  # pooled values that never met the image
+        return None if output is given else output
 
     # --- the mode's answer to a recognised call
     def answer(self, func: Callable, args: tuple, kwargs: dict, call: Call) -> object:
@@ -236,6 +254,15 @@ class CallSiteConverter:
             return self._context_pool(key, func, args, kwargs, site)
         if key in self._pooled_chains and (pooled := self._pooled_statistic(key, call, site)) is not None:
             return pooled
+        partials = self._thread.mode.partials
+        if partials is not None and partials.is_stand_in(call.x):  # its value is needed after all
+            args, kwargs, call = reparsed(partials, func, args, kwargs)
+            if call is None or call.local is None:
+                return func(*args, **kwargs)
+        if key in self._stand_in_sites:  # only its chain's end takes it, and reads the marks alone
+            out = self._follow(key, call, func(*args, **kwargs), site)
+            partials.add(out, call, site)
+            return out
         if key in self._pooled:  # the global result, carrying its value over every window
             real = func(*args, **kwargs)
             return self._thread.mode.values.start(real, valid_pooling(call, site), call.x.shape[-2:], source=key)
@@ -255,25 +282,35 @@ class CallSiteConverter:
             for d in dims:
                 factor *= call.x.shape[d]
         m = mark_of(call.x)
+        record = self.phase == "record"
+        uses = self._thread.mode.partials if record else None
         if m is None:
             set_mark(out, Mark("mean", call.x, dims, factor, windows))
-            if dims == (2, 3) and self.phase == "record":
+            if record and dims == (2, 3):
                 self._chain_ends.add(key)
+            elif record:
+                self._partial_sites.add(key)
+                uses.made(out, key)
         elif m.kind == "mean" and not set(m.done) & set(dims):
             done = tuple(sorted(m.done + dims))
             set_mark(out, Mark("mean", m.src, done, m.scale * factor, m.windows + windows))
-            if done == (2, 3) and self.phase == "record":
+            if record and done == (2, 3):
                 self._chain_ends.add(key)
+                uses.completed(call.x, key)
         elif m.kind in ("sq", "sqsum") and not set(m.done) & set(dims):
             done = tuple(sorted(m.done + dims))
             scale = m.scale * factor if m.kind == "sqsum" else factor
             reduced = m.windows + windows if m.kind == "sqsum" else windows
             if done != (2, 3):
                 set_mark(out, Mark("sqsum", m.src, done, scale, reduced, m.centre))
+                if record:
+                    self._partial_sites.add(key)
+                    uses.made(out, key)
                 return out
-            if self.phase == "record":
+            if record:
                 self._variances.add(key)
                 self._chain_ends.add(key)
+                uses.completed(call.x, key)
             window = dict(reduced)
             if site is not None and window == dict(m.centre) and None not in window.values():
                 var = local_var(m.src, (window[2], window[3]), 0.0)
@@ -367,6 +404,11 @@ class CallSiteConverter:
                 CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
             )
         self._convert_context_pairs(site_for)
+        # Partials taken only by the end of their chain, itself a pooled value: run globally.
+        self._stand_in_sites = {
+            key for key in self._partial_sites - self._public
+            if key in self._windows and self._completers.get(key) in self._pooled_chains
+        }
         self.phase = "apply"
         return self.sites
 
@@ -399,6 +441,8 @@ class CallSiteConverter:
         self._pooled.discard(key)
         self._pooled_chains.discard(key)
         self._map_fallback.discard(key)
+        self._stand_in_sites.discard(key)
+        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
         partner = self._context.pop(key, None)
         if partner is None:
             partner = next((k for k, v in self._context.items() if v == key), None)
@@ -420,6 +464,7 @@ class CallSiteConverter:
         self._map_fallback.discard(key)
         self._pooled.discard(key)
         self._pooled_chains.discard(key)
+        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
         return True
 
     def pool_instead(self, key: SiteKey) -> bool:

@@ -20,6 +20,7 @@ from ..rules import Site
 from .calls import Call, bind
 from .marks import ARITHMETIC, MARKERS
 from .parsers import MAP_FUNCS, PARSERS
+from .partials import PartialUses, StandIns
 from .sites import SiteKey
 
 if TYPE_CHECKING:  # annotations only: the converter imports this module
@@ -175,9 +176,17 @@ class LocalCalls(TorchFunctionMode):
         super().__init__()
         self.converter, self.handlers, self.values = converter, handlers, values
         self.markers = MARKERS if any(f in handlers for f in MARKERS) else {}
+        # Calibration: the uses of partial reductions; converted: the global ones standing in.
+        self.partials: PartialUses | StandIns | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         kwargs = kwargs or {}
+        partials = self.partials
+        if partials:
+            if isinstance(partials, PartialUses):
+                partials.count(args, kwargs)
+            elif partials.takes(args, kwargs) and not partials.completes(func, args, kwargs):
+                args, kwargs = partials.replaced(getattr(func, "__name__", ""), args, kwargs)
         if self.values is not None:
             result = self.values.handle(func, types, args, kwargs)
             if result is not NotImplemented:

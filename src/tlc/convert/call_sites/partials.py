@@ -39,47 +39,56 @@ def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return found
 
 
+class _Partial:
+    """One partial made at calibration: the site that made it, its uses, the site completing it."""
+
+    def __init__(self, t: torch.Tensor, key: SiteKey) -> None:
+        self.ref, self.key, self.uses, self.completed_by = weakref.ref(t), key, 0, None
+
+
 class PartialUses:
     """Calibration: the partials one forward made, and how they were used."""
 
     def __init__(self) -> None:
-        self._made: dict[int, tuple[weakref.ref, SiteKey]] = {}
-        self._uses: dict[int, int] = {}
-        self._completed: dict[int, SiteKey] = {}
+        self._all: list[_Partial] = []
+        self._by_id: dict[int, _Partial] = {}  # the latest partial per id (ids of dead ones recur)
 
     def __bool__(self) -> bool:
-        return bool(self._made)
+        return bool(self._all)
 
     def made(self, out: torch.Tensor, key: SiteKey) -> None:
         """``out``, the result of site ``key``, is a partial reduction."""
-        self._made[id(out)] = (weakref.ref(out), key)
+        partial = _Partial(out, key)
+        self._all.append(partial)
+        self._by_id[id(out)] = partial
 
-    def _id_of(self, t: torch.Tensor) -> int | None:
-        entry = self._made.get(id(t))
-        return id(t) if entry is not None and entry[0]() is t else None
+    def _of(self, t: torch.Tensor) -> _Partial | None:
+        partial = self._by_id.get(id(t))
+        return partial if partial is not None and partial.ref() is t else None
 
     def count(self, args: tuple, kwargs: dict) -> None:
         """A torch call takes ``args``/``kwargs``: count the partials among them."""
-        if self._made:
+        if self._by_id:
             for t in _tensors(args, kwargs):
-                if (i := self._id_of(t)) is not None:
-                    self._uses[i] = self._uses.get(i, 0) + 1
+                if (partial := self._of(t)) is not None:
+                    partial.uses += 1
 
     def completed(self, t: torch.Tensor, key: SiteKey) -> None:
         """The site ``key`` completed the chain of the partial ``t`` over H and W."""
-        if (i := self._id_of(t)) is not None:
-            self._completed[i] = key
+        if (partial := self._of(t)) is not None:
+            partial.completed_by = key
 
     def finish(self, output: object) -> tuple[set[SiteKey], dict[SiteKey, SiteKey]]:
         """(sites one of whose partials was used otherwise than once by its chain's completion, or
         returned; each site's completing site)."""
         public, completers = set(), {}
         returned = {id(t) for t in _tensors(output if isinstance(output, tuple) else (output,), {})}
-        for i, (_, key) in self._made.items():
-            if self._uses.get(i, 0) != 1 or i not in self._completed or i in returned:
-                public.add(key)
+        for partial in self._all:
+            t = partial.ref()
+            if partial.uses != 1 or partial.completed_by is None or (t is not None and id(t) in returned):
+                public.add(partial.key)
             else:
-                completers[key] = self._completed[i]
+                completers[partial.key] = partial.completed_by
         return public, completers
 
 

@@ -112,42 +112,46 @@ def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
                     cols[r, j] = _nan_max(below[r, j], running[j])
 
 
-def _max_planes(x, k1, k2, out):  # pragma: no cover
+def _max_planes(x, k1, k2, out, threads):  # pragma: no cover
     """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated, or
-    (P, H-k1+1, W-k2+1): the valid windows' maxima only.
+    (P, H-k1+1, W-k2+1): the valid windows' maxima only; threads: tasks to split the planes into.
 
     Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the scans
     along W, which run entry by entry."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
-    for p in prange(planes):
-        valid = np.empty((vh, vw), x.dtype)
-        if k1 == 1:
-            _rows_window_max(x[p], k2, valid)
-        else:
-            cols = np.empty((vh, w), x.dtype)
-            _columns_max(x[p], k1, cols, np.empty((h, w), x.dtype), np.empty(w, x.dtype))
-            _rows_window_max(cols, k2, valid)
-        if out.shape[1] == vh and out.shape[2] == vw:
-            out[p, :, :] = valid
-        else:
-            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+    in_place = out.shape[1] == vh and out.shape[2] == vw
+    # One task per thread, each with its scratch planes reused from plane to plane: fresh ones per
+    # plane (pages faulted in each time) made this kernel twice as slow.
+    workers = max(1, min(threads, planes))
+    for task in prange(workers):
+        valid = np.empty((0 if in_place else vh, vw), x.dtype)
+        cols = np.empty((0 if k1 == 1 else vh, w), x.dtype)
+        below = np.empty((0 if k1 == 1 else h, w), x.dtype)
+        running = np.empty(w, x.dtype)
+        for p in range(task, planes, workers):
+            target = out[p] if in_place else valid
+            if k1 == 1:
+                _rows_window_max(x[p], k2, target)
+            else:
+                _columns_max(x[p], k1, cols, below, running)
+                _rows_window_max(cols, k2, target)
+            if not in_place:
+                _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
-def _block_sums_2d(a, b, use_b, k1, k2, valid):  # pragma: no cover
+def _block_sums_2d(a, b, use_b, k1, k2, valid, below, cols, running):  # pragma: no cover
     """valid (H-k1+1, W-k2+1) gets the sums of ``a * b`` (``a`` alone unless ``use_b``; a, b:
     (H, W)) over every window, in float64, from suffix and prefix sums within blocks (no
-    differences). Along H first (vectorised along W), then along W on the remaining rows."""
+    differences). Along H first (vectorised along W), then along W on the remaining rows.
+    below (H, W), cols (H-k1+1, W), running (W,): float64 scratch, overwritten."""
     h, w = a.shape
     vh, vw = valid.shape
-    below = np.empty((h, w), np.float64)
     for i in range(h - 1, -1, -1):
         restart = i == h - 1 or (i + 1) % k1 == 0
         for j in range(w):
             v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
             below[i, j] = v if restart else below[i + 1, j] + v
-    cols = np.empty((vh, w), np.float64)
-    running = np.zeros(w, np.float64)
     for i in range(h):
         restart = i % k1 == 0
         for j in range(w):
@@ -196,28 +200,40 @@ def _rows_window_sum(src, k, dst):  # pragma: no cover
                 dst[g + lane, b] = res[b, lane]
 
 
-def _weight_sums_planes(e, k1, k2, out):  # pragma: no cover
+def _weight_sums_planes(e, k1, k2, out, threads):  # pragma: no cover
     """e: (P, H, W) float64 weights; out: (P, H-k1+1, W-k2+1) their window sums."""
-    for p in prange(e.shape[0]):
-        _block_sums_2d(e[p], e[p], False, k1, k2, out[p])
+    planes, h, w = e.shape
+    workers = max(1, min(threads, planes))
+    for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
+        below, cols, running = np.empty((h, w)), np.empty((h - k1 + 1, w)), np.empty(w)
+        for p in range(task, planes, workers):
+            _block_sums_2d(e[p], e[p], False, k1, k2, out[p], below, cols, running)
 
 
-def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover
+def _weighted_pool_planes(x, e, ratio, den, k1, k2, out, threads):  # pragma: no cover
     """x: (P, H, W); e: (P // ratio, H, W) float64 weights, plane p of x weighted by plane
     p // ratio; den: their window sums. out: (P, H, W) window sums of e * x over den, replicated."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
-    for p in prange(planes):
-        q = p // ratio
+    workers = max(1, min(threads, planes))
+    for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
+        below, cols, running = np.empty((h, w)), np.empty((vh, w)), np.empty(w)
         valid = np.empty((vh, vw), np.float64)
-        _block_sums_2d(e[q], x[p], True, k1, k2, valid)
-        for r in range(vh):
-            for j in range(vw):
-                valid[r, j] /= den[q, r, j]
-        if out.shape[1] == vh and out.shape[2] == vw:
-            out[p, :, :] = valid
-        else:
-            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+        for p in range(task, planes, workers):
+            _weighted_pool_plane(x[p], e[p // ratio], den[p // ratio], k1, k2, out[p], valid, below, cols, running)
+
+
+def _weighted_pool_plane(x, e, den, k1, k2, out, valid, below, cols, running):  # pragma: no cover
+    """One plane of :func:`_weighted_pool_planes`; valid, below, cols, running: scratch."""
+    vh, vw = valid.shape
+    _block_sums_2d(e, x, True, k1, k2, valid, below, cols, running)
+    for r in range(vh):
+        for j in range(vw):
+            valid[r, j] /= den[r, j]
+    if out.shape[0] == vh and out.shape[1] == vw:
+        out[:, :] = valid
+    else:
+        _replicate_into(valid, out, (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 def _merge(m1, d1, n1, m2, d2, n2):  # pragma: no cover
@@ -309,7 +325,7 @@ def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no c
             _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
-def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals):  # pragma: no cover
+def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threads):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
     those of the windows inside the map: running float64 sums of x - centre and of its square, a
@@ -318,46 +334,48 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals):  # p
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
-    for p in prange(planes):
-        c = centre[p]
-        col1 = np.zeros(w, np.float64)
-        col2 = np.zeros(w, np.float64)
-        for i in range(k1):
-            for j in range(w):
-                d = np.float64(x[p, i, j]) - c
-                col1[j] += d
-                col2[j] += d * d
-        all1 = col1.copy()  # every row entered so far, column by column
-        all2 = col2.copy()
+    workers = max(1, min(threads, planes))
+    for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
         valid = np.empty((vh, vw), np.float64)
-        for a in range(vh):
-            if a > 0:
+        for p in range(task, planes, workers):
+            c = centre[p]
+            col1 = np.zeros(w, np.float64)
+            col2 = np.zeros(w, np.float64)
+            for i in range(k1):
                 for j in range(w):
-                    d_in = np.float64(x[p, a + k1 - 1, j]) - c
-                    d_out = np.float64(x[p, a - 1, j]) - c
-                    col1[j] += d_in - d_out
-                    col2[j] += d_in * d_in - d_out * d_out
-                    all1[j] += d_in
-                    all2[j] += d_in * d_in
-            s1 = 0.0
-            s2 = 0.0
-            for j in range(k2):
-                s1 += col1[j]
-                s2 += col2[j]
-            for b in range(vw):
-                if b > 0:
-                    s1 += col1[b + k2 - 1] - col1[b - 1]
-                    s2 += col2[b + k2 - 1] - col2[b - 1]
-                # One pixel: exactly no spread (the running sums could leave a rounding residue).
-                squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
-                var = squares / divisor
-                valid[a, b] = np.sqrt(var) if root else var
-        totals[p, 0] = all1.sum()
-        totals[p, 1] = all2.sum()
-        if valid_only:
-            out[p] = valid
-        else:
-            _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+                    d = np.float64(x[p, i, j]) - c
+                    col1[j] += d
+                    col2[j] += d * d
+            all1 = col1.copy()  # every row entered so far, column by column
+            all2 = col2.copy()
+            for a in range(vh):
+                if a > 0:
+                    for j in range(w):
+                        d_in = np.float64(x[p, a + k1 - 1, j]) - c
+                        d_out = np.float64(x[p, a - 1, j]) - c
+                        col1[j] += d_in - d_out
+                        col2[j] += d_in * d_in - d_out * d_out
+                        all1[j] += d_in
+                        all2[j] += d_in * d_in
+                s1 = 0.0
+                s2 = 0.0
+                for j in range(k2):
+                    s1 += col1[j]
+                    s2 += col2[j]
+                for b in range(vw):
+                    if b > 0:
+                        s1 += col1[b + k2 - 1] - col1[b - 1]
+                        s2 += col2[b + k2 - 1] - col2[b - 1]
+                    # One pixel: exactly no spread (the running sums could leave a rounding residue).
+                    squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
+                    var = squares / divisor
+                    valid[a, b] = np.sqrt(var) if root else var
+            totals[p, 0] = all1.sum()
+            totals[p, 1] = all2.sum()
+            if valid_only:
+                out[p] = valid
+            else:
+                _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
 if njit is not None:
@@ -367,6 +385,7 @@ if njit is not None:
     _columns_max = njit(_columns_max)
     _replicate_into = njit(_replicate_into)
     _block_sums_2d = njit(_block_sums_2d)
+    _weighted_pool_plane = njit(_weighted_pool_plane)
     # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).
     _max_compiled = parallel_kernel(_max_planes, error_model="numpy")
     _weight_sums_compiled = parallel_kernel(_weight_sums_planes, error_model="numpy")
@@ -397,7 +416,7 @@ def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: b
     p, h, w = work.shape
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
     out = work.new_empty((p, *size))
-    _max_compiled(work.numpy(), window[0], window[1], out.numpy())
+    _max_compiled(work.numpy(), window[0], window[1], out.numpy(), torch.get_num_threads())
     return out.to(planes.dtype)
 
 
@@ -419,12 +438,14 @@ def fused_softmax_pool(
     kh, kw = window
     e = weights.contiguous().view(-1, h, w)
     den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
-    _weight_sums_compiled(e.numpy(), kh, kw, den.numpy())
+    _weight_sums_compiled(e.numpy(), kh, kw, den.numpy(), torch.get_num_threads())
     work = _working(x)
     size = (h - kh + 1, w - kw + 1) if valid_only else (h, w)
     out = work.new_empty((n * c, *size))
     ratio = c // weights.shape[1]
-    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw, out.numpy())
+    _weighted_pool_compiled(
+        work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw, out.numpy(), torch.get_num_threads()
+    )
     return out.view(n, c, *size).to(x.dtype)
 
 
@@ -467,5 +488,5 @@ def fused_local_var(
     divisor = max(window[0] * window[1] - correction, 0.0)
     sums = totals if totals is not None else torch.empty(n * c, 2, dtype=torch.float64)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
-                  float(divisor), bool(root), bool(valid_only), out.numpy(), sums.numpy())
+                  float(divisor), bool(root), bool(valid_only), out.numpy(), sums.numpy(), torch.get_num_threads())
     return out.view(n, c, *size).to(x.dtype)

@@ -235,7 +235,9 @@ def _member(func: Callable, table: set) -> bool:
         return False
 
 
-def _is_inplace(name: str, args: tuple, kwargs: dict) -> bool:
+def is_inplace(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether the torch call named ``name`` changes an argument in place (``add_``, ``__iadd__``,
+    ``inplace=True``)."""
     if name.endswith("_") and not name.endswith("__"):
         return True
     if name.startswith("__i") and name not in ("__index__", "__int__", "__invert__", "__iter__"):
@@ -243,7 +245,7 @@ def _is_inplace(name: str, args: tuple, kwargs: dict) -> bool:
     return bool(kwargs.get("inplace"))
 
 
-def _tensors(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
+def tensor_args(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
     """Tensors among the arguments: top level and inside lists/tuples of the top level."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
@@ -561,7 +563,7 @@ class _Call:
         if kwargs.get("out") is not None:
             raise self.fail("writes into out=")
         if func is _T.__getitem__ or func is _T.__setitem__:
-            if any(entry(t) is not None for t in _tensors(args[1:2], {})):
+            if any(entry(t) is not None for t in tensor_args(args[1:2], {})):
                 raise self.fail("a pooled value used as an index reads its values")
             target = args[0]
             if func is _T.__setitem__ and entry(target) is None:
@@ -575,7 +577,7 @@ class _Call:
         if weighted:
             inputs = 2 if name in _TWO_INPUTS else 1
             rest = [*args[inputs:], *(v for k, v in kwargs.items() if k not in ("input", "input1", "input2"))]
-            if any(entry(t) is not None for t in _tensors(tuple(rest), {})):
+            if any(entry(t) is not None for t in tensor_args(tuple(rest), {})):
                 raise self.fail("a pooled value used as a weight")
             training = args[5] if name == "batch_norm" and len(args) > 5 else kwargs.get("training", False)
             if name == "batch_norm" and training:
@@ -583,7 +585,7 @@ class _Call:
 
         h, w = grid.size
         spatial = h * w > 1 and name not in _LIKE
-        maps = [t for t in _tensors(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
+        maps = [t for t in tensor_args(args, kwargs) if entry(t) is None and self.is_map(t)] if spatial else []
         if self.name in _EXPANSIONS or (self.is_expansion() and not maps):
             # A view of the value brought to the map's size (``y.expand(...)``, ``y.expand_as(x)``):
             # tracked unexpanded and spread only if its use needs it.
@@ -601,7 +603,7 @@ class _Call:
                 meta = func(*margs, **mkwargs)
                 shape = meta.shape if isinstance(meta, torch.Tensor) else None
             except Exception:  # no meta kernel: compute it for real
-                if _is_inplace(name, args, kwargs):
+                if is_inplace(name, args, kwargs):
                     raise self.fail("in-place call without a meta kernel") from None
                 try:
                     real = func(*args, **kwargs)
@@ -632,7 +634,7 @@ class _Call:
         """Where the pooled values broadcast over the origin map in a result of ``shape``:
         ("grid", a) for dims (a, a+1) of size (H, W), ("tokens", a) for dim a of size H * W."""
         (h, w), rank = self.grid.size, len(shape)
-        pooled = [t for t in _tensors(self.args, self.kwargs) if self.values._entry(t) is not None]
+        pooled = [t for t in tensor_args(self.args, self.kwargs) if self.values._entry(t) is not None]
         if rank < 2 or any(t.dim() != rank for t in pooled):
             return None
 
@@ -671,7 +673,7 @@ class _Call:
         fused = self.fused_multiply(placement, shape)
         if fused is not None:
             return fused
-        pooled = [e for t in _tensors(args, kwargs) if (e := entry(t)) is not None]
+        pooled = [e for t in tensor_args(args, kwargs) if (e := entry(t)) is not None]
         if self.name in ("repeat", "tile") and len(pooled) == 1:
             # Repeated to the map's size (other factors 1): that is the spread value itself.
             full = self.spread(pooled[0], args[0].shape, placement)
@@ -725,7 +727,7 @@ class _Call:
         """``y.expand_as(x)`` of a pooled value y (N, ..., 1, 1) to the map's size: ``real`` (the
         expanded view) tracked with y's local values, spread only if its use needs it."""
         kind, a = placement
-        pooled = [e for t in _tensors(self.args, self.kwargs) if (e := self.values._entry(t)) is not None]
+        pooled = [e for t in tensor_args(self.args, self.kwargs) if (e := self.values._entry(t)) is not None]
         if self.name not in _EXPANSIONS or len(pooled) != 1 or kind != "grid" or a + 2 != real.dim():
             return None
         (e,) = pooled
@@ -741,12 +743,12 @@ class _Call:
         func, args, kwargs, grid = self.func, self.args, self.kwargs, self.grid
         entry = self.values._entry
         n, g = grid.batch, grid.positions
-        pooled = [e for t in _tensors(args, kwargs) if (e := entry(t)) is not None]
+        pooled = [e for t in tensor_args(args, kwargs) if (e := entry(t)) is not None]
         rank = max(e.local.dim() for e in pooled)
         weighted = self.name in _WEIGHTED or self.name in _TWO_INPUTS
         indexing = func is _T.__getitem__ or func is _T.__setitem__
         like = self.name in _LIKE
-        inplace = _is_inplace(self.name, args, kwargs)
+        inplace = is_inplace(self.name, args, kwargs)
 
         def local(t: torch.Tensor) -> torch.Tensor:
             e = entry(t)

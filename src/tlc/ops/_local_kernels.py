@@ -325,6 +325,22 @@ def _softmax_pool_general_planes(x, logits, ratio, k1, k2, out):  # pragma: no c
             _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
 
+def window_sums_along_row(column1, column2, k, sums1, sums2):  # pragma: no cover
+    """sums1[b], sums2[b]: the sums of ``column1`` / ``column2`` (float64 rows of column sums)
+    over the k entries from b, for every b of ``sums1``: running sums, one entry in, one out."""
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(k):
+        s1 += column1[j]
+        s2 += column2[j]
+    for b in range(sums1.shape[0]):
+        if b > 0:
+            s1 += column1[b + k - 1] - column1[b - 1]
+            s2 += column2[b + k - 1] - column2[b - 1]
+        sums1[b] = s1
+        sums2[b] = s2
+
+
 def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threads):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
@@ -337,6 +353,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
         valid = np.empty((vh, vw), np.float64)
+        sums1, sums2 = np.empty(vw, np.float64), np.empty(vw, np.float64)
         for p in range(task, planes, workers):
             c = centre[p]
             col1 = np.zeros(w, np.float64)
@@ -357,17 +374,10 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
                         col2[j] += d_in * d_in - d_out * d_out
                         all1[j] += d_in
                         all2[j] += d_in * d_in
-                s1 = 0.0
-                s2 = 0.0
-                for j in range(k2):
-                    s1 += col1[j]
-                    s2 += col2[j]
+                window_sums_along_row(col1, col2, k2, sums1, sums2)
                 for b in range(vw):
-                    if b > 0:
-                        s1 += col1[b + k2 - 1] - col1[b - 1]
-                        s2 += col2[b + k2 - 1] - col2[b - 1]
                     # One pixel: exactly no spread (the running sums could leave a rounding residue).
-                    squares = 0.0 if area == 1 else max(s2 - s1 * s1 / area, 0.0)
+                    squares = 0.0 if area == 1 else max(sums2[b] - sums1[b] * sums1[b] / area, 0.0)
                     var = squares / divisor
                     valid[a, b] = np.sqrt(var) if root else var
             totals[p, 0] = all1.sum()
@@ -385,6 +395,7 @@ if njit is not None:
     _columns_max = njit(_columns_max)
     _replicate_into = njit(_replicate_into)
     _block_sums_2d = njit(_block_sums_2d)
+    window_sums_along_row = njit(window_sums_along_row)
     _weighted_pool_plane = njit(_weighted_pool_plane)
     # error_model="numpy": x / 0 gives inf or nan as in torch (no degrees of freedom left).
     _max_compiled = parallel_kernel(_max_planes, error_model="numpy")

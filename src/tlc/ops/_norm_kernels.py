@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from ._common import cpu_kernel_applies
+from ._common import centring_means, cpu_kernel_applies
+from ._local_kernels import window_sums_along_row
 from ._numba import njit, parallel_kernel, prange
 
 
@@ -65,6 +66,7 @@ def _group_norm_planes(x, centres, groups, kh, kw, eps, weight, bias, out):  # p
                     column2[j] += d * d
         m_row = np.empty(gw, np.float64)
         s_row = np.empty(gw, np.float64)
+        sums1, sums2 = np.empty(gw, np.float64), np.empty(gw, np.float64)
         for a in range(gh):
             if a > 0:
                 for c in range(c0, c0 + per_group):
@@ -74,17 +76,10 @@ def _group_norm_planes(x, centres, groups, kh, kw, eps, weight, bias, out):  # p
                         d_out = np.float64(leaving[j]) - centre
                         column1[j] += d_in - d_out
                         column2[j] += d_in * d_in - d_out * d_out
-            sum1 = 0.0
-            sum2 = 0.0
-            for j in range(kw):
-                sum1 += column1[j]
-                sum2 += column2[j]
+            window_sums_along_row(column1, column2, kw, sums1, sums2)
             for b in range(gw):
-                if b > 0:
-                    sum1 += column1[b + kw - 1] - column1[b - 1]
-                    sum2 += column2[b + kw - 1] - column2[b - 1]
-                m = sum1 * inv_count
-                var = max(sum2 * inv_count - m * m, 0.0)
+                m = sums1[b] * inv_count
+                var = max(sums2[b] * inv_count - m * m, 0.0)
                 m_row[b] = m
                 s_row[b] = 1.0 / math.sqrt(var + eps)
             # The rows this window row serves: its own (a + top), and above / below the valid band.
@@ -120,13 +115,6 @@ def fused_local_group_norm(
     scale = torch.ones(c, dtype=torch.float64) if weight is None else weight.detach().to(torch.float64).contiguous()
     shift = torch.zeros(c, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).contiguous()
     out = torch.empty_like(work)
-    n, _, h, w = work.shape
-    # Each group's mean: the kernel sums values centred by it in float64, so any centre near the
-    # mean keeps the digits; summed in the map's dtype (torch's float64 sum of float32 values
-    # took 57 ms of a 16-channel 720p map, the whole kernel 24 ms).
-    groups = work.reshape(n * num_groups, -1)
-    centres = groups.sum(-1).double() / groups.shape[1]
-    if not bool(centres.isfinite().all()):  # float32 overflow (or NaN/inf in x): in float64
-        centres = groups.sum(-1, dtype=torch.float64) / groups.shape[1]
+    centres = centring_means(work.reshape(work.shape[0] * num_groups, -1), (1,))  # each group's mean
     _compiled(work.numpy(), centres.numpy(), num_groups, window[0], window[1], float(eps), scale.numpy(), shift.numpy(), out.numpy())
     return out

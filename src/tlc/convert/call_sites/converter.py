@@ -277,10 +277,7 @@ class CallSiteConverter:
             return out
         dims = call.dims
         windows = tuple((d, None if site is None else site.window[d - 2]) for d in dims)
-        factor = 1.0
-        if call.mark == "sum":
-            for d in dims:
-                factor *= call.x.shape[d]
+        factor = _sum_factor(call)
         m = mark_of(call.x)
         record = self.phase == "record"
         uses = self._thread.mode.partials if record else None
@@ -329,10 +326,7 @@ class CallSiteConverter:
         kind = "mean" if m.kind == "mean" else "var" if m.kind in ("sq", "sqsum") else None
         if kind is None or set(m.done) & set(dims) or tuple(sorted(m.done + dims)) != (2, 3):
             return None
-        factor = 1.0
-        if call.mark == "sum":
-            for d in dims:
-                factor *= call.x.shape[d]
+        factor = _sum_factor(call)
         windows = dict((m.windows if m.kind != "sq" else ()) + tuple((d, site.window[d - 2]) for d in dims))
         src = m.src
         if None in windows.values() or src.dim() != 4 or src.dtype != call.x.dtype or (kind == "var" and windows != dict(m.centre)):
@@ -434,6 +428,11 @@ class CallSiteConverter:
             self._context[key] = softmax_key
             self._context_softmax.add(softmax_key)
 
+    def _stand_ins_end_at(self, key: SiteKey) -> None:
+        """The site ``key`` no longer answers with a pooled value: the partials it completed are
+        read again, so they run locally."""
+        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
+
     def leave_global(self, key: SiteKey, reason: str) -> None:
         """Stop converting the site ``key`` (and the other half of its context pair); the report
         gives ``reason``."""
@@ -442,7 +441,7 @@ class CallSiteConverter:
         self._pooled_chains.discard(key)
         self._map_fallback.discard(key)
         self._stand_in_sites.discard(key)
-        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
+        self._stand_ins_end_at(key)
         partner = self._context.pop(key, None)
         if partner is None:
             partner = next((k for k, v in self._context.items() if v == key), None)
@@ -464,7 +463,7 @@ class CallSiteConverter:
         self._map_fallback.discard(key)
         self._pooled.discard(key)
         self._pooled_chains.discard(key)
-        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
+        self._stand_ins_end_at(key)
         return True
 
     def pool_instead(self, key: SiteKey) -> bool:
@@ -516,3 +515,12 @@ class CallSiteConverter:
     def remove(self, model: nn.Module) -> None:
         """Take this converter's hooks off ``model``: its functional ops are global again."""
         remove_call_site_conversion(model, only=self)
+
+
+def _sum_factor(call: Call) -> float:
+    """What a sum multiplies the mean by: the lengths of the axes it reduces (1 for a mean)."""
+    factor = 1.0
+    if call.mark == "sum":
+        for d in call.dims:
+            factor *= call.x.shape[d]
+    return factor

@@ -167,6 +167,14 @@ def context_maps(
     return x_map, logits.reshape(n, logits.numel() // (n * length), *size)
 
 
+def _entry(table: dict, func: object) -> Callable | None:
+    """``table[func]``, or None (also for unhashable callables, which are none of ours)."""
+    try:
+        return table.get(func)
+    except TypeError:
+        return None
+
+
 class LocalCalls(TorchFunctionMode):
     """The mode active while a hooked model runs: hands the calls in ``handlers`` to them, and
     every call taking a pooled value to ``values`` first (marking its result as the arithmetic of
@@ -190,18 +198,11 @@ class LocalCalls(TorchFunctionMode):
         if self.values is not None:
             result = self.values.handle(func, types, args, kwargs)
             if result is not NotImplemented:
-                if self.markers:  # ``mean_pooled / (H * W)``, ``x - mean_pooled``
-                    try:
-                        mark = self.markers.get(func)
-                    except TypeError:  # unhashable callables are none of ours
-                        mark = None
-                    if mark is not None:
-                        mark(result, args, kwargs)
+                mark = _entry(self.markers, func)  # ``mean_pooled / (H * W)``, ``x - mean_pooled``
+                if mark is not None:
+                    mark(result, args, kwargs)
                 return result
-        try:
-            handle = self.handlers.get(func)
-        except TypeError:  # unhashable callables are none of ours
-            handle = None
+        handle = _entry(self.handlers, func)
         if handle is None:
             return func(*args, **kwargs)
         return handle(self.converter, func, args, kwargs)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..pooled_values import is_inplace, tensor_args
 from ..rules import Site
 from .calls import Call
 from .marks import mark_of, set_mark
@@ -29,14 +30,13 @@ from .parsers import PARSERS
 from .sites import SiteKey
 
 
-def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    found = []
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, torch.Tensor))
-    return found
+def _parse(func: Callable, args: tuple, kwargs: dict) -> Call | None:
+    """The run-time view's reading of the call, None where no parser knows it or its arguments."""
+    parse = PARSERS.get(func)
+    try:
+        return parse(args, kwargs) if parse is not None else None
+    except Exception:  # noqa: BLE001 (arguments no parser foresaw)
+        return None
 
 
 class _Partial:
@@ -69,7 +69,7 @@ class PartialUses:
     def count(self, args: tuple, kwargs: dict) -> None:
         """A torch call takes ``args``/``kwargs``: count the partials among them."""
         if self._by_id:
-            for t in _tensors(args, kwargs):
+            for t in tensor_args(args, kwargs):
                 if (partial := self._of(t)) is not None:
                     partial.uses += 1
 
@@ -82,7 +82,7 @@ class PartialUses:
         """(sites one of whose partials was used otherwise than once by its chain's completion, or
         returned; each site's completing site)."""
         public, completers = set(), {}
-        returned = {id(t) for t in _tensors(output if isinstance(output, tuple) else (output,), {})}
+        returned = {id(t) for t in tensor_args(output if isinstance(output, tuple) else (output,), {})}
         for partial in self._all:
             t = partial.ref()
             if partial.uses != 1 or partial.completed_by is None or (t is not None and id(t) in returned):
@@ -107,7 +107,7 @@ class StandIns:
 
     def takes(self, args: tuple, kwargs: dict) -> bool:
         """Whether a stand-in is among ``args``/``kwargs``."""
-        return any(self.is_stand_in(t) for t in _tensors(args, kwargs))
+        return any(self.is_stand_in(t) for t in tensor_args(args, kwargs))
 
     def is_stand_in(self, t: object) -> bool:
         entry = self._live.get(id(t)) if isinstance(t, torch.Tensor) else None
@@ -134,7 +134,7 @@ class StandIns:
                 return type(value)(self.local(v) if self.is_stand_in(v) else v for v in value)
             return value
 
-        if name.endswith("_") and not name.endswith("__") and args and self.is_stand_in(args[0]):
+        if is_inplace(name, args, kwargs) and args and self.is_stand_in(args[0]):
             raise RuntimeError(
                 f"tlc: {name} changes in place a partial sum that calibration saw completed by the next call; "
                 "convert the model again with inputs that take this path"
@@ -144,11 +144,7 @@ class StandIns:
     def completes(self, func: Callable, args: tuple, kwargs: dict) -> bool:
         """Whether the call completes the chain of the stand-in it takes over H and W (the one use
         calibration allowed)."""
-        parse = PARSERS.get(func)
-        try:
-            call = parse(args, kwargs) if parse is not None else None
-        except Exception:  # noqa: BLE001 (arguments no parser foresaw)
-            call = None
+        call = _parse(func, args, kwargs)
         if call is None or not self.is_stand_in(call.x):
             return False
         mark = mark_of(call.x)
@@ -168,5 +164,4 @@ def reparsed(stand_ins: StandIns, func: Callable, args: tuple, kwargs: dict) -> 
     """The call with its stand-ins replaced by their local values, parsed again."""
     name = getattr(func, "__name__", "")
     args, kwargs = stand_ins.replaced(name, args, kwargs)
-    parse = PARSERS.get(func)
-    return args, kwargs, parse(args, kwargs) if parse is not None else None
+    return args, kwargs, _parse(func, args, kwargs)

@@ -357,25 +357,27 @@ def test_valid_var_and_std_are_each_inside_window(shape, window, correction):
     "shape,window", [((2, 3, 7, 11), (3, 4)), ((1, 2, 13, 10), (5, 6)), ((2, 1, 6, 5), (9, 9)), ((1, 2, 1, 9), (4, 4))]
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_valid_var_comes_with_the_maps_own_variance(shape, window, dtype):
-    """valid_local_var_and_var: the windows' variances and the whole map's, from the kernel's one
-    pass (and from torch where autograd is on), for values far from zero too."""
+@pytest.mark.parametrize("correction,root", [(0, False), (1, False), (1, True), (0, True), (2, False)])
+def test_valid_var_comes_with_the_maps_own_variance(shape, window, dtype, correction, root):
+    """valid_local_var_and_var: the windows' variances (standard deviations) and the whole map's,
+    from the kernel's one pass (and from torch where autograd is on), for values far from zero too."""
     x = (torch.randn(shape, dtype=torch.float64) * 2 + 1e3).to(dtype)
     h, w = shape[-2:]
     kh, kw = min(window[0], h), min(window[1], w)
+    stat = torch.std if root else torch.var
     ref = torch.empty(*shape[:2], h - kh + 1, w - kw + 1, dtype=torch.float64)
     for top in range(h - kh + 1):
         for left in range(w - kw + 1):
-            ref[:, :, top, left] = x[:, :, top : top + kh, left : left + kw].double().var(dim=(-2, -1), correction=0)
-    whole = x.double().var(dim=(2, 3), correction=0, keepdim=True)
+            ref[:, :, top, left] = stat(x[:, :, top : top + kh, left : left + kw].double(), dim=(-2, -1), correction=correction)
+    whole = stat(x.double(), dim=(2, 3), correction=correction, keepdim=True)
     tolerance = 1e-9 if dtype == torch.float64 else 4e-3  # float32 values of 1e3 carry ~6e-5 each
-    kernel = valid_local_var_and_var(x, window)
+    kernel = valid_local_var_and_var(x, window, correction, root)
     with torch.enable_grad():  # torch's path
-        by_torch = tuple(t.detach() for t in valid_local_var_and_var(x.clone().requires_grad_(), window))
+        by_torch = tuple(t.detach() for t in valid_local_var_and_var(x.clone().requires_grad_(), window, correction, root))
     for valid, var in (kernel, by_torch):
         assert valid.dtype == var.dtype == dtype and var.shape == (*shape[:2], 1, 1)
-        assert (valid.double() - ref).abs().max().item() <= tolerance
-        assert (var.double() - whole).abs().max().item() <= tolerance
+        torch.testing.assert_close(valid.double(), ref, rtol=0, atol=tolerance, equal_nan=True)
+        torch.testing.assert_close(var.double(), whole, rtol=0, atol=tolerance, equal_nan=True)
 
 
 def test_var_keeps_digits_for_offset_inputs():

@@ -257,6 +257,59 @@ def test_style_gate_runs_on_the_windows_inside_the_map(batch):
     assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
 
 
+class WholeMapValuesKept(nn.Module):
+    """Whole-map statistics whose local values gate the map, while the model's own Python keeps
+    their global values (``self.kept``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        stats = [
+            y.var((2, 3), keepdim=True),
+            y.std((2, 3), keepdim=True, correction=0),
+            torch.var(y, (2, 3), keepdim=True, correction=2),
+            y.amax((2, 3), keepdim=True),
+            F.max_pool2d(y, y.shape[-2:]),
+            F.adaptive_max_pool2d(y, 1),
+        ]
+        self.kept = stats
+        return y * torch.sigmoid(sum(stats))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_whole_map_values_come_from_the_windows_pass(dtype):
+    """A converted variance, std or max gives the model's Python the map's own value, computed
+    from the windows' pass (the variance kernel's float64 sums; the largest window maximum) rather
+    than by a second pass of torch's own op over the map (torch.var: 55 ms at 16x720x1280)."""
+    model = randomised(WholeMapValuesKept()).to(dtype)
+    converted, report = tlc.convert(model, TRAIN)
+    assert [op for op, _ in converted_sites(report)] == ["var", "std", "var", "amax", "max_pool2d", "adaptive_max_pool2d"]
+    x = image(2, 3, 29, 37, dtype=dtype) * 3 + 100  # offset values: digits are lost by a naive sum
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        converted(x)
+    with torch.no_grad():
+        y = model.conv(x).double()
+    expected = [
+        y.var((2, 3), keepdim=True), y.std((2, 3), keepdim=True, correction=0),
+        y.var((2, 3), keepdim=True, correction=2), *[y.amax((2, 3), keepdim=True)] * 3,
+    ]
+    kept = converted.kept
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-6
+    for value, reference in zip(kept, expected):
+        assert value.dtype == dtype and value.shape == (2, 3, 1, 1)
+        assert ((value.double() - reference) / reference).abs().max().item() < tolerance
+    for value in kept[3:]:  # maxima exactly
+        assert torch.equal(value.double(), expected[3])
+    full_map = [2, 3, 29, 37]
+    second_passes = [e.name for e in profile.events() if e.input_shapes and e.input_shapes[0] == full_map and any(
+        op in e.name for op in ("var", "std", "max_pool", "amax"))]
+    assert second_passes == []
+
+
 def test_var_mean_and_std_mean_are_local():
     class Stats(nn.Module):
         def __init__(self):

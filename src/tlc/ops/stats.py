@@ -43,27 +43,34 @@ def _fused_local_var(
     return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals)
 
 
-def valid_local_var_and_var(x: torch.Tensor, window: int | Pair) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`valid_local_var` (``correction=0``) and the map's own variance
-    ``x.var((2, 3), correction=0, keepdim=True)``, from one pass over ``x`` where the CPU kernel
-    applies (its float64 sums over the whole map come with the windows').
+def valid_local_var_and_var(
+    x: torch.Tensor, window: int | Pair, correction: float = 0.0, root: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`valid_local_var` and the map's own variance (standard deviation with ``root``)
+    ``x.var((2, 3), correction=correction, keepdim=True)``, from one pass over ``x`` where the
+    CPU kernel applies (its float64 sums over the whole map come with the windows'). torch's own
+    ``var`` is a second, slower pass (55 ms at 16x720x1280 on 2 threads).
 
     Args:
         x: (N, C, H, W) floating tensor.
         window: (kh, kw) in pixels of ``x``; clamped to the map.
+        correction: subtracted from the pixel count in the divisor (1: unbiased).
+        root: standard deviations (the square root taken before rounding to the dtype of ``x``).
 
     Returns:
         ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1)), both in the dtype of ``x``.
     """
     n, c, h, w = x.shape
-    totals = torch.empty(n * c, 2, dtype=torch.float64)
-    valid = _fused_local_var(x, window, 0.0, False, valid_only=True, totals=totals) if x.device.type == "cpu" else None
-    if valid is None:
-        return valid_local_var(x, window, 0.0), x.var(dim=(2, 3), correction=0, keepdim=True)
     area = h * w
-    # Sums of d = x - centre: var = (sum d^2 - (sum d)^2 / area) / area, centre near the mean.
-    var = ((totals[:, 1] - totals[:, 0].square() / area) / area).clamp_min(0)
-    return valid, var.view(n, c, 1, 1).to(x.dtype)
+    totals = torch.empty(n * c, 2, dtype=torch.float64)
+    kernel = x.device.type == "cpu" and area > correction
+    valid = _fused_local_var(x, window, correction, root, valid_only=True, totals=totals) if kernel else None
+    if valid is None:
+        whole = torch.std if root else torch.var
+        return valid_local_var(x, window, correction, root), whole(x, dim=(2, 3), correction=correction, keepdim=True)
+    # Sums of d = x - centre: var = (sum d^2 - (sum d)^2 / area) / (area - correction), centre near the mean.
+    var = ((totals[:, 1] - totals[:, 0].square() / area) / (area - correction)).clamp_min(0)
+    return valid, (var.sqrt() if root else var).view(n, c, 1, 1).to(x.dtype)
 
 
 def valid_local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0, root: bool = False) -> torch.Tensor:

@@ -34,7 +34,8 @@ class Call:
         mark: how the result relates to the input for the centred-square patterns (see ``Mark``):
             "mean", "sum" or None.
         valid: for a whole-map statistic :data:`POOLINGS` does not name (``var``, ``std``), its
-            value over every window inside the map, (N, C, H - kh + 1, W - kw + 1), at a site.
+            value over every window inside the map, (N, C, H - kh + 1, W - kw + 1), at a site,
+            with its value over the whole map, (N, C, 1, 1), from the same pass.
     """
 
     op: str
@@ -44,7 +45,7 @@ class Call:
     reason: str | None = None
     local: Callable[[Site], torch.Tensor] | None = None
     mark: str | None = None
-    valid: Callable[[Site], torch.Tensor] | None = None
+    valid: Callable[[Site], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def is_map(x: object) -> bool:
@@ -126,12 +127,17 @@ def poolable(call: Call) -> bool:
     )
 
 
-def valid_pooling(call: Call, site: Site) -> torch.Tensor:
-    """(N, C, H - kh + 1, W - kw + 1): the pooling of ``call`` over every window inside the map."""
+def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The pooling of ``call`` over every window inside the map, (N, C, H - kh + 1, W - kw + 1),
+    and its value over the whole map, (N, C, 1, 1), where the windows' pass gives it (None
+    elsewhere: torch's own pooling then gives it)."""
     if call.valid is not None:
         return call.valid(site)
     x, kind = call.x, POOLINGS[call.op]
     if kind == "max":
-        return valid_local_max(x, site.window)
+        # The windows inside the map cover every pixel: the largest of their maxima is the map's
+        # maximum, exactly (NaN included), from a pass over the smaller map.
+        valid = valid_local_max(x, site.window)
+        return valid, valid.amax((2, 3), keepdim=True)
     valid = valid_local_mean(x, site.window)
-    return valid * (x.shape[2] * x.shape[3]) if kind == "sum" else valid
+    return (valid * (x.shape[2] * x.shape[3]) if kind == "sum" else valid), None

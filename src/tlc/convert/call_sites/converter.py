@@ -75,6 +75,9 @@ class CallSiteConverter:
         self._stand_in_sites: set[SiteKey] = set()
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
         self._map_fallback: set[SiteKey] = set()  # of those, sites whose local map may answer instead
+        # Of those, whether the whole-map value from the windows' pass has the form of the call's
+        # result (told once per site, from a call on meta tensors; see _is_result_of).
+        self._whole_fits: dict[SiteKey, bool] = {}
         # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
         self._pairs: dict[SiteKey, tuple[SiteKey, Pair]] = {}
         self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
@@ -264,8 +267,11 @@ class CallSiteConverter:
             partials.add(out, call, site)
             return out
         if key in self._pooled:  # the global result, carrying its value over every window
-            real = func(*args, **kwargs)
-            return self._thread.mode.values.start(real, valid_pooling(call, site), call.x.shape[-2:], source=key)
+            valid, whole = valid_pooling(call, site)
+            if whole is not None and key not in self._whole_fits:
+                self._whole_fits[key] = _is_result_of(whole, func, args, kwargs)
+            real = whole if whole is not None and self._whole_fits[key] else func(*args, **kwargs)
+            return self._thread.mode.values.start(real, valid, call.x.shape[-2:], source=key)
         if call.local is None:
             return func(*args, **kwargs)
         return self._follow(key, call, call.local(site), site)
@@ -524,3 +530,19 @@ def _sum_factor(call: Call) -> float:
         for d in call.dims:
             factor *= call.x.shape[d]
     return factor
+
+
+def _is_result_of(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether ``value`` has the form of ``func(*args, **kwargs)`` (a tensor of its shape and dtype),
+    told from a call on meta tensors: a whole-map value the windows' pass gave then stands in for
+    the call (``return_indices=True`` and the like keep torch's own)."""
+
+    def meta(v: object) -> object:
+        return v.to("meta") if isinstance(v, torch.Tensor) else v
+
+    try:
+        out = func(*(meta(a) for a in args), **{k: meta(v) for k, v in kwargs.items()})
+    except Exception:  # no meta kernel
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == value.shape and out.dtype == value.dtype
+

@@ -967,13 +967,19 @@ def _channel_first_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     rows = x.movedim(0, -1)  # (1, L, B), contiguous
     k, length = weight.shape[-1], x.shape[-1]
     out_length = length + 2 * pad - k + 1
-    out = rows.new_zeros((1, out_length, rows.shape[-1]))
-    for j in range(k):  # out[o] += w[j] * x[o + j - pad] where that entry exists
-        lo, hi = max(0, pad - j), min(out_length, length + pad - j)
-        if lo < hi:
+    spans = [(j, max(0, pad - j), min(out_length, length + pad - j)) for j in range(k)]
+    # A tap reaching every output (the centre one of a "same" padding) starts the sum: no zeros
+    # written first.
+    first = next((j for j, lo, hi in spans if (lo, hi) == (0, out_length)), None)
+    if first is None:
+        out = rows.new_zeros((1, out_length, rows.shape[-1]))
+    else:
+        out = rows[:, first - pad : first - pad + out_length] * weight[0, 0, first]
+    for j, lo, hi in spans:  # out[o] += w[j] * x[o + j - pad] where that entry exists
+        if lo < hi and j != first:
             out[:, lo:hi].addcmul_(rows[:, lo + j - pad : hi + j - pad], weight[0, 0, j])
     if bias is not None:
-        out = out + bias.view(1, 1, 1)
+        out = out.add_(bias.view(1, 1, 1)) if not (torch.is_grad_enabled() and out.requires_grad) else out + bias.view(1, 1, 1)
     return out.movedim(-1, 0)
 
 

@@ -225,3 +225,31 @@ def test_prefix_sum_path_equals_brute_force(shape, window, dtype):
     out = local_mean_by_prefix_sums(x.to(dtype), window)
     assert out.dtype == dtype
     assert (out.double() - expected).abs().max().item() < (1e-12 if dtype == torch.float64 else 2e-6)
+
+
+@pytest.mark.parametrize("shape,window", [((2, 3, 7, 11), (3, 4)), ((1, 2, 13, 10), (5, 6)), ((2, 1, 6, 5), (9, 9)), ((1, 2, 1, 9), (4, 4))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
+    """valid_local_mean_and_mean: the windows' means and, from the kernel's float64 sums of every
+    row, the whole map's (None where the kernel does not run: autograd, a window covering the map)."""
+    from tlc.ops.pool import valid_local_mean_and_mean
+
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1e3).to(dtype)
+    h, w = shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    ref = torch.empty(*shape[:2], h - kh + 1, w - kw + 1, dtype=torch.float64)
+    for top in range(h - kh + 1):
+        for left in range(w - kw + 1):
+            ref[:, :, top, left] = x[:, :, top : top + kh, left : left + kw].double().mean(dim=(-2, -1))
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4  # float32 values of 1e3 carry ~6e-5 each
+    valid, mean = valid_local_mean_and_mean(x, window)
+    assert valid.dtype == dtype
+    torch.testing.assert_close(valid.double(), ref, rtol=0, atol=tolerance)
+    if (kh, kw) == (h, w):
+        assert mean is None
+    else:
+        assert mean.dtype == dtype and mean.shape == (*shape[:2], 1, 1)
+        exact = x.double().mean(dim=(2, 3), keepdim=True)
+        assert (mean.double() - exact).abs().max().item() <= (1e-12 if dtype == torch.float64 else 6.2e-5)
+    with torch.enable_grad():  # torch's path: no mean from it
+        assert valid_local_mean_and_mean(x.clone().requires_grad_(), window)[1] is None

@@ -275,6 +275,10 @@ class WholeMapValuesKept(nn.Module):
             y.amax((2, 3), keepdim=True),
             F.max_pool2d(y, y.shape[-2:]),
             F.adaptive_max_pool2d(y, 1),
+            y.mean((2, 3), keepdim=True),
+            y.sum((-1, -2), keepdim=True) / 1000,
+            F.adaptive_avg_pool2d(y, 1),
+            F.avg_pool2d(y, y.shape[-2:]),
         ]
         self.kept = stats
         return y * torch.sigmoid(sum(stats))
@@ -282,12 +286,16 @@ class WholeMapValuesKept(nn.Module):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_whole_map_values_come_from_the_windows_pass(dtype):
-    """A converted variance, std or max gives the model's Python the map's own value, computed
-    from the windows' pass (the variance kernel's float64 sums; the largest window maximum) rather
-    than by a second pass of torch's own op over the map (torch.var: 55 ms at 16x720x1280)."""
+    """A converted variance, std, max, mean or sum gives the model's Python the map's own value,
+    computed from the windows' pass (the variance and mean kernels' float64 sums; the largest
+    window maximum) rather than by a second pass of torch's own op over the map (torch.var: 55 ms
+    at 16x720x1280)."""
     model = randomised(WholeMapValuesKept()).to(dtype)
     converted, report = tlc.convert(model, TRAIN)
-    assert [op for op, _ in converted_sites(report)] == ["var", "std", "var", "amax", "max_pool2d", "adaptive_max_pool2d"]
+    assert [op for op, _ in converted_sites(report)] == [
+        "var", "std", "var", "amax", "max_pool2d", "adaptive_max_pool2d", "mean", "sum", "adaptive_avg_pool2d",
+        "avg_pool2d",
+    ]
     x = image(2, 3, 29, 37, dtype=dtype) * 3 + 100  # offset values: digits are lost by a naive sum
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
         converted(x)
@@ -296,18 +304,56 @@ def test_whole_map_values_come_from_the_windows_pass(dtype):
     expected = [
         y.var((2, 3), keepdim=True), y.std((2, 3), keepdim=True, correction=0),
         y.var((2, 3), keepdim=True, correction=2), *[y.amax((2, 3), keepdim=True)] * 3,
+        y.mean((2, 3), keepdim=True), y.sum((2, 3), keepdim=True) / 1000, *[y.mean((2, 3), keepdim=True)] * 2,
     ]
     kept = converted.kept
     tolerance = 1e-12 if dtype == torch.float64 else 2e-6
     for value, reference in zip(kept, expected):
         assert value.dtype == dtype and value.shape == (2, 3, 1, 1)
         assert ((value.double() - reference) / reference).abs().max().item() < tolerance
-    for value in kept[3:]:  # maxima exactly
+    for value in kept[3:6]:  # maxima exactly
         assert torch.equal(value.double(), expected[3])
     full_map = [2, 3, 29, 37]
-    second_passes = [e.name for e in profile.events() if e.input_shapes and e.input_shapes[0] == full_map and any(
-        op in e.name for op in ("var", "std", "max_pool", "amax"))]
-    assert second_passes == []
+    passes = [e.name for e in profile.events() if e.input_shapes and e.input_shapes[0] == full_map]
+    assert not [op for op in passes if any(kind in op for kind in ("var", "std", "max_pool", "amax", "mean", "avg_pool"))]
+    # The sums over the map: the three variance kernels' centres alone, not torch's sum of the map.
+    assert passes.count("aten::sum") == 3
+
+
+class KeptMeans(nn.Module):
+    """Means of two maps gating them, their global values kept by the model's Python: one as a
+    (N, C, 1, 1) pooling (the end of a one-call chain), one without keepdim (a plain pooling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow, self.wide = nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(3, 5, 3, padding=1)
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x):
+        a, b = self.narrow(x), self.wide(x)
+        self.kept = [F.adaptive_avg_pool2d(a, 1), b.mean((2, 3))]
+        return torch.cat([a * torch.sigmoid(self.kept[0]), b * torch.sigmoid(self.kept[1])[..., None, None]], 1)
+
+
+def test_kept_means_come_from_the_windows_pass():
+    """Means answered with pooled values take the map's own mean from the mean kernel's pass
+    (torch's own mean would be a second pass over the map)."""
+    model = randomised(KeptMeans())
+    converted, report = tlc.convert(model, TRAIN)
+    assert [op for op, _ in converted_sites(report)] == ["adaptive_avg_pool2d", "mean"]
+    x = image(2, 3, 29, 37, dtype=torch.float32) + 10
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
+        out = converted(x)
+    with torch.no_grad():
+        maps = [model.narrow(x), model.wide(x)]
+        expected = torch.cat([y * torch.sigmoid(brute_force(y.double(), (24, 24), mean).float()) for y in maps], 1)
+    assert (out - expected).abs().max().item() < 1e-5
+    for kept, y, keepdim in zip(converted.kept, maps, (True, False)):
+        reference = y.double().mean((2, 3), keepdim=keepdim)
+        assert kept.shape == reference.shape
+        assert (kept.double() - reference).abs().max().item() < 1e-5
+    pooled_by_torch = [e.name for e in profile.events() if "adaptive_avg_pool" in e.name or e.name == "aten::mean"]
+    assert pooled_by_torch == []
 
 
 def test_var_mean_and_std_mean_are_local():

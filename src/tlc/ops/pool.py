@@ -174,6 +174,24 @@ def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     return (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
 
 
+def valid_local_mean_and_mean(x: torch.Tensor, window: int | Pair) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`valid_local_mean` and the map's own mean ``x.mean((2, 3), keepdim=True)`` from the
+    same pass where the CPU kernel applies (its float64 sums of every row; None elsewhere, where
+    torch's own mean is a pass of its own anyway).
+
+    Returns:
+        ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1) or None), in the dtype of ``x``.
+    """
+    check_feature_map(x)
+    n, c, h, w = x.shape
+    kh, kw = clamp_window(window, (h, w))
+    if not (fused_local_mean_available(x) and (kh, kw) != (h, w)):
+        return valid_local_mean(x, (kh, kw)), None
+    totals = torch.empty(n * c, dtype=torch.float64)
+    valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals)
+    return valid, (totals / (h * w)).view(n, c, 1, 1).to(x.dtype)
+
+
 def local_mean_by_prefix_sums(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     """:func:`local_mean` computed with torch ops only (differentiable, any device)."""
     check_feature_map(x)

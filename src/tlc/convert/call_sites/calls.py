@@ -12,7 +12,7 @@ import torch
 
 from ...ops import local_axis_max, local_axis_mean, local_max, local_mean, local_mean_strided
 from ...ops.extrema import valid_local_max
-from ...ops.pool import valid_local_mean
+from ...ops.pool import valid_local_mean_and_mean
 from ..rules import Site
 from .sites import POOLED_VALUE
 
@@ -139,5 +139,8 @@ def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | 
         # maximum, exactly (NaN included), from a pass over the smaller map.
         valid = valid_local_max(x, site.window)
         return valid, valid.amax((2, 3), keepdim=True)
-    valid = valid_local_mean(x, site.window)
-    return (valid * (x.shape[2] * x.shape[3]) if kind == "sum" else valid), None
+    valid, mean = valid_local_mean_and_mean(x, site.window)  # the mean from the kernel's float64 sums
+    if kind == "sum":
+        area = x.shape[2] * x.shape[3]
+        return valid * area, None if mean is None else mean * area
+    return valid, mean

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair
-from ...ops.pool import valid_local_mean
+from ...ops.pool import valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_and_var
 from ..pooled_values import PooledValues
 from ..rules import Site
@@ -75,9 +75,9 @@ class CallSiteConverter:
         self._stand_in_sites: set[SiteKey] = set()
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
         self._map_fallback: set[SiteKey] = set()  # of those, sites whose local map may answer instead
-        # Of those, whether the whole-map value from the windows' pass has the form of the call's
-        # result (told once per site, from a call on meta tensors; see _is_result_of).
-        self._whole_fits: dict[SiteKey, bool] = {}
+        # Of those, how the whole-map value from the windows' pass stands in for the call's result
+        # (told once per site, from a call on meta tensors; see _form_of_result).
+        self._whole_fits: dict[SiteKey, str | None] = {}
         # GCNet-style context pooling: product site -> (its softmax site, map (h, w) at training).
         self._pairs: dict[SiteKey, tuple[SiteKey, Pair]] = {}
         self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
@@ -269,8 +269,14 @@ class CallSiteConverter:
         if key in self._pooled:  # the global result, carrying its value over every window
             valid, whole = valid_pooling(call, site)
             if whole is not None and key not in self._whole_fits:
-                self._whole_fits[key] = _is_result_of(whole, func, args, kwargs)
-            real = whole if whole is not None and self._whole_fits[key] else func(*args, **kwargs)
+                self._whole_fits[key] = _form_of_result(whole, func, args, kwargs)
+            form = self._whole_fits.get(key) if whole is not None else None
+            if form == "keepdim":
+                real = whole
+            elif form == "squeezed":  # keepdim=False: (N, C)
+                real = whole.view(whole.shape[:2])
+            else:
+                real = func(*args, **kwargs)
             return self._thread.mode.values.start(real, valid, call.x.shape[-2:], source=key)
         if call.local is None:
             return func(*args, **kwargs)
@@ -339,8 +345,9 @@ class CallSiteConverter:
             return None
         scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
         (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
-        if kind == "mean":
-            real, valid = src.mean((2, 3), keepdim=True), valid_local_mean(src, window)
+        if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
+            valid, real = valid_local_mean_and_mean(src, window)
+            real = src.mean((2, 3), keepdim=True) if real is None else real
         else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
             valid, real = valid_local_var_and_var(src, window)
         if scale != 1:
@@ -532,10 +539,11 @@ def _sum_factor(call: Call) -> float:
     return factor
 
 
-def _is_result_of(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict) -> bool:
-    """Whether ``value`` has the form of ``func(*args, **kwargs)`` (a tensor of its shape and dtype),
-    told from a call on meta tensors: a whole-map value the windows' pass gave then stands in for
-    the call (``return_indices=True`` and the like keep torch's own)."""
+def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict) -> str | None:
+    """How the (N, C, 1, 1) whole-map ``value`` the windows' pass gave stands in for
+    ``func(*args, **kwargs)``: "keepdim" (as it is), "squeezed" (as (N, C): ``keepdim=False``), or
+    None (another form, such as ``return_indices=True``: torch's own call then runs). Told from a
+    call on meta tensors."""
 
     def meta(v: object) -> object:
         return v.to("meta") if isinstance(v, torch.Tensor) else v
@@ -543,6 +551,9 @@ def _is_result_of(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict
     try:
         out = func(*(meta(a) for a in args), **{k: meta(v) for k, v in kwargs.items()})
     except Exception:  # no meta kernel
-        return False
-    return isinstance(out, torch.Tensor) and out.shape == value.shape and out.dtype == value.dtype
-
+        return None
+    if not isinstance(out, torch.Tensor) or out.dtype != value.dtype:
+        return None
+    if out.shape == value.shape:
+        return "keepdim"
+    return "squeezed" if out.shape == value.shape[:2] else None

@@ -48,16 +48,18 @@ def _rows_window_max(src, k, dst):  # pragma: no cover
         for j in range(w):
             for lane in range(LANES):
                 tile[j, lane] = src[min(g + lane, nrows - 1), j]  # short last group: repeat a row
-        for start in range(0, w, k):
+        for start in range(0, w, k):  # prefixes past the first block, suffixes where windows start
             stop = min(start + k, w)
-            pre[start, :] = tile[start, :]
-            for j in range(start + 1, stop):
-                for lane in range(LANES):
-                    pre[j, lane] = _nan_max(pre[j - 1, lane], tile[j, lane])
-            suf[stop - 1, :] = tile[stop - 1, :]
-            for j in range(stop - 2, start - 1, -1):
-                for lane in range(LANES):
-                    suf[j, lane] = _nan_max(suf[j + 1, lane], tile[j, lane])
+            if start >= k:
+                pre[start, :] = tile[start, :]
+                for j in range(start + 1, stop):
+                    for lane in range(LANES):
+                        pre[j, lane] = _nan_max(pre[j - 1, lane], tile[j, lane])
+            if start < valid:
+                suf[stop - 1, :] = tile[stop - 1, :]
+                for j in range(stop - 2, start - 1, -1):
+                    for lane in range(LANES):
+                        suf[j, lane] = _nan_max(suf[j + 1, lane], tile[j, lane])
         for start in range(0, valid, k):
             res[start, :] = suf[start, :]
             for b in range(start + 1, min(start + k, valid)):
@@ -91,25 +93,32 @@ def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
     maxima within blocks of k1 rows (``below``, H x W), then prefix maxima as one running row.
     Whole rows at a time, so the inner loops run along W (vectorised)."""
     h, w = plane.shape
-    for i in range(h - 1, -1, -1):
+    for i in range(_suffix_rows(h, k1) - 1, -1, -1):
         if i == h - 1 or (i + 1) % k1 == 0:
             below[i, :] = plane[i, :]
         else:
             for j in range(w):
                 below[i, j] = _nan_max(below[i + 1, j], plane[i, j])
-    for i in range(h):
+    cols[0, :] = below[0, :]
+    for i in range(k1, h):  # the first block's prefixes are never read
         if i % k1 == 0:
             running[:] = plane[i, :]
         else:
             for j in range(w):
                 running[j] = _nan_max(running[j], plane[i, j])
         r = i - k1 + 1
-        if r >= 0:
-            if r % k1 == 0:
-                cols[r, :] = below[r, :]
-            else:
-                for j in range(w):
-                    cols[r, j] = _nan_max(below[r, j], running[j])
+        if r % k1 == 0:
+            cols[r, :] = below[r, :]
+        else:
+            for j in range(w):
+                cols[r, j] = _nan_max(below[r, j], running[j])
+
+
+def _suffix_rows(h, k1):  # pragma: no cover
+    """Rows the backward (suffix) scans of a column pass cover: up to the end of the block holding
+    the last window's first row, H - k1. A window wider than half the map skips the rest: each
+    row is then scanned once, not twice."""
+    return min(h, ((h - k1) // k1 + 1) * k1)
 
 
 def _max_planes(x, k1, k2, out, threads):  # pragma: no cover
@@ -147,23 +156,23 @@ def _block_sums_2d(a, b, use_b, k1, k2, valid, below, cols, running):  # pragma:
     below (H, W), cols (H-k1+1, W), running (W,): float64 scratch, overwritten."""
     h, w = a.shape
     vh, vw = valid.shape
-    for i in range(h - 1, -1, -1):
+    for i in range(_suffix_rows(h, k1) - 1, -1, -1):
         restart = i == h - 1 or (i + 1) % k1 == 0
         for j in range(w):
             v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
             below[i, j] = v if restart else below[i + 1, j] + v
-    for i in range(h):
+    cols[0, :] = below[0, :]
+    for i in range(k1, h):  # the first block's prefixes are never read (see _columns_max)
         restart = i % k1 == 0
         for j in range(w):
             v = np.float64(a[i, j]) * np.float64(b[i, j]) if use_b else np.float64(a[i, j])
             running[j] = v if restart else running[j] + v
         r = i - k1 + 1
-        if r >= 0:
-            if r % k1 == 0:
-                cols[r, :] = below[r, :]
-            else:
-                for j in range(w):
-                    cols[r, j] = below[r, j] + running[j]
+        if r % k1 == 0:
+            cols[r, :] = below[r, :]
+        else:
+            for j in range(w):
+                cols[r, j] = below[r, j] + running[j]
     _rows_window_sum(cols, k2, valid)
 
 
@@ -180,16 +189,18 @@ def _rows_window_sum(src, k, dst):  # pragma: no cover
         for j in range(w):
             for lane in range(LANES):
                 tile[j, lane] = src[min(g + lane, nrows - 1), j]
-        for start in range(0, w, k):
+        for start in range(0, w, k):  # as in _rows_window_max: only the scans windows read
             stop = min(start + k, w)
-            pre[start, :] = tile[start, :]
-            for j in range(start + 1, stop):
-                for lane in range(LANES):
-                    pre[j, lane] = pre[j - 1, lane] + tile[j, lane]
-            suf[stop - 1, :] = tile[stop - 1, :]
-            for j in range(stop - 2, start - 1, -1):
-                for lane in range(LANES):
-                    suf[j, lane] = suf[j + 1, lane] + tile[j, lane]
+            if start >= k:
+                pre[start, :] = tile[start, :]
+                for j in range(start + 1, stop):
+                    for lane in range(LANES):
+                        pre[j, lane] = pre[j - 1, lane] + tile[j, lane]
+            if start < valid:
+                suf[stop - 1, :] = tile[stop - 1, :]
+                for j in range(stop - 2, start - 1, -1):
+                    for lane in range(LANES):
+                        suf[j, lane] = suf[j + 1, lane] + tile[j, lane]
         for start in range(0, valid, k):
             res[start, :] = suf[start, :]
             for b in range(start + 1, min(start + k, valid)):
@@ -390,6 +401,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
 
 if njit is not None:
     _nan_max = njit(inline="always")(_nan_max)
+    _suffix_rows = njit(inline="always")(_suffix_rows)
     _rows_window_max = njit(_rows_window_max)
     _rows_window_sum = njit(_rows_window_sum)
     _columns_max = njit(_columns_max)

@@ -269,6 +269,14 @@ def _map_args(args: tuple, kwargs: dict, fn: Callable[[torch.Tensor], Any]) -> t
     return tuple(_map(a, fn) for a in args), {k: _map(v, fn) for k, v in kwargs.items()}
 
 
+def meta_call(func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``func(*args, **kwargs)`` on meta copies of its tensors (nested ones too): the result's form
+    (shapes, dtypes) without computing it. Raises what ``func`` raises, or where it has no meta
+    kernel."""
+    margs, mkwargs = _map_args(args, kwargs, lambda t: t.to("meta"))
+    return func(*margs, **mkwargs)
+
+
 def _dims_of(value: object) -> list[int]:
     if isinstance(value, bool) or value is None:
         return []
@@ -599,8 +607,7 @@ class _Call:
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
         if maps:  # the result's shape without computing it: a terminal call is computed once
             try:
-                margs, mkwargs = _map_args(args, kwargs, lambda t: t.to("meta"))
-                meta = func(*margs, **mkwargs)
+                meta = meta_call(func, args, kwargs)
                 shape = meta.shape if isinstance(meta, torch.Tensor) else None
             except Exception:  # no meta kernel: compute it for real
                 if is_inplace(name, args, kwargs):
@@ -925,6 +932,12 @@ def _inference_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
 
+def _plus(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, added in place into ``fresh`` (a result just computed here, read by
+    nothing else) unless autograd records it."""
+    return fresh + other if torch.is_grad_enabled() and fresh.requires_grad else fresh.add_(other)
+
+
 def _channel_first_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """``linear(x, weight, bias)`` for x (B, C) laid out channel first (``x.t()`` contiguous), as
     ``(weight @ x.t() + bias).t()``: the result is laid out channel first too. None otherwise."""
@@ -932,7 +945,7 @@ def _channel_first_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         return None
     out = torch.mm(weight, x.t())
     if bias is not None:
-        out = out.add_(bias.view(-1, 1)) if not (torch.is_grad_enabled() and out.requires_grad) else out + bias.view(-1, 1)
+        out = _plus(out, bias.view(-1, 1))
     return out.t()
 
 
@@ -979,7 +992,7 @@ def _channel_first_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         if lo < hi and j != first:
             out[:, lo:hi].addcmul_(rows[:, lo + j - pad : hi + j - pad], weight[0, 0, j])
     if bias is not None:
-        out = out.add_(bias.view(1, 1, 1)) if not (torch.is_grad_enabled() and out.requires_grad) else out + bias.view(1, 1, 1)
+        out = _plus(out, bias.view(1, 1, 1))
     return out.movedim(-1, 0)
 
 

@@ -16,7 +16,7 @@ from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair
 from ...ops.pool import valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_and_var
-from ..pooled_values import PooledValues
+from ..pooled_values import PooledValues, meta_call
 from ..rules import Site
 from .calls import Call, poolable, valid_pooling
 from .hooks import (
@@ -544,12 +544,8 @@ def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: di
     ``func(*args, **kwargs)``: "keepdim" (as it is), "squeezed" (as (N, C): ``keepdim=False``), or
     None (another form, such as ``return_indices=True``: torch's own call then runs). Told from a
     call on meta tensors."""
-
-    def meta(v: object) -> object:
-        return v.to("meta") if isinstance(v, torch.Tensor) else v
-
     try:
-        out = func(*(meta(a) for a in args), **{k: meta(v) for k, v in kwargs.items()})
+        out = meta_call(func, args, kwargs)
     except Exception:  # no meta kernel
         return None
     if not isinstance(out, torch.Tensor) or out.dtype != value.dtype:

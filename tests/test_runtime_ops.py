@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import tlc
 from tlc.convert.call_sites import POOLED_VALUE, recognise
@@ -169,13 +170,30 @@ def test_hand_written_std_and_pool_module_gate_runs_on_the_windows_inside_the_ma
     windows = batch * (37 - 24 + 1) * (30 - 24 + 1)
     sigmoid = [e.input_shapes[0] for e in profile.events() if e.name == "aten::sigmoid"]
     assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
-    # The two sums over W run globally: only the sums over H completing them take them, and those
-    # are pooled values computed from the marked maps (their local forms would be full-size maps).
-    over_w = [
-        e for e in profile.events()
-        if e.name == "aten::sum" and e.input_shapes[0] == [batch, 4, 37, 30] and e.concrete_inputs[1] == [3]
-    ]
-    assert len(over_w) == 2
+    # Nothing before the chains' ends is computed: the deviation from the mean, its square and the
+    # two sums over W are taken only by their chains' next steps, and the ends (pooled values) read
+    # the marked source map alone. Their full-size results are shaped on the meta device only.
+    with torch.no_grad(), FullSizeCalls((37, 30)) as calls:
+        again = converted(x)
+    assert torch.equal(again, out)
+    assert {(name, device) for name, device, dims in calls.seen if name in ("sub", "pow") or dims == [3]} == {
+        ("sum", "meta"), ("sub", "meta"), ("pow", "meta")
+    }
+
+
+class FullSizeCalls(TorchDispatchMode):
+    """Records (aten op name, device, second argument) of every op whose first argument is a
+    tensor of spatial size ``size``."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size, self.seen = size, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
+        t = args[0] if args else None
+        if isinstance(t, torch.Tensor) and t.dim() == 4 and tuple(t.shape[-2:]) == self.size:
+            self.seen.append((func.overloadpacket.__name__, t.device.type, args[1] if len(args) > 1 else None))
+        return func(*args, **(kwargs or {}))
 
 
 class PartialSumUsedAtLargeSizes(nn.Module):
@@ -209,8 +227,49 @@ def test_a_partial_sum_met_by_another_call_than_at_calibration_takes_its_local_v
         rows = brute_force(y, (1, 16), mean) * y.size(3)  # a local sum: the window's mean x W
         expected = y * torch.sigmoid(model.gate(means)) + rows * 0.5
     assert (out - expected).abs().max().item() < 1e-10
-    with torch.no_grad(), pytest.raises(RuntimeError, match="changes in place a partial sum"):
+    with torch.no_grad(), pytest.raises(RuntimeError, match="changes in place an intermediate"):
         converted(x, in_place=True)
+
+
+class VarianceUsedAtLargeSizes(nn.Module):
+    """A hand-written variance whose deviation, square or partial sum is also used, but only on maps
+    wider than the training size: calibration sees each taken by its chain's next step alone."""
+
+    def __init__(self, used: str):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = nn.Conv2d(4, 4, 1)
+        self.used = used
+
+    def forward(self, x):
+        y = self.conv(x)
+        dev = y - y.mean((2, 3), keepdim=True)
+        sq = dev**2
+        rows = sq.sum(3, keepdim=True)
+        var = rows.sum(2, keepdim=True) / (y.size(2) * y.size(3))
+        out = y * torch.sigmoid(self.gate(var))
+        if y.size(3) > TRAIN:
+            out = out + {"dev": dev, "sq": sq, "rows": rows}[self.used] * 0.5
+        return out
+
+
+@pytest.mark.parametrize("used", ["dev", "sq", "rows"])
+def test_an_intermediate_met_by_another_call_than_at_calibration_takes_its_true_value(used):
+    """The stand-ins of a variance's lazy intermediates give their true values (computed then, from
+    those before them) to a call calibration did not see take them."""
+    model = randomised(VarianceUsedAtLargeSizes(used)).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert sorted(converted_sites(report)) == [("mean", (24, 24)), ("sum", (24, 1)), ("sum", (24, 24))]
+    x = image(2, 3, 29, 31)
+    with torch.no_grad():
+        out = converted(x)
+        y = model.conv(x)
+        means = brute_force(y, (24, 24), mean)
+        variances = brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))
+        dev = y - means
+        value = {"dev": dev, "sq": dev**2, "rows": brute_force(dev**2, (1, 24), mean) * y.size(3)}[used]
+        expected = y * torch.sigmoid(model.gate(variances)) + value * 0.5
+    assert (out - expected).abs().max().item() < 1e-10
 
 
 class StyleGate(nn.Module):

@@ -16,7 +16,7 @@ from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair
 from ...ops.pool import valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_and_var
-from ..pooled_values import PooledValues, meta_call
+from ..pooled_values import PooledValues, meta_call, tensor_args
 from ..rules import Site
 from .calls import Call, poolable, valid_pooling
 from .hooks import (
@@ -38,7 +38,7 @@ from .hooks import (
     remove_mode,
     template,
 )
-from .marks import Mark, mark_of, set_mark
+from .marks import INTERMEDIATE, Mark, mark_of, set_mark
 from .partials import PartialUses, StandIns, reparsed
 from .recognise import H, W, judge, tags_of
 from .sites import CallSite, SiteKey
@@ -66,13 +66,13 @@ class CallSiteConverter:
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._chain_ends: set[SiteKey] = set()  # sites completing a mean, sum or variance over H and W
         self._pooled_chains: set[SiteKey] = set()  # of those, converted sites answered with pooled values
-        # Sites making partial reductions (a sum over W that the next call sums over H), those of
-        # them calibration saw used otherwise than once by their chain's end, each one's end, and
-        # the converted ones that run globally (see tlc.convert.call_sites.partials).
-        self._partial_sites: set[SiteKey] = set()
+        # Calls making intermediates of hand-written statistics (a sum over W that the next call
+        # sums over H; a deviation from the mean, its square), those of them calibration saw used
+        # otherwise than once by their chain's next step, each other one's next step, and the lazy
+        # ones, whose stand-ins take their place once converted (see tlc.convert.call_sites.partials).
         self._public: set[SiteKey] = set()
-        self._completers: dict[SiteKey, SiteKey] = {}
-        self._stand_in_sites: set[SiteKey] = set()
+        self._steps: dict[SiteKey, SiteKey] = {}
+        self._lazy: set[SiteKey] = set()
         self._pooled: set[SiteKey] = set()  # converted sites answered with pooled values
         self._map_fallback: set[SiteKey] = set()  # of those, sites whose local map may answer instead
         # Of those, how the whole-map value from the windows' pass stands in for the call's result
@@ -151,7 +151,7 @@ class CallSiteConverter:
             mode = LocalCalls(self, self._handlers(), values)
             if self.phase == "record":
                 mode.partials = PartialUses()
-            elif self.phase == "apply" and self._stand_in_sites:
+            elif self.phase == "apply" and self._lazy:
                 mode.partials = StandIns()
             mode.__enter__()
             self._thread.mode = mode
@@ -174,9 +174,9 @@ class CallSiteConverter:
         remove_mode(mode)
         partials, given = mode.partials, output
         if isinstance(partials, PartialUses):
-            public, completers = partials.finish(output)
+            public, steps = partials.finish(output)
             self._public |= public
-            self._completers.update(completers)
+            self._steps.update(steps)
         elif isinstance(partials, StandIns) and partials:
             output = partials.replace_in(output)  # returned: their local values
         if mode.values is not None:
@@ -190,23 +190,13 @@ class CallSiteConverter:
         """The mode's answer to a recognised call: run it (recording it at calibration) or, at a
         converted site, its local form."""
         stack = self._stack()
+        mode = self._thread.mode
         if not stack or stack[-1].excluded or (self.phase == "apply" and call.local is None and not self._pooled):
-            return func(*args, **kwargs)
-        top = stack[-1]
-        frame = caller()
-        if frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
-            return func(*args, **kwargs)  # inside a local op of tlc's own
-        if frame is None:
-            function, offset, location = "<torch>", 0, "torch.nn"
-        else:
-            code = frame.f_code
-            function = getattr(code, "co_qualname", code.co_name)
-            offset = frame.f_lineno - code.co_firstlineno
-            location = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
-        slot = (function, offset, call.op)
-        occurrence = top.counts.get(slot, 0)
-        top.counts[slot] = occurrence + 1
-        key: SiteKey = (top.path, function, offset, call.op, occurrence)
+            return mode.compute(func, (), args, kwargs)
+        here = self._key_here(call.op)
+        if here is None:
+            return mode.compute(func, (), args, kwargs)  # inside a local op of tlc's own
+        key, location, function = here
         if self.phase == "record":
             return self._record(key, location, function, func, args, kwargs, call)
         if self.phase == "probe":
@@ -214,7 +204,56 @@ class CallSiteConverter:
             if seen is not None and seen.probes[self._probe] is None:
                 seen.probes[self._probe] = tuple(call.x.shape)
             return self._follow(key, call, func(*args, **kwargs), None)
-        return self._apply(key, f"{call.op} at {location} in module '{top.path}'", func, args, kwargs, call)
+        return self._apply(key, f"{call.op} at {location} in module '{key[0]}'", func, args, kwargs, call)
+
+    def _key_here(self, op: str) -> tuple[SiteKey, str, str] | None:
+        """(the key, source location and function name) of the call ``op`` the running model code
+        makes now; None when tlc's own local ops make it."""
+        stack = self._stack()
+        top = stack[-1]
+        frame = caller()
+        if frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
+            return None
+        if frame is None:
+            function, offset, location = "<torch>", 0, "torch.nn"
+        else:
+            code = frame.f_code
+            function = getattr(code, "co_qualname", code.co_name)
+            offset = frame.f_lineno - code.co_firstlineno
+            location = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+        slot = (function, offset, op)
+        occurrence = top.counts.get(slot, 0)
+        top.counts[slot] = occurrence + 1
+        return (top.path, function, offset, op, occurrence), location, function
+
+    def arithmetic(self, func: Callable, types: tuple, args: tuple, kwargs: dict, mark: Mark | None) -> object:
+        """The mode's answer to the arithmetic of hand-written statistics (``x - mean``, ``dev ** 2``,
+        ``sum / (H * W)``): the call made and its result given ``mark``; a stand-in where the result
+        is a lazy intermediate (its chain's next step reads the mark alone)."""
+        mode = self._thread.mode
+        key = None
+        stack = self._stack()
+        if mark is not None and mark.kind in INTERMEDIATE and self.phase != "probe" and stack and not stack[-1].excluded:
+            here = self._key_here(mark.kind)
+            key = None if here is None else here[0]
+        if key is not None and self.phase == "apply" and key in self._lazy:
+            try:
+                form = meta_call(func, args, kwargs)
+            except Exception:  # no meta kernel: made for real
+                form = None
+            first = next(iter(tensor_args(args, kwargs)), None)
+            if isinstance(form, torch.Tensor) and first is not None:
+                out = mode.partials.lazy(form, first.device, lambda: mode.compute(func, types, args, kwargs))
+                set_mark(out, mark)
+                return out
+        out = mode.compute(func, types, args, kwargs)
+        if mark is not None:
+            set_mark(out, mark)
+        if key is not None and self.phase == "record" and isinstance(out, torch.Tensor):
+            for t in tensor_args(args, kwargs):
+                mode.partials.continued(t, key)
+            mode.partials.made(out, key)
+        return out
 
     def _record(
         self, key: SiteKey, location: str, function: str, func: Callable, args: tuple, kwargs: dict, call: Call
@@ -242,6 +281,14 @@ class CallSiteConverter:
         elif converted is not None and channels != converted[1]:
             # Not the call calibrated under this name: control flow differs from calibration's.
             problem = f"has {channels} channels here, {converted[1]} at calibration"
+        stand_ins = self._thread.mode.partials
+        if stand_ins is not None and stand_ins.takes(args, kwargs):
+            # Stand-ins pass only to the next step of their chain: a lazy one, or the end reading marks.
+            passed = problem is None and converted is not None and (key in self._lazy or key in self._pooled_chains)
+            if not passed:
+                args, kwargs, call = reparsed(stand_ins, func, args, kwargs)
+                if call is None:
+                    return func(*args, **kwargs)
         if problem is not None or converted is None:
             if problem is not None and key not in self._unknown:
                 self._unknown[key] = f"{where} {problem}"
@@ -257,15 +304,14 @@ class CallSiteConverter:
             return self._context_pool(key, func, args, kwargs, site)
         if key in self._pooled_chains and (pooled := self._pooled_statistic(key, call, site)) is not None:
             return pooled
-        partials = self._thread.mode.partials
-        if partials is not None and partials.is_stand_in(call.x):  # its value is needed after all
-            args, kwargs, call = reparsed(partials, func, args, kwargs)
+        if key in self._lazy:  # only its chain's next step takes it, and reads the marks alone
+            lazy = self._lazy_result(key, func, args, kwargs, call, site)
+            if lazy is not None:
+                return lazy
+        if stand_ins is not None and stand_ins.takes(args, kwargs):  # its value is needed after all
+            args, kwargs, call = reparsed(stand_ins, func, args, kwargs)
             if call is None or call.local is None:
                 return func(*args, **kwargs)
-        if key in self._stand_in_sites:  # only its chain's end takes it, and reads the marks alone
-            out = self._follow(key, call, func(*args, **kwargs), site)
-            partials.add(out, call, site)
-            return out
         if key in self._pooled:  # the global result, carrying its value over every window
             valid, whole = valid_pooling(call, site)
             if whole is not None and key not in self._whole_fits:
@@ -281,6 +327,26 @@ class CallSiteConverter:
         if call.local is None:
             return func(*args, **kwargs)
         return self._follow(key, call, call.local(site), site)
+
+    def _lazy_result(
+        self, key: SiteKey, func: Callable, args: tuple, kwargs: dict, call: Call, site: Site
+    ) -> torch.Tensor | None:
+        """A stand-in for the local form of the lazy site ``key`` (None without a meta kernel)."""
+        stand_ins = self._thread.mode.partials
+        try:
+            form = meta_call(func, args, kwargs)
+        except Exception:  # no meta kernel: made for real
+            return None
+        if not isinstance(form, torch.Tensor):
+            return None
+
+        def value() -> torch.Tensor:
+            real_args, real_kwargs, real = reparsed(stand_ins, func, args, kwargs)
+            if real is None or real.local is None:
+                return func(*real_args, **real_kwargs)
+            return real.local(site)
+
+        return self._follow(key, call, stand_ins.lazy(form, call.x.device, value), site)
 
     def _follow(self, key: SiteKey, call: Call, out: object, site: Site | None) -> object:
         """Carry the marks of hand-written statistics (see ``Mark``) through a spatial mean or sum;
@@ -298,28 +364,28 @@ class CallSiteConverter:
             if record and dims == (2, 3):
                 self._chain_ends.add(key)
             elif record:
-                self._partial_sites.add(key)
                 uses.made(out, key)
         elif m.kind == "mean" and not set(m.done) & set(dims):
             done = tuple(sorted(m.done + dims))
             set_mark(out, Mark("mean", m.src, done, m.scale * factor, m.windows + windows))
-            if record and done == (2, 3):
-                self._chain_ends.add(key)
-                uses.completed(call.x, key)
+            if record:
+                uses.continued(call.x, key)
+                if done == (2, 3):
+                    self._chain_ends.add(key)
         elif m.kind in ("sq", "sqsum") and not set(m.done) & set(dims):
             done = tuple(sorted(m.done + dims))
             scale = m.scale * factor if m.kind == "sqsum" else factor
             reduced = m.windows + windows if m.kind == "sqsum" else windows
+            if record:
+                uses.continued(call.x, key)
             if done != (2, 3):
                 set_mark(out, Mark("sqsum", m.src, done, scale, reduced, m.centre))
                 if record:
-                    self._partial_sites.add(key)
                     uses.made(out, key)
                 return out
             if record:
                 self._variances.add(key)
                 self._chain_ends.add(key)
-                uses.completed(call.x, key)
             window = dict(reduced)
             if site is not None and window == dict(m.centre) and None not in window.values():
                 var = local_var(m.src, (window[2], window[3]), 0.0)
@@ -411,11 +477,7 @@ class CallSiteConverter:
                 CallSite(path, call.op, seen.location, seen.function, occurrence, channels, feature, window, reason)
             )
         self._convert_context_pairs(site_for)
-        # Partials taken only by the end of their chain, itself a pooled value: run globally.
-        self._stand_in_sites = {
-            key for key in self._partial_sites - self._public
-            if key in self._windows and self._completers.get(key) in self._pooled_chains
-        }
+        self._update_lazy()
         self.phase = "apply"
         return self.sites
 
@@ -441,10 +503,16 @@ class CallSiteConverter:
             self._context[key] = softmax_key
             self._context_softmax.add(softmax_key)
 
-    def _stand_ins_end_at(self, key: SiteKey) -> None:
-        """The site ``key`` no longer answers with a pooled value: the partials it completed are
-        read again, so they run locally."""
-        self._stand_in_sites -= {k for k, end in self._completers.items() if end == key}
+    def _update_lazy(self) -> None:
+        """The lazy intermediates: each taken only by its chain's next step, itself lazy or a
+        converted statistic answered with a pooled value (which reads the marks alone)."""
+        def lazy(key: SiteKey, depth: int = 0) -> bool:
+            step = self._steps.get(key)
+            if key in self._public or step is None or depth > 8 or (key in self._observed and key not in self._windows):
+                return False
+            return step in self._pooled_chains or lazy(step, depth + 1)
+
+        self._lazy = {key for key in self._steps if lazy(key)}
 
     def leave_global(self, key: SiteKey, reason: str) -> None:
         """Stop converting the site ``key`` (and the other half of its context pair); the report
@@ -453,8 +521,6 @@ class CallSiteConverter:
         self._pooled.discard(key)
         self._pooled_chains.discard(key)
         self._map_fallback.discard(key)
-        self._stand_in_sites.discard(key)
-        self._stand_ins_end_at(key)
         partner = self._context.pop(key, None)
         if partner is None:
             partner = next((k for k, v in self._context.items() if v == key), None)
@@ -467,6 +533,7 @@ class CallSiteConverter:
             self.sites[self._index[partner]] = replace(self.sites[self._index[partner]], window=None, reason=reason)
         index = self._index[key]
         self.sites[index] = replace(self.sites[index], window=None, reason=reason)
+        self._update_lazy()
 
     def map_instead(self, key: SiteKey) -> bool:
         """Answer the converted site ``key`` with its full-size local map from now on, if it was
@@ -476,7 +543,7 @@ class CallSiteConverter:
         self._map_fallback.discard(key)
         self._pooled.discard(key)
         self._pooled_chains.discard(key)
-        self._stand_ins_end_at(key)
+        self._update_lazy()
         return True
 
     def pool_instead(self, key: SiteKey) -> bool:

@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from ..pooled_values import PooledValues
 from ..rules import Site
 from .calls import Call, bind
-from .marks import ARITHMETIC, MARKERS
+from .marks import MARKERS
 from .parsers import MAP_FUNCS, PARSERS
 from .partials import PartialUses, StandIns
 from .sites import SiteKey
@@ -111,6 +111,12 @@ def at_site(parse: Callable[[tuple, dict], Call | None]) -> Handler:
     return handle
 
 
+def _arithmetic(converter: CallSiteConverter, func: Callable, args: tuple, kwargs: dict) -> object:
+    return converter.arithmetic(func, (), args, kwargs, MARKERS[func](args, kwargs))
+
+
+#: The arithmetic of hand-written statistics (:data:`MARKERS`' calls): made, then its result marked.
+ARITHMETIC: dict[object, Handler] = dict.fromkeys(MARKERS, _arithmetic)
 #: Calibration: every call that may be global, and the arithmetic of hand-written statistics.
 RECORD_HANDLERS: dict[object, Handler] = {**{f: at_site(p) for f, p in PARSERS.items()}, **ARITHMETIC}
 #: Converted model: only calls that can have a local form (softmax, products, FFTs never do).
@@ -193,19 +199,27 @@ class LocalCalls(TorchFunctionMode):
         if partials:
             if isinstance(partials, PartialUses):
                 partials.count(args, kwargs)
-            elif partials.takes(args, kwargs) and not partials.completes(func, args, kwargs):
+            elif partials.takes(args, kwargs) and not partials.continues(func, args, kwargs):
                 args, kwargs = partials.replaced(getattr(func, "__name__", ""), args, kwargs)
+        marker = _entry(self.markers, func)
+        if marker is not None:  # ``mean_pooled / (H * W)``, ``x - mean_pooled``, ``dev ** 2``
+            return self.converter.arithmetic(func, types, args, kwargs, marker(args, kwargs))
         if self.values is not None:
             result = self.values.handle(func, types, args, kwargs)
             if result is not NotImplemented:
-                mark = _entry(self.markers, func)  # ``mean_pooled / (H * W)``, ``x - mean_pooled``
-                if mark is not None:
-                    mark(result, args, kwargs)
                 return result
         handle = _entry(self.handlers, func)
         if handle is None:
             return func(*args, **kwargs)
         return handle(self.converter, func, args, kwargs)
+
+    def compute(self, func: Callable, types: tuple, args: tuple, kwargs: dict) -> object:
+        """The call as this mode makes it when no handler takes it: stand-ins replaced by their
+        values, pooled values followed."""
+        if isinstance(self.partials, StandIns) and self.partials.takes(args, kwargs):
+            args, kwargs = self.partials.replaced(getattr(func, "__name__", ""), args, kwargs)
+        result = NotImplemented if self.values is None else self.values.handle(func, types, args, kwargs)
+        return func(*args, **kwargs) if result is NotImplemented else result
 
 
 @dataclass

@@ -60,13 +60,13 @@ def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def _mark_sub(out: object, args: tuple, kwargs: dict) -> None:
+def _mark_sub(args: tuple, kwargs: dict) -> Mark | None:
     if len(args) == 2 and kwargs.get("alpha", 1) == 1:
         for a, b in (args, args[::-1]):
             m = mark_of(b)
             if m is not None and m.kind == "mean" and m.done == (2, 3) and m.src is a and abs(m.scale - 1) < 1e-9:
-                set_mark(out, Mark("dev", a, centre=m.windows))
-                break
+                return Mark("dev", a, centre=m.windows)
+    return None
 
 
 def _squared(t: object, exponent: object) -> Mark | None:
@@ -76,50 +76,42 @@ def _squared(t: object, exponent: object) -> Mark | None:
     return None
 
 
-def _mark_pow(out: object, args: tuple, kwargs: dict) -> None:
+def _mark_pow(args: tuple, kwargs: dict) -> Mark | None:
     b = bind(args, kwargs, ("input", "exponent"))
-    if b is not None and (m := _squared(b.get("input", b.get("self")), b.get("exponent"))) is not None:
-        set_mark(out, m)
+    return None if b is None else _squared(b.get("input", b.get("self")), b.get("exponent"))
 
 
-def _mark_square(out: object, args: tuple, kwargs: dict) -> None:
-    if args and (m := _squared(args[0], 2)) is not None:
-        set_mark(out, m)
+def _mark_square(args: tuple, kwargs: dict) -> Mark | None:
+    return _squared(args[0], 2) if args and not kwargs else None
 
 
-def _mark_scale(divide: bool) -> Callable[[object, tuple, dict], None]:
+def _mark_scale(divide: bool) -> Callable[[tuple, dict], Mark | None]:
     """``mul``/``div``: a scaled mark stays a mark (``sum / (H * W)`` is a mean); ``d * d`` is a square."""
 
-    def mark(out: object, args: tuple, kwargs: dict) -> None:
+    def mark(args: tuple, kwargs: dict) -> Mark | None:
         if len(args) != 2 or kwargs:
-            return
+            return None
         a, b = args
         if not divide and a is b and (m := _squared(a, 2)) is not None:
-            set_mark(out, m)
-            return
+            return m
         for t, number in ((a, b),) if divide else ((a, b), (b, a)):
             m = mark_of(t)
             if m is not None and m.kind in ("mean", "sqsum") and isinstance(number, (int, float)) and not isinstance(number, bool) and number:
-                set_mark(out, replace(m, scale=m.scale / number if divide else m.scale * number))
-                return
+                return replace(m, scale=m.scale / number if divide else m.scale * number)
+        return None
 
     return mark
 
 
-def _computed_then_marked(mark: Callable[[object, tuple, dict], None]) -> Callable[[object, Callable, tuple, dict], object]:
-    def handle(converter: object, func: Callable, args: tuple, kwargs: dict) -> object:
-        out = func(*args, **kwargs)
-        mark(out, args, kwargs)
-        return out
-
-    return handle
-
+#: Marks of a chain's intermediate maps (full size, read only by the chain's next step where
+#: calibration saw so; see tlc.convert.call_sites.partials).
+INTERMEDIATE = ("dev", "sq")
 
 _SCALE, _DIVIDE = _mark_scale(False), _mark_scale(True)
 
-#: The arithmetic of hand-written statistics: function -> ``mark(out, args, kwargs)`` setting the
-#: mark of ``out`` that its arguments' marks imply (also applied to results of pooled values).
-MARKERS: dict[object, Callable[[object, tuple, dict], None]] = {
+#: The arithmetic of hand-written statistics: function -> ``mark_for(args, kwargs)``, the mark that
+#: the call's arguments' marks give its result (None: no mark).
+MARKERS: dict[object, Callable[[tuple, dict], Mark | None]] = {
     torch.sub: _mark_sub,
     torch.Tensor.sub: _mark_sub,
     torch.Tensor.__sub__: _mark_sub,
@@ -136,9 +128,4 @@ MARKERS: dict[object, Callable[[object, tuple, dict], None]] = {
     torch.div: _DIVIDE,
     torch.Tensor.div: _DIVIDE,
     torch.Tensor.__truediv__: _DIVIDE,
-}
-
-#: Handlers computing each of :data:`MARKERS`' calls, then marking the result.
-ARITHMETIC: dict[object, Callable[[object, Callable, tuple, dict], object]] = {
-    f: _computed_then_marked(mark) for f, mark in MARKERS.items()
 }

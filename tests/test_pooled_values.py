@@ -493,22 +493,22 @@ def test_batch_of_one_matches_per_pixel_reference(name):
 
 @pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
 def test_norms_of_values_laid_out_channel_first_equal_torch(affine):
-    from tlc.convert.pooled_values import _channel_first_layer_norm, _inference_batch_norm
+    from tlc.convert.channel_first import channel_first_layer_norm, inference_batch_norm
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(6, 1, 1, 50, generator=g, dtype=torch.float64).movedim(-1, 0)  # (50, 6, 1, 1), channel first
     weight = torch.randn(6, 1, 1, generator=g, dtype=torch.float64) if affine in ("both", "weight") else None
     bias = torch.randn(6, 1, 1, generator=g, dtype=torch.float64) if affine in ("both", "bias") else None
-    out = _channel_first_layer_norm((x, [6, 1, 1], weight, bias, 1e-5), {})
+    out = channel_first_layer_norm((x, [6, 1, 1], weight, bias, 1e-5), {})
     torch.testing.assert_close(out, F.layer_norm(x.contiguous(), [6, 1, 1], weight, bias, 1e-5), rtol=0, atol=1e-12)
     assert out.movedim(0, -1).is_contiguous()
     mean, var = torch.randn(6, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64) + 0.5
     w = None if weight is None else weight.flatten()
     b = None if bias is None else bias.flatten()
-    out = _inference_batch_norm((x, mean, var, w, b, False, 0.1, 1e-3), {})
+    out = inference_batch_norm((x, mean, var, w, b, False, 0.1, 1e-3), {})
     torch.testing.assert_close(out, F.batch_norm(x.contiguous(), mean, var, w, b, False, 0.1, 1e-3), rtol=0, atol=1e-12)
     assert out.movedim(0, -1).is_contiguous()
-    assert _inference_batch_norm((x, mean, var, w, b, True, 0.1, 1e-3), {}) is None  # batch statistics
+    assert inference_batch_norm((x, mean, var, w, b, True, 0.1, 1e-3), {}) is None  # batch statistics
 
 
 @pytest.mark.parametrize("name", list(CONSUMERS))
@@ -760,7 +760,7 @@ def test_fed_by_valid_local_mean():
 @pytest.mark.parametrize("c_in,c_out,k,padding", [(1, 1, 3, 1), (2, 3, 5, 2), (3, 2, 1, 0)])
 def test_conv1d_on_folded_values_equals_torch_conv1d(c_in, c_out, k, padding):
     """Conv1d across pooled vectors (ECA) runs as one product per tap: the same sums as F.conv1d."""
-    from tlc.convert.pooled_values import conv1d_as_products
+    from tlc.convert.channel_first import conv1d_as_products
 
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(7, c_in, 11, generator=g), torch.randn(c_out, c_in, k, generator=g), torch.randn(c_out, generator=g)
@@ -774,7 +774,7 @@ def test_conv1d_on_values_laid_out_channel_first_keeps_the_layout(k, padding, wi
     """ECA's conv1d of (B, 1, C) values whose positions are the fastest axis: the same sums as
     F.conv1d (taps past either end, padding wider than the kernel), and the result laid out the
     same way (no transposing copy later)."""
-    from tlc.convert.pooled_values import conv1d_as_products
+    from tlc.convert.channel_first import conv1d_as_products
 
     g = torch.Generator().manual_seed(k + padding)
     x = torch.randn(1, 7, 40, generator=g, dtype=torch.float64).movedim(-1, 0)  # (40, 1, 7), channel first

@@ -59,7 +59,8 @@ One file over the usual 400 lines: :class:`PooledValues` (the registry of real t
 local counterparts) and the per-call rules that follow them (which calls carry a pooled value,
 how its batch folds and spreads back, what is refused) are one mechanism: each rule reads and
 writes the registry's entries, and split apart they would only trade private access for a wide
-interface.
+interface. The per-sample layers computed in the local values' channel-first layout are
+functions of tensors alone: they live in :mod:`tlc.convert.channel_first`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from torch import nn
 from ..ops._common import Pair
 from ..ops.gate import combine_replicated
 from ..ops.pool import replicate_to
+from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
 
 
 class PooledValueError(RuntimeError):
@@ -450,7 +452,7 @@ class PooledValues:
             raise ValueError(f"valid map {gh}x{gw} does not fit a {h}x{w} map")
         grid = Grid(n, (h, w), (h - gh + 1, w - gw + 1))
         # A view of the channel-first map when N = 1 (positions are then the fastest axis): per-pixel
-        # layers keep that layout (see _pointwise_conv), and the gate meets the map without a copy.
+        # layers keep that layout (see pointwise_conv), and the gate meets the map without a copy.
         local = local_valid.contiguous().permute(0, 2, 3, 1).reshape(n * gh * gw, *real.shape[1:])
         self._track(real, local, grid, frozenset(() if source is None else (source,)))
         return real
@@ -785,13 +787,13 @@ class _Call:
         if not isinstance(real, torch.Tensor) and not tensors and func is not _T.__setitem__:
             raise self.fail("reads the pooled value into Python")
         try:
-            result = _pointwise_conv(self.name, largs, lkwargs)
+            result = pointwise_conv(self.name, largs, lkwargs)
             if result is None and self.name in ("cat", "concat", "concatenate", "softmax"):
-                result = _batch_last(self.name, largs, lkwargs)
+                result = batch_last(self.name, largs, lkwargs)
             if result is None and func is torch.nn.functional.batch_norm:
-                result = _inference_batch_norm(largs, lkwargs)
+                result = inference_batch_norm(largs, lkwargs)
             if result is None and func is torch.nn.functional.layer_norm:
-                result = _channel_first_layer_norm(largs, lkwargs)
+                result = channel_first_layer_norm(largs, lkwargs)
             if result is None:
                 result = func(*largs, **lkwargs)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -813,187 +815,6 @@ class _Call:
             shown = tuple(local.shape) if isinstance(local, torch.Tensor) else type(local).__name__
             raise self.fail(f"mixes the samples (local result {shown} for {tuple(real.shape)})")
         self.values._track(real, local, self.grid, self.sources)
-
-
-def _pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel and ``linear`` of (B, C) values as
-    matrix products, ``conv1d`` across the channels of pooled vectors (ECA) as products per kernel
-    tap; else None.
-
-    Folded into the batch, the local values are a large batch of 1x1 maps, on which oneDNN's
-    convolution is slow (two 32 -> 32 convolutions on 46k positions: about 90 ms on one CPU
-    thread, against 9 ms as ``linear``, which computes the same sums). Values laid out channel
-    first (positions the fastest axis, as :meth:`PooledValues.start` leaves them) are multiplied
-    as ``weight @ values`` and stay so: ``linear`` would copy them to rows first.
-    """
-    if name == "conv1d" and not kwargs and len(args) >= 2:
-        return conv1d_as_products(args)
-    if name == "linear" and len(args) >= 2 and set(kwargs) <= {"bias"}:
-        x, weight = args[0], args[1]
-        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-        if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 2:
-            return _channel_first_product(x, weight, bias)
-        return None
-    if name != "conv2d" or kwargs or len(args) < 2:
-        return None
-    x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
-    stride, padding, _, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]  # dilation: moot at 1x1
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.dim() != 4:
-        return None
-    if tuple(x.shape[-2:]) != (1, 1) or tuple(weight.shape[-2:]) != (1, 1) or groups != 1:
-        return None
-    if padding not in (0, (0, 0), [0, 0], "valid") or stride not in (1, (1, 1), [1, 1]):
-        return None
-    weight = weight.reshape(weight.shape[0], -1)
-    out = _channel_first_product(x.reshape(x.shape[0], -1), weight, bias)
-    if out is None:
-        out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight, bias)
-    return out.reshape(x.shape[0], weight.shape[0], 1, 1)
-
-
-def _channel_first(t: object) -> bool:
-    """Local values laid out with the positions (the folded batch) the fastest axis."""
-    return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] > 1 and t.movedim(0, -1).is_contiguous()
-
-
-def _batch_last(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``cat`` along, or ``softmax`` over, a dim other than the batch, of local values laid out
-    channel first: computed with the batch moved last, so the result keeps that layout (torch's
-    own would come out in rows, costing a transposing copy where the values meet the map: 104 ms
-    in MIRNet's selective-kernel fusion at 720p). None for other calls or layouts."""
-    if name == "softmax":
-        x, dim = args[0] if args else None, args[1] if len(args) > 1 else kwargs.get("dim")
-        if len(args) > 2 or set(kwargs) - {"dim", "dtype", "_stacklevel"} or not isinstance(dim, int):
-            return None
-        if not _channel_first(x) or dim % x.dim() == 0:
-            return None
-        return torch.softmax(x.movedim(0, -1), dim % x.dim() - 1, dtype=kwargs.get("dtype")).movedim(-1, 0)
-    tensors = args[0] if args else kwargs.get("tensors")
-    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-    if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or not isinstance(tensors, (list, tuple)) or not tensors:
-        return None
-    if not isinstance(dim, int) or not _channel_first(tensors[0]) or any(not isinstance(t, torch.Tensor) for t in tensors):
-        return None
-    ndim = tensors[0].dim()
-    if any(t.dim() != ndim for t in tensors) or dim % ndim == 0:
-        return None
-    return torch.cat([t.movedim(0, -1) for t in tensors], dim % ndim - 1).movedim(-1, 0)
-
-
-def _bound(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict | None:
-    """A call's arguments by parameter name, or None for arguments ``names`` does not cover."""
-    if len(args) > len(names) or set(kwargs) - set(names):
-        return None
-    return {**dict(zip(names, args)), **kwargs}
-
-
-def _channel_first_layer_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``F.layer_norm`` over every dim but the batch (GCNet's ``LayerNorm([C, 1, 1])``) of values
-    laid out channel first, computed in that layout (torch's comes out in rows, and the
-    transposing copy back where the values meet the map cost more than the norm); else None."""
-    b = _bound(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"))
-    if b is None:
-        return None
-    x, shape = b.get("input"), b.get("normalized_shape")
-    if not _channel_first(x) or not isinstance(shape, (tuple, list, torch.Size)) or tuple(shape) != tuple(x.shape[1:]):
-        return None
-    rows = x.movedim(0, -1).reshape(-1, x.shape[0])  # (D, B), contiguous
-    # Means over the D rows as products (torch's var_mean across rows: 45 ms for 8 x 300k).
-    average = rows.new_full((1, rows.shape[0]), 1.0 / rows.shape[0])
-    centred = rows - average @ rows
-    var = average @ centred.square()
-    out = centred.mul_(torch.rsqrt(var.add_(b.get("eps", 1e-5))))
-    weight, bias = b.get("weight"), b.get("bias")
-    if weight is not None:
-        out = out.mul_(weight.reshape(-1, 1)) if bias is None else torch.addcmul(bias.reshape(-1, 1), out, weight.reshape(-1, 1))
-    elif bias is not None:
-        out = out.add_(bias.reshape(-1, 1))
-    return out.reshape(*x.shape[1:], x.shape[0]).movedim(-1, 0)
-
-
-def _inference_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``F.batch_norm`` with running statistics (not training) as one multiply-add per channel,
-    or None for other calls. oneDNN's batch norm writes a (B, C, 1, 1) batch of values laid out
-    channel first back in rows (SRM's gate at 720p: 87 ms, and a 47 ms transposing copy where
-    the gate meets the map); the multiply-add keeps their layout."""
-    b = _bound(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
-    if b is None:
-        return None
-    x, mean, var = b.get("input"), b.get("running_mean"), b.get("running_var")
-    if b.get("training", False) or not all(isinstance(t, torch.Tensor) for t in (x, mean, var)) or x.dim() < 2:
-        return None
-    scale = torch.rsqrt(var + b.get("eps", 1e-5))
-    if b.get("weight") is not None:
-        scale = scale * b["weight"]
-    shift = -mean * scale
-    if b.get("bias") is not None:
-        shift = shift + b["bias"]
-    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-    return torch.addcmul(shift.view(shape), x, scale.view(shape))
-
-
-def _plus(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, added in place into ``fresh`` (a result just computed here, read by
-    nothing else) unless autograd records it."""
-    return fresh + other if torch.is_grad_enabled() and fresh.requires_grad else fresh.add_(other)
-
-
-def _channel_first_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``linear(x, weight, bias)`` for x (B, C) laid out channel first (``x.t()`` contiguous), as
-    ``(weight @ x.t() + bias).t()``: the result is laid out channel first too. None otherwise."""
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[0] < 2 or not x.t().is_contiguous():
-        return None
-    out = torch.mm(weight, x.t())
-    if bias is not None:
-        out = _plus(out, bias.view(-1, 1))
-    return out.t()
-
-
-def conv1d_as_products(args: tuple) -> torch.Tensor | None:
-    """``conv1d(x (B, Cin, L), weight (Cout, Cin, k), bias, stride 1, padding p, dilation 1,
-    groups 1)`` as one product per kernel tap, or None for other settings: oneDNN's convolution
-    takes ~1 s on a batch of 200k short rows (ECA at 360x640)."""
-    x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
-    stride, padding, dilation, groups = (list(args[3:]) + [1, 0, 1, 1][len(args[3:]) :])[:4]
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.dim() != 3 or weight.dim() != 3:
-        return None
-    if stride not in (1, (1,), [1]) or dilation not in (1, (1,), [1]) or groups != 1 or isinstance(padding, str):
-        return None
-    pad = padding[0] if isinstance(padding, (tuple, list)) else padding
-    if weight.shape[:2] == (1, 1) and x.shape[1] == 1 and _channel_first(x):
-        return _channel_first_conv1d(x, weight, bias, pad)
-    padded = torch.nn.functional.pad(x, (pad, pad))
-    k = weight.shape[-1]
-    length = padded.shape[-1] - k + 1
-    out = None
-    for j in range(k):  # one product per kernel tap, on the shifted rows
-        rows = padded[..., j : j + length]
-        term = rows * weight[0, 0, j] if weight.shape[:2] == (1, 1) else torch.matmul(weight[:, :, j], rows)
-        out = term if out is None else out.add_(term)
-    return out if bias is None else out + bias.view(1, -1, 1)
-
-
-def _channel_first_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int) -> torch.Tensor:
-    """``conv1d`` of (B, 1, L) values laid out channel first with one (1, 1, k) kernel (ECA): each
-    tap multiplied into its shifted rows in place, the zero padding left out, the result laid out
-    channel first too (padding a copy in rows and transposing it back cost ECA 55 ms at 720p)."""
-    rows = x.movedim(0, -1)  # (1, L, B), contiguous
-    k, length = weight.shape[-1], x.shape[-1]
-    out_length = length + 2 * pad - k + 1
-    spans = [(j, max(0, pad - j), min(out_length, length + pad - j)) for j in range(k)]
-    # A tap reaching every output (the centre one of a "same" padding) starts the sum: no zeros
-    # written first.
-    first = next((j for j, lo, hi in spans if (lo, hi) == (0, out_length)), None)
-    if first is None:
-        out = rows.new_zeros((1, out_length, rows.shape[-1]))
-    else:
-        out = rows[:, first - pad : first - pad + out_length] * weight[0, 0, first]
-    for j, lo, hi in spans:  # out[o] += w[j] * x[o + j - pad] where that entry exists
-        if lo < hi and j != first:
-            out[:, lo:hi].addcmul_(rows[:, lo + j - pad : hi + j - pad], weight[0, 0, j])
-    if bias is not None:
-        out = _plus(out, bias.view(1, 1, 1))
-    return out.movedim(-1, 0)
 
 
 def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, dict]:

@@ -248,12 +248,14 @@ class VarianceUsedAtLargeSizes(nn.Module):
         rows = sq.sum(3, keepdim=True)
         var = rows.sum(2, keepdim=True) / (y.size(2) * y.size(3))
         out = y * torch.sigmoid(self.gate(var))
-        if y.size(3) > TRAIN:
+        if self.used == "dev, always":
+            out = out + dev * 0.5
+        elif y.size(3) > TRAIN:
             out = out + {"dev": dev, "sq": sq, "rows": rows}[self.used] * 0.5
         return out
 
 
-@pytest.mark.parametrize("used", ["dev", "sq", "rows"])
+@pytest.mark.parametrize("used", ["dev", "dev, always", "sq", "rows"])
 def test_an_intermediate_met_by_another_call_than_at_calibration_takes_its_true_value(used):
     """The stand-ins of a variance's lazy intermediates give their true values (computed then, from
     those before them) to a call calibration did not see take them."""
@@ -267,8 +269,26 @@ def test_an_intermediate_met_by_another_call_than_at_calibration_takes_its_true_
         means = brute_force(y, (24, 24), mean)
         variances = brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))
         dev = y - means
-        value = {"dev": dev, "sq": dev**2, "rows": brute_force(dev**2, (1, 24), mean) * y.size(3)}[used]
+        value = {"dev": dev, "dev, always": dev, "sq": dev**2, "rows": brute_force(dev**2, (1, 24), mean) * y.size(3)}[used]
         expected = y * torch.sigmoid(model.gate(variances)) + value * 0.5
+    assert (out - expected).abs().max().item() < 1e-10
+
+
+def test_an_intermediate_used_twice_at_calibration_is_computed_and_those_after_it_are_not():
+    """The deviation is also added to the output: it is made, while its square and the partial sums
+    over W, taken only by their chain's next steps, are not."""
+    model = randomised(VarianceUsedAtLargeSizes("dev, always")).double()
+    converted, report = tlc.convert(model, TRAIN)
+    x = image(1, 3, 29, 31)
+    with torch.no_grad(), FullSizeCalls((29, 31)) as calls:
+        out = converted(x)
+    made = {(name, device) for name, device, dims in calls.seen if name == "pow" or dims == [3]}
+    assert made == {("pow", "meta"), ("sum", "meta")}  # shaped only; the deviation: see the output
+    with torch.no_grad():
+        y = model.conv(x)
+        dev = y - brute_force(y, (24, 24), mean)
+        variances = brute_force(y, (24, 24), lambda t: t.var(-1, correction=0))
+        expected = y * torch.sigmoid(model.gate(variances)) + dev * 0.5
     assert (out - expected).abs().max().item() < 1e-10
 
 

@@ -14,8 +14,6 @@ from torch import nn
 
 from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair
-from ...ops.pool import valid_local_mean_and_mean
-from ...ops.stats import valid_local_var_and_var
 from ..pooled_values import PooledValues, meta_call, tensor_args
 from ..rules import Site
 from .calls import Call, poolable, valid_pooling
@@ -38,7 +36,7 @@ from .hooks import (
     remove_mode,
     template,
 )
-from .marks import INTERMEDIATE, Mark, mark_of, set_mark
+from .marks import INTERMEDIATE, Mark, mark_of, pooled_statistic, set_mark, sum_factor
 from .partials import PartialUses, StandIns, reparsed
 from .recognise import H, W, judge, tags_of
 from .sites import CallSite, SiteKey
@@ -239,7 +237,7 @@ class CallSiteConverter:
         if key is not None and self.phase == "apply" and key in self._lazy:
             try:
                 form = meta_call(func, args, kwargs)
-            except Exception:  # no meta kernel: made for real
+            except Exception:  # noqa: BLE001 (no meta kernel: made for real)
                 form = None
             first = next(iter(tensor_args(args, kwargs)), None)
             if isinstance(form, torch.Tensor) and first is not None:
@@ -302,7 +300,7 @@ class CallSiteConverter:
             return out
         if key in self._context:
             return self._context_pool(key, func, args, kwargs, site)
-        if key in self._pooled_chains and (pooled := self._pooled_statistic(key, call, site)) is not None:
+        if key in self._pooled_chains and (pooled := pooled_statistic(self._thread.mode.values, key, call, site)) is not None:
             return pooled
         if key in self._lazy:  # only its chain's next step takes it, and reads the marks alone
             lazy = self._lazy_result(key, func, args, kwargs, call, site)
@@ -335,7 +333,7 @@ class CallSiteConverter:
         stand_ins = self._thread.mode.partials
         try:
             form = meta_call(func, args, kwargs)
-        except Exception:  # no meta kernel: made for real
+        except Exception:  # noqa: BLE001 (no meta kernel: made for real)
             return None
         if not isinstance(form, torch.Tensor):
             return None
@@ -355,7 +353,7 @@ class CallSiteConverter:
             return out
         dims = call.dims
         windows = tuple((d, None if site is None else site.window[d - 2]) for d in dims)
-        factor = _sum_factor(call)
+        factor = sum_factor(call)
         m = mark_of(call.x)
         record = self.phase == "record"
         uses = self._thread.mode.partials if record else None
@@ -390,37 +388,6 @@ class CallSiteConverter:
             if site is not None and window == dict(m.centre) and None not in window.values():
                 var = local_var(m.src, (window[2], window[3]), 0.0)
                 return var if scale == 1 else var * scale
-        return out
-
-    def _pooled_statistic(self, key: SiteKey, call: Call, site: Site) -> torch.Tensor | None:
-        """A mean, sum or centred square reduced over H and W by hand (the chain of calls ending at
-        ``call``, read from the marks), as a pooled value: its global value, carrying its value
-        over every window inside the map. The result is marked as a mean for what follows. None
-        where the chain is not whole-map local (the marked map path then answers)."""
-        m = mark_of(call.x)
-        dims = call.dims
-        if m is None:
-            m = Mark("mean", call.x)
-        kind = "mean" if m.kind == "mean" else "var" if m.kind in ("sq", "sqsum") else None
-        if kind is None or set(m.done) & set(dims) or tuple(sorted(m.done + dims)) != (2, 3):
-            return None
-        factor = _sum_factor(call)
-        windows = dict((m.windows if m.kind != "sq" else ()) + tuple((d, site.window[d - 2]) for d in dims))
-        src = m.src
-        if None in windows.values() or src.dim() != 4 or src.dtype != call.x.dtype or (kind == "var" and windows != dict(m.centre)):
-            return None
-        scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
-        (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
-        if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
-            valid, real = valid_local_mean_and_mean(src, window)
-            real = src.mean((2, 3), keepdim=True) if real is None else real
-        else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
-            valid, real = valid_local_var_and_var(src, window)
-        if scale != 1:
-            real, valid = real * scale, valid.mul_(scale)
-        out = self._thread.mode.values.start(real, valid, (h, w), source=key)
-        if kind == "mean":
-            set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
         return out
 
     # --- calibration results
@@ -595,15 +562,6 @@ class CallSiteConverter:
     def remove(self, model: nn.Module) -> None:
         """Take this converter's hooks off ``model``: its functional ops are global again."""
         remove_call_site_conversion(model, only=self)
-
-
-def _sum_factor(call: Call) -> float:
-    """What a sum multiplies the mean by: the lengths of the axes it reduces (1 for a mean)."""
-    factor = 1.0
-    if call.mark == "sum":
-        for d in call.dims:
-            factor *= call.x.shape[d]
-    return factor
 
 
 def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict) -> str | None:

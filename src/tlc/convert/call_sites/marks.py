@@ -1,5 +1,6 @@
 """Hand-written statistics: marks carried by the results of spatial means and sums, so that a
-variance written by hand (``((x - mean) ** 2)`` reduced over H and W) becomes the local variance."""
+variance written by hand (``((x - mean) ** 2)`` reduced over H and W) becomes the local variance,
+and the pooled value (:func:`pooled_statistic`) that answers a chain completed over H and W."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .calls import bind
+from ...ops.pool import valid_local_mean_and_mean
+from ...ops.stats import valid_local_var_and_var
+from ..pooled_values import PooledValues
+from ..rules import Site
+from .calls import Call, bind
+from .sites import SiteKey
 
 # A mean written by hand (``x.sum(3, keepdim=True).sum(2, keepdim=True) / (H * W)``) converts
 # site by site: axis means are separable, so the chain is the local mean. A variance written by
@@ -129,3 +135,44 @@ MARKERS: dict[object, Callable[[tuple, dict], Mark | None]] = {
     torch.Tensor.div: _DIVIDE,
     torch.Tensor.__truediv__: _DIVIDE,
 }
+
+
+def sum_factor(call: Call) -> float:
+    """What a sum multiplies the mean by: the lengths of the axes it reduces (1 for a mean)."""
+    factor = 1.0
+    if call.mark == "sum":
+        for d in call.dims:
+            factor *= call.x.shape[d]
+    return factor
+
+
+def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site) -> torch.Tensor | None:
+    """A mean, sum or centred square reduced over H and W by hand (the chain of calls ending at
+    ``call``, read from the marks), as a pooled value: its global value, carrying its value
+    over every window inside the map. The result is marked as a mean for what follows. None
+    where the chain is not whole-map local (the marked map path then answers)."""
+    m = mark_of(call.x)
+    dims = call.dims
+    if m is None:
+        m = Mark("mean", call.x)
+    kind = "mean" if m.kind == "mean" else "var" if m.kind in ("sq", "sqsum") else None
+    if kind is None or set(m.done) & set(dims) or tuple(sorted(m.done + dims)) != (2, 3):
+        return None
+    factor = sum_factor(call)
+    windows = dict((m.windows if m.kind != "sq" else ()) + tuple((d, site.window[d - 2]) for d in dims))
+    src = m.src
+    if None in windows.values() or src.dim() != 4 or src.dtype != call.x.dtype or (kind == "var" and windows != dict(m.centre)):
+        return None
+    scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
+    (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
+    if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
+        valid, real = valid_local_mean_and_mean(src, window)
+        real = src.mean((2, 3), keepdim=True) if real is None else real
+    else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
+        valid, real = valid_local_var_and_var(src, window)
+    if scale != 1:
+        real, valid = real * scale, valid.mul_(scale)
+    out = values.start(real, valid, (h, w), source=key)
+    if kind == "mean":
+        set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
+    return out

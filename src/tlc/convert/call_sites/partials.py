@@ -4,7 +4,7 @@ IMDN writes a standard deviation as ``(x - mean).pow(2).sum(3, keepdim=True).sum
 (and its mean as ``x.sum(3, keepdim=True).sum(2, keepdim=True)``). Every step before the last makes
 a full-size *intermediate*: the deviation ``x - mean`` and its square (marks "dev" and "sq"), and
 the *partial* reduction, a column of row sums that the last call completes over H and W. When the
-completed statistic is answered with a pooled value (:meth:`CallSiteConverter._pooled_statistic`
+completed statistic is answered with a pooled value (:func:`tlc.convert.call_sites.marks.pooled_statistic`
 computes it from the marked source map), the intermediates' values are never read: computing them
 (locally: a full-size deviation from the windows' means, its square, window sums along W) would be
 work for nothing.

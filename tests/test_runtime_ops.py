@@ -958,3 +958,25 @@ def test_context_pooling_under_inference_mode():
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(converted(x), expected)
+
+
+def test_a_dead_stand_in_lets_go_of_the_maps_its_value_would_be_computed_from():
+    """A stand-in's closure holds the call's arguments (full-size maps) only while the stand-in
+    lives: a model's earlier blocks' maps are not kept to the end of the forward."""
+    import gc
+    import weakref
+
+    from tlc.convert.call_sites.partials import StandIns
+
+    stand_ins = StandIns()
+    source = torch.randn(1, 2, 8, 8)
+    seen = weakref.ref(source)
+    stand_in = stand_ins.lazy(torch.empty(1, 2, 8, 8, device="meta"), source.device, lambda t=source: t * 2)
+    assert stand_ins.is_stand_in(stand_in) and stand_in.shape == (1, 2, 8, 8) and stand_in.stride() == (0, 0, 0, 0)
+    assert torch.equal(stand_ins.local(stand_in), source * 2)
+    del source
+    gc.collect()
+    assert seen() is not None  # the stand-in lives: its value may still be asked for
+    del stand_in
+    gc.collect()
+    assert seen() is None and not stand_ins

@@ -116,7 +116,14 @@ class StandIns:
         """A stand-in shaped as the meta tensor ``form``, on ``device``, for the value ``compute()``
         gives (computed only if something other than its chain's next step takes it)."""
         out = torch.zeros((), dtype=form.dtype, device=device).expand(form.shape)
-        self._live[id(out)] = [weakref.ref(out), compute, None]
+        key, live = id(out), self._live
+
+        def forget(ref: weakref.ref) -> None:  # the stand-in died: let go of what computes its value
+            entry = live.get(key)
+            if entry is not None and entry[0] is ref:
+                del live[key]
+
+        live[key] = [weakref.ref(out, forget), compute, None]
         return out
 
     def takes(self, args: tuple, kwargs: dict) -> bool:

@@ -90,7 +90,7 @@ def _replicate_into(valid, out, top, left):  # pragma: no cover
 
 def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
     """cols (H-k1+1, W) gets the maxima of ``plane`` (H, W) over k1 consecutive rows: suffix
-    maxima within blocks of k1 rows (``below``, H x W), then prefix maxima as one running row.
+    maxima within blocks of k1 rows (``below``, _suffix_rows(H, k1) x W), then prefix maxima as one running row.
     Whole rows at a time, so the inner loops run along W (vectorised)."""
     h, w = plane.shape
     for i in range(_suffix_rows(h, k1) - 1, -1, -1):
@@ -136,7 +136,7 @@ def _max_planes(x, k1, k2, out, threads):  # pragma: no cover
     for task in prange(workers):
         valid = np.empty((0 if in_place else vh, vw), x.dtype)
         cols = np.empty((0 if k1 == 1 else vh, w), x.dtype)
-        below = np.empty((0 if k1 == 1 else h, w), x.dtype)
+        below = np.empty((0 if k1 == 1 else _suffix_rows(h, k1), w), x.dtype)  # rows the suffix scans reach
         running = np.empty(w, x.dtype)
         for p in range(task, planes, workers):
             target = out[p] if in_place else valid
@@ -153,7 +153,7 @@ def _block_sums_2d(a, b, use_b, k1, k2, valid, below, cols, running):  # pragma:
     """valid (H-k1+1, W-k2+1) gets the sums of ``a * b`` (``a`` alone unless ``use_b``; a, b:
     (H, W)) over every window, in float64, from suffix and prefix sums within blocks (no
     differences). Along H first (vectorised along W), then along W on the remaining rows.
-    below (H, W), cols (H-k1+1, W), running (W,): float64 scratch, overwritten."""
+    below (_suffix_rows(H, k1), W), cols (H-k1+1, W), running (W,): float64 scratch, overwritten."""
     h, w = a.shape
     vh, vw = valid.shape
     for i in range(_suffix_rows(h, k1) - 1, -1, -1):
@@ -216,7 +216,7 @@ def _weight_sums_planes(e, k1, k2, out, threads):  # pragma: no cover
     planes, h, w = e.shape
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
-        below, cols, running = np.empty((h, w)), np.empty((h - k1 + 1, w)), np.empty(w)
+        below, cols, running = np.empty((_suffix_rows(h, k1), w)), np.empty((h - k1 + 1, w)), np.empty(w)
         for p in range(task, planes, workers):
             _block_sums_2d(e[p], e[p], False, k1, k2, out[p], below, cols, running)
 
@@ -228,7 +228,7 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out, threads):  # pragma: no
     vh, vw = h - k1 + 1, w - k2 + 1
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
-        below, cols, running = np.empty((h, w)), np.empty((vh, w)), np.empty(w)
+        below, cols, running = np.empty((_suffix_rows(h, k1), w)), np.empty((vh, w)), np.empty(w)
         valid = np.empty((vh, vw), np.float64)
         for p in range(task, planes, workers):
             _weighted_pool_plane(x[p], e[p // ratio], den[p // ratio], k1, k2, out[p], valid, below, cols, running)

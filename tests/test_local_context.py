@@ -442,3 +442,22 @@ def test_cuda_matches_brute_force():
     torch.testing.assert_close(local_softmax_pool(x.cuda(), logits.cuda(), (4, 3)).cpu(), ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(local_var(x.cuda(), (4, 5)).cpu(), brute_var(x, (4, 5), 1.0), rtol=0, atol=1e-12)
     torch.testing.assert_close(local_axis_mean(x.cuda(), 5, -1).cpu(), brute_axis_mean(x, 5, -1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_valid_var_with_a_covering_window_is_the_maps_own_variance(dtype):
+    """A window covering the map: one window, whose variance is the map's (two passes, not
+    torch's slower var); no degrees of freedom left give torch's inf / nan."""
+    x = (torch.randn(2, 3, 5, 7, dtype=torch.float64) * 3 + 1e3).to(dtype)
+    for correction, root in ((0, False), (1, False), (1, True), (2, True)):
+        valid, whole = valid_local_var_and_var(x, (9, 9), correction, root)
+        assert valid.shape == whole.shape == (2, 3, 1, 1) and valid.dtype == dtype
+        reference = (torch.std if root else torch.var)(x.double(), dim=(2, 3), correction=correction, keepdim=True)
+        torch.testing.assert_close(whole.double(), reference, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+        assert torch.equal(valid, whole)
+    single = torch.randn(1, 2, 1, 1, dtype=dtype)
+    for correction in (1, 2):
+        with pytest.warns(UserWarning, match="degrees of freedom"):  # torch's own warning, as from torch.var
+            _, whole = valid_local_var_and_var(single, 4, correction)
+            reference = torch.var(single, dim=(2, 3), correction=correction, keepdim=True)
+        torch.testing.assert_close(whole, reference, equal_nan=True)

@@ -245,11 +245,11 @@ def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
     valid, mean = valid_local_mean_and_mean(x, window)
     assert valid.dtype == dtype
     torch.testing.assert_close(valid.double(), ref, rtol=0, atol=tolerance)
-    if (kh, kw) == (h, w):
-        assert mean is None
-    else:
-        assert mean.dtype == dtype and mean.shape == (*shape[:2], 1, 1)
-        exact = x.double().mean(dim=(2, 3), keepdim=True)
-        assert (mean.double() - exact).abs().max().item() <= (1e-12 if dtype == torch.float64 else 6.2e-5)
+    if (kh, kw) == (h, w):  # one window: torch's own mean of the map, which is also the window's
+        assert torch.equal(mean, x.mean((2, 3), keepdim=True)) and torch.equal(valid, mean)
+        return
+    assert mean.dtype == dtype and mean.shape == (*shape[:2], 1, 1)
+    exact = x.double().mean(dim=(2, 3), keepdim=True)
+    assert (mean.double() - exact).abs().max().item() <= (1e-12 if dtype == torch.float64 else 6.2e-5)
     with torch.enable_grad():  # torch's path: no mean from it
         assert valid_local_mean_and_mean(x.clone().requires_grad_(), window)[1] is None

@@ -185,7 +185,10 @@ def valid_local_mean_and_mean(x: torch.Tensor, window: int | Pair) -> tuple[torc
     check_feature_map(x)
     n, c, h, w = x.shape
     kh, kw = clamp_window(window, (h, w))
-    if not (fused_local_mean_available(x) and (kh, kw) != (h, w)):
+    if (kh, kw) == (h, w):  # one window: the map's own mean
+        whole = x.mean((2, 3), keepdim=True)
+        return whole, whole
+    if not fused_local_mean_available(x):
         return valid_local_mean(x, (kh, kw)), None
     totals = torch.empty(n * c, dtype=torch.float64)
     valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals)

@@ -52,6 +52,14 @@ def is_map(x: object) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() and x.shape[-2:].numel() > 0
 
 
+def table_entry(table: dict, func: object) -> Any:
+    """``table[func]``, or None (also for unhashable callables, which are none of ours)."""
+    try:
+        return table.get(func)
+    except TypeError:
+        return None
+
+
 def bind(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict[str, Any] | None:
     if len(args) > len(names):
         return None

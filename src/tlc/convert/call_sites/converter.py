@@ -206,8 +206,11 @@ class CallSiteConverter:
 
     def _key_here(self, op: str) -> tuple[SiteKey, str, str] | None:
         """(the key, source location and function name) of the call ``op`` the running model code
-        makes now; None when tlc's own local ops make it."""
+        makes now; None outside the model's modules, in an excluded one, or when tlc's own local
+        ops make it."""
         stack = self._stack()
+        if not stack or stack[-1].excluded:
+            return None
         top = stack[-1]
         frame = caller()
         if frame is not None and frame.f_code.co_filename.startswith(INTERNAL):
@@ -230,17 +233,13 @@ class CallSiteConverter:
         is a lazy intermediate (its chain's next step reads the mark alone)."""
         mode = self._thread.mode
         key = None
-        stack = self._stack()
-        if mark is not None and mark.kind in INTERMEDIATE and self.phase != "probe" and stack and not stack[-1].excluded:
+        if mark is not None and mark.kind in INTERMEDIATE and self.phase != "probe":
             here = self._key_here(mark.kind)
             key = None if here is None else here[0]
         if key is not None and self.phase == "apply" and key in self._lazy:
-            try:
-                form = meta_call(func, args, kwargs)
-            except Exception:  # noqa: BLE001 (no meta kernel: made for real)
-                form = None
+            form = _form_of(func, args, kwargs)
             first = next(iter(tensor_args(args, kwargs)), None)
-            if isinstance(form, torch.Tensor) and first is not None:
+            if form is not None and first is not None:
                 out = mode.partials.lazy(form, first.device, lambda: mode.compute(func, types, args, kwargs))
                 set_mark(out, mark)
                 return out
@@ -331,11 +330,8 @@ class CallSiteConverter:
     ) -> torch.Tensor | None:
         """A stand-in for the local form of the lazy site ``key`` (None without a meta kernel)."""
         stand_ins = self._thread.mode.partials
-        try:
-            form = meta_call(func, args, kwargs)
-        except Exception:  # noqa: BLE001 (no meta kernel: made for real)
-            return None
-        if not isinstance(form, torch.Tensor):
+        form = _form_of(func, args, kwargs)
+        if form is None:
             return None
 
         def value() -> torch.Tensor:
@@ -564,16 +560,23 @@ class CallSiteConverter:
         remove_call_site_conversion(model, only=self)
 
 
+def _form_of(func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``func(*args, **kwargs)``'s result as a meta tensor (its shape and dtype, nothing computed);
+    None where it is no tensor or there is no meta kernel."""
+    try:
+        out = meta_call(func, args, kwargs)
+    except Exception:  # noqa: BLE001 (no meta kernel)
+        return None
+    return out if isinstance(out, torch.Tensor) else None
+
+
 def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: dict) -> str | None:
     """How the (N, C, 1, 1) whole-map ``value`` the windows' pass gave stands in for
     ``func(*args, **kwargs)``: "keepdim" (as it is), "squeezed" (as (N, C): ``keepdim=False``), or
     None (another form, such as ``return_indices=True``: torch's own call then runs). Told from a
     call on meta tensors."""
-    try:
-        out = meta_call(func, args, kwargs)
-    except Exception:  # no meta kernel
-        return None
-    if not isinstance(out, torch.Tensor) or out.dtype != value.dtype:
+    out = _form_of(func, args, kwargs)
+    if out is None or out.dtype != value.dtype:
         return None
     if out.shape == value.shape:
         return "keepdim"

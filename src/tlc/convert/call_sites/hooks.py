@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..pooled_values import PooledValues
 from ..rules import Site
-from .calls import Call, bind
+from .calls import Call, bind, table_entry
 from .marks import MARKERS
 from .parsers import MAP_FUNCS, PARSERS
 from .partials import PartialUses, StandIns
@@ -173,14 +173,6 @@ def context_maps(
     return x_map, logits.reshape(n, logits.numel() // (n * length), *size)
 
 
-def _entry(table: dict, func: object) -> Callable | None:
-    """``table[func]``, or None (also for unhashable callables, which are none of ours)."""
-    try:
-        return table.get(func)
-    except TypeError:
-        return None
-
-
 class LocalCalls(TorchFunctionMode):
     """The mode active while a hooked model runs: hands the calls in ``handlers`` to them, and
     every call taking a pooled value to ``values`` first (marking its result as the arithmetic of
@@ -201,14 +193,14 @@ class LocalCalls(TorchFunctionMode):
                 partials.count(args, kwargs)
             elif partials.takes(args, kwargs) and not partials.continues(func, args, kwargs):
                 args, kwargs = partials.replaced(getattr(func, "__name__", ""), args, kwargs)
-        marker = _entry(self.markers, func)
+        marker = table_entry(self.markers, func)
         if marker is not None:  # ``mean_pooled / (H * W)``, ``x - mean_pooled``, ``dev ** 2``
             return self.converter.arithmetic(func, types, args, kwargs, marker(args, kwargs))
         if self.values is not None:
             result = self.values.handle(func, types, args, kwargs)
             if result is not NotImplemented:
                 return result
-        handle = _entry(self.handlers, func)
+        handle = table_entry(self.handlers, func)
         if handle is None:
             return func(*args, **kwargs)
         return handle(self.converter, func, args, kwargs)

@@ -28,15 +28,15 @@ from typing import Any
 import torch
 
 from ..pooled_values import is_inplace, tensor_args
-from .calls import Call
-from .marks import MARKERS, Mark, mark_of, set_mark
+from .calls import Call, table_entry
+from .marks import MARKERS, mark_of, set_mark
 from .parsers import PARSERS
 from .sites import SiteKey
 
 
 def _parse(func: Callable, args: tuple, kwargs: dict) -> Call | None:
     """The run-time view's reading of the call, None where no parser knows it or its arguments."""
-    parse = PARSERS.get(func)
+    parse = table_entry(PARSERS, func)
     try:
         return parse(args, kwargs) if parse is not None else None
     except Exception:  # noqa: BLE001 (arguments no parser foresaw)
@@ -94,13 +94,6 @@ class PartialUses:
             else:
                 steps[made.key] = made.continued_by
         return public, steps
-
-
-def _marker(func: Callable) -> Callable[[tuple, dict], Mark | None] | None:
-    try:
-        return MARKERS.get(func)
-    except TypeError:  # unhashable callables are none of ours
-        return None
 
 
 class StandIns:
@@ -168,7 +161,7 @@ class StandIns:
     def continues(self, func: Callable, args: tuple, kwargs: dict) -> bool:
         """Whether the call is the next step of the chain of a stand-in it takes: squaring a
         deviation, or reducing a mean's or a square's map over a spatial axis not yet reduced."""
-        marker = _marker(func)
+        marker = table_entry(MARKERS, func)
         if marker is not None:
             mark = marker(args, kwargs)
             return mark is not None and mark.kind == "sq"

@@ -520,3 +520,60 @@ def test_the_hooks_show_in_repr_and_go_with_them():
     assert "forward hooks" in repr(torch.load(buffer, weights_only=False))
     tlc.functional.remove_call_site_conversion(converted)
     assert "forward hooks" not in repr(converted) and installed(converted) is None
+
+
+def function_mode_depths(model: nn.Module, module: nn.Module, sizes: list[tuple[int, int]]) -> list[int]:
+    """How many torch function modes were active in ``module``'s forward, per input size (batch 2)."""
+    depths = []
+    handle = module.register_forward_pre_hook(lambda m, args: depths.append(torch._C._len_torch_function_stack()))
+    try:
+        with torch.no_grad():
+            for size in sizes:
+                model(image(2, 3, *size))
+    finally:
+        handle.remove()
+    return depths
+
+
+def test_inputs_no_larger_than_the_calibration_input_run_as_the_original():
+    """Every window covers its map at the training size: there, and below it, local equals global,
+    so the converted model runs as the original (no function mode, the same bits). Above it the
+    local forms run, even where the windows still cover (and agree with the original)."""
+    functional, _ = pair()
+    converted, report = tlc.convert(functional, 16, rules=(), functional=True)
+    assert report.max_deviation < 1e-5 and all(s.converted for s in report.call_sites)
+    small = [(16, 16), (9, 13), (16, 2)]
+    above = [(17, 16), (16, 20), (23, 17), (37, 45)]
+    assert function_mode_depths(converted, converted.tail, small + above) == [0] * 3 + [1] * 4
+    with torch.no_grad():
+        for size in small:
+            x = image(2, 3, *size)
+            assert torch.equal(converted(x), functional(x)), size
+        for size in above[:3]:  # windows 24 and 12 still cover the 23x17 and 12x9 maps
+            x = image(2, 3, *size)
+            assert (converted(x) - functional(x)).abs().max().item() < 1e-5, size
+        x = image(2, 3, *above[3])
+        assert (converted(x) - functional(x)).abs().max().item() > 1e-3
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_windows_smaller_than_the_map_run_locally_at_every_size():
+    functional, modules = pair()
+    with pytest.warns(UserWarning, match="differs from the original"):  # as it should, windows < maps
+        converted, report = tlc.convert(functional, 16, base_size=12, rules=(), functional=True)
+        by_modules, _ = tlc.convert(modules, 16, base_size=12)  # the module rules' local ops
+    assert {s.window for s in report.call_sites} == {(12, 12), (6, 6)}
+    assert function_mode_depths(converted, converted.tail, [(16, 16), (9, 13)]) == [1, 1]
+    x = image(2, 3, 16, 16)
+    with torch.no_grad():
+        local, expected = converted(x), by_modules(x)
+    assert (local - expected).abs().max().item() < 1e-5
+    assert (local - functional(x)).abs().max().item() > 1e-3
+
+
+def test_a_traced_forward_takes_the_local_forms_at_any_size(monkeypatch):
+    """A graph traced at a small size must still hold at larger ones: no shortcut while tracing."""
+    functional, _ = pair()
+    converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert function_mode_depths(converted, converted.tail, [(16, 16)]) == [1]

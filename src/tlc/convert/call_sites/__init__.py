@@ -140,6 +140,7 @@ def convert_call_sites(
         probed = len(probes) == 2 and converter.recorded and _probe(converter, probes)
         sites = converter.finish_calibration(site_for, probed)
         out = _check(model, converter, run, check_other if probed else None)
+        converter.finish_checks(probed)
         if converter.converted:
             show_in_repr(model, converter)
         return out, sites

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...ops import local_softmax_pool, local_var
-from ...ops._common import Pair
+from ...ops._common import Pair, tracing
 from ..pooled_values import PooledValues, meta_call, tensor_args
 from ..rules import Site
 from .calls import Call, poolable, valid_pooling
@@ -81,6 +81,10 @@ class CallSiteConverter:
         self._context: dict[SiteKey, SiteKey] = {}  # converted pairs: product site -> softmax site
         self._context_softmax: set[SiteKey] = set()
         self._probe = 0
+        self._calibration_size: Pair | None = None  # (H, W) of the calibration input
+        # Inputs no larger than this (H, W) run as the original model, without the mode: every
+        # converted site's window covers its map there, so local and global agree. None: never.
+        self._covered_up_to: Pair | None = None
         self._thread = threading.local()
         # Calls inside modules that module rules matched (converted or deliberately left global)
         # belong to those rules.
@@ -142,8 +146,19 @@ class CallSiteConverter:
 
     # --- hooks
     def enter_module(self, hook: Enter, args: tuple = ()) -> None:
+        covered = getattr(self._thread, "covered", None)
+        if covered:  # a forward run as the original: only its module calls are followed
+            covered.append(hook)
+            return
         stack = self._stack()
+        first = args[0] if args else None
+        size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+        if not stack and self._covers(size):
+            self._thread.covered = [hook]
+            return
         if not stack:
+            if self.phase == "record" and self._calibration_size is None:
+                self._calibration_size = size
             self._thread.softmaxes = {}
             values = PooledValues() if self.phase == "apply" and (self._pooled or self._pooled_chains) else None
             mode = LocalCalls(self, self._handlers(), values)
@@ -154,13 +169,16 @@ class CallSiteConverter:
             mode.__enter__()
             self._thread.mode = mode
         excluded = hook.excluded or (stack[-1].excluded and not hook.reopened if stack else False)
-        first = args[0] if args else None
-        size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
         stack.append(ModuleCall(hook, hook.path, excluded, map_size=size))
 
     def leave_module(self, hook: Enter, output: object = None) -> object:
         """Pop the module call; at the outermost one, leave the mode. Returns the output to give
         instead of ``output`` (pooled values answered by choice become their local maps), or None."""
+        covered = getattr(self._thread, "covered", None)
+        if covered:
+            if covered[-1] is hook:
+                covered.pop()
+            return None
         stack = self._stack()
         if not stack or stack[-1].hook is not hook:
             return None  # this call's pre-hook never ran (an earlier pre-hook raised)
@@ -182,6 +200,17 @@ class CallSiteConverter:
             output = mode.values.materialise(output, self._map_fallback)
             self._thread.escaped = mode.values.finish(output)  # pooled values that never met the image
         return None if output is given else output
+
+    def _covers(self, size: tuple[int, ...] | None) -> bool:
+        """Whether a forward whose input is (H, W) ``size`` runs as the original model: no larger
+        than the calibration input, where every converted window covered its map (feature maps
+        grow with the input, as the probes showed), and not traced (the graph must hold for
+        every size)."""
+        up_to = self._covered_up_to
+        return (
+            up_to is not None and size is not None and size[0] <= up_to[0] and size[1] <= up_to[1]
+            and self.phase == "apply" and not tracing()
+        )
 
     # --- the mode's answer to a recognised call
     def answer(self, func: Callable, args: tuple, kwargs: dict, call: Call) -> object:
@@ -528,6 +557,16 @@ class CallSiteConverter:
     def start_probe(self, index: int) -> None:
         """Record input shapes for probe forward ``index`` (0: at twice the height, 1: the width)."""
         self.phase, self._probe = "probe", index
+
+    def finish_checks(self, probed: bool) -> None:
+        """After the checks passed: let inputs no larger than the calibration input run as the
+        original model where every converted site's window covered its map at calibration (a
+        4-D map; ``probed``: the probes showed which axes grow with the image)."""
+        covering = all(
+            min(site.feature_size) > 0 and site.window[0] >= site.feature_size[0] and site.window[1] >= site.feature_size[1]
+            for site, _ in self._windows.values()
+        )
+        self._covered_up_to = self._calibration_size if probed and covering else None
 
     def start_check(self) -> None:
         """Forget the last converted site run and the escaped pooled values of an earlier forward."""

@@ -561,6 +561,7 @@ def test_windows_smaller_than_the_map_run_locally_at_every_size():
     functional, modules = pair()
     with pytest.warns(UserWarning, match="differs from the original"):  # as it should, windows < maps
         converted, report = tlc.convert(functional, 16, base_size=12, rules=(), functional=True)
+    with pytest.warns(UserWarning, match="differs from the original"):
         by_modules, _ = tlc.convert(modules, 16, base_size=12)  # the module rules' local ops
     assert {s.window for s in report.call_sites} == {(12, 12), (6, 6)}
     assert function_mode_depths(converted, converted.tail, [(16, 16), (9, 13)]) == [1, 1]

@@ -112,6 +112,33 @@ def test_gate_equals_pooling_made_local(block):
             assert (out - model(x)).abs().max() > 1e-4 or max(shape[-2:]) <= 36
 
 
+@pytest.mark.parametrize("block", [CALayer, lambda: CBAMChannelGate()])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_window_covering_the_map_gives_the_originals_bits(block, dtype):
+    """One window: the gate is the global one, computed as the original computes it (the map's
+    own mean, the 1x1 convolutions as convolutions, a broadcast multiply), bit for bit."""
+    model = randomised(Holder(block())).to(dtype)
+    converted, report = tlc.convert(model, train_size=24, base_size=36)
+    assert [op.rule for op in report.converted] == ["pooled-gate"] and report.max_deviation == 0
+    for shape in [(2, 3, 24, 24), (1, 3, 35, 17), (3, 3, 1, 36)]:
+        x = torch.rand(shape, dtype=dtype)
+        with torch.no_grad():
+            assert torch.equal(converted(x), model(x)), shape
+    x = torch.rand(1, 3, 37, 36, dtype=dtype)  # one pixel more than the window: local again
+    with torch.no_grad():
+        assert (converted(x) - model(x)).abs().max() > 1e-6
+
+
+def test_apply_pointwise_on_one_pixel_runs_the_layers_themselves():
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1), nn.Sigmoid()).eval()
+    y = torch.randn(3, 16, 1, 1)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        out = apply_pointwise(y, layers)
+    assert torch.equal(out, layers(y))
+    assert "aten::bmm" not in [event.name for event in profile.events()]
+
+
 def test_mprnet_channel_attention_is_found_by_tracing():
     from tlc.archs.mprnet import CALayer as MPRNetCALayer
 

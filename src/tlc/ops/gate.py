@@ -39,6 +39,7 @@ def apply_pointwise(y: torch.Tensor, layers: nn.Module | list[nn.Module] | tuple
             and layer.groups == 1
             and y.device.type == "cpu"
             and y.dim() == 4
+            and y.shape[-2] * y.shape[-1] > 1  # one window: the layer itself, as the original runs it
             and not tracing()
         ):
             n, c, h, w = y.shape
@@ -146,6 +147,9 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
         return combine_replicated(x, -gate, "add")
     h, w = x.shape[-2:]
     gh, gw = gate.shape[-2:]
+    if (gh == 1 and gw == 1 or (gh, gw) == (h, w)) and not tracing():
+        # Nothing to replicate (a window covering the map, or none): torch's broadcast is faster.
+        return x * gate if op == "mul" else x + gate
     kernel = _KERNELS[op]
     fused = (
         kernel is not None

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tlc
-from tlc.ops.gate import apply_pointwise, combine_replicated, multiply_replicated
+from tlc.ops.gate import apply_pointwise, combine_replicated, into_first, multiply_replicated
 from tlc.ops.pool import replicate_to, valid_local_mean
 from tlc.convert.pooled_gate import GatePlan, gate_plan
 
@@ -197,6 +197,16 @@ class UnusedChild(PoolAndConv):
         return x * self.fc(self.pool(x))
 
 
+class SharedGate(PoolAndConv):
+    """A pooled map read twice (by the sigmoid and by the product after it): it must not be
+    overwritten by the first."""
+
+    def forward(self, x):
+        a = self.fc(self.pool(x))
+        s = torch.sigmoid(a)
+        return x * (s * a + a)
+
+
 def _gate_by_brute_force(block: nn.Module, x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """The block's output with every global pooling of its input replaced, pixel by pixel, by the
     statistic of that pixel's window (tests/windows.py), the rest of the block as written."""
@@ -206,10 +216,13 @@ def _gate_by_brute_force(block: nn.Module, x: torch.Tensor, window: tuple[int, i
         return x * torch.sigmoid(block.mlp(means) + block.mlp(maxima))
     if isinstance(block, AmaxGate):
         return torch.sigmoid(block.fc(maxima)) * x
+    if isinstance(block, SharedGate):
+        a = block.fc(means)
+        return x * (torch.sigmoid(a) * a + a)
     return block.fc(means).sigmoid()
 
 
-@pytest.mark.parametrize("block", [CBAMChannelGate, AmaxGate, ReturnedGate])
+@pytest.mark.parametrize("block", [CBAMChannelGate, AmaxGate, ReturnedGate, SharedGate])
 def test_several_poolings_and_functions_equal_per_pixel_windows(block):
     torch.manual_seed(3)
     gate = randomised(block())
@@ -349,3 +362,63 @@ def test_apply_pointwise_overwrites_only_its_own_maps():
     out = apply_pointwise(g, layers)
     out.sum().backward()
     assert g.grad is not None and torch.isfinite(g.grad).all()
+
+
+def test_gate_maps_read_once_are_overwritten_and_shared_ones_are_not():
+    """The rewritten graphs: CBAM's gate sums and squashes its two branches in place (each branch's
+    layers may write into their own pooled map); a pooled map read twice is left alone."""
+    cbam = tlc.convert(randomised(Holder(CBAMChannelGate())), train_size=12, base_size=18)[0].block
+    code = cbam.code
+    assert code.count("overwrite = True") == 2
+    assert "into_first('add', apply_pointwise, apply_pointwise_1)" in code and "into_first('sigmoid', add)" in code
+    shared = tlc.convert(randomised(Holder(SharedGate())), train_size=12, base_size=18)[0].block.code
+    assert "into_first('sigmoid'" not in shared  # a is read again by s * a
+    assert "into_first('mul', sigmoid, " in shared  # s is not: s * a may go into s
+    assert "into_first('add', mul, " in shared
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "sigmoid", "tanh", "relu"])
+def test_into_first_equals_the_plain_op_and_writes_into_a_only_where_it_fits(op):
+    torch.manual_seed(0)
+    plain = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}.get(op) or getattr(torch, op)
+    unary = op in ("sigmoid", "tanh", "relu")
+    others = [None] if unary else [torch.randn(2, 3, 5, 7), torch.randn(1, 3, 1, 1), 1.5, torch.randn(2, 3, 5, 7).double()]
+    for b in others:
+        a = torch.randn(2, 3, 5, 7)
+        want = plain(a) if unary else plain(a, b)
+        got = into_first(op, a.clone()) if unary else into_first(op, a.clone(), b)
+        assert torch.equal(got, want) and got.dtype == want.dtype
+        a_copy = a.clone()
+        got = into_first(op, a_copy) if unary else into_first(op, a_copy, b)
+        written = isinstance(b, float) or unary or (b.dtype == a.dtype)
+        assert (got.data_ptr() == a_copy.data_ptr()) == written
+    if not unary:  # a result larger than a: a new tensor, a untouched
+        a, b = torch.randn(1, 3, 1, 1), torch.randn(2, 3, 5, 7)
+        before = a.clone()
+        assert torch.equal(into_first(op, a, b), plain(before, b)) and torch.equal(a, before)
+    a = torch.randn(2, 3, requires_grad=True)  # autograd needs a: never overwritten
+    out = into_first(op, a * 1) if unary else into_first(op, a * 1, 2.0)
+    out.sum().backward()
+    assert a.grad is not None
+    with pytest.raises(ValueError, match="one of"):
+        into_first("pow", a, 2.0)
+
+
+def test_apply_pointwise_writes_into_its_input_only_when_told():
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Conv2d(8, 2, 1), nn.ReLU(), nn.Conv2d(2, 8, 1), nn.Sigmoid()).eval()
+    y = torch.randn(2, 8, 13, 17)
+    with torch.no_grad():
+        want = layers(y)
+        kept = y.clone()
+        out = apply_pointwise(kept, layers)
+        assert torch.equal(kept, y) and out.data_ptr() != kept.data_ptr()
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        mine = y.clone()
+        out = apply_pointwise(mine, layers, overwrite=True)
+        assert out.data_ptr() == mine.data_ptr()  # the second product went into the pooled map
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    y = torch.randn(2, 8, 13, 17, requires_grad=True)  # with autograd: nothing overwritten
+    out = apply_pointwise(y, layers, overwrite=True)
+    out.sum().backward()
+    assert y.grad is not None and out.data_ptr() != y.data_ptr()

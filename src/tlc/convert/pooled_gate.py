@@ -35,7 +35,7 @@ from torch import fx, nn
 from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
-from ..ops.gate import apply_pointwise, multiply_replicated, pad_replicate
+from ..ops.gate import apply_pointwise, into_first, multiply_replicated, pad_replicate
 from ..ops.pool import valid_local_mean
 
 
@@ -286,9 +286,58 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
             with graph.inserting_before(user):
                 full = graph.call_function(pad_replicate, (gate, x))
             user.replace_input_with(gate, full)
+        _overwrite_used_once(module, graph)
     graph.lint()
     local = fx.GraphModule(module, graph, class_name=f"Local{type(module).__name__}")
     local.training = module.training
     if list(local.state_dict()) != keys:  # e.g. an unused parameter the graph does not reference
         raise ValueError(f"{type(module).__name__}: the traced graph does not use every parameter")
     return local
+
+
+# Elementwise calls that may write into an operand of theirs (tlc.ops.gate.into_first), by name.
+_INTO_FIRST = {
+    operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub", operator.mul: "mul",
+    torch.mul: "mul", operator.truediv: "div", torch.div: "div", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
+}
+_COMMUTATIVE = {"add", "mul"}
+
+
+def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
+    """Let the gate's maps be overwritten where the graph shows nothing else reads them.
+
+    A map is *owned* when a node of the rewritten graph makes it afresh: a valid-window pooling,
+    an elementwise call, or :func:`apply_pointwise` on an owned map. An owned map read by one
+    node only may hold that node's result: ``apply_pointwise`` gets ``overwrite=True``, an
+    elementwise call becomes :func:`tlc.ops.gate.into_first`. Each gate-sized map not allocated
+    afresh saves most of a pass over memory (page faults); the numbers stay the same.
+    """
+    owned: set[fx.Node] = set()
+
+    def free(arg: object) -> bool:
+        return isinstance(arg, fx.Node) and arg in owned and len(arg.users) == 1
+
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(module.get_submodule(str(node.target)), ValidLocalMean):
+            owned.add(node)  # ValidLocalMax too
+        elif node.op != "call_function":
+            continue
+        elif node.target in (valid_local_mean, valid_local_max):
+            owned.add(node)
+        elif node.target is apply_pointwise:
+            if free(node.args[0]) and not node.kwargs:
+                node.kwargs = {"overwrite": True}
+                owned.add(node)  # else its result may be its input (identity layers): not owned
+        elif node.target in _INTO_FIRST and not node.kwargs and len(node.args) in (1, 2):
+            name, args = _INTO_FIRST[node.target], node.args
+            unary = name in ("sigmoid", "tanh", "relu")
+            if len(args) == (1 if unary else 2):
+                if free(args[0]):
+                    node.target = into_first
+                    node.args = (name, *args)
+                elif not unary and name in _COMMUTATIVE and free(args[1]):
+                    node.target = into_first
+                    node.args = (name, args[1], args[0])  # a + b == b + a, bit for bit
+                owned.add(node)  # a fresh result, or one written into an owned map
+

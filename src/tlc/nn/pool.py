@@ -79,7 +79,7 @@ class LocalPooledSequential(nn.Sequential):
             for layer in layers:
                 y = layer(y)
             return y
-        y = apply_pointwise(valid_local_mean(x, pool.window), layers)
+        y = apply_pointwise(valid_local_mean(x, pool.window), layers, overwrite=True)  # a fresh map, ours
         return replicate_to(y, x.shape[-2:])
 
 

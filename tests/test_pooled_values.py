@@ -700,10 +700,17 @@ def test_local_values_are_freed_with_their_real_tensors():
     local_y, local_z = weakref.ref(values.local(y)), weakref.ref(values.local(z))
     del y
     gc.collect()
-    assert local_y() is None and local_z() is not None
-    del z
+    assert local_z() is not None
+    # A few dead local values are kept for reuse (tlc.convert.spare_buffers) until the forward ends.
+    made = [values.handle(torch.sigmoid, (), (z,), {}) for _ in range(6)]
+    locals_made = [weakref.ref(values.local(t)) for t in made]
+    del made
     gc.collect()
-    assert local_z() is None
+    assert sum(r() is not None for r in [local_y, *locals_made]) <= 3
+    del z
+    values.finish(None)
+    gc.collect()
+    assert local_y() is None and local_z() is None and all(r() is None for r in locals_made)
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
 
 

@@ -77,6 +77,7 @@ from ..ops._common import Pair
 from ..ops.gate import combine_replicated
 from ..ops.pool import replicate_to
 from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
+from .spare_buffers import SpareBuffers
 
 
 class PooledValueError(RuntimeError):
@@ -371,17 +372,21 @@ class PooledValues:
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
         self.applied: set[Hashable] = set()
+        self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
 
     # --- bookkeeping
     def _track(
         self, real: torch.Tensor, local: torch.Tensor, grid: Grid, sources: frozenset, expanded: tuple | None = None
     ) -> None:
-        key, entries = id(real), self._entries
+        key, entries, spare = id(real), self._entries, self.spare
+        held = spare.hold(local, real)
 
         def forget(ref: weakref.ref) -> None:  # the real tensor died: drop its local counterpart
             entry = entries.get(key)
             if entry is not None and entry.ref is ref:
                 del entries[key]
+                if held is not None:
+                    spare.release(held, entry.local)
 
         entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded)
 
@@ -551,6 +556,7 @@ class PooledValues:
         """:meth:`escaped` of the forward's ``output``, then forget every pooled value."""
         leaving = self.escaped(output)
         self._entries.clear()
+        self.spare.clear()
         return leaving
 
 
@@ -787,7 +793,11 @@ class _Call:
         if not isinstance(real, torch.Tensor) and not tensors and func is not _T.__setitem__:
             raise self.fail("reads the pooled value into Python")
         try:
-            result = pointwise_conv(self.name, largs, lkwargs)
+            result = None
+            if isinstance(real, torch.Tensor) and not inplace:
+                result = self.values.spare.compute_into(self.name, largs, lkwargs, (n * g, *real.shape[1:]), real.dtype)
+            if result is None:
+                result = pointwise_conv(self.name, largs, lkwargs)
             if result is None and self.name in ("cat", "concat", "concatenate", "softmax"):
                 result = batch_last(self.name, largs, lkwargs)
             if result is None and func is torch.nn.functional.batch_norm:

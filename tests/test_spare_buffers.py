@@ -1,0 +1,96 @@
+"""tlc.convert.spare_buffers: dead local values' buffers reused for elementwise results, never one
+that anything alive still reads."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from tlc.convert.pooled_values import PooledValues
+from tlc.convert.spare_buffers import SpareBuffers
+from tlc.ops.pool import window_sums
+
+
+def _spare_of(buffers: SpareBuffers, t: torch.Tensor) -> None:
+    address = buffers.hold(t, torch.zeros(1))
+    assert address is not None
+    buffers.release(address, t)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "plain"),
+    [
+        ("sigmoid", lambda a, b: (a,), lambda a, b: torch.sigmoid(a)),
+        ("__mul__", lambda a, b: (a, b), lambda a, b: a * b),
+        ("__rsub__", lambda a, b: (a, b), lambda a, b: b - a),
+        ("add", lambda a, b: (a, 0.25), lambda a, b: a + 0.25),
+        ("addcmul", lambda a, b: (a, b, a), lambda a, b: torch.addcmul(a, b, a)),
+        ("__rtruediv__", lambda a, b: (a, b), lambda a, b: b / a),
+    ],
+)
+def test_results_go_into_a_spare_of_the_same_layout_with_the_same_bits(name, args, plain):
+    torch.manual_seed(0)
+    a = torch.randn(5, 40).t()  # (40, 5), positions the fastest axis, as local values lie
+    b = torch.randn(5, 40).t()
+    buffers = SpareBuffers()
+    other = torch.empty(40, 5)  # contiguous: another layout, not taken
+    spare = torch.empty(5, 40).t()
+    _spare_of(buffers, other)
+    _spare_of(buffers, spare)
+    out = buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32)
+    assert out is not None and out.data_ptr() == spare.data_ptr() and out.stride() == a.stride()
+    assert torch.equal(out, plain(a, b))
+    assert buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32) is None  # used up
+    buffers.clear()
+
+
+def test_no_spare_for_other_calls_dtypes_shapes_or_autograd():
+    a = torch.randn(6, 4)
+    buffers = SpareBuffers()
+    _spare_of(buffers, torch.empty(6, 4))
+    assert buffers.compute_into("softmax", (a, 1), {}, (6, 4), torch.float32) is None
+    assert buffers.compute_into("sigmoid", (a.double(),), {}, (6, 4), torch.float64) is None
+    assert buffers.compute_into("sigmoid", (a[:3],), {}, (3, 4), torch.float32) is None
+    assert buffers.compute_into("__rsub__", (a, 2.0), {}, (6, 4), torch.float32) is None  # 2.0 - a: no tensor first
+    with torch.enable_grad():
+        assert buffers.compute_into("sigmoid", (a.requires_grad_(),), {}, (6, 4), torch.float32) is None
+    out = buffers.compute_into("sigmoid", (a.detach(),), {}, (6, 4), torch.float32)
+    assert out is not None and torch.equal(out, a.detach().sigmoid())
+
+
+def test_buffers_shared_with_real_tensors_with_other_values_or_not_dense_are_never_kept():
+    buffers = SpareBuffers()
+    t = torch.randn(4, 3)
+    assert buffers.hold(t, t.view(2, 6)) is None  # the real tensor's own memory
+    assert buffers.hold(torch.randn(1, 3).expand(4, 3), torch.zeros(1)) is None  # overlapping
+    assert buffers.hold(torch.randn(4, 6)[:, :3], torch.zeros(1)) is None  # part of a larger buffer
+    assert buffers.hold(torch.randn(4, 3, requires_grad=True), torch.zeros(1)) is None
+    first = torch.randn(4, 3)
+    view = first.view(12)  # two local values on one buffer: kept only once both died
+    address = buffers.hold(first, torch.zeros(1))
+    assert buffers.hold(view, torch.zeros(1)) == address
+    buffers.release(address, first)
+    assert buffers.compute_into("neg", (torch.randn(4, 3),), {}, (4, 3), torch.float32) is None
+    buffers.release(address, view)
+    out = buffers.compute_into("neg", (torch.randn(12),), {}, (12,), torch.float32)
+    assert out is not None and out.data_ptr() == first.data_ptr()
+
+
+def test_a_value_read_through_a_view_of_a_dead_one_is_never_overwritten():
+    """Followed by PooledValues: the pooled mean dies while a view of it lives on; the calls after
+    that must not write into the view's memory."""
+    x = torch.randn(2, 3, 9, 8)
+    with torch.inference_mode():
+        values = PooledValues()
+        pooled = values.start(x.mean((2, 3), keepdim=True), window_sums(x, 3) / 9, x.shape[-2:])
+        flat = values.handle(torch.Tensor.view, (), (pooled, 2, 3), {})
+        kept = values.local(flat).clone()
+        del pooled
+        gc.collect()
+        results = [values.handle(torch.sigmoid, (), (flat,), {}) for _ in range(4)]
+        assert torch.equal(values.local(flat), kept)
+        for r in results:
+            assert torch.equal(values.local(r), kept.sigmoid())
+        values.finish(None)

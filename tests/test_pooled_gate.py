@@ -422,3 +422,11 @@ def test_apply_pointwise_writes_into_its_input_only_when_told():
     out = apply_pointwise(y, layers, overwrite=True)
     out.sum().backward()
     assert y.grad is not None and out.data_ptr() != y.data_ptr()
+    y = torch.randn(2, 8, 13, 17)  # the first product keeps y for the weight's gradient
+    layers.zero_grad()
+    apply_pointwise(y.clone(), layers, overwrite=True).sum().backward()
+    grads = [p.grad.clone() for p in layers.parameters()]
+    layers.zero_grad()
+    layers(y).sum().backward()
+    for have, want in zip(grads, [p.grad for p in layers.parameters()]):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4)

@@ -94,3 +94,24 @@ def test_a_value_read_through_a_view_of_a_dead_one_is_never_overwritten():
         for r in results:
             assert torch.equal(values.local(r), kept.sigmoid())
         values.finish(None)
+
+
+@pytest.mark.parametrize("name", ["linear", "conv2d"])
+def test_products_on_channel_first_values_go_into_a_spare(name):
+    from tlc.convert.channel_first import pointwise_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 50).t()  # (50, 6) channel first
+    weight, bias = torch.randn(4, 6), torch.randn(4)
+    buffers = SpareBuffers()
+    spare = torch.empty(4, 50).t()
+    _spare_of(buffers, spare)
+    if name == "linear":
+        out = pointwise_conv("linear", (x, weight, bias), {}, buffers.take)
+        want = torch.nn.functional.linear(x, weight, bias)
+    else:
+        out = pointwise_conv("conv2d", (x.view(50, 6, 1, 1), weight.view(4, 6, 1, 1), bias), {}, buffers.take)
+        want = torch.nn.functional.conv2d(x.reshape(50, 6, 1, 1), weight.view(4, 6, 1, 1), bias)
+    assert out.data_ptr() == spare.data_ptr()
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    assert buffers.take((50, 4), (1, 50), torch.float32, x.device) is None  # taken

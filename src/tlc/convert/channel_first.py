@@ -11,10 +11,16 @@ not cover (torch's own call then runs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+# take(shape, stride, dtype, device): a buffer of that layout for a result, or None.
+Take = Callable[[tuple, tuple, torch.dtype, torch.device], "torch.Tensor | None"]
 
-def pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+
+
+def pointwise_conv(name: str, args: tuple, kwargs: dict, take: Take | None = None) -> torch.Tensor | None:
     """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel and ``linear`` of (B, C) values as
     matrix products, ``conv1d`` across the channels of pooled vectors (ECA) as products per kernel
     tap; else None.
@@ -23,7 +29,9 @@ def pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     convolution is slow (two 32 -> 32 convolutions on 46k positions: about 90 ms on one CPU
     thread, against 9 ms as ``linear``, which computes the same sums). Values laid out channel
     first (positions the fastest axis, as :meth:`PooledValues.start` leaves them) are multiplied
-    as ``weight @ values`` and stay so: ``linear`` would copy them to rows first.
+    as ``weight @ values`` and stay so: ``linear`` would copy them to rows first. ``take``, given,
+    offers a buffer for such a product (``take(shape, stride, dtype, device)``: a dead value's, or
+    None; see :mod:`tlc.convert.spare_buffers`).
     """
     if name == "conv1d" and not kwargs and len(args) >= 2:
         return conv1d_as_products(args)
@@ -31,7 +39,7 @@ def pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
         x, weight = args[0], args[1]
         bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
         if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 2:
-            return _channel_first_product(x, weight, bias)
+            return _channel_first_product(x, weight, bias, take)
         return None
     if name != "conv2d" or kwargs or len(args) < 2:
         return None
@@ -44,7 +52,7 @@ def pointwise_conv(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if padding not in (0, (0, 0), [0, 0], "valid") or stride not in (1, (1, 1), [1, 1]):
         return None
     weight = weight.reshape(weight.shape[0], -1)
-    out = _channel_first_product(x.reshape(x.shape[0], -1), weight, bias)
+    out = _channel_first_product(x.reshape(x.shape[0], -1), weight, bias, take)
     if out is None:
         out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight, bias)
     return out.reshape(x.shape[0], weight.shape[0], 1, 1)
@@ -137,12 +145,20 @@ def _plus(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return fresh + other if torch.is_grad_enabled() and fresh.requires_grad else fresh.add_(other)
 
 
-def _channel_first_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+def _channel_first_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, take: Take | None = None
+) -> torch.Tensor | None:
     """``linear(x, weight, bias)`` for x (B, C) laid out channel first (``x.t()`` contiguous), as
-    ``(weight @ x.t() + bias).t()``: the result is laid out channel first too. None otherwise."""
+    ``(weight @ x.t() + bias).t()``: the result is laid out channel first too (into a buffer from
+    ``take`` where it offers one). None otherwise."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[0] < 2 or not x.t().is_contiguous():
         return None
-    out = torch.mm(weight, x.t())
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    into = None
+    if take is not None and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        dtype = torch.result_type(x, weight)
+        into = take((x.shape[0], weight.shape[0]), (1, x.shape[0]), dtype, x.device)
+    out = torch.mm(weight, x.t()) if into is None else torch.mm(weight, x.t(), out=into.t())
     if bias is not None:
         out = _plus(out, bias.view(-1, 1))
     return out.t()

@@ -100,6 +100,8 @@ def convert(
             products over all positions, FFTs. Made local where exact, else reported; listed in
             ``report.call_sites``. Costs up to four more forwards at calibration (three of them
             at twice the training height or width); ``False`` to use the module rules alone.
+            Inputs no larger than ``train_size`` then run as the original model wherever every
+            such window covers its feature map there (the default ``base_size`` does).
 
     Returns:
         (converted model, :class:`ConversionReport`).

@@ -797,7 +797,7 @@ class _Call:
             if isinstance(real, torch.Tensor) and not inplace:
                 result = self.values.spare.compute_into(self.name, largs, lkwargs, (n * g, *real.shape[1:]), real.dtype)
             if result is None:
-                result = pointwise_conv(self.name, largs, lkwargs)
+                result = pointwise_conv(self.name, largs, lkwargs, self.values.spare.take)
             if result is None and self.name in ("cat", "concat", "concatenate", "softmax"):
                 result = batch_last(self.name, largs, lkwargs)
             if result is None and func is torch.nn.functional.batch_norm:

@@ -97,24 +97,27 @@ class SpareBuffers:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return None
         like = next((t for t in tensors if tuple(t.shape) == shape), None)
-        if like is None:
-            return None
-        for i, buffer in enumerate(self._spare):
-            if tuple(buffer.shape) == shape and buffer.stride() == like.stride() and buffer.dtype == dtype and buffer.device == like.device:
-                break
-        else:
-            return None
         function, swap = form
+        if like is None or swap and (len(args) != 2 or not isinstance(args[1], torch.Tensor)):
+            return None  # no argument of the result's layout; torch.sub(2.0, t) has no tensor first
+        buffer = self.take(shape, like.stride(), dtype, like.device)
+        if buffer is None:
+            return None
         if swap:
-            if len(args) != 2 or not isinstance(args[1], torch.Tensor):
-                return None  # torch.sub(2.0, t) has no tensor first
             args = (args[1], args[0])
-        buffer = self._spare.pop(i)
         try:
             return function(*args, **kwargs, out=buffer)
         except (RuntimeError, TypeError, ValueError):  # a form torch's out= variant refuses
             self._spare.append(buffer)
             return None
+
+    def take(self, shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """A spare buffer of this layout, now the caller's (it writes a result into it); None when
+        none is kept."""
+        for i, buffer in enumerate(self._spare):
+            if tuple(buffer.shape) == tuple(shape) and buffer.stride() == tuple(stride) and buffer.dtype == dtype and buffer.device == device:
+                return self._spare.pop(i)
+        return None
 
     def clear(self) -> None:
         """Forget every buffer (the forward ended)."""

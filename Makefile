@@ -23,6 +23,7 @@ bench: venv
 	$(PY) bench/attention.py
 	$(PY) bench/local_ops.py
 	$(PY) bench/corpus.py
+	$(PY) bench/buffer_reuse.py
 	$(PY) bench/networks.py
 	$(PY) bench/memory.py
 	$(PY) bench/half_precision.py

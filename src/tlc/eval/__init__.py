@@ -10,7 +10,8 @@ from .memory import PeakMemory
 from .metrics import DEFAULT_PROTOCOL, PROTOCOLS, Protocol, psnr, ssim, to_uint8
 from .protocols import align_to_target
 from .records import EvaluationError
-from .report import ModeSummary, side_by_side
+from .report import side_by_side
+from .summary import ModeSummary
 
 __all__ = [
     "DEFAULT_PROTOCOL",

@@ -9,10 +9,7 @@ which window their model wants.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # report.py imports this module (the strips' panel order)
-    from .report import ModeSummary
+from .summary import ModeSummary
 
 Pair = tuple[int, int]
 

@@ -57,8 +57,9 @@ from .records import (
     row_order,
 )
 from .ablation import ablation_text, mode_kind, window_ablation
-from .report import ModeSummary, centre_crop, panel_label, panel_order, side_by_side, summarise
+from .report import centre_crop, panel_label, panel_order, side_by_side, summarise
 from .report_html import VIEW_CROP, VIEW_IMAGES, build_report, load_views, views_complete
+from .summary import ModeSummary
 
 
 @dataclass(frozen=True)

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .ablation import base_of
+from .summary import ModeSummary
 
 # Panels of a comparison strip (and of the HTML report's viewer), left to right: whatever order
 # --modes gives, the same place for the same thing in every strip.
 PANEL_ORDER = ("input", "full", "tiles", "tlc", "target")
 LABEL_FONT_PX = 13  # Pillow's built-in font; readable on a 256-pixel crop
-
-@dataclass
-class ModeSummary:
-    """Aggregates of one mode.
-
-    seconds_per_image is the mean model time per image (the forward pass, tiling included;
-    reading, scoring and writing excluded), each image timed in the process that ran it: a
-    latency, not wall time divided by images. peak_memory_mib: CUDA peak allocated on a GPU, else
-    peak resident memory of the process; with several processes, the largest of any of them.
-    """
-
-    images: int = 0
-    psnr: float = float("nan")
-    ssim: float = float("nan")
-    seconds_per_image: float = float("nan")
-    peak_memory_mib: float | None = None
-    mae: float | None = None  # mean absolute error on [0, 1], for protocols that score it (DPDD)
-
 
 def summarise(rows: list[dict], names: set[str], modes: tuple[str, ...], peaks: dict) -> dict[str, ModeSummary]:
     summaries = {}

@@ -142,3 +142,22 @@ def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
     batched = tlc.local_transposed_attention(q, k, v, temperature, 2, (8, 11))
     torch.testing.assert_close(batched, per_plane, rtol=0, atol=1e-13)
     torch.testing.assert_close(batched, loop_attention(q, k, v, temperature, 2, (8, 11)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("small_block", [0, 10**9])  # every grid by blocks / every grid by rows of blocks
+@pytest.mark.parametrize(
+    "shape,heads,window",
+    [((1, 4, 9, 13), 2, (4, 5)), ((2, 6, 17, 23), 3, (5, 4)), ((2, 2, 11, 3), 1, (2, 2)), ((1, 8, 30, 21), 4, (7, 6))],
+)
+def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, window, small_block, monkeypatch):
+    """Small blocks are computed a row of blocks at a time (per column, summed per column segment);
+    larger ones one block at a time. Either way, the windows' attention exactly."""
+    monkeypatch.setattr(attention, "_SMALL_BLOCK", small_block)
+    g = torch.Generator().manual_seed(sum(shape))
+    q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
+    temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
+    out = tlc.local_transposed_attention(q, k, v, temperature, heads, window)
+    torch.testing.assert_close(out, loop_attention(q, k, v, temperature, heads, window), rtol=0, atol=1e-12)
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    out32 = tlc.local_transposed_attention(q32, k32, v32, temperature.float(), heads, window)
+    torch.testing.assert_close(out32, out.float(), rtol=1e-5, atol=2e-6)

@@ -150,6 +150,10 @@ def _block_sums_of_squares(
     return q_sq, k_sq
 
 
+# Blocks of fewer pixels than this on average are computed a row of blocks at a time.
+_SMALL_BLOCK = 300
+
+
 def _one_plane_at_a_time(x: torch.Tensor) -> bool:
     """Whether the block loops run per image and head (CPU, eager) or once for all of them (other
     devices; traced graphs, which must not fix the batch size)."""
@@ -226,7 +230,17 @@ def local_transposed_attention(
     # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
     d = c // num_heads
     gram = q.new_empty((n, num_heads, len(row_pieces), len(col_pieces), d, d), dtype=work)
-    for i, j in planes:
+    # Small blocks (small windows on a large map): one product per block is mostly Python's
+    # dispatch; a row of blocks at a time instead (per column, then summed per column segment).
+    by_rows = not tracing() and h * w < _SMALL_BLOCK * len(blocks)
+    if by_rows:
+        column = torch.repeat_interleave(
+            torch.arange(len(col_pieces), device=q.device), torch.tensor([b - a for a, b in col_pieces], device=q.device)
+        )
+        for s, (y0, y1) in enumerate(row_pieces):
+            per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh_[..., y0:y1, :])
+            gram[:, :, s] = per_column.new_zeros(gram.shape[:2] + gram.shape[3:]).index_add_(2, column, per_column)
+    for i, j in [] if by_rows else planes:
         for s, t, *box in blocks:
             qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
             gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
@@ -243,7 +257,11 @@ def local_transposed_attention(
     cover = row_member.sum(0)[:, None] * col_member.sum(0)[None, :]
     block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
     out = torch.empty_like(vh)
-    for i, j in planes:
+    if by_rows:
+        for s, (y0, y1) in enumerate(row_pieces):
+            per_column = block_attn[:, :, s].index_select(2, column)  # (N, heads, W, d, d)
+            out[..., y0:y1, :] = torch.einsum("nhxab,nhbyx->nhayx", per_column, vh[..., y0:y1, :])
+    for i, j in [] if by_rows else planes:
         for s, t, y0, y1, x0, x1 in blocks:
             applied = block_attn[i, j, s, t].unsqueeze(-3) @ rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
             out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)

@@ -188,7 +188,9 @@ def local_transposed_attention(
     per-pixel index tensors, no host round trips. The Python loop runs over the blocks (a few
     times the number of windows), each step one matrix product batched over the block's rows,
     reading the block in place: per image and head on the CPU, for all of them at once
-    elsewhere. On the CPU without autograd the squared norms of all blocks come from one
+    elsewhere. Where blocks are small (under ``_SMALL_BLOCK`` pixels on average, where a block's
+    step would be mostly Python's dispatch), a row of blocks at a time: per-column sums of
+    ``q k^T`` summed per column segment, and the attention applied per column. On the CPU without autograd the squared norms of all blocks come from one
     compiled pass (numba). Half inputs are computed in float32.
 
     Args:

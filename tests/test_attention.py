@@ -161,3 +161,45 @@ def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, wind
     q32, k32, v32 = (t.float() for t in (q, k, v))
     out32 = tlc.local_transposed_attention(q32, k32, v32, temperature.float(), heads, window)
     torch.testing.assert_close(out32, out.float(), rtol=1e-5, atol=2e-6)
+
+
+class _Counting(torch.overrides.TorchFunctionMode):
+    def __init__(self, ignores: bool) -> None:
+        super().__init__()
+        self.ignores_tlc_ops = ignores
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Wrapped(torch.Tensor):
+    pass
+
+
+def test_local_attention_runs_unseen_only_by_modes_that_ignore_tlc_ops():
+    """The block loop's many small calls skip tlc's own modes (they declare ignores_tlc_ops), never
+    anyone else's, and the result is the same."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 30, 21, generator=g) for _ in range(3))
+    temperature = torch.rand(2, 1, 1, generator=g) + 0.5
+    want = tlc.local_transposed_attention(q, k, v, temperature, 2, (7, 6))
+    for ignores, outer in [(True, None), (False, None), (True, _Counting(False))]:
+        mode = _Counting(ignores)
+        modes = [m for m in (outer, mode) if m is not None]
+        for m in modes:
+            m.__enter__()
+        try:
+            got = tlc.local_transposed_attention(q, k, v, temperature, 2, (7, 6))
+        finally:
+            for m in reversed(modes):
+                m.__exit__(None, None, None)
+        assert torch.equal(got, want)
+        unseen = ignores and outer is None
+        assert (mode.calls == 0) == unseen, (ignores, outer, mode.calls)
+    mode = _Counting(True)
+    with mode:  # a tensor subclass among the inputs: its calls keep their torch function
+        tlc.local_transposed_attention(q.as_subclass(_Wrapped), k, v, temperature, 2, (7, 6))
+    assert mode.calls > 0
+    assert torch._C._len_torch_function_stack() == 0

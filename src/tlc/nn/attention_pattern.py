@@ -240,6 +240,10 @@ class Follower(TorchFunctionMode):
     """Follows the pattern by tensor identity. Subclasses decide who owns a normalisation, what
     the Gram and the final product return, and what a use outside the pattern means."""
 
+    # What it follows is the model's own attention; the local attention it calls (in final) is
+    # tlc's and may run without it (tlc.ops._common.unseen_by_tlc_modes).
+    ignores_tlc_ops = True
+
     #: Whether normalisations return their input, normalised only where used outside the pattern.
     defers = False
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -79,6 +81,27 @@ def tracing() -> bool:
     # Only consult torch.onnx when it was imported: no ONNX export can be under way otherwise.
     onnx = sys.modules.get("torch.onnx")
     return onnx is not None and onnx.is_in_onnx_export()
+
+
+@contextlib.contextmanager
+def unseen_by_tlc_modes(*tensors: torch.Tensor) -> Iterator[None]:
+    """Run the block without torch function modes when every active one is tlc's own and says
+    (attribute ``ignores_tlc_ops = True``) that the torch calls of tlc's local ops are none of its
+    business: for local ops that make many small calls (the local attention's block loop), each
+    of which such a mode would otherwise look at in Python. Not while tracing, with modes of
+    anyone else's, or with tensor subclasses among ``tensors`` (disabling torch functions would
+    change what their calls do)."""
+    depth = torch._C._len_torch_function_stack()
+    if (
+        depth == 0
+        or tracing()
+        or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+        or not all(getattr(torch._C._get_function_stack_at(i), "ignores_tlc_ops", False) for i in range(depth))
+    ):
+        yield
+        return
+    with torch._C.DisableTorchFunction():
+        yield
 
 
 def cpu_kernel_applies(*tensors: torch.Tensor) -> bool:

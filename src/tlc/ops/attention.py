@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing
+from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing, unseen_by_tlc_modes
 
 from ._numba import parallel_kernel, prange
 
@@ -202,6 +202,13 @@ def local_transposed_attention(
     Returns:
         (N, C, H, W) tensor, dtype of ``q``.
     """
+    with unseen_by_tlc_modes(q, k, v, temperature):
+        return _local_transposed_attention(q, k, v, temperature, num_heads, window)
+
+
+def _local_transposed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor, num_heads: int, window: int | Pair
+) -> torch.Tensor:
     check_feature_map(q, "q")
     n, c, h, w = q.shape
     kh, kw = as_pair(window, "window")

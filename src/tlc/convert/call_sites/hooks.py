@@ -178,6 +178,11 @@ class LocalCalls(TorchFunctionMode):
     every call taking a pooled value to ``values`` first (marking its result as the arithmetic of
     hand-written statistics would, where ``handlers`` follow that arithmetic)."""
 
+    # tlc's own local ops are never sites, and the feature maps they take are never pooled values
+    # or stand-ins: those making many calls may run them with this mode off
+    # (tlc.ops._common.unseen_by_tlc_modes).
+    ignores_tlc_ops = True
+
     def __init__(self, converter: CallSiteConverter, handlers: dict[object, Handler], values: PooledValues | None) -> None:
         super().__init__()
         self.converter, self.handlers, self.values = converter, handlers, values

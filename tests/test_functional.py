@@ -578,3 +578,38 @@ def test_a_traced_forward_takes_the_local_forms_at_any_size(monkeypatch):
     converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     assert function_mode_depths(converted, converted.tail, [(16, 16)]) == [1]
+
+
+class MeanGate(nn.Module):
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def test_a_part_of_the_model_run_alone_never_takes_the_shortcut():
+    """The gate sees 8x8 maps when the model runs at the training size 16 (window 12). Run alone on
+    a 14x14 map, smaller than the model's calibration input but larger than its window, it must
+    pool locally."""
+    model = perturbed(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), MeanGate()))
+    converted, report = tlc.convert(model, 16, rules=[])
+    assert [(s.feature_size, s.window) for s in report.call_sites] == [((8, 8), (12, 12))]
+    x = image(2, 4, 14, 14)
+    with torch.no_grad():
+        local = converted[1](x)
+        gate = model[1]
+        expected = x * torch.sigmoid(gate.fc(brute_force(x, (12, 12), lambda t: t.mean(-1))))
+    assert (local - expected).abs().max().item() < 1e-5
+    assert (local - gate(x)).abs().max().item() > 1e-4
+
+
+def test_a_forward_that_raises_inside_leaves_no_shortcut_behind():
+    functional, _ = pair()
+    converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
+    failing = converted.down.register_forward_pre_hook(lambda m, args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        converted(image(1, 3, 16, 16))  # taken as the original, until it raises
+    failing.remove()
+    assert function_mode_depths(converted, converted.tail, [(37, 45), (16, 16)]) == [1, 0]

@@ -153,7 +153,7 @@ class CallSiteConverter:
         stack = self._stack()
         first = args[0] if args else None
         size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
-        if not stack and self._covers(size):
+        if not stack and hook.path == "" and self._covers(size):  # the model itself, not a part run alone
             self._thread.covered = [hook]
             return
         if not stack:
@@ -176,8 +176,10 @@ class CallSiteConverter:
         instead of ``output`` (pooled values answered by choice become their local maps), or None."""
         covered = getattr(self._thread, "covered", None)
         if covered:
-            if covered[-1] is hook:
-                covered.pop()
+            for i in range(len(covered) - 1, -1, -1):  # calls a raising pre-hook left on the stack go too
+                if covered[i] is hook:
+                    del covered[i:]
+                    break
             return None
         stack = self._stack()
         if not stack or stack[-1].hook is not hook:

@@ -114,8 +114,9 @@ def convert_call_sites(
     global, with the error as reason, and the checks run again. Replaces any earlier functional
     conversion of ``model``.
 
-    Once checked: where every converted site's window covered its map at the training size, an
-    input no larger than the calibration input (in H and in W) runs as the original model, without
+    Once checked: where every converted site's window covered its map at the training size, the
+    model called on an input no larger than the calibration input (in H and in W; not a part of
+    the model run alone) runs as the original model, without
     the function mode (local and global agree there; maps grow with the image, as the probes
     showed). Not while tracing, where the graph must hold at every size.
 

@@ -19,7 +19,6 @@ import torch
 Take = Callable[[tuple, tuple, torch.dtype, torch.device], "torch.Tensor | None"]
 
 
-
 def pointwise_conv(name: str, args: tuple, kwargs: dict, take: Take | None = None) -> torch.Tensor | None:
     """``conv2d`` of (B, C, 1, 1) values with a 1x1 kernel and ``linear`` of (B, C) values as
     matrix products, ``conv1d`` across the channels of pooled vectors (ECA) as products per kernel

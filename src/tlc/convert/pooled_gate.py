@@ -35,7 +35,7 @@ from torch import fx, nn
 from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
-from ..ops.gate import apply_pointwise, into_first, multiply_replicated, pad_replicate
+from ..ops.gate import INTO_FIRST_UNARY, apply_pointwise, into_first, multiply_replicated, pad_replicate
 from ..ops.pool import valid_local_mean
 
 
@@ -331,7 +331,7 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
                 owned.add(node)  # else its result may be its input (identity layers): not owned
         elif node.target in _INTO_FIRST and not node.kwargs and len(node.args) in (1, 2):
             name, args = _INTO_FIRST[node.target], node.args
-            unary = name in ("sigmoid", "tanh", "relu")
+            unary = name in INTO_FIRST_UNARY
             if len(args) == (1 if unary else 2):
                 if free(args[0]):
                     node.target = into_first

@@ -190,8 +190,9 @@ def local_transposed_attention(
     reading the block in place: per image and head on the CPU, for all of them at once
     elsewhere. Where blocks are small (under ``_SMALL_BLOCK`` pixels on average, where a block's
     step would be mostly Python's dispatch), a row of blocks at a time: per-column sums of
-    ``q k^T`` summed per column segment, and the attention applied per column. On the CPU without autograd the squared norms of all blocks come from one
-    compiled pass (numba). Half inputs are computed in float32.
+    ``q k^T`` summed per column segment, and the attention applied per column. On the CPU without
+    autograd the squared norms of all blocks come from one compiled pass (numba). Half inputs are
+    computed in float32.
 
     Args:
         q, k, v: (N, C, H, W) each.
@@ -248,11 +249,12 @@ def _local_transposed_attention(
         )
         for s, (y0, y1) in enumerate(row_pieces):
             per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh_[..., y0:y1, :])
-            gram[:, :, s] = per_column.new_zeros(gram.shape[:2] + gram.shape[3:]).index_add_(2, column, per_column)
-    for i, j in [] if by_rows else planes:
-        for s, t, *box in blocks:
-            qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
-            gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
+            gram[:, :, s].zero_().index_add_(2, column, per_column)  # the row's blocks, in place
+    else:
+        for i, j in planes:
+            for s, t, *box in blocks:
+                qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
+                gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
     q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
     gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
@@ -270,8 +272,9 @@ def _local_transposed_attention(
         for s, (y0, y1) in enumerate(row_pieces):
             per_column = block_attn[:, :, s].index_select(2, column)  # (N, heads, W, d, d)
             out[..., y0:y1, :] = torch.einsum("nhxab,nhbyx->nhayx", per_column, vh[..., y0:y1, :])
-    for i, j in [] if by_rows else planes:
-        for s, t, y0, y1, x0, x1 in blocks:
-            applied = block_attn[i, j, s, t].unsqueeze(-3) @ rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
-            out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)
+    else:
+        for i, j in planes:
+            for s, t, y0, y1, x0, x1 in blocks:
+                applied = block_attn[i, j, s, t].unsqueeze(-3) @ rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
+                out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)
     return out.reshape(n, c, h, w).to(q.dtype)

@@ -110,7 +110,7 @@ def into_first(op: str, a: torch.Tensor, b: torch.Tensor | float | None = None) 
     if op not in _INTO_FIRST:
         raise ValueError(f"op must be one of {sorted(_INTO_FIRST)}, not {op!r}")
     in_place, plain = _INTO_FIRST[op]
-    unary = op in ("sigmoid", "tanh", "relu")
+    unary = op in INTO_FIRST_UNARY
     fits = (
         _may_overwrite(a)
         and a.is_floating_point()
@@ -129,6 +129,7 @@ def into_first(op: str, a: torch.Tensor, b: torch.Tensor | float | None = None) 
     return in_place(a, b) if fits else plain(a, b)
 
 
+INTO_FIRST_UNARY = ("sigmoid", "tanh", "relu")  # the ops into_first takes with one operand
 _INTO_FIRST = {
     "add": (torch.Tensor.add_, torch.add),
     "sub": (torch.Tensor.sub_, torch.sub),
@@ -263,4 +264,4 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return replicate_to(gate, like.shape[-2:])
 
 
-__all__ = ["apply_pointwise", "combine_replicated", "into_first", "multiply_replicated", "pad_replicate"]
+__all__ = ["INTO_FIRST_UNARY", "apply_pointwise", "combine_replicated", "into_first", "multiply_replicated", "pad_replicate"]

@@ -116,9 +116,9 @@ def convert_call_sites(
 
     Once checked: where every converted site's window covered its map at the training size, the
     model called on an input no larger than the calibration input (in H and in W; not a part of
-    the model run alone) runs as the original model, without
-    the function mode (local and global agree there; maps grow with the image, as the probes
-    showed). Not while tracing, where the graph must hold at every size.
+    the model run alone) runs as the original model, without the function mode (local and global
+    agree there; maps grow with the image, as the probes showed). Not while tracing, where the
+    graph must hold at every size.
 
     Args:
         model: the model, changed in place (forward hooks).

@@ -210,8 +210,7 @@ class CallSiteConverter:
         every size)."""
         up_to = self._covered_up_to
         return (
-            up_to is not None and size is not None and size[0] <= up_to[0] and size[1] <= up_to[1]
-            and self.phase == "apply" and not tracing()
+            up_to is not None and size is not None and size[0] <= up_to[0] and size[1] <= up_to[1] and not tracing()
         )
 
     # --- the mode's answer to a recognised call

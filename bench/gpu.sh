@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
-# Every GPU figure of the benchmarks in one command, for a machine with a CUDA GPU and a CUDA build
-# of torch (plus tlc's dependencies) already installed; about 8 minutes on an H100/H200.
+# Every GPU check and figure of the benchmarks in one command, for a machine with a CUDA GPU and a
+# CUDA build of torch (plus tlc's dependencies) already installed; about 6 minutes on an H200.
 #
 #   bash bench/gpu.sh                 # writes bench/results/*_cuda.csv
 #   PY=/path/to/python bash bench/gpu.sh
+#   COPY_TO=/some/dir bash bench/gpu.sh   # also copies the CSVs there after every step
 #
-# Each step is the CPU benchmark script run with --device cuda (CUDA synchronisation around every
-# timed call, see bench/common.py); each step has its own time limit so one slow step cannot take
-# the others' time, and a failed step does not stop the rest (the exit code says whether any did).
+# Steps run in order of importance: correctness on the device first (bench/gpu_check.py and the
+# CUDA tests), then the local ops, then the networks. Each is the CPU benchmark script run with
+# --device cuda (CUDA synchronisation around every timed call, see bench/common.py); each step has
+# its own time limit so one slow step cannot take the others' time, and a failed step does not stop
+# the rest (the exit code says whether any did).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="src:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=0
 step() {  # step SECONDS COMMAND...
   local limit=$1; shift
-  echo "== $*"
+  echo "== $* ($(date +%T))"
   timeout "$limit" "$@" || { echo "!! failed ($?): $*"; failed=1; }
+  if [ -n "${COPY_TO:-}" ]; then cp bench/results/*_cuda.csv "$COPY_TO"/ 2>/dev/null; fi
 }
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)" || exit 2
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv 2>/dev/null
+# Correct on the device: every local op and every corpus model against the CPU in float64.
+step 90 "$PY" bench/gpu_check.py --device cuda
+step 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_local_context.py tests/test_local_extrema.py -k cuda
 # Local mean vs the reference's exact algorithm and its fast_imp, float32 (exact: float64 sums).
 step 60 "$PY" bench/local_mean.py --device cuda --shapes 1x32x720x1280,1x64x720x1280,1x16x2160x3840,1x64x2160x3840
-# Restormer's local attention vs the reference loop over windows: levels 1 and 2 at 720p, and 4K.
-step 90 "$PY" bench/attention.py --device cuda --dim 48 --heads 1
-step 90 "$PY" bench/attention.py --device cuda --dim 96 --heads 2 --height 360 --width 640 --window 192
-step 90 "$PY" bench/attention.py --device cuda --dim 48 --heads 1 --height 2160 --width 3840
+# Restormer's local attention vs the reference loop over windows: level 1 at 720p.
+step 60 "$PY" bench/attention.py --device cuda --dim 48 --heads 1
 # Converted vs plain at the released widths (NAFNet width 64, HINet, MPRNet, Restormer), each dtype.
+NETS=NAFNet-width64,HINet,MPRNet,Restormer
 for dtype in float32 float16 bfloat16; do
-  step 120 "$PY" bench/networks.py --device cuda --full --dtype "$dtype" --size 720x1280
+  step 100 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype "$dtype" --size 720x1280
 done
-step 150 "$PY" bench/networks.py --device cuda --full --dtype float16 --size 2160x3840
+step 150 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype float16 --size 2160x3840
+# The attention at level 2 and at 4K.
+step 60 "$PY" bench/attention.py --device cuda --dim 96 --heads 2 --height 360 --width 640 --window 192
+step 90 "$PY" bench/attention.py --device cuda --dim 48 --heads 1 --height 2160 --width 3840
 exit $failed

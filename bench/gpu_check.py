@@ -6,7 +6,7 @@ train_size=32)``, run at 4x the training size, non-square) are compared with the
 ``|out - ref| / |ref|`` (Frobenius norms). Tolerances: float64 1e-10, float32 1e-4 (the device's
 convolutions may use TF32: 1e-2 for whole models), float16/bfloat16 3e-2. NaN never passes.
 
-Also checks that a model converted on the CPU and then moved to the device gives the device's
+The local mean also on maps where the CUDA kernels split their work. Also checks that a model converted on the CPU and then moved to the device gives the device's
 conversion's output, and that the conversion's report is the same on both.
 
     python bench/gpu_check.py --device cuda     # exits 1 if any check fails
@@ -84,6 +84,14 @@ def check_ops(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[str
         for dtype in dtypes:
             err = rel_error(fn(x, device, dtype), ref)
             rows.append((name, str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
+    # Sizes where the CUDA kernels split their work: several chunks of output rows (over 512 valid
+    # rows), rows wider than one tile (1024 columns), the valid windows only and the full map.
+    for shape, window in (((1, 2, 700, 64), (96, 33)), ((2, 3, 45, 1030), (13, 200))):
+        x = torch.randn(shape, generator=g, dtype=torch.float64) + 3
+        ref = ops.local_mean(x, window)
+        for dtype in dtypes:
+            err = rel_error(ops.local_mean(x.to(device, dtype), window), ref)
+            rows.append((f"local_mean {shape} {window}", str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
     return rows
 
 

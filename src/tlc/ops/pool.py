@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
 from ._kernels import fused_local_mean, fused_local_mean_available
+from ._triton import triton_local_mean, triton_local_mean_applies
 
 
 def sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -107,8 +108,11 @@ def local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
 
 def _local_mean_now(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     kh, kw = clamp_window(window, x.shape[-2:])
-    if fused_local_mean_available(x) and (kh, kw) != tuple(x.shape[-2:]):
-        return fused_local_mean(x, (kh, kw))
+    if (kh, kw) != tuple(x.shape[-2:]):
+        if fused_local_mean_available(x):
+            return fused_local_mean(x, (kh, kw))
+        if triton_local_mean_applies(x):
+            return triton_local_mean(x, (kh, kw))
     return local_mean_by_prefix_sums(x, (kh, kw))
 
 
@@ -175,6 +179,8 @@ def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
         return x.mean((2, 3), keepdim=True)
     if fused_local_mean_available(x):
         return fused_local_mean(x, (kh, kw), valid_only=True)
+    if triton_local_mean_applies(x):
+        return triton_local_mean(x, (kh, kw), valid_only=True)
     return (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
 
 

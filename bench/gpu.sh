@@ -25,7 +25,7 @@ step() {  # step SECONDS COMMAND...
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)" || exit 2
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv 2>/dev/null
 # Correct on the device: every local op and every corpus model against the CPU in float64.
-step 75 "$PY" bench/gpu_check.py --device cuda
+step 150 "$PY" bench/gpu_check.py --device cuda
 # Local mean vs the reference's exact algorithm and its fast_imp, float32 (exact: float64 sums).
 step 45 "$PY" bench/local_mean.py --device cuda --shapes 1x32x720x1280,1x64x720x1280,1x16x2160x3840,1x64x2160x3840
 # Converted vs plain at the released widths (NAFNet width 64, HINet, MPRNet, Restormer).

@@ -34,6 +34,14 @@ OP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 3e-2, torch.
 MODEL_TOL = {torch.float64: 1e-8, torch.float32: 1e-2, torch.float16: 5e-2, torch.bfloat16: 8e-2}
 
 
+def record(rows: list, row: tuple[str, str, float, bool]) -> None:
+    """Keep a check's result and print it at once (a run stopped at its time limit still shows
+    every check done)."""
+    rows.append(row)
+    name, dtype, err, ok = row
+    print(f"  {'ok ' if ok else 'BAD'} {name:<40}{dtype:<38}{err:.2e}", flush=True)
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out = out.detach().double().cpu()
     if out.shape != ref.shape or not torch.isfinite(out).all():
@@ -83,7 +91,7 @@ def check_ops(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[str
         ref = fn(x, torch.device("cpu"), torch.float64)
         for dtype in dtypes:
             err = rel_error(fn(x, device, dtype), ref)
-            rows.append((name, str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
+            record(rows, (name, str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
     # Sizes where the CUDA kernels split their work: several chunks of output rows (over 512 valid
     # rows), rows wider than one tile (1024 columns), the valid windows only and the full map.
     for shape, window in (((1, 2, 700, 64), (96, 33)), ((2, 3, 45, 1030), (13, 200))):
@@ -91,7 +99,7 @@ def check_ops(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[str
         ref = ops.local_mean(x, window)
         for dtype in dtypes:
             err = rel_error(ops.local_mean(x.to(device, dtype), window), ref)
-            rows.append((f"local_mean {shape} {window}", str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
+            record(rows, (f"local_mean {shape} {window}", str(dtype).removeprefix("torch."), err, err <= OP_TOL[dtype]))
     return rows
 
 
@@ -112,7 +120,7 @@ def check_models(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[
                 ref_model, ref_report = tlc.convert(model, **convert_kwargs(entry))
                 ref = outputs(ref_model, x)
             except tlc.ConversionError as err:
-                rows.append((entry.name, "cpu float64", float("nan"), False))
+                record(rows, (entry.name, "cpu float64", float("nan"), False))
                 print(f"  {entry.name}: conversion failed on the CPU: {err}")
                 continue
             for dtype in dtypes:
@@ -122,12 +130,12 @@ def check_models(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[
                     converted, report = tlc.convert(moved, **convert_kwargs(entry))
                     out = outputs(converted, x.to(device, dtype))
                 except Exception as err:  # noqa: BLE001 - any failure on the device is a failed check
-                    rows.append((entry.name, label, float("nan"), False))
+                    record(rows, (entry.name, label, float("nan"), False))
                     print(f"  {entry.name} {label}: {type(err).__name__}: {err}")
                     continue
                 err = max(rel_error(o, r) for o, r in zip(out, ref))
                 same_sites = sorted(c.path for c in report.converted) == sorted(c.path for c in ref_report.converted)
-                rows.append((entry.name, label, err, err <= MODEL_TOL[dtype] and same_sites))
+                record(rows, (entry.name, label, err, err <= MODEL_TOL[dtype] and same_sites))
                 if not same_sites:
                     print(f"  {entry.name} {label}: converted sites differ from the CPU's")
             # converted on the CPU, then moved
@@ -137,7 +145,7 @@ def check_models(device: torch.device, dtypes: list[torch.dtype]) -> list[tuple[
             except Exception as exc:  # noqa: BLE001
                 print(f"  {entry.name} moved after conversion: {type(exc).__name__}: {exc}")
                 err = float("nan")
-            rows.append((entry.name, "float64, converted on cpu then moved", err, err <= MODEL_TOL[torch.float64]))
+            record(rows, (entry.name, "float64, converted on cpu then moved", err, err <= MODEL_TOL[torch.float64]))
     return rows
 
 
@@ -155,9 +163,6 @@ def main() -> None:
     if not args.skip_models:
         rows += check_models(device, [torch.float64, torch.float32])
     failed = [r for r in rows if not r[3]]
-    for name, dtype, err, ok in rows:
-        if not ok or dtype in ("float64",):
-            print(f"  {'ok ' if ok else 'BAD'} {name:<40}{dtype:<38}{err:.2e}")
     worst = {}
     for _, dtype, err, _ in rows:
         worst[dtype] = max(worst.get(dtype, 0.0), err) if not math.isnan(err) else float("nan")

@@ -82,7 +82,9 @@ def test_interpreted_kernels_match_brute_force(tmp_path):
             for is_valid, ref in ((False, full), (True, valid)):
                 out = results[i, str(dtype), is_valid]
                 assert out.dtype == dtype and out.shape == ref.shape
-                # The only error: the final rounding to the dtype (float64 sums throughout).
-                rounded = ref.to(dtype).double()
-                ulp = (rounded.abs() * torch.finfo(dtype).eps).clamp_min(torch.finfo(dtype).tiny)
-                assert ((out.double() - ref).abs() <= ulp).all(), (shape, window, dtype, is_valid)
+                # The only error: the final rounding to the dtype (float64 sums throughout), half a
+                # unit in the last place for float32; half outputs are rounded via float32, which
+                # can add a second rounding (one unit at most).
+                spacing = torch.finfo(dtype).eps * torch.maximum(ref.abs(), out.double().abs())
+                bound = (0.5 + 1e-6 if dtype == torch.float32 else 1.0) * spacing
+                assert ((out.double() - ref).abs() <= bound).all(), (shape, window, dtype, is_valid)

@@ -73,8 +73,8 @@ if triton is not None:
             tl.store(sums_plane + a[:, None] * w + cols[None, :], block, mask=mask)
             column += tl.sum(steps, axis=0)
 
-    @triton.jit(do_not_specialize=["w", "valid_h", "valid_w", "kw", "out_h", "out_w", "top", "left"])
-    def _row_window_means(sums_ptr, out_ptr, w, valid_h, valid_w, kw, out_h, out_w, top, left, inv_area,
+    @triton.jit(do_not_specialize=["w", "valid_h", "valid_w", "kw", "out_h", "out_w", "top", "left", "area"])
+    def _row_window_means(sums_ptr, out_ptr, w, valid_h, valid_w, kw, out_h, out_w, top, left, area,
                           TILE: tl.constexpr):  # fmt: skip
         index = tl.program_id(0).to(tl.int64)  # plane * valid_h + row
         plane = index // valid_h
@@ -99,7 +99,9 @@ if triton is not None:
             low = tl.load(sums_row + b - 1, mask=in_row & (b > 0), other=0.0)
             # Rounded via float32 (Triton's interpreter, which the tests run, rounds float64 to
             # bfloat16 wrongly): for half outputs, at most one unit in the last place.
-            means = ((high - low) * inv_area).to(tl.float32).to(out_ptr.dtype.element_ty)
+            # Divided in float64 (a float scalar argument would arrive as float32: its reciprocal
+            # rounded there moved float32 results by up to one unit in the last place).
+            means = ((high - low) / area.to(tl.float64)).to(tl.float32).to(out_ptr.dtype.element_ty)
             tl.store(out_row + j, means, mask=in_row)
 
 
@@ -143,7 +145,7 @@ def triton_local_mean(
     top, left = (0, 0) if valid_only else ((kh - 1) // 2, (kw - 1) // 2)
     tile = min(_ROW_TILE, triton.next_power_of_2(w))
     _row_window_means[(planes * valid_h,)](sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
-                                           1.0 / (kh * kw), TILE=tile)  # fmt: skip
+                                           kh * kw, TILE=tile)  # fmt: skip
     if top > 0:  # rows above the first valid row take it, rows below the last take that one
         out[:, :, :top] = out[:, :, top : top + 1]
     if top + valid_h < h:

@@ -38,7 +38,7 @@ step 60 "$PY" bench/gpu_profile.py --device cuda --dtype float16 --only Restorme
 step 120 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype float16 --size 2160x3840
 # The test suite's CUDA cases.
 step 60 "$PY" -m pytest -q -p no:cacheprovider -x tests/test_pool.py tests/test_norm.py tests/test_attention.py \
-  tests/test_local_context.py tests/test_local_extrema.py -k cuda
+  tests/test_local_context.py tests/test_local_extrema.py tests/test_triton.py -k cuda
 step 60 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype bfloat16 --size 720x1280
 # Restormer's local attention vs the reference loop over windows: levels 1 and 2 at 720p, and 4K.
 step 40 "$PY" bench/attention.py --device cuda --dim 48 --heads 1

@@ -33,14 +33,19 @@ def _index_fix(tensor, scope):
     scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
 interpreter._patch_lang_tensor = _index_fix
 import torch
-from tlc.ops._triton import triton_local_mean
+from tlc.ops._triton import triton_local_mean, triton_spread
 """
 
 
 def run_interpreted(body: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(SRC.parent)])}
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT_HEAD + textwrap.dedent(body)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", SCRIPT_HEAD + textwrap.dedent(body)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -88,3 +93,71 @@ def test_interpreted_kernels_match_brute_force(tmp_path):
                 spacing = torch.finfo(dtype).eps * torch.maximum(ref.abs(), out.double().abs())
                 bound = (0.5 + 1e-6 if dtype == torch.float32 else 1.0) * spacing
                 assert ((out.double() - ref).abs() <= bound).all(), (shape, window, dtype, is_valid)
+
+
+def spread_reference(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Edge replication by index: row i takes valid row clamp(i - (H - gh) // 2), likewise columns."""
+    (h, w), (gh, gw) = size, gate.shape[-2:]
+    rows = (torch.arange(h) - (h - gh) // 2).clamp(0, gh - 1)
+    cols = (torch.arange(w) - (w - gw) // 2).clamp(0, gw - 1)
+    return gate.index_select(-2, rows.to(gate.device)).index_select(-1, cols.to(gate.device))
+
+
+SPREAD_CASES = [((2, 3, 11, 14), (4, 9)), ((1, 2, 9, 130), (9, 1)), ((2, 1, 5, 5), (5, 5)), ((2, 2, 3, 7, 6), (1, 2))]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def test_interpreted_spread_is_the_replicated_gate_and_its_product_bit_for_bit(tmp_path):
+    torch.manual_seed(1)
+    data = {}
+    for i, (shape, valid) in enumerate(SPREAD_CASES):
+        data[i] = (torch.randn(shape, dtype=torch.float64), torch.randn(*shape[:-2], *valid, dtype=torch.float64))
+    torch.save(data, tmp_path / "spread.pt")
+    run_interpreted(f"""
+        data = torch.load({str(tmp_path / "spread.pt")!r})
+        results = {{}}
+        for i, (x, gate) in data.items():
+            for dtype in {DTYPES!r}:
+                xd, gd = x.to(dtype), gate.to(dtype)
+                results[i, str(dtype)] = [triton_spread(gd, x.shape[-2:])] + [
+                    triton_spread(gd, x.shape[-2:], xd, op) for op in ("mul", "add")]
+        torch.save(results, {str(tmp_path / "spread_out.pt")!r})
+    """)
+    results = torch.load(tmp_path / "spread_out.pt")
+    for i, (x64, gate64) in data.items():
+        for dtype in DTYPES:
+            x, gate = x64.to(dtype), gate64.to(dtype)
+            full = spread_reference(gate, x.shape[-2:])
+            spread, product, total = results[i, str(dtype)]
+            assert torch.equal(spread, full)
+            if dtype == torch.bfloat16:
+                # The interpreter rounds float32 to bfloat16 toward zero (a GPU to nearest, as
+                # torch): the float32 product and sum, truncated.
+                def cut(t):
+                    return (t.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
+
+                assert torch.equal(product, cut(x.float() * full.float()))
+                assert torch.equal(total, cut(x.float() + full.float()))
+            else:
+                assert torch.equal(product, x * full) and torch.equal(total, x + full)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_kernels_match_torch():
+    from tlc.ops._triton import triton_local_mean as local_mean_kernel
+    from tlc.ops._triton import triton_spread as spread_kernel
+
+    from .test_pool import brute_local_mean
+
+    for (shape, valid), dtype in ((c, d) for c in SPREAD_CASES for d in DTYPES):
+        x, gate = torch.randn(shape, device="cuda").to(dtype), torch.randn(*shape[:-2], *valid, device="cuda").to(dtype)
+        full = spread_reference(gate, shape[-2:])
+        assert torch.equal(spread_kernel(gate, shape[-2:]), full)
+        assert torch.equal(spread_kernel(gate, shape[-2:], x, "mul"), x * full)
+        assert torch.equal(spread_kernel(gate, shape[-2:], x, "add"), x + full)
+    for dtype in DTYPES[:3]:
+        x = torch.randn(2, 3, 37, 54, dtype=torch.float64)
+        out = local_mean_kernel(x.cuda().to(dtype), (9, 13)).cpu().double()
+        ref = brute_local_mean(x.to(dtype), (9, 13))
+        bound = (0.5 + 1e-6 if dtype == torch.float32 else 1.0) * torch.finfo(dtype).eps * ref.abs()
+        assert ((out - ref).abs() <= bound.clamp_min(torch.finfo(dtype).tiny)).all()

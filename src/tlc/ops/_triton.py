@@ -98,21 +98,55 @@ if triton is not None:
             high = tl.load(sums_row + b + kw - 1, mask=in_row, other=0.0)
             low = tl.load(sums_row + b - 1, mask=in_row & (b > 0), other=0.0)
             # Rounded via float32 (Triton's interpreter, which the tests run, rounds float64 to
-            # bfloat16 wrongly): for half outputs, at most one unit in the last place.
+            # bfloat16 wrongly, and float32 to bfloat16 toward zero): for half outputs, at most one
+            # unit in the last place.
             # Divided in float64 (a float scalar argument would arrive as float32: its reciprocal
             # rounded there moved float32 results by up to one unit in the last place).
             means = ((high - low) / area.to(tl.float64)).to(tl.float32).to(out_ptr.dtype.element_ty)
             tl.store(out_row + j, means, mask=in_row)
 
 
+    @triton.jit(do_not_specialize=["h", "w", "gh", "gw", "top", "left"])
+    def _spread_valid(x_ptr, gate_ptr, out_ptr, h, w, gh, gw, top, left,
+                      OP: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):  # fmt: skip
+        # out = gate edge-replicated to (h, w) (OP 0), or x * that (OP 1), or x + that (OP 2).
+        plane = tl.program_id(0).to(tl.int64)
+        i = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+        j = tl.program_id(2) * COLS + tl.arange(0, COLS)
+        mask = (i < h)[:, None] & (j < w)[None, :]
+        gi = tl.minimum(tl.maximum(i - top, 0), gh - 1)
+        gj = tl.minimum(tl.maximum(j - left, 0), gw - 1)
+        g = tl.load(gate_ptr + plane * gh * gw + gi[:, None] * gw + gj[None, :], mask=mask)
+        offsets = plane * h * w + i[:, None] * w + j[None, :]
+        if OP == 0:
+            out = g
+        else:
+            # In float32 for half inputs and rounded once, as torch's own elementwise kernels do.
+            xv = tl.load(x_ptr + offsets, mask=mask)
+            if xv.dtype.is_fp16() or xv.dtype.is_bf16():
+                xv = xv.to(tl.float32)
+                g = g.to(tl.float32)
+            if OP == 1:
+                out = xv * g
+            else:
+                out = xv + g
+        tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def triton_local_mean_applies(x: torch.Tensor) -> bool:
     """Whether :func:`triton_local_mean` runs for ``x``: triton present, a float16 / bfloat16 /
     float32 CUDA tensor, no autograd needed, not traced, not turned off by ``TLC_TRITON=0``."""
+    return triton_applies(x) and x.dtype != torch.float64
+
+
+def triton_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels may run on ``tensors``: triton present, all floating CUDA tensors of one
+    dtype, none needing gradients, not traced, not turned off by ``TLC_TRITON=0``."""
     return (
         triton is not None
-        and x.is_cuda
-        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and not (torch.is_grad_enabled() and x.requires_grad)
+        and all(t.is_cuda and t.dtype == tensors[0].dtype for t in tensors)
+        and tensors[0].dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not tracing()
         and os.environ.get("TLC_TRITON", "1") != "0"
     )
@@ -150,4 +184,30 @@ def triton_local_mean(
         out[:, :, :top] = out[:, :, top : top + 1]
     if top + valid_h < h:
         out[:, :, top + valid_h :] = out[:, :, top + valid_h - 1 : top + valid_h]
+    return out
+
+
+_SPREAD_OPS = {"replicate": 0, "mul": 1, "add": 2}
+
+
+def triton_spread(gate: torch.Tensor, size: tuple[int, int], x: torch.Tensor | None = None, op: str = "replicate") -> torch.Tensor:
+    """The valid windows' values ``gate`` (..., gh, gw) edge-replicated to ``size`` (H, W), placed as
+    :func:`tlc.ops.pool.replicate_to` places them (``(H - gh) // 2`` rows above, likewise columns);
+    with ``x`` (..., H, W) and ``op`` "mul" / "add", ``x * spread`` / ``x + spread`` without
+    building the spread map. Leading dims of ``gate`` and ``x`` must match; one dtype. Each output
+    is the value (product, sum) the unfused torch form gives, bit for bit.
+    """
+    h, w = size
+    gh, gw = gate.shape[-2:]
+    lead = gate.shape[:-2]
+    gate = gate.contiguous()
+    out = torch.empty((*lead, h, w), dtype=gate.dtype, device=gate.device)
+    planes = lead.numel()
+    if planes == 0 or h * w == 0:
+        return out
+    source = gate if x is None else x.contiguous()
+    rows, cols = 8, 128
+    grid = (planes, triton.cdiv(h, rows), triton.cdiv(w, cols))
+    _spread_valid[grid](source, gate, out, h, w, gh, gw, (h - gh) // 2, (w - gw) // 2,
+                        OP=_SPREAD_OPS[op], ROWS=rows, COLS=cols)  # fmt: skip
     return out

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._common import cpu_kernel_applies, tracing
+from ._triton import triton_applies, triton_spread
 from .pool import replicate_to
 
 from ._numba import parallel_kernel, prange
@@ -242,6 +243,10 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
         and gh <= h
         and gw <= w
     )
+    if not fused and (
+        triton_applies(x, gate) and x.dim() >= 3 and gate.shape[:-2] == x.shape[:-2] and gh <= h and gw <= w
+    ):
+        return triton_spread(gate, (h, w), x, op)  # CUDA: one pass, no spread gate built
     if not fused:
         full = _replicated(gate, (h, w))
         return x * full if op == "mul" else x + full if op == "add" else x - full

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
 from ._kernels import fused_local_mean, fused_local_mean_available
-from ._triton import triton_local_mean, triton_local_mean_applies
+from ._triton import triton_applies, triton_local_mean, triton_local_mean_applies, triton_spread
 
 
 def sliding_sum(x: torch.Tensor, k: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -84,6 +84,8 @@ def replicate_to(valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return valid
     if (vh, vw) == (1, 1):
         return valid.expand(*valid.shape[:-2], h, w).contiguous()
+    if triton_applies(valid) and vh <= h and vw <= w:
+        return triton_spread(valid, (h, w))  # CUDA: torch's replication pad was 0.28 ms a call on an H200
     pad = ((w - vw) // 2, (w - vw + 1) // 2, (h - vh) // 2, (h - vh + 1) // 2)
     return F.pad(valid, pad, mode="replicate")
 

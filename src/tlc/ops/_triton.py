@@ -21,6 +21,7 @@ Under ``TRITON_INTERPRET=1`` they also run on CPU tensors (how the tests check t
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -144,12 +145,18 @@ def triton_applies(*tensors: torch.Tensor) -> bool:
     dtype, none needing gradients, not traced, not turned off by ``TLC_TRITON=0``."""
     return (
         triton is not None
-        and all(t.is_cuda and t.dtype == tensors[0].dtype for t in tensors)
+        and all(t.is_cuda and t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors)
+        and torch.cuda.get_device_capability(tensors[0].device) >= (7, 0)  # what Triton compiles for
         and tensors[0].dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not tracing()
         and os.environ.get("TLC_TRITON", "1") != "0"
     )
+
+
+def _launching_on(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``t``'s (a model on cuda:1, say)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def triton_local_mean(
@@ -175,11 +182,12 @@ def triton_local_mean(
     # Chunks of output rows: enough programs to fill the device, each at least a window long.
     chunk = chunk_rows or max(_ROW_CHUNK, kh)
     grid = (planes, triton.cdiv(w, _COLUMN_TILE), triton.cdiv(valid_h, chunk))
-    _column_window_sums[grid](x, sums, h, w, valid_h, kh, chunk, ROWS=_ROW_BLOCK, COLS=_COLUMN_TILE)
     top, left = (0, 0) if valid_only else ((kh - 1) // 2, (kw - 1) // 2)
     tile = min(_ROW_TILE, triton.next_power_of_2(w))
-    _row_window_means[(planes * valid_h,)](sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
-                                           kh * kw, TILE=tile)  # fmt: skip
+    with _launching_on(x):
+        _column_window_sums[grid](x, sums, h, w, valid_h, kh, chunk, ROWS=_ROW_BLOCK, COLS=_COLUMN_TILE)
+        _row_window_means[(planes * valid_h,)](sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
+                                               kh * kw, TILE=tile)  # fmt: skip
     if top > 0:  # rows above the first valid row take it, rows below the last take that one
         out[:, :, :top] = out[:, :, top : top + 1]
     if top + valid_h < h:
@@ -208,6 +216,7 @@ def triton_spread(gate: torch.Tensor, size: tuple[int, int], x: torch.Tensor | N
     source = gate if x is None else x.contiguous()
     rows, cols = 8, 128
     grid = (planes, triton.cdiv(h, rows), triton.cdiv(w, cols))
-    _spread_valid[grid](source, gate, out, h, w, gh, gw, (h - gh) // 2, (w - gw) // 2,
-                        OP=_SPREAD_OPS[op], ROWS=rows, COLS=cols)  # fmt: skip
+    with _launching_on(gate):
+        _spread_valid[grid](source, gate, out, h, w, gh, gw, (h - gh) // 2, (w - gw) // 2,
+                            OP=_SPREAD_OPS[op], ROWS=rows, COLS=cols)  # fmt: skip
     return out

@@ -35,13 +35,15 @@ def test_results_go_into_a_spare_of_the_same_layout_with_the_same_bits(name, arg
     a = torch.randn(5, 40).t()  # (40, 5), positions the fastest axis, as local values lie
     b = torch.randn(5, 40).t()
     buffers = SpareBuffers()
-    other = torch.empty(40, 5)  # contiguous: another layout, not taken
+    other = torch.empty(40, 5)  # contiguous: another layout of as many elements, seen as a's
     spare = torch.empty(5, 40).t()
     _spare_of(buffers, other)
     _spare_of(buffers, spare)
-    out = buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32)
-    assert out is not None and out.data_ptr() == spare.data_ptr() and out.stride() == a.stride()
-    assert torch.equal(out, plain(a, b))
+    first = buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32)
+    second = buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32)
+    assert {first.data_ptr(), second.data_ptr()} == {other.data_ptr(), spare.data_ptr()}
+    for out in (first, second):
+        assert out.stride() == a.stride() and torch.equal(out, plain(a, b))
     assert buffers.compute_into(name, args(a, b), {}, (40, 5), torch.float32) is None  # used up
     buffers.clear()
 
@@ -115,3 +117,50 @@ def test_products_on_channel_first_values_go_into_a_spare(name):
     assert out.data_ptr() == spare.data_ptr()
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     assert buffers.take((50, 4), (1, 50), torch.float32, x.device) is None  # taken
+
+
+def test_cat_and_softmax_over_branches_go_into_a_spare_with_the_same_bits():
+    """Selective-kernel fusion's ``cat`` of the branches' gates and ``softmax`` over the branches,
+    on values laid out channel first (positions fastest), written into a dead value's buffer."""
+    from tlc.convert.channel_first import batch_last
+
+    torch.manual_seed(0)
+    positions = 37
+    parts = [torch.randn(4, 1, 1, positions).movedim(-1, 0) for _ in range(3)]  # (37, 4, 1, 1) each
+    plain_cat = torch.cat(parts, 1)
+    buffers = SpareBuffers()
+    spare = torch.empty(12, 1, 1, positions).movedim(-1, 0)  # the cat's layout: (37, 12, 1, 1), positions fastest
+    _spare_of(buffers, torch.empty(positions, 11, 1, 1))  # fewer elements: not taken
+    _spare_of(buffers, spare)
+    cat = batch_last("cat", (parts, 1), {}, buffers.take)
+    assert cat.data_ptr() == spare.data_ptr() and cat.stride() == spare.stride() and torch.equal(cat, plain_cat)
+    assert batch_last("cat", (parts, 1), {}, buffers.take).data_ptr() != spare.data_ptr()  # used up
+
+    branches = (torch.randn(3, 4, 1, 1, positions) * 3).movedim(-1, 0)  # (37, 3, 4, 1, 1)
+    spare = torch.empty(3, 4, 1, 1, positions).movedim(-1, 0)
+    _spare_of(buffers, spare)
+    weights = batch_last("softmax", (branches, 1), {}, buffers.take)
+    assert weights.data_ptr() == spare.data_ptr() and weights.stride() == spare.stride()
+    assert torch.equal(weights, batch_last("softmax", (branches, 1), {}))  # as without the spare
+    torch.testing.assert_close(weights, torch.softmax(branches, 1), rtol=1e-6, atol=1e-7)
+    with torch.enable_grad():  # never under autograd
+        _spare_of(buffers, torch.empty(3, 4, 1, 1, positions).movedim(-1, 0))
+        grad_in = branches.clone().requires_grad_()
+        assert batch_last("softmax", (grad_in, 1), {}, buffers.take).grad_fn is not None
+    buffers.clear()
+
+
+def test_a_spare_of_as_many_elements_serves_any_dense_layout():
+    # A gate's (B, C, 1, 1) values, laid out channel first, serve a (B, C) product: same memory.
+    buffers = SpareBuffers()
+    spare = torch.empty(5, 1, 1, 40).movedim(-1, 0)  # (40, 5, 1, 1), positions fastest
+    _spare_of(buffers, spare)
+    assert buffers.take((40, 5), (1, 41), torch.float32, spare.device) is None  # not dense: refused
+    assert buffers.take((40, 6), (1, 40), torch.float32, spare.device) is None  # more elements
+    assert buffers.take((40, 5), (1, 40), torch.float64, spare.device) is None  # another dtype
+    got = buffers.take((40, 5), (1, 40), torch.float32, spare.device)
+    assert got is not None and got.data_ptr() == spare.data_ptr() and got.shape == (40, 5) and got.stride() == (1, 40)
+    a, b = torch.randn(5, 40).t(), torch.randn(5, 40).t()
+    _spare_of(buffers, torch.empty(5, 1, 40).movedim(-1, 0))  # (40, 5, 1)
+    out = buffers.compute_into("__mul__", (a, b), {}, (40, 5), torch.float32)
+    assert out is not None and torch.equal(out, a * b) and out.stride() == a.stride()

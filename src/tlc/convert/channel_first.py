@@ -62,18 +62,37 @@ def is_channel_first(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] > 1 and t.movedim(0, -1).is_contiguous()
 
 
-def batch_last(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
+def _into_spare(take: Take | None, moved_shape: tuple[int, ...], like: torch.Tensor, inputs: list) -> torch.Tensor | None:
+    """A spare buffer laid out channel first for a result computed with the batch last (shape
+    ``moved_shape``, contiguous), seen with the batch last; None without one (or under autograd)."""
+    if take is None or torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return None
+    strides = [1] * len(moved_shape)
+    for i in range(len(moved_shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * moved_shape[i + 1]
+    buffer = take((moved_shape[-1], *moved_shape[:-1]), (strides[-1], *strides[:-1]), like.dtype, like.device)
+    return None if buffer is None else buffer.movedim(0, -1)
+
+
+def batch_last(name: str, args: tuple, kwargs: dict, take: Take | None = None) -> torch.Tensor | None:
     """``cat`` along, or ``softmax`` over, a dim other than the batch, of local values laid out
     channel first: computed with the batch moved last, so the result keeps that layout (torch's
     own would come out in rows, costing a transposing copy where the values meet the map: 104 ms
-    in MIRNet's selective-kernel fusion at 720p). None for other calls or layouts."""
+    in MIRNet's selective-kernel fusion at 720p). ``take``, given, offers a dead value's buffer for
+    the result (``take(shape, stride, dtype, device)``; a fresh 58 MB map costs page faults). None
+    for other calls or layouts."""
     if name == "softmax":
         x, dim = args[0] if args else None, args[1] if len(args) > 1 else kwargs.get("dim")
         if len(args) > 2 or set(kwargs) - {"dim", "dtype", "_stacklevel"} or not isinstance(dim, int):
             return None
         if not is_channel_first(x) or dim % x.dim() == 0:
             return None
-        return torch.softmax(x.movedim(0, -1), dim % x.dim() - 1, dtype=kwargs.get("dtype")).movedim(-1, 0)
+        moved = x.movedim(0, -1)
+        if kwargs.get("dtype") is None and x.is_floating_point():
+            into = _into_spare(take, tuple(moved.shape), x, [x])
+            if into is not None:  # torch.softmax has no out=; its kernel's out variant does
+                return torch.ops.aten._softmax.out(moved, dim % x.dim() - 1, False, out=into).movedim(-1, 0)
+        return torch.softmax(moved, dim % x.dim() - 1, dtype=kwargs.get("dtype")).movedim(-1, 0)
     tensors = args[0] if args else kwargs.get("tensors")
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or not isinstance(tensors, (list, tuple)) or not tensors:
@@ -83,7 +102,14 @@ def batch_last(name: str, args: tuple, kwargs: dict) -> torch.Tensor | None:
     ndim = tensors[0].dim()
     if any(t.dim() != ndim for t in tensors) or dim % ndim == 0:
         return None
-    return torch.cat([t.movedim(0, -1) for t in tensors], dim % ndim - 1).movedim(-1, 0)
+    moved, axis = [t.movedim(0, -1) for t in tensors], dim % ndim - 1
+    if all(t.dtype == tensors[0].dtype and t.device == tensors[0].device for t in tensors):
+        shape = list(moved[0].shape)
+        shape[axis] = sum(t.shape[axis] for t in moved)
+        into = _into_spare(take, tuple(shape), tensors[0], list(tensors))
+        if into is not None:
+            return torch.cat(moved, axis, out=into).movedim(-1, 0)
+    return torch.cat(moved, axis).movedim(-1, 0)
 
 
 def _bound(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict | None:

@@ -799,7 +799,7 @@ class _Call:
             if result is None:
                 result = pointwise_conv(self.name, largs, lkwargs, self.values.spare.take)
             if result is None and self.name in ("cat", "concat", "concatenate", "softmax"):
-                result = batch_last(self.name, largs, lkwargs)
+                result = batch_last(self.name, largs, lkwargs, self.values.spare.take)
             if result is None and func is torch.nn.functional.batch_norm:
                 result = inference_batch_norm(largs, lkwargs)
             if result is None and func is torch.nn.functional.layer_norm:

@@ -14,6 +14,8 @@ shape, strides and dtype is computed into one with ``out=``. The numbers are the
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -39,16 +41,22 @@ _WITH_OUT: dict[str, tuple[Callable, bool]] = {
 _KEPT = 3  # buffers kept at most: a gate's chain needs two or three; each is a gate-sized map
 
 
+def _dense_layout(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a tensor of this shape and stride reaches each of ``prod(shape)`` consecutive
+    elements once (any order of the dims)."""
+    expected = 1
+    for size, step in sorted(zip(shape, stride), key=lambda p: p[1]):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _dense(t: torch.Tensor) -> bool:
     """Whether ``t``'s elements fill its storage exactly, each once (any order of the dims)."""
     if t.numel() * t.element_size() != t.untyped_storage().nbytes() or t.storage_offset() != 0:
         return False
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
+    return _dense_layout(tuple(t.shape), t.stride())
 
 
 class SpareBuffers:
@@ -112,11 +120,17 @@ class SpareBuffers:
             return None
 
     def take(self, shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-        """A spare buffer of this layout, now the caller's (it writes a result into it); None when
-        none is kept."""
+        """A spare buffer seen with this layout, now the caller's (it writes a result into it); None
+        when none is kept. Any kept buffer of as many elements serves a dense layout: kept buffers
+        are dense themselves (a gate's (B, C, 1, 1) values serve a (B, C) product)."""
+        if not _dense_layout(shape, stride):
+            return None
+        count = math.prod(shape)
         for i, buffer in enumerate(self._spare):
-            if tuple(buffer.shape) == tuple(shape) and buffer.stride() == tuple(stride) and buffer.dtype == dtype and buffer.device == device:
-                return self._spare.pop(i)
+            if buffer.numel() == count and buffer.dtype == dtype and buffer.device == device:
+                buffer = self._spare.pop(i)
+                same = tuple(buffer.shape) == tuple(shape) and buffer.stride() == tuple(stride)
+                return buffer if same else buffer.as_strided(shape, stride, 0)
         return None
 
     def clear(self) -> None:

@@ -54,30 +54,33 @@ def run_interpreted(body: str) -> str:
 def test_interpreted_kernels_match_brute_force(tmp_path):
     # Odd and non-square maps, batch 2, windows of one row / column / the whole axis, several
     # chunks of the column kernel, every dtype; valid windows and the replicated map.
+    # (shape, window, rows per chunk of the column kernel, columns per step of the row kernel)
     cases = [
-        ((2, 3, 11, 14), (4, 5), None),
-        ((1, 2, 13, 9), (6, 9), 3),  # a window as wide as the map; chunks of 3 output rows
-        ((1, 1, 7, 5), (1, 2), 2),
-        ((2, 1, 9, 12), (9, 1), None),  # one valid row
-        ((1, 1, 1, 6), (1, 4), None),
+        ((2, 3, 11, 14), (4, 5), None, None),
+        ((1, 2, 13, 9), (6, 9), 3, 2),  # a window as wide as the map; chunks of 3 output rows
+        ((1, 1, 7, 5), (1, 2), 2, None),
+        ((2, 1, 9, 12), (9, 1), None, 4),  # one valid row; steps of 4 columns
+        ((1, 1, 1, 6), (1, 4), None, None),
+        ((1, 2, 6, 23), (3, 7), None, 4),  # sums, left and right bands over several steps
     ]
     torch.manual_seed(0)
-    inputs = {i: torch.randn(shape, dtype=torch.float64) * 3 + 1 for i, (shape, _, _) in enumerate(cases)}
+    inputs = {i: torch.randn(shape, dtype=torch.float64) * 3 + 1 for i, (shape, *_) in enumerate(cases)}
     torch.save({"inputs": inputs, "cases": cases}, tmp_path / "cases.pt")
     run_interpreted(f"""
         data = torch.load({str(tmp_path / "cases.pt")!r})
         results = {{}}
-        for i, (shape, window, chunk) in enumerate(data["cases"]):
+        for i, (shape, window, chunk, tile) in enumerate(data["cases"]):
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 x = data["inputs"][i].to(dtype)
                 for valid in (False, True):
-                    results[i, str(dtype), valid] = triton_local_mean(x, window, valid_only=valid, chunk_rows=chunk)
+                    results[i, str(dtype), valid] = triton_local_mean(
+                        x, window, valid_only=valid, chunk_rows=chunk, row_tile=tile)
         torch.save(results, {str(tmp_path / "out.pt")!r})
     """)
     results = torch.load(tmp_path / "out.pt")
     from .test_pool import brute_local_mean
 
-    for i, (shape, window, _) in enumerate(cases):
+    for i, (shape, window, *_) in enumerate(cases):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             x = inputs[i].to(dtype)
             full = brute_local_mean(x, window)  # float64 means of the rounded inputs
@@ -93,6 +96,10 @@ def test_interpreted_kernels_match_brute_force(tmp_path):
                 spacing = torch.finfo(dtype).eps * torch.maximum(ref.abs(), out.double().abs())
                 bound = (0.5 + 1e-6 if dtype == torch.float32 else 1.0) * spacing
                 assert ((out.double() - ref).abs() <= bound).all(), (shape, window, dtype, is_valid)
+                if not is_valid:  # the replicated bands: the edge windows' values, bit for bit
+                    right = left + shape[3] - kw + 1
+                    assert torch.equal(out[..., :left], out[..., left : left + 1].expand_as(out[..., :left]))
+                    assert torch.equal(out[..., right:], out[..., right - 1 : right].expand_as(out[..., right:]))
 
 
 def spread_reference(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -182,7 +189,9 @@ def test_kernels_compile_for_cuda_gpus():
 
     cases = []
     for dtype in ("fp32", "fp16", "bf16"):
-        cases.append((kernels._column_window_sums, {"x_ptr": f"*{dtype}", "sums_ptr": "*fp64"}, {"ROWS": 8, "COLS": 128}))
+        cases.append(
+            (kernels._column_window_sums, {"x_ptr": f"*{dtype}", "sums_ptr": "*fp64"}, {"ROWS": 8, "COLS": 128})
+        )
         cases.append((kernels._row_window_means, {"sums_ptr": "*fp64", "out_ptr": f"*{dtype}"}, {"TILE": 1024}))
     for dtype in ("fp32", "fp16", "bf16", "fp64"):
         for op in (0, 1, 2):

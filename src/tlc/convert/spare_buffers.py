@@ -15,7 +15,6 @@ shape, strides and dtype is computed into one with ``out=``. The numbers are the
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 import torch

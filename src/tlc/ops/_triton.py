@@ -1,22 +1,29 @@
-"""The local mean on CUDA as two Triton kernels, used by :func:`tlc.local_mean` when it can be.
+"""CUDA kernels (Triton) for the local mean and the edge replication of gates, used by
+:func:`tlc.local_mean`, ``tlc.ops.pool.replicate_to`` and ``tlc.ops.gate.combine_replicated``
+when they can be.
 
-torch's path takes a prefix sum per axis in float64: about ten passes over float64 maps, the
-most of a converted network's extra time on a GPU (an H200 spent 2.2 ms on a 64-channel 720p map,
-where the map itself is read in 0.06 ms). These kernels keep the same float64 accumulation and
-make three passes:
+torch's path for the local mean takes a prefix sum per axis in float64: about ten passes over
+float64 maps, the most of a converted network's extra time on a GPU (an H200 spent 2.2 ms on a
+64-channel 720p map, where the map itself is read in 0.06 ms). Two kernels keep the same float64
+accumulation:
 
 1. ``_column_window_sums``: per plane and tile of columns, a row of float64 column sums slides
    down the map (rows entering added, rows leaving subtracted, a block of rows per step),
    writing the sums over every ``kh`` consecutive rows: (P, H - kh + 1, W) in float64.
-2. ``_row_window_means``: per row of those sums, a float64 prefix sum along the row is written
-   over the row itself, then each window's sum is one difference of two prefix sums of at most
-   W float64 terms (no cancellation worth a float32 digit); the means are written in the input's
-   dtype, either the valid windows only or edge-replicated to the full map.
+2. ``_row_window_means``: per row of those sums, the first window's sum, then each next one as
+   the last plus the column entering minus the column leaving (a float64 running sum, as the
+   CPU kernel's); the means are written in the input's dtype, either the valid windows only or
+   with the columns left and right of them taking the edge windows' values (the rows above and
+   below are copied from the edge rows afterwards).
 
 Running float64 sums drift by at most ~steps x 1e-16 relative: far below float32 resolution.
-The kernels are only for float16 / bfloat16 / float32 CUDA tensors without autograd, not traced.
-``TLC_TRITON=0`` in the environment turns them off (torch's path then runs), for comparisons.
-Under ``TRITON_INTERPRET=1`` they also run on CPU tensors (how the tests check them without a GPU).
+``_spread_valid`` writes a gate given at its valid windows spread to the full map, or that map
+times (plus) ``x``, without building the spread map.
+
+The kernels run on CUDA tensors without autograd, not traced (the local mean for float16 /
+bfloat16 / float32 only). ``TLC_TRITON=0`` in the environment turns them off (torch's path then
+runs), for comparisons. Under ``TRITON_INTERPRET=1`` they also run on CPU tensors (how the tests
+check them without a GPU, with every kernel also compiled for GPU targets).
 """
 
 from __future__ import annotations
@@ -42,7 +49,6 @@ _ROW_TILE = 1024  # columns per step of the row kernel
 
 
 if triton is not None:
-
     # Sizes are not specialised on (Triton would compile anew for each size divisible by 16 or 1).
     @triton.jit(do_not_specialize=["h", "w", "valid_h", "kh", "chunk_rows"])
     def _column_window_sums(x_ptr, sums_ptr, h, w, valid_h, kh, chunk_rows,
@@ -81,31 +87,46 @@ if triton is not None:
         plane = index // valid_h
         row = index % valid_h
         sums_row = sums_ptr + index * w
-        # Prefix sums along the row, written over the row (this program alone reads it).
-        carry = tl.zeros([1], dtype=tl.float64)
-        for start in range(0, w, TILE):
+        # The valid windows' means go to columns left .. left + valid_w - 1 of the output row taking
+        # this valid row (the replicated rows above / below are copied after the kernel).
+        out_row = out_ptr + (plane * out_h + row + top) * out_w + left
+        area64 = area.to(tl.float64)
+        # The first window's sum, then each next one as the last plus the column entering minus the
+        # column leaving (float64 running sums, as the CPU kernel; no prefix sums written back).
+        partial = tl.zeros([TILE], dtype=tl.float64)
+        for start in range(0, kw, TILE):
             j = start + tl.arange(0, TILE)
-            values = tl.load(sums_row + j, mask=j < w, other=0.0)
-            prefix = tl.cumsum(values, axis=0) + carry
-            tl.store(sums_row + j, prefix, mask=j < w)
-            carry += tl.sum(values, axis=0)
-        tl.debug_barrier()  # every thread's prefix sums stored before any is read back
-        # The output row taking this valid row (the replicated bands above / below are copied after).
-        out_row = out_ptr + (plane * out_h + row + top) * out_w
-        for start in range(0, out_w, TILE):
-            j = start + tl.arange(0, TILE)
-            in_row = j < out_w
-            b = tl.minimum(tl.maximum(j - left, 0), valid_w - 1)  # the valid window this column takes
-            high = tl.load(sums_row + b + kw - 1, mask=in_row, other=0.0)
-            low = tl.load(sums_row + b - 1, mask=in_row & (b > 0), other=0.0)
+            partial += tl.load(sums_row + j, mask=j < kw, other=0.0)
+        total = tl.sum(partial, axis=0)
+        first, last = total, total
+        for start in range(0, valid_w, TILE):
+            b = start + tl.arange(0, TILE)
+            moving = (b > 0) & (b < valid_w)
+            entering = tl.load(sums_row + b + kw - 1, mask=moving, other=0.0)
+            leaving = tl.load(sums_row + b - 1, mask=moving, other=0.0)
+            steps = entering - leaving
+            sums = tl.cumsum(steps, axis=0) + total
             # Rounded via float32 (Triton's interpreter, which the tests run, rounds float64 to
             # bfloat16 wrongly, and float32 to bfloat16 toward zero): for half outputs, at most one
-            # unit in the last place.
-            # Divided in float64 (a float scalar argument would arrive as float32: its reciprocal
-            # rounded there moved float32 results by up to one unit in the last place).
-            means = ((high - low) / area.to(tl.float64)).to(tl.float32).to(out_ptr.dtype.element_ty)
-            tl.store(out_row + j, means, mask=in_row)
-
+            # unit in the last place. Divided in float64 (a float scalar argument would arrive as
+            # float32: its reciprocal rounded there moved float32 results by one unit).
+            means = (sums / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
+            tl.store(out_row + b, means, mask=b < valid_w)
+            # The last window's own sum (x + 0 is exact), for the band on the right.
+            last = tl.where(start + TILE >= valid_w, tl.sum(tl.where(b == valid_w - 1, sums, 0.0), axis=0), last)
+            total += tl.sum(steps, axis=0)
+        # Columns left of the first window's centre take its mean; right of the last one's, that one's.
+        first_mean = (first / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
+        last_mean = (last / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
+        for start in range(0, left, TILE):
+            j = start + tl.arange(0, TILE)
+            tl.store(out_row - left + j, tl.zeros([TILE], dtype=out_ptr.dtype.element_ty) + first_mean, mask=j < left)
+        right = out_w - left - valid_w
+        for start in range(0, right, TILE):
+            j = start + tl.arange(0, TILE)
+            tl.store(
+                out_row + valid_w + j, tl.zeros([TILE], dtype=out_ptr.dtype.element_ty) + last_mean, mask=j < right
+            )
 
     @triton.jit(do_not_specialize=["h", "w", "gh", "gw", "top", "left"])
     def _spread_valid(x_ptr, gate_ptr, out_ptr, h, w, gh, gw, top, left,
@@ -160,14 +181,19 @@ def _launching_on(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 
 def triton_local_mean(
-    x: torch.Tensor, window: tuple[int, int], valid_only: bool = False, chunk_rows: int | None = None
+    x: torch.Tensor,
+    window: tuple[int, int],
+    valid_only: bool = False,
+    chunk_rows: int | None = None,
+    row_tile: int | None = None,
 ) -> torch.Tensor:
     """Local mean of an (N, C, H, W) tensor with an already clamped window (kh, kw), by the kernels.
 
     Returns (N, C, H, W) in ``x.dtype``, or with ``valid_only`` the (N, C, H-kh+1, W-kw+1) means
     of the windows lying inside the map. Accumulated in float64 throughout. ``chunk_rows``: output
-    rows per program of the column kernel (default: at least 512 and at least the window; the
-    tests set it small to cross chunk boundaries on small maps).
+    rows per program of the column kernel (default: at least 512 and at least the window);
+    ``row_tile``: columns per step of the row kernel, a power of two (default: up to 1024). The
+    tests set both small, to cross chunk and tile boundaries on small maps.
     """
     n, c, h, w = x.shape
     kh, kw = window
@@ -183,7 +209,7 @@ def triton_local_mean(
     chunk = chunk_rows or max(_ROW_CHUNK, kh)
     grid = (planes, triton.cdiv(w, _COLUMN_TILE), triton.cdiv(valid_h, chunk))
     top, left = (0, 0) if valid_only else ((kh - 1) // 2, (kw - 1) // 2)
-    tile = min(_ROW_TILE, triton.next_power_of_2(w))
+    tile = row_tile or min(_ROW_TILE, triton.next_power_of_2(w))
     with _launching_on(x):
         _column_window_sums[grid](x, sums, h, w, valid_h, kh, chunk, ROWS=_ROW_BLOCK, COLS=_COLUMN_TILE)
         _row_window_means[(planes * valid_h,)](sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
@@ -198,7 +224,9 @@ def triton_local_mean(
 _SPREAD_OPS = {"replicate": 0, "mul": 1, "add": 2}
 
 
-def triton_spread(gate: torch.Tensor, size: tuple[int, int], x: torch.Tensor | None = None, op: str = "replicate") -> torch.Tensor:
+def triton_spread(
+    gate: torch.Tensor, size: tuple[int, int], x: torch.Tensor | None = None, op: str = "replicate"
+) -> torch.Tensor:
     """The valid windows' values ``gate`` (..., gh, gw) edge-replicated to ``size`` (H, W), placed as
     :func:`tlc.ops.pool.replicate_to` places them (``(H - gh) // 2`` rows above, likewise columns);
     with ``x`` (..., H, W) and ``op`` "mul" / "add", ``x * spread`` / ``x + spread`` without

@@ -203,3 +203,38 @@ def test_local_attention_runs_unseen_only_by_modes_that_ignore_tlc_ops():
         tlc.local_transposed_attention(q.as_subclass(_Wrapped), k, v, temperature, 2, (7, 6))
     assert mode.calls > 0
     assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.parametrize(
+    "shape,heads,window",
+    [((1, 4, 9, 13), 2, (4, 5)), ((2, 6, 17, 23), 3, (5, 4)), ((2, 2, 11, 3), 1, (2, 2)), ((1, 8, 30, 21), 4, (7, 6)),
+     ((2, 4, 12, 40), 2, (12, 9))],
+)  # fmt: skip
+def test_all_segments_at_once_matches_the_loop(shape, heads, window, monkeypatch):
+    """The form for devices other than the CPU (every block's statistics and attention in a fixed
+    number of batched calls), run here on the CPU: the windows' attention exactly."""
+    monkeypatch.setattr(attention, "_all_segments_at_once", lambda x: True)
+    g = torch.Generator().manual_seed(sum(shape) + 1)
+    q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
+    temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
+    out = tlc.local_transposed_attention(q, k, v, temperature, heads, window)
+    torch.testing.assert_close(out, loop_attention(q, k, v, temperature, heads, window), rtol=0, atol=1e-12)
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    out32 = tlc.local_transposed_attention(q32, k32, v32, temperature.float(), heads, window)
+    torch.testing.assert_close(out32, out.float(), rtol=1e-5, atol=2e-6)
+    half = tlc.local_transposed_attention(q.half(), k.half(), v.half(), temperature.half(), heads, window)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), out, rtol=0, atol=1e-2)
+
+
+def test_all_segments_at_once_makes_as_many_calls_whatever_the_number_of_blocks(monkeypatch):
+    monkeypatch.setattr(attention, "_all_segments_at_once", lambda x: True)
+    q, k, v = (torch.randn(1, 4, 64, 64) for _ in range(3))
+    temperature = torch.ones(2, 1, 1)
+    calls = []
+    for window in ((32, 32), (8, 8)):  # 3 x 3 windows against 15 x 15: 25 blocks against 225+
+        counter = _Counting(ignores=False)
+        with counter:
+            tlc.local_transposed_attention(q, k, v, temperature, 2, window)
+        calls.append(counter.calls)
+    assert calls[0] == calls[1], calls

@@ -160,6 +160,74 @@ def _one_plane_at_a_time(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not tracing()
 
 
+def _all_segments_at_once(x: torch.Tensor) -> bool:
+    """Whether the block statistics and the attention's application run as a fixed number of
+    batched calls for all blocks (devices other than the CPU, eager), not a Python loop over
+    blocks or rows of blocks: there each call's launch costs more than its arithmetic (an H200
+    launched 16,273 kernels for a converted Restormer at 720p against the plain one's 1,849, and
+    spent 521 ms against 179 ms of GPU time)."""
+    return x.device.type != "cpu" and not tracing()
+
+
+def _membership(pieces: list[tuple[int, int]], size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(size, segments) 0/1 matrix: entry [i, s] is 1 where position i lies in segment s (one
+    copy to the device, whatever the number of segments)."""
+    rows = [[float(a <= i < b) for a, b in pieces] for i in range(size)]
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _padded_rows(pieces: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of each row segment padded to the longest one: the (S * L,) row index to gather (the
+    segment's last row repeated as padding), the (S, L) mask of real rows, and the (H,) index of
+    each row in the gathered (S * L) layout (to put the rows back). Built in Python, one copy each."""
+    longest = max(b - a for a, b in pieces)
+    gather = [min(a + i, b - 1) for a, b in pieces for i in range(longest)]
+    real = [[float(a + i < b) for i in range(longest)] for a, b in pieces]
+    back = [s * longest + i for s, (a, b) in enumerate(pieces) for i in range(b - a)]
+    return (
+        torch.tensor(gather, device=device),
+        torch.tensor(real, device=device),
+        torch.tensor(back, device=device),
+    )
+
+
+def _segment_statistics(
+    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Block sums of ``q k^T`` and of squares for all blocks at once (qh, kh: (N, heads, d, H, W)):
+    (N, heads, S, T, d, d), (N, heads, S, T, d) twice. Rows of each row segment gathered (padded
+    with zeros) so one batched product per column gives every row segment's ``q k^T`` there; the
+    columns of a segment summed by a 0/1 matrix (deterministic, unlike an indexed add)."""
+    h, w = qh.shape[-2:]
+    gather, real, _ = _padded_rows(row_pieces, qh.device)
+    n, heads, d = qh.shape[:3]
+    segments, longest = real.shape
+    columns = _membership(col_pieces, w, qh.device, qh.dtype)  # (W, T)
+    q_rows = qh.index_select(3, gather).view(n, heads, d, segments, longest, w)
+    q_rows.mul_(real.view(1, 1, 1, segments, longest, 1).to(qh.dtype))  # padding rows count nothing
+    k_rows = kh.index_select(3, gather).view(n, heads, d, segments, longest, w)
+    per_column = torch.einsum("nhasyx,nhbsyx->nhsabx", q_rows, k_rows)  # (N, heads, S, d, d, W)
+    gram = (per_column @ columns).permute(0, 1, 2, 5, 3, 4)  # (N, heads, S, T, d, d)
+    rows = _membership(row_pieces, h, qh.device, qh.dtype)  # (H, S)
+    squares = [torch.einsum("ys,nhdyt->nhstd", rows, t.square() @ columns) for t in (qh, kh)]
+    return gram, squares[0], squares[1]
+
+
+def _apply_by_segments(
+    block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> torch.Tensor:
+    """Each block's attention (N, heads, S, T, d, d) applied to its pixels of v (N, heads, d, H, W),
+    all blocks at once: (N, heads, d, H, W)."""
+    n, heads, d, _, w = vh.shape
+    gather, real, back = _padded_rows(row_pieces, vh.device)
+    segments, longest = real.shape
+    column = torch.tensor([t for t, (a, b) in enumerate(col_pieces) for _ in range(b - a)], device=vh.device)
+    per_column = block_attn.index_select(3, column)  # (N, heads, S, W, d, d)
+    v_rows = vh.index_select(3, gather).view(n, heads, d, segments, longest, w)
+    applied = torch.einsum("nhsxab,nhbsyx->nhasyx", per_column, v_rows)  # (N, heads, d, S, L, W)
+    return applied.reshape(n, heads, d, segments * longest, w).index_select(3, back)
+
+
 def _sum_of_squares(block: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (...): sum of squares over the last two axes."""
     return torch.linalg.vector_norm(block, dim=-1).square().sum(-1)
@@ -239,13 +307,15 @@ def _local_transposed_attention(
 
     # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
     d = c // num_heads
-    gram = q.new_empty((n, num_heads, len(row_pieces), len(col_pieces), d, d), dtype=work)
-    # Small blocks (small windows on a large map): one product per block is mostly Python's
-    # dispatch; a row of blocks at a time instead (per column, then summed per column segment).
-    # Off the CPU always: there each block's few kernel launches cost more than its arithmetic
-    # (an H200 launched 16,273 kernels for a converted Restormer at 720p, 1,849 for the plain one,
-    # and spent 521 ms against 179 ms of GPU time).
-    by_rows = not tracing() and (not _one_plane_at_a_time(q) or h * w < _SMALL_BLOCK * len(blocks))
+    # Off the CPU, every block at once (_all_segments_at_once). On it, small blocks (small windows
+    # on a large map), where one product per block is mostly Python's dispatch, a row of blocks at
+    # a time (per column, then summed per column segment); larger ones one block at a time.
+    at_once = _all_segments_at_once(q)
+    by_rows = not tracing() and not at_once and h * w < _SMALL_BLOCK * len(blocks)
+    if at_once:
+        gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces)
+    else:
+        gram = q.new_empty((n, num_heads, len(row_pieces), len(col_pieces), d, d), dtype=work)
     if by_rows:
         column = torch.repeat_interleave(
             torch.arange(len(col_pieces), device=q.device), torch.tensor([b - a for a, b in col_pieces], device=q.device)
@@ -253,12 +323,13 @@ def _local_transposed_attention(
         for s, (y0, y1) in enumerate(row_pieces):
             per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh_[..., y0:y1, :])
             gram[:, :, s].zero_().index_add_(2, column, per_column)  # the row's blocks, in place
-    else:
+    elif not at_once:
         for i, j in planes:
             for s, t, *box in blocks:
                 qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
                 gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
-    q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
+    if not at_once:
+        q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
     gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
     q_sq = torch.einsum("is,jt,nhsta->nhija", row_member, col_member, q_sq)
@@ -270,6 +341,8 @@ def _local_transposed_attention(
     # Each block gets the mean attention of the windows covering it, applied to its v.
     cover = row_member.sum(0)[:, None] * col_member.sum(0)[None, :]
     block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
+    if at_once:
+        return _apply_by_segments(block_attn, vh, row_pieces, col_pieces).reshape(n, c, h, w).to(q.dtype)
     out = torch.empty_like(vh)
     if by_rows:
         for s, (y0, y1) in enumerate(row_pieces):

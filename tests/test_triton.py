@@ -190,15 +190,18 @@ def test_kernels_compile_for_cuda_gpus():
     cases = []
     for dtype in ("fp32", "fp16", "bf16"):
         cases.append(
-            (kernels._column_window_sums, {"x_ptr": f"*{dtype}", "sums_ptr": "*fp64"}, {"ROWS": 8, "COLS": 128})
+            (kernels._column_window_sums, {"x_ptr": f"*{dtype}", "sums_ptr": "*fp64"}, {"ROWS": 8, "COLS": 128}, 4)
         )
-        cases.append((kernels._row_window_means, {"sums_ptr": "*fp64", "out_ptr": f"*{dtype}"}, {"TILE": 1024}))
+        for tile, warps in ((512, 8), (256, 4)):  # as launched: 8 warps from 512 columns a step
+            cases.append(
+                (kernels._row_window_means, {"sums_ptr": "*fp64", "out_ptr": f"*{dtype}"}, {"TILE": tile}, warps)
+            )
     for dtype in ("fp32", "fp16", "bf16", "fp64"):
         for op in (0, 1, 2):
             pointers = {"x_ptr": f"*{dtype}", "gate_ptr": f"*{dtype}", "out_ptr": f"*{dtype}"}
-            cases.append((kernels._spread_valid, pointers, {"OP": op, "ROWS": 8, "COLS": 128}))
+            cases.append((kernels._spread_valid, pointers, {"OP": op, "ROWS": 8, "COLS": 128}, 4))
     for capability in (75, 80, 90):
-        for fn, pointers, constants in cases:
+        for fn, pointers, constants, warps in cases:
             source = ASTSource(fn=fn, signature=signature(fn, pointers), constexprs=constants)
-            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
             assert compiled.asm["cubin"], (fn.__name__, capability)

@@ -160,7 +160,9 @@ if triton is not None:
 def triton_local_mean_applies(x: torch.Tensor) -> bool:
     """Whether :func:`triton_local_mean` runs for ``x``: triton present, a float16 / bfloat16 /
     float32 CUDA tensor, no autograd needed, not traced, not turned off by ``TLC_TRITON=0``."""
-    return triton_applies(x) and x.dtype != torch.float64
+    # Contiguous maps only: a channels-last map (a GPU model run in that layout) keeps torch's
+    # path, whose output keeps the layout, rather than being copied to and from rows.
+    return triton_applies(x) and x.dtype != torch.float64 and x.is_contiguous()
 
 
 def triton_applies(*tensors: torch.Tensor) -> bool:

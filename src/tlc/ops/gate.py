@@ -244,7 +244,12 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
         and gw <= w
     )
     if not fused and (
-        triton_applies(x, gate) and x.dim() >= 3 and gate.shape[:-2] == x.shape[:-2] and gh <= h and gw <= w
+        triton_applies(x, gate)
+        and x.is_contiguous()  # a channels-last x keeps torch's path (and its layout)
+        and x.dim() >= 3
+        and gate.shape[:-2] == x.shape[:-2]
+        and gh <= h
+        and gw <= w
     ):
         return triton_spread(gate, (h, w), x, op)  # CUDA: one pass, no spread gate built
     if not fused:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check and figure of the benchmarks in one command, for a machine with a CUDA GPU and a
-# CUDA build of torch (plus tlc's dependencies) already installed; about 7 minutes on an H200.
+# CUDA build of torch (plus tlc's dependencies) already installed; about 8 minutes on an H200.
 #
 #   bash bench/gpu.sh                 # writes bench/results/*_cuda.csv
 #   PY=/path/to/python bash bench/gpu.sh
@@ -33,6 +33,8 @@ NETS=NAFNet-width64,HINet,MPRNet,Restormer
 for dtype in float16 float32; do
   step 70 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype "$dtype" --size 720x1280
 done
+# What each GPU form buys: Triton kernels on / off, the attention's blocks at once / in a loop.
+step 90 "$PY" bench/gpu_ab.py --device cuda --dtype float16
 # Where the converted networks' time goes (torch profiler, plain against converted).
 step 60 "$PY" bench/gpu_profile.py --device cuda --dtype float16 --only Restormer,MPRNet,NAFNet-width64
 step 120 "$PY" bench/networks.py --device cuda --full --only $NETS --dtype float16 --size 2160x3840

@@ -17,11 +17,9 @@ Prints ms and ratios to plain; writes bench/results/gpu_ab_<device>.csv.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,9 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_median_seconds, machine, merged, write_csv  # noqa: E402
-from networks import FULL, perturbed  # noqa: E402
+from networks import network_arguments, networks_and_input  # noqa: E402
 
-import tlc  # noqa: E402
 from tlc.ops import attention  # noqa: E402
 
 
@@ -62,24 +59,13 @@ def under(name: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--size", default="720x1280")
-    parser.add_argument("--only", default="NAFNet-width64,MPRNet,Restormer")
+    parser = network_arguments(__doc__, "NAFNet-width64,MPRNet,Restormer")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    h, w = (int(v) for v in args.size.split("x"))
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    print(f"GPU forms at {h}x{w} on {machine()}, {args.dtype}, median of {args.repeats}")
+    device = torch.device(args.device)
+    print(f"GPU forms at {args.size} on {machine()}, {args.dtype}, median of {args.repeats}")
     rows = []
-    for name in args.only.split(","):
-        arch, config = FULL[name]
-        plain = perturbed(tlc.archs.build(arch, **config)).to(device, dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            local, _ = tlc.convert(plain, train_size=256, base_size=384)
+    for name, arch, plain, local, x in networks_and_input(args):
         settings = ["tlc", "no triton"] + (["block loop"] if arch == "Restormer" else [])
         fns = {"plain": lambda: plain(x)} | {s: under(s, lambda: local(x)) for s in settings}
         with torch.inference_mode():
@@ -90,7 +76,6 @@ def main() -> None:
             rows.append({"network": name, "setting": k, "size": args.size, "dtype": args.dtype, "ms": round(1e3 * t, 2),
                          "ratio_to_plain": round(t / times["plain"], 3), "run": f"{name} {k} {args.size} {args.dtype}",
                          "machine": machine()})  # fmt: skip
-        del plain, local
     out = f"gpu_ab_{device.type}"
     print(f"wrote {write_csv(out, merged(out, rows, key='run'))}")
 

@@ -10,10 +10,8 @@ self GPU time grew the most. Meant for a CUDA device (on the CPU it profiles CPU
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -22,9 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, synchronize  # noqa: E402
-from networks import FULL, perturbed  # noqa: E402
+from networks import network_arguments, networks_and_input  # noqa: E402
 
-import tlc  # noqa: E402
 
 
 def self_times(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, Counter, int, float]:
@@ -50,23 +47,12 @@ def self_times(model: torch.nn.Module, x: torch.Tensor, device: torch.device) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--size", default="720x1280")
-    parser.add_argument("--only", default="Restormer,MPRNet,NAFNet-width64")
+    parser = network_arguments(__doc__, "Restormer,MPRNet,NAFNet-width64")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    h, w = (int(v) for v in args.size.split("x"))
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    print(f"profile at {h}x{w} on {machine()}, {args.dtype}")
-    for name in args.only.split(","):
-        arch, config = FULL[name]
-        plain = perturbed(tlc.archs.build(arch, **config)).to(device, dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            local, _ = tlc.convert(plain, train_size=256, base_size=384)
+    device = torch.device(args.device)
+    print(f"profile at {args.size} on {machine()}, {args.dtype}")
+    for name, _, plain, local, x in networks_and_input(args):
         p_wall, p_ops, p_launch, p_dev = self_times(plain, x, device)
         t_wall, t_ops, t_launch, t_dev = self_times(local, x, device)
         print(f"\n{name}: wall {1e3 * p_wall:.1f} -> {1e3 * t_wall:.1f} ms, kernels {p_launch} -> {t_launch}, "
@@ -75,7 +61,6 @@ def main() -> None:
         print(f"  {'op':<48}{'plain ms':>10}{'tlc ms':>10}")
         for op, _ in sorted(growth.items(), key=lambda kv: -kv[1])[: args.top]:
             print(f"  {op[:47]:<48}{p_ops.get(op, 0.0) / 1e3:>10.2f}{t_ops[op] / 1e3:>10.2f}")
-        del plain, local
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,6 +50,33 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     return model.eval()
+
+
+def network_arguments(description: str, only: str) -> argparse.ArgumentParser:
+    """The arguments of the scripts that look into the released-width networks on a GPU
+    (gpu_profile.py, gpu_ab.py): --device, --dtype, --size, --only."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--size", default="720x1280")
+    parser.add_argument("--only", default=only, help="comma-separated names of FULL")
+    return parser
+
+
+def networks_and_input(args: argparse.Namespace) -> Iterator[tuple[str, str, torch.nn.Module, torch.nn.Module, torch.Tensor]]:
+    """(name, architecture, plain, converted, input) for each network of ``args.only`` at the
+    released widths (perturbed, train 256 / base 384), one at a time."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    h, w = (int(v) for v in args.size.split("x"))
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    for name in args.only.split(","):
+        arch, config = FULL[name]
+        plain = perturbed(tlc.archs.build(arch, **config)).to(device, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local, _ = tlc.convert(plain, train_size=256, base_size=384)
+        yield name, arch, plain, local, x
+        del plain, local
 
 
 def cuda_peaks(fns: dict) -> dict:

@@ -153,7 +153,13 @@ def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, wind
     """Small blocks are computed a row of blocks at a time (per column, summed per column segment);
     larger ones one block at a time. Either way, the windows' attention exactly."""
     monkeypatch.setattr(attention, "_SMALL_BLOCK", small_block)
-    g = torch.Generator().manual_seed(sum(shape))
+    assert_matches_the_loop(shape, heads, window, seed=sum(shape))
+
+
+def assert_matches_the_loop(shape: tuple, heads: int, window: tuple, seed: int) -> torch.Tensor:
+    """The local attention on random q, k, v against the window loop in float64 (1e-12), and in
+    float32 against its float64 result; returns the float64 result."""
+    g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
     temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
     out = tlc.local_transposed_attention(q, k, v, temperature, heads, window)
@@ -161,6 +167,10 @@ def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, wind
     q32, k32, v32 = (t.float() for t in (q, k, v))
     out32 = tlc.local_transposed_attention(q32, k32, v32, temperature.float(), heads, window)
     torch.testing.assert_close(out32, out.float(), rtol=1e-5, atol=2e-6)
+    half = tlc.local_transposed_attention(q.half(), k.half(), v.half(), temperature.half(), heads, window)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), out, rtol=0, atol=1e-2)
+    return out
 
 
 class _Counting(torch.overrides.TorchFunctionMode):
@@ -214,17 +224,7 @@ def test_all_segments_at_once_matches_the_loop(shape, heads, window, monkeypatch
     """The form for devices other than the CPU (every block's statistics and attention in a fixed
     number of batched calls), run here on the CPU: the windows' attention exactly."""
     monkeypatch.setattr(attention, "_all_segments_at_once", lambda x: True)
-    g = torch.Generator().manual_seed(sum(shape) + 1)
-    q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
-    temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
-    out = tlc.local_transposed_attention(q, k, v, temperature, heads, window)
-    torch.testing.assert_close(out, loop_attention(q, k, v, temperature, heads, window), rtol=0, atol=1e-12)
-    q32, k32, v32 = (t.float() for t in (q, k, v))
-    out32 = tlc.local_transposed_attention(q32, k32, v32, temperature.float(), heads, window)
-    torch.testing.assert_close(out32, out.float(), rtol=1e-5, atol=2e-6)
-    half = tlc.local_transposed_attention(q.half(), k.half(), v.half(), temperature.half(), heads, window)
-    assert half.dtype == torch.float16
-    torch.testing.assert_close(half.double(), out, rtol=0, atol=1e-2)
+    assert_matches_the_loop(shape, heads, window, seed=sum(shape) + 1)
 
 
 def test_all_segments_at_once_makes_as_many_calls_whatever_the_number_of_blocks(monkeypatch):

@@ -169,26 +169,30 @@ def _all_segments_at_once(x: torch.Tensor) -> bool:
     return x.device.type != "cpu" and not tracing()
 
 
+def _bounds(pieces: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, 1) starts and ends of the segments, on the CPU."""
+    return torch.tensor([a for a, _ in pieces])[:, None], torch.tensor([b for _, b in pieces])[:, None]
+
+
 def _membership(pieces: list[tuple[int, int]], size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(size, segments) 0/1 matrix: entry [i, s] is 1 where position i lies in segment s (one
-    copy to the device, whatever the number of segments)."""
-    rows = [[float(a <= i < b) for a, b in pieces] for i in range(size)]
-    return torch.tensor(rows, dtype=dtype, device=device)
+    """(size, segments) 0/1 matrix: entry [i, s] is 1 where position i lies in segment s (built on
+    the CPU by a few vector ops, one copy to the device, whatever the number of segments)."""
+    starts, ends = _bounds(pieces)
+    position = torch.arange(size)
+    return ((position >= starts) & (position < ends)).t().to(device=device, dtype=dtype)
 
 
 def _padded_rows(pieces: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of each row segment padded to the longest one: the (S * L,) row index to gather (the
     segment's last row repeated as padding), the (S, L) mask of real rows, and the (H,) index of
-    each row in the gathered (S * L) layout (to put the rows back). Built in Python, one copy each."""
-    longest = max(b - a for a, b in pieces)
-    gather = [min(a + i, b - 1) for a, b in pieces for i in range(longest)]
-    real = [[float(a + i < b) for i in range(longest)] for a, b in pieces]
-    back = [s * longest + i for s, (a, b) in enumerate(pieces) for i in range(b - a)]
-    return (
-        torch.tensor(gather, device=device),
-        torch.tensor(real, device=device),
-        torch.tensor(back, device=device),
-    )
+    each row in the gathered (S * L) layout (to put the rows back). Built on the CPU, one copy each."""
+    starts, ends = _bounds(pieces)
+    longest = int((ends - starts).max())
+    rows = starts + torch.arange(longest)  # (S, L)
+    real = rows < ends
+    gather = torch.minimum(rows, ends - 1).reshape(-1)
+    back = real.reshape(-1).nonzero().squeeze(1)  # real rows in order: segment by segment, top down
+    return gather.to(device), real.to(device=device, dtype=torch.float32), back.to(device)
 
 
 def _segment_statistics(
@@ -221,7 +225,8 @@ def _apply_by_segments(
     n, heads, d, _, w = vh.shape
     gather, real, back = _padded_rows(row_pieces, vh.device)
     segments, longest = real.shape
-    column = torch.tensor([t for t, (a, b) in enumerate(col_pieces) for _ in range(b - a)], device=vh.device)
+    column = torch.repeat_interleave(torch.arange(len(col_pieces)), torch.tensor([b - a for a, b in col_pieces]))
+    column = column.to(vh.device)
     per_column = block_attn.index_select(3, column)  # (N, heads, S, W, d, d)
     v_rows = vh.index_select(3, gather).view(n, heads, d, segments, longest, w)
     applied = torch.einsum("nhsxab,nhbsyx->nhasyx", per_column, v_rows)  # (N, heads, d, S, L, W)

@@ -70,18 +70,34 @@ def test_interpreted_kernels_match_brute_force(tmp_path):
         data = torch.load({str(tmp_path / "cases.pt")!r})
         results = {{}}
         for i, (shape, window, chunk, tile) in enumerate(data["cases"]):
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
                 x = data["inputs"][i].to(dtype)
                 for valid in (False, True):
                     results[i, str(dtype), valid] = triton_local_mean(
                         x, window, valid_only=valid, chunk_rows=chunk, row_tile=tile)
+            x = data["inputs"][i].float()  # window sums of float32 values, in float64
+            results[i, "sums"] = triton_local_mean(x, window, valid_only=True, sums=True, dtype=torch.float64,
+                                                   chunk_rows=chunk, row_tile=tile)
         torch.save(results, {str(tmp_path / "out.pt")!r})
     """)
     results = torch.load(tmp_path / "out.pt")
     from .test_pool import brute_local_mean
 
     for i, (shape, window, *_) in enumerate(cases):
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = inputs[i].float()
+        h, w = shape[-2:]
+        kh, kw = window
+        brute_sums = torch.stack(
+            [
+                torch.stack([x[..., a : a + kh, b : b + kw].double().sum((-2, -1)) for b in range(w - kw + 1)], -1)
+                for a in range(h - kh + 1)
+            ],
+            -2,
+        )
+        sums = results[i, "sums"]
+        assert sums.dtype == torch.float64 and sums.shape == brute_sums.shape
+        torch.testing.assert_close(sums, brute_sums, rtol=1e-13, atol=1e-12)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             x = inputs[i].to(dtype)
             full = brute_local_mean(x, window)  # float64 means of the rounded inputs
             kh, kw = window
@@ -95,6 +111,8 @@ def test_interpreted_kernels_match_brute_force(tmp_path):
                 # can add a second rounding (one unit at most).
                 spacing = torch.finfo(dtype).eps * torch.maximum(ref.abs(), out.double().abs())
                 bound = (0.5 + 1e-6 if dtype == torch.float32 else 1.0) * spacing
+                if dtype == torch.float64:  # running float64 sums: error relative to the values summed
+                    bound = torch.full_like(ref, 1e-13)
                 assert ((out.double() - ref).abs() <= bound).all(), (shape, window, dtype, is_valid)
                 if not is_valid:  # the replicated bands: the edge windows' values, bit for bit
                     right = left + shape[3] - kw + 1
@@ -188,7 +206,7 @@ def test_kernels_compile_for_cuda_gpus():
         return {n: pointers[n] if n in pointers else "constexpr" if n.isupper() else ints[n] for n in names}
 
     cases = []
-    for dtype in ("fp32", "fp16", "bf16"):
+    for dtype in ("fp32", "fp16", "bf16", "fp64"):
         cases.append(
             (kernels._column_window_sums, {"x_ptr": f"*{dtype}", "sums_ptr": "*fp64"}, {"ROWS": 8, "COLS": 128}, 4)
         )

@@ -20,8 +20,9 @@ Running float64 sums drift by at most ~steps x 1e-16 relative: far below float32
 ``_spread_valid`` writes a gate given at its valid windows spread to the full map, or that map
 times (plus) ``x``, without building the spread map.
 
-The kernels run on CUDA tensors without autograd, not traced (the local mean for float16 /
-bfloat16 / float32 only). ``TLC_TRITON=0`` in the environment turns them off (torch's path then
+The kernels run on contiguous CUDA tensors without autograd, not traced. Besides the local mean
+they give ``tlc.ops.pool.window_sums`` its float64 window sums on CUDA (local variance and
+standard deviation, local group and instance norm). ``TLC_TRITON=0`` in the environment turns them off (torch's path then
 runs), for comparisons. Under ``TRITON_INTERPRET=1`` they also run on CPU tensors (how the tests
 check them without a GPU, with every kernel also compiled for GPU targets).
 """
@@ -82,6 +83,15 @@ if triton is not None:
             tl.store(sums_plane + a[:, None] * w + cols[None, :], block, mask=mask)
             column += tl.sum(steps, axis=0)
 
+    @triton.jit
+    def _rounded(values, dtype: tl.constexpr):
+        # float64 results as they are; others via float32 (Triton's interpreter, which the tests
+        # run, rounds float64 to bfloat16 wrongly, and float32 to bfloat16 toward zero): for half
+        # outputs, at most one unit in the last place.
+        if dtype == tl.float64:
+            return values
+        return values.to(tl.float32).to(dtype)
+
     @triton.jit(do_not_specialize=["w", "valid_h", "valid_w", "kw", "out_h", "out_w", "top", "left", "area"])
     def _row_window_means(sums_ptr, out_ptr, w, valid_h, valid_w, kw, out_h, out_w, top, left, area,
                           TILE: tl.constexpr):  # fmt: skip
@@ -108,18 +118,16 @@ if triton is not None:
             leaving = tl.load(sums_row + b - 1, mask=moving, other=0.0)
             steps = entering - leaving
             sums = tl.cumsum(steps, axis=0) + total
-            # Rounded via float32 (Triton's interpreter, which the tests run, rounds float64 to
-            # bfloat16 wrongly, and float32 to bfloat16 toward zero): for half outputs, at most one
-            # unit in the last place. Divided in float64 (a float scalar argument would arrive as
-            # float32: its reciprocal rounded there moved float32 results by one unit).
-            means = (sums / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
+            # Divided in float64 (a float scalar argument would arrive as float32: its reciprocal
+            # rounded there moved float32 results by one unit); area 1 gives the sums themselves.
+            means = _rounded(sums / area64, out_ptr.dtype.element_ty)
             tl.store(out_row + b, means, mask=b < valid_w)
             # The last window's own sum (x + 0 is exact), for the band on the right.
             last = tl.where(start + TILE >= valid_w, tl.sum(tl.where(b == valid_w - 1, sums, 0.0), axis=0), last)
             total += tl.sum(steps, axis=0)
         # Columns left of the first window's centre take its mean; right of the last one's, that one's.
-        first_mean = (first / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
-        last_mean = (last / area64).to(tl.float32).to(out_ptr.dtype.element_ty)
+        first_mean = _rounded(first / area64, out_ptr.dtype.element_ty)
+        last_mean = _rounded(last / area64, out_ptr.dtype.element_ty)
         for start in range(0, left, TILE):
             j = start + tl.arange(0, TILE)
             tl.store(out_row - left + j, tl.zeros([TILE], dtype=out_ptr.dtype.element_ty) + first_mean, mask=j < left)
@@ -158,11 +166,11 @@ if triton is not None:
 
 
 def triton_local_mean_applies(x: torch.Tensor) -> bool:
-    """Whether :func:`triton_local_mean` runs for ``x``: triton present, a float16 / bfloat16 /
-    float32 CUDA tensor, no autograd needed, not traced, not turned off by ``TLC_TRITON=0``."""
+    """Whether :func:`triton_local_mean` runs for ``x``: triton present, a contiguous floating CUDA
+    tensor, no autograd needed, not traced, not turned off by ``TLC_TRITON=0``."""
     # Contiguous maps only: a channels-last map (a GPU model run in that layout) keeps torch's
     # path, whose output keeps the layout, rather than being copied to and from rows.
-    return triton_applies(x) and x.dtype != torch.float64 and x.is_contiguous()
+    return triton_applies(x) and x.is_contiguous()
 
 
 def triton_applies(*tensors: torch.Tensor) -> bool:
@@ -188,13 +196,16 @@ def triton_local_mean(
     x: torch.Tensor,
     window: tuple[int, int],
     valid_only: bool = False,
+    sums: bool = False,
+    dtype: torch.dtype | None = None,
     chunk_rows: int | None = None,
     row_tile: int | None = None,
 ) -> torch.Tensor:
     """Local mean of an (N, C, H, W) tensor with an already clamped window (kh, kw), by the kernels.
 
-    Returns (N, C, H, W) in ``x.dtype``, or with ``valid_only`` the (N, C, H-kh+1, W-kw+1) means
-    of the windows lying inside the map. Accumulated in float64 throughout. ``chunk_rows``: output
+    Returns (N, C, H, W) in ``dtype`` (default ``x.dtype``), or with ``valid_only`` the
+    (N, C, H-kh+1, W-kw+1) means of the windows lying inside the map; with ``sums`` the windows'
+    sums instead of their means. Accumulated in float64 throughout. ``chunk_rows``: output
     rows per program of the column kernel (default: at least 512 and at least the window);
     ``row_tile``: columns per step of the row kernel, a power of two (default: up to 1024). The
     tests set both small, to cross chunk and tile boundaries on small maps.
@@ -204,9 +215,9 @@ def triton_local_mean(
     valid_h, valid_w = h - kh + 1, w - kw + 1
     planes = n * c
     x = x.contiguous()
-    sums = torch.empty((planes, valid_h, w), dtype=torch.float64, device=x.device)
+    column_sums = torch.empty((planes, valid_h, w), dtype=torch.float64, device=x.device)
     out_h, out_w = (valid_h, valid_w) if valid_only else (h, w)
-    out = torch.empty((n, c, out_h, out_w), dtype=x.dtype, device=x.device)
+    out = torch.empty((n, c, out_h, out_w), dtype=dtype or x.dtype, device=x.device)
     if planes == 0:
         return out
     # Chunks of output rows: enough programs to fill the device, each at least a window long.
@@ -215,9 +226,10 @@ def triton_local_mean(
     top, left = (0, 0) if valid_only else ((kh - 1) // 2, (kw - 1) // 2)
     tile = row_tile or min(_ROW_TILE, triton.next_power_of_2(w))
     with _launching_on(x):
-        _column_window_sums[grid](x, sums, h, w, valid_h, kh, chunk, ROWS=_ROW_BLOCK, COLS=_COLUMN_TILE)
-        _row_window_means[(planes * valid_h,)](sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
-                                               kh * kw, TILE=tile, num_warps=8 if tile >= 512 else 4)  # fmt: skip
+        _column_window_sums[grid](x, column_sums, h, w, valid_h, kh, chunk, ROWS=_ROW_BLOCK, COLS=_COLUMN_TILE)
+        _row_window_means[(planes * valid_h,)](column_sums, out, w, valid_h, valid_w, kw, out_h, out_w, top, left,
+                                               1 if sums else kh * kw, TILE=tile,
+                                               num_warps=8 if tile >= 512 else 4)  # fmt: skip
     if top > 0:  # rows above the first valid row take it, rows below the last take that one
         out[:, :, :top] = out[:, :, top : top + 1]
     if top + valid_h < h:

@@ -65,6 +65,8 @@ def window_sums(x: torch.Tensor, window: int | Pair, dtype: torch.dtype | None =
     dtype = dtype or accumulation_dtype(x)
     if not tracing() and kh == x.shape[-2] and kw == x.shape[-1]:
         return x.sum(dim=(-2, -1), keepdim=True, dtype=dtype)
+    if dtype == torch.float64 and triton_local_mean_applies(x):  # CUDA: the kernels' float64 sums
+        return triton_local_mean(x, (kh, kw), valid_only=True, sums=True, dtype=torch.float64)
     # Along W first: the map shrinks to W - kw + 1 columns before the second prefix sum.
     return sliding_sum(sliding_sum(x, kw, -1, dtype), kh, -2, dtype)
 

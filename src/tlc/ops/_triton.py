@@ -207,7 +207,7 @@ def triton_local_mean(
     (N, C, H-kh+1, W-kw+1) means of the windows lying inside the map; with ``sums`` the windows'
     sums instead of their means. Accumulated in float64 throughout. ``chunk_rows``: output
     rows per program of the column kernel (default: at least 512 and at least the window);
-    ``row_tile``: columns per step of the row kernel, a power of two (default: up to 1024). The
+    ``row_tile``: columns per step of the row kernel, a power of two (default: up to 512). The
     tests set both small, to cross chunk and tile boundaries on small maps.
     """
     n, c, h, w = x.shape

@@ -195,15 +195,25 @@ def _padded_rows(pieces: list[tuple[int, int]], device: torch.device) -> tuple[t
     return gather.to(device), real.to(device=device, dtype=torch.float32), back.to(device)
 
 
+def _column_segment(col_pieces: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(W,) index of the column segment each column lies in."""
+    widths = torch.tensor([b - a for a, b in col_pieces])
+    return torch.repeat_interleave(torch.arange(len(col_pieces)), widths).to(device)
+
+
+Padded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # what _padded_rows returns
+
+
 def _segment_statistics(
-    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]], padded: Padded
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block sums of ``q k^T`` and of squares for all blocks at once (qh, kh: (N, heads, d, H, W)):
     (N, heads, S, T, d, d), (N, heads, S, T, d) twice. Rows of each row segment gathered (padded
-    with zeros) so one batched product per column gives every row segment's ``q k^T`` there; the
-    columns of a segment summed by a 0/1 matrix (deterministic, unlike an indexed add)."""
+    with zeros; ``padded`` from :func:`_padded_rows`) so one batched product per column gives every
+    row segment's ``q k^T`` there; the columns of a segment summed by a 0/1 matrix (deterministic,
+    unlike an indexed add)."""
     h, w = qh.shape[-2:]
-    gather, real, _ = _padded_rows(row_pieces, qh.device)
+    gather, real, _ = padded
     n, heads, d = qh.shape[:3]
     segments, longest = real.shape
     columns = _membership(col_pieces, w, qh.device, qh.dtype)  # (W, T)
@@ -218,19 +228,73 @@ def _segment_statistics(
 
 
 def _apply_by_segments(
-    block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+    block_attn: torch.Tensor, vh: torch.Tensor, col_pieces: list[tuple[int, int]], padded: Padded
 ) -> torch.Tensor:
     """Each block's attention (N, heads, S, T, d, d) applied to its pixels of v (N, heads, d, H, W),
-    all blocks at once: (N, heads, d, H, W)."""
+    all blocks at once (rows gathered as ``padded`` says): (N, heads, d, H, W)."""
     n, heads, d, _, w = vh.shape
-    gather, real, back = _padded_rows(row_pieces, vh.device)
+    gather, real, back = padded
     segments, longest = real.shape
-    column = torch.repeat_interleave(torch.arange(len(col_pieces)), torch.tensor([b - a for a, b in col_pieces]))
-    column = column.to(vh.device)
-    per_column = block_attn.index_select(3, column)  # (N, heads, S, W, d, d)
+    per_column = block_attn.index_select(3, _column_segment(col_pieces, vh.device))  # (N, heads, S, W, d, d)
     v_rows = vh.index_select(3, gather).view(n, heads, d, segments, longest, w)
     applied = torch.einsum("nhsxab,nhbsyx->nhasyx", per_column, v_rows)  # (N, heads, d, S, L, W)
     return applied.reshape(n, heads, d, segments * longest, w).index_select(3, back)
+
+
+def _rows_first(x: torch.Tensor, i: int | slice, j: int | slice, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """A block of (N, heads, d, H, W) as (..., hs, d, wt): one matrix per row, a strided view."""
+    return x[i, j, :, y0:y1, x0:x1].transpose(-3, -2)
+
+
+def _planes(x: torch.Tensor, num_heads: int) -> list[tuple[int | slice, int | slice]]:
+    """The (image, head) index pairs the block loops run over. On the CPU one image and head at a
+    time, so that a block's view has a single batch stride and bmm reads it in place (with image
+    and head as batch dimensions matmul first copies the block: 3.6x slower per image at batch 2).
+    Elsewhere (traced graphs) one call for all images and heads."""
+    if _one_plane_at_a_time(x):
+        return [(i, j) for i in range(x.shape[0]) for j in range(num_heads)]
+    return [(slice(None), slice(None))]
+
+
+def _looped_statistics(
+    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]], by_rows: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_segment_statistics` by Python loops: a row of blocks at a time (``by_rows``: per
+    column, then summed per column segment) or one block at a time."""
+    n, heads, d = qh.shape[:3]
+    gram = qh.new_empty((n, heads, len(row_pieces), len(col_pieces), d, d))
+    if by_rows:
+        column = _column_segment(col_pieces, qh.device)
+        for s, (y0, y1) in enumerate(row_pieces):
+            per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh[..., y0:y1, :])
+            gram[:, :, s].zero_().index_add_(2, column, per_column)  # the row's blocks, in place
+    else:
+        for i, j in _planes(qh, heads):
+            for s, (y0, y1) in enumerate(row_pieces):
+                for t, (x0, x1) in enumerate(col_pieces):
+                    qb, kb = _rows_first(qh, i, j, y0, y1, x0, x1), _rows_first(kh, i, j, y0, y1, x0, x1)
+                    gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
+    q_sq, k_sq = _block_sums_of_squares(qh, kh, row_pieces, col_pieces)
+    return gram, q_sq, k_sq
+
+
+def _looped_application(
+    block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]], by_rows: bool
+) -> torch.Tensor:
+    """:func:`_apply_by_segments` by Python loops, as :func:`_looped_statistics`."""
+    out = torch.empty_like(vh)
+    if by_rows:
+        column = _column_segment(col_pieces, vh.device)
+        for s, (y0, y1) in enumerate(row_pieces):
+            per_column = block_attn[:, :, s].index_select(2, column)  # (N, heads, W, d, d)
+            out[..., y0:y1, :] = torch.einsum("nhxab,nhbyx->nhayx", per_column, vh[..., y0:y1, :])
+        return out
+    for i, j in _planes(vh, vh.shape[1]):
+        for s, (y0, y1) in enumerate(row_pieces):
+            for t, (x0, x1) in enumerate(col_pieces):
+                applied = block_attn[i, j, s, t].unsqueeze(-3) @ _rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
+                out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)
+    return out
 
 
 def _sum_of_squares(block: torch.Tensor) -> torch.Tensor:
@@ -297,44 +361,17 @@ def _local_transposed_attention(
     col_member = col_member.to(device=q.device, dtype=work)
     qh, kh_, vh = (_heads(t, num_heads).to(work) for t in (q, k, v))  # (N, heads, d, H, W)
 
-    # A block as (..., hs, d, wt): one matrix per row, a strided view. On the CPU one image and
-    # head at a time, so that the view has a single batch stride and bmm reads it in place (with
-    # image and head as batch dimensions matmul first copies the block: 3.6x slower per image at
-    # batch 2). Elsewhere one call for all images and heads: copies are cheap there, launches not.
-    if _one_plane_at_a_time(q):
-        planes = [(i, j) for i in range(n) for j in range(num_heads)]
-    else:
-        planes = [(slice(None), slice(None))]
-    blocks = [(s, t, y0, y1, x0, x1) for s, (y0, y1) in enumerate(row_pieces) for t, (x0, x1) in enumerate(col_pieces)]
-
-    def rows_first(x: torch.Tensor, i: int | slice, j: int | slice, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        return x[i, j, :, y0:y1, x0:x1].transpose(-3, -2)
-
     # Block sums of q k^T and of squares: (N, heads, row segments, column segments, d, d) and (..., d).
-    d = c // num_heads
     # Off the CPU, every block at once (_all_segments_at_once). On it, small blocks (small windows
     # on a large map), where one product per block is mostly Python's dispatch, a row of blocks at
     # a time (per column, then summed per column segment); larger ones one block at a time.
     at_once = _all_segments_at_once(q)
-    by_rows = not tracing() and not at_once and h * w < _SMALL_BLOCK * len(blocks)
+    by_rows = not tracing() and h * w < _SMALL_BLOCK * len(row_pieces) * len(col_pieces)
     if at_once:
-        gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces)
+        padded = _padded_rows(row_pieces, q.device)
+        gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces, padded)
     else:
-        gram = q.new_empty((n, num_heads, len(row_pieces), len(col_pieces), d, d), dtype=work)
-    if by_rows:
-        column = torch.repeat_interleave(
-            torch.arange(len(col_pieces), device=q.device), torch.tensor([b - a for a, b in col_pieces], device=q.device)
-        )
-        for s, (y0, y1) in enumerate(row_pieces):
-            per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh_[..., y0:y1, :])
-            gram[:, :, s].zero_().index_add_(2, column, per_column)  # the row's blocks, in place
-    elif not at_once:
-        for i, j in planes:
-            for s, t, *box in blocks:
-                qb, kb = rows_first(qh, i, j, *box), rows_first(kh_, i, j, *box)
-                gram[i, j, s, t] = (qb @ kb.transpose(-1, -2)).sum(-3)
-    if not at_once:
-        q_sq, k_sq = _block_sums_of_squares(qh, kh_, row_pieces, col_pieces)
+        gram, q_sq, k_sq = _looped_statistics(qh, kh_, row_pieces, col_pieces, by_rows)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
     gram = torch.einsum("is,jt,nhstab->nhijab", row_member, col_member, gram)
     q_sq = torch.einsum("is,jt,nhsta->nhija", row_member, col_member, q_sq)
@@ -347,15 +384,7 @@ def _local_transposed_attention(
     cover = row_member.sum(0)[:, None] * col_member.sum(0)[None, :]
     block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
     if at_once:
-        return _apply_by_segments(block_attn, vh, row_pieces, col_pieces).reshape(n, c, h, w).to(q.dtype)
-    out = torch.empty_like(vh)
-    if by_rows:
-        for s, (y0, y1) in enumerate(row_pieces):
-            per_column = block_attn[:, :, s].index_select(2, column)  # (N, heads, W, d, d)
-            out[..., y0:y1, :] = torch.einsum("nhxab,nhbyx->nhayx", per_column, vh[..., y0:y1, :])
+        out = _apply_by_segments(block_attn, vh, col_pieces, padded)
     else:
-        for i, j in planes:
-            for s, t, y0, y1, x0, x1 in blocks:
-                applied = block_attn[i, j, s, t].unsqueeze(-3) @ rows_first(vh, i, j, y0, y1, x0, x1)  # (..., hs, d, wt)
-                out[i, j, :, y0:y1, x0:x1] = applied.transpose(-3, -2)
+        out = _looped_application(block_attn, vh, row_pieces, col_pieces, by_rows)
     return out.reshape(n, c, h, w).to(q.dtype)

@@ -24,11 +24,13 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
     python bench/corpus.py                       # 720x1280, every model
     python bench/corpus.py --only rcan,cbam --size 180x320
     python bench/corpus.py --stat paired --repeats 9   # the figures in docs/performance.md
+    python bench/corpus.py --stat paired --repeats 9 --huge-pages   # as the tlc command allocates
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -43,6 +45,7 @@ import statistics  # noqa: E402
 from common import interleaved_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
+from tlc.cli.main import HUGE_PAGES_VARIABLE  # noqa: E402
 from tests.corpus import CORPUS, Entry, build  # noqa: E402
 from tests.test_corpus import image, max_diff, observed_sites, outputs, site_mismatch  # noqa: E402
 
@@ -169,9 +172,15 @@ def main() -> None:
                         help="per-model time from the runs: their median (default) or their minimum, the run "
                              "least disturbed by the rest of a shared machine; 'paired': median times, and each "
                              "ratio the median over turns of that turn's converted / original")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
+                             "command sets it); the figures go to corpus_thp_cpu.csv")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
+    if args.huge_pages:
+        os.environ[HUGE_PAGES_VARIABLE] = "1"  # before torch's first large allocation, as the command does
+    csv_name = "corpus_thp_cpu" if args.huge_pages else "corpus_cpu"
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     entries = list(CORPUS)
@@ -181,7 +190,9 @@ def main() -> None:
         if unknown:
             parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
         entries = [e for e in CORPUS if e.name in names]
-    print(f"corpus at {args.size} on {machine()}, float32, batch 1, {args.stat} of {args.repeats} taking turns\n")
+    allocator = "huge pages" if args.huge_pages else "default allocator"
+    print(f"corpus at {args.size} on {machine()}, float32, batch 1, {args.stat} of {args.repeats} taking turns, "
+          f"{allocator}\n")
     t2 = args.train_size_2
     header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
               "converted ms", "ratio", f"converted ms (train {t2})", f"ratio (train {t2})", "note"]
@@ -192,12 +203,13 @@ def main() -> None:
         row = measure(entry, size, args.repeats, args.threads, t2, args.stat)
         row["stat"] = f"{args.stat} of {args.repeats}"
         row["machine"] = machine()
+        row["allocator"] = allocator
         rows.append(row)
         cells = [row["model"], row["global_ops"], row["converted"], row["reported"], row["invariance"], row["effect"],
                  row["original_ms"], row["converted_ms"], f"{row['ratio']}x" if row["ratio"] != "" else "-",
                  row["converted_2_ms"], f"{row['ratio_2']}x" if row["ratio_2"] != "" else "-", row["note"]]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-    print(f"\nwrote {write_csv('corpus_cpu', merged('corpus_cpu', rows))}")
+    print(f"\nwrote {write_csv(csv_name, merged(csv_name, rows))}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import in_fresh_process, machine, write_csv  # noqa: E402
+from common import in_fresh_process, machine, merged, write_csv  # noqa: E402
 from networks import ARCH, REDUCED, perturbed  # noqa: E402
 
 import tlc  # noqa: E402
@@ -56,7 +56,9 @@ def _measure(name: str, size: tuple[int, int], repeats: int, threads: int, queue
     outputs = {}
     with torch.inference_mode():
         for label, model in models.items():  # warm-up: kernels compiled, allocator warm
-            outputs[label] = model(x).double().sum().item()
+            out = model(x)
+            out = out[-1] if isinstance(out, (list, tuple)) else out  # HINet, MPRNet: one image per stage
+            outputs[label] = out.double().sum().item()
         torch.set_num_threads(threads)  # numba's first launch may reset it
         for turn in range(repeats):
             for label in (("plain", "tlc") if turn % 2 == 0 else ("tlc", "plain")):
@@ -118,7 +120,7 @@ def main() -> None:
         print(f"  {name:<18}{row['plain_off_ms']:>10}{row['plain_on_ms']:>10}{row['tlc_off_ms']:>9}{row['tlc_on_ms']:>8}"
               f"{row['plain_speedup']:>9.2f}x{row['ratio_off']:>14.3f}x{row['ratio_on']:>13.3f}x"
               f"{row['plain_faults_off']:>12}{row['plain_faults_on']:>11}  {same}", flush=True)
-    print(f"wrote {write_csv('huge_pages_cpu', rows)}")
+    print(f"wrote {write_csv('huge_pages_cpu', merged('huge_pages_cpu', rows, key='network'))}")  # others kept
 
 
 if __name__ == "__main__":

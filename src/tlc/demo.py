@@ -27,6 +27,7 @@ import numpy as np
 from . import io
 from .zoo import registry
 from .cli import main as tlc_main
+from .cli.main import ask_for_huge_pages
 from .metrics import DEFAULT_PROTOCOL
 from .synth import add_noise, motion_blur_field, motion_field
 
@@ -106,6 +107,7 @@ def _blur_text(kind: str) -> str:
 
 
 def run(out: Path = Path("demo-output")) -> int:
+    ask_for_huge_pages()  # as the tlc command does, before any large tensor
     entry = registry.get(MODEL)
     card = json.loads(entry.bundled_weights.with_suffix(".json").read_text())
     sharp = out / "sharp"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 import sys
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 Pair = tuple[int, int]
@@ -112,25 +110,3 @@ def cpu_kernel_applies(*tensors: torch.Tensor) -> bool:
     return not tracing() and all(
         t.device.type == "cpu" and not (torch.is_grad_enabled() and t.requires_grad) for t in tensors
     )
-
-
-# numpy asks the kernel for transparent huge pages on allocations of 4 MB and more (Linux);
-# torch's CPU allocator does only under THP_MEM_ALLOC_ENABLE=1.
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
-_HUGE_PAGE_BYTES = 4 * 2**20
-
-
-def cpu_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised contiguous CPU tensor of ``shape`` and ``dtype`` for a kernel's output.
-
-    Large buffers come from numpy, which puts them on transparent huge pages: each fresh 4 KB page
-    of a torch buffer otherwise faults on its first write, which costs more than the arithmetic
-    written into it (a fresh 64 MB buffer: 16,395 faults, 586 from numpy). Small ones, and
-    dtypes numpy lacks (bfloat16), come from torch. The tensor shares the numpy array's memory and
-    frees it with the tensor; like any tensor made from numpy, its storage cannot be resized.
-    """
-    numpy_dtype = _NUMPY_DTYPES.get(dtype)
-    count = math.prod(shape)
-    if numpy_dtype is None or count * np.dtype(numpy_dtype).itemsize < _HUGE_PAGE_BYTES:
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.empty(shape, numpy_dtype))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import cpu_buffer, cpu_kernel_applies
+from ._common import cpu_kernel_applies
 
 from ._numba import parallel_kernel, prange
 
@@ -95,7 +95,7 @@ def fused_local_mean(
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     work = work.contiguous()
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
-    out = cpu_buffer((n, c, *size), work.dtype)
+    out = work.new_empty((n, c, *size))
     sums = totals if totals is not None else torch.empty(0, dtype=torch.float64)
     _compiled(work.view(n * c, h, w).numpy(), window[0], window[1], out.view(n * c, *size).numpy(), sums.numpy())
     return out.to(x.dtype)

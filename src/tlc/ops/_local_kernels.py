@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import cpu_buffer, cpu_kernel_applies
+from ._common import cpu_kernel_applies
 
 from ._numba import njit, parallel_kernel, prange
 
@@ -440,7 +440,7 @@ def fused_local_max(planes: torch.Tensor, window: tuple[int, int], valid_only: b
     work = _working(planes)
     p, h, w = work.shape
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
-    out = cpu_buffer((p, *size), work.dtype)
+    out = work.new_empty((p, *size))
     _max_compiled(work.numpy(), window[0], window[1], out.numpy(), torch.get_num_threads())
     return out.to(planes.dtype)
 
@@ -462,11 +462,11 @@ def fused_softmax_pool(
     n, c, h, w = x.shape
     kh, kw = window
     e = weights.contiguous().view(-1, h, w)
-    den = cpu_buffer((e.shape[0], h - kh + 1, w - kw + 1), torch.float64)
+    den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
     _weight_sums_compiled(e.numpy(), kh, kw, den.numpy(), torch.get_num_threads())
     work = _working(x)
     size = (h - kh + 1, w - kw + 1) if valid_only else (h, w)
-    out = cpu_buffer((n * c, *size), work.dtype)
+    out = work.new_empty((n * c, *size))
     ratio = c // weights.shape[1]
     _weighted_pool_compiled(
         work.view(n * c, h, w).numpy(), e.numpy(), ratio, den.numpy(), kh, kw, out.numpy(), torch.get_num_threads()
@@ -483,7 +483,7 @@ def fused_softmax_pool_general(
     n, c, h, w = x.shape
     work = _working(x)
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
-    out = cpu_buffer((n * c, *size), work.dtype)
+    out = work.new_empty((n * c, *size))
     scores = logits.contiguous().view(-1, h, w)
     _general_pool_compiled(work.view(n * c, h, w).numpy(), scores.numpy(), c // logits.shape[1], window[0],
                            window[1], out.numpy())
@@ -509,7 +509,7 @@ def fused_local_var(
     n, c, h, w = x.shape
     work = _working(x)
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
-    out = cpu_buffer((n * c, *size), work.dtype)
+    out = work.new_empty((n * c, *size))
     divisor = max(window[0] * window[1] - correction, 0.0)
     sums = totals if totals is not None else torch.empty(n * c, 2, dtype=torch.float64)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],

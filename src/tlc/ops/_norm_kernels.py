@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import centring_means, cpu_buffer, cpu_kernel_applies
+from ._common import centring_means, cpu_kernel_applies
 from ._local_kernels import window_sums_along_row
 from ._numba import njit, parallel_kernel, prange
 
@@ -114,7 +114,7 @@ def fused_local_group_norm(
     work = x.contiguous()
     scale = torch.ones(c, dtype=torch.float64) if weight is None else weight.detach().to(torch.float64).contiguous()
     shift = torch.zeros(c, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).contiguous()
-    out = cpu_buffer(tuple(work.shape), work.dtype)
+    out = torch.empty_like(work)
     centres = centring_means(work.reshape(work.shape[0] * num_groups, -1), (1,))  # each group's mean
     _compiled(work.numpy(), centres.numpy(), num_groups, window[0], window[1], float(eps), scale.numpy(), shift.numpy(), out.numpy())
     return out

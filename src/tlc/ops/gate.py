@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import cpu_buffer, cpu_kernel_applies, tracing
+from ._common import cpu_kernel_applies, tracing
 from ._triton import triton_applies, triton_spread
 from .pool import replicate_to
 
@@ -73,10 +73,6 @@ def apply_pointwise(
                 and not (torch.is_grad_enabled() and layer.weight.requires_grad)
             ):
                 into = spare.view(shape)
-            elif y.dtype == layer.weight.dtype and not (
-                torch.is_grad_enabled() and (layer.weight.requires_grad or y.requires_grad)
-            ):
-                into = cpu_buffer(shape, y.dtype)  # fresh: on huge pages where large
             # bmm with the weight broadcast reads and writes the maps as they lie; torch.matmul of
             # the matrix with the batch of maps copied in and out here (profiled: 0.35 s of
             # MPRNet's 17 s at 720x1280).
@@ -261,7 +257,7 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
         return x * full if op == "mul" else x + full if op == "add" else x - full
     planes = x.shape[:-2].numel()
     xs, gs = x.contiguous(), gate.contiguous()
-    out = cpu_buffer(tuple(xs.shape), xs.dtype)
+    out = torch.empty_like(xs)
     top, left = (h - gh) // 2, (w - gw) // 2  # replicate_to's split: (k-1)//2 before
     kernel(xs.view(planes, h, w).numpy(), gs.view(planes, gh, gw).numpy(), top, left, out.view(planes, h, w).numpy())
     return out

@@ -318,6 +318,17 @@ def test_multiply_replicated_equals_replicate_then_multiply(dtype, size):
         combine_replicated(x, gate, "div")
 
 
+def test_combine_replicated_integer_maps():
+    # No compiled kernel for "sub" (floating gates run as "add" of the negation): integer maps
+    # take torch's form, for every op.
+    x = torch.randint(-50, 50, (2, 3, 11, 13), generator=torch.Generator().manual_seed(0))
+    gate = torch.randint(-9, 9, (2, 3, 4, 6), generator=torch.Generator().manual_seed(1))
+    full = gate[..., [0, 0, 0, 0, 1, 2, 3, 3, 3, 3, 3], :][..., [0, 0, 0, 0, 1, 2, 3, 4, 5, 5, 5, 5, 5]]
+    assert torch.equal(combine_replicated(x, gate, "sub"), x - full)
+    assert torch.equal(combine_replicated(x, gate, "add"), x + full)
+    assert torch.equal(combine_replicated(x, gate, "mul"), x * full)
+
+
 def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
     torch.manual_seed(0)
     layers = nn.Sequential(nn.Conv2d(6, 3, 1), nn.GELU(), nn.Conv2d(3, 5, 1, bias=False)).eval()

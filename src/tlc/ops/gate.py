@@ -232,25 +232,17 @@ def combine_replicated(x: torch.Tensor, gate: torch.Tensor, op: str = "mul") -> 
     if (gh == 1 and gw == 1 or (gh, gw) == (h, w)) and not tracing():
         # Nothing to replicate (a window covering the map, or none): torch's broadcast is faster.
         return x * gate if op == "mul" else x + gate
-    kernel = _KERNELS[op]
+    # The gate's leading dims are x's and its map no larger: what both kernels below assume.
+    fits = x.dim() >= 3 and gate.shape[:-2] == x.shape[:-2] and gh <= h and gw <= w
+    kernel = _KERNELS.get(op)  # none for "sub" (a non-floating gate)
     fused = (
         kernel is not None
+        and fits
         and cpu_kernel_applies(x, gate)
-        and x.dim() >= 3
-        and gate.shape[:-2] == x.shape[:-2]
         and x.dtype == gate.dtype
         and x.dtype in (torch.float32, torch.float64)
-        and gh <= h
-        and gw <= w
     )
-    if not fused and (
-        triton_applies(x, gate)
-        and x.is_contiguous()  # a channels-last x keeps torch's path (and its layout)
-        and x.dim() >= 3
-        and gate.shape[:-2] == x.shape[:-2]
-        and gh <= h
-        and gw <= w
-    ):
+    if not fused and fits and triton_applies(x, gate) and x.is_contiguous():  # channels-last keeps torch's layout
         return triton_spread(gate, (h, w), x, op)  # CUDA: one pass, no spread gate built
     if not fused:
         full = _replicated(gate, (h, w))

@@ -36,7 +36,6 @@ def self_times(model: torch.nn.Module, x: torch.Tensor, device: torch.device) ->
             synchronize(device)
             wall = time.perf_counter() - start
     per_op: Counter = Counter()
-    launches = 0
     for event in prof.key_averages():
         us = getattr(event, "self_device_time_total", 0.0) if device.type == "cuda" else event.self_cpu_time_total
         per_op[event.key] += us

@@ -127,6 +127,12 @@ def _block_sums_of_squares(
     """Sums of squares of q and k (N, heads, d, H, W) over each block of the segment grid:
     (N, heads, row segments, column segments, d) each, dtype of q."""
     n, heads, d = q.shape[:3]
+    if _all_segments_at_once(q):
+        # Every block in a fixed number of calls: squares summed per segment by 0/1 matrices.
+        rows = _membership(row_pieces, q.shape[-2], q.device, q.dtype)  # (H, S)
+        columns = _membership(col_pieces, q.shape[-1], q.device, q.dtype)  # (W, T)
+        sums = [torch.einsum("ys,nhdyt->nhstd", rows, t.square() @ columns) for t in (q, k)]
+        return sums[0], sums[1]
     fused = (
         _compiled_sums_of_squares is not None
         and cpu_kernel_applies(q, k)
@@ -212,7 +218,7 @@ def _segment_statistics(
     with zeros; ``padded`` from :func:`_padded_rows`) so one batched product per column gives every
     row segment's ``q k^T`` there; the columns of a segment summed by a 0/1 matrix (deterministic,
     unlike an indexed add)."""
-    h, w = qh.shape[-2:]
+    w = qh.shape[-1]
     gather, real, _ = padded
     n, heads, d = qh.shape[:3]
     segments, longest = real.shape
@@ -222,9 +228,8 @@ def _segment_statistics(
     k_rows = kh.index_select(3, gather).view(n, heads, d, segments, longest, w)
     per_column = torch.einsum("nhasyx,nhbsyx->nhsabx", q_rows, k_rows)  # (N, heads, S, d, d, W)
     gram = (per_column @ columns).permute(0, 1, 2, 5, 3, 4)  # (N, heads, S, T, d, d)
-    rows = _membership(row_pieces, h, qh.device, qh.dtype)  # (H, S)
-    squares = [torch.einsum("ys,nhdyt->nhstd", rows, t.square() @ columns) for t in (qh, kh)]
-    return gram, squares[0], squares[1]
+    q_sq, k_sq = _block_sums_of_squares(qh, kh, row_pieces, col_pieces)
+    return gram, q_sq, k_sq
 
 
 def _apply_by_segments(

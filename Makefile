@@ -27,6 +27,7 @@ bench: venv
 	$(PY) bench/networks.py
 	$(PY) bench/memory.py
 	$(PY) bench/huge_pages.py
+	$(PY) bench/page_faults.py
 	$(PY) bench/half_precision.py
 
 # The built-in demo: held-out photographs, noise and motion blur varying across the frame,

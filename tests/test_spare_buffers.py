@@ -3,6 +3,7 @@ that anything alive still reads."""
 
 from __future__ import annotations
 
+import copy
 import gc
 
 import pytest
@@ -164,3 +165,89 @@ def test_a_spare_of_as_many_elements_serves_any_dense_layout():
     _spare_of(buffers, torch.empty(5, 1, 40).movedim(-1, 0))  # (40, 5, 1)
     out = buffers.compute_into("__mul__", (a, b), {}, (40, 5), torch.float32)
     assert out is not None and torch.equal(out, a * b) and out.stride() == a.stride()
+
+
+# --- buffers given back after in-place calls; whole models reusing buffers keep their numbers
+
+
+def test_a_value_changed_in_place_gives_its_buffer_back_when_its_real_tensor_dies():
+    x = torch.randn(1, 4, 40, 50)
+    values = PooledValues()
+    y = values.start(x.mean((2, 3), keepdim=True), window_sums(x, 3) / 9, x.shape[-2:])
+    z = values.handle(torch.sigmoid, (), (y,), {})
+    local = values.local(z)
+    layout = (tuple(local.shape), local.stride(), local.dtype, local.device)
+    address = local.untyped_storage().data_ptr()
+    assert values.handle(torch.Tensor.relu_, (), (z,), {}) is z  # tracked again, the same buffer
+    del y, z, local
+    gc.collect()
+    taken = [values.spare.take(*layout) for _ in range(2)]  # y's buffer, and z's
+    assert address in [t.untyped_storage().data_ptr() for t in taken if t is not None]
+
+
+def _two_gates() -> torch.nn.Module:
+    class SE(torch.nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = torch.nn.Conv2d(c, c, 3, padding=1)
+            self.fc = torch.nn.Sequential(torch.nn.Linear(c, c // 2), torch.nn.ReLU(inplace=True), torch.nn.Linear(c // 2, c))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.body(x)
+            g = torch.sigmoid(self.fc(y.mean((2, 3))))
+            return x + y * g[:, :, None, None]
+
+    torch.manual_seed(3)
+    return torch.nn.Sequential(SE(8), SE(8)).eval()
+
+
+def test_a_converted_model_reusing_buffers_gives_the_numbers_of_one_that_never_does(monkeypatch):
+    import tlc
+
+    converted, _ = tlc.convert(_two_gates(), train_size=24)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 8, 201, 243, generator=g), torch.rand(2, 8, 201, 243, generator=g) * 3
+    taken = []
+    real_take = SpareBuffers.take
+
+    def counted_take(self, *args):
+        got = real_take(self, *args)
+        taken.append(got is not None)
+        return got
+
+    with torch.no_grad():
+        monkeypatch.setattr(SpareBuffers, "take", counted_take)
+        out_a, out_b = converted(a), converted(b)
+        assert any(taken)  # the second gate computed into the first one's buffers
+        # The reference: no buffer ever reused, every result a new tensor.
+        monkeypatch.setattr(SpareBuffers, "take", lambda self, *args: None)
+        monkeypatch.setattr(SpareBuffers, "compute_into", lambda self, *args: None)
+        ref_a, ref_b = converted(a), converted(b)
+    assert torch.equal(out_a, ref_a) and torch.equal(out_b, ref_b)
+    assert not torch.equal(out_a[:, :, :100], out_b[:, :, :100])
+
+
+def test_concurrent_forwards_of_one_converted_model_share_no_buffer():
+    import threading
+
+    import tlc
+
+    converted, _ = tlc.convert(_two_gates(), train_size=24)
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.rand(1, 8, 200, 240, generator=g) * (i + 1) for i in range(2)]
+    with torch.no_grad():
+        expected = [copy.deepcopy(converted)(x) for x in inputs]
+    wrong = []
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(6):
+                if not torch.equal(converted(inputs[i]), expected[i]):
+                    wrong.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

@@ -141,13 +141,20 @@ class _Entry:
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
     put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map."""
 
-    __slots__ = ("ref", "local", "grid", "sources", "expanded")
+    __slots__ = ("ref", "local", "grid", "sources", "expanded", "held")
 
     def __init__(
-        self, ref: weakref.ref, local: torch.Tensor, grid: Grid, sources: frozenset, expanded: tuple | None = None
+        self,
+        ref: weakref.ref,
+        local: torch.Tensor,
+        grid: Grid,
+        sources: frozenset,
+        expanded: tuple | None = None,
+        held: int | None = None,
     ) -> None:
         self.ref, self.local, self.grid, self.sources = ref, local, grid, sources
         self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
+        self.held = held  # the key SpareBuffers.hold gave for local, or None
 
 
 # ----------------------------------------------------------------------------- call tables
@@ -380,6 +387,11 @@ class PooledValues:
     ) -> None:
         key, entries, spare = id(real), self._entries, self.spare
         held = spare.hold(local, real)
+        replaced = entries.get(key)
+        if replaced is not None and replaced.ref() is real and replaced.held is not None:
+            # The same real tensor tracked again (an in-place call): the registry lets go of the
+            # old local, so its buffer can come back once nothing else holds it.
+            spare.release(replaced.held, replaced.local)
 
         def forget(ref: weakref.ref) -> None:  # the real tensor died: drop its local counterpart
             entry = entries.get(key)
@@ -388,7 +400,7 @@ class PooledValues:
                 if held is not None:
                     spare.release(held, entry.local)
 
-        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded)
+        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held)
 
     def _entry(self, t: torch.Tensor) -> _Entry | None:
         entry = self._entries.get(id(t))

@@ -82,20 +82,33 @@ def fused_local_mean_available(x: torch.Tensor) -> bool:
 
 
 def fused_local_mean(
-    x: torch.Tensor, window: tuple[int, int], valid_only: bool = False, totals: torch.Tensor | None = None
+    x: torch.Tensor,
+    window: tuple[int, int],
+    valid_only: bool = False,
+    totals: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Local mean of a CPU (N, C, H, W) tensor with an already clamped window (kh, kw).
 
     Returns (N, C, H, W), or with ``valid_only`` the (N, C, H-kh+1, W-kw+1) means of the windows
     lying inside the map. Half inputs are computed in float32 and rounded back; accumulation is
     float64 throughout. ``totals``: optional (N * C,) float64 CPU tensor that gets each plane's
-    sum, from the same pass.
+    sum, from the same pass. ``out``: optional tensor the result is written into (and returned)
+    where it is contiguous, of the result's shape and of ``x``'s dtype, float32 or float64;
+    otherwise a new one is made.
     """
     n, c, h, w = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     work = work.contiguous()
     size = (h - window[0] + 1, w - window[1] + 1) if valid_only else (h, w)
-    out = work.new_empty((n, c, *size))
+    fits = (
+        out is not None
+        and out.dtype == work.dtype == x.dtype
+        and tuple(out.shape) == (n, c, *size)
+        and out.is_contiguous()
+        and out.device.type == "cpu"
+    )
+    out = out if fits else work.new_empty((n, c, *size))
     sums = totals if totals is not None else torch.empty(0, dtype=torch.float64)
     _compiled(work.view(n * c, h, w).numpy(), window[0], window[1], out.view(n * c, *size).numpy(), sums.numpy())
     return out.to(x.dtype)

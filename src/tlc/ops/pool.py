@@ -188,10 +188,19 @@ def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     return (window_sums(x, (kh, kw)) / (kh * kw)).to(x.dtype)
 
 
-def valid_local_mean_and_mean(x: torch.Tensor, window: int | Pair) -> tuple[torch.Tensor, torch.Tensor | None]:
+def valid_local_mean_and_mean(
+    x: torch.Tensor, window: int | Pair, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`valid_local_mean` and the map's own mean ``x.mean((2, 3), keepdim=True)`` from the
     same pass where the CPU kernel applies (its float64 sums of every row; None elsewhere, where
     torch's own mean is a pass of its own anyway).
+
+    Args:
+        x: (N, C, H, W) map.
+        window: (kh, kw) in pixels (an int means square), clamped to the map.
+        out: optional contiguous (N, C, H - kh + 1, W - kw + 1) tensor of ``x``'s dtype (float32
+            or float64) that the CPU kernel writes the windows' means into, and returns; ignored
+            where the kernel does not run.
 
     Returns:
         ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1) or None), in the dtype of ``x``.
@@ -205,7 +214,7 @@ def valid_local_mean_and_mean(x: torch.Tensor, window: int | Pair) -> tuple[torc
     if not fused_local_mean_available(x):
         return valid_local_mean(x, (kh, kw)), None
     totals = torch.empty(n * c, dtype=torch.float64)
-    valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals)
+    valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals, out=out)
     return valid, (totals / (h * w)).view(n, c, 1, 1).to(x.dtype)
 
 

@@ -146,6 +146,16 @@ def sum_factor(call: Call) -> float:
     return factor
 
 
+def _valid_buffer(values: PooledValues, src: torch.Tensor, window: tuple[int, int]) -> torch.Tensor | None:
+    """A spare buffer for the valid windows' means of ``src`` (see tlc.convert.spare_buffers), or
+    None (autograd needs them, or none is at hand)."""
+    if src.dtype not in (torch.float32, torch.float64) or torch.is_grad_enabled() and src.requires_grad:
+        return None
+    n, c, h, w = src.shape
+    gh, gw = h - window[0] + 1, w - window[1] + 1
+    return values.spare.take((n, c, gh, gw), (c * gh * gw, gh * gw, gw, 1), src.dtype, src.device)
+
+
 def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site) -> torch.Tensor | None:
     """A mean, sum or centred square reduced over H and W by hand (the chain of calls ending at
     ``call``, read from the marks), as a pooled value: its global value, carrying its value
@@ -166,7 +176,7 @@ def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site)
     scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
     (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
     if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
-        valid, real = valid_local_mean_and_mean(src, window)
+        valid, real = valid_local_mean_and_mean(src, window, out=_valid_buffer(values, src, window))
         real = src.mean((2, 3), keepdim=True) if real is None else real
     else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
         valid, real = valid_local_var_and_var(src, window)

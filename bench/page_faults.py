@@ -15,11 +15,13 @@ faults per forward either way, from run to run.
 
     python bench/page_faults.py                          # the corpus models over 1.10x
     python bench/page_faults.py --only se-linear --repeats 9 --train-size 32
+    python bench/page_faults.py --huge-pages             # as the tlc command allocates
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -37,6 +39,7 @@ from common import machine, merged, write_csv  # noqa: E402
 from corpus import pin_threads  # noqa: E402
 
 import tlc  # noqa: E402
+from tlc.cli.main import HUGE_PAGES_VARIABLE  # noqa: E402
 from tests.corpus import CORPUS, build  # noqa: E402
 from tests.test_corpus import image  # noqa: E402
 
@@ -78,7 +81,7 @@ def site_paths(entry) -> list[str]:
     return [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
 
 
-def measure(entry, size: tuple[int, int], train_size: int, repeats: int) -> dict:
+def measure(entry, size: tuple[int, int], train_size: int, repeats: int, allocator: str) -> dict:
     """Interleaved forwards of the original and the converted model: per forward, the medians of
     total time, time in the sites, and faults (whole forward, sites)."""
     torch.manual_seed(0)
@@ -131,6 +134,7 @@ def measure(entry, size: tuple[int, int], train_size: int, repeats: int) -> dict
         "rest_faults_converted": int(statistics.median(rest_faults["converted"])),
         "stat": f"median of {repeats}, turns interleaved",
         "machine": machine(),
+        "allocator": allocator,
     }
 
 
@@ -141,7 +145,14 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256, help="tlc.convert's train_size (default 256)")
     parser.add_argument("--repeats", type=int, default=7, help="turns per model (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
+                             "command sets it); writes page_faults_thp_cpu.csv")
     args = parser.parse_args()
+    if args.huge_pages:
+        os.environ[HUGE_PAGES_VARIABLE] = "1"  # before torch's first large allocation, as the command does
+    csv_name = "page_faults_thp_cpu" if args.huge_pages else "page_faults_cpu"
+    allocator = "huge pages" if args.huge_pages else "default allocator"
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     names = args.only.split(",") if args.only else list(DEFAULT_MODELS)
@@ -154,14 +165,14 @@ def main() -> None:
           "| faults per forward (orig -> conv) | faults outside the sites |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
-        row = measure(entries[name], size, args.train_size, args.repeats)
+        row = measure(entries[name], size, args.train_size, args.repeats, allocator)
         rows.append(row)
         print(f"| {name} | {row['original_ms']} | {row['converted_ms']} | {row['ratio']:.2f}x "
               f"| {row['sites_original_ms']} -> {row['sites_converted_ms']} "
               f"| {row['rest_original_ms']} -> {row['rest_converted_ms']} "
               f"| {row['faults_original']} -> {row['faults_converted']} "
               f"| {row['rest_faults_original']} -> {row['rest_faults_converted']} |", flush=True)
-    path = write_csv("page_faults_cpu", merged("page_faults_cpu", rows))
+    path = write_csv(csv_name, merged(csv_name, rows))
     print(f"wrote {path}")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import time
@@ -88,6 +90,29 @@ def write_csv(name: str, rows: list[dict]) -> Path:
         writer.writerows(rows)
     tmp.replace(path)
     return path
+
+
+def _huge_pages_csv(csv_name: str) -> str:
+    """Where a script's figures under huge pages go: corpus_cpu -> corpus_thp_cpu."""
+    return csv_name.removesuffix("_cpu") + "_thp_cpu"
+
+
+def add_huge_pages_option(parser: argparse.ArgumentParser, csv_name: str) -> None:
+    """``--huge-pages``: time as the tlc command allocates (see :func:`allocator_from`)."""
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
+                             f"command sets it); the figures go to {_huge_pages_csv(csv_name)}.csv")
+
+
+def allocator_from(args: argparse.Namespace, csv_name: str) -> tuple[str, str]:
+    """Sets ``THP_MEM_ALLOC_ENABLE=1`` where ``--huge-pages`` was given, before torch's first large
+    allocation (as the tlc command does). Returns (the CSV name to write, the allocator's label)."""
+    from tlc.cli.main import HUGE_PAGES_VARIABLE
+
+    if not args.huge_pages:
+        return csv_name, "default allocator"
+    os.environ[HUGE_PAGES_VARIABLE] = "1"
+    return _huge_pages_csv(csv_name), "huge pages"
 
 
 def peak_rss_mib_during(fn: Callable[[], object]) -> float:

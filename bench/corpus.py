@@ -30,7 +30,6 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -42,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 import statistics  # noqa: E402
 
-from common import interleaved_seconds, machine, merged, write_csv  # noqa: E402
+from common import add_huge_pages_option, allocator_from, interleaved_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.cli.main import HUGE_PAGES_VARIABLE  # noqa: E402
 from tests.corpus import CORPUS, Entry, build  # noqa: E402
 from tests.test_corpus import image, max_diff, observed_sites, outputs, site_mismatch  # noqa: E402
 
@@ -172,15 +170,11 @@ def main() -> None:
                         help="per-model time from the runs: their median (default) or their minimum, the run "
                              "least disturbed by the rest of a shared machine; 'paired': median times, and each "
                              "ratio the median over turns of that turn's converted / original")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
-                             "command sets it); the figures go to corpus_thp_cpu.csv")
+    add_huge_pages_option(parser, "corpus_cpu")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
-    if args.huge_pages:
-        os.environ[HUGE_PAGES_VARIABLE] = "1"  # before torch's first large allocation, as the command does
-    csv_name = "corpus_thp_cpu" if args.huge_pages else "corpus_cpu"
+    csv_name, allocator = allocator_from(args, "corpus_cpu")
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     entries = list(CORPUS)
@@ -190,7 +184,6 @@ def main() -> None:
         if unknown:
             parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
         entries = [e for e in CORPUS if e.name in names]
-    allocator = "huge pages" if args.huge_pages else "default allocator"
     print(f"corpus at {args.size} on {machine()}, float32, batch 1, {args.stat} of {args.repeats} taking turns, "
           f"{allocator}\n")
     t2 = args.train_size_2

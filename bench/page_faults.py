@@ -21,7 +21,6 @@ faults per forward either way, from run to run.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
@@ -35,11 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import machine, merged, write_csv  # noqa: E402
+from common import add_huge_pages_option, allocator_from, machine, merged, write_csv  # noqa: E402
 from corpus import pin_threads  # noqa: E402
 
 import tlc  # noqa: E402
-from tlc.cli.main import HUGE_PAGES_VARIABLE  # noqa: E402
 from tests.corpus import CORPUS, build  # noqa: E402
 from tests.test_corpus import image  # noqa: E402
 
@@ -78,13 +76,12 @@ class SiteMeter:
 def site_paths(entry) -> list[str]:
     """The outermost module paths of the entry's local sites (CBAM's two pools share one)."""
     paths = sorted({e.path for e in entry.expected if e.status == "local"})
-    return [p for p in paths if not any(p.startswith(q + ".") for q in paths if q != p)]
+    return [p for p in paths if not any(p.startswith(q + ".") for q in paths)]
 
 
 def measure(entry, size: tuple[int, int], train_size: int, repeats: int, allocator: str) -> dict:
     """Interleaved forwards of the original and the converted model: per forward, the medians of
     total time, time in the sites, and faults (whole forward, sites)."""
-    torch.manual_seed(0)
     original = build(entry, wide=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -145,14 +142,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256, help="tlc.convert's train_size (default 256)")
     parser.add_argument("--repeats", type=int, default=7, help="turns per model (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
-                             "command sets it); writes page_faults_thp_cpu.csv")
+    add_huge_pages_option(parser, "page_faults_cpu")
     args = parser.parse_args()
-    if args.huge_pages:
-        os.environ[HUGE_PAGES_VARIABLE] = "1"  # before torch's first large allocation, as the command does
-    csv_name = "page_faults_thp_cpu" if args.huge_pages else "page_faults_cpu"
-    allocator = "huge pages" if args.huge_pages else "default allocator"
+    csv_name, allocator = allocator_from(args, "page_faults_cpu")
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     names = args.only.split(",") if args.only else list(DEFAULT_MODELS)

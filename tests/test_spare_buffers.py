@@ -13,6 +13,8 @@ from tlc.convert.pooled_values import PooledValues
 from tlc.convert.spare_buffers import SpareBuffers
 from tlc.ops.pool import window_sums
 
+from .corpus.channel_attention import SELayer
+
 
 def _spare_of(buffers: SpareBuffers, t: torch.Tensor) -> None:
     address = buffers.hold(t, torch.zeros(1))
@@ -186,25 +188,15 @@ def test_a_value_changed_in_place_gives_its_buffer_back_when_its_real_tensor_die
 
 
 def _two_gates() -> torch.nn.Module:
-    class SE(torch.nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.body = torch.nn.Conv2d(c, c, 3, padding=1)
-            self.fc = torch.nn.Sequential(torch.nn.Linear(c, c // 2), torch.nn.ReLU(inplace=True), torch.nn.Linear(c // 2, c))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.body(x)
-            g = torch.sigmoid(self.fc(y.mean((2, 3))))
-            return x + y * g[:, :, None, None]
-
+    """Two squeeze-excitation gates (Linear layers, an in-place ReLU) one after the other."""
     torch.manual_seed(3)
-    return torch.nn.Sequential(SE(8), SE(8)).eval()
+    return torch.nn.Sequential(SELayer(8), SELayer(8)).eval()
 
 
 def test_a_converted_model_reusing_buffers_gives_the_numbers_of_one_that_never_does(monkeypatch):
     import tlc
 
-    converted, _ = tlc.convert(_two_gates(), train_size=24)
+    converted, _ = tlc.convert(_two_gates(), train_size=24, in_channels=8)
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 8, 201, 243, generator=g), torch.rand(2, 8, 201, 243, generator=g) * 3
     taken = []
@@ -232,7 +224,7 @@ def test_concurrent_forwards_of_one_converted_model_share_no_buffer():
 
     import tlc
 
-    converted, _ = tlc.convert(_two_gates(), train_size=24)
+    converted, _ = tlc.convert(_two_gates(), train_size=24, in_channels=8)
     g = torch.Generator().manual_seed(1)
     inputs = [torch.rand(1, 8, 200, 240, generator=g) * (i + 1) for i in range(2)]
     with torch.no_grad():

@@ -248,6 +248,67 @@ def test_softmax_pool_where_a_shared_shift_would_underflow_whole_windows():
         torch.testing.assert_close(out[:, :, 0, 0], x[:, :, 0, 0], rtol=0, atol=1e-10)
 
 
+def rounding_bound(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What a float32 result of the exact ``ref`` (float64) may be off by: half a float32 step of
+    the value, plus the running sums' allowance (``TOLERANCE`` of max|x|)."""
+    ref32 = ref.float()
+    step = (torch.nextafter(ref32.abs(), torch.tensor(float("inf"))) - ref32.abs()).double()
+    return step / 2 + 1e-10 * x.abs().max().double() + 1e-30
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shape, window", [((2, 3, 23, 17), (5, 4)), ((1, 4, 40, 31), (9, 13)), ((1, 2, 64, 47), (16, 15)),
+                                           ((2, 2, 9, 50), (9, 7))])
+def test_softmax_pool_float32_is_the_exact_value_rounded(shape, window, shared):
+    # float32 inputs with mild logits (the running sums' case on the CPU): every output within
+    # half a float32 step of the exact value (plus the running sums' 1e-10 of max|x|), valid
+    # windows and replicated, batch > 1, odd and non-square sizes.
+    torch.manual_seed(shape[2] * 100 + shared)
+    x = torch.randn(shape) * 3 + 1
+    logits = 2 * torch.randn(shape[0], 1 if shared else shape[1], *shape[2:])
+    ref = brute_softmax_pool(x, logits, window)
+    (kh, kw), (h, w) = window, shape[2:]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for valid_only in (False, True):
+        out = local_softmax_pool(x, logits, window, valid_only=valid_only)
+        want = ref[..., top : top + h - kh + 1, left : left + w - kw + 1] if valid_only else ref
+        assert out.dtype == torch.float32 and out.shape == want.shape
+        assert ((out.double() - want).abs() <= rounding_bound(want, x)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_softmax_pool_half_inputs_round_the_exact_value(dtype):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 21, 26).to(dtype)
+    logits = torch.randn(2, 1, 21, 26).to(dtype)
+    out = local_softmax_pool(x, logits, (6, 9))
+    ref = brute_softmax_pool(x, logits, (6, 9))
+    assert out.dtype == dtype
+    step = torch.finfo(dtype).eps * ref.abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((out.double() - ref).abs() <= step).all()
+
+
+def test_running_sums_run_only_where_their_bound_allows():
+    from tlc.ops._running_kernels import running_softmax_pool
+
+    torch.manual_seed(4)
+    x = torch.randn(1, 2, 20, 60)
+    mild = torch.randn(1, 1, 20, 60, dtype=torch.float64)
+    pooled = running_softmax_pool(x, torch.exp(mild - mild.max()), (5, 7))
+    assert pooled is not None
+    ref = brute_softmax_pool(x, mild, (5, 7))
+    assert ((pooled.double() - ref).abs() <= rounding_bound(ref, x)).all()
+    # Columns 30 and up 30 below the rest: the windows there sum to ~1e-13 of those on the left,
+    # and a running sum sliding in from the left would keep ~1e-16 of the left's weight as error
+    # (1e-3 of the result). Refused; the public op still gives the exact value (block sums).
+    steep = torch.zeros(1, 1, 20, 60, dtype=torch.float64)
+    steep[..., 30:] = -30
+    assert running_softmax_pool(x, torch.exp(steep), (5, 7)) is None
+    out = local_softmax_pool(x, steep.float(), (5, 7))
+    ref = brute_softmax_pool(x, steep, (5, 7))
+    assert ((out.double() - ref).abs() <= rounding_bound(ref, x)).all()
+
+
 def test_softmax_pool_moderate_range_needing_the_window_maxima():
     # Range 900 overall (over the float64 reach of one shift), but every window holds a high logit.
     x = torch.randn(1, 3, 10, 10, dtype=torch.float64)

@@ -169,6 +169,17 @@ def test_a_spare_of_as_many_elements_serves_any_dense_layout():
     assert out is not None and torch.equal(out, a * b) and out.stride() == a.stride()
 
 
+def test_a_buffer_taken_and_not_written_is_spare_again_once_given_back():
+    buffers = SpareBuffers()
+    spare = torch.empty(3, 7)
+    _spare_of(buffers, spare)
+    got = buffers.take((3, 7), (7, 1), torch.float32, spare.device)
+    assert got is not None and buffers.take((3, 7), (7, 1), torch.float32, spare.device) is None  # taken
+    buffers.give_back(got)
+    again = buffers.take((3, 7), (7, 1), torch.float32, spare.device)
+    assert again is not None and again.data_ptr() == spare.data_ptr()
+
+
 # --- buffers given back after in-place calls; whole models reusing buffers keep their numbers
 
 

@@ -115,7 +115,7 @@ class SpareBuffers:
         try:
             return function(*args, **kwargs, out=buffer)
         except (RuntimeError, TypeError, ValueError):  # a form torch's out= variant refuses
-            self._spare.append(buffer)
+            self.give_back(buffer)
             return None
 
     def take(self, shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -131,6 +131,13 @@ class SpareBuffers:
                 same = tuple(buffer.shape) == tuple(shape) and buffer.stride() == tuple(stride)
                 return buffer if same else buffer.as_strided(shape, stride, 0)
         return None
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        """A buffer :meth:`take` gave out and nothing was written into (the computation it was
+        taken for made its own result): spare again."""
+        self._spare.append(buffer)
+        if len(self._spare) > _KEPT:
+            self._spare.pop(0)
 
     def clear(self) -> None:
         """Forget every buffer (the forward ended)."""

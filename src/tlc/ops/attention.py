@@ -122,15 +122,21 @@ _compiled_sums_of_squares = (
 
 
 def _block_sums_of_squares(
-    q: torch.Tensor, k: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    row_pieces: list[tuple[int, int]],
+    col_pieces: list[tuple[int, int]],
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of squares of q and k (N, heads, d, H, W) over each block of the segment grid:
-    (N, heads, row segments, column segments, d) each, dtype of q."""
+    (N, heads, row segments, column segments, d) each, dtype of q. ``columns``: the (W, T)
+    membership of ``col_pieces`` where the caller has it already."""
     n, heads, d = q.shape[:3]
     if _all_segments_at_once(q):
         # Every block in a fixed number of calls: squares summed per segment by 0/1 matrices.
         rows = _membership(row_pieces, q.shape[-2], q.device, q.dtype)  # (H, S)
-        columns = _membership(col_pieces, q.shape[-1], q.device, q.dtype)  # (W, T)
+        if columns is None:
+            columns = _membership(col_pieces, q.shape[-1], q.device, q.dtype)  # (W, T)
         sums = [torch.einsum("ys,nhdyt->nhstd", rows, t.square() @ columns) for t in (q, k)]
         return sums[0], sums[1]
     fused = (
@@ -228,7 +234,7 @@ def _segment_statistics(
     k_rows = kh.index_select(3, gather).view(n, heads, d, segments, longest, w)
     per_column = torch.einsum("nhasyx,nhbsyx->nhsabx", q_rows, k_rows)  # (N, heads, S, d, d, W)
     gram = (per_column @ columns).permute(0, 1, 2, 5, 3, 4)  # (N, heads, S, T, d, d)
-    q_sq, k_sq = _block_sums_of_squares(qh, kh, row_pieces, col_pieces)
+    q_sq, k_sq = _block_sums_of_squares(qh, kh, row_pieces, col_pieces, columns)
     return gram, q_sq, k_sq
 
 

@@ -11,7 +11,8 @@ For every corpus model (fixed seed, perturbed parameters, eval mode; some built 
   check there (its local forms run) where larger;
 - effect: max |converted - original| at 4x the training size;
 - time: median (with --stat min, the fastest) forward of the original and of the converted model
-  at --size (batch 1, float32, CPU), taking turns; the ratio converted / original only where the
+  at --size (batch 1, float32, CPU), taking turns (each converted model with the original alone,
+  the original's time over both pairs); the ratio converted / original only where the
   original takes >= 30 ms (below that the ratio is noise). With --stat paired the ratio is the
   median over the turns of each turn's ratio (the most robust here: one lucky or slow run moves
   one pair, not the figure). Timed twice converted: at the corpus's training size (32, so
@@ -135,10 +136,17 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, tra
                 f"tlc's first forward set torch's threads {threads} -> {torch.get_num_threads()} (reset)"
             )
     pin_threads(threads)
+    # Each converted model takes turns with the original alone: with all three taking turns, what
+    # the train-32 model leaves behind (its heap's shape, its huge pages) moved the train-256
+    # model's times and not the original's alike (the same GCNet: 1.35x among three, 1.16x in two).
+    pairs = {name: {"original": fns["original"], name: fn} for name, fn in fns.items() if name != "original"}
     try:
         with torch.inference_mode():
-            runs = interleaved_seconds(fns, "cpu", repeats=repeats)
-        times = {name: STATS[stat](t) for name, t in runs.items()}
+            if not pairs:
+                pairs = {"original": {"original": fns["original"]}}
+            runs = {name: interleaved_seconds(pair, "cpu", repeats=repeats) for name, pair in pairs.items()}
+        originals = [t for pair in runs.values() for t in pair["original"]]
+        times = {"original": STATS[stat](originals)} | {name: STATS[stat](runs[name][name]) for name in fns if name in runs}
     except RuntimeError as err:
         row.update(original_ms="", converted_ms="", ratio="", converted_2_ms="", ratio_2="")
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"no forward at {row['size']}: {_one_line(err, 60)}"
@@ -151,9 +159,10 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, tra
     def ratio(name: str) -> float | str:
         if name not in times or not big_enough:
             return ""
+        pair = runs[name]
         if stat == "paired":
-            return round(statistics.median(c / o for c, o in zip(runs[name], runs["original"])), 3)
-        return round(times[name] / times["original"], 3)
+            return round(statistics.median(c / o for c, o in zip(pair[name], pair["original"])), 3)
+        return round(STATS[stat](pair[name]) / STATS[stat](pair["original"]), 3)
 
     row["ratio"], row["ratio_2"] = ratio("converted"), ratio("converted_2")
     row["train_2"] = train_2

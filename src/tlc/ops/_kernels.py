@@ -14,7 +14,7 @@ import torch
 
 from ._common import cpu_kernel_applies
 
-from ._numba import parallel_kernel, prange
+from ._numba import njit, parallel_kernel, prange
 
 
 def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by numba)
@@ -58,20 +58,36 @@ def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by n
                 total += column[b + k2 - 1] - column[b - 1]
                 out_row[left + b] = total * inv_area
             if replicate:
-                first, last = out_row[left], out_row[left + valid_w - 1]
-                for j in range(left):
-                    out_row[j] = first
-                for j in range(left + valid_w, w):
-                    out_row[j] = last
-        if replicate:  # whole rows above and below the valid band
-            for row in range(top):
-                out_plane[row, :] = out_plane[top, :]
-            for row in range(top + valid_h, h):
-                out_plane[row, :] = out_plane[top + valid_h - 1, :]
+                replicate_row_edges(out_row, left, valid_w)
+        if replicate:
+            replicate_edge_rows(out_plane, top, valid_h)
         if want_totals:
             totals[p] = rows_total.sum()
 
 
+def replicate_row_edges(row, left, valid_w):  # pragma: no cover (compiled by numba)
+    """row: (W,) holding valid windows' values at [left, left + valid_w): the pixels left and right
+    of them take the first and last (edge replication, as :func:`tlc.ops.pool.replicate_to`).
+    Called while the row is still in cache."""
+    first, last = row[left], row[left + valid_w - 1]
+    for j in range(left):
+        row[j] = first
+    for j in range(left + valid_w, row.shape[0]):
+        row[j] = last
+
+
+def replicate_edge_rows(plane, top, valid_h):  # pragma: no cover (compiled by numba)
+    """plane: (H, W) whose rows [top, top + valid_h) are complete: the rows above and below take
+    the first and last of them."""
+    for row in range(top):
+        plane[row, :] = plane[top, :]
+    for row in range(top + valid_h, plane.shape[0]):
+        plane[row, :] = plane[top + valid_h - 1, :]
+
+
+if njit is not None:  # compiled into the kernels that call them
+    replicate_row_edges = njit(inline="always")(replicate_row_edges)
+    replicate_edge_rows = njit(inline="always")(replicate_edge_rows)
 _compiled = parallel_kernel(_box_mean_planes)
 
 

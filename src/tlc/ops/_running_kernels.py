@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._kernels import replicate_edge_rows, replicate_row_edges
 from ._numba import parallel_kernel, prange
 
 #: the error allowed relative to max|x| (see the module docstring)
@@ -90,16 +91,9 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover (c
                 total += column[b + k2 - 1] - column[b - 1]
                 out_row[left + b] = total / den_row[b]
             if replicate:
-                first, last = out_row[left], out_row[left + valid_w - 1]
-                for j in range(left):
-                    out_row[j] = first
-                for j in range(left + valid_w, w):
-                    out_row[j] = last
-        if replicate:  # whole rows above and below the valid band
-            for row in range(top):
-                out_plane[row, :] = out_plane[top, :]
-            for row in range(top + valid_h, h):
-                out_plane[row, :] = out_plane[top + valid_h - 1, :]
+                replicate_row_edges(out_row, left, valid_w)
+        if replicate:
+            replicate_edge_rows(out_plane, top, valid_h)
 
 
 _weight_sums_compiled = parallel_kernel(_weight_window_sums_planes)

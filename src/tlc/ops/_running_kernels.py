@@ -11,11 +11,12 @@ Error bound. With ``u = 2**-53`` and nonnegative weights ``e``, the running sums
 (``e`` or ``e * x``) over an ``H x W`` plane with ``kh x kw`` windows are off by at most
 ``u * F * M``, where ``M`` is the largest window sum of ``|v|`` and (to first order in ``u``)
 
-    F = (H + 3) * (H / kh + 1) + W + 3 * (W / kw + 1):
+    F = (H + 3) * (H / kh + 1) + W + 3 * (W / kw + 1) + 1:
 
 a column sum takes at most ``H`` steps, each rounding below its largest value (a column strip, at
 most ``M``; summed over a window's columns, at most ``H / kh + 1`` windows' worth) plus its two
-terms; the row sum likewise over ``W`` steps. The pooled value ``N / D`` (``|N / D| <= max|x|``,
+terms; the row sum likewise over ``W`` steps; the last 1 covers the weights' sums coming as means
+scaled back (two roundings, ``u`` each, relative to ``D``). The pooled value ``N / D`` (``|N / D| <= max|x|``,
 ``M <= max|x| * max(D)`` for the numerator) is then within ``2 * u * F * max(D) / min(D) * max|x|``
 of the exact quotient. These kernels run only where that is at most ``TOLERANCE * max|x|``
 (``TOLERANCE = 1e-10``, a thousandth of a float32 rounding step), for float32 results; float64
@@ -27,38 +28,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._kernels import replicate_edge_rows, replicate_row_edges
+from ._kernels import fused_local_mean, replicate_edge_rows, replicate_row_edges
 from ._numba import parallel_kernel, prange
 
 #: the error allowed relative to max|x| (see the module docstring)
 TOLERANCE = 1e-10
 _UNIT_ROUNDOFF = 2.0**-53
-
-
-def _weight_window_sums_planes(e, k1, k2, out):  # pragma: no cover (compiled by numba)
-    """e: (Q, H, W) float64 weights; out: (Q, H-k1+1, W-k2+1) float64 gets their window sums."""
-    planes, h, w = e.shape
-    valid_h, valid_w = h - k1 + 1, w - k2 + 1
-    for p in prange(planes):
-        column = np.zeros(w, np.float64)
-        e_plane, out_plane = e[p], out[p]
-        for i in range(k1):
-            e_row = e_plane[i]
-            for j in range(w):
-                column[j] += e_row[j]
-        for a in range(valid_h):
-            if a > 0:
-                entering, leaving = e_plane[a + k1 - 1], e_plane[a - 1]
-                for j in range(w):
-                    column[j] += entering[j] - leaving[j]
-            out_row = out_plane[a]
-            total = 0.0
-            for j in range(k2):
-                total += column[j]
-            out_row[0] = total
-            for b in range(1, valid_w):
-                total += column[b + k2 - 1] - column[b - 1]
-                out_row[b] = total
 
 
 def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover (compiled by numba)
@@ -96,15 +71,14 @@ def _weighted_pool_planes(x, e, ratio, den, k1, k2, out):  # pragma: no cover (c
             replicate_edge_rows(out_plane, top, valid_h)
 
 
-_weight_sums_compiled = parallel_kernel(_weight_window_sums_planes)
 _weighted_pool_compiled = parallel_kernel(_weighted_pool_planes)
 
 
 def error_factor(size: tuple[int, int], window: tuple[int, int]) -> float:
     """``u * F`` of the module docstring: the running sums' error over the largest window sum,
-    for an (H, W) plane and a clamped (kh, kw) window."""
+    for an (H, W) plane and a clamped (kh, kw) window (plus the weights' sums' scaling from means)."""
     (h, w), (kh, kw) = size, window
-    return _UNIT_ROUNDOFF * ((h + 3) * (h / kh + 1) + w + 3 * (w / kw + 1))
+    return _UNIT_ROUNDOFF * ((h + 3) * (h / kh + 1) + w + 3 * (w / kw + 1) + 1)
 
 
 def running_softmax_pool(
@@ -126,8 +100,9 @@ def running_softmax_pool(
     n, c, h, w = x.shape
     kh, kw = window
     e = weights.contiguous().view(-1, h, w)
-    den = torch.empty(e.shape[0], h - kh + 1, w - kw + 1, dtype=torch.float64)
-    _weight_sums_compiled(e.numpy(), kh, kw, den.numpy())
+    # The weights' window sums: the local mean's own running-sum kernel on float64 planes, its
+    # means scaled back (two roundings, counted in error_factor).
+    den = fused_local_mean(e.unsqueeze(0), (kh, kw), valid_only=True)[0].mul_(kh * kw)
     flat = den.view(den.shape[0], -1)
     smallest = flat.amin(1)
     # A running sum of weights far below the map's largest can come out zero or negative (its

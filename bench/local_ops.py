@@ -24,6 +24,7 @@ from common import interleaved_median_seconds, machine, write_csv  # noqa: E402
 from tlc.ops import (  # noqa: E402
     local_axis_max,
     local_axis_mean,
+    local_group_norm,
     local_max,
     local_mean,
     local_softmax_pool,
@@ -63,6 +64,7 @@ def main() -> None:
     logits = 3 * torch.randn(shape[0], 1, *shape[2:], generator=g)
     # A ramp from -1e4 to 1e4 across W: windows at the left lie far below the map's maximum, so no
     # single shift is exact and the per-window-maximum (online softmax) kernel runs.
+    scale, shift = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
     wide = torch.linspace(-1e4, 1e4, shape[3]).expand(shape[0], 1, shape[2], shape[3]).contiguous()
 
     cases = [
@@ -78,6 +80,9 @@ def main() -> None:
          lambda: local_softmax_pool(x, logits, k), lambda: gcnet_context(x, logits)),
         ("local_var", "x.var((2, 3))", lambda: local_var(x, k), lambda: x.var((2, 3), keepdim=True)),
         ("local_std", "x.std((2, 3))", lambda: local_std(x, k), lambda: x.std((2, 3), keepdim=True)),
+        # Both write a full map: the ratio is the local statistics' own cost.
+        ("local_group_norm 4 groups, affine", "F.group_norm",
+         lambda: local_group_norm(x, 4, k, scale, shift), lambda: torch.nn.functional.group_norm(x, 4, scale, shift)),
     ]
     if not args.skip_wide_logits:
         cases.append(("local_softmax_pool logits ramp +-1e4 (no one shift)", "softmax(HW) + weighted sum",

@@ -32,9 +32,10 @@ def _normalise_row(x, n, c0, per_group, i, centre, m_row, s_row, left, gw, weigh
         row, target = x[n, c, i], out[n, c, i]  # row views: numba vectorises these
         for j in range(left):
             target[j] = ((np.float64(row[j]) - centre) - m_row[0]) * s_row[0] * wc + bc
+        # Views of the valid band too: indexing the row at j + left kept the loop scalar (2.7x slower).
+        row_mid, target_mid = row[left : left + gw], target[left : left + gw]
         for j in range(gw):
-            k = j + left
-            target[k] = ((np.float64(row[k]) - centre) - m_row[j]) * s_row[j] * wc + bc
+            target_mid[j] = ((np.float64(row_mid[j]) - centre) - m_row[j]) * s_row[j] * wc + bc
         for j in range(left + gw, w):
             target[j] = ((np.float64(row[j]) - centre) - m_row[gw - 1]) * s_row[gw - 1] * wc + bc
 
@@ -91,7 +92,7 @@ def _group_norm_planes(x, centres, groups, kh, kw, eps, weight, bias, out):  # p
 
 if njit is not None:  # the row helper, compiled into the kernel
     _normalise_row = njit(inline="always")(_normalise_row)
-_compiled = parallel_kernel(_group_norm_planes)
+_compiled = parallel_kernel(_group_norm_planes, error_model="numpy")
 
 
 def fused_group_norm_applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:

@@ -51,6 +51,22 @@ def test_results_go_into_a_spare_of_the_same_layout_with_the_same_bits(name, arg
     buffers.clear()
 
 
+def test_over_the_limit_the_smallest_spare_goes_not_the_largest():
+    # Selective-kernel fusion: its softmax's large buffer dies, then three smaller branch outputs;
+    # the next fusion's softmax must still find the large one.
+    buffers = SpareBuffers()
+    large = torch.empty(300, 12)
+    _spare_of(buffers, large)
+    small = [torch.empty(300, 4) for _ in range(3)]
+    for t in small:
+        _spare_of(buffers, t)
+    taken = buffers.take((300, 12), (12, 1), torch.float32, torch.device("cpu"))
+    assert taken is not None and taken.data_ptr() == large.data_ptr()
+    kept = [buffers.take((300, 4), (4, 1), torch.float32, torch.device("cpu")) for _ in range(3)]
+    assert sum(t is not None for t in kept) == 2  # one small one made room for the large
+    buffers.clear()
+
+
 def test_no_spare_for_other_calls_dtypes_shapes_or_autograd():
     a = torch.randn(6, 4)
     buffers = SpareBuffers()

@@ -89,9 +89,7 @@ class SpareBuffers:
             self._holders[address] = left
             return
         self._holders.pop(address, None)
-        self._spare.append(local)
-        if len(self._spare) > _KEPT:
-            self._spare.pop(0)
+        self._keep(local)
 
     def compute_into(self, name: str, args: tuple, kwargs: dict, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """The elementwise call ``name`` on local values ``args``, computed into a spare buffer of
@@ -135,9 +133,15 @@ class SpareBuffers:
     def give_back(self, buffer: torch.Tensor) -> None:
         """A buffer :meth:`take` gave out and nothing was written into (the computation it was
         taken for made its own result): spare again."""
+        self._keep(buffer)
+
+    def _keep(self, buffer: torch.Tensor) -> None:
+        # Over the limit, the smallest buffer goes: a large one costs the most page faults to make
+        # afresh. (Dropping the oldest lost selective-kernel fusion's 58 MB softmax buffer to three
+        # 19 MB branch outputs dying just before the next fusion's softmax.)
         self._spare.append(buffer)
         if len(self._spare) > _KEPT:
-            self._spare.pop(0)
+            self._spare.pop(min(range(len(self._spare)), key=lambda i: self._spare[i].numel() * self._spare[i].element_size()))
 
     def clear(self) -> None:
         """Forget every buffer (the forward ended)."""

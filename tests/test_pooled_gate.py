@@ -171,6 +171,13 @@ class AmaxGate(PoolAndConv):
         return torch.sigmoid(self.fc(x.amax((2, 3), keepdim=True))) * x
 
 
+class MethodGate(PoolAndConv):
+    """timm's ChannelAttn form: the gate's elementwise calls are Tensor methods."""
+
+    def forward(self, x):
+        return x * self.fc(x.amax((2, 3), keepdim=True)).mul(0.5).add(0.25).sigmoid()
+
+
 class ReturnedGate(PoolAndConv):
     """Only the gate: the product is taken by the caller (made local, a full-size map is returned)."""
 
@@ -441,3 +448,19 @@ def test_apply_pointwise_writes_into_its_input_only_when_told():
     layers(y).sum().backward()
     for have, want in zip(grads, [p.grad for p in layers.parameters()]):
         torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gate_method_calls_read_once_are_overwritten_too():
+    """``y.sigmoid()``, ``y.mul(0.5)``: Tensor methods on maps the gate made go into those maps, as
+    their function forms do; the converted model still equals the brute-force local gate."""
+    torch.manual_seed(3)
+    model = randomised(Holder(MethodGate()))
+    converted = tlc.convert(model, train_size=12, base_size=18)[0]
+    code = converted.block.code
+    assert "into_first('mul', apply_pointwise, 0.5)" in code and "into_first('add', mul, 0.25)" in code
+    assert "into_first('sigmoid', add)" in code
+    x = torch.randn(2, 8, 23, 31)
+    maxima = brute_force(x, (18, 18), lambda w: w.amax(-1))
+    with torch.no_grad():
+        expected = x * model.block.fc(maxima).mul(0.5).add(0.25).sigmoid()
+        torch.testing.assert_close(converted.block(x), expected, rtol=1e-5, atol=1e-6)

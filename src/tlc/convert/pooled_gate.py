@@ -301,6 +301,7 @@ _INTO_FIRST = {
     torch.mul: "mul", operator.truediv: "div", torch.div: "div", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
 }
+_METHODS_INTO_FIRST = {"add", "sub", "mul", "div", "sigmoid", "tanh", "relu"}  # Tensor methods of those names
 _COMMUTATIVE = {"add", "mul"}
 
 
@@ -319,9 +320,10 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
         return isinstance(arg, fx.Node) and arg in owned and len(arg.users) == 1
 
     for node in graph.nodes:
+        method = node.op == "call_method" and node.target in _METHODS_INTO_FIRST
         if node.op == "call_module" and isinstance(module.get_submodule(str(node.target)), ValidLocalMean):
             owned.add(node)  # ValidLocalMax too
-        elif node.op != "call_function":
+        elif node.op != "call_function" and not method:
             continue
         elif node.target in (valid_local_mean, valid_local_max):
             owned.add(node)
@@ -329,15 +331,16 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
             if free(node.args[0]) and not node.kwargs:
                 node.kwargs = {"overwrite": True}
                 owned.add(node)  # else its result may be its input (identity layers): not owned
-        elif node.target in _INTO_FIRST and not node.kwargs and len(node.args) in (1, 2):
-            name, args = _INTO_FIRST[node.target], node.args
+        elif (method or node.target in _INTO_FIRST) and not node.kwargs and len(node.args) in (1, 2):
+            # y.sigmoid() (timm's gates) as torch.sigmoid(y): a method's receiver is its first argument.
+            name, args = node.target if method else _INTO_FIRST[node.target], node.args
             unary = name in INTO_FIRST_UNARY
             if len(args) == (1 if unary else 2):
                 if free(args[0]):
-                    node.target = into_first
+                    node.op, node.target = "call_function", into_first
                     node.args = (name, *args)
                 elif not unary and name in _COMMUTATIVE and free(args[1]):
-                    node.target = into_first
+                    node.op, node.target = "call_function", into_first
                     node.args = (name, args[1], args[0])  # a + b == b + a, bit for bit
                 owned.add(node)  # a fresh result, or one written into an owned map
 

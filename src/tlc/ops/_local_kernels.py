@@ -346,12 +346,17 @@ def window_sums_along_row(column1, column2, k, sums1, sums2):  # pragma: no cove
     for j in range(k):
         s1 += column1[j]
         s2 += column2[j]
-    for b in range(sums1.shape[0]):
-        if b > 0:
-            s1 += column1[b + k - 1] - column1[b - 1]
-            s2 += column2[b + k - 1] - column2[b - 1]
-        sums1[b] = s1
-        sums2[b] = s2
+    sums1[0] = s1
+    sums2[0] = s2
+    # Views so that every index is the loop's own (offset indices cost 20-25% in the local mean).
+    n = sums1.shape[0] - 1
+    in1, out1, in2, out2 = column1[k : k + n], column1[:n], column2[k : k + n], column2[:n]
+    next1, next2 = sums1[1:], sums2[1:]
+    for b in range(n):
+        s1 += in1[b] - out1[b]
+        s2 += in2[b] - out2[b]
+        next1[b] = s1
+        next2[b] = s2
 
 
 def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threads):  # pragma: no cover
@@ -371,28 +376,32 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
             c = centre[p]
             col1 = np.zeros(w, np.float64)
             col2 = np.zeros(w, np.float64)
+            # Row views throughout: indexing the 3-d array in the inner loops kept them scalar.
             for i in range(k1):
+                row = x[p, i]
                 for j in range(w):
-                    d = np.float64(x[p, i, j]) - c
+                    d = np.float64(row[j]) - c
                     col1[j] += d
                     col2[j] += d * d
             all1 = col1.copy()  # every row entered so far, column by column
             all2 = col2.copy()
             for a in range(vh):
                 if a > 0:
+                    entering, leaving = x[p, a + k1 - 1], x[p, a - 1]
                     for j in range(w):
-                        d_in = np.float64(x[p, a + k1 - 1, j]) - c
-                        d_out = np.float64(x[p, a - 1, j]) - c
+                        d_in = np.float64(entering[j]) - c
+                        d_out = np.float64(leaving[j]) - c
                         col1[j] += d_in - d_out
                         col2[j] += d_in * d_in - d_out * d_out
                         all1[j] += d_in
                         all2[j] += d_in * d_in
                 window_sums_along_row(col1, col2, k2, sums1, sums2)
+                valid_row = valid[a]
                 for b in range(vw):
                     # One pixel: exactly no spread (the running sums could leave a rounding residue).
                     squares = 0.0 if area == 1 else max(sums2[b] - sums1[b] * sums1[b] / area, 0.0)
                     var = squares / divisor
-                    valid[a, b] = np.sqrt(var) if root else var
+                    valid_row[b] = np.sqrt(var) if root else var
             totals[p, 0] = all1.sum()
             totals[p, 1] = all2.sum()
             if valid_only:

@@ -112,3 +112,13 @@ def test_fused_cpu_kernel_and_torch_path_match_brute_force(groups, shape, window
     for out in (fused, by_torch):
         assert out.dtype == dtype
         assert (out.double() - expected).abs().max().item() < tol
+
+
+def test_zero_eps_on_a_flat_map_is_nan_as_in_torch():
+    """eps=0 and no spread at all: 0 / 0, as torch's group_norm computes it, in the fused kernel
+    and in the torch path (no error raised)."""
+    x = torch.full((1, 4, 6, 7), 2.5)
+    assert torch.isnan(F.group_norm(x, 2, eps=0.0)).all()
+    fused = tlc.local_group_norm(x, 2, (3, 3), eps=0.0)
+    by_torch = tlc.local_group_norm(x.clone().requires_grad_(), 2, (3, 3), eps=0.0).detach()
+    assert torch.isnan(fused).all() and torch.isnan(by_torch).all()

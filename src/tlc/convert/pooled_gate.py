@@ -301,7 +301,7 @@ _INTO_FIRST = {
     torch.mul: "mul", operator.truediv: "div", torch.div: "div", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
 }
-_METHODS_INTO_FIRST = {"add", "sub", "mul", "div", "sigmoid", "tanh", "relu"}  # Tensor methods of those names
+_METHODS_INTO_FIRST = frozenset(_INTO_FIRST.values())  # the Tensor methods of the same names
 _COMMUTATIVE = {"add", "mul"}
 
 

@@ -92,27 +92,38 @@ def write_csv(name: str, rows: list[dict]) -> Path:
     return path
 
 
-def _huge_pages_csv(csv_name: str) -> str:
-    """Where a script's figures under huge pages go: corpus_cpu -> corpus_thp_cpu."""
-    return csv_name.removesuffix("_cpu") + "_thp_cpu"
+def _allocator_csv(csv_name: str, huge: bool, keep: bool) -> str:
+    """Where a script's figures under an allocator setting go: corpus_cpu -> corpus_thp_cpu (huge
+    pages), corpus_keep_cpu (freed memory kept), corpus_thp_keep_cpu (both: as the tlc command)."""
+    tags = [tag for tag, on in (("thp", huge), ("keep", keep)) if on]
+    return "_".join([csv_name.removesuffix("_cpu"), *tags, "cpu"])
 
 
-def add_huge_pages_option(parser: argparse.ArgumentParser, csv_name: str) -> None:
-    """``--huge-pages``: time as the tlc command allocates (see :func:`allocator_from`)."""
+def add_allocator_options(parser: argparse.ArgumentParser, csv_name: str) -> None:
+    """``--huge-pages`` and ``--keep-freed-memory``: time as the tlc command allocates (both), or
+    under one of its two settings (see :func:`allocator_from`)."""
     parser.add_argument("--huge-pages", action="store_true",
                         help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
-                             f"command sets it); the figures go to {_huge_pages_csv(csv_name)}.csv")
+                             f"command sets it); the figures go to {_allocator_csv(csv_name, True, False)}.csv")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc's malloc keeps freed memory for reuse (tlc.run.allocator.keep_freed_memory, as the "
+                             f"tlc command sets it); the figures go to {_allocator_csv(csv_name, False, True)}.csv, "
+                             f"with --huge-pages to {_allocator_csv(csv_name, True, True)}.csv")
 
 
 def allocator_from(args: argparse.Namespace, csv_name: str) -> tuple[str, str]:
-    """Sets ``THP_MEM_ALLOC_ENABLE=1`` where ``--huge-pages`` was given, before torch's first large
-    allocation (as the tlc command does). Returns (the CSV name to write, the allocator's label)."""
+    """Applies the options of :func:`add_allocator_options` to this process (before torch's first
+    large allocation, as the tlc command does). Returns (the CSV name to write, the allocator's label)."""
     from tlc.cli.main import HUGE_PAGES_VARIABLE
+    from tlc.run.allocator import keep_freed_memory
 
-    if not args.huge_pages:
-        return csv_name, "default allocator"
-    os.environ[HUGE_PAGES_VARIABLE] = "1"
-    return _huge_pages_csv(csv_name), "huge pages"
+    if args.huge_pages:
+        os.environ[HUGE_PAGES_VARIABLE] = "1"
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: this process does not allocate through glibc's malloc")
+    label = {(False, False): "default allocator", (True, False): "huge pages",
+             (False, True): "freed memory kept", (True, True): "huge pages, freed memory kept"}
+    return _allocator_csv(csv_name, args.huge_pages, args.keep_freed_memory), label[args.huge_pages, args.keep_freed_memory]
 
 
 def peak_rss_mib_during(fn: Callable[[], object]) -> float:

@@ -25,7 +25,7 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
     python bench/corpus.py                       # 720x1280, every model
     python bench/corpus.py --only rcan,cbam --size 180x320
     python bench/corpus.py --stat paired --repeats 9   # the figures in docs/performance.md
-    python bench/corpus.py --stat paired --repeats 9 --huge-pages   # as the tlc command allocates
+    python bench/corpus.py --stat paired --repeats 9 --huge-pages --keep-freed-memory   # as the tlc command allocates
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 import statistics  # noqa: E402
 
-from common import add_huge_pages_option, allocator_from, interleaved_seconds, machine, merged, write_csv  # noqa: E402
+from common import add_allocator_options, allocator_from, interleaved_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tests.corpus import CORPUS, Entry, build  # noqa: E402
@@ -179,7 +179,7 @@ def main() -> None:
                         help="per-model time from the runs: their median (default) or their minimum, the run "
                              "least disturbed by the rest of a shared machine; 'paired': median times, and each "
                              "ratio the median over turns of that turn's converted / original")
-    add_huge_pages_option(parser, "corpus_cpu")
+    add_allocator_options(parser, "corpus_cpu")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ the ratio converted / plain. Linux only (the peak is reset before the forward th
 
     python bench/memory.py                      # NAFNet and HINet (issue widths) at 2160x3840
     python bench/memory.py --size 720x1280
+    python bench/memory.py --huge-pages --keep-freed-memory   # as the tlc command allocates
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import in_fresh_process, machine, merged, peak_rss_mib_during, write_csv  # noqa: E402
+from common import add_allocator_options, allocator_from, in_fresh_process, machine, merged, peak_rss_mib_during, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
+from tlc.run.allocator import keep_freed_memory  # noqa: E402
 
 # The reduced widths the cost issue names: light networks, where local statistics weigh most.
 NETWORKS = {
@@ -41,7 +43,9 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def _measure(arch: str, config: dict, converted: bool, size: tuple[int, int], queue: mp.Queue) -> None:
+def _measure(arch: str, config: dict, converted: bool, size: tuple[int, int], keep: bool, queue: mp.Queue) -> None:
+    if keep:  # a spawned process starts with glibc's defaults (huge pages: the variable is inherited)
+        keep_freed_memory()
     torch.set_num_threads(2)
     model = _perturbed(tlc.archs.build(arch, **config))
     if converted:
@@ -54,27 +58,30 @@ def _measure(arch: str, config: dict, converted: bool, size: tuple[int, int], qu
         queue.put(peak_rss_mib_during(lambda: model(x)))
 
 
-def peak_above_start(arch: str, config: dict, converted: bool, size: tuple[int, int]) -> float:
-    """MiB the forward adds to the process's peak resident size, measured in a fresh process."""
-    return in_fresh_process(_measure, arch, config, converted, size)
+def peak_above_start(arch: str, config: dict, converted: bool, size: tuple[int, int], keep: bool = False) -> float:
+    """MiB the forward adds to the process's peak resident size, measured in a fresh process (with
+    glibc keeping freed memory where ``keep``)."""
+    return in_fresh_process(_measure, arch, config, converted, size, keep)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="2160x3840", help="HxW of the test image")
+    add_allocator_options(parser, "memory_cpu")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    print(f"peak memory above start of the forward, {args.size}, CPU ({machine()})")
+    csv_name, allocator = allocator_from(args, "memory_cpu")
+    print(f"peak memory above start of the forward, {args.size}, CPU ({machine()}), {allocator}")
     print(f"  {'network':<18}{'plain MiB':>11}{'tlc MiB':>10}{'ratio':>8}")
     rows = []
     for name, (arch, config) in NETWORKS.items():
-        plain = peak_above_start(arch, config, False, size)
-        local = peak_above_start(arch, config, True, size)
+        plain = peak_above_start(arch, config, False, size, args.keep_freed_memory)
+        local = peak_above_start(arch, config, True, size, args.keep_freed_memory)
         print(f"  {name:<18}{plain:>11.0f}{local:>10.0f}{local / plain:>7.2f}x", flush=True)
         rows.append({"network": name, "config": str(config), "size": args.size, "plain_mib": round(plain, 1),
                      "tlc_mib": round(local, 1), "ratio": round(local / plain, 3), "run": f"{name} {args.size}",
-                     "machine": machine()})
-    print(f"wrote {write_csv('memory_cpu', merged('memory_cpu', rows, key='run'))}")
+                     "machine": machine(), "allocator": allocator})
+    print(f"wrote {write_csv(csv_name, merged(csv_name, rows, key='run'))}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ faults per forward either way, from run to run.
 
     python bench/page_faults.py                          # the corpus models over 1.10x
     python bench/page_faults.py --only se-linear --repeats 9 --train-size 32
-    python bench/page_faults.py --huge-pages             # as the tlc command allocates
+    python bench/page_faults.py --huge-pages --keep-freed-memory   # as the tlc command allocates
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import add_huge_pages_option, allocator_from, machine, merged, write_csv  # noqa: E402
+from common import add_allocator_options, allocator_from, machine, merged, write_csv  # noqa: E402
 from corpus import pin_threads  # noqa: E402
 
 import tlc  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=256, help="tlc.convert's train_size (default 256)")
     parser.add_argument("--repeats", type=int, default=7, help="turns per model (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    add_huge_pages_option(parser, "page_faults_cpu")
+    add_allocator_options(parser, "page_faults_cpu")
     args = parser.parse_args()
     csv_name, allocator = allocator_from(args, "page_faults_cpu")
     pin_threads(args.threads)

@@ -94,20 +94,21 @@ def write_csv(name: str, rows: list[dict]) -> Path:
 
 def _allocator_csv(csv_name: str, huge: bool, keep: bool) -> str:
     """Where a script's figures under an allocator setting go: corpus_cpu -> corpus_thp_cpu (huge
-    pages), corpus_keep_cpu (freed memory kept), corpus_thp_keep_cpu (both: as the tlc command)."""
+    pages), corpus_keep_cpu (freed memory kept), corpus_thp_keep_cpu (both: the tlc command with
+    TLC_KEEP_FREED_MEMORY=1)."""
     tags = [tag for tag, on in (("thp", huge), ("keep", keep)) if on]
     return "_".join([csv_name.removesuffix("_cpu"), *tags, "cpu"])
 
 
 def add_allocator_options(parser: argparse.ArgumentParser, csv_name: str) -> None:
-    """``--huge-pages`` and ``--keep-freed-memory``: time as the tlc command allocates (both), or
-    under one of its two settings (see :func:`allocator_from`)."""
+    """``--huge-pages`` and ``--keep-freed-memory``: time as the tlc command allocates (huge pages;
+    both with TLC_KEEP_FREED_MEMORY=1), or under either setting alone (see :func:`allocator_from`)."""
     parser.add_argument("--huge-pages", action="store_true",
                         help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE=1, as the tlc "
                              f"command sets it); the figures go to {_allocator_csv(csv_name, True, False)}.csv")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc's malloc keeps freed memory for reuse (tlc.run.allocator.keep_freed_memory, as the "
-                             f"tlc command sets it); the figures go to {_allocator_csv(csv_name, False, True)}.csv, "
+                             f"tlc command sets it with TLC_KEEP_FREED_MEMORY=1); the figures go to {_allocator_csv(csv_name, False, True)}.csv, "
                              f"with --huge-pages to {_allocator_csv(csv_name, True, True)}.csv")
 
 

@@ -25,7 +25,7 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
     python bench/corpus.py                       # 720x1280, every model
     python bench/corpus.py --only rcan,cbam --size 180x320
     python bench/corpus.py --stat paired --repeats 9   # the figures in docs/performance.md
-    python bench/corpus.py --stat paired --repeats 9 --huge-pages --keep-freed-memory   # as the tlc command allocates
+    python bench/corpus.py --stat paired --repeats 9 --huge-pages --keep-freed-memory   # as tlc with TLC_KEEP_FREED_MEMORY=1
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the ratio converted / plain. Linux only (the peak is reset before the forward th
 
     python bench/memory.py                      # NAFNet and HINet (issue widths) at 2160x3840
     python bench/memory.py --size 720x1280
-    python bench/memory.py --huge-pages --keep-freed-memory   # as the tlc command allocates
+    python bench/memory.py --huge-pages --keep-freed-memory   # as tlc with TLC_KEEP_FREED_MEMORY=1
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ faults per forward either way, from run to run.
 
     python bench/page_faults.py                          # the corpus models over 1.10x
     python bench/page_faults.py --only se-linear --repeats 9 --train-size 32
-    python bench/page_faults.py --huge-pages --keep-freed-memory   # as the tlc command allocates
+    python bench/page_faults.py --huge-pages --keep-freed-memory   # as tlc with TLC_KEEP_FREED_MEMORY=1
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def replicate_row_edges(row, left, valid_w):  # pragma: no cover (compiled by nu
     first, last = row[left], row[left + valid_w - 1]
     for j in range(left):
         row[j] = first
-    for j in range(left + valid_w, row.shape[0]):
-        row[j] = last
+    right = row[left + valid_w :]  # a view: an offset index keeps numba's loops scalar
+    for j in range(right.shape[0]):
+        right[j] = last
 
 
 def replicate_edge_rows(plane, top, valid_h):  # pragma: no cover (compiled by numba)

@@ -75,13 +75,16 @@ def _replicate_into(valid, out, top, left):  # pragma: no cover
     vh, vw = valid.shape
     h, w = out.shape
     for r in range(vh):
-        row = top + r
+        # Row views indexed by the loop's own index: numba vectorises these, not out[row, left + j].
+        source, target = valid[r], out[top + r]
+        middle, right = target[left : left + vw], target[left + vw :]
         for j in range(vw):
-            out[row, left + j] = valid[r, j]
+            middle[j] = source[j]
+        first, last = source[0], source[vw - 1]
         for j in range(left):
-            out[row, j] = valid[r, 0]
-        for j in range(left + vw, w):
-            out[row, j] = valid[r, vw - 1]
+            target[j] = first
+        for j in range(w - left - vw):
+            right[j] = last
     for row in range(top):
         out[row, :] = out[top, :]
     for row in range(top + vh, h):

@@ -36,8 +36,10 @@ def _normalise_row(x, n, c0, per_group, i, centre, m_row, s_row, left, gw, weigh
         row_mid, target_mid = row[left : left + gw], target[left : left + gw]
         for j in range(gw):
             target_mid[j] = ((np.float64(row_mid[j]) - centre) - m_row[j]) * s_row[j] * wc + bc
-        for j in range(left + gw, w):
-            target[j] = ((np.float64(row[j]) - centre) - m_row[gw - 1]) * s_row[gw - 1] * wc + bc
+        row_right, target_right = row[left + gw :], target[left + gw :]
+        m_last, s_last = m_row[gw - 1], s_row[gw - 1]
+        for j in range(w - left - gw):
+            target_right[j] = ((np.float64(row_right[j]) - centre) - m_last) * s_last * wc + bc
 
 
 def _group_norm_planes(x, centres, groups, kh, kw, eps, weight, bias, out):  # pragma: no cover (compiled by numba)

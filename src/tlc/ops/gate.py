@@ -173,8 +173,9 @@ def _multiply_replicated_planes(x, gate, top, left, out):  # pragma: no cover (c
             x_mid, out_mid = x_row[left : left + gw], out_row[left : left + gw]
             for j in range(gw):
                 out_mid[j] = x_mid[j] * gate_row[j]
-            for j in range(left + gw, w):
-                out_row[j] = x_row[j] * edge_right
+            x_right, out_right = x_row[left + gw :], out_row[left + gw :]
+            for j in range(w - left - gw):
+                out_right[j] = x_right[j] * edge_right
 
 
 def _add_replicated_planes(x, gate, top, left, out):  # pragma: no cover (compiled by numba)
@@ -191,8 +192,9 @@ def _add_replicated_planes(x, gate, top, left, out):  # pragma: no cover (compil
             x_mid, out_mid = x_row[left : left + gw], out_row[left : left + gw]
             for j in range(gw):
                 out_mid[j] = x_mid[j] + gate_row[j]
-            for j in range(left + gw, w):
-                out_row[j] = x_row[j] + edge_right
+            x_right, out_right = x_row[left + gw :], out_row[left + gw :]
+            for j in range(w - left - gw):
+                out_right[j] = x_right[j] + edge_right
 
 
 _KERNELS = {"mul": parallel_kernel(_multiply_replicated_planes), "add": parallel_kernel(_add_replicated_planes)}

@@ -509,6 +509,29 @@ def test_torch_calls_inside_tlc_local_ops_are_not_sites():
         converted(image(1, 3, 40, 36))
 
 
+def test_the_hooks_read_module_inputs_unseen_by_the_mode(monkeypatch):
+    """The module hooks read each module's input size with torch functions off: through the mode,
+    every ``dim()`` and ``shape`` there was a call it looked at (115 of 196 per forward of a
+    16-block network). The mode sees the forward's own calls only: here one ``y.shape``."""
+    from tlc.convert.call_sites.hooks import LocalCalls
+
+    functional, _ = pair()
+    converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
+    seen = []
+    looks = LocalCalls.__torch_function__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        seen.append(getattr(func, "__name__", ""))
+        return looks(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(LocalCalls, "__torch_function__", counting)
+    with torch.no_grad():
+        converted(image(1, 3, 37, 45))
+    assert "dim" not in seen
+    assert seen.count("__get__") == 1  # y.shape in Net.forward
+    assert "conv2d" in seen  # the mode did run
+
+
 def test_the_hooks_show_in_repr_and_go_with_them():
     model = perturbed(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Pool()))
     converted, _ = tlc.convert(model, 16, rules=[])

@@ -793,3 +793,25 @@ def test_conv1d_on_values_laid_out_channel_first_keeps_the_layout(k, padding, wi
     assert out.movedim(0, -1).is_contiguous()
     if k == 2 * padding + 1:  # "same" padding: the centre tap starts the sum, no zeros written first
         assert not [e.name for e in profile.events() if e.name in ("aten::zeros", "aten::fill_", "aten::zero_")]
+
+
+@pytest.mark.parametrize(
+    "func, a, b",
+    [
+        (torch.add, (2, 8, 9, 13), (2, 8, 1, 1)),
+        (torch.Tensor.__mul__, (1, 8, 1, 1), (3, 1, 9, 13)),
+        (torch.Tensor.__rtruediv__, (4, 1, 1), 2.0),
+        (torch.sub, (5,), (2, 8, 9, 5)),
+    ],
+)
+def test_the_shape_of_a_pooled_value_meeting_a_map_by_broadcasting_is_torchs(func, a, b):
+    """Where a pooled value meets a map by ``+ - * /``, the result's shape is told by broadcasting
+    (a meta call costs ~0.1 ms): the same as torch's meta kernel gives, and the same error."""
+    from tlc.convert.pooled_values import meta_call
+    from tlc.convert import pooled_values
+
+    args = (torch.randn(a), torch.randn(b) if isinstance(b, tuple) else b)
+    assert pooled_values._broadcast_result_shape(func.__name__, args, {}) == meta_call(func, args, {}).shape
+    assert pooled_values._broadcast_result_shape("matmul", args, {}) is None  # not elementwise: a meta call
+    with pytest.raises(RuntimeError):
+        pooled_values._broadcast_result_shape("add", (torch.randn(2, 3), torch.randn(4)), {})

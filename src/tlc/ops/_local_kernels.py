@@ -4,8 +4,9 @@ Each works on a stack of planes (P, H, W), one plane per parallel task, and writ
 result (valid windows edge-replicated as in :func:`tlc.local_mean`) or the valid windows only.
 The torch paths compute the same numbers; these avoid their float64 temporaries and the passes
 over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
-within blocks of the window's length: O(1) per pixel, nothing subtracted), along H first (whole
-rows at a time, vectorised along W), then along W on the H - kh + 1 rows left. Softmax pooling
+within blocks of the window's length: O(1) per pixel, nothing subtracted) along H first (whole
+rows at a time, vectorised along W); then along W on the H - kh + 1 rows left, maxima by doubling
+spans (log2(kw) vectorised passes per row) and sums by blocks over transposed tiles of rows. Softmax pooling
 for logits no single shift can hold keeps every partial sum relative to its own maximum (online
 softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
 on first use (tens of seconds for all of them), cached on disk.
@@ -35,39 +36,39 @@ def _nan_max(a, b):  # pragma: no cover (compiled by numba)
 LANES = 8
 
 
+def _pairwise_max(lo, hi, out, n):  # pragma: no cover
+    """out[j] = max(lo[j], hi[j]) for j < n, NaN from either side (as torch.maximum): a loop of
+    the loop's own indices over three arrays, which numba vectorises."""
+    for j in range(n):
+        a, b = lo[j], hi[j]
+        out[j] = a if (a > b or a != a) else b
+
+
 def _rows_window_max(src, k, dst):  # pragma: no cover
     """dst[r, b] = max(src[r, b : b + k]) for every row r of ``src`` (R, W) and the W - k + 1
-    valid b: van Herk blocks, LANES rows at a time through a transposed (W, LANES) tile."""
+    valid b, by doubling: the maxima over spans of 1, 2, 4, ... s <= k pixels, each from two of
+    the span before, then the window's as the max of two overlapping spans (b and b + k - s).
+    log2(k) passes along each row, each vectorised and in cache; van Herk's three passes per row
+    ran entry by entry in numba whatever their form (16x337x1280, window 384: 4.2 against 11 ms
+    on 2 threads). Maxima are exact in any order."""
     nrows, w = src.shape
     valid = w - k + 1
-    tile = np.empty((w, LANES), src.dtype)
-    pre = np.empty((w, LANES), src.dtype)
-    suf = np.empty((w, LANES), src.dtype)
-    res = np.empty((valid, LANES), src.dtype)
-    for g in range(0, nrows, LANES):
-        for j in range(w):
-            for lane in range(LANES):
-                tile[j, lane] = src[min(g + lane, nrows - 1), j]  # short last group: repeat a row
-        for start in range(0, w, k):  # prefixes past the first block, suffixes where windows start
-            stop = min(start + k, w)
-            if start >= k:
-                pre[start, :] = tile[start, :]
-                for j in range(start + 1, stop):
-                    for lane in range(LANES):
-                        pre[j, lane] = _nan_max(pre[j - 1, lane], tile[j, lane])
-            if start < valid:
-                suf[stop - 1, :] = tile[stop - 1, :]
-                for j in range(stop - 2, start - 1, -1):
-                    for lane in range(LANES):
-                        suf[j, lane] = _nan_max(suf[j + 1, lane], tile[j, lane])
-        for start in range(0, valid, k):
-            res[start, :] = suf[start, :]
-            for b in range(start + 1, min(start + k, valid)):
-                for lane in range(LANES):
-                    res[b, lane] = _nan_max(suf[b, lane], pre[b + k - 1, lane])
-        for lane in range(min(LANES, nrows - g)):
-            for b in range(valid):
-                dst[g + lane, b] = res[b, lane]
+    spans = (np.empty(w, src.dtype), np.empty(w, src.dtype))
+    for r in range(nrows):
+        row, out = src[r], dst[r]
+        if k == 1:
+            out[:] = row[:valid]
+            continue
+        # span 2 from the row itself, then each span from the scratch row holding the one before
+        _pairwise_max(row[: w - 1], row[1:w], spans[0], w - 1)
+        span, n, held = 2, w - 1, 0
+        while span * 2 <= k:
+            m = n - span
+            source, target = spans[held], spans[1 - held]
+            _pairwise_max(source[:m], source[span : span + m], target, m)
+            span, n, held = span * 2, m, 1 - held
+        last = spans[held]
+        _pairwise_max(last[:valid], last[k - span : k - span + valid], out, valid)
 
 
 def _replicate_into(valid, out, top, left):  # pragma: no cover
@@ -128,8 +129,8 @@ def _max_planes(x, k1, k2, out, threads):  # pragma: no cover
     """x: (P, H, W); (k1, k2) clamped. out: (P, H, W) local maxima, replicated, or
     (P, H-k1+1, W-k2+1): the valid windows' maxima only; threads: tasks to split the planes into.
 
-    Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the scans
-    along W, which run entry by entry."""
+    Along H first: those loops are vectorised along W and leave H - k1 + 1 rows for the passes
+    along W."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     in_place = out.shape[1] == vh and out.shape[2] == vw
@@ -181,7 +182,8 @@ def _block_sums_2d(a, b, use_b, k1, k2, valid, below, cols, running):  # pragma:
 
 def _rows_window_sum(src, k, dst):  # pragma: no cover
     """dst[r, b] = sum(src[r, b : b + k]) (float64) for every row r of ``src`` and the W - k + 1
-    valid b: suffix plus prefix sums within blocks, LANES rows at a time (see _rows_window_max)."""
+    valid b: suffix plus prefix sums within blocks, LANES rows at a time through a transposed
+    (W, LANES) tile, each step one vector operation over the LANES rows."""
     nrows, w = src.shape
     valid = w - k + 1
     tile = np.empty((w, LANES), np.float64)
@@ -416,6 +418,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
 if njit is not None:
     _nan_max = njit(inline="always")(_nan_max)
     _suffix_rows = njit(inline="always")(_suffix_rows)
+    _pairwise_max = njit(_pairwise_max)
     _rows_window_max = njit(_rows_window_max)
     _rows_window_sum = njit(_rows_window_sum)
     _columns_max = njit(_columns_max)

@@ -57,6 +57,27 @@ def interleaved_seconds(
     return times
 
 
+def block_seconds(
+    fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", block: int = 5, rounds: int = 2
+) -> dict[str, list[float]]:
+    """Every timed run of each ``fn()``, run in blocks: ``block`` timed runs in a row after one
+    untimed, the functions' blocks taking turns for ``rounds`` rounds (each round starting one
+    function later). As a tool runs a model on many images in a row: on the CPU, what another
+    model's forward leaves behind (its heap's layout) moved the next forward by 10-20% here."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    for turn in range(rounds):
+        for name, fn in order[turn % len(order) :] + order[: turn % len(order)]:
+            fn()
+            synchronize(device)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def machine() -> str:
     """A one-line description of where the numbers were measured."""
     if torch.cuda.is_available():

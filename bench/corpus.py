@@ -25,6 +25,7 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
     python bench/corpus.py                       # 720x1280, every model
     python bench/corpus.py --only rcan,cbam --size 180x320
     python bench/corpus.py --stat paired --repeats 9   # the figures in docs/performance.md
+    python bench/corpus.py --stat blocks --repeats 5 --keep-freed-memory   # each model's forwards in a row
     python bench/corpus.py --stat paired --repeats 9 --huge-pages --keep-freed-memory   # as tlc with TLC_KEEP_FREED_MEMORY=1
 """
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 import statistics  # noqa: E402
 
-from common import add_allocator_options, allocator_from, interleaved_seconds, machine, merged, write_csv  # noqa: E402
+from common import add_allocator_options, allocator_from, block_seconds, interleaved_seconds, machine, merged, write_csv  # noqa: E402
 
 import tlc  # noqa: E402
 from tests.corpus import CORPUS, Entry, build  # noqa: E402
@@ -75,7 +76,9 @@ def _one_line(err: BaseException, limit: int = 120) -> str:
 # How a model's ratio comes from its timed turns: the ratio of the median (or fastest) times, or
 # "paired": the median over turns of each turn's converted / original (the runs of one turn are
 # back to back, so a slow spell or a lucky run of one side moves one pair's ratio, not the figure).
-STATS = {"median": statistics.median, "min": min, "paired": statistics.median}
+# "blocks": the ratio of median times, each model's forwards run in blocks (bench/common.py's
+# block_seconds) rather than in turns.
+STATS = {"median": statistics.median, "min": min, "paired": statistics.median, "blocks": statistics.median}
 
 
 def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int, stat: str = "median") -> dict:
@@ -144,7 +147,10 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, tra
         with torch.inference_mode():
             if not pairs:
                 pairs = {"original": {"original": fns["original"]}}
-            runs = {name: interleaved_seconds(pair, "cpu", repeats=repeats) for name, pair in pairs.items()}
+            if stat == "blocks":
+                runs = {name: block_seconds(pair, "cpu", block=repeats) for name, pair in pairs.items()}
+            else:
+                runs = {name: interleaved_seconds(pair, "cpu", repeats=repeats) for name, pair in pairs.items()}
         originals = [t for pair in runs.values() for t in pair["original"]]
         times = {"original": STATS[stat](originals)} | {name: STATS[stat](runs[name][name]) for name in fns if name in runs}
     except RuntimeError as err:
@@ -178,7 +184,9 @@ def main() -> None:
     parser.add_argument("--stat", choices=tuple(STATS), default="median",
                         help="per-model time from the runs: their median (default) or their minimum, the run "
                              "least disturbed by the rest of a shared machine; 'paired': median times, and each "
-                             "ratio the median over turns of that turn's converted / original")
+                             "ratio the median over turns of that turn's converted / original; 'blocks': median "
+                             "times, each model's forwards --repeats in a row (two rounds), as a tool runs one "
+                             "model on many images")
     add_allocator_options(parser, "corpus_cpu")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")

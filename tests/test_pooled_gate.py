@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tlc
-from tlc.ops.gate import apply_pointwise, combine_replicated, into_first, multiply_replicated
+from tlc.ops.gate import apply_pointwise, channel_product, combine_replicated, into_first, multiply_replicated
 from tlc.ops.pool import replicate_to, valid_local_mean
 from tlc.convert.pooled_gate import GatePlan, gate_plan
 
@@ -350,6 +350,53 @@ def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
         ops = [event.name for event in profile.events()]
         assert ops.count("aten::bmm") == 2
         assert "aten::copy_" not in ops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("outputs, channels, positions", [(4, 16, 4096), (16, 4, 9001), (48, 4, 12289), (3, 7, 100)])
+def test_channel_product_against_float64_matmul(dtype, outputs, channels, positions):
+    """A gate's 1x1 layer on many positions (the CPU kernel past one block of 4096 positions,
+    torch.mm below): weight @ values within a few float roundings of a float64 product, into out=
+    as given, the same numbers either way."""
+    g = torch.Generator().manual_seed(outputs * positions)
+    weight = torch.randn(outputs, channels, generator=g, dtype=dtype)
+    values = torch.randn(channels, positions, generator=g, dtype=dtype)
+    reference = weight.double() @ values.double()
+    result = channel_product(weight, values)
+    assert result.dtype == dtype and result.shape == (outputs, positions)
+    tolerance = 2e-6 if dtype == torch.float32 else 1e-14
+    assert (result.double() - reference).abs().max().item() <= tolerance * channels * values.abs().max().item()
+    out = torch.full((outputs, positions), float("nan"), dtype=dtype)
+    assert channel_product(weight, values, out=out) is out
+    assert torch.equal(out, result)
+
+
+def test_channel_product_falls_back_to_torch_where_the_kernel_does_not_apply():
+    """Gradients, a transposed (non-contiguous) operand and wide layers take torch.mm: autograd
+    flows and the numbers are the product's."""
+    weight = torch.randn(4, 16, requires_grad=True)
+    values = torch.randn(16, 5000)
+    channel_product(weight, values).sum().backward()
+    torch.testing.assert_close(weight.grad, values.sum(1).expand(4, -1))
+    with torch.no_grad():
+        transposed = torch.randn(5000, 16).t()
+        torch.testing.assert_close(channel_product(weight, transposed), weight @ transposed)
+        wide = torch.randn(96, 96)
+        torch.testing.assert_close(channel_product(wide, torch.randn(96, 5000)).shape, torch.Size([96, 5000]))
+
+
+def test_apply_pointwise_on_one_large_image_uses_the_product_kernel():
+    """One image of a gate's size: the 1x1 layers as channel products (no bmm), the result the
+    layers' own within float tolerance."""
+    torch.manual_seed(1)
+    layers = nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1), nn.Sigmoid()).eval()
+    y = torch.randn(1, 16, 67, 91)  # 6097 positions: past one block
+    with torch.no_grad():
+        with torch.profiler.profile() as profile:
+            result = apply_pointwise(y, layers)
+        torch.testing.assert_close(result, layers(y), rtol=1e-5, atol=1e-6)
+    ops = [event.name for event in profile.events()]
+    assert "aten::bmm" not in ops and "aten::mm" not in ops
 
 
 def test_fast_mode_with_method_poolings():

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..ops.gate import channel_product
+
 # take(shape, stride, dtype, device): a buffer of that layout for a result, or None.
 Take = Callable[[tuple, tuple, torch.dtype, torch.device], "torch.Tensor | None"]
 
@@ -183,7 +185,7 @@ def _channel_first_product(
     if take is not None and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         dtype = torch.result_type(x, weight)
         into = take((x.shape[0], weight.shape[0]), (1, x.shape[0]), dtype, x.device)
-    out = torch.mm(weight, x.t()) if into is None else torch.mm(weight, x.t(), out=into.t())
+    out = channel_product(weight, x.t(), None if into is None else into.t())
     if bias is not None:
         out = _plus(out, bias.view(-1, 1))
     return out.t()

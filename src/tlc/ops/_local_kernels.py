@@ -259,14 +259,17 @@ def _weighted_pool_plane(x, e, den, k1, k2, out, valid, below, cols, running):  
     """One plane of :func:`_weighted_pool_planes`; valid, below, cols, running: scratch."""
     vh, vw = valid.shape
     _block_sums_2d(e, x, True, k1, k2, valid, below, cols, running)
+    # Row views: 2-d indices inside the loop kept it scalar.
     if out.shape[0] == vh and out.shape[1] == vw:  # the quotients written once, where they go
         for r in range(vh):
+            sums, weights, target = valid[r], den[r], out[r]
             for j in range(vw):
-                out[r, j] = valid[r, j] / den[r, j]
+                target[j] = sums[j] / weights[j]
     else:
         for r in range(vh):
+            sums, weights = valid[r], den[r]
             for j in range(vw):
-                valid[r, j] /= den[r, j]
+                sums[j] /= weights[j]
         _replicate_into(valid, out, (k1 - 1) // 2, (k2 - 1) // 2)
 
 

@@ -6,10 +6,10 @@ The torch paths compute the same numbers; these avoid their float64 temporaries 
 over them. Maxima and weighted sums use van Herk / Gil-Werman blocks (suffix and prefix scans
 within blocks of the window's length: O(1) per pixel, nothing subtracted) along H first (whole
 rows at a time, vectorised along W); then along W on the H - kh + 1 rows left, maxima by doubling
-spans (log2(kw) vectorised passes per row) and sums by blocks over transposed tiles of rows. Softmax pooling
-for logits no single shift can hold keeps every partial sum relative to its own maximum (online
-softmax). The variance keeps running float64 sums of centred values like ``_kernels``. Compiled
-on first use (tens of seconds for all of them), cached on disk.
+spans (log2(kw) vectorised passes per row) and sums by blocks over transposed tiles of rows.
+Softmax pooling for logits no single shift can hold keeps every partial sum relative to its own
+maximum (online softmax). The variance keeps running float64 sums of centred values like
+``_kernels``. Compiled on first use (tens of seconds for all of them), cached on disk.
 
 One file (over 400 lines): the kernels share their compiled helpers (block scans, row window sums,
 replication). The general softmax pooling kernel (65 lines) is one parallel loop over planes with
@@ -40,8 +40,7 @@ def _pairwise_max(lo, hi, out, n):  # pragma: no cover
     """out[j] = max(lo[j], hi[j]) for j < n, NaN from either side (as torch.maximum): a loop of
     the loop's own indices over three arrays, which numba vectorises."""
     for j in range(n):
-        a, b = lo[j], hi[j]
-        out[j] = a if (a > b or a != a) else b
+        out[j] = _nan_max(lo[j], hi[j])
 
 
 def _rows_window_max(src, k, dst):  # pragma: no cover
@@ -53,12 +52,12 @@ def _rows_window_max(src, k, dst):  # pragma: no cover
     on 2 threads). Maxima are exact in any order."""
     nrows, w = src.shape
     valid = w - k + 1
+    if k == 1:
+        dst[:, :] = src[:, :valid]
+        return
     spans = (np.empty(w, src.dtype), np.empty(w, src.dtype))
     for r in range(nrows):
         row, out = src[r], dst[r]
-        if k == 1:
-            out[:] = row[:valid]
-            continue
         # span 2 from the row itself, then each span from the scratch row holding the one before
         _pairwise_max(row[: w - 1], row[1:w], spans[0], w - 1)
         span, n, held = 2, w - 1, 0

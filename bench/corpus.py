@@ -27,6 +27,7 @@ Prints a markdown table; writes bench/results/corpus_cpu.csv (a --only run keeps
     python bench/corpus.py --stat paired --repeats 9   # the figures in docs/performance.md
     python bench/corpus.py --stat blocks --repeats 5 --keep-freed-memory   # each model's forwards in a row
     python bench/corpus.py --stat paired --repeats 9 --huge-pages --keep-freed-memory   # as tlc with TLC_KEEP_FREED_MEMORY=1
+    python bench/corpus.py --width 64 --stat paired --keep-freed-memory   # at the published networks' width
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def _one_line(err: BaseException, limit: int = 120) -> str:
 STATS = {"median": statistics.median, "min": min, "paired": statistics.median, "blocks": statistics.median}
 
 
-def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int, stat: str = "median") -> dict:
+def measure(
+    entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int, stat: str = "median",
+    width: int | None = None,
+) -> dict:
     """One table row for ``entry``: sites, invariance and effect (small widths, as the tests build
-    it) and timings at ``size`` (the bench width)."""
+    it) and timings at ``size`` (the bench width, or ``width`` channels: ``entry.at_width``)."""
     row: dict = {"model": entry.name, "global_ops": entry.kinds, "size": f"{size[0]}x{size[1]}"}
     want_local = [e for e in entry.expected if e.status == "local"]
     want_reported = [e for e in entry.expected if e.status == "reported"]
@@ -117,12 +121,12 @@ def measure(entry: Entry, size: tuple[int, int], repeats: int, threads: int, tra
         row.update(converted="-", reported="-", invariance="-", effect="-", note=f"conversion fails: {_one_line(error)}")
 
     # Timing at the benchmark width: the same conversion of the (possibly wider) model.
-    wide = build(entry, wide=True)
+    wide = build(entry, wide=True) if width is None else build(entry, width=width)
     converted_2 = None
     if report is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if entry.bench is not None:
+            if entry.bench is not None or width is not None:
                 converted, _ = tlc.convert(wide, **kwargs)
             if not entry.fixed_size:
                 converted_2, _ = tlc.convert(wide, **{**kwargs, "train_size": train_2})
@@ -188,10 +192,16 @@ def main() -> None:
                              "times, each model's forwards --repeats in a row (two rounds), as a tool runs one "
                              "model on many images")
     add_allocator_options(parser, "corpus_cpu")
+    parser.add_argument("--width", type=int, metavar="C",
+                        help="time the models at C channels (their first level; the same blocks) instead of "
+                             "the light widths, e.g. 64, the width of RCAN, IMDN, MIRNet and HINet; models "
+                             "without one width are left out; writes corpus_w{C}_cpu.csv")
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
-    csv_name, allocator = allocator_from(args, "corpus_cpu")
+    csv_name, allocator = allocator_from(args, "corpus_cpu" if args.width is None else f"corpus_w{args.width}_cpu")
+    if args.width is not None and args.width < 4:
+        parser.error("--width must be at least 4")
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     entries = list(CORPUS)
@@ -201,8 +211,11 @@ def main() -> None:
         if unknown:
             parser.error(f"not in the corpus: {', '.join(sorted(unknown))}")
         entries = [e for e in CORPUS if e.name in names]
-    print(f"corpus at {args.size} on {machine()}, float32, batch 1, {args.stat} of {args.repeats} taking turns, "
-          f"{allocator}\n")
+    if args.width is not None:
+        entries = [e for e in entries if e.at_width is not None]
+    widths = "light widths" if args.width is None else f"{args.width} channels"
+    print(f"corpus at {args.size} ({widths}) on {machine()}, float32, batch 1, {args.stat} of {args.repeats} "
+          f"taking turns, {allocator}\n")
     t2 = args.train_size_2
     header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
               "converted ms", "ratio", f"converted ms (train {t2})", f"ratio (train {t2})", "note"]
@@ -210,7 +223,8 @@ def main() -> None:
     print("|" + "---|" * len(header))
     rows = []
     for entry in entries:
-        row = measure(entry, size, args.repeats, args.threads, t2, args.stat)
+        row = measure(entry, size, args.repeats, args.threads, t2, args.stat, args.width)
+        row["width"] = "" if args.width is None else args.width
         row["stat"] = f"{args.stat} of {args.repeats}"
         row["machine"] = machine()
         row["allocator"] = allocator

@@ -102,6 +102,22 @@ def test_models_run_at_their_sizes(entry):
     assert expected_paths <= names.keys(), f"expected sites name no module: {expected_paths - names.keys()}"
 
 
+@pytest.mark.parametrize("entry", [e for e in CORPUS if e.at_width is not None], ids=lambda e: e.name)
+def test_models_at_a_width(entry):
+    """``build(entry, width=c)`` (bench/corpus.py --width): the same sites, convolutions of c
+    channels at the first level, and it runs."""
+    def widths(model: torch.nn.Module) -> set[int]:
+        return {m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+
+    model = build(entry, width=24)
+    assert 24 in widths(model) and 24 not in widths(build(entry))
+    assert {e.path for e in entry.expected} <= dict(model.named_modules()).keys()
+    out = outputs(model, image(1, 20, 28, seed=3))
+    assert out[0].shape == (1, 3, 20, 28)
+    with pytest.raises(ValueError, match="no width"):
+        build(next(e for e in CORPUS if e.at_width is None), width=24)
+
+
 @pytest.mark.parametrize("entry", cases(xfail=True))
 def test_default_conversion(entry):
     model = build(entry)

@@ -76,6 +76,9 @@ class Entry:
             downsampling factor); None: the failing call passes wrong ``in_channels`` instead.
         xfail_today: what tlc lacks for this model to pass, one line; None when it passes.
         bench: builds the model wider for the 720p benchmark; None: ``constructor``.
+        at_width: builds the model with ``c`` channels at its first level (the same blocks, at
+            the width of the published network: 64 for RCAN, IMDN, MIRNet, HINet), for
+            ``bench/corpus.py --width``; None: the model has no single width.
     """
 
     name: str
@@ -88,6 +91,7 @@ class Entry:
     too_small: int | None = None
     xfail_today: str | None = None
     bench: Callable[[], nn.Module] | None = field(default=None, compare=False)
+    at_width: Callable[[int], nn.Module] | None = field(default=None, compare=False)
 
     @property
     def has_local_site(self) -> bool:
@@ -116,15 +120,25 @@ def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def build(entry: Entry, seed: int = 0, wide: bool = False) -> nn.Module:
-    """The entry's model with fixed-seed construction and perturbed parameters, in eval mode."""
+def build(entry: Entry, seed: int = 0, wide: bool = False, width: int | None = None) -> nn.Module:
+    """The entry's model with fixed-seed construction and perturbed parameters, in eval mode:
+    at ``width`` channels (``entry.at_width``, which must exist) when given, else wider for the
+    benchmark with ``wide``, else as the tests build it."""
     torch.manual_seed(seed)
+    if width is not None:
+        if entry.at_width is None:
+            raise ValueError(f"{entry.name} has no width to set")
+        return perturbed(entry.at_width(width), seed)
     make = entry.bench if wide and entry.bench is not None else entry.constructor
     return perturbed(make(), seed)
 
 
 def _shell(att: Callable[[int], nn.Module], c: int = 8) -> Callable[[], nn.Module]:
     return lambda: ca.UShell(att, c)
+
+
+def _shell_at(att: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    return lambda c: ca.UShell(att, c)
 
 
 def _at_blocks(suffix: str, kind: str, status: str = "local", exact: bool = False) -> tuple[Expected, ...]:
@@ -135,24 +149,26 @@ CORPUS: tuple[Entry, ...] = (
     Entry(
         "rcan", ca.RCAN, tuple(local(p, "avg-pool") for p in ca.RCAN_SITES),
         bench=lambda: ca.RCAN(c=16, groups=2, blocks=2),
+        at_width=lambda c: ca.RCAN(c=c, groups=2, blocks=2),
     ),
     Entry(
         "mprnet", ca.MPRNetStage, tuple(local(p, "avg-pool") for p in ca.MPRNET_SITES),
         bench=lambda: ca.MPRNetStage(c=16, extra=8),
+        at_width=lambda c: ca.MPRNetStage(c=c, extra=c // 2),
     ),
-    Entry("nafnet", ca.NAFNet, tuple(local(p, "avg-pool") for p in ca.NAFNET_SITES)),
+    Entry("nafnet", ca.NAFNet, tuple(local(p, "avg-pool") for p in ca.NAFNET_SITES), at_width=lambda c: ca.NAFNet(c)),
     Entry(
         "se-linear", _shell(ca.SELayer), _at_blocks("", "avg-pool"), too_small=2,
-        bench=_shell(ca.SELayer, 16),
+        bench=_shell(ca.SELayer, 16), at_width=_shell_at(ca.SELayer),
     ),
     Entry(
         "cbam", _shell(ca.CBAM), _at_blocks(".ca", "avg-pool") + _at_blocks(".ca", "max-pool"),
-        too_small=2, bench=_shell(ca.CBAM, 16),
+        too_small=2, bench=_shell(ca.CBAM, 16), at_width=_shell_at(ca.CBAM),
     ),
     Entry(
         "cbam-linear", _shell(ca.CBAMLinear), _at_blocks(".ca", "avg-pool") + _at_blocks(".ca", "max-pool"),
         too_small=2,
-        bench=_shell(ca.CBAMLinear, 16),
+        bench=_shell(ca.CBAMLinear, 16), at_width=_shell_at(ca.CBAMLinear),
     ),
     Entry(
         # Strips of both axes are concatenated: their local forms (N, C, H, W) only fit together on
@@ -160,34 +176,37 @@ CORPUS: tuple[Entry, ...] = (
         "coord-att", _shell(ca.CoordAtt),
         _at_blocks(".pool_h", "strip-mean", "reported") + _at_blocks(".pool_w", "strip-mean", "reported"),
         too_small=2, large=(128, 96),
-        bench=_shell(ca.CoordAtt, 16),
+        bench=_shell(ca.CoordAtt, 16), at_width=_shell_at(ca.CoordAtt),
     ),
     Entry(
         "eca", _shell(ca.ECA), _at_blocks("", "avg-pool"), too_small=2,
-        bench=_shell(ca.ECA, 16),
+        bench=_shell(ca.ECA, 16), at_width=_shell_at(ca.ECA),
     ),
     Entry(
         "srm", _shell(ca.SRM), _at_blocks("", "mean") + _at_blocks("", "var"), too_small=2,
-        bench=_shell(ca.SRM, 16),
+        bench=_shell(ca.SRM, 16), at_width=_shell_at(ca.SRM),
     ),
     Entry(
-        "max-attention", _shell(ca.MaxChannelAttn), _at_blocks("", "max"), too_small=2, bench=_shell(ca.MaxChannelAttn, 16),
+        "max-attention", _shell(ca.MaxChannelAttn), _at_blocks("", "max"), too_small=2,
+        bench=_shell(ca.MaxChannelAttn, 16), at_width=_shell_at(ca.MaxChannelAttn),
     ),
     Entry(
         "gcnet", _shell(ca.ContextBlock), _at_blocks("", "context-pool"), too_small=2, large=(128, 96),
-        bench=_shell(ca.ContextBlock, 16),
+        bench=_shell(ca.ContextBlock, 16), at_width=_shell_at(ca.ContextBlock),
     ),
     Entry(
         "imdn", ca.IMDN,
         tuple(local(f"blocks.{i}.cca", "sum", exact=True) for i in range(3))
         + tuple(local(f"blocks.{i}.cca.avg_pool", "avg-pool") for i in range(3)),
+        at_width=lambda c: ca.IMDN(c=c),
     ),
     Entry(
         "mirnet-skff", ca.MIRNetLite, tuple(local(f"blocks.{i}.skff", "avg-pool") for i in range(2)),
+        at_width=lambda c: ca.MIRNetLite(c=c),
     ),
     Entry(
         "dehaze-skfusion", ca.DehazeUNet, (local("fusion2", "avg-pool"), local("fusion1", "avg-pool")), too_small=2,
-        bench=lambda: ca.DehazeUNet(c=16),
+        bench=lambda: ca.DehazeUNet(c=16), at_width=lambda c: ca.DehazeUNet(c=c),
     ),
     Entry(
         "restormer", transformers.Restormer,
@@ -215,7 +234,7 @@ CORPUS: tuple[Entry, ...] = (
               for i in range(2) for a in "hv"),
     ),
     Entry("hinet", other.HINet, (local("down_path.0.norm", "instance-norm"), local("down_path.1.norm", "instance-norm")),
-          too_small=2, bench=lambda: other.HINet(c=16)),
+          too_small=2, bench=lambda: other.HINet(c=16), at_width=lambda c: other.HINet(c=c)),
     Entry("ddpm-groupnorm", other.DDPMUNet, tuple(local(p, "group-norm") for p in other.DDPM_SITES), too_small=2),
     Entry(
         "layernorm-map", other.WholeMapLayerNorm, (local("norm1", "layer-norm"), local("norm2", "layer-norm")),

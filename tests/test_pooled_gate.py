@@ -353,11 +353,15 @@ def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("outputs, channels, positions", [(4, 16, 4096), (16, 4, 9001), (48, 4, 12289), (3, 7, 100)])
+@pytest.mark.parametrize(
+    "outputs, channels, positions",
+    [(4, 16, 4096), (16, 4, 9001), (48, 4, 12289), (3, 7, 100), (6, 9, 5000), (2, 1, 4097), (5, 6, 8192), (7, 64, 4100)],
+)
 def test_channel_product_against_float64_matmul(dtype, outputs, channels, positions):
-    """A gate's 1x1 layer on many positions (the CPU kernel past one block of 4096 positions,
-    torch.mm below): weight @ values within a few float roundings of a float64 product, into out=
-    as given, the same numbers either way."""
+    """A gate's 1x1 layer on many positions (the CPU kernel past one block of 4096 positions, its
+    input rows four a pass and the rest one by one; torch.mm below): weight @ values within a few
+    float roundings of a float64 product, into out= as given, the same numbers either way; with
+    a bias, the product's own numbers plus the bias (added last, as mm then add_ would)."""
     g = torch.Generator().manual_seed(outputs * positions)
     weight = torch.randn(outputs, channels, generator=g, dtype=dtype)
     values = torch.randn(channels, positions, generator=g, dtype=dtype)
@@ -369,6 +373,10 @@ def test_channel_product_against_float64_matmul(dtype, outputs, channels, positi
     out = torch.full((outputs, positions), float("nan"), dtype=dtype)
     assert channel_product(weight, values, out=out) is out
     assert torch.equal(out, result)
+    bias = torch.randn(outputs, generator=g, dtype=dtype)
+    assert torch.equal(channel_product(weight, values, bias=bias), result + bias[:, None])
+    assert channel_product(weight, values, out=out, bias=bias) is out
+    assert torch.equal(out, result + bias[:, None])
 
 
 def test_channel_product_falls_back_to_torch_where_the_kernel_does_not_apply():
@@ -378,6 +386,9 @@ def test_channel_product_falls_back_to_torch_where_the_kernel_does_not_apply():
     values = torch.randn(16, 5000)
     channel_product(weight, values).sum().backward()
     torch.testing.assert_close(weight.grad, values.sum(1).expand(4, -1))
+    bias = torch.randn(4, requires_grad=True)
+    channel_product(weight.detach(), values, bias=bias).sum().backward()
+    torch.testing.assert_close(bias.grad, torch.full((4,), 5000.0))
     with torch.no_grad():
         transposed = torch.randn(5000, 16).t()
         torch.testing.assert_close(channel_product(weight, transposed), weight @ transposed)

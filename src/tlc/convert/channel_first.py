@@ -185,10 +185,7 @@ def _channel_first_product(
     if take is not None and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         dtype = torch.result_type(x, weight)
         into = take((x.shape[0], weight.shape[0]), (1, x.shape[0]), dtype, x.device)
-    out = channel_product(weight, x.t(), None if into is None else into.t())
-    if bias is not None:
-        out = _plus(out, bias.view(-1, 1))
-    return out.t()
+    return channel_product(weight, x.t(), None if into is None else into.t(), bias).t()
 
 
 def conv1d_as_products(args: tuple) -> torch.Tensor | None:

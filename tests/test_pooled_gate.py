@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tlc
-from tlc.ops.gate import apply_pointwise, channel_product, combine_replicated, into_first, multiply_replicated
+import tlc.ops.gate as gate_ops
+from tlc.ops.gate import (
+    apply_pointwise, channel_product, combine_replicated, into_first, layer_first_is_cheaper, multiply_replicated,
+    pooled_pointwise,
+)
 from tlc.ops.pool import replicate_to, valid_local_mean
 from tlc.convert.pooled_gate import GatePlan, gate_plan
 
@@ -441,12 +446,13 @@ def test_apply_pointwise_overwrites_only_its_own_maps():
 
 
 def test_gate_maps_read_once_are_overwritten_and_shared_ones_are_not():
-    """The rewritten graphs: CBAM's gate sums and squashes its two branches in place (each branch's
-    layers may write into their own pooled map); a pooled map read twice is left alone."""
+    """The rewritten graphs: CBAM's gate sums and squashes its two branches in place (the max
+    branch's layers may write into its pooled map, the mean and its layers are one call,
+    pooled_pointwise, whose means are its own); a pooled map read twice is left alone."""
     cbam = tlc.convert(randomised(Holder(CBAMChannelGate())), train_size=12, base_size=18)[0].block
     code = cbam.code
-    assert code.count("overwrite = True") == 2
-    assert "into_first('add', apply_pointwise, apply_pointwise_1)" in code and "into_first('sigmoid', add)" in code
+    assert code.count("overwrite = True") == 1 and code.count("pooled_pointwise(x, ") == 1
+    assert "into_first('add', pooled_pointwise, apply_pointwise_1)" in code and "into_first('sigmoid', add)" in code
     shared = tlc.convert(randomised(Holder(SharedGate())), train_size=12, base_size=18)[0].block.code
     assert "into_first('sigmoid'" not in shared  # a is read again by s * a
     assert "into_first('mul', sigmoid, " in shared  # s is not: s * a may go into s
@@ -522,3 +528,67 @@ def test_gate_method_calls_read_once_are_overwritten_too():
     with torch.no_grad():
         expected = x * model.block.fc(maxima).mul(0.5).add(0.25).sigmoid()
         torch.testing.assert_close(converted.block(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def _squeeze_excitation(c: int, hidden: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    torch.manual_seed(c * 31 + hidden)
+    return nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, c, 1), nn.Sigmoid()).to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "n, h, w, window, hidden, first",
+    [(1, 37, 53, (9, 9), 4, True), (2, 24, 17, (5, 11), 4, True), (1, 40, 40, (28, 28), 8, False),
+     (3, 9, 13, (4, 3), 4, True), (2, 33, 21, (30, 2), 8, False)],
+)
+def test_pooled_pointwise_is_the_layers_on_the_valid_windows_means(dtype, n, h, w, window, hidden, first):
+    """pooled_pointwise(x, layers, window), in either order, against the layers run in float64 on
+    float64 valid-window means (avg_pool2d with stride 1): odd and non-square sizes, batch > 1,
+    both dtypes; where the layer goes first (16 -> 4 channels; not 16 -> 8 with few positions),
+    the mean is taken over its planes."""
+    c = 16
+    layers = _squeeze_excitation(c, hidden, dtype)
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(h * w), dtype=dtype) + 0.5
+    reference = _squeeze_excitation(c, hidden, torch.float64)(F.avg_pool2d(x.double(), window, stride=1))
+    averaged = []
+    mean = gate_ops.valid_local_mean
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gate_ops, "valid_local_mean", lambda t, k: averaged.append(t.shape[1]) or mean(t, k))
+        result = pooled_pointwise(x, layers, window)
+    assert result.dtype == dtype and result.shape == reference.shape
+    tolerance = 2e-6 if dtype == torch.float32 else 1e-13
+    assert (result.double() - reference).abs().max().item() <= tolerance
+    assert layer_first_is_cheaper((h, w), layers[0], window) == first
+    assert averaged == [hidden if first else c]
+
+
+def test_pooled_pointwise_where_one_window_covers_the_map_is_the_original_order():
+    """A window as large as the map: the map's mean, then the layers, bit for bit as the module
+    computes them (the order the converted model keeps at its training size)."""
+    layers = _squeeze_excitation(16, 4)
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        assert torch.equal(pooled_pointwise(x, layers, (12, 10)), layers(x.mean((2, 3), keepdim=True)))
+        assert torch.equal(pooled_pointwise(x, layers, (40, 40)), layers(x.mean((2, 3), keepdim=True)))
+
+
+def test_layer_first_is_cheaper_where_the_layer_narrows_and_most_positions_are_windows():
+    """The order's choice: a gate's first layer narrowing 16 -> 4 channels goes first at 720p
+    (window 48 or 384: fewer planes to average); one that keeps 16 channels, a 64 -> 16 layer with
+    a third of the positions, a window covering the map and other layers do not."""
+    narrowing, keeping, wide = nn.Conv2d(16, 4, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(64, 16, 1)
+    assert layer_first_is_cheaper((720, 1280), narrowing, 48)
+    assert layer_first_is_cheaper((720, 1280), narrowing, (384, 384))
+    assert layer_first_is_cheaper((720, 1280), wide, 48)
+    assert not layer_first_is_cheaper((720, 1280), wide, 384)
+    assert not layer_first_is_cheaper((720, 1280), keeping, 48)
+    assert not layer_first_is_cheaper((720, 1280), narrowing, (720, 1280))
+    assert not layer_first_is_cheaper((720, 1280), nn.ReLU(), 48)
+    assert not layer_first_is_cheaper((720, 1280), nn.Conv2d(16, 4, 3), 48)
+
+
+def test_pooled_pointwise_gradients_in_float64():
+    layers = _squeeze_excitation(6, 2, torch.float64)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64, requires_grad=True)
+    assert layer_first_is_cheaper((9, 11), layers[0], 3)
+    torch.autograd.gradcheck(lambda t: pooled_pointwise(t, layers, (3, 3)), (x,))

@@ -35,7 +35,7 @@ from torch import fx, nn
 from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
-from ..ops.gate import INTO_FIRST_UNARY, apply_pointwise, into_first, multiply_replicated, pad_replicate
+from ..ops.gate import INTO_FIRST_UNARY, apply_pointwise, into_first, multiply_replicated, pad_replicate, pooled_pointwise
 from ..ops.pool import valid_local_mean
 
 
@@ -275,6 +275,8 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
             replaced[node] = new
             node.replace_all_uses_with(new)
             graph.erase_node(node)
+        fused = _mean_and_layers_together(module, graph)
+        replaced = {old: fused.get(new, new) for old, new in replaced.items()}
         for mul in traced.multiplies:
             gate = next(a for a in mul.args if a is not x)
             with graph.inserting_after(mul):
@@ -290,9 +292,38 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
     graph.lint()
     local = fx.GraphModule(module, graph, class_name=f"Local{type(module).__name__}")
     local.training = module.training
+    for node in traced.pools:  # a stand-in the graph no longer calls (its mean is pooled_pointwise's) stays visible
+        if node.op == "call_module" and not hasattr(local, str(node.target)):
+            local.add_submodule(str(node.target), module.get_submodule(str(node.target)))
     if list(local.state_dict()) != keys:  # e.g. an unused parameter the graph does not reference
         raise ValueError(f"{type(module).__name__}: the traced graph does not use every parameter")
     return local
+
+
+def _mean_and_layers_together(module: nn.Module, graph: fx.Graph) -> dict[fx.Node, fx.Node]:
+    """Each valid-window mean read only by the per-pixel layers after it becomes one
+    :func:`tlc.ops.gate.pooled_pointwise` call, which may run the first layer before the mean
+    (on fewer planes) where that costs less. Returns {replaced layers' node: the new node}."""
+    replaced = {}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not apply_pointwise or node.kwargs:
+            continue
+        mean = node.args[0]
+        if not isinstance(mean, fx.Node) or len(mean.users) != 1:
+            continue
+        if mean.op == "call_function" and mean.target is valid_local_mean:
+            source, mean_window = mean.args
+        elif mean.op == "call_module" and type(module.get_submodule(str(mean.target))) is ValidLocalMean:
+            source, mean_window = mean.args[0], module.get_submodule(str(mean.target)).window
+        else:
+            continue
+        with graph.inserting_before(node):
+            fused = graph.call_function(pooled_pointwise, (source, node.args[1], mean_window))
+        node.replace_all_uses_with(fused)
+        graph.erase_node(node)
+        graph.erase_node(mean)
+        replaced[node] = fused
+    return replaced
 
 
 # Elementwise calls that may write into an operand of theirs (tlc.ops.gate.into_first), by name.
@@ -325,7 +356,7 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
             owned.add(node)  # ValidLocalMax too
         elif node.op != "call_function" and not method:
             continue
-        elif node.target in (valid_local_mean, valid_local_max):
+        elif node.target in (valid_local_mean, valid_local_max, pooled_pointwise):
             owned.add(node)
         elif node.target is apply_pointwise:
             if free(node.args[0]) and not node.kwargs:

@@ -562,6 +562,17 @@ def test_pooled_pointwise_is_the_layers_on_the_valid_windows_means(dtype, n, h, 
     assert averaged == [hidden if first else c]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pooled_pointwise_in_half_precision_takes_the_means_first(dtype):
+    """Half precision: the means first whatever the cost (per-pixel products rounded to half
+    would swamp small means): the numbers of apply_pointwise on the valid windows' means."""
+    layers = _squeeze_excitation(16, 4, dtype)
+    x = torch.randn(1, 16, 37, 53, dtype=dtype)
+    assert layer_first_is_cheaper((37, 53), layers[0], 9)
+    with torch.no_grad():
+        assert torch.equal(pooled_pointwise(x, layers, 9), apply_pointwise(valid_local_mean(x, 9), layers))
+
+
 def test_pooled_pointwise_where_one_window_covers_the_map_is_the_original_order():
     """A window as large as the map: the map's mean, then the layers, bit for bit as the module
     computes them (the order the converted model keeps at its training size)."""

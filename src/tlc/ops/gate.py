@@ -139,7 +139,7 @@ def pooled_pointwise(
     the layer), so where :func:`layer_first_is_cheaper` says so the first layer runs on the full
     map and the mean on its (fewer) output planes. The same values up to float rounding: each
     product is rounded per pixel instead of per window (absolute error ~1e-7 of the products'
-    size, as the layer's own products at full resolution have).
+    size, as the layer's own products at full resolution have); float32 and float64 only.
 
     Args:
         x: (N, C, H, W) map (the gate's input).
@@ -151,7 +151,10 @@ def pooled_pointwise(
     """
     if isinstance(layers, nn.Module):
         layers = list(layers) if isinstance(layers, nn.Sequential) else [layers]
-    if layers and x.dim() == 4 and layer_first_is_cheaper(tuple(x.shape[-2:]), layers[0], window):
+    # Half precision keeps the means first: its products, rounded per pixel to 3 digits, would
+    # swamp a small window mean of large values.
+    single_or_double = x.dtype in (torch.float32, torch.float64)
+    if layers and x.dim() == 4 and single_or_double and layer_first_is_cheaper(tuple(x.shape[-2:]), layers[0], window):
         first = apply_pointwise(x, layers[:1])
         return apply_pointwise(valid_local_mean(first, window), layers[1:], overwrite=True)
     return apply_pointwise(valid_local_mean(x, window), layers, overwrite=True)

@@ -113,7 +113,7 @@ def _is_channel_product(layer: nn.Module) -> bool:
 _MEAN_NS, _MULTIPLY_NS, _PRODUCT_NS = 0.28, 0.03, 0.1
 
 
-def layer_first_is_cheaper(size: tuple[int, int], layer: nn.Conv2d, window: int | Pair) -> bool:
+def layer_first_is_cheaper(size: tuple[int, int], layer: nn.Module, window: int | Pair) -> bool:
     """Whether ``valid_local_mean(layer(x))`` costs less than ``layer(valid_local_mean(x))`` for a
     map of ``size`` (H, W): the layer then averages fewer planes than it reads (a gate's first 1x1
     layer narrows C to C / r), for its products at every pixel instead of every window position.

@@ -393,7 +393,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
     area = k1 * k2
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
-        valid = np.empty((vh, vw), np.float64)
+        valid = np.empty((0, 0) if valid_only else (vh, vw), np.float64)  # valid_only: rows go to out
         sums1, sums2 = np.empty(vw, np.float64), np.empty(vw, np.float64)
         for p in range(task, planes, workers):
             c = centre[p]
@@ -419,18 +419,26 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
                         all1[j] += d_in
                         all2[j] += d_in * d_in
                 window_sums_along_row(col1, col2, k2, sums1, sums2)
-                valid_row = valid[a]
-                for b in range(vw):
-                    # One pixel: exactly no spread (the running sums could leave a rounding residue).
-                    squares = 0.0 if area == 1 else max(sums2[b] - sums1[b] * sums1[b] / area, 0.0)
-                    var = squares / divisor
-                    valid_row[b] = np.sqrt(var) if root else var
+                # Straight into the result's row where only the valid windows are wanted (a pass
+                # over a float64 plane less; the same rounding to the result's dtype).
+                if valid_only:
+                    _variance_row(sums1, sums2, area, divisor, root, out[p, a])
+                else:
+                    _variance_row(sums1, sums2, area, divisor, root, valid[a])
             totals[p, 0] = all1.sum()
             totals[p, 1] = all2.sum()
-            if valid_only:
-                out[p] = valid
-            else:
+            if not valid_only:
                 _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
+
+
+def _variance_row(sums1, sums2, area, divisor, root, row):  # pragma: no cover (compiled by numba)
+    """row[b]: the variance (standard deviation with ``root``) of window b from its sums of
+    centred values and of their squares."""
+    for b in range(row.shape[0]):
+        # One pixel: exactly no spread (the running sums could leave a rounding residue).
+        squares = 0.0 if area == 1 else max(sums2[b] - sums1[b] * sums1[b] / area, 0.0)
+        var = squares / divisor
+        row[b] = np.sqrt(var) if root else var
 
 
 if njit is not None:
@@ -441,6 +449,7 @@ if njit is not None:
     _rows_window_sum = njit(_rows_window_sum)
     _columns_max = njit(_columns_max)
     _replicate_into = njit(_replicate_into)
+    _variance_row = njit(inline="always")(_variance_row)
     _terms_into = njit(_terms_into)
     _block_sums_2d = njit(_block_sums_2d)
     window_sums_along_row = njit(window_sums_along_row)

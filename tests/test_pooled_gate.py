@@ -360,7 +360,7 @@ def test_apply_pointwise_runs_one_by_one_convolutions_as_matrix_products():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "outputs, channels, positions",
-    [(4, 16, 4096), (16, 4, 9001), (48, 4, 12289), (3, 7, 100), (6, 9, 5000), (2, 1, 4097), (5, 6, 8192), (7, 64, 4100), (24, 96, 4099)],
+    [(4, 16, 4096), (16, 4, 9001), (48, 4, 12289), (3, 7, 100), (6, 9, 5000), (2, 1, 4097), (5, 6, 8192), (7, 64, 4100), (24, 96, 4099), (3, 3, 4100)],
 )
 def test_channel_product_against_float64_matmul(dtype, outputs, channels, positions):
     """A gate's 1x1 layer on many positions (the CPU kernel past one block of 4096 positions, its

@@ -163,8 +163,9 @@ def pooled_pointwise(
 def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (compiled by numba)
     """out (O, P) = weight (O, C) @ values (C, P) (+ bias (O,), unless bias has no entries), by
     blocks of positions: each output row's block is summed over the C input rows in order while
-    it stays in the first-level cache, four input rows a pass (one load and store of the output
-    per four products: the stores bounded the one-row loop), the bias added last."""
+    it stays in the first-level cache, four input rows a pass, the first four in the pass that
+    starts the sums (one load and store of the output per four products: the stores bounded the
+    one-row loop), the bias added last."""
     outputs, channels = weight.shape
     positions = values.shape[1]
     with_bias = bias.shape[0] == outputs
@@ -173,10 +174,18 @@ def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (com
         start = b * _PRODUCT_BLOCK
         stop = min(positions, start + _PRODUCT_BLOCK)
         for i in range(outputs):
-            target, source, factor = out[i, start:stop], values[0, start:stop], weight[i, 0]
-            for j in range(stop - start):
-                target[j] = factor * source[j]
-            k = 1
+            target = out[i, start:stop]
+            if channels >= 4:  # the first four rows in the pass that starts the sums
+                s0, s1, s2, s3 = values[0, start:stop], values[1, start:stop], values[2, start:stop], values[3, start:stop]
+                f0, f1, f2, f3 = weight[i, 0], weight[i, 1], weight[i, 2], weight[i, 3]
+                for j in range(stop - start):
+                    target[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+                k = 4
+            else:
+                source, factor = values[0, start:stop], weight[i, 0]
+                for j in range(stop - start):
+                    target[j] = factor * source[j]
+                k = 1
             while k + 3 < channels:
                 s0, s1, s2, s3 = values[k, start:stop], values[k + 1, start:stop], values[k + 2, start:stop], values[k + 3, start:stop]
                 f0, f1, f2, f3 = weight[i, k], weight[i, k + 1], weight[i, k + 2], weight[i, k + 3]

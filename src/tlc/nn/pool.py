@@ -8,8 +8,8 @@ from torch import nn
 
 from ..ops import local_axis_mean, local_max, local_mean, local_mean_strided
 from ..ops._common import Pair, as_pair, check_feature_map
-from ..ops.gate import apply_pointwise
-from ..ops.pool import opaque_local_mean_applies, replicate_to, valid_local_mean
+from ..ops.gate import pooled_pointwise
+from ..ops.pool import opaque_local_mean_applies, replicate_to
 
 
 class LocalAvgPool2d(nn.Module):
@@ -79,8 +79,8 @@ class LocalPooledSequential(nn.Sequential):
             for layer in layers:
                 y = layer(y)
             return y
-        y = apply_pointwise(valid_local_mean(x, pool.window), layers, overwrite=True)  # a fresh map, ours
-        return replicate_to(y, x.shape[-2:])
+        # the layers on the valid windows' means (a narrowing first layer may run before the mean)
+        return replicate_to(pooled_pointwise(x, layers, pool.window), x.shape[-2:])
 
 
 class LocalMaxPool2d(nn.Module):

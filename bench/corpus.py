@@ -199,9 +199,9 @@ def main() -> None:
     parser.add_argument("--train-size-2", type=int, default=256, metavar="PX",
                         help="second training size the converted models are timed at (default 256)")
     args = parser.parse_args()
-    csv_name, allocator = allocator_from(args, "corpus_cpu" if args.width is None else f"corpus_w{args.width}_cpu")
     if args.width is not None and args.width < 4:
         parser.error("--width must be at least 4")
+    csv_name, allocator = allocator_from(args, "corpus_cpu" if args.width is None else f"corpus_w{args.width}_cpu")
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     entries = list(CORPUS)

@@ -420,7 +420,8 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
                         all2[j] += d_in * d_in
                 window_sums_along_row(col1, col2, k2, sums1, sums2)
                 # Straight into the result's row where only the valid windows are wanted (a pass
-                # over a float64 plane less; the same rounding to the result's dtype).
+                # over a float64 plane less; the same rounding to the result's dtype). Two calls,
+                # not one on a conditional row: the rows' dtypes differ, which numba cannot unify.
                 if valid_only:
                     _variance_row(sums1, sums2, area, divisor, root, out[p, a])
                 else:

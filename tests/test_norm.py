@@ -122,3 +122,41 @@ def test_zero_eps_on_a_flat_map_is_nan_as_in_torch():
     fused = tlc.local_group_norm(x, 2, (3, 3), eps=0.0)
     by_torch = tlc.local_group_norm(x.clone().requires_grad_(), 2, (3, 3), eps=0.0).detach()
     assert torch.isnan(fused).all() and torch.isnan(by_torch).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("rows,columns", [(8, 1100), (1, 7), (13, 513)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_layer_norm_of_columns_equals_torchs_layer_norm_of_rows(dtype, affine, rows, columns, grad):
+    """layer_norm_columns(x) = F.layer_norm(x.t()).t(): the fused kernel (no grad; blocks of 512
+    columns, so 1100 and 513 end in partial blocks) and the torch path (grad), against torch's own
+    norm in float64 (the kernel rounds once from float64: within a float32 step of it)."""
+    from tlc.ops.norm import layer_norm_columns
+
+    g = torch.Generator().manual_seed(rows * 1000 + columns)
+    x = (torch.randn(rows, columns, generator=g, dtype=torch.float64) * 3 + 5).to(dtype)
+    weight = torch.randn(rows, 1, 1, generator=g, dtype=dtype) if affine in ("both", "weight") else None
+    bias = torch.randn(rows, 1, 1, generator=g, dtype=dtype) if affine in ("both", "bias") else None
+    if grad:
+        x.requires_grad_(True)
+    out = layer_norm_columns(x, weight, bias, 1e-5)
+    w64 = None if weight is None else weight.double().flatten()
+    b64 = None if bias is None else bias.double().flatten()
+    expected = F.layer_norm(x.detach().double().t(), (rows,), w64, b64, 1e-5).t()
+    assert out.dtype == dtype and out.shape == (rows, columns)
+    atol = 1e-12 if dtype == torch.float64 else 4e-6
+    torch.testing.assert_close(out.detach().double(), expected, rtol=0, atol=atol)
+    if grad:  # the torch path keeps the graph
+        out.sum().backward()
+        assert x.grad is not None and x.grad.isfinite().all()
+
+
+def test_layer_norm_columns_gradcheck_float64():
+    from tlc.ops.norm import layer_norm_columns
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: layer_norm_columns(a, b, c, 1e-5), (x, weight, bias))

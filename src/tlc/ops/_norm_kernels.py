@@ -1,4 +1,5 @@
-"""A fused CPU kernel for local group and instance norm (numba), used when it can be.
+"""Fused CPU kernels (numba), used when they can be: local group and instance norm, and the layer
+norm of values laid out in columns.
 
 The torch path makes about a dozen full passes over the map, several in float64 (centring, the
 channel sums, two local means, replication of mean and scale, normalising, the affine). This
@@ -120,4 +121,65 @@ def fused_local_group_norm(
     out = torch.empty_like(work)
     centres = centring_means(work.reshape(work.shape[0] * num_groups, -1), (1,))  # each group's mean
     _compiled(work.numpy(), centres.numpy(), num_groups, window[0], window[1], float(eps), scale.numpy(), shift.numpy(), out.numpy())
+    return out
+
+
+_COLUMN_BLOCK = 512  # columns per task step: the block's rows stay in the first-level cache
+
+
+def _layer_norm_column_blocks(x, eps, weight, bias, out):  # pragma: no cover (compiled by numba)
+    """x, out: (D, P); weight, bias: (D,) float64 (ones and zeros without affine). Each column of
+    x normalised over its D rows: centred by its mean, scaled by 1 / sqrt(var + eps) (biased
+    variance of the centred values), in float64, rounded once to out's dtype. Blocks of columns:
+    three passes over a block's rows while they sit in the cache."""
+    rows, columns = x.shape
+    blocks = (columns + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+    inv_rows = 1.0 / rows
+    for blk in prange(blocks):
+        start = blk * _COLUMN_BLOCK
+        stop = min(columns, start + _COLUMN_BLOCK)
+        width = stop - start
+        mean = np.zeros(width, np.float64)
+        scale = np.zeros(width, np.float64)
+        for d in range(rows):
+            row = x[d, start:stop]
+            for j in range(width):
+                mean[j] += np.float64(row[j])
+        for j in range(width):
+            mean[j] *= inv_rows
+        for d in range(rows):
+            row = x[d, start:stop]
+            for j in range(width):
+                centred = np.float64(row[j]) - mean[j]
+                scale[j] += centred * centred
+        for j in range(width):
+            scale[j] = 1.0 / math.sqrt(scale[j] * inv_rows + eps)
+        for d in range(rows):
+            row, target = x[d, start:stop], out[d, start:stop]
+            wd, bd = weight[d], bias[d]
+            for j in range(width):
+                target[j] = (np.float64(row[j]) - mean[j]) * scale[j] * wd + bd
+
+
+_layer_norm_compiled = parallel_kernel(_layer_norm_column_blocks, error_model="numpy")
+
+
+def fused_column_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor | None:
+    """Each column of a (D, P) CPU tensor normalised over its D rows (``F.layer_norm`` of ``x.t()``
+    over its last dim, then the affine ``weight``, ``bias`` (D,) per row), computed in float64 and
+    rounded once: (D, P), dtype of ``x``, contiguous. None where the kernel cannot run (no numba,
+    not float32 / float64, autograd, tracing, not on the CPU)."""
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    if _layer_norm_compiled is None or x.dim() != 2 or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if not cpu_kernel_applies(*tensors):
+        return None
+    rows = x.shape[0]
+    scale = torch.ones(rows, dtype=torch.float64) if weight is None else weight.detach().reshape(rows).to(torch.float64).contiguous()
+    shift = torch.zeros(rows, dtype=torch.float64) if bias is None else bias.detach().reshape(rows).to(torch.float64).contiguous()
+    work = x.contiguous()
+    out = torch.empty_like(work)
+    _layer_norm_compiled(work.numpy(), float(eps), scale.numpy(), shift.numpy(), out.numpy())
     return out

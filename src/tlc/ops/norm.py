@@ -1,11 +1,12 @@
-"""Local instance and group normalisation: statistics over a window instead of the whole map."""
+"""Local instance and group normalisation: statistics over a window instead of the whole map; and
+the layer norm of values laid out in columns (pooled values' per-window vectors)."""
 
 from __future__ import annotations
 
 import torch
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
-from ._norm_kernels import fused_group_norm_applies, fused_local_group_norm
+from ._norm_kernels import fused_column_layer_norm, fused_group_norm_applies, fused_local_group_norm
 from .pool import clamp_window, opaque_local_mean, opaque_local_mean_applies, replicate_to, valid_local_mean
 
 
@@ -98,3 +99,36 @@ def local_instance_norm(
     """
     check_feature_map(x)
     return local_group_norm(x, x.shape[1], window, weight, bias, eps)
+
+
+def layer_norm_columns(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Each column of ``x`` normalised over its rows: ``F.layer_norm(x.t(), (D,), weight, bias,
+    eps).t()``, computed in the columns' layout.
+
+    Per-window vectors laid out channel first (GCNet's ``LayerNorm([C, 1, 1])`` on a pooled value
+    at every window position) are such columns; torch's layer norm would write them in rows.
+
+    Args:
+        x: (D, P) floating tensor, P columns of D values.
+        weight, bias: D values each (any shape holding them), or None.
+        eps: added to the variance.
+
+    Returns:
+        (D, P), dtype of ``x``. On the CPU (float32 / float64, no autograd) one fused pass per
+        block of columns, in float64 rounded once; elsewhere torch ops (the means as products:
+        torch's ``var_mean`` across rows took 45 ms for 8 x 300k).
+    """
+    fused = fused_column_layer_norm(x, weight, bias, eps)
+    if fused is not None:
+        return fused
+    # Out of place: this path is the one autograd takes.
+    average = x.new_full((1, x.shape[0]), 1.0 / x.shape[0])
+    centred = x - average @ x
+    out = centred * torch.rsqrt(average @ centred.square() + eps)
+    if weight is not None:
+        out = out * weight.reshape(-1, 1)
+    if bias is not None:
+        out = out + bias.reshape(-1, 1)
+    return out

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tlc.nn import LocalStripAvgPool2d
@@ -258,7 +259,7 @@ def rounding_bound(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("shape, window", [((2, 3, 23, 17), (5, 4)), ((1, 4, 40, 31), (9, 13)), ((1, 2, 64, 47), (16, 15)),
-                                           ((2, 2, 9, 50), (9, 7))])
+                                           ((2, 2, 9, 50), (9, 7)), ((2, 8, 19, 30), (6, 11))])
 def test_softmax_pool_float32_is_the_exact_value_rounded(shape, window, shared):
     # float32 inputs with mild logits (the running sums' case on the CPU): every output within
     # half a float32 step of the exact value (plus the running sums' 1e-10 of max|x|), valid
@@ -307,6 +308,28 @@ def test_running_sums_run_only_where_their_bound_allows():
     out = local_softmax_pool(x, steep.float(), (5, 7))
     ref = brute_softmax_pool(x, steep, (5, 7))
     assert ((out.double() - ref).abs() <= rounding_bound(ref, x)).all()
+
+
+@pytest.mark.parametrize("valid_only", [True, False])
+def test_running_sums_four_planes_at_a_time_are_the_one_plane_kernels_bits(valid_only):
+    """Channels sharing one weight plane go through the kernel four at a time: the same arithmetic
+    per plane, so the same bits as the one-plane kernel (batch 2, eight channels, odd sizes)."""
+    from tlc.ops import _running_kernels as kernels
+
+    torch.manual_seed(6)
+    n, c, h, w, (kh, kw) = 2, 8, 21, 34, (5, 9)
+    x = torch.randn(n * c, h, w) * 3 + 1
+    logits = torch.randn(n, h, w, dtype=torch.float64)
+    e = torch.exp(logits - logits.amax())
+    den = F.avg_pool2d(e[:, None], (kh, kw), stride=1)[:, 0] * (kh * kw)
+    size = (h - kh + 1, w - kw + 1) if valid_only else (h, w)
+    outs = []
+    for kernel in (kernels._weighted_pool_compiled, kernels._weighted_pool_quads_compiled):
+        out = x.new_full((n * c, *size), float("nan"))
+        kernel(x.numpy(), e.numpy(), c, den.reciprocal().numpy(), kh, kw, out.numpy())
+        outs.append(out)
+    assert not outs[0].isnan().any()
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_softmax_pool_moderate_range_needing_the_window_maxima():

@@ -77,7 +77,78 @@ def _weighted_pool_planes(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cove
             replicate_edge_rows(out_plane, top, valid_h)
 
 
+def _weighted_pool_quads(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cover (compiled by numba)
+    """:func:`_weighted_pool_planes` four planes at a time, for planes that share their weight
+    plane in fours (``ratio`` a multiple of 4; GCNet's one weight plane for every channel): each
+    weight row entering and leaving the column sums is read once for the four, and the four row
+    sums (each a serial chain of additions) advance side by side. Each plane's arithmetic, and so
+    its result, is the one-plane kernel's."""
+    planes, h, w = x.shape
+    valid_h, valid_w = h - k1 + 1, w - k2 + 1
+    replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
+    top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
+    for q in prange(planes // 4):
+        p = 4 * q
+        columns = np.zeros((4, w), np.float64)
+        c0, c1, c2, c3 = columns[0], columns[1], columns[2], columns[3]
+        x0, x1, x2, x3 = x[p], x[p + 1], x[p + 2], x[p + 3]
+        e_plane, inv_plane = e[p // ratio], inv_den[p // ratio]
+        for i in range(k1):
+            e_row, r0, r1, r2, r3 = e_plane[i], x0[i], x1[i], x2[i], x3[i]
+            for j in range(w):
+                weight = e_row[j]
+                c0[j] += weight * np.float64(r0[j])
+                c1[j] += weight * np.float64(r1[j])
+                c2[j] += weight * np.float64(r2[j])
+                c3[j] += weight * np.float64(r3[j])
+        for a in range(valid_h):
+            if a > 0:
+                e_in, e_out = e_plane[a + k1 - 1], e_plane[a - 1]
+                i0, i1, i2, i3 = x0[a + k1 - 1], x1[a + k1 - 1], x2[a + k1 - 1], x3[a + k1 - 1]
+                o0, o1, o2, o3 = x0[a - 1], x1[a - 1], x2[a - 1], x3[a - 1]
+                for j in range(w):
+                    entering, leaving = e_in[j], e_out[j]
+                    c0[j] += entering * np.float64(i0[j]) - leaving * np.float64(o0[j])
+                    c1[j] += entering * np.float64(i1[j]) - leaving * np.float64(o1[j])
+                    c2[j] += entering * np.float64(i2[j]) - leaving * np.float64(o2[j])
+                    c3[j] += entering * np.float64(i3[j]) - leaving * np.float64(o3[j])
+            inv_row = inv_plane[a]
+            t0 = t1 = t2 = t3 = 0.0
+            for j in range(k2):
+                t0 += c0[j]
+                t1 += c1[j]
+                t2 += c2[j]
+                t3 += c3[j]
+            y0, y1, y2, y3 = out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top]
+            y0[left], y1[left], y2[left], y3[left] = t0 * inv_row[0], t1 * inv_row[0], t2 * inv_row[0], t3 * inv_row[0]
+            m0, m1, m2, m3 = y0[left + 1 : left + valid_w], y1[left + 1 : left + valid_w], y2[left + 1 : left + valid_w], y3[left + 1 : left + valid_w]
+            in0, in1, in2, in3 = c0[k2 : k2 + valid_w - 1], c1[k2 : k2 + valid_w - 1], c2[k2 : k2 + valid_w - 1], c3[k2 : k2 + valid_w - 1]
+            out0, out1, out2, out3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
+            inv_mid = inv_row[1:valid_w]
+            for b in range(valid_w - 1):
+                scale = inv_mid[b]
+                t0 += in0[b] - out0[b]
+                t1 += in1[b] - out1[b]
+                t2 += in2[b] - out2[b]
+                t3 += in3[b] - out3[b]
+                m0[b] = t0 * scale
+                m1[b] = t1 * scale
+                m2[b] = t2 * scale
+                m3[b] = t3 * scale
+            if replicate:
+                replicate_row_edges(y0, left, valid_w)
+                replicate_row_edges(y1, left, valid_w)
+                replicate_row_edges(y2, left, valid_w)
+                replicate_row_edges(y3, left, valid_w)
+        if replicate:
+            replicate_edge_rows(out[p], top, valid_h)
+            replicate_edge_rows(out[p + 1], top, valid_h)
+            replicate_edge_rows(out[p + 2], top, valid_h)
+            replicate_edge_rows(out[p + 3], top, valid_h)
+
+
 _weighted_pool_compiled = parallel_kernel(_weighted_pool_planes)
+_weighted_pool_quads_compiled = parallel_kernel(_weighted_pool_quads)
 
 
 def error_factor(size: tuple[int, int], window: tuple[int, int]) -> float:
@@ -123,6 +194,7 @@ def running_softmax_pool(
     size = (h - kh + 1, w - kw + 1) if valid_only else (h, w)
     out = work.new_empty((n * c, *size))
     inv_den = den.reciprocal_()
-    _weighted_pool_compiled(work.view(n * c, h, w).numpy(), e.numpy(), c // weights.shape[1], inv_den.numpy(), kh, kw,
-                            out.numpy())
+    ratio = c // weights.shape[1]
+    kernel = _weighted_pool_quads_compiled if ratio % 4 == 0 else _weighted_pool_compiled
+    kernel(work.view(n * c, h, w).numpy(), e.numpy(), ratio, inv_den.numpy(), kh, kw, out.numpy())
     return out.view(n, c, *size).to(x.dtype)

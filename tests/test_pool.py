@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import tlc
 from tlc.ops import local_mean_strided, window_sums
+from tlc.ops.pool import replicate_to
 
 from .conftest import TOLERANCE, devices
 
@@ -264,3 +265,29 @@ def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
     for unfit in (strided, buffer[:, :, :, :-1].contiguous(), torch.empty_like(buffer, dtype=torch.float16)):
         got, _ = valid_local_mean_and_mean(x, window, out=unfit)
         assert got.data_ptr() != unfit.data_ptr() and torch.equal(got, valid)
+
+
+@pytest.mark.parametrize("valid_only", [True, False])
+@pytest.mark.parametrize("shape,window", [((8, 21, 34), (5, 9)), ((4, 9, 50), (9, 1)), ((12, 30, 7), (4, 7))])
+def test_local_mean_four_planes_at_a_time_are_the_one_plane_kernels_bits(shape, window, valid_only):
+    """The local mean's kernel four planes a task (plane counts a multiple of 4): the same
+    arithmetic per plane, so the same bits and plane totals as one plane a task; both against a
+    float64 brute force (odd sizes, a window as tall as the map, one pixel wide, as wide)."""
+    from tlc.ops import _kernels
+
+    torch.manual_seed(sum(shape))
+    x = torch.randn(shape) * 3 + 1
+    p, h, w = shape
+    (k1, k2) = window
+    size = (h - k1 + 1, w - k2 + 1) if valid_only else (h, w)
+    results = []
+    for kernel in (_kernels._compiled, _kernels._quads_compiled):
+        out = torch.full((p, *size), float("nan"))
+        totals = torch.full((p,), float("nan"), dtype=torch.float64)
+        kernel(x.numpy(), k1, k2, out.numpy(), totals.numpy())
+        results.append((out, totals))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    valid = F.avg_pool2d(x.double()[None], window, stride=1)[0]
+    expected = valid if valid_only else replicate_to(valid[None], (h, w))[0]
+    torch.testing.assert_close(results[1][0].double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(results[1][1], x.double().sum((1, 2)), rtol=1e-12, atol=1e-9)

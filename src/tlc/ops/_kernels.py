@@ -68,6 +68,81 @@ def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by n
             totals[p] = rows_total.sum()
 
 
+def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by numba)
+    """:func:`_box_mean_planes` four planes at a time (P a multiple of 4): the four column updates
+    share one loop and the four row sums (each a serial chain of additions, bound by the adder's
+    latency) advance side by side. Each plane's arithmetic, and so its result, is the one-plane
+    kernel's. 16x720x1280, 2 threads: 9.6 -> 7.2 ms at window 48, 5.4 -> 4.8 at 384."""
+    planes, h, w = x.shape
+    valid_h, valid_w = h - k1 + 1, w - k2 + 1
+    replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
+    top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
+    inv_area = 1.0 / (k1 * k2)
+    want_totals = totals.shape[0] == planes
+    for q in prange(planes // 4):
+        p = 4 * q
+        columns = np.zeros((4, w), np.float64)
+        c0, c1, c2, c3 = columns[0], columns[1], columns[2], columns[3]
+        entered = np.zeros((4, w if want_totals else 0), np.float64)  # per column, of the rows entered
+        x0, x1, x2, x3 = x[p], x[p + 1], x[p + 2], x[p + 3]
+        for i in range(k1):
+            r0, r1, r2, r3 = x0[i], x1[i], x2[i], x3[i]
+            for j in range(w):
+                c0[j] += r0[j]
+                c1[j] += r1[j]
+                c2[j] += r2[j]
+                c3[j] += r3[j]
+        if want_totals:
+            entered[:, :] = columns
+        for a in range(valid_h):
+            if a > 0:
+                n0, n1, n2, n3 = x0[a + k1 - 1], x1[a + k1 - 1], x2[a + k1 - 1], x3[a + k1 - 1]
+                o0, o1, o2, o3 = x0[a - 1], x1[a - 1], x2[a - 1], x3[a - 1]
+                for j in range(w):
+                    c0[j] += np.float64(n0[j]) - np.float64(o0[j])
+                    c1[j] += np.float64(n1[j]) - np.float64(o1[j])
+                    c2[j] += np.float64(n2[j]) - np.float64(o2[j])
+                    c3[j] += np.float64(n3[j]) - np.float64(o3[j])
+                if want_totals:
+                    e0, e1, e2, e3 = entered[0], entered[1], entered[2], entered[3]
+                    for j in range(w):
+                        e0[j] += n0[j]
+                        e1[j] += n1[j]
+                        e2[j] += n2[j]
+                        e3[j] += n3[j]
+            y0, y1, y2, y3 = out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top]
+            t0 = t1 = t2 = t3 = 0.0
+            for j in range(k2):
+                t0 += c0[j]
+                t1 += c1[j]
+                t2 += c2[j]
+                t3 += c3[j]
+            y0[left], y1[left], y2[left], y3[left] = t0 * inv_area, t1 * inv_area, t2 * inv_area, t3 * inv_area
+            span = slice(left + 1, left + valid_w)
+            m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
+            i0, i1, i2, i3 = c0[k2 : k2 + valid_w - 1], c1[k2 : k2 + valid_w - 1], c2[k2 : k2 + valid_w - 1], c3[k2 : k2 + valid_w - 1]
+            l0, l1, l2, l3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
+            for b in range(valid_w - 1):
+                t0 += i0[b] - l0[b]
+                t1 += i1[b] - l1[b]
+                t2 += i2[b] - l2[b]
+                t3 += i3[b] - l3[b]
+                m0[b] = t0 * inv_area
+                m1[b] = t1 * inv_area
+                m2[b] = t2 * inv_area
+                m3[b] = t3 * inv_area
+            if replicate:
+                replicate_row_edges(y0, left, valid_w)
+                replicate_row_edges(y1, left, valid_w)
+                replicate_row_edges(y2, left, valid_w)
+                replicate_row_edges(y3, left, valid_w)
+        for r in range(4):
+            if replicate:
+                replicate_edge_rows(out[p + r], top, valid_h)
+            if want_totals:
+                totals[p + r] = entered[r].sum()
+
+
 def replicate_row_edges(row, left, valid_w):  # pragma: no cover (compiled by numba)
     """row: (W,) holding valid windows' values at [left, left + valid_w): the pixels left and right
     of them take the first and last (edge replication, as :func:`tlc.ops.pool.replicate_to`).
@@ -93,6 +168,7 @@ if njit is not None:  # compiled into the kernels that call them
     replicate_row_edges = njit(inline="always")(replicate_row_edges)
     replicate_edge_rows = njit(inline="always")(replicate_edge_rows)
 _compiled = parallel_kernel(_box_mean_planes)
+_quads_compiled = parallel_kernel(_box_mean_quads)
 
 
 def fused_local_mean_available(x: torch.Tensor) -> bool:
@@ -130,5 +206,8 @@ def fused_local_mean(
     )
     out = out if fits else work.new_empty((n, c, *size))
     sums = totals if totals is not None else torch.empty(0, dtype=torch.float64)
-    _compiled(work.view(n * c, h, w).numpy(), window[0], window[1], out.view(n * c, *size).numpy(), sums.numpy())
+    planes = n * c
+    # Four planes a task where that leaves every thread a task (fewer would idle a thread).
+    kernel = _quads_compiled if planes % 4 == 0 and planes // 4 >= torch.get_num_threads() else _compiled
+    kernel(work.view(planes, h, w).numpy(), window[0], window[1], out.view(planes, *size).numpy(), sums.numpy())
     return out.to(x.dtype)

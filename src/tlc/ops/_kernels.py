@@ -120,7 +120,8 @@ def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by nu
             y0[left], y1[left], y2[left], y3[left] = t0 * inv_area, t1 * inv_area, t2 * inv_area, t3 * inv_area
             span = slice(left + 1, left + valid_w)
             m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
-            i0, i1, i2, i3 = c0[k2 : k2 + valid_w - 1], c1[k2 : k2 + valid_w - 1], c2[k2 : k2 + valid_w - 1], c3[k2 : k2 + valid_w - 1]
+            entering = slice(k2, k2 + valid_w - 1)
+            i0, i1, i2, i3 = c0[entering], c1[entering], c2[entering], c3[entering]
             l0, l1, l2, l3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
             for b in range(valid_w - 1):
                 t0 += i0[b] - l0[b]

@@ -177,8 +177,13 @@ def fused_column_layer_norm(
     if not cpu_kernel_applies(*tensors):
         return None
     rows = x.shape[0]
-    scale = torch.ones(rows, dtype=torch.float64) if weight is None else weight.detach().reshape(rows).to(torch.float64).contiguous()
-    shift = torch.zeros(rows, dtype=torch.float64) if bias is None else bias.detach().reshape(rows).to(torch.float64).contiguous()
+
+    def per_row(p: torch.Tensor | None, default: float) -> torch.Tensor:
+        if p is None:
+            return torch.full((rows,), default, dtype=torch.float64)
+        return p.detach().reshape(rows).to(torch.float64).contiguous()
+
+    scale, shift = per_row(weight, 1.0), per_row(bias, 0.0)
     work = x.contiguous()
     out = torch.empty_like(work)
     _layer_norm_compiled(work.numpy(), float(eps), scale.numpy(), shift.numpy(), out.numpy())

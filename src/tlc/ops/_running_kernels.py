@@ -121,8 +121,9 @@ def _weighted_pool_quads(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cover
                 t3 += c3[j]
             y0, y1, y2, y3 = out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top]
             y0[left], y1[left], y2[left], y3[left] = t0 * inv_row[0], t1 * inv_row[0], t2 * inv_row[0], t3 * inv_row[0]
-            m0, m1, m2, m3 = y0[left + 1 : left + valid_w], y1[left + 1 : left + valid_w], y2[left + 1 : left + valid_w], y3[left + 1 : left + valid_w]
-            in0, in1, in2, in3 = c0[k2 : k2 + valid_w - 1], c1[k2 : k2 + valid_w - 1], c2[k2 : k2 + valid_w - 1], c3[k2 : k2 + valid_w - 1]
+            span, entering = slice(left + 1, left + valid_w), slice(k2, k2 + valid_w - 1)
+            m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
+            in0, in1, in2, in3 = c0[entering], c1[entering], c2[entering], c3[entering]
             out0, out1, out2, out3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
             inv_mid = inv_row[1:valid_w]
             for b in range(valid_w - 1):

@@ -57,6 +57,8 @@ CASES = [
     ((3, 2, 13, 1), (6, 3)),
     ((1, 2, 13, 17), (5, 8)),
     ((2, 1, 23, 10), (9, 10)),
+    ((1, 2, 40, 21), (4, 6)),  # ten blocks of rows, the last window's block whole
+    ((2, 2, 31, 9), (7, 2)),  # four blocks and a partial one no window starts in
 ]
 
 

@@ -43,31 +43,39 @@ def _pairwise_max(lo, hi, out, n):  # pragma: no cover
         out[j] = _nan_max(lo[j], hi[j])
 
 
-def _rows_window_max(src, k, dst):  # pragma: no cover
-    """dst[r, b] = max(src[r, b : b + k]) for every row r of ``src`` (R, W) and the W - k + 1
-    valid b, by doubling: the maxima over spans of 1, 2, 4, ... s <= k pixels, each from two of
-    the span before, then the window's as the max of two overlapping spans (b and b + k - s).
-    log2(k) passes along each row, each vectorised and in cache; van Herk's three passes per row
-    ran entry by entry in numba whatever their form (16x337x1280, window 384: 4.2 against 11 ms
-    on 2 threads). Maxima are exact in any order."""
-    nrows, w = src.shape
+def _row_window_max(row, k, out, span_a, span_b):  # pragma: no cover
+    """out[b] = max(row[b : b + k]) for the W - k + 1 valid b of one row, by doubling: the maxima
+    over spans of 1, 2, 4, ... s <= k pixels, each from two of the span before, then the window's
+    as the max of two overlapping spans (b and b + k - s). log2(k) passes along the row, each
+    vectorised and in cache; van Herk's three passes per row ran entry by entry in numba whatever
+    their form (16x337x1280, window 384: 4.2 against 11 ms on 2 threads). Maxima are exact in any
+    order. span_a, span_b: (W,) scratch."""
+    w = row.shape[0]
     valid = w - k + 1
     if k == 1:
-        dst[:, :] = src[:, :valid]
+        out[:valid] = row[:valid]
         return
-    spans = (np.empty(w, src.dtype), np.empty(w, src.dtype))
-    for r in range(nrows):
-        row, out = src[r], dst[r]
-        # span 2 from the row itself, then each span from the scratch row holding the one before
-        _pairwise_max(row[: w - 1], row[1:w], spans[0], w - 1)
-        span, n, held = 2, w - 1, 0
-        while span * 2 <= k:
-            m = n - span
-            source, target = spans[held], spans[1 - held]
-            _pairwise_max(source[:m], source[span : span + m], target, m)
-            span, n, held = span * 2, m, 1 - held
-        last = spans[held]
-        _pairwise_max(last[:valid], last[k - span : k - span + valid], out, valid)
+    # span 2 from the row itself, then each span from the scratch row holding the one before
+    _pairwise_max(row[: w - 1], row[1:w], span_a, w - 1)
+    span, n, in_a = 2, w - 1, True
+    while span * 2 <= k:
+        m = n - span
+        if in_a:
+            _pairwise_max(span_a[:m], span_a[span : span + m], span_b, m)
+        else:
+            _pairwise_max(span_b[:m], span_b[span : span + m], span_a, m)
+        span, n, in_a = span * 2, m, not in_a
+    last = span_a if in_a else span_b
+    _pairwise_max(last[:valid], last[k - span : k - span + valid], out, valid)
+
+
+def _rows_window_max(src, k, dst):  # pragma: no cover
+    """dst[r, b] = max(src[r, b : b + k]) for every row r of ``src`` (R, W) and the W - k + 1
+    valid b (:func:`_row_window_max` row by row)."""
+    w = src.shape[1]
+    span_a, span_b = np.empty(w, src.dtype), np.empty(w, src.dtype)
+    for r in range(src.shape[0]):
+        _row_window_max(src[r], k, dst[r], span_a, span_b)
 
 
 def _replicate_into(valid, out, top, left):  # pragma: no cover
@@ -91,29 +99,34 @@ def _replicate_into(valid, out, top, left):  # pragma: no cover
         out[row, :] = out[top + vh - 1, :]
 
 
-def _columns_max(plane, k1, cols, below, running):  # pragma: no cover
-    """cols (H-k1+1, W) gets the maxima of ``plane`` (H, W) over k1 consecutive rows: suffix
-    maxima within blocks of k1 rows (``below``, _suffix_rows(H, k1) x W), then prefix maxima as one running row.
-    Whole rows at a time, so the inner loops run along W (vectorised)."""
+def _window_max_plane(plane, k1, k2, target, below, running, column, span_a, span_b):  # pragma: no cover
+    """target (H-k1+1, W-k2+1) gets the maxima of ``plane`` (H, W) over every k1 x k2 window.
+
+    Along H by van Herk's blocks of k1 rows: suffix maxima within the block holding a window's
+    first row (``below``, k1 x W, filled block by block) and prefix maxima of the next block up to
+    its last row (``running``, W). Each window row's column maxima (``column``, W) then go through
+    the doubling along W (:func:`_row_window_max`, scratch span_a, span_b) while in cache: no
+    column-maxima plane or whole-plane suffix scan is written out and read back (16x720x1280,
+    window 48: two planes' worth of traffic a plane). Whole rows at a time through
+    _pairwise_max, so the loops along W are vectorised."""
     h, w = plane.shape
-    # Whole rows through _pairwise_max (row views): indexing the 2-d arrays inside the loop over W
-    # kept it scalar (16x720x1280: the column pass 8 ms at window 48).
-    for i in range(_suffix_rows(h, k1) - 1, -1, -1):
-        if i == h - 1 or (i + 1) % k1 == 0:
-            below[i, :] = plane[i, :]
-        else:
-            _pairwise_max(below[i + 1], plane[i], below[i], w)
-    cols[0, :] = below[0, :]
-    for i in range(k1, h):  # the first block's prefixes are never read
+    vh = h - k1 + 1
+    for r in range(vh):
+        slot = r % k1
+        if slot == 0:  # r starts a block: its suffix maxima, from the block's last row up
+            end = min(h, r + k1) - 1
+            below[end - r, :] = plane[end, :]
+            for i in range(end - 1, r - 1, -1):
+                _pairwise_max(below[i - r + 1], plane[i], below[i - r], w)
+            _row_window_max(below[0], k2, target[r], span_a, span_b)
+            continue
+        i = r + k1 - 1  # the window's last row, in the next block
         if i % k1 == 0:
             running[:] = plane[i, :]
         else:
             _pairwise_max(running, plane[i], running, w)
-        r = i - k1 + 1
-        if r % k1 == 0:
-            cols[r, :] = below[r, :]
-        else:
-            _pairwise_max(below[r], running, cols[r], w)
+        _pairwise_max(below[slot], running, column, w)
+        _row_window_max(column, k2, target[r], span_a, span_b)
 
 
 def _suffix_rows(h, k1):  # pragma: no cover
@@ -137,16 +150,15 @@ def _max_planes(x, k1, k2, out, threads):  # pragma: no cover
     workers = max(1, min(threads, planes))
     for task in prange(workers):
         valid = np.empty((0 if in_place else vh, vw), x.dtype)
-        cols = np.empty((0 if k1 == 1 else vh, w), x.dtype)
-        below = np.empty((0 if k1 == 1 else _suffix_rows(h, k1), w), x.dtype)  # rows the suffix scans reach
-        running = np.empty(w, x.dtype)
+        below = np.empty((0 if k1 == 1 else k1, w), x.dtype)  # one block's suffix maxima
+        running, column = np.empty(w, x.dtype), np.empty(w, x.dtype)
+        span_a, span_b = np.empty(w, x.dtype), np.empty(w, x.dtype)
         for p in range(task, planes, workers):
             target = out[p] if in_place else valid
             if k1 == 1:
                 _rows_window_max(x[p], k2, target)
             else:
-                _columns_max(x[p], k1, cols, below, running)
-                _rows_window_max(cols, k2, target)
+                _window_max_plane(x[p], k1, k2, target, below, running, column, span_a, span_b)
             if not in_place:
                 _replicate_into(valid, out[p], (k1 - 1) // 2, (k2 - 1) // 2)
 
@@ -183,7 +195,7 @@ def _block_sums_2d(a, b, use_b, k1, k2, valid, below, cols, running):  # pragma:
         restart = i == h - 1 or (i + 1) % k1 == 0
         _terms_into(a[i], b[i], use_b, nothing if restart else below[i + 1], below[i])
     cols[0, :] = below[0, :]
-    for i in range(k1, h):  # the first block's prefixes are never read (see _columns_max)
+    for i in range(k1, h):  # block 0's prefixes are never read (window 0 is its suffix)
         _terms_into(a[i], b[i], use_b, nothing if i % k1 == 0 else running, running)
         r = i - k1 + 1
         if r % k1 == 0:
@@ -446,9 +458,10 @@ if njit is not None:
     _nan_max = njit(inline="always")(_nan_max)
     _suffix_rows = njit(inline="always")(_suffix_rows)
     _pairwise_max = njit(_pairwise_max)
+    _row_window_max = njit(_row_window_max)
     _rows_window_max = njit(_rows_window_max)
     _rows_window_sum = njit(_rows_window_sum)
-    _columns_max = njit(_columns_max)
+    _window_max_plane = njit(_window_max_plane)
     _replicate_into = njit(_replicate_into)
     _variance_row = njit(inline="always")(_variance_row)
     _terms_into = njit(_terms_into)

@@ -446,13 +446,15 @@ def test_apply_pointwise_overwrites_only_its_own_maps():
 
 
 def test_gate_maps_read_once_are_overwritten_and_shared_ones_are_not():
-    """The rewritten graphs: CBAM's gate sums and squashes its two branches in place (the max
-    branch's layers may write into its pooled map, the mean and its layers are one call,
+    """The rewritten graphs: CBAM's gate runs its shared MLP's first layers on each branch, sums the
+    hidden maps in place and runs the last layer once (pointwise_sum), then squashes in place (the
+    max branch's layers may write into its pooled map, the mean and its layers are one call,
     pooled_pointwise, whose means are its own); a pooled map read twice is left alone."""
     cbam = tlc.convert(randomised(Holder(CBAMChannelGate())), train_size=12, base_size=18)[0].block
     code = cbam.code
-    assert code.count("overwrite = True") == 1 and code.count("pooled_pointwise(x, ") == 1
-    assert "into_first('add', pooled_pointwise, apply_pointwise_1)" in code and "into_first('sigmoid', add)" in code
+    assert code.count("overwrite = True") == 2 and code.count("pooled_pointwise(x, [") == 1
+    assert "pointwise_sum(pooled_pointwise_1, apply_pointwise_2, mlp_7, overwrite = True)" in code
+    assert "into_first('sigmoid', pointwise_sum)" in code
     shared = tlc.convert(randomised(Holder(SharedGate())), train_size=12, base_size=18)[0].block.code
     assert "into_first('sigmoid'" not in shared  # a is read again by s * a
     assert "into_first('mul', sigmoid, " in shared  # s is not: s * a may go into s
@@ -603,3 +605,31 @@ def test_pooled_pointwise_gradients_in_float64():
     x = torch.randn(2, 6, 9, 11, dtype=torch.float64, requires_grad=True)
     assert layer_first_is_cheaper((9, 11), layers[0], 3)
     torch.autograd.gradcheck(lambda t: pooled_pointwise(t, layers, (3, 3)), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,h,w", [(1, 70, 61), (2, 9, 13), (1, 1, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_sum_is_the_layer_on_each_map_summed(dtype, n, h, w, bias):
+    """pointwise_sum(a, b, conv) = conv(a) + conv(b) (one image on the CPU: the product kernel;
+    two: torch's convolution), a overwritten only when told; one pixel: the original's bits."""
+    from tlc.ops.gate import pointwise_sum
+
+    torch.manual_seed(n * 100 + h)
+    layer = randomised(nn.Conv2d(6, 10, 1, bias=bias)).to(dtype)
+    a, b = torch.randn(n, 6, h, w, dtype=dtype), torch.randn(n, 6, h, w, dtype=dtype)
+    with torch.no_grad():
+        expected = layer(a) + layer(b)
+        kept = a.clone()
+        out = pointwise_sum(a, b, layer)
+        assert torch.equal(a, kept)
+        if h * w == 1:
+            assert torch.equal(out, expected)
+        atol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+        out = pointwise_sum(a, b, layer, overwrite=True)
+        torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+        if h * w > 1:
+            torch.testing.assert_close(a, kept + b, rtol=0, atol=0)  # the sum went into a
+    with pytest.raises(ValueError, match="1x1"):
+        pointwise_sum(a, b, nn.Conv2d(6, 10, 3, padding=1).to(dtype))

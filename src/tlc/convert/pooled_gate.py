@@ -35,7 +35,10 @@ from torch import fx, nn
 from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
-from ..ops.gate import INTO_FIRST_UNARY, apply_pointwise, into_first, multiply_replicated, pad_replicate, pooled_pointwise
+from ..ops.gate import (
+    INTO_FIRST_UNARY, apply_pointwise, into_first, is_channel_product, multiply_replicated, pad_replicate, pointwise_sum,
+    pooled_pointwise,
+)
 from ..ops.pool import valid_local_mean
 
 
@@ -277,6 +280,7 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
             graph.erase_node(node)
         fused = _mean_and_layers_together(module, graph)
         replaced = {old: fused.get(new, new) for old, new in replaced.items()}
+        _shared_last_layer_once(module, graph)
         for mul in traced.multiplies:
             gate = next(a for a in mul.args if a is not x)
             with graph.inserting_after(mul):
@@ -326,6 +330,61 @@ def _mean_and_layers_together(module: nn.Module, graph: fx.Graph) -> dict[fx.Nod
     return replaced
 
 
+def _layers_call(node: object) -> tuple[str, int] | None:
+    """(the layers' module path, where the layers sit in the args) when ``node`` is
+    ``apply_pointwise(y, layers)`` or ``pooled_pointwise(x, layers, window)`` with its layers a
+    child read by ``get_attr``; else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or node.kwargs:
+        return None
+    if node.target is apply_pointwise and len(node.args) == 2 or node.target is pooled_pointwise and len(node.args) == 3:
+        layers = node.args[1]
+        if isinstance(layers, fx.Node) and layers.op == "get_attr":
+            return str(layers.target), 1
+    return None
+
+
+def _shared_last_layer_once(module: nn.Module, graph: fx.Graph) -> None:
+    """``f(a) + f(b)`` with one per-pixel ``f`` ending in a 1x1 convolution (CBAM's shared MLP on
+    the average and max pools) becomes ``pointwise_sum(f'(a), f'(b), last)``, ``f'`` the layers
+    before it: the last layer once on the sum of the hidden maps, its bias twice
+    (:func:`tlc.ops.gate.pointwise_sum`): one product less per window, and the sum over the hidden
+    planes instead of the gate's. The same values up to float rounding (bit for bit where one
+    window covers the map)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs or len(node.args) != 2:
+            continue
+        calls = [_layers_call(a) for a in node.args]
+        if None in calls or calls[0][0] != calls[1][0] or any(len(a.users) != 1 for a in node.args):
+            continue
+        layers = module.get_submodule(calls[0][0])
+        chain = list(layers) if isinstance(layers, nn.Sequential) else [layers]
+        if not chain or not is_channel_product(chain[-1]) or node.args[0] is node.args[1]:
+            continue
+        hidden = []
+        for call in node.args:
+            with graph.inserting_before(node):
+                if len(chain) == 1:  # the layer alone: the maps themselves are summed
+                    if call.target is apply_pointwise:
+                        hidden.append(call.args[0])
+                    else:
+                        hidden.append(graph.call_function(valid_local_mean, (call.args[0], call.args[2])))
+                    continue
+                firsts = [graph.get_attr(f"{calls[0][0]}.{i}") for i in range(len(chain) - 1)]
+                args = (call.args[0], firsts) + tuple(call.args[2:])
+                hidden.append(graph.call_function(call.target, args))
+        with graph.inserting_before(node):
+            last = graph.get_attr(f"{calls[0][0]}.{len(chain) - 1}" if len(chain) > 1 else calls[0][0])
+            out = graph.call_function(pointwise_sum, (*hidden, last))
+        old_calls = node.args
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        for call in old_calls:  # read by the sum alone: now by nothing, nor their layers' get_attr
+            attr = call.args[1]
+            graph.erase_node(call)
+            if not attr.users:
+                graph.erase_node(attr)
+
+
 # Elementwise calls that may write into an operand of theirs (tlc.ops.gate.into_first), by name.
 _INTO_FIRST = {
     operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub", operator.mul: "mul",
@@ -358,10 +417,12 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
             continue
         elif node.target in (valid_local_mean, valid_local_max, pooled_pointwise):
             owned.add(node)
-        elif node.target is apply_pointwise:
+        elif node.target in (apply_pointwise, pointwise_sum):
             if free(node.args[0]) and not node.kwargs:
                 node.kwargs = {"overwrite": True}
-                owned.add(node)  # else its result may be its input (identity layers): not owned
+                owned.add(node)  # else apply_pointwise's result may be its input (identity layers): not owned
+            elif node.target is pointwise_sum:  # a product made afresh whatever its inputs
+                owned.add(node)
         elif (method or node.target in _INTO_FIRST) and not node.kwargs and len(node.args) in (1, 2):
             # y.sigmoid() (timm's gates) as torch.sigmoid(y): a method's receiver is its first argument.
             name, args = node.target if method else _INTO_FIRST[node.target], node.args

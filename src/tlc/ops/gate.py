@@ -49,7 +49,7 @@ def apply_pointwise(
     for layer in layers:
         before, was_owned = y, owned
         if (
-            _is_channel_product(layer)
+            is_channel_product(layer)
             and y.device.type == "cpu"
             and y.dim() == 4
             and y.shape[-2] * y.shape[-1] > 1  # one window: the layer itself, as the original runs it
@@ -95,7 +95,7 @@ def apply_pointwise(
     return y
 
 
-def _is_channel_product(layer: nn.Module) -> bool:
+def is_channel_product(layer: nn.Module) -> bool:
     """Whether ``layer`` is a 1x1 convolution over all channels: a product of its weight with each
     pixel's channel vector (plus its bias), linear per pixel."""
     return (
@@ -122,7 +122,7 @@ def layer_first_is_cheaper(size: tuple[int, int], layer: nn.Module, window: int 
     """
     (h, w), (kh, kw) = size, clamp_window(window, size)
     area, positions = h * w, (h - kh + 1) * (w - kw + 1)
-    if positions == 1 or not _is_channel_product(layer):
+    if positions == 1 or not is_channel_product(layer):
         return False
     c, c_out = layer.in_channels, layer.out_channels
     per_position = _MULTIPLY_NS * c * c_out + _PRODUCT_NS * (c + c_out)
@@ -158,6 +158,35 @@ def pooled_pointwise(
         first = apply_pointwise(x, layers[:1])
         return apply_pointwise(valid_local_mean(first, window), layers[1:], overwrite=True)
     return apply_pointwise(valid_local_mean(x, window), layers, overwrite=True)
+
+
+def pointwise_sum(a: torch.Tensor, b: torch.Tensor, layer: nn.Module, overwrite: bool = False) -> torch.Tensor:
+    """``layer(a) + layer(b)`` for a 1x1 convolution over all channels, as ``layer``'s weight times
+    ``a + b`` plus twice its bias: a 1x1 layer is linear per pixel, so this is the same value up to
+    float rounding, for one product instead of two and a sum over the layer's input channels
+    instead of its outputs (CBAM's shared MLP on the average- and max-pooled maps: the hidden C/r
+    planes summed, not the C gate planes). Maps of one pixel (one window covering the feature map)
+    take the original's order, bit for bit.
+
+    Args:
+        a, b: (N, C, h, w) maps.
+        layer: ``nn.Conv2d`` with a 1x1 kernel, stride 1, no padding, one group.
+        overwrite: ``a`` is the caller's to overwrite (the sum then goes into it).
+
+    Returns:
+        (N, C', h, w).
+    """
+    if not is_channel_product(layer):
+        raise ValueError("pointwise_sum takes a 1x1 convolution over all channels")
+    n, c, h, w = a.shape
+    if h * w == 1 or tracing():
+        return layer(a) + layer(b)
+    total = a.add_(b) if overwrite and _may_overwrite(a) and a.shape == b.shape else a + b
+    bias = None if layer.bias is None else layer.bias * 2
+    if n == 1 and total.device.type == "cpu" and total.is_contiguous():
+        weight = layer.weight.view(layer.out_channels, c)
+        return channel_product(weight, total.view(c, h * w), None, bias).view(1, layer.out_channels, h, w)
+    return torch.nn.functional.conv2d(total, layer.weight, bias)
 
 
 def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (compiled by numba)
@@ -431,6 +460,6 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "INTO_FIRST_UNARY", "apply_pointwise", "channel_product", "combine_replicated", "into_first", "layer_first_is_cheaper",
-    "multiply_replicated", "pad_replicate", "pooled_pointwise",
+    "INTO_FIRST_UNARY", "apply_pointwise", "channel_product", "combine_replicated", "into_first", "is_channel_product",
+    "layer_first_is_cheaper", "multiply_replicated", "pad_replicate", "pointwise_sum", "pooled_pointwise",
 ]

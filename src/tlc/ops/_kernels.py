@@ -68,6 +68,45 @@ def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by n
             totals[p] = rows_total.sum()
 
 
+def four_window_sums(columns, k, valid_w, scales, rows, left, replicate):  # pragma: no cover (compiled by numba)
+    """rows[r][left + b] = sum(columns[r, b : b + k]) * scales[b] for the four rows r of ``columns``
+    (float64 column sums) and the valid_w windows b: running sums (the first window's sum, then one
+    entry in and one out), the four side by side, each a serial chain of additions bound by the
+    adder's latency. With ``replicate`` each row's pixels left and right of its windows take the
+    first and last (edge replication)."""
+    c0, c1, c2, c3 = columns[0], columns[1], columns[2], columns[3]
+    y0, y1, y2, y3 = rows
+    t0 = t1 = t2 = t3 = 0.0
+    for j in range(k):
+        t0 += c0[j]
+        t1 += c1[j]
+        t2 += c2[j]
+        t3 += c3[j]
+    first = scales[0]
+    y0[left], y1[left], y2[left], y3[left] = t0 * first, t1 * first, t2 * first, t3 * first
+    span, entering = slice(left + 1, left + valid_w), slice(k, k + valid_w - 1)
+    # Views so that every index is the loop's own (offset indices cost 20-25% in the local mean).
+    m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
+    i0, i1, i2, i3 = c0[entering], c1[entering], c2[entering], c3[entering]
+    l0, l1, l2, l3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
+    rest = scales[1:valid_w]
+    for b in range(valid_w - 1):
+        scale = rest[b]
+        t0 += i0[b] - l0[b]
+        t1 += i1[b] - l1[b]
+        t2 += i2[b] - l2[b]
+        t3 += i3[b] - l3[b]
+        m0[b] = t0 * scale
+        m1[b] = t1 * scale
+        m2[b] = t2 * scale
+        m3[b] = t3 * scale
+    if replicate:
+        replicate_row_edges(y0, left, valid_w)
+        replicate_row_edges(y1, left, valid_w)
+        replicate_row_edges(y2, left, valid_w)
+        replicate_row_edges(y3, left, valid_w)
+
+
 def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by numba)
     """:func:`_box_mean_planes` four planes at a time (P a multiple of 4): the four column updates
     share one loop and the four row sums (each a serial chain of additions, bound by the adder's
@@ -83,6 +122,7 @@ def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by nu
         p = 4 * q
         columns = np.zeros((4, w), np.float64)
         c0, c1, c2, c3 = columns[0], columns[1], columns[2], columns[3]
+        scales = np.full(valid_w, inv_area)  # every window's sum times 1 / area, as one plane at a time
         entered = np.zeros((4, w if want_totals else 0), np.float64)  # per column, of the rows entered
         x0, x1, x2, x3 = x[p], x[p + 1], x[p + 2], x[p + 3]
         for i in range(k1):
@@ -110,33 +150,8 @@ def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by nu
                         e1[j] += n1[j]
                         e2[j] += n2[j]
                         e3[j] += n3[j]
-            y0, y1, y2, y3 = out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top]
-            t0 = t1 = t2 = t3 = 0.0
-            for j in range(k2):
-                t0 += c0[j]
-                t1 += c1[j]
-                t2 += c2[j]
-                t3 += c3[j]
-            y0[left], y1[left], y2[left], y3[left] = t0 * inv_area, t1 * inv_area, t2 * inv_area, t3 * inv_area
-            span = slice(left + 1, left + valid_w)
-            m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
-            entering = slice(k2, k2 + valid_w - 1)
-            i0, i1, i2, i3 = c0[entering], c1[entering], c2[entering], c3[entering]
-            l0, l1, l2, l3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
-            for b in range(valid_w - 1):
-                t0 += i0[b] - l0[b]
-                t1 += i1[b] - l1[b]
-                t2 += i2[b] - l2[b]
-                t3 += i3[b] - l3[b]
-                m0[b] = t0 * inv_area
-                m1[b] = t1 * inv_area
-                m2[b] = t2 * inv_area
-                m3[b] = t3 * inv_area
-            if replicate:
-                replicate_row_edges(y0, left, valid_w)
-                replicate_row_edges(y1, left, valid_w)
-                replicate_row_edges(y2, left, valid_w)
-                replicate_row_edges(y3, left, valid_w)
+            rows = (out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top])
+            four_window_sums(columns, k2, valid_w, scales, rows, left, replicate)
         for r in range(4):
             if replicate:
                 replicate_edge_rows(out[p + r], top, valid_h)
@@ -168,6 +183,7 @@ def replicate_edge_rows(plane, top, valid_h):  # pragma: no cover (compiled by n
 if njit is not None:  # compiled into the kernels that call them
     replicate_row_edges = njit(inline="always")(replicate_row_edges)
     replicate_edge_rows = njit(inline="always")(replicate_edge_rows)
+    four_window_sums = njit(inline="always")(four_window_sums)
 _compiled = parallel_kernel(_box_mean_planes)
 _quads_compiled = parallel_kernel(_box_mean_quads)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._kernels import fused_local_mean, replicate_edge_rows, replicate_row_edges
+from ._kernels import four_window_sums, fused_local_mean, replicate_edge_rows, replicate_row_edges
 from ._numba import parallel_kernel, prange
 
 #: the error allowed relative to max|x| (see the module docstring)
@@ -112,35 +112,8 @@ def _weighted_pool_quads(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cover
                     c1[j] += entering * np.float64(i1[j]) - leaving * np.float64(o1[j])
                     c2[j] += entering * np.float64(i2[j]) - leaving * np.float64(o2[j])
                     c3[j] += entering * np.float64(i3[j]) - leaving * np.float64(o3[j])
-            inv_row = inv_plane[a]
-            t0 = t1 = t2 = t3 = 0.0
-            for j in range(k2):
-                t0 += c0[j]
-                t1 += c1[j]
-                t2 += c2[j]
-                t3 += c3[j]
-            y0, y1, y2, y3 = out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top]
-            y0[left], y1[left], y2[left], y3[left] = t0 * inv_row[0], t1 * inv_row[0], t2 * inv_row[0], t3 * inv_row[0]
-            span, entering = slice(left + 1, left + valid_w), slice(k2, k2 + valid_w - 1)
-            m0, m1, m2, m3 = y0[span], y1[span], y2[span], y3[span]
-            in0, in1, in2, in3 = c0[entering], c1[entering], c2[entering], c3[entering]
-            out0, out1, out2, out3 = c0[: valid_w - 1], c1[: valid_w - 1], c2[: valid_w - 1], c3[: valid_w - 1]
-            inv_mid = inv_row[1:valid_w]
-            for b in range(valid_w - 1):
-                scale = inv_mid[b]
-                t0 += in0[b] - out0[b]
-                t1 += in1[b] - out1[b]
-                t2 += in2[b] - out2[b]
-                t3 += in3[b] - out3[b]
-                m0[b] = t0 * scale
-                m1[b] = t1 * scale
-                m2[b] = t2 * scale
-                m3[b] = t3 * scale
-            if replicate:
-                replicate_row_edges(y0, left, valid_w)
-                replicate_row_edges(y1, left, valid_w)
-                replicate_row_edges(y2, left, valid_w)
-                replicate_row_edges(y3, left, valid_w)
+            rows = (out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top])
+            four_window_sums(columns, k2, valid_w, inv_plane[a], rows, left, replicate)
         if replicate:
             replicate_edge_rows(out[p], top, valid_h)
             replicate_edge_rows(out[p + 1], top, valid_h)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import tlc
 from tlc.ops import local_mean_strided, window_sums
-from tlc.ops.pool import replicate_to
+from tlc.ops.pool import replicate_to, valid_local_mean_and_mean
 
 from .conftest import TOLERANCE, devices
 
@@ -233,8 +233,6 @@ def test_prefix_sum_path_equals_brute_force(shape, window, dtype):
 def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
     """valid_local_mean_and_mean: the windows' means and, from the kernel's float64 sums of every
     row, the whole map's (None where the kernel does not run: autograd, a window covering the map)."""
-    from tlc.ops.pool import valid_local_mean_and_mean
-
     x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)) * 2 + 1e3).to(dtype)
     h, w = shape[-2:]
     kh, kw = min(window[0], h), min(window[1], w)
@@ -267,6 +265,26 @@ def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
         assert got.data_ptr() != unfit.data_ptr() and torch.equal(got, valid)
 
 
+@pytest.mark.parametrize("shape,window", [((2, 4, 11, 13), (3, 5)), ((1, 3, 6, 9), (6, 9)), ((1, 8, 17, 10), (4, 4))])
+@pytest.mark.parametrize("grad", [False, True])
+def test_valid_local_mean_and_mean_scaled_windows(shape, window, grad):
+    """scale multiplies the windows' means (the kernel's pass, torch's path, one window), never the
+    map's mean: each window's sum times scale / area, against a float64 brute force."""
+    torch.manual_seed(sum(shape))
+    x = torch.rand(shape) * 4 - 1
+    h, w = shape[-2:]
+    kh, kw = window
+    sums = F.avg_pool2d(x.double(), window, stride=1) * (kh * kw)
+    scale = float(h * w)  # a hand-written sum over H and W, made local
+    with torch.set_grad_enabled(grad):
+        valid, mean = valid_local_mean_and_mean(x.clone().requires_grad_(grad), window, scale=scale)
+        plain, _ = valid_local_mean_and_mean(x.clone().requires_grad_(grad), window)
+    torch.testing.assert_close(valid.detach().double(), sums * scale / (kh * kw), rtol=2e-7, atol=1e-5)
+    torch.testing.assert_close(valid.detach(), plain.detach() * scale, rtol=2e-7, atol=1e-5)
+    if mean is not None:
+        torch.testing.assert_close(mean.double(), x.double().mean((2, 3), keepdim=True), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("valid_only", [True, False])
 @pytest.mark.parametrize("shape,window", [((8, 21, 34), (5, 9)), ((4, 9, 50), (9, 1)), ((12, 30, 7), (4, 7))])
 def test_local_mean_four_planes_at_a_time_are_the_one_plane_kernels_bits(shape, window, valid_only):
@@ -284,7 +302,7 @@ def test_local_mean_four_planes_at_a_time_are_the_one_plane_kernels_bits(shape, 
     for kernel in (_kernels._compiled, _kernels._quads_compiled):
         out = torch.full((p, *size), float("nan"))
         totals = torch.full((p,), float("nan"), dtype=torch.float64)
-        kernel(x.numpy(), k1, k2, out.numpy(), totals.numpy())
+        kernel(x.numpy(), k1, k2, 1.0, out.numpy(), totals.numpy())
         results.append((out, totals))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
     valid = F.avg_pool2d(x.double()[None], window, stride=1)[0]

@@ -17,9 +17,10 @@ from ._common import cpu_kernel_applies
 from ._numba import njit, parallel_kernel, prange
 
 
-def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by numba)
+def _box_mean_planes(x, k1, k2, scale, out, totals):  # pragma: no cover (compiled by numba)
     """x: (P, H, W); k1 x k2 windows (clamped). out: (P, H, W) gets each pixel's local mean
-    (valid windows edge-replicated), or out: (P, H-k1+1, W-k2+1) gets the valid windows' means.
+    (valid windows edge-replicated), or out: (P, H-k1+1, W-k2+1) gets the valid windows' means;
+    each times ``scale`` (1: the means; the window's pixel count: its sums), rounded once.
     totals: (P,) float64 gets each plane's sum (every row enters the sliding column sums once),
     or (0,): not wanted.
 
@@ -29,7 +30,7 @@ def _box_mean_planes(x, k1, k2, out, totals):  # pragma: no cover (compiled by n
     valid_h, valid_w = h - k1 + 1, w - k2 + 1
     replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
     top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
-    inv_area = 1.0 / (k1 * k2)
+    inv_area = scale / (k1 * k2)
     want_totals = totals.shape[0] == planes
     for p in prange(planes):
         column = np.zeros(w, np.float64)
@@ -107,7 +108,7 @@ def four_window_sums(columns, k, valid_w, scales, rows, left, replicate):  # pra
         replicate_row_edges(y3, left, valid_w)
 
 
-def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by numba)
+def _box_mean_quads(x, k1, k2, scale, out, totals):  # pragma: no cover (compiled by numba)
     """:func:`_box_mean_planes` four planes at a time (P a multiple of 4): the four column updates
     share one loop and the four row sums (each a serial chain of additions, bound by the adder's
     latency) advance side by side. Each plane's arithmetic, and so its result, is the one-plane
@@ -116,7 +117,7 @@ def _box_mean_quads(x, k1, k2, out, totals):  # pragma: no cover (compiled by nu
     valid_h, valid_w = h - k1 + 1, w - k2 + 1
     replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
     top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
-    inv_area = 1.0 / (k1 * k2)
+    inv_area = scale / (k1 * k2)
     want_totals = totals.shape[0] == planes
     for q in prange(planes // 4):
         p = 4 * q
@@ -200,6 +201,7 @@ def fused_local_mean(
     valid_only: bool = False,
     totals: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Local mean of a CPU (N, C, H, W) tensor with an already clamped window (kh, kw).
 
@@ -208,7 +210,8 @@ def fused_local_mean(
     float64 throughout. ``totals``: optional (N * C,) float64 CPU tensor that gets each plane's
     sum, from the same pass. ``out``: optional tensor the result is written into (and returned)
     where it is contiguous, of the result's shape and of ``x``'s dtype, float32 or float64;
-    otherwise a new one is made.
+    otherwise a new one is made. ``scale``: every mean times it, rounded once (a hand-written sum
+    over H and W made local is the window's mean times H * W).
     """
     n, c, h, w = x.shape
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -226,5 +229,6 @@ def fused_local_mean(
     planes = n * c
     # Four planes a task where that leaves every thread a task (fewer would idle a thread).
     kernel = _quads_compiled if planes % 4 == 0 and planes // 4 >= torch.get_num_threads() else _compiled
-    kernel(work.view(planes, h, w).numpy(), window[0], window[1], out.view(planes, *size).numpy(), sums.numpy())
+    kernel(work.view(planes, h, w).numpy(), window[0], window[1], float(scale), out.view(planes, *size).numpy(),
+           sums.numpy())
     return out.to(x.dtype)

@@ -189,7 +189,7 @@ def valid_local_mean(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
 
 
 def valid_local_mean_and_mean(
-    x: torch.Tensor, window: int | Pair, out: torch.Tensor | None = None
+    x: torch.Tensor, window: int | Pair, out: torch.Tensor | None = None, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`valid_local_mean` and the map's own mean ``x.mean((2, 3), keepdim=True)`` from the
     same pass where the CPU kernel applies (its float64 sums of every row; None elsewhere, where
@@ -201,6 +201,9 @@ def valid_local_mean_and_mean(
         out: optional contiguous (N, C, H - kh + 1, W - kw + 1) tensor of ``x``'s dtype (float32
             or float64) that the CPU kernel writes the windows' means into, and returns; ignored
             where the kernel does not run.
+        scale: the windows' means come multiplied by it (in the kernel's pass, rounded once:
+            a hand-written sum over H and W made local is the window's mean times H * W); the
+            map's mean does not.
 
     Returns:
         ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1) or None), in the dtype of ``x``.
@@ -210,11 +213,12 @@ def valid_local_mean_and_mean(
     kh, kw = clamp_window(window, (h, w))
     if (kh, kw) == (h, w):  # one window: the map's own mean
         whole = x.mean((2, 3), keepdim=True)
-        return whole, whole
+        return (whole if scale == 1 else whole * scale), whole
     if not fused_local_mean_available(x):
-        return valid_local_mean(x, (kh, kw)), None
+        valid = valid_local_mean(x, (kh, kw))
+        return (valid if scale == 1 else valid * scale), None
     totals = torch.empty(n * c, dtype=torch.float64)
-    valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals, out=out)
+    valid = fused_local_mean(x, (kh, kw), valid_only=True, totals=totals, out=out, scale=scale)
     return valid, (totals / (h * w)).view(n, c, 1, 1).to(x.dtype)
 
 

@@ -147,8 +147,9 @@ def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | 
         # maximum, exactly (NaN included), from a pass over the smaller map.
         valid = valid_local_max(x, site.window)
         return valid, valid.amax((2, 3), keepdim=True)
-    valid, mean = valid_local_mean_and_mean(x, site.window)  # the mean from the kernel's float64 sums
-    if kind == "sum":
-        area = x.shape[2] * x.shape[3]
-        return valid * area, None if mean is None else mean * area
+    area = x.shape[2] * x.shape[3] if kind == "sum" else 1
+    # The mean from the kernel's float64 sums; a sum's scale in the kernel's pass.
+    valid, mean = valid_local_mean_and_mean(x, site.window, scale=area)
+    if mean is not None and area != 1:
+        mean = mean * area
     return valid, mean

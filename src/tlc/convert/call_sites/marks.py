@@ -177,14 +177,17 @@ def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site)
     (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
     if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
         buffer = _valid_buffer(values, src, window)
-        valid, real = valid_local_mean_and_mean(src, window, out=buffer)
+        # A sum's scale in the kernel's pass (a pass over the windows' map less than multiplying after).
+        valid, real = valid_local_mean_and_mean(src, window, out=buffer, scale=scale)
         if buffer is not None and valid.data_ptr() != buffer.data_ptr():  # the kernel did not run
             values.spare.give_back(buffer)
         real = src.mean((2, 3), keepdim=True) if real is None else real
+        if scale != 1:
+            real = real * scale
     else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
         valid, real = valid_local_var_and_var(src, window)
-    if scale != 1:
-        real, valid = real * scale, valid.mul_(scale)
+        if scale != 1:
+            real, valid = real * scale, valid.mul_(scale)
     out = values.start(real, valid, (h, w), source=key)
     if kind == "mean":
         set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))

@@ -311,13 +311,15 @@ def test_running_sums_run_only_where_their_bound_allows():
 
 
 @pytest.mark.parametrize("valid_only", [True, False])
-def test_running_sums_four_planes_at_a_time_are_the_one_plane_kernels_bits(valid_only):
+@pytest.mark.parametrize("h,w,kh,kw", [(21, 34, 5, 9), (21, 34, 5, 34), (1, 40, 1, 13)])
+def test_running_sums_four_planes_at_a_time_are_the_one_plane_kernels_bits(valid_only, h, w, kh, kw):
     """Channels sharing one weight plane go through the kernel four at a time: the same arithmetic
-    per plane, so the same bits as the one-plane kernel (batch 2, eight channels, odd sizes)."""
+    per plane, so the same bits as the one-plane kernel (batch 2, eight channels, odd sizes, a
+    window as wide as the map, a map one row high)."""
     from tlc.ops import _running_kernels as kernels
 
     torch.manual_seed(6)
-    n, c, h, w, (kh, kw) = 2, 8, 21, 34, (5, 9)
+    n, c = 2, 8
     x = torch.randn(n * c, h, w) * 3 + 1
     logits = torch.randn(n, h, w, dtype=torch.float64)
     e = torch.exp(logits - logits.amax())

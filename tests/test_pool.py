@@ -286,11 +286,13 @@ def test_valid_local_mean_and_mean_scaled_windows(shape, window, grad):
 
 
 @pytest.mark.parametrize("valid_only", [True, False])
-@pytest.mark.parametrize("shape,window", [((8, 21, 34), (5, 9)), ((4, 9, 50), (9, 1)), ((12, 30, 7), (4, 7))])
+@pytest.mark.parametrize("shape,window", [((8, 21, 34), (5, 9)), ((4, 9, 50), (9, 1)), ((12, 30, 7), (4, 7)),
+                                          ((8, 21, 34), (5, 34)), ((4, 1, 40), (1, 13))])
 def test_local_mean_four_planes_at_a_time_are_the_one_plane_kernels_bits(shape, window, valid_only):
     """The local mean's kernel four planes a task (plane counts a multiple of 4): the same
     arithmetic per plane, so the same bits and plane totals as one plane a task; both against a
-    float64 brute force (odd sizes, a window as tall as the map, one pixel wide, as wide)."""
+    float64 brute force (odd sizes, a window as tall as the map, one pixel wide, as wide as the
+    map, a map one row high)."""
     from tlc.ops import _kernels
 
     torch.manual_seed(sum(shape))

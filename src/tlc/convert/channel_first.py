@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..ops.norm import layer_norm_columns
 from ..ops.gate import channel_product
+from ..ops.norm import layer_norm_columns
 
 # take(shape, stride, dtype, device): a buffer of that layout for a result, or None.
 Take = Callable[[tuple, tuple, torch.dtype, torch.device], "torch.Tensor | None"]

@@ -36,8 +36,8 @@ from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
 from ..ops.gate import (
-    INTO_FIRST_UNARY, apply_pointwise, into_first, is_channel_product, multiply_replicated, pad_replicate, pointwise_sum,
-    pooled_pointwise,
+    INTO_FIRST_UNARY, apply_pointwise, into_first, is_channel_product, multiply_replicated, pad_replicate,
+    pointwise_sum, pooled_pointwise,
 )
 from ..ops.pool import valid_local_mean
 
@@ -330,16 +330,17 @@ def _mean_and_layers_together(module: nn.Module, graph: fx.Graph) -> dict[fx.Nod
     return replaced
 
 
-def _layers_call(node: object) -> tuple[str, int] | None:
-    """(the layers' module path, where the layers sit in the args) when ``node`` is
-    ``apply_pointwise(y, layers)`` or ``pooled_pointwise(x, layers, window)`` with its layers a
-    child read by ``get_attr``; else None."""
+def _layers_call(node: object) -> str | None:
+    """The layers' module path when ``node`` is ``apply_pointwise(y, layers)`` or
+    ``pooled_pointwise(x, layers, window)`` with its layers a child read by ``get_attr``; else
+    None."""
     if not isinstance(node, fx.Node) or node.op != "call_function" or node.kwargs:
         return None
-    if node.target is apply_pointwise and len(node.args) == 2 or node.target is pooled_pointwise and len(node.args) == 3:
+    arity = {apply_pointwise: 2, pooled_pointwise: 3}.get(node.target)
+    if arity is not None and len(node.args) == arity:
         layers = node.args[1]
         if isinstance(layers, fx.Node) and layers.op == "get_attr":
-            return str(layers.target), 1
+            return str(layers.target)
     return None
 
 
@@ -351,12 +352,15 @@ def _shared_last_layer_once(module: nn.Module, graph: fx.Graph) -> None:
     planes instead of the gate's. The same values up to float rounding (bit for bit where one
     window covers the map)."""
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs or len(node.args) != 2:
+        if node.op != "call_function" or node.target not in (operator.add, torch.add):
             continue
-        calls = [_layers_call(a) for a in node.args]
-        if None in calls or calls[0][0] != calls[1][0] or any(len(a.users) != 1 for a in node.args):
+        if node.kwargs or len(node.args) != 2:
             continue
-        layers = module.get_submodule(calls[0][0])
+        paths = [_layers_call(a) for a in node.args]
+        if None in paths or paths[0] != paths[1] or any(len(a.users) != 1 for a in node.args):
+            continue
+        path = paths[0]
+        layers = module.get_submodule(path)
         chain = list(layers) if isinstance(layers, nn.Sequential) else [layers]
         if not chain or not is_channel_product(chain[-1]) or node.args[0] is node.args[1]:
             continue
@@ -369,11 +373,11 @@ def _shared_last_layer_once(module: nn.Module, graph: fx.Graph) -> None:
                     else:
                         hidden.append(graph.call_function(valid_local_mean, (call.args[0], call.args[2])))
                     continue
-                firsts = [graph.get_attr(f"{calls[0][0]}.{i}") for i in range(len(chain) - 1)]
+                firsts = [graph.get_attr(f"{path}.{i}") for i in range(len(chain) - 1)]
                 args = (call.args[0], firsts) + tuple(call.args[2:])
                 hidden.append(graph.call_function(call.target, args))
         with graph.inserting_before(node):
-            last = graph.get_attr(f"{calls[0][0]}.{len(chain) - 1}" if len(chain) > 1 else calls[0][0])
+            last = graph.get_attr(f"{path}.{len(chain) - 1}" if len(chain) > 1 else path)
             out = graph.call_function(pointwise_sum, (*hidden, last))
         old_calls = node.args
         node.replace_all_uses_with(out)
@@ -420,7 +424,7 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
         elif node.target in (apply_pointwise, pointwise_sum):
             if free(node.args[0]) and not node.kwargs:
                 node.kwargs = {"overwrite": True}
-                owned.add(node)  # else apply_pointwise's result may be its input (identity layers): not owned
+                owned.add(node)  # else apply_pointwise's result may be its input (identity layers)
             elif node.target is pointwise_sum:  # a product made afresh whatever its inputs
                 owned.add(node)
         elif (method or node.target in _INTO_FIRST) and not node.kwargs and len(node.args) in (1, 2):

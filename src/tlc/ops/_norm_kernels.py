@@ -105,6 +105,16 @@ def fused_group_norm_applies(x: torch.Tensor, *params: torch.Tensor | None) -> b
     return _compiled is not None and x.dtype in (torch.float32, torch.float64) and cpu_kernel_applies(*tensors)
 
 
+def _affine_float64(
+    weight: torch.Tensor | None, bias: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift): ``count`` float64 values each for the kernels, ones and zeros where absent."""
+    f64 = torch.float64
+    scale = torch.ones(count, dtype=f64) if weight is None else weight.detach().reshape(count).to(f64).contiguous()
+    shift = torch.zeros(count, dtype=f64) if bias is None else bias.detach().reshape(count).to(f64).contiguous()
+    return scale, shift
+
+
 def fused_local_group_norm(
     x: torch.Tensor,
     num_groups: int,
@@ -116,8 +126,7 @@ def fused_local_group_norm(
     """:func:`tlc.local_group_norm` of a CPU (N, C, H, W) tensor with an already clamped window."""
     c = x.shape[1]
     work = x.contiguous()
-    scale = torch.ones(c, dtype=torch.float64) if weight is None else weight.detach().to(torch.float64).contiguous()
-    shift = torch.zeros(c, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).contiguous()
+    scale, shift = _affine_float64(weight, bias, c)
     out = torch.empty_like(work)
     centres = centring_means(work.reshape(work.shape[0] * num_groups, -1), (1,))  # each group's mean
     _compiled(work.numpy(), centres.numpy(), num_groups, window[0], window[1], float(eps), scale.numpy(), shift.numpy(), out.numpy())
@@ -176,14 +185,7 @@ def fused_column_layer_norm(
         return None
     if not cpu_kernel_applies(*tensors):
         return None
-    rows = x.shape[0]
-
-    def per_row(p: torch.Tensor | None, default: float) -> torch.Tensor:
-        if p is None:
-            return torch.full((rows,), default, dtype=torch.float64)
-        return p.detach().reshape(rows).to(torch.float64).contiguous()
-
-    scale, shift = per_row(weight, 1.0), per_row(bias, 0.0)
+    scale, shift = _affine_float64(weight, bias, x.shape[0])
     work = x.contiguous()
     out = torch.empty_like(work)
     _layer_norm_compiled(work.numpy(), float(eps), scale.numpy(), shift.numpy(), out.numpy())

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._kernels import four_window_sums, fused_local_mean, replicate_edge_rows, replicate_row_edges
+from ._kernels import four_window_sums, fused_local_mean, replicate_edge_rows, replicate_row_edges, window_layout
 from ._numba import parallel_kernel, prange
 
 #: the error allowed relative to max|x| (see the module docstring)
@@ -44,9 +44,7 @@ def _weighted_pool_planes(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cove
     ``_box_mean_planes``). A product by the reciprocal, not a quotient: one division per window
     and weight plane, not per channel (a float64 division per output took a fifth of the time)."""
     planes, h, w = x.shape
-    valid_h, valid_w = h - k1 + 1, w - k2 + 1
-    replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
-    top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
+    valid_h, valid_w, replicate, top, left = window_layout(h, w, k1, k2, out)
     for p in prange(planes):
         column = np.zeros(w, np.float64)
         x_plane, e_plane, inv_plane, out_plane = x[p], e[p // ratio], inv_den[p // ratio], out[p]
@@ -84,9 +82,7 @@ def _weighted_pool_quads(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cover
     sums (each a serial chain of additions) advance side by side. Each plane's arithmetic, and so
     its result, is the one-plane kernel's."""
     planes, h, w = x.shape
-    valid_h, valid_w = h - k1 + 1, w - k2 + 1
-    replicate = out.shape[1] == h and out.shape[2] == w and (valid_h, valid_w) != (h, w)
-    top, left = ((k1 - 1) // 2, (k2 - 1) // 2) if replicate else (0, 0)
+    valid_h, valid_w, replicate, top, left = window_layout(h, w, k1, k2, out)
     for q in prange(planes // 4):
         p = 4 * q
         columns = np.zeros((4, w), np.float64)
@@ -115,10 +111,8 @@ def _weighted_pool_quads(x, e, ratio, inv_den, k1, k2, out):  # pragma: no cover
             rows = (out[p, a + top], out[p + 1, a + top], out[p + 2, a + top], out[p + 3, a + top])
             four_window_sums(columns, k2, valid_w, inv_plane[a], rows, left, replicate)
         if replicate:
-            replicate_edge_rows(out[p], top, valid_h)
-            replicate_edge_rows(out[p + 1], top, valid_h)
-            replicate_edge_rows(out[p + 2], top, valid_h)
-            replicate_edge_rows(out[p + 3], top, valid_h)
+            for r in range(4):
+                replicate_edge_rows(out[p + r], top, valid_h)
 
 
 _weighted_pool_compiled = parallel_kernel(_weighted_pool_planes)

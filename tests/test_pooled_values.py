@@ -714,6 +714,47 @@ def test_local_values_are_freed_with_their_real_tensors():
     assert values.handle(torch.add, (), (x, x), {}) is NotImplemented
 
 
+def test_pending_values_are_computed_once_and_only_when_read():
+    """start_pending: elementwise calls on pending values give pending values; meeting the map
+    computes them (once), from the source as it was before an in-place call (before_call)."""
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    source = x.clone()
+    computed = []
+
+    def windows() -> torch.Tensor:
+        computed.append(1)
+        return window_sums(x, (3, 4)) / 12
+
+    values = PooledValues()
+    y = values.start_pending(x.mean((2, 3), keepdim=True), windows, x.shape[-2:], (3, 4), source="s")
+    z = values.handle(torch.Tensor.__truediv__, (), (y, 4.0), {})
+    z = values.handle(torch.sigmoid, (), (z,), {})
+    unread = values.handle(torch.exp, (), (y,), {})
+    assert computed == [] and values.read == set() and values.pending
+    torch.testing.assert_close(z, torch.sigmoid(x.mean((2, 3), keepdim=True) / 4), rtol=0, atol=0)
+    values.before_call("add", (x, 1.0), {})  # not in place: nothing computed
+    assert computed == []
+    values.before_call("mul_", (x, 2.0), {})
+    x.mul_(2)
+    assert computed == [1] and values.read == {"s"}
+    out = values.handle(torch.mul, (), (source, z), {})
+    expected = source * torch.sigmoid(local_mean(source, (3, 4)) / 4)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(values.local(unread), torch.exp(values.local(y)), rtol=0, atol=0)
+    assert computed == [1]
+    values.finish(out)
+    assert not values.pending
+
+
+def test_pending_value_whose_windows_fail_raises_pooled_value_error():
+    x = torch.randn(1, 3, 6, 7)
+    values = PooledValues()
+    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: torch.zeros(1, 3, 2, 2), x.shape[-2:], (3, 4), "s")
+    with pytest.raises(PooledValueError, match="first read") as err:
+        values.handle(torch.mul, (), (x, y), {})
+    assert err.value.sources == {"s"}
+
+
 class FullMapMeans(TorchFunctionMode):
     """Global average poolings answered by full-size local_mean maps: where every consumer is
     per-pixel, the same numbers by an independent route."""

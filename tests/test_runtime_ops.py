@@ -181,6 +181,64 @@ def test_hand_written_std_and_pool_module_gate_runs_on_the_windows_inside_the_ma
     }
 
 
+def test_hand_written_mean_that_only_centres_a_variance_is_never_computed_over_the_windows(monkeypatch):
+    """stdv_channels' mean is read only by the deviation from it, which is lazy (the variance's own
+    pass answers the chain): its windows' means are never computed, in any forward. (The pooling
+    module's are: the gate reads them.)"""
+    from tlc.convert.call_sites import marks
+
+    model = randomised(ContrastGate()).double()
+    converted, _ = tlc.convert(model, TRAIN)
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append((args[0].shape, kwargs.get("scale")))
+        return valid_local_mean_and_mean(*args, **kwargs)
+
+    valid_local_mean_and_mean = marks.valid_local_mean_and_mean
+    monkeypatch.setattr(marks, "valid_local_mean_and_mean", counted)
+    x = image(2, 3, 37, 30)
+    with torch.no_grad():
+        y = model.conv(x)
+        stats = brute_force(y, (24, 24), lambda t: t.std(-1, correction=0)) + brute_force(y, (24, 24), mean)
+        expected = y * torch.sigmoid(model.up(F.relu(model.down(stats))))
+        for _ in range(2):
+            assert (converted(x) - expected).abs().max().item() < 1e-12
+    # The pooling module's windows only (its mean's scale is 1; the hand-written mean's, 37 * 30).
+    assert passes == [((2, 4, 37, 30), 1.0)] * 2
+
+
+class MeanThenChangedInPlace(nn.Module):
+    """A hand-written mean of a map, the map then changed in place, the mean read after."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.gate = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        mu = mean_channels(y)
+        y.mul_(2)
+        return y * torch.sigmoid(self.gate(mu))
+
+
+def test_mean_read_after_its_map_changed_in_place_is_the_unchanged_maps():
+    """A converted forward computes a hand-written mean's windows when first read (the conversion's
+    check, the first converted forward) or at once (once seen read): either way from the map as it
+    was, not as changed in place since."""
+    model = randomised(MeanThenChangedInPlace()).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert sorted(converted_sites(report)) == [("sum", (24, 1)), ("sum", (24, 24))]
+    assert report.max_deviation < 1e-12  # its check ran the first converted forward
+    x = image(2, 3, 29, 40)
+    with torch.no_grad():
+        y = model.conv(x)
+        expected = 2 * y * torch.sigmoid(model.gate(brute_force(y, (24, 24), mean)))
+        for _ in range(3):
+            assert (converted(x) - expected).abs().max().item() < 1e-12
+
+
 class FullSizeCalls(TorchDispatchMode):
     """Records (aten op name, device, second argument) of every op whose first argument is a
     tensor of spatial size ``size``."""

@@ -139,22 +139,33 @@ class Grid:
 class _Entry:
     """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
-    put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map."""
+    put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
+    ``pending``: what computes ``local`` on its first read (None once it is computed, and for
+    values computed at once; see :meth:`PooledValues.start_pending`)."""
 
-    __slots__ = ("ref", "local", "grid", "sources", "expanded", "held")
+    __slots__ = ("ref", "_local", "pending", "grid", "sources", "expanded", "held")
 
     def __init__(
         self,
         ref: weakref.ref,
-        local: torch.Tensor,
+        local: torch.Tensor | None,
         grid: Grid,
         sources: frozenset,
         expanded: tuple | None = None,
         held: int | None = None,
+        pending: Callable[[], torch.Tensor] | None = None,
     ) -> None:
-        self.ref, self.local, self.grid, self.sources = ref, local, grid, sources
+        self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
         self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
         self.held = held  # the key SpareBuffers.hold gave for local, or None
+        self.pending = pending
+
+    @property
+    def local(self) -> torch.Tensor:
+        if self._local is None:
+            compute, self.pending = self.pending, None
+            self._local = compute()
+        return self._local
 
 
 # ----------------------------------------------------------------------------- call tables
@@ -228,6 +239,13 @@ _NEW_DIM = {"unsqueeze", "stack"}  # dims counted on the result (one more than t
 for _name in _NEW_DIM:
     _DIM_ARGS[_name] = ((1, "dim"),)
 _SOFTMAX = {"softmax", "log_softmax", "softmin"}
+
+# Elementwise calls that pending pooled values pass through pending (see PooledValues.start_pending).
+_DEFERRED = frozenset({
+    "add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+    "__truediv__", "__rtruediv__", "__div__", "__rdiv__", "pow", "__pow__", "sqrt", "rsqrt", "exp",
+    "sigmoid", "tanh", "relu", "neg", "__neg__", "abs", "square", "reciprocal",
+})
 
 
 def _name(func: Callable) -> str:
@@ -370,6 +388,14 @@ def _index_problem(index: object, ndim: int) -> str | None:
     return None
 
 
+def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
+    """(N, C, Gh, Gw) values over the windows as local values (N * Gh * Gw, *tail), C = prod(tail)."""
+    n, _, gh, gw = valid.shape
+    # A view of the channel-first map when N = 1 (positions are then the fastest axis): per-pixel
+    # layers keep that layout (see pointwise_conv), and the gate meets the map without a copy.
+    return valid.contiguous().permute(0, 2, 3, 1).reshape(n * gh * gw, *tail)
+
+
 # ----------------------------------------------------------------------------- the tracker
 
 
@@ -394,19 +420,29 @@ class PooledValues:
 
     Attributes:
         applied: sources whose values met a map (were spread to pixels) at least once.
+        read: sources of values started with :meth:`start_pending` whose local values were
+            computed (something read them, or a call changing a tensor in place came first).
     """
 
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
+        self._pending: list[_Entry] = []  # entries made pending, some perhaps computed since
         self.applied: set[Hashable] = set()
+        self.read: set[Hashable] = set()  # sources of pending values that were computed
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
 
     # --- bookkeeping
     def _track(
-        self, real: torch.Tensor, local: torch.Tensor, grid: Grid, sources: frozenset, expanded: tuple | None = None
-    ) -> None:
+        self,
+        real: torch.Tensor,
+        local: torch.Tensor | None,
+        grid: Grid,
+        sources: frozenset,
+        expanded: tuple | None = None,
+        pending: Callable[[], torch.Tensor] | None = None,
+    ) -> _Entry:
         key, entries, spare = id(real), self._entries, self.spare
-        held = spare.hold(local, real)
+        held = None if local is None else spare.hold(local, real)
         replaced = entries.get(key)
         if replaced is not None and replaced.ref() is real and replaced.held is not None:
             # The same real tensor tracked again (an in-place call): the registry lets go of the
@@ -417,10 +453,48 @@ class PooledValues:
             entry = entries.get(key)
             if entry is not None and entry.ref is ref:
                 del entries[key]
-                if held is not None:
-                    spare.release(held, entry.local)
+                if entry.held is not None:
+                    spare.release(entry.held, entry.local)
 
-        entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held)
+        entry = entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
+        return entry
+
+    def _track_pending(self, real: torch.Tensor, compute: Callable[[], torch.Tensor], grid: Grid, sources: frozenset) -> None:
+        """Track ``real`` with a local counterpart that ``compute()`` gives on its first read."""
+        entry: _Entry | None = None
+
+        def materialise() -> torch.Tensor:
+            try:
+                local = compute()
+            except PooledValueError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                raise PooledValueError(f"a pooled value computed when first read: {' '.join(str(err).split())[:120]}", sources) from err
+            owner = entry.ref()
+            entry.held = None if owner is None else self.spare.hold(local, owner)
+            self.read.update(sources)
+            return local
+
+        entry = self._track(real, None, grid, sources, pending=materialise)
+        self._pending.append(entry)
+
+    @property
+    def pending(self) -> bool:
+        """Whether values started with :meth:`start_pending` (or following them) may still be uncomputed."""
+        return bool(self._pending)
+
+    def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
+        """Called by the mode before any torch call while values are pending: a call changing a
+        tensor in place (``add_``, ``out=``, ``t[i] = v``) might change what a pending value is
+        computed from, so every pending value is computed first."""
+        if not self._pending:
+            return
+        if not (is_inplace(name, args, kwargs) or kwargs.get("out") is not None or name == "__setitem__"):
+            return
+        pending, self._pending = self._pending, []
+        for entry in pending:
+            if entry.pending is not None and entry.ref() is not None:
+                entry.local  # noqa: B018 (computes it)
 
     def _entry(self, t: torch.Tensor) -> _Entry | None:
         entry = self._entries.get(id(t))
@@ -488,10 +562,48 @@ class PooledValues:
         if not (1 <= gh <= h and 1 <= gw <= w):
             raise ValueError(f"valid map {gh}x{gw} does not fit a {h}x{w} map")
         grid = Grid(n, (h, w), (h - gh + 1, w - gw + 1))
-        # A view of the channel-first map when N = 1 (positions are then the fastest axis): per-pixel
-        # layers keep that layout (see pointwise_conv), and the gate meets the map without a copy.
-        local = local_valid.contiguous().permute(0, 2, 3, 1).reshape(n * gh * gw, *real.shape[1:])
-        self._track(real, local, grid, frozenset(() if source is None else (source,)))
+        self._track(real, _as_local(local_valid, real.shape[1:]), grid, frozenset(() if source is None else (source,)))
+        return real
+
+    def start_pending(
+        self,
+        real: torch.Tensor,
+        local_valid: Callable[[], torch.Tensor],
+        size: tuple[int, int] | torch.Size,
+        window: Pair,
+        source: Hashable = None,
+    ) -> torch.Tensor:
+        """:meth:`start`, with the values over the windows computed only when first read: by a call
+        that needs them, or before any call changing a tensor in place (which might be what they
+        are computed from). Calls on pending values alone that compute elementwise (``y / 4``,
+        ``y.sqrt()``) give pending values in turn. A value nothing reads is never computed: a
+        hand-written mean that only centres a hand-written variance (whose own pass answers it).
+
+        Args:
+            real: as for :meth:`start`.
+            local_valid: computes the (N, C, Gh, Gw) values of :meth:`start`. The tensors it reads
+                must change in place, if at all, only by calls the mode shows to :meth:`before_call`.
+            size: (H, W) of the pooled map.
+            window: (kh, kw), each at most the map's size.
+            source: as for :meth:`start`.
+
+        Returns:
+            ``real``, unchanged.
+        """
+        h, w = int(size[0]), int(size[1])
+        kh, kw = int(window[0]), int(window[1])
+        if not (1 <= kh <= h and 1 <= kw <= w) or real.dim() < 1:
+            raise ValueError(f"window {kh}x{kw} does not fit a {h}x{w} map, or real is 0-d")
+        grid = Grid(real.shape[0], (h, w), (kh, kw))
+        form, tail = (real.shape[0], real.shape[1:].numel(), *grid.valid), real.shape[1:]
+
+        def compute() -> torch.Tensor:
+            valid = local_valid()
+            if tuple(valid.shape) != form:
+                raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {form}")
+            return _as_local(valid, tail)
+
+        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)))
         return real
 
     def handle(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -588,6 +700,7 @@ class PooledValues:
         """:meth:`escaped` of the forward's ``output``, then forget every pooled value."""
         leaving = self.escaped(output)
         self._entries.clear()
+        self._pending.clear()
         self.spare.clear()
         return leaving
 
@@ -664,6 +777,8 @@ class _Call:
                 if placement is not None:
                     return self.spread_call(placement, shape)
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
+        if self.values.pending and self.name in _DEFERRED and not is_inplace(name, args, kwargs):
+            return self.follow_deferred()
         return self.follow(None)
 
     # --- classification
@@ -788,6 +903,35 @@ class _Call:
         return real
 
     # --- a per-sample computation: run again on the local values, batch folded
+    def follow_deferred(self) -> Any:
+        """An elementwise call (``y / 4``, ``y.sqrt()``, ``y * z``) whose only tensors are pooled
+        values, each still pending: its real result, its local one pending in turn (computed from
+        theirs when first read). Other calls: :meth:`follow`."""
+        func, name, args, kwargs = self.func, self.name, self.args, self.kwargs
+        entry = self.values._entry
+        tensors = list(tensor_args(args, kwargs))
+        parents = [entry(t) for t in tensors]
+        real = func(*args, **kwargs)
+        if (
+            any(e is None or e.pending is None for e in parents)
+            or not isinstance(real, torch.Tensor)
+            or any(t.shape != real.shape for t in tensors)
+        ):
+            return self.follow(real)
+        local_of = {id(t): e for t, e in zip(tensors, parents)}
+        spare, shape, dtype = self.values.spare, (self.grid.positions * self.grid.batch, *real.shape[1:]), real.dtype
+
+        def compute() -> torch.Tensor:  # as follow() computes it, from the parents' local values
+            largs, lkwargs = _map_args(args, kwargs, lambda t: local_of[id(t)].local)
+            result = spare.compute_into(name, largs, lkwargs, shape, dtype)
+            result = func(*largs, **lkwargs) if result is None else result
+            if tuple(result.shape) != shape:
+                raise ValueError(f"local result {tuple(result.shape)}, expected {shape}")
+            return result
+
+        self.values._track_pending(real, compute, self.grid, self.sources)
+        return real
+
     def follow(self, real: Any) -> Any:
         func, args, kwargs, grid = self.func, self.args, self.kwargs, self.grid
         entry = self.values._entry

@@ -222,6 +222,19 @@ def valid_local_mean_and_mean(
     return valid, (totals / (h * w)).view(n, c, 1, 1).to(x.dtype)
 
 
+def map_mean(x: torch.Tensor) -> torch.Tensor:
+    """The map's own mean (N, C, 1, 1) as :func:`valid_local_mean_and_mean` gives it, without the
+    windows: from float64 sums rounded once where its CPU kernel applies, else ``x.mean((2, 3))``.
+
+    Args:
+        x: (N, C, H, W) map.
+    """
+    check_feature_map(x)
+    if not fused_local_mean_available(x):
+        return x.mean((2, 3), keepdim=True)
+    return (x.sum((2, 3), keepdim=True, dtype=torch.float64) / (x.shape[2] * x.shape[3])).to(x.dtype)
+
+
 def local_mean_by_prefix_sums(x: torch.Tensor, window: int | Pair) -> torch.Tensor:
     """:func:`local_mean` computed with torch ops only (differentiable, any device)."""
     check_feature_map(x)

@@ -64,6 +64,9 @@ class CallSiteConverter:
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._chain_ends: set[SiteKey] = set()  # sites completing a mean, sum or variance over H and W
         self._pooled_chains: set[SiteKey] = set()  # of those, converted sites answered with pooled values
+        # Of those, the means whose values over the windows a converted forward read: the others
+        # start pending (computed only if read; see PooledValues.start_pending).
+        self._means_read: set[SiteKey] = set()
         # Calls making intermediates of hand-written statistics (a sum over W that the next call
         # sums over H; a deviation from the mean, its square), those of them calibration saw used
         # otherwise than once by their chain's next step, each other one's next step, and the lazy
@@ -200,6 +203,7 @@ class CallSiteConverter:
             # A statistic returned as such, where its local map would have answered: that map.
             output = mode.values.materialise(output, self._map_fallback)
             self._thread.escaped = mode.values.finish(output)  # pooled values that never met the image
+            self._means_read |= mode.values.read
         return None if output is given else output
 
     def _covers(self, size: tuple[int, ...] | None) -> bool:
@@ -328,7 +332,10 @@ class CallSiteConverter:
             return out
         if key in self._context:
             return self._context_pool(key, func, args, kwargs, site)
-        if key in self._pooled_chains and (pooled := pooled_statistic(self._thread.mode.values, key, call, site)) is not None:
+        pending = key not in self._means_read
+        if key in self._pooled_chains and (
+            pooled := pooled_statistic(self._thread.mode.values, key, call, site, pending=pending)
+        ) is not None:
             return pooled
         if key in self._lazy:  # only its chain's next step takes it, and reads the marks alone
             lazy = self._lazy_result(key, func, args, kwargs, call, site)

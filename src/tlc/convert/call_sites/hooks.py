@@ -192,6 +192,8 @@ class LocalCalls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
         kwargs = kwargs or {}
+        if self.values is not None and self.values.pending:
+            self.values.before_call(getattr(func, "__name__", ""), args, kwargs)
         partials = self.partials
         if partials:
             if isinstance(partials, PartialUses):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...ops.pool import valid_local_mean_and_mean
+from ...ops.pool import map_mean, valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_and_var
 from ..pooled_values import PooledValues
 from ..rules import Site
@@ -156,11 +156,30 @@ def _valid_buffer(values: PooledValues, src: torch.Tensor, window: tuple[int, in
     return values.spare.take((n, c, gh, gw), (c * gh * gw, gh * gw, gw, 1), src.dtype, src.device)
 
 
-def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site) -> torch.Tensor | None:
+def _window_means(
+    values: PooledValues, src: torch.Tensor, window: tuple[int, int], scale: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`valid_local_mean_and_mean` of ``src`` (the windows' means times ``scale``, into a spare
+    buffer where one is at hand; the map's mean where the kernel gives it)."""
+    buffer = _valid_buffer(values, src, window)
+    # A sum's scale in the kernel's pass (a pass over the windows' map less than multiplying after).
+    valid, real = valid_local_mean_and_mean(src, window, out=buffer, scale=scale)
+    if buffer is not None and valid.data_ptr() != buffer.data_ptr():  # the kernel did not run
+        values.spare.give_back(buffer)
+    return valid, real
+
+
+def pooled_statistic(
+    values: PooledValues, key: SiteKey, call: Call, site: Site, pending: bool = False
+) -> torch.Tensor | None:
     """A mean, sum or centred square reduced over H and W by hand (the chain of calls ending at
     ``call``, read from the marks), as a pooled value: its global value, carrying its value
     over every window inside the map. The result is marked as a mean for what follows. None
-    where the chain is not whole-map local (the marked map path then answers)."""
+    where the chain is not whole-map local (the marked map path then answers).
+
+    With ``pending``, a mean's values over the windows are computed only if something reads them
+    (:meth:`PooledValues.start_pending`): IMDN's hand-written mean only centres a hand-written
+    variance, whose own pass answers it; its windows' pass would be work for nothing."""
     m = mark_of(call.x)
     dims = call.dims
     if m is None:
@@ -175,12 +194,15 @@ def pooled_statistic(values: PooledValues, key: SiteKey, call: Call, site: Site)
         return None
     scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
     (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
+    if kind == "mean" and pending:
+        real = map_mean(src)
+        out = values.start_pending(
+            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (h, w), window, source=key
+        )
+        set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
+        return out
     if kind == "mean":  # the map's mean from the windows' pass where the kernel runs
-        buffer = _valid_buffer(values, src, window)
-        # A sum's scale in the kernel's pass (a pass over the windows' map less than multiplying after).
-        valid, real = valid_local_mean_and_mean(src, window, out=buffer, scale=scale)
-        if buffer is not None and valid.data_ptr() != buffer.data_ptr():  # the kernel did not run
-            values.spare.give_back(buffer)
+        valid, real = _window_means(values, src, window, scale)
         real = src.mean((2, 3), keepdim=True) if real is None else real
         if scale != 1:
             real = real * scale

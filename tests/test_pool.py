@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import tlc
 from tlc.ops import local_mean_strided, window_sums
-from tlc.ops.pool import replicate_to, valid_local_mean_and_mean
+from tlc.ops.pool import map_mean, replicate_to, valid_local_mean_and_mean
 
 from .conftest import TOLERANCE, devices
 
@@ -263,6 +263,22 @@ def test_valid_mean_comes_with_the_maps_own_mean(shape, window, dtype):
     for unfit in (strided, buffer[:, :, :, :-1].contiguous(), torch.empty_like(buffer, dtype=torch.float16)):
         got, _ = valid_local_mean_and_mean(x, window, out=unfit)
         assert got.data_ptr() != unfit.data_ptr() and torch.equal(got, valid)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 11), (1, 8, 13, 10), (2, 4, 1, 9)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_map_mean_is_the_mean_from_the_windows_pass(shape, dtype):
+    """map_mean, without the windows: the whole map's mean valid_local_mean_and_mean gives (to the
+    bit, one plane or four at a time), within rounding of the exact mean; torch's under autograd."""
+    x = (torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2 + 1e3).to(dtype)
+    window = (shape[2], max(1, shape[3] - 2))
+    _, from_windows = valid_local_mean_and_mean(x, window)
+    mean = map_mean(x)
+    assert mean.dtype == dtype and torch.equal(mean, from_windows)
+    exact = x.double().mean(dim=(2, 3), keepdim=True)
+    assert (mean.double() - exact).abs().max().item() <= (1e-12 if dtype == torch.float64 else 6.2e-5)
+    with torch.enable_grad():
+        assert torch.equal(map_mean(x.clone().requires_grad_()), x.mean((2, 3), keepdim=True))
 
 
 @pytest.mark.parametrize("shape,window", [((2, 4, 11, 13), (3, 5)), ((1, 3, 6, 9), (6, 9)), ((1, 8, 17, 10), (4, 4))])

@@ -726,18 +726,20 @@ def test_pending_values_are_computed_once_and_only_when_read():
         return window_sums(x, (3, 4)) / 12
 
     values = PooledValues()
-    y = values.start_pending(x.mean((2, 3), keepdim=True), windows, x.shape[-2:], (3, 4), source="s")
+    y = values.start_pending(x.mean((2, 3), keepdim=True), windows, (x,), x.shape[-2:], (3, 4), source="s")
     z = values.handle(torch.Tensor.__truediv__, (), (y, 4.0), {})
     z = values.handle(torch.sigmoid, (), (z,), {})
     unread = values.handle(torch.exp, (), (y,), {})
     assert computed == [] and values.read == set() and values.pending
     torch.testing.assert_close(z, torch.sigmoid(x.mean((2, 3), keepdim=True) / 4), rtol=0, atol=0)
     values.before_call("add", (x, 1.0), {})  # not in place: nothing computed
+    values.before_call("mul_", (source, 2.0), {})  # another tensor changed in place: nothing either
     assert computed == []
-    values.before_call("mul_", (x, 2.0), {})
+    values.before_call("mul_", (x[:, 1], 2.0), {})  # a view of what they are computed from
     x.mul_(2)
-    assert computed == [1] and values.read == {"s"}
+    assert computed == [1] and values.read == set()  # computed as a precaution, not read
     out = values.handle(torch.mul, (), (source, z), {})
+    assert values.read == {"s"}
     expected = source * torch.sigmoid(local_mean(source, (3, 4)) / 4)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-15)
     torch.testing.assert_close(values.local(unread), torch.exp(values.local(y)), rtol=0, atol=0)
@@ -746,10 +748,25 @@ def test_pending_values_are_computed_once_and_only_when_read():
     assert not values.pending
 
 
+def test_pending_value_computed_before_its_parent_changes_in_place():
+    """A pending value made from a pooled value is computed before that value changes in place
+    (its local values change with it)."""
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
+    values = PooledValues()
+    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: window_sums(x, 3) / 9, (x,), x.shape[-2:], (3, 3))
+    z = values.handle(torch.Tensor.__mul__, (), (y, 3.0), {})
+    values.local(y)  # y computed (read); z still pending
+    values.before_call("mul_", (y, 2.0), {})
+    values.handle(torch.Tensor.mul_, (), (y, 2.0), {})
+    expected = valid_local_mean(x, 3).permute(0, 2, 3, 1).reshape(-1, 2, 1, 1)
+    torch.testing.assert_close(values.local(z), 3 * expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(values.local(y), 2 * expected, rtol=0, atol=1e-15)
+
+
 def test_pending_value_whose_windows_fail_raises_pooled_value_error():
     x = torch.randn(1, 3, 6, 7)
     values = PooledValues()
-    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: torch.zeros(1, 3, 2, 2), x.shape[-2:], (3, 4), "s")
+    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: torch.zeros(1, 3, 2, 2), (x,), x.shape[-2:], (3, 4), "s")
     with pytest.raises(PooledValueError, match="first read") as err:
         values.handle(torch.mul, (), (x, y), {})
     assert err.value.sources == {"s"}

@@ -140,10 +140,11 @@ class _Entry:
     """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
     put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
-    ``pending``: what computes ``local`` on its first read (None once it is computed, and for
-    values computed at once; see :meth:`PooledValues.start_pending`)."""
+    ``pending``: what computes ``local`` when first needed and notes its first read (None once
+    read, and for values computed at once; see :meth:`PooledValues.start_pending`); ``reads``: the
+    storage addresses of the tensors it computes them from."""
 
-    __slots__ = ("ref", "_local", "pending", "grid", "sources", "expanded", "held")
+    __slots__ = ("ref", "_local", "pending", "reads", "grid", "sources", "expanded", "held")
 
     def __init__(
         self,
@@ -153,19 +154,36 @@ class _Entry:
         sources: frozenset,
         expanded: tuple | None = None,
         held: int | None = None,
-        pending: Callable[[], torch.Tensor] | None = None,
+        pending: Callable[[bool], torch.Tensor] | None = None,
+        reads: frozenset = frozenset(),
     ) -> None:
         self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
         self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
         self.held = held  # the key SpareBuffers.hold gave for local, or None
-        self.pending = pending
+        self.pending, self.reads = pending, reads
 
     @property
     def local(self) -> torch.Tensor:
-        if self._local is None:
-            compute, self.pending = self.pending, None
-            self._local = compute()
+        if self.pending is not None:
+            self.compute(read=True)
         return self._local
+
+    def computed(self) -> torch.Tensor:
+        """``local``, without noting a read (a pending value computed from this one notes its own)."""
+        if self._local is None:
+            self.compute(read=False)
+        return self._local
+
+    def compute(self, read: bool) -> None:
+        """Compute a pending ``local`` (if not yet); ``read``: because something reads it, not as a
+        precaution."""
+        pending = self.pending
+        if self._local is None:
+            self._local = pending(read)
+        elif read:
+            pending(read)  # computed as a precaution before: only the read is noted
+        if read:
+            self.pending = None
 
 
 # ----------------------------------------------------------------------------- call tables
@@ -459,11 +477,18 @@ class PooledValues:
         entry = entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
         return entry
 
-    def _track_pending(self, real: torch.Tensor, compute: Callable[[], torch.Tensor], grid: Grid, sources: frozenset) -> None:
-        """Track ``real`` with a local counterpart that ``compute()`` gives on its first read."""
+    def _track_pending(
+        self, real: torch.Tensor, compute: Callable[[], torch.Tensor], grid: Grid, sources: frozenset, reads: frozenset
+    ) -> None:
+        """Track ``real`` with a local counterpart that ``compute()`` gives when first needed, from
+        tensors whose storage addresses are ``reads``."""
         entry: _Entry | None = None
 
-        def materialise() -> torch.Tensor:
+        def materialise(read: bool) -> torch.Tensor | None:
+            if read:
+                self.read.update(sources)
+            if entry._local is not None:
+                return None
             try:
                 local = compute()
             except PooledValueError:
@@ -472,10 +497,10 @@ class PooledValues:
                 raise PooledValueError(f"a pooled value computed when first read: {' '.join(str(err).split())[:120]}", sources) from err
             owner = entry.ref()
             entry.held = None if owner is None else self.spare.hold(local, owner)
-            self.read.update(sources)
             return local
 
         entry = self._track(real, None, grid, sources, pending=materialise)
+        entry.reads = reads
         self._pending.append(entry)
 
     @property
@@ -485,16 +510,23 @@ class PooledValues:
 
     def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
         """Called by the mode before any torch call while values are pending: a call changing a
-        tensor in place (``add_``, ``out=``, ``t[i] = v``) might change what a pending value is
-        computed from, so every pending value is computed first."""
-        if not self._pending:
+        tensor in place (``add_``, ``out=``, ``t[i] = v``) first computes the pending values read
+        from that tensor's memory (a map, or a pooled value whose local values they are computed
+        from: its real tensor stands for them)."""
+        out = kwargs.get("out")
+        if not (out is not None or is_inplace(name, args, kwargs) or name == "__setitem__"):
             return
-        if not (is_inplace(name, args, kwargs) or kwargs.get("out") is not None or name == "__setitem__"):
-            return
-        pending, self._pending = self._pending, []
-        for entry in pending:
-            if entry.pending is not None and entry.ref() is not None:
-                entry.local  # noqa: B018 (computes it)
+        targets = [t for t in (*args[:1], *tensor_args((out,), {})) if isinstance(t, torch.Tensor)]
+        addresses = {t.untyped_storage().data_ptr() for t in targets}
+        left = []
+        for entry in self._pending:
+            if entry._local is not None or entry.ref() is None:
+                continue
+            if not addresses.isdisjoint(entry.reads):
+                entry.compute(read=False)
+            else:
+                left.append(entry)
+        self._pending = left
 
     def _entry(self, t: torch.Tensor) -> _Entry | None:
         entry = self._entries.get(id(t))
@@ -569,20 +601,21 @@ class PooledValues:
         self,
         real: torch.Tensor,
         local_valid: Callable[[], torch.Tensor],
+        reads: Iterable[torch.Tensor],
         size: tuple[int, int] | torch.Size,
         window: Pair,
         source: Hashable = None,
     ) -> torch.Tensor:
         """:meth:`start`, with the values over the windows computed only when first read: by a call
-        that needs them, or before any call changing a tensor in place (which might be what they
-        are computed from). Calls on pending values alone that compute elementwise (``y / 4``,
+        that needs them, or before a call changing in place what they are computed from. Calls on pending values alone that compute elementwise (``y / 4``,
         ``y.sqrt()``) give pending values in turn. A value nothing reads is never computed: a
         hand-written mean that only centres a hand-written variance (whose own pass answers it).
 
         Args:
             real: as for :meth:`start`.
-            local_valid: computes the (N, C, Gh, Gw) values of :meth:`start`. The tensors it reads
-                must change in place, if at all, only by calls the mode shows to :meth:`before_call`.
+            local_valid: computes the (N, C, Gh, Gw) values of :meth:`start`.
+            reads: the tensors ``local_valid`` reads. They must change in place, if at all, only
+                by calls the mode shows to :meth:`before_call`.
             size: (H, W) of the pooled map.
             window: (kh, kw), each at most the map's size.
             source: as for :meth:`start`.
@@ -603,7 +636,8 @@ class PooledValues:
                 raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {form}")
             return _as_local(valid, tail)
 
-        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)))
+        addresses = frozenset(t.untyped_storage().data_ptr() for t in reads)
+        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)), addresses)
         return real
 
     def handle(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -913,7 +947,7 @@ class _Call:
         parents = [entry(t) for t in tensors]
         real = func(*args, **kwargs)
         if (
-            any(e is None or e.pending is None for e in parents)
+            any(e is None or e._local is not None for e in parents)
             or not isinstance(real, torch.Tensor)
             or any(t.shape != real.shape for t in tensors)
         ):
@@ -922,14 +956,17 @@ class _Call:
         spare, shape, dtype = self.values.spare, (self.grid.positions * self.grid.batch, *real.shape[1:]), real.dtype
 
         def compute() -> torch.Tensor:  # as follow() computes it, from the parents' local values
-            largs, lkwargs = _map_args(args, kwargs, lambda t: local_of[id(t)].local)
+            largs, lkwargs = _map_args(args, kwargs, lambda t: local_of[id(t)].computed())
             result = spare.compute_into(name, largs, lkwargs, shape, dtype)
             result = func(*largs, **lkwargs) if result is None else result
             if tuple(result.shape) != shape:
                 raise ValueError(f"local result {tuple(result.shape)}, expected {shape}")
             return result
 
-        self.values._track_pending(real, compute, self.grid, self.sources)
+        # What the parents are computed from, and their real tensors: an in-place call on one
+        # changes its local values, which this value is computed from.
+        reads = frozenset().union(*(e.reads for e in parents), (t.untyped_storage().data_ptr() for t in tensors))
+        self.values._track_pending(real, compute, self.grid, self.sources, reads)
         return real
 
     def follow(self, real: Any) -> Any:

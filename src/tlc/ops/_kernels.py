@@ -166,6 +166,20 @@ def _box_mean_quads(x, k1, k2, scale, out, totals):  # pragma: no cover (compile
                 totals[p + r] = entered[r].sum()
 
 
+def _plane_sums(x, totals):  # pragma: no cover (compiled by numba)
+    """x: (P, H, W); totals: (P,) float64 gets each plane's sum, added as the window kernels add
+    their ``totals`` (per column over the rows in order, then over the columns): the same bits."""
+    planes, h, w = x.shape
+    for p in prange(planes):
+        columns = np.zeros(w, np.float64)
+        x_plane = x[p]
+        for i in range(h):
+            row = x_plane[i]
+            for j in range(w):
+                columns[j] += row[j]
+        totals[p] = columns.sum()
+
+
 def replicate_row_edges(row, left, valid_w):  # pragma: no cover (compiled by numba)
     """row: (W,) holding valid windows' values at [left, left + valid_w): the pixels left and right
     of them take the first and last (edge replication, as :func:`tlc.ops.pool.replicate_to`).
@@ -194,6 +208,7 @@ if njit is not None:  # compiled into the kernels that call them
     window_layout = njit(inline="always")(window_layout)
 _compiled = parallel_kernel(_box_mean_planes)
 _quads_compiled = parallel_kernel(_box_mean_quads)
+_sums_compiled = parallel_kernel(_plane_sums)
 
 
 def fused_local_mean_available(x: torch.Tensor) -> bool:
@@ -239,3 +254,14 @@ def fused_local_mean(
     kernel(work.view(planes, h, w).numpy(), window[0], window[1], float(scale), out.view(planes, *size).numpy(),
            sums.numpy())
     return out.to(x.dtype)
+
+
+def plane_sums(x: torch.Tensor) -> torch.Tensor:
+    """Each plane's sum of a CPU (N, C, H, W) tensor (where :func:`fused_local_mean_available`;
+    half inputs summed as float32, as there), (N * C,) float64: the ``totals``
+    :func:`fused_local_mean` gives, to the bit, without the windows."""
+    n, c, h, w = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    totals = torch.empty(n * c, dtype=torch.float64)
+    _sums_compiled(work.contiguous().view(n * c, h, w).numpy(), totals.numpy())
+    return totals

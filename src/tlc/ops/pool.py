@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, tracing
-from ._kernels import fused_local_mean, fused_local_mean_available
+from ._kernels import fused_local_mean, fused_local_mean_available, plane_sums
 from ._triton import triton_applies, triton_local_mean, triton_local_mean_applies, triton_spread
 
 
@@ -223,16 +223,18 @@ def valid_local_mean_and_mean(
 
 
 def map_mean(x: torch.Tensor) -> torch.Tensor:
-    """The map's own mean (N, C, 1, 1) as :func:`valid_local_mean_and_mean` gives it, without the
-    windows: from float64 sums rounded once where its CPU kernel applies, else ``x.mean((2, 3))``.
+    """The map's own mean (N, C, 1, 1) as :func:`valid_local_mean_and_mean` gives it (to the bit),
+    without the windows: from float64 sums rounded once where its CPU kernel applies, else
+    ``x.mean((2, 3))``.
 
     Args:
         x: (N, C, H, W) map.
     """
     check_feature_map(x)
+    n, c, h, w = x.shape
     if not fused_local_mean_available(x):
         return x.mean((2, 3), keepdim=True)
-    return (x.sum((2, 3), keepdim=True, dtype=torch.float64) / (x.shape[2] * x.shape[3])).to(x.dtype)
+    return (plane_sums(x) / (h * w)).view(n, c, 1, 1).to(x.dtype)
 
 
 def local_mean_by_prefix_sums(x: torch.Tensor, window: int | Pair) -> torch.Tensor:

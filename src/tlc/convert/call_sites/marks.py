@@ -197,7 +197,7 @@ def pooled_statistic(
     if kind == "mean" and pending:
         real = map_mean(src)
         out = values.start_pending(
-            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (h, w), window, source=key
+            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (src,), (h, w), window, source=key
         )
         set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
         return out

@@ -10,7 +10,7 @@ from torch import nn
 import tlc
 import tlc.ops.gate as gate_ops
 from tlc.ops.gate import (
-    apply_pointwise, channel_product, combine_replicated, into_first, layer_first_is_cheaper, multiply_replicated,
+    apply_pointwise, channel_conv1d, channel_product, combine_replicated, into_first, layer_first_is_cheaper, multiply_replicated,
     pooled_pointwise,
 )
 from tlc.ops.pool import replicate_to, valid_local_mean
@@ -382,6 +382,35 @@ def test_channel_product_against_float64_matmul(dtype, outputs, channels, positi
     assert torch.equal(channel_product(weight, values, bias=bias), result + bias[:, None])
     assert channel_product(weight, values, out=out, bias=bias) is out
     assert torch.equal(out, result + bias[:, None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "length, k, pad, positions, with_bias",
+    [(16, 3, 1, 9001, False), (7, 5, 2, 4097, True), (12, 5, 4, 100, True), (5, 9, 4, 5000, False), (8, 1, 0, 4096, True),
+     (9, 3, 0, 4100, False)],
+)
+def test_channel_conv1d_is_torchs_conv1d_with_the_torch_ops_bits(dtype, length, k, pad, positions, with_bias):
+    """ECA's conv1d across channels at every position (values (L, P)): F.conv1d's numbers (each
+    position a signal; taps past either end, padding wider than the kernel, no tap reaching every
+    output), and the CPU kernel (past one block of positions) gives the bits of the torch ops its
+    docstring lists, which autograd takes."""
+    g = torch.Generator().manual_seed(length * k + pad)
+    values = torch.randn(length, positions, generator=g, dtype=dtype)
+    weight = torch.randn(k, generator=g, dtype=dtype)
+    bias = torch.randn(1, generator=g, dtype=dtype) if with_bias else None
+    out = channel_conv1d(values, weight, bias, pad)
+    reference = F.conv1d(values.t().double().unsqueeze(1), weight.double().view(1, 1, k), None if bias is None else bias.double(),
+                         1, pad).squeeze(1).t()
+    assert out.dtype == dtype and out.shape == reference.shape
+    tolerance = 2e-6 if dtype == torch.float32 else 1e-14
+    assert (out.double() - reference).abs().max().item() <= tolerance * k * values.abs().max().item()
+    with torch.enable_grad():
+        taps = weight.clone().requires_grad_()
+        by_torch = channel_conv1d(values, taps, bias, pad)
+        by_torch.sum().backward()
+    assert by_torch.requires_grad and torch.equal(out, by_torch.detach())
+    assert taps.grad is not None and taps.grad.shape == (k,)
 
 
 def test_channel_product_falls_back_to_torch_where_the_kernel_does_not_apply():

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover (numba is a dependency; the torch paths 
     prange = range
 
 
-def parallel_kernel(function: Callable, **options: bool | str) -> Callable | None:
+def parallel_kernel(function: Callable, **options: object) -> Callable | None:
     """``njit(parallel=True, cache=True, **options)(function)``, run within torch's thread count;
     None without numba."""
     if njit is None:

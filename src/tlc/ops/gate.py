@@ -284,6 +284,101 @@ def channel_product(
     return result
 
 
+def _channel_conv1d_blocks(values, taps, pad, first, bias, out):  # pragma: no cover (compiled by numba)
+    """out (L', P): a one-channel conv1d of stride 1 along the L rows of values (L, P) with the k
+    ``taps`` and zero padding ``pad``, P positions (ECA's 1-D convolution across a gate's channels,
+    every position at once), by blocks of positions: each output row's block gets its taps' terms
+    while it stays in the first-level cache. Tap ``first`` (one reaching every output row; -1:
+    none, the sums then start from zero) starts each sum, the others follow in order where their
+    input row exists, the bias (unless it has no entries) last: the order of the torch ops in
+    :func:`channel_conv1d`'s docstring, so the same bits."""
+    length, positions = values.shape
+    out_length, k = out.shape[0], taps.shape[0]
+    with_bias = bias.shape[0] == 1
+    blocks = (positions + _PRODUCT_BLOCK - 1) // _PRODUCT_BLOCK
+    for b in prange(blocks):
+        start = b * _PRODUCT_BLOCK
+        stop = min(positions, start + _PRODUCT_BLOCK)
+        for o in range(out_length):
+            target = out[o, start:stop]
+            if first >= 0:
+                source, factor = values[o + first - pad, start:stop], taps[first]
+                for j in range(stop - start):
+                    target[j] = source[j] * factor
+            else:
+                for j in range(stop - start):
+                    target[j] = 0.0
+            for t in range(k):
+                row = o + t - pad
+                if t != first and 0 <= row < length:
+                    source, factor = values[row, start:stop], taps[t]
+                    for j in range(stop - start):
+                        target[j] += source[j] * factor
+            if with_bias:
+                shift = bias[0]
+                for j in range(stop - start):
+                    target[j] += shift
+
+
+# Contracted: ``target + source * factor`` as one fused multiply-add, rounded once, as torch's
+# vectorised addcmul_ computes it (the same bits where the CPU has FMA; both round twice where not).
+_channel_conv1d = parallel_kernel(_channel_conv1d_blocks, fastmath={"contract"})
+
+
+def channel_conv1d(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int) -> torch.Tensor:
+    """``conv1d`` with one input and one output channel, stride 1, zero padding ``pad``, along the
+    rows of values laid out (L, P): P positions, each a length-L signal (ECA's convolution across a
+    gate's C channels at every window position). Computed as the torch ops::
+
+        out = values[rows of the tap reaching every output] * weight[that tap]  (else zeros)
+        out[rows where tap j's input exists] += values[shifted rows] * weight[j]   (taps in order)
+        out += bias
+
+    by a CPU kernel in one pass over the values where it applies (float32 / float64, no autograd;
+    ECA at 720p: one pass where the torch ops make k, each reading and writing a gate-sized map),
+    and by those ops elsewhere. The same bits either way.
+
+    Args:
+        values: (L, P) tensor, rows contiguous.
+        weight: (k,) taps.
+        bias: None or a one-element tensor.
+        pad: zeros on each end of every signal.
+
+    Returns:
+        (L + 2 * pad - k + 1, P) tensor.
+    """
+    length, positions = values.shape
+    k = weight.shape[0]
+    out_length = length + 2 * pad - k + 1
+    if out_length < 1:
+        raise ValueError(f"conv1d of length {length} with {k} taps and padding {pad} has no output")
+    spans = [(j, max(0, pad - j), min(out_length, length + pad - j)) for j in range(k)]
+    first = next((j for j, lo, hi in spans if (lo, hi) == (0, out_length)), None)
+    tensors = (values, weight) if bias is None else (values, weight, bias)
+    if (
+        _channel_conv1d is not None
+        and values.dtype in (torch.float32, torch.float64)
+        and all(t.dtype == values.dtype for t in tensors)
+        and values.is_contiguous()
+        and cpu_kernel_applies(*tensors)
+    ):
+        out = torch.empty((out_length, positions), dtype=values.dtype)
+        shift = torch.empty(0, dtype=values.dtype) if bias is None else bias.detach().reshape(1).contiguous()
+        taps = weight.detach().contiguous()
+        _channel_conv1d(values.numpy(), taps.numpy(), pad, -1 if first is None else first, shift.numpy(), out.numpy())
+        return out
+    if first is None:
+        out = values.new_zeros((out_length, positions))
+    else:
+        out = values[first - pad : first - pad + out_length] * weight[first]
+    for j, lo, hi in spans:  # out[o] += w[j] * x[o + j - pad] where that entry exists
+        if lo < hi and j != first:
+            out[lo:hi].addcmul_(values[lo + j - pad : hi + j - pad], weight[j])
+    if bias is not None:
+        out = out + bias.reshape(1, 1) if torch.is_grad_enabled() and out.requires_grad else out.add_(bias.reshape(1, 1))
+    return out
+
+
 def into_first(op: str, a: torch.Tensor, b: torch.Tensor | float | None = None) -> torch.Tensor:
     """``a + b``, ``a - b``, ``a * b``, ``a / b`` (op ``"add"``, ``"sub"``, ``"mul"``, ``"div"``) or
     ``sigmoid(a)``, ``tanh(a)``, ``relu(a)``, written into ``a`` where the result has its shape
@@ -460,6 +555,6 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "INTO_FIRST_UNARY", "apply_pointwise", "channel_product", "combine_replicated", "into_first", "is_channel_product",
+    "INTO_FIRST_UNARY", "apply_pointwise", "channel_conv1d", "channel_product", "combine_replicated", "into_first", "is_channel_product",
     "layer_first_is_cheaper", "multiply_replicated", "pad_replicate", "pointwise_sum", "pooled_pointwise",
 ]

@@ -739,7 +739,7 @@ def test_pending_values_are_computed_once_and_only_when_read():
     x.mul_(2)
     assert computed == [1] and values.read == set()  # computed as a precaution, not read
     out = values.handle(torch.mul, (), (source, z), {})
-    assert values.read == {"s"}
+    assert values.read == {("s", (6, 7))}
     expected = source * torch.sigmoid(local_mean(source, (3, 4)) / 4)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-15)
     torch.testing.assert_close(values.local(unread), torch.exp(values.local(y)), rtol=0, atol=0)

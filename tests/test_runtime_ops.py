@@ -474,17 +474,22 @@ class KeptMeans(nn.Module):
 
 def test_kept_means_come_from_the_windows_pass():
     """Means answered with pooled values take the map's own mean from the mean kernel's pass
-    (torch's own mean would be a second pass over the map)."""
+    (torch's own mean would be a second pass over the map), once a forward at this size saw their
+    windows' values read (the first starts them pending: the pooling itself, its windows' values
+    when read)."""
     model = randomised(KeptMeans())
     converted, report = tlc.convert(model, TRAIN)
     assert [op for op, _ in converted_sites(report)] == ["adaptive_avg_pool2d", "mean"]
     x = image(2, 3, 29, 37, dtype=torch.float32) + 10
+    with torch.no_grad():
+        first = converted(x)
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
         out = converted(x)
     with torch.no_grad():
         maps = [model.narrow(x), model.wide(x)]
         expected = torch.cat([y * torch.sigmoid(brute_force(y.double(), (24, 24), mean).float()) for y in maps], 1)
     assert (out - expected).abs().max().item() < 1e-5
+    assert torch.equal(out, first)
     for kept, y, keepdim in zip(converted.kept, maps, (True, False)):
         reference = y.double().mean((2, 3), keepdim=keepdim)
         assert kept.shape == reference.shape
@@ -1038,3 +1043,59 @@ def test_a_dead_stand_in_lets_go_of_the_maps_its_value_would_be_computed_from():
     del stand_in
     gc.collect()
     assert seen() is None and not stand_ins
+
+
+class LinearGate(nn.Module):
+    """Squeeze-excitation with Linear layers (the common SELayer), its pooling a module or a
+    hand-written sum, and optionally a 1x1 convolution as its first layer instead."""
+
+    def __init__(self, c: int = 16, pooling: str = "module", first: str = "linear"):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.pooling, self.first = pooling, first
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.down = nn.Linear(c, c // 4) if first == "linear" else nn.Conv2d(c, c // 4, 1)
+        self.up = nn.Linear(c // 4, c)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c = y.shape[:2]
+        pooled = self.pool(y) if self.pooling == "module" else y.sum(3, keepdim=True).sum(2, keepdim=True)
+        hidden = self.down(pooled.view(n, c)) if self.first == "linear" else self.down(pooled).flatten(1)
+        return y * torch.sigmoid(self.up(F.relu(hidden))).view(n, c, 1, 1)
+
+
+@pytest.mark.parametrize("pooling,first", [("module", "linear"), ("sum", "linear"), ("module", "conv")])
+def test_gate_first_layer_runs_on_the_map_before_the_windows_mean(monkeypatch, pooling, first):
+    """A pooled mean (or sum) reaching a narrowing first layer (Linear after a view, or a 1x1
+    convolution) is answered by the layer at every pixel, then the windows' means of its 4 planes:
+    the 16 planes' windows' means are never computed, and each pixel gets its window's gate (float
+    rounding apart)."""
+    from tlc.convert import pooled_values
+    from tlc.convert.call_sites import calls, marks
+
+    model = randomised(LinearGate(pooling=pooling, first=first)).double()
+    converted, report = tlc.convert(model, TRAIN)
+    assert report.max_deviation < 1e-12
+    planes = []
+
+    def counted(original):
+        def run(*args, **kwargs):
+            planes.append(args[0].shape[1])
+            return original(*args, **kwargs)
+        return run
+
+    for module in (pooled_values, calls, marks):
+        monkeypatch.setattr(module, "valid_local_mean_and_mean", counted(module.valid_local_mean_and_mean))
+    x = image(1, 3, 45, 52)
+    with torch.no_grad():
+        y = model.conv(x)
+        windows = brute_force(y, (24, 24), mean) * (45 * 52 if pooling == "sum" else 1)
+        down = model.down.weight.reshape(4, 16)
+        hidden = torch.einsum("oc,nchw->nohw", down, windows) + model.down.bias.view(1, 4, 1, 1)
+        gate = torch.sigmoid(torch.einsum("co,nohw->nchw", model.up.weight, F.relu(hidden)) + model.up.bias.view(1, 16, 1, 1))
+        for _ in range(2):
+            out = converted(x)
+            scale = y.abs().max().item() * (45 * 52 if pooling == "sum" else 1)
+            assert (out - y * gate).abs().max().item() < 1e-12 * scale
+    assert planes == [4, 4]

@@ -74,8 +74,8 @@ import torch
 from torch import nn
 
 from ..ops._common import Pair
-from ..ops.gate import combine_replicated
-from ..ops.pool import replicate_to
+from ..ops.gate import channel_product, combine_replicated, product_first_is_cheaper
+from ..ops.pool import replicate_to, valid_local_mean_and_mean
 from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
 from .spare_buffers import SpareBuffers
 
@@ -136,15 +136,27 @@ class Grid:
         return f"{self.size[0]}x{self.size[1]} map, window {self.window[0]}x{self.window[1]}"
 
 
+@dataclass(frozen=True)
+class WindowMeans:
+    """What a pending pooled value's local values are, for calls that can compute their own result
+    from the map instead (:meth:`_Call.product_first`): the means of ``src`` (N, C, H, W) over
+    every ``window`` inside it, times ``scale``, each position's C values in the value's shape."""
+
+    src: torch.Tensor
+    window: Pair
+    scale: float = 1.0
+
+
 class _Entry:
     """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
     put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
     ``pending``: what computes ``local`` when first needed and notes its first read (None once
     read, and for values computed at once; see :meth:`PooledValues.start_pending`); ``reads``: the
-    storage addresses of the tensors it computes them from."""
+    storage addresses of the tensors it computes them from; ``form``: a pending value's
+    :class:`WindowMeans`, where it is one."""
 
-    __slots__ = ("ref", "_local", "pending", "reads", "grid", "sources", "expanded", "held")
+    __slots__ = ("ref", "_local", "pending", "reads", "form", "grid", "sources", "expanded", "held")
 
     def __init__(
         self,
@@ -160,7 +172,7 @@ class _Entry:
         self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
         self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
         self.held = held  # the key SpareBuffers.hold gave for local, or None
-        self.pending, self.reads = pending, reads
+        self.pending, self.reads, self.form = pending, reads, None
 
     @property
     def local(self) -> torch.Tensor:
@@ -257,6 +269,11 @@ _NEW_DIM = {"unsqueeze", "stack"}  # dims counted on the result (one more than t
 for _name in _NEW_DIM:
     _DIM_ARGS[_name] = ((1, "dim"),)
 _SOFTMAX = {"softmax", "log_softmax", "softmin"}
+
+# Reshapes that pending pooled values pass through pending, keeping what they are (WindowMeans).
+_RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze"})
+# Per-sample products that may run on a pending mean's map before its windows' means.
+_PRODUCTS = frozenset({"linear", "conv2d"})
 
 # Elementwise calls that pending pooled values pass through pending (see PooledValues.start_pending).
 _DEFERRED = frozenset({
@@ -438,15 +455,15 @@ class PooledValues:
 
     Attributes:
         applied: sources whose values met a map (were spread to pixels) at least once.
-        read: sources of values started with :meth:`start_pending` whose local values were
-            computed (something read them, or a call changing a tensor in place came first).
+        read: (source, (H, W) of the map) of values started with :meth:`start_pending` whose
+            local values something read, where more than one window fits the map.
     """
 
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
         self._pending: list[_Entry] = []  # entries made pending, some perhaps computed since
         self.applied: set[Hashable] = set()
-        self.read: set[Hashable] = set()  # sources of pending values that were computed
+        self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of pending values read
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
 
     # --- bookkeeping
@@ -478,15 +495,23 @@ class PooledValues:
         return entry
 
     def _track_pending(
-        self, real: torch.Tensor, compute: Callable[[], torch.Tensor], grid: Grid, sources: frozenset, reads: frozenset
+        self,
+        real: torch.Tensor,
+        compute: Callable[[], torch.Tensor],
+        grid: Grid,
+        sources: frozenset,
+        reads: frozenset,
+        form: WindowMeans | None = None,
     ) -> None:
         """Track ``real`` with a local counterpart that ``compute()`` gives when first needed, from
-        tensors whose storage addresses are ``reads``."""
+        tensors whose storage addresses are ``reads`` (``form``: what those values are, if known)."""
         entry: _Entry | None = None
 
         def materialise(read: bool) -> torch.Tensor | None:
-            if read:
-                self.read.update(sources)
+            # A read where one window covers the map (the training size, where consumers keep the
+            # original's order) says nothing of larger maps.
+            if read and grid.positions > 1:
+                self.read.update((source, grid.size) for source in sources)
             if entry._local is not None:
                 return None
             try:
@@ -500,7 +525,7 @@ class PooledValues:
             return local
 
         entry = self._track(real, None, grid, sources, pending=materialise)
-        entry.reads = reads
+        entry.reads, entry.form = reads, form
         self._pending.append(entry)
 
     @property
@@ -605,6 +630,7 @@ class PooledValues:
         size: tuple[int, int] | torch.Size,
         window: Pair,
         source: Hashable = None,
+        form: WindowMeans | None = None,
     ) -> torch.Tensor:
         """:meth:`start`, with the values over the windows computed only when first read: by a call
         that needs them, or before a call changing in place what they are computed from. Calls on pending values alone that compute elementwise (``y / 4``,
@@ -619,6 +645,9 @@ class PooledValues:
             size: (H, W) of the pooled map.
             window: (kh, kw), each at most the map's size.
             source: as for :meth:`start`.
+            form: what ``local_valid`` computes, where it is windows' means (a 1x1 layer taking
+                the value, or a ``Linear`` one after a reshape, may then run on the map before the
+                means instead, where that is cheaper; see :func:`tlc.ops.gate.pooled_pointwise`).
 
         Returns:
             ``real``, unchanged.
@@ -628,16 +657,16 @@ class PooledValues:
         if not (1 <= kh <= h and 1 <= kw <= w) or real.dim() < 1:
             raise ValueError(f"window {kh}x{kw} does not fit a {h}x{w} map, or real is 0-d")
         grid = Grid(real.shape[0], (h, w), (kh, kw))
-        form, tail = (real.shape[0], real.shape[1:].numel(), *grid.valid), real.shape[1:]
+        expected, tail = (real.shape[0], real.shape[1:].numel(), *grid.valid), real.shape[1:]
 
         def compute() -> torch.Tensor:
             valid = local_valid()
-            if tuple(valid.shape) != form:
-                raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {form}")
+            if tuple(valid.shape) != expected:
+                raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {expected}")
             return _as_local(valid, tail)
 
         addresses = frozenset(t.untyped_storage().data_ptr() for t in reads)
-        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)), addresses)
+        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)), addresses, form)
         return real
 
     def handle(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -790,7 +819,7 @@ class _Call:
                 deferred = self.deferred_expansion(real, placement)
                 return deferred if deferred is not None else self.spread_call(placement, real.shape)
             if not maps:
-                return self.follow(real)
+                return self.follow_deferred(real) if self.values.pending else self.follow(real)
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
         if maps:  # the result's shape without computing it: a terminal call is computed once
             try:
@@ -811,8 +840,13 @@ class _Call:
                 if placement is not None:
                     return self.spread_call(placement, shape)
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
-        if self.values.pending and self.name in _DEFERRED and not is_inplace(name, args, kwargs):
-            return self.follow_deferred()
+        if self.values.pending and not is_inplace(name, args, kwargs):
+            if name in _PRODUCTS:
+                result = self.product_first()
+                if result is not None:
+                    return result
+            if name in _DEFERRED or name in _RESHAPES:
+                return self.follow_deferred()
         return self.follow(None)
 
     # --- classification
@@ -937,27 +971,34 @@ class _Call:
         return real
 
     # --- a per-sample computation: run again on the local values, batch folded
-    def follow_deferred(self) -> Any:
-        """An elementwise call (``y / 4``, ``y.sqrt()``, ``y * z``) whose only tensors are pooled
-        values, each still pending: its real result, its local one pending in turn (computed from
-        theirs when first read). Other calls: :meth:`follow`."""
+    def follow_deferred(self, real: Any = None) -> Any:
+        """An elementwise call (``y / 4``, ``y.sqrt()``, ``y * z``) or a reshape (``y.view(n, c)``)
+        whose only tensors are pooled values, each still pending: its real result (``real``, if
+        already computed), its local one pending in turn (computed from theirs when first read;
+        a reshape keeps its value's :class:`WindowMeans`). Other calls: :meth:`follow`."""
         func, name, args, kwargs = self.func, self.name, self.args, self.kwargs
         entry = self.values._entry
         tensors = list(tensor_args(args, kwargs))
         parents = [entry(t) for t in tensors]
-        real = func(*args, **kwargs)
+        if real is None:
+            real = func(*args, **kwargs)
+        reshape = name in _RESHAPES and len(tensors) == 1
         if (
             any(e is None or e._local is not None for e in parents)
             or not isinstance(real, torch.Tensor)
-            or any(t.shape != real.shape for t in tensors)
+            or (not reshape and any(t.shape != real.shape for t in tensors))
+            or (reshape and real.numel() != tensors[0].numel())
         ):
             return self.follow(real)
         local_of = {id(t): e for t, e in zip(tensors, parents)}
-        spare, shape, dtype = self.values.spare, (self.grid.positions * self.grid.batch, *real.shape[1:]), real.dtype
+        n, g, dtype = self.grid.batch, self.grid.positions, real.dtype
+        spare, shape, fold = self.values.spare, (n * g, *real.shape[1:]), _member(func, _SHAPE_FUNCS)
 
         def compute() -> torch.Tensor:  # as follow() computes it, from the parents' local values
             largs, lkwargs = _map_args(args, kwargs, lambda t: local_of[id(t)].computed())
-            result = spare.compute_into(name, largs, lkwargs, shape, dtype)
+            if fold:
+                largs, lkwargs = _fold_shape(largs, lkwargs, n, n * g)
+            result = None if reshape else spare.compute_into(name, largs, lkwargs, shape, dtype)
             result = func(*largs, **lkwargs) if result is None else result
             if tuple(result.shape) != shape:
                 raise ValueError(f"local result {tuple(result.shape)}, expected {shape}")
@@ -966,7 +1007,53 @@ class _Call:
         # What the parents are computed from, and their real tensors: an in-place call on one
         # changes its local values, which this value is computed from.
         reads = frozenset().union(*(e.reads for e in parents), (t.untyped_storage().data_ptr() for t in tensors))
-        self.values._track_pending(real, compute, self.grid, self.sources, reads)
+        form = parents[0].form if reshape else None
+        self.values._track_pending(real, compute, self.grid, self.sources, reads, form)
+        return real
+
+    def product_first(self) -> torch.Tensor | None:
+        """``linear(y, W, b)`` or a 1x1 ``conv2d(y, W, b)`` of a pending value ``y`` that is the
+        windows' means of a map (N, C, H, W) (:class:`WindowMeans`; ``y`` (N, C) or (N, C, 1, 1)),
+        computed in the cheaper order where :func:`tlc.ops.gate.product_first_is_cheaper` says
+        so: the product at every pixel of the map, then the windows' means of its fewer output
+        planes (a window mean and a product commute; the same values up to float rounding, as
+        :func:`tlc.ops.gate.pooled_pointwise` for 1x1 layers), then the bias. ``y``'s own values
+        are then never computed. None where this does not apply (the call is then followed)."""
+        bound = _bound_product(self.name, self.args, self.kwargs)
+        entry = self.values._entry
+        if bound is None:
+            return None
+        x, weight, bias = bound
+        e = entry(x) if isinstance(x, torch.Tensor) else None
+        if e is None or e._local is not None or e.form is None or not isinstance(weight, torch.Tensor):
+            return None
+        if entry(weight) is not None or (isinstance(bias, torch.Tensor) and entry(bias) is not None):
+            return None
+        src, window, scale = e.form.src, e.form.window, e.form.scale
+        n, c, h, w = src.shape
+        outputs = weight.shape[0]
+        shape = (n, c) if self.name == "linear" else (n, c, 1, 1)
+        if (
+            tuple(x.shape) != shape
+            or weight.shape[1:] != ((c,) if self.name == "linear" else (c, 1, 1))
+            or src.dtype not in (torch.float32, torch.float64)
+            or weight.dtype != src.dtype
+            or (bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (outputs,)))
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (src, weight, bias) if t is not None))
+            or not product_first_is_cheaper((h, w), c, outputs, window)
+        ):
+            return None
+        matrix = weight.reshape(outputs, c)
+        if n == 1:
+            mapped = channel_product(matrix, src.reshape(c, h * w)).view(1, outputs, h, w)
+        else:
+            mapped = torch.nn.functional.conv2d(src, matrix.view(outputs, c, 1, 1))
+        valid, _ = valid_local_mean_and_mean(mapped, window, scale=scale)
+        real = self.func(*self.args, **self.kwargs)
+        local = _as_local(valid, real.shape[1:])
+        if bias is not None:
+            local = local.add_(bias.view(outputs, *real.shape[2:]))
+        self.values._track(real, local, self.grid, self.sources)
         return real
 
     def follow(self, real: Any) -> Any:
@@ -1042,6 +1129,24 @@ class _Call:
         self.values._track(real, local, self.grid, self.sources)
 
 
+def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:
+    """(input, weight, bias) of ``linear(...)`` or of a ``conv2d(...)`` with stride 1, no padding,
+    dilation 1 and one group; None for other calls or settings."""
+    names = ("input", "weight", "bias") if name == "linear" else ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    if name not in _PRODUCTS or len(args) > len(names) or set(kwargs) - set(names):
+        return None
+    bound = {**dict(zip(names, args)), **kwargs}
+    if name == "conv2d":
+        settings = (bound.get("stride", 1), bound.get("padding", 0), bound.get("dilation", 1), bound.get("groups", 1))
+        if settings[0] not in (1, (1, 1), [1, 1]) or settings[1] not in (0, (0, 0), [0, 0], "valid"):
+            return None
+        if settings[2] not in (1, (1, 1), [1, 1]) or settings[3] != 1:
+            return None
+    if "input" not in bound or "weight" not in bound:
+        return None
+    return bound["input"], bound["weight"], bound.get("bias")
+
+
 def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, dict]:
     """Shape arguments of view/reshape/expand with a first entry ``n`` -> ``folded``."""
 
@@ -1061,4 +1166,4 @@ def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, 
     return args, kwargs
 
 
-__all__ = ["Grid", "PooledValueError", "PooledValues"]
+__all__ = ["Grid", "PooledValueError", "PooledValues", "WindowMeans"]

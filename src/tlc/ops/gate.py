@@ -120,14 +120,21 @@ def layer_first_is_cheaper(size: tuple[int, int], layer: nn.Module, window: int 
 
     Never where one window covers the map (the original's own order: the map's mean, then the layer).
     """
+    if not is_channel_product(layer):
+        return False
+    return product_first_is_cheaper(size, layer.in_channels, layer.out_channels, window)
+
+
+def product_first_is_cheaper(size: tuple[int, int], channels: int, outputs: int, window: int | Pair) -> bool:
+    """:func:`layer_first_is_cheaper` for any per-pixel product of ``channels`` inputs and
+    ``outputs`` outputs (a 1x1 convolution, a ``Linear`` layer on pooled vectors)."""
     (h, w), (kh, kw) = size, clamp_window(window, size)
     area, positions = h * w, (h - kh + 1) * (w - kw + 1)
-    if positions == 1 or not is_channel_product(layer):
+    if positions == 1:
         return False
-    c, c_out = layer.in_channels, layer.out_channels
-    per_position = _MULTIPLY_NS * c * c_out + _PRODUCT_NS * (c + c_out)
-    mean_first = _MEAN_NS * c * (area + positions) + per_position * positions
-    layer_first = per_position * area + _MEAN_NS * c_out * (area + positions)
+    per_position = _MULTIPLY_NS * channels * outputs + _PRODUCT_NS * (channels + outputs)
+    mean_first = _MEAN_NS * channels * (area + positions) + per_position * positions
+    layer_first = per_position * area + _MEAN_NS * outputs * (area + positions)
     return layer_first < mean_first
 
 
@@ -557,4 +564,5 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "INTO_FIRST_UNARY", "apply_pointwise", "channel_conv1d", "channel_product", "combine_replicated", "into_first", "is_channel_product",
     "layer_first_is_cheaper", "multiply_replicated", "pad_replicate", "pointwise_sum", "pooled_pointwise",
+    "product_first_is_cheaper",
 ]

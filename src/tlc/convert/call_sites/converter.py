@@ -16,7 +16,7 @@ from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair, tracing
 from ..pooled_values import PooledValues, meta_call, tensor_args
 from ..rules import Site
-from .calls import Call, poolable, valid_pooling
+from .calls import Call, pending_pooling, poolable, valid_pooling
 from .hooks import (
     APPLY_HANDLERS,
     APPLY_WITH_ARITHMETIC,
@@ -64,9 +64,12 @@ class CallSiteConverter:
         self._variances: set[SiteKey] = set()  # sites completing a hand-written variance
         self._chain_ends: set[SiteKey] = set()  # sites completing a mean, sum or variance over H and W
         self._pooled_chains: set[SiteKey] = set()  # of those, converted sites answered with pooled values
-        # Of those, the means whose values over the windows a converted forward read: the others
-        # start pending (computed only if read; see PooledValues.start_pending).
-        self._means_read: set[SiteKey] = set()
+        # Of those and of the poolings answered with pooled values, the means and sums whose values
+        # over the windows a converted forward read, with the map's size there (a small map may
+        # take the windows' means first where a large one takes a layer first): the others start
+        # pending (computed only if read, or answered by a layer from the map; see
+        # PooledValues.start_pending).
+        self._means_read: set[tuple[SiteKey, Pair]] = set()  # (site, map size at the site)
         # Calls making intermediates of hand-written statistics (a sum over W that the next call
         # sums over H; a deviation from the mean, its square), those of them calibration saw used
         # otherwise than once by their chain's next step, each other one's next step, and the lazy
@@ -332,9 +335,8 @@ class CallSiteConverter:
             return out
         if key in self._context:
             return self._context_pool(key, func, args, kwargs, site)
-        pending = key not in self._means_read
         if key in self._pooled_chains and (
-            pooled := pooled_statistic(self._thread.mode.values, key, call, site, pending=pending)
+            pooled := pooled_statistic(self._thread.mode.values, key, call, site, read=self._means_read)
         ) is not None:
             return pooled
         if key in self._lazy:  # only its chain's next step takes it, and reads the marks alone
@@ -346,6 +348,12 @@ class CallSiteConverter:
             if call is None or call.local is None:
                 return func(*args, **kwargs)
         if key in self._pooled:  # the global result, carrying its value over every window
+            value = pending_pooling(self._thread.mode.values, key, call, site, lambda: func(*args, **kwargs), self._means_read)
+            if value is not None:
+                if key not in self._whole_fits:  # told by the call's own result: no meta call later
+                    n, c = call.x.shape[:2]
+                    self._whole_fits[key] = _form_of_output(value, torch.Size((n, c, 1, 1)), call.x.dtype)
+                return value
             valid, whole = valid_pooling(call, site)
             if whole is not None and key not in self._whole_fits:
                 self._whole_fits[key] = _form_of_result(whole, func, args, kwargs)
@@ -631,9 +639,14 @@ def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: di
     ``func(*args, **kwargs)``: "keepdim" (as it is), "squeezed" (as (N, C): ``keepdim=False``), or
     None (another form, such as ``return_indices=True``: torch's own call then runs). Told from a
     call on meta tensors."""
-    out = _form_of(func, args, kwargs)
-    if out is None or out.dtype != value.dtype:
+    return _form_of_output(_form_of(func, args, kwargs), value.shape, value.dtype)
+
+
+def _form_of_output(out: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> str | None:
+    """:func:`_form_of_result` from the call's output (or its meta form) ``out``, for a whole-map
+    value of ``shape`` (N, C, 1, 1) and ``dtype``."""
+    if not isinstance(out, torch.Tensor) or out.dtype != dtype:
         return None
-    if out.shape == value.shape:
+    if out.shape == shape:
         return "keepdim"
-    return "squeezed" if out.shape == value.shape[:2] else None
+    return "squeezed" if out.shape == shape[:2] else None

@@ -4,14 +4,14 @@ and the pooled value (:func:`pooled_statistic`) that answers a chain completed o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass, replace
 
 import torch
 
 from ...ops.pool import map_mean, valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_and_var
-from ..pooled_values import PooledValues
+from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
 from .calls import Call, bind
 from .sites import SiteKey
@@ -170,14 +170,15 @@ def _window_means(
 
 
 def pooled_statistic(
-    values: PooledValues, key: SiteKey, call: Call, site: Site, pending: bool = False
+    values: PooledValues, key: SiteKey, call: Call, site: Site, read: AbstractSet | None = None
 ) -> torch.Tensor | None:
     """A mean, sum or centred square reduced over H and W by hand (the chain of calls ending at
     ``call``, read from the marks), as a pooled value: its global value, carrying its value
     over every window inside the map. The result is marked as a mean for what follows. None
     where the chain is not whole-map local (the marked map path then answers).
 
-    With ``pending``, a mean's values over the windows are computed only if something reads them
+    Unless ``read`` (the (site, map size) pairs whose pending values a forward read) holds this
+    site and map size, a mean's values over the windows are computed only if something reads them
     (:meth:`PooledValues.start_pending`): IMDN's hand-written mean only centres a hand-written
     variance, whose own pass answers it; its windows' pass would be work for nothing."""
     m = mark_of(call.x)
@@ -194,10 +195,11 @@ def pooled_statistic(
         return None
     scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
     (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
-    if kind == "mean" and pending:
+    if kind == "mean" and read is not None and (key, (h, w)) not in read:
         real = map_mean(src)
         out = values.start_pending(
-            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (src,), (h, w), window, source=key
+            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (src,), (h, w), window, source=key,
+            form=WindowMeans(src, window, scale),
         )
         set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
         return out

@@ -475,21 +475,23 @@ class KeptMeans(nn.Module):
 def test_kept_means_come_from_the_windows_pass():
     """Means answered with pooled values take the map's own mean from the mean kernel's pass
     (torch's own mean would be a second pass over the map), once a forward at this size saw their
-    windows' values read (the first starts them pending: the pooling itself, its windows' values
-    when read)."""
+    windows' values read (the first starts them pending: the map's mean from a sums pass of its
+    own, the same bits, the windows' pass when read)."""
     model = randomised(KeptMeans())
     converted, report = tlc.convert(model, TRAIN)
     assert [op for op, _ in converted_sites(report)] == ["adaptive_avg_pool2d", "mean"]
     x = image(2, 3, 29, 37, dtype=torch.float32) + 10
     with torch.no_grad():
         first = converted(x)
+    kept_first = [t.clone() for t in converted.kept]
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
         out = converted(x)
     with torch.no_grad():
         maps = [model.narrow(x), model.wide(x)]
         expected = torch.cat([y * torch.sigmoid(brute_force(y.double(), (24, 24), mean).float()) for y in maps], 1)
     assert (out - expected).abs().max().item() < 1e-5
-    assert torch.equal(out, first)
+    assert torch.equal(out, first)  # pending then computed at once: the same bits
+    assert all(torch.equal(a, b) for a, b in zip(kept_first, converted.kept))
     for kept, y, keepdim in zip(converted.kept, maps, (True, False)):
         reference = y.double().mean((2, 3), keepdim=keepdim)
         assert kept.shape == reference.shape

@@ -146,6 +146,10 @@ class WindowMeans:
     window: Pair
     scale: float = 1.0
 
+    def valid(self) -> torch.Tensor:
+        """The windows' means times ``scale``, (N, C, H - kh + 1, W - kw + 1)."""
+        return valid_local_mean_and_mean(self.src, self.window, scale=self.scale)[0]
+
 
 class _Entry:
     """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to

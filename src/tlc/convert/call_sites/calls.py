@@ -4,7 +4,7 @@ site; the small helpers the parsers share, and the whole-map poolings a pooled v
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Set as AbstractSet
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,8 @@ import torch
 
 from ...ops import local_axis_max, local_axis_mean, local_max, local_mean, local_mean_strided
 from ...ops.extrema import valid_local_max
-from ...ops.pool import clamp_window, valid_local_mean_and_mean
-from ..pooled_values import PooledValues, WindowMeans
+from ...ops.pool import clamp_window, map_mean, valid_local_mean_and_mean
+from ..pooled_values import WindowMeans
 from ..rules import Site
 from .sites import POOLED_VALUE
 
@@ -156,22 +156,17 @@ def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | 
     return valid, mean
 
 
-def pending_pooling(
-    values: PooledValues, key: object, call: Call, site: Site, real: Callable[[], torch.Tensor], read: AbstractSet
-) -> torch.Tensor | None:
-    """A whole-map mean or sum (``call``) answered with a pending pooled value: ``real()`` (the
-    call itself) now, its windows' values only if something reads them (or a layer computes its
-    own from the map first; see :class:`tlc.convert.pooled_values.WindowMeans`). None for other
-    poolings (maxima; statistics with their own windows' form) and where ``read`` (the (site, map
-    size) pairs whose pending values a forward read) holds this site at this map size."""
+def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:
+    """For a whole-map mean or sum (``call``) to answer with a pending pooled value: what its
+    windows' values are (computed only if something reads them, or never where a layer computes
+    its own from the map first; see :class:`tlc.convert.pooled_values.WindowMeans`), and its value
+    over the whole map, (N, C, 1, 1), as :func:`valid_pooling` gives it (to the bit), without the
+    windows. None for other poolings (maxima; statistics with their own windows' form)."""
     kind = POOLINGS.get(call.op)
     x = call.x
-    if call.valid is not None or kind not in ("mean", "sum") or x.dim() != 4 or (key, tuple(x.shape[-2:])) in read:
+    if call.valid is not None or kind not in ("mean", "sum") or x.dim() != 4:
         return None
     (h, w), window = x.shape[-2:], clamp_window(site.window, x.shape[-2:])
     scale = float(h * w) if kind == "sum" else 1.0
-
-    def windows() -> torch.Tensor:
-        return valid_local_mean_and_mean(x, window, scale=scale)[0]
-
-    return values.start_pending(real(), windows, (x,), (h, w), window, source=key, form=WindowMeans(x, window, scale))
+    whole = map_mean(x)
+    return WindowMeans(x, window, scale), whole if scale == 1 else whole * scale

@@ -16,7 +16,7 @@ from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair, tracing
 from ..pooled_values import PooledValues, meta_call, tensor_args
 from ..rules import Site
-from .calls import Call, pending_pooling, poolable, valid_pooling
+from .calls import Call, pending_windows, poolable, valid_pooling
 from .hooks import (
     APPLY_HANDLERS,
     APPLY_WITH_ARITHMETIC,
@@ -348,13 +348,10 @@ class CallSiteConverter:
             if call is None or call.local is None:
                 return func(*args, **kwargs)
         if key in self._pooled:  # the global result, carrying its value over every window
-            value = pending_pooling(self._thread.mode.values, key, call, site, lambda: func(*args, **kwargs), self._means_read)
-            if value is not None:
-                if key not in self._whole_fits:  # told by the call's own result: no meta call later
-                    n, c = call.x.shape[:2]
-                    self._whole_fits[key] = _form_of_output(value, torch.Size((n, c, 1, 1)), call.x.dtype)
-                return value
-            valid, whole = valid_pooling(call, site)
+            values = self._thread.mode.values
+            # Pending (its windows' values computed if read) unless read before at this map size.
+            pending = None if (key, tuple(call.x.shape[-2:])) in self._means_read else pending_windows(call, site)
+            valid, whole = (None, pending[1]) if pending is not None else valid_pooling(call, site)
             if whole is not None and key not in self._whole_fits:
                 self._whole_fits[key] = _form_of_result(whole, func, args, kwargs)
             form = self._whole_fits.get(key) if whole is not None else None
@@ -364,7 +361,10 @@ class CallSiteConverter:
                 real = whole.view(whole.shape[:2])
             else:
                 real = func(*args, **kwargs)
-            return self._thread.mode.values.start(real, valid, call.x.shape[-2:], source=key)
+            if pending is not None:
+                means = pending[0]
+                return values.start_pending(real, means.valid, (means.src,), means.src.shape[-2:], means.window, source=key, form=means)
+            return values.start(real, valid, call.x.shape[-2:], source=key)
         if call.local is None:
             return func(*args, **kwargs)
         return self._follow(key, call, call.local(site), site)
@@ -639,14 +639,9 @@ def _form_of_result(value: torch.Tensor, func: Callable, args: tuple, kwargs: di
     ``func(*args, **kwargs)``: "keepdim" (as it is), "squeezed" (as (N, C): ``keepdim=False``), or
     None (another form, such as ``return_indices=True``: torch's own call then runs). Told from a
     call on meta tensors."""
-    return _form_of_output(_form_of(func, args, kwargs), value.shape, value.dtype)
-
-
-def _form_of_output(out: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> str | None:
-    """:func:`_form_of_result` from the call's output (or its meta form) ``out``, for a whole-map
-    value of ``shape`` (N, C, 1, 1) and ``dtype``."""
-    if not isinstance(out, torch.Tensor) or out.dtype != dtype:
+    out = _form_of(func, args, kwargs)
+    if out is None or out.dtype != value.dtype:
         return None
-    if out.shape == shape:
+    if out.shape == value.shape:
         return "keepdim"
-    return "squeezed" if out.shape == shape[:2] else None
+    return "squeezed" if out.shape == value.shape[:2] else None

@@ -37,6 +37,13 @@ Why this form: the result is exact by construction (each window position runs th
 code on its own window's value), it needs no graph tracing (so it follows Python control flow
 that does not read values), and the bookkeeping is one dict lookup per tensor argument.
 
+Pending values (:meth:`PooledValues.start_pending`): a mean's values over the windows may be put
+off until something reads them. Elementwise calls and reshapes on pending values give pending
+values; a call changing in place what one is computed from computes it first. A mean nothing
+reads is never computed (IMDN's, which only centres its hand-written variance), and one reaching
+a gate's narrowing first layer (``Linear`` or 1x1 ``conv2d``) is answered by the layer at every
+pixel and the windows' means of its fewer planes (:class:`WindowMeans`).
+
 What cannot be followed exactly raises :class:`PooledValueError` with a one-line reason and the
 sources involved, so the caller can leave those poolings global: reading values into Python
 (``.item()``, ``if y > 0``), ops along the batch dimension (indexing, reductions, ``cat`` on dim 0,
@@ -170,7 +177,7 @@ class _Entry:
         sources: frozenset,
         expanded: tuple | None = None,
         held: int | None = None,
-        pending: Callable[[bool], torch.Tensor] | None = None,
+        pending: Callable[[bool], torch.Tensor | None] | None = None,
         reads: frozenset = frozenset(),
     ) -> None:
         self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
@@ -478,7 +485,7 @@ class PooledValues:
         grid: Grid,
         sources: frozenset,
         expanded: tuple | None = None,
-        pending: Callable[[], torch.Tensor] | None = None,
+        pending: Callable[[bool], torch.Tensor | None] | None = None,
     ) -> _Entry:
         key, entries, spare = id(real), self._entries, self.spare
         held = None if local is None else spare.hold(local, real)

@@ -966,11 +966,13 @@ def test_multi_head_attention_over_all_positions_is_reported():
 class GCNetBlock(nn.Module):
     """GCNet's context block: softmax over H*W of a 1x1 mask, matmul, a LayerNorm([C', 1, 1]) transform."""
 
-    def __init__(self, c: int = 4):
+    def __init__(self, c: int = 4, planes: int = 2):
         super().__init__()
         self.head = nn.Conv2d(3, c, 3, padding=1)
         self.mask = nn.Conv2d(c, 1, 1)
-        self.transform = nn.Sequential(nn.Conv2d(c, 2, 1), nn.LayerNorm([2, 1, 1]), nn.ReLU(), nn.Conv2d(2, c, 1))
+        self.transform = nn.Sequential(
+            nn.Conv2d(c, planes, 1), nn.LayerNorm([planes, 1, 1]), nn.ReLU(), nn.Conv2d(planes, c, 1)
+        )
 
     def context(self, y):
         n, c, h, w = y.shape
@@ -982,11 +984,27 @@ class GCNetBlock(nn.Module):
         return y + self.transform(self.context(y))
 
 
-def test_context_pooling_becomes_a_softmax_weighted_mean_per_window():
-    model = randomised(GCNetBlock()).double()
+@pytest.mark.parametrize("c,planes,batch", [(4, 2, 2), (16, 4, 1), (16, 4, 2)])
+def test_context_pooling_becomes_a_softmax_weighted_mean_per_window(monkeypatch, c, planes, batch):
+    """Each pixel gets the transform of its window's softmax-weighted mean. Where the transform's
+    first 1x1 layer narrows enough (16 -> 4 here), it runs on the map first and the weighted means
+    are taken of its 4 planes, never of the 16 (the same values up to rounding: the weighted mean
+    is linear in the map)."""
+    from tlc.convert import pooled_values
+    from tlc.ops.gate import product_first_is_cheaper
+
+    model = randomised(GCNetBlock(c, planes)).double()
     converted, report = tlc.convert(model, TRAIN)
     assert [(s.op, s.converted, s.window) for s in report.call_sites] == [("softmax", True, (24, 24)), ("matmul", True, (24, 24))]
-    x = image(2, 3, 29, 37)
+    pooled_planes = []
+
+    def counted(x, *args, **kwargs):
+        pooled_planes.append(x.shape[1])
+        return local_softmax_pool(x, *args, **kwargs)
+
+    local_softmax_pool = pooled_values.local_softmax_pool
+    monkeypatch.setattr(pooled_values, "local_softmax_pool", counted)
+    x = image(batch, 3, 29, 37)
     with torch.no_grad():
         y = model.head(x)
         logits = model.mask(y)
@@ -998,7 +1016,10 @@ def test_context_pooling_becomes_a_softmax_weighted_mean_per_window():
                 wl = logits[:, :, top : top + 24, left : left + 24].flatten(2).softmax(-1)  # (N, 1, 576)
                 context = (y[:, :, top : top + 24, left : left + 24].flatten(2) * wl).sum(-1)  # (N, C)
                 expected[:, :, r, q] = y[:, :, r, q] + model.transform(context[:, :, None, None])[:, :, 0, 0]
-        torch.testing.assert_close(converted(x), expected)
+        torch.testing.assert_close(converted(x), expected, rtol=0, atol=1e-12)
+    first = product_first_is_cheaper((29, 37), c, planes, 24)
+    assert first == (c == 16)
+    assert pooled_planes == ([planes] if first else [c])
 
 
 def test_converted_models_run_under_inference_mode():

@@ -74,13 +74,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..ops._common import Pair
+from ..ops.context import local_softmax_pool
 from ..ops.gate import channel_product, combine_replicated, product_first_is_cheaper
 from ..ops.pool import replicate_to, valid_local_mean_and_mean
 from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
@@ -147,15 +148,21 @@ class Grid:
 class WindowMeans:
     """What a pending pooled value's local values are, for calls that can compute their own result
     from the map instead (:meth:`_Call.product_first`): the means of ``src`` (N, C, H, W) over
-    every ``window`` inside it, times ``scale``, each position's C values in the value's shape."""
+    every ``window`` inside it (softmax-weighted by ``logits`` (N, 1, H, W) where given, as GCNet's
+    context pooling: :func:`tlc.ops.local_softmax_pool`), times ``scale``, each position's C values
+    in the value's shape. Either is linear in ``src``: a per-pixel product commutes with it."""
 
     src: torch.Tensor
     window: Pair
     scale: float = 1.0
+    logits: torch.Tensor | None = None
 
     def valid(self) -> torch.Tensor:
         """The windows' means times ``scale``, (N, C, H - kh + 1, W - kw + 1)."""
-        return valid_local_mean_and_mean(self.src, self.window, scale=self.scale)[0]
+        if self.logits is None:
+            return valid_local_mean_and_mean(self.src, self.window, scale=self.scale)[0]
+        valid = local_softmax_pool(self.src, self.logits, self.window, valid_only=True)
+        return valid if self.scale == 1 else valid * self.scale
 
 
 class _Entry:
@@ -1040,7 +1047,7 @@ class _Call:
             return None
         if entry(weight) is not None or (isinstance(bias, torch.Tensor) and entry(bias) is not None):
             return None
-        src, window, scale = e.form.src, e.form.window, e.form.scale
+        src, window = e.form.src, e.form.window
         n, c, h, w = src.shape
         outputs = weight.shape[0]
         shape = (n, c) if self.name == "linear" else (n, c, 1, 1)
@@ -1059,7 +1066,7 @@ class _Call:
             mapped = channel_product(matrix, src.reshape(c, h * w)).view(1, outputs, h, w)
         else:
             mapped = torch.nn.functional.conv2d(src, matrix.view(outputs, c, 1, 1))
-        valid, _ = valid_local_mean_and_mean(mapped, window, scale=scale)
+        valid = replace(e.form, src=mapped).valid()
         real = self.func(*self.args, **self.kwargs)
         local = _as_local(valid, real.shape[1:])
         if bias is not None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair, tracing
-from ..pooled_values import PooledValues, meta_call, tensor_args
+from ..pooled_values import PooledValues, WindowMeans, meta_call, tensor_args
 from ..rules import Site
 from .calls import Call, pending_windows, poolable, valid_pooling
 from .hooks import (
@@ -147,8 +147,12 @@ class CallSiteConverter:
         x_map, logits_map = found
         h, w = x_map.shape[-2:]
         kh, kw = min(site.window[0], h), min(site.window[1], w)
+        values = self._thread.mode.values
+        if (key, (h, w)) not in self._means_read:  # pending: a layer taking it may run on the map first
+            means = WindowMeans(x_map, (kh, kw), logits=logits_map)
+            return values.start_pending(func(*args, **kwargs), means.valid, (x_map, logits_map), (h, w), (kh, kw), key, means)
         valid = local_softmax_pool(x_map, logits_map, (kh, kw), valid_only=True)
-        return self._thread.mode.values.start(func(*args, **kwargs), valid, (h, w), source=key)
+        return values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
     # --- hooks
     def enter_module(self, hook: Enter, args: tuple = ()) -> None:

@@ -144,15 +144,15 @@ def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
     torch.testing.assert_close(batched, loop_attention(q, k, v, temperature, 2, (8, 11)), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("small_block", [0, 10**9])  # every grid by blocks / every grid by rows of blocks
+@pytest.mark.parametrize("rows_below", [0, 10**9])  # every grid by blocks / every grid by rows of blocks
 @pytest.mark.parametrize(
     "shape,heads,window",
     [((1, 4, 9, 13), 2, (4, 5)), ((2, 6, 17, 23), 3, (5, 4)), ((2, 2, 11, 3), 1, (2, 2)), ((1, 8, 30, 21), 4, (7, 6))],
 )
-def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, window, small_block, monkeypatch):
+def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, window, rows_below, monkeypatch):
     """Small blocks are computed a row of blocks at a time (per column, summed per column segment);
     larger ones one block at a time. Either way, the windows' attention exactly."""
-    monkeypatch.setattr(attention, "_SMALL_BLOCK", small_block)
+    monkeypatch.setattr(attention, "_ROWS_BELOW", rows_below)
     assert_matches_the_loop(shape, heads, window, seed=sum(shape))
 
 

@@ -162,8 +162,11 @@ def _block_sums_of_squares(
     return q_sq, k_sq
 
 
-# Blocks of fewer pixels than this on average are computed a row of blocks at a time.
-_SMALL_BLOCK = 300
+# Blocks whose pixels times channels per head stay below this on average are computed a row of
+# blocks at a time. Fitted on 2 threads (720p and 360p maps, 8-48 channels, 1-4 heads, windows
+# 12-384): a row of blocks costs ~7 ns per pixel and channel, one block at a time ~3.3 ns plus
+# ~60 us of Python per block and head; equal near 16,000 (8 channels, 48-pixel windows: 44 and 50 ms).
+_ROWS_BELOW = 16_000
 
 
 def _one_plane_at_a_time(x: torch.Tensor) -> bool:
@@ -277,8 +280,11 @@ def _looped_statistics(
     if by_rows:
         column = _column_segment(col_pieces, qh.device)
         for s, (y0, y1) in enumerate(row_pieces):
-            per_column = torch.einsum("nhayx,nhbyx->nhxab", qh[..., y0:y1, :], kh[..., y0:y1, :])
-            gram[:, :, s].zero_().index_add_(2, column, per_column)  # the row's blocks, in place
+            # (N, heads, W, d, rows) @ (N, heads, W, rows, d), each copied contiguous first: on
+            # strided views (and in einsum) torch takes a slow path with one head (15x at 720p).
+            q_cols = qh[..., y0:y1, :].permute(0, 1, 4, 2, 3).contiguous()
+            k_cols = kh[..., y0:y1, :].permute(0, 1, 4, 3, 2).contiguous()
+            gram[:, :, s].zero_().index_add_(2, column, q_cols @ k_cols)  # the row's blocks, in place
     else:
         for i, j in _planes(qh, heads):
             for s, (y0, y1) in enumerate(row_pieces):
@@ -298,7 +304,8 @@ def _looped_application(
         column = _column_segment(col_pieces, vh.device)
         for s, (y0, y1) in enumerate(row_pieces):
             per_column = block_attn[:, :, s].index_select(2, column)  # (N, heads, W, d, d)
-            out[..., y0:y1, :] = torch.einsum("nhxab,nhbyx->nhayx", per_column, vh[..., y0:y1, :])
+            v_cols = vh[..., y0:y1, :].permute(0, 1, 4, 2, 3).contiguous()  # (N, heads, W, d, rows)
+            out[..., y0:y1, :] = (per_column @ v_cols).permute(0, 1, 3, 4, 2)
         return out
     for i, j in _planes(vh, vh.shape[1]):
         for s, (y0, y1) in enumerate(row_pieces):
@@ -336,8 +343,8 @@ def local_transposed_attention(
     per-pixel index tensors, no host round trips. The Python loop runs over the blocks (a few
     times the number of windows), each step one matrix product batched over the block's rows,
     reading the block in place: per image and head on the CPU, for all of them at once
-    elsewhere. Where blocks are small (under ``_SMALL_BLOCK`` pixels on average, where a block's
-    step would be mostly Python's dispatch), a row of blocks at a time: per-column sums of
+    elsewhere. Where blocks are small (their pixels times channels per head under ``_ROWS_BELOW``
+    on average, where a block's step would be mostly Python's dispatch), a row of blocks at a time: per-column sums of
     ``q k^T`` summed per column segment, and the attention applied per column. On the CPU without
     autograd the squared norms of all blocks come from one compiled pass (numba). Half inputs are
     computed in float32.
@@ -377,7 +384,7 @@ def _local_transposed_attention(
     # on a large map), where one product per block is mostly Python's dispatch, a row of blocks at
     # a time (per column, then summed per column segment); larger ones one block at a time.
     at_once = _all_segments_at_once(q)
-    by_rows = not tracing() and h * w < _SMALL_BLOCK * len(row_pieces) * len(col_pieces)
+    by_rows = not tracing() and h * w * qh.shape[2] < _ROWS_BELOW * len(row_pieces) * len(col_pieces)
     if at_once:
         padded = _padded_rows(row_pieces, q.device)
         gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces, padded)

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from .conftest import TOLERANCE
 from tlc.archs.nafnet import NAFNet
 from tlc.ops.pool import local_mean, valid_local_mean, window_sums
-from tlc.convert.pooled_values import PooledValueError, PooledValues
+from tlc.convert.pooled_values import PooledValueError, PooledValues, WindowMeans
 
 SIZE = (9, 13)
 WINDOWS = [(6, 9), (20, 6), (3, 20)]  # smaller than the map; covering one axis only
@@ -726,7 +726,7 @@ def test_pending_values_are_computed_once_and_only_when_read():
         return window_sums(x, (3, 4)) / 12
 
     values = PooledValues()
-    y = values.start_pending(x.mean((2, 3), keepdim=True), windows, (x,), x.shape[-2:], (3, 4), source="s")
+    y = values.start_pending(x.mean((2, 3), keepdim=True), WindowMeans(x, (3, 4)), "s", local_valid=windows)
     z = values.handle(torch.Tensor.__truediv__, (), (y, 4.0), {})
     z = values.handle(torch.sigmoid, (), (z,), {})
     unread = values.handle(torch.exp, (), (y,), {})
@@ -753,7 +753,7 @@ def test_pending_value_computed_before_its_parent_changes_in_place():
     (its local values change with it)."""
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64)
     values = PooledValues()
-    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: window_sums(x, 3) / 9, (x,), x.shape[-2:], (3, 3))
+    y = values.start_pending(x.mean((2, 3), keepdim=True), WindowMeans(x, (3, 3)), local_valid=lambda: window_sums(x, 3) / 9)
     z = values.handle(torch.Tensor.__mul__, (), (y, 3.0), {})
     values.local(y)  # y computed (read); z still pending
     values.before_call("mul_", (y, 2.0), {})
@@ -766,7 +766,7 @@ def test_pending_value_computed_before_its_parent_changes_in_place():
 def test_pending_value_whose_windows_fail_raises_pooled_value_error():
     x = torch.randn(1, 3, 6, 7)
     values = PooledValues()
-    y = values.start_pending(x.mean((2, 3), keepdim=True), lambda: torch.zeros(1, 3, 2, 2), (x,), x.shape[-2:], (3, 4), "s")
+    y = values.start_pending(x.mean((2, 3), keepdim=True), WindowMeans(x, (3, 4)), "s", local_valid=lambda: torch.zeros(1, 3, 2, 2))
     with pytest.raises(PooledValueError, match="first read") as err:
         values.handle(torch.mul, (), (x, y), {})
     assert err.value.sources == {"s"}

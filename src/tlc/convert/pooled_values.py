@@ -185,12 +185,11 @@ class _Entry:
         expanded: tuple | None = None,
         held: int | None = None,
         pending: Callable[[bool], torch.Tensor | None] | None = None,
-        reads: frozenset = frozenset(),
     ) -> None:
         self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
         self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
         self.held = held  # the key SpareBuffers.hold gave for local, or None
-        self.pending, self.reads, self.form = pending, reads, None
+        self.pending, self.reads, self.form = pending, frozenset(), None
 
     @property
     def local(self) -> torch.Tensor:
@@ -643,39 +642,36 @@ class PooledValues:
     def start_pending(
         self,
         real: torch.Tensor,
-        local_valid: Callable[[], torch.Tensor],
-        reads: Iterable[torch.Tensor],
-        size: tuple[int, int] | torch.Size,
-        window: Pair,
+        means: WindowMeans,
         source: Hashable = None,
-        form: WindowMeans | None = None,
+        local_valid: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """:meth:`start`, with the values over the windows computed only when first read: by a call
-        that needs them, or before a call changing in place what they are computed from. Calls on pending values alone that compute elementwise (``y / 4``,
-        ``y.sqrt()``) give pending values in turn. A value nothing reads is never computed: a
-        hand-written mean that only centres a hand-written variance (whose own pass answers it).
+        that needs them, or before a call changing in place what they are computed from (``means``'
+        map and logits). Calls on pending values alone that compute elementwise (``y / 4``,
+        ``y.sqrt()``) or reshape them give pending values in turn. A value nothing reads is never
+        computed: a hand-written mean that only centres a hand-written variance (whose own pass
+        answers it). A 1x1 layer taking the value, or a ``Linear`` one after a reshape, may run on
+        the map before the means instead, where that is cheaper (:meth:`_Call.product_first`).
 
         Args:
             real: as for :meth:`start`.
-            local_valid: computes the (N, C, Gh, Gw) values of :meth:`start`.
-            reads: the tensors ``local_valid`` reads. They must change in place, if at all, only
-                by calls the mode shows to :meth:`before_call`.
-            size: (H, W) of the pooled map.
-            window: (kh, kw), each at most the map's size.
+            means: what the values over the windows are (the window at most the map's size). Its
+                tensors must change in place, if at all, only by calls the mode shows to
+                :meth:`before_call`.
             source: as for :meth:`start`.
-            form: what ``local_valid`` computes, where it is windows' means (a 1x1 layer taking
-                the value, or a ``Linear`` one after a reshape, may then run on the map before the
-                means instead, where that is cheaper; see :func:`tlc.ops.gate.pooled_pointwise`).
+            local_valid: computes ``means.valid()`` otherwise (into a spare buffer, say); by
+                default ``means.valid``.
 
         Returns:
             ``real``, unchanged.
         """
-        h, w = int(size[0]), int(size[1])
-        kh, kw = int(window[0]), int(window[1])
+        (h, w), (kh, kw) = means.src.shape[-2:], means.window
         if not (1 <= kh <= h and 1 <= kw <= w) or real.dim() < 1:
             raise ValueError(f"window {kh}x{kw} does not fit a {h}x{w} map, or real is 0-d")
         grid = Grid(real.shape[0], (h, w), (kh, kw))
         expected, tail = (real.shape[0], real.shape[1:].numel(), *grid.valid), real.shape[1:]
+        local_valid = means.valid if local_valid is None else local_valid
 
         def compute() -> torch.Tensor:
             valid = local_valid()
@@ -683,8 +679,9 @@ class PooledValues:
                 raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {expected}")
             return _as_local(valid, tail)
 
+        reads = (means.src,) if means.logits is None else (means.src, means.logits)
         addresses = frozenset(t.untyped_storage().data_ptr() for t in reads)
-        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)), addresses, form)
+        self._track_pending(real, compute, grid, frozenset(() if source is None else (source,)), addresses, means)
         return real
 
     def handle(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:

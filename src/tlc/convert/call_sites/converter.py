@@ -150,7 +150,7 @@ class CallSiteConverter:
         values = self._thread.mode.values
         if (key, (h, w)) not in self._means_read:  # pending: a layer taking it may run on the map first
             means = WindowMeans(x_map, (kh, kw), logits=logits_map)
-            return values.start_pending(func(*args, **kwargs), means.valid, (x_map, logits_map), (h, w), (kh, kw), key, means)
+            return values.start_pending(func(*args, **kwargs), means, key)
         valid = local_softmax_pool(x_map, logits_map, (kh, kw), valid_only=True)
         return values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
@@ -366,8 +366,7 @@ class CallSiteConverter:
             else:
                 real = func(*args, **kwargs)
             if pending is not None:
-                means = pending[0]
-                return values.start_pending(real, means.valid, (means.src,), means.src.shape[-2:], means.window, source=key, form=means)
+                return values.start_pending(real, pending[0], key)
             return values.start(real, valid, call.x.shape[-2:], source=key)
         if call.local is None:
             return func(*args, **kwargs)

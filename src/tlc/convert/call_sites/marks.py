@@ -198,8 +198,8 @@ def pooled_statistic(
     if kind == "mean" and read is not None and (key, (h, w)) not in read:
         real = map_mean(src)
         out = values.start_pending(
-            real if scale == 1 else real * scale, lambda: _window_means(values, src, window, scale)[0], (src,), (h, w), window, source=key,
-            form=WindowMeans(src, window, scale),
+            real if scale == 1 else real * scale, WindowMeans(src, window, scale), key,
+            local_valid=lambda: _window_means(values, src, window, scale)[0],  # into a spare buffer
         )
         set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))
         return out

@@ -476,14 +476,15 @@ def test_apply_pointwise_overwrites_only_its_own_maps():
 
 def test_gate_maps_read_once_are_overwritten_and_shared_ones_are_not():
     """The rewritten graphs: CBAM's gate runs its shared MLP's first layers on each branch, sums the
-    hidden maps in place and runs the last layer once (pointwise_sum), then squashes in place (the
-    max branch's layers may write into its pooled map, the mean and its layers are one call,
-    pooled_pointwise, whose means are its own); a pooled map read twice is left alone."""
+    hidden maps in place, and runs the last layer once and the sigmoid in the multiply
+    (combine_with_shared_layer; the max branch's layers may write into its pooled map, the mean and
+    its layers are one call, pooled_pointwise, whose means are its own); a pooled map read twice is
+    left alone."""
     cbam = tlc.convert(randomised(Holder(CBAMChannelGate())), train_size=12, base_size=18)[0].block
     code = cbam.code
     assert code.count("overwrite = True") == 2 and code.count("pooled_pointwise(x, [") == 1
-    assert "pointwise_sum(pooled_pointwise_1, apply_pointwise_2, mlp_7, overwrite = True)" in code
-    assert "into_first('sigmoid', pointwise_sum)" in code
+    assert "combine_with_shared_layer(x, pooled_pointwise_1, apply_pointwise_2, mlp_7, 'sigmoid', overwrite = True)" in code
+    assert "sigmoid(" not in code and "pointwise_sum(" not in code
     shared = tlc.convert(randomised(Holder(SharedGate())), train_size=12, base_size=18)[0].block.code
     assert "into_first('sigmoid'" not in shared  # a is read again by s * a
     assert "into_first('mul', sigmoid, " in shared  # s is not: s * a may go into s
@@ -546,14 +547,15 @@ def test_apply_pointwise_writes_into_its_input_only_when_told():
 
 
 def test_gate_method_calls_read_once_are_overwritten_too():
-    """``y.sigmoid()``, ``y.mul(0.5)``: Tensor methods on maps the gate made go into those maps, as
-    their function forms do; the converted model still equals the brute-force local gate."""
+    """``y.mul(0.5)``: Tensor methods on maps the gate made go into those maps, as their function
+    forms do, and ``y.sigmoid()`` before the multiply moves into it; the converted model still
+    equals the brute-force local gate."""
     torch.manual_seed(3)
     model = randomised(Holder(MethodGate()))
     converted = tlc.convert(model, train_size=12, base_size=18)[0]
     code = converted.block.code
     assert "into_first('mul', apply_pointwise, 0.5)" in code and "into_first('add', mul, 0.25)" in code
-    assert "into_first('sigmoid', add)" in code
+    assert "combine_replicated(x, add, 'mul', 'sigmoid')" in code and "sigmoid(" not in code.replace("'sigmoid'", "")
     x = torch.randn(2, 8, 23, 31)
     maxima = brute_force(x, (18, 18), lambda w: w.amax(-1))
     with torch.no_grad():

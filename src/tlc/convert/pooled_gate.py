@@ -36,7 +36,7 @@ from ..nn import LocalAvgPool2d, LocalMaxPool2d, is_pointwise
 from ..ops._common import Pair, as_pair
 from ..ops.extrema import local_max, valid_local_max
 from ..ops.gate import (
-    INTO_FIRST_UNARY, apply_pointwise, into_first, is_channel_product, multiply_replicated, pad_replicate,
+    INTO_FIRST_UNARY, apply_pointwise, combine_replicated, into_first, is_channel_product, multiply_replicated, pad_replicate,
     pointwise_sum, pooled_pointwise,
 )
 from ..ops.pool import valid_local_mean
@@ -287,6 +287,7 @@ def build_local_gate(module: nn.Module, window: Pair, fast: bool = False, max_st
                 fused = graph.call_function(multiply_replicated, (x, gate))
             mul.replace_all_uses_with(fused)
             graph.erase_node(mul)
+            _last_layer_into_multiply(module, graph, fused)
         for user, gate in traced.others:
             gate = replaced.get(gate, gate)
             with graph.inserting_before(user):
@@ -389,6 +390,91 @@ def _shared_last_layer_once(module: nn.Module, graph: fx.Graph) -> None:
                 graph.erase_node(attr)
 
 
+def combine_with_layer(x: torch.Tensor, hidden: torch.Tensor, layer: nn.Conv2d, activation: str | None) -> torch.Tensor:
+    """``x * replicate_to(activation(layer(hidden)), x.shape[-2:])`` for a 1x1 ``layer``:
+    :func:`tlc.ops.gate.combine_replicated` with the layer's weight and bias (x (N, C, H, W),
+    hidden (N, D, gh, gw))."""
+    return combine_replicated(x, hidden, "mul", activation, layer.weight, layer.bias)
+
+
+def combine_with_shared_layer(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, layer: nn.Conv2d, activation: str | None, overwrite: bool = False
+) -> torch.Tensor:
+    """``x * replicate_to(activation(layer(a) + layer(b)), x.shape[-2:])`` for a 1x1 ``layer``
+    (CBAM's shared MLP's last layer on the average- and max-pooled branches), as
+    :func:`tlc.ops.gate.pointwise_sum` computes the sum (the layer once on ``a + b``, its bias
+    twice) inside :func:`tlc.ops.gate.combine_replicated`. Where one window covers the map
+    (``a`` (N, D, 1, 1)), the original's order, bit for bit. ``overwrite``: ``a`` is the caller's
+    to overwrite (the sum goes into it)."""
+    if a.shape[-2:].numel() == 1:
+        return combine_replicated(x, pointwise_sum(a, b, layer), "mul", activation)
+    bias = None if layer.bias is None else layer.bias * 2
+    total = into_first("add", a, b) if overwrite else a + b
+    return combine_replicated(x, total, "mul", activation, layer.weight, bias)
+
+
+def _is_sigmoid(node: object) -> bool:
+    if not isinstance(node, fx.Node) or node.kwargs or len(node.args) != 1:
+        return False
+    return node.op == "call_function" and node.target in (torch.sigmoid, F.sigmoid) or (
+        node.op == "call_method" and node.target == "sigmoid"
+    )
+
+
+def _last_layer_into_multiply(module: nn.Module, graph: fx.Graph, node: fx.Node) -> None:
+    """``multiply_replicated(x, gate)`` where the gate's last steps, read by nothing else, are a
+    1x1 convolution and a sigmoid (or either): those steps move into the multiply
+    (:func:`combine_with_layer`, :func:`tlc.ops.gate.combine_replicated`), computed a row at a time
+    with it instead of as gate-sized maps written and read back. The layer computes the same sums;
+    the sigmoid is within about 2 units in the last place of torch's (the same bits where one
+    window covers the map: the layer and torch's sigmoid then run as the original runs them)."""
+    x, gate = node.args
+    activation = None
+    if _is_sigmoid(gate) and len(gate.users) == 1:
+        activation, gate = "sigmoid", gate.args[0]
+    path = _layers_call(gate)
+    chain, paths = [], []
+    if path is not None and len(gate.users) == 1:
+        layers = module.get_submodule(path)
+        chain = list(layers) if isinstance(layers, nn.Sequential) else [layers]
+        paths = [f"{path}.{i}" for i in range(len(chain))] if isinstance(layers, nn.Sequential) else [path]
+        if activation is None and len(chain) > 1 and type(chain[-1]) is nn.Sigmoid:
+            activation, chain, paths = "sigmoid", chain[:-1], paths[:-1]
+    shared = gate.op == "call_function" and gate.target is pointwise_sum and not gate.kwargs.keys() - {"overwrite"}
+    if shared and len(gate.users) == 1 and len(gate.args) == 3:  # CBAM: f(avg) + f(max), one shared last layer
+        old = node.args[1]
+        node.target, node.args = combine_with_shared_layer, (x, *gate.args, activation)
+        if old is not gate:
+            graph.erase_node(old)
+        graph.erase_node(gate)
+        return
+    if not chain or not is_channel_product(chain[-1]):
+        if activation is not None and node.args[1] is not gate:  # the sigmoid alone moves
+            sigmoid = node.args[1]
+            node.target, node.args = combine_replicated, (x, gate, "mul", activation)
+            graph.erase_node(sigmoid)
+        return
+    with graph.inserting_before(node):
+        if len(chain) > 1:
+            firsts = [graph.get_attr(p) for p in paths[:-1]]
+            hidden = graph.call_function(gate.target, (gate.args[0], firsts, *gate.args[2:]))
+        elif gate.target is apply_pointwise:
+            hidden = gate.args[0]
+        else:  # pooled_pointwise(source, layers, window): the mean alone
+            hidden = graph.call_function(valid_local_mean, (gate.args[0], gate.args[2]))
+        last = graph.get_attr(paths[-1])
+    old = node.args[1]
+    node.target, node.args = combine_with_layer, (x, hidden, last, activation)
+    while old is not gate:  # the sigmoid, read by this node alone
+        inner = old.args[0]
+        graph.erase_node(old)
+        old = inner
+    attr = gate.args[1]
+    graph.erase_node(gate)
+    if not attr.users:
+        graph.erase_node(attr)
+
+
 # Elementwise calls that may write into an operand of theirs (tlc.ops.gate.into_first), by name.
 _INTO_FIRST = {
     operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub", operator.mul: "mul",
@@ -421,6 +507,9 @@ def _overwrite_used_once(module: nn.Module, graph: fx.Graph) -> None:
             continue
         elif node.target in (valid_local_mean, valid_local_max, pooled_pointwise):
             owned.add(node)
+        elif node.target is combine_with_shared_layer:
+            if free(node.args[1]) and not node.kwargs:
+                node.kwargs = {"overwrite": True}
         elif node.target in (apply_pointwise, pointwise_sum):
             if free(node.args[0]) and not node.kwargs:
                 node.kwargs = {"overwrite": True}

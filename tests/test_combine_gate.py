@@ -1,0 +1,118 @@
+"""combine_replicated with the gate's last layer and sigmoid moved into the multiply (one CPU pass
+in float32), against float64 torch references built the long way: the layer at every window
+position, torch's sigmoid, the gate replicated to full size, then the product."""
+
+import pytest
+import torch
+
+from tlc.ops.gate import channel_product, combine_replicated
+from tlc.ops.pool import replicate_to
+
+# (N, C, D, H, W, gh, gw): odd and non-square maps, batch > 1, a grid of one row or one column,
+# a grid as large as the map (nothing replicated) and one of a single window.
+CASES = [
+    (1, 16, 4, 37, 53, 20, 30),
+    (2, 5, 3, 9, 11, 9, 11),
+    (3, 6, 2, 7, 8, 1, 5),
+    (2, 7, 9, 13, 6, 4, 1),
+    (1, 3, 5, 6, 7, 1, 1),
+]
+
+
+def _reference(x, values, weight, bias, op, activation):
+    """In float64: the layer at each position, the activation, replicated, combined."""
+    gate = values.double()
+    if weight is not None:
+        gate = torch.einsum("cd,ndhw->nchw", weight.double().flatten(1), gate)
+        if bias is not None:
+            gate = gate + bias.double().view(1, -1, 1, 1)
+    if activation == "sigmoid":
+        gate = torch.sigmoid(gate)
+    full = replicate_to(gate, tuple(x.shape[-2:]))
+    return x.double() * full if op == "mul" else x.double() + full
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op", ["mul", "add"])
+@pytest.mark.parametrize("form", ["layer+sigmoid", "layer", "sigmoid", "layer+bias+sigmoid", "conv-weight"])
+def test_gate_layer_and_sigmoid_inside_the_combine_equal_the_long_way(case, dtype, op, form):
+    n, c, d, h, w, gh, gw = case
+    g = torch.Generator().manual_seed(n * 100 + c + d)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    layer = form != "sigmoid"
+    values = torch.randn(n, d if layer else c, gh, gw, generator=g).to(dtype)
+    weight = (torch.randn(c, d, generator=g) * 0.7).to(dtype) if layer else None
+    if form == "conv-weight":
+        weight = weight.view(c, d, 1, 1)
+    bias = torch.randn(c, generator=g).to(dtype) if form in ("layer+bias+sigmoid", "conv-weight") else None
+    activation = "sigmoid" if "sigmoid" in form else None
+    got = combine_replicated(x, values, op, activation, weight, bias)
+    want = _reference(x, values, weight, bias, op, activation)
+    assert got.shape == x.shape and got.dtype == dtype
+    # float32: the layer's sums rounded per term (D of them), the sigmoid within 2 ulp, the product.
+    tol = 2e-6 if dtype == torch.float32 else 1e-13
+    scale = want.abs().max().item() + 1
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale * (d + 1))
+
+
+def test_the_layer_gives_channel_products_bits_before_the_activation():
+    """Without an activation, x = 1: the output is the layer's value at each position, and the
+    kernel sums in channel_product's order (first term, then each plane in turn, the bias last)."""
+    g = torch.Generator().manual_seed(0)
+    c, d, gh, gw, h, w = 16, 6, 70, 90, 75, 99  # >= 4096 positions: channel_product's own kernel
+    values = torch.randn(1, d, gh, gw, generator=g)
+    weight, bias = torch.randn(c, d, generator=g), torch.randn(c, generator=g)
+    want = replicate_to(channel_product(weight, values.view(d, -1), None, bias).view(1, c, gh, gw), (h, w))
+    got = combine_replicated(torch.ones(1, c, h, w), values, "mul", None, weight, bias)
+    assert torch.equal(got, want)
+    got = combine_replicated(torch.zeros(1, c, h, w), values, "add", None, weight, bias)
+    assert torch.equal(got, want)
+
+
+def test_the_sigmoid_is_within_two_units_in_the_last_place_and_keeps_nan():
+    g = torch.cat([torch.linspace(-100, 100, 40001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 87.0, -87.0])])
+    gate = torch.stack([g, g]).view(1, 1, 2, -1)  # two rows: a grid of more than one window
+    got = combine_replicated(torch.ones(1, 1, 3, g.numel()), gate, "mul", "sigmoid")[0, 0, 0].double()
+    want = torch.sigmoid(g.double())
+    normal = want > 2**-126  # below, float32 holds subnormals: compared absolutely
+    ulp = want.float().abs().double() * 2**-23
+    assert ((got - want).abs() / ulp)[normal].max() <= 2
+    assert (got - want).abs()[~normal].max() < 1e-38
+    special = torch.tensor([float("nan"), float("inf"), -float("inf")]).view(1, 1, 1, 3).expand(1, 1, 2, 3)
+    out = combine_replicated(torch.ones(1, 1, 2, 3), special.contiguous(), "mul", "sigmoid")[0, 0, 0]
+    assert out[0].isnan() and out[1] == 1 and 0 <= out[2] < 1e-38
+
+
+def test_one_window_is_the_originals_order_bit_for_bit():
+    """A 1x1 grid (the training size): the layer as a convolution, torch's sigmoid, a broadcast."""
+    g = torch.Generator().manual_seed(1)
+    x, values = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 3, 1, 1, generator=g)
+    conv = torch.nn.Conv2d(3, 8, 1)
+    with torch.no_grad():
+        want = x * torch.sigmoid(conv(values))
+        assert torch.equal(combine_replicated(x, values, "mul", "sigmoid", conv.weight, conv.bias), want)
+
+
+def test_gradients_flow_through_the_fallback():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: combine_replicated(*t[:2], "mul", "sigmoid", *t[2:]), (x, values, weight, bias))
+    xf, vf = x.detach().float().requires_grad_(True), values.detach().float()  # float32 with autograd: torch's ops
+    out = combine_replicated(xf, vf, "mul", "sigmoid", weight.detach().float(), bias.detach().float())
+    out.sum().backward()
+    torch.testing.assert_close(xf.grad.double(), torch.sigmoid(_reference(torch.zeros_like(x), values, weight, bias, "add", None)).detach(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_are_refused():
+    x, gate = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="activation"):
+        combine_replicated(x, gate, "mul", "tanh")
+    with pytest.raises(ValueError, match="bias without a weight"):
+        combine_replicated(x, gate, "mul", None, None, torch.randn(4))
+    with pytest.raises(ValueError, match=r"\(C, D\)"):
+        combine_replicated(x, gate, "mul", None, torch.randn(4, 4, 3, 3))

@@ -8,7 +8,9 @@ out by explicit slicing from the placement rule), and the pixel's output is kept
 
 from __future__ import annotations
 
+import copy
 import gc
+import importlib
 import weakref
 
 import pytest
@@ -873,3 +875,74 @@ def test_the_shape_of_a_pooled_value_meeting_a_map_by_broadcasting_is_torchs(fun
     assert pooled_values._broadcast_result_shape("matmul", args, {}) is None  # not elementwise: a meta call
     with pytest.raises(RuntimeError):
         pooled_values._broadcast_result_shape("add", (torch.randn(2, 3), torch.randn(4)), {})
+
+
+# ----------------------------------------------------------------------------- a gate's last steps inside the multiply
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", list(CONSUMERS))
+def test_float32_matches_the_float64_per_pixel_reference(name, batch):
+    """In float32 a gate's last layer and its sigmoid wait, pending, for the map and are computed
+    inside the multiply or sum (GateForm, tlc.ops.gate.combine_replicated): still each pixel's
+    window result (against the reference run in float64)."""
+    factory, tokens = CONSUMERS[name]
+    seed = 300 + list(CONSUMERS).index(name)
+    model = randomise(factory(), seed)
+    x = _input(seed, torch.float32)[:batch]
+    ref = per_pixel_reference(copy.deepcopy(model).double(), x.double(), (5, 7), tokens)
+    out, _ = run_local(model, x, (5, 7))
+    assert out.dtype == torch.float32
+    scale = ref.abs().max()
+    torch.testing.assert_close(out.double() / scale, ref / scale, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("se-linear", ("mul", "sigmoid", True)),  # Linear, Sigmoid, view, expand_as, x * y
+        ("conv-gate", ("mul", "sigmoid", True)),  # 1x1 conv, Sigmoid, x * y
+        ("eca", ("mul", "sigmoid", False)),  # conv1d across channels (no per-position layer), sigmoid
+        ("gcnet", ("add", None, True)),  # LayerNorm, ReLU, 1x1 conv, x + y
+    ],
+)
+def test_a_gates_last_steps_reach_the_multiply_unrun(monkeypatch, name, expected):
+    """Where the values meet the map, combine_replicated receives the hidden values with the
+    layer's weight and the activation: the C-plane gate was never computed at every window."""
+    pooled_values = importlib.import_module("tlc.convert.pooled_values")  # tlc.convert is also a function
+    seen = []
+    real_combine = pooled_values.combine_replicated
+
+    def spy(x, gate, op="mul", activation=None, weight=None, bias=None):
+        seen.append((op, activation, weight is not None))
+        return real_combine(x, gate, op, activation, weight, bias)
+
+    monkeypatch.setattr(pooled_values, "combine_replicated", spy)
+    factory, _ = CONSUMERS[name]
+    model = randomise(factory(), 7)
+    run_local(model, _input(7, torch.float32)[:1], (5, 7))
+    assert seen == [expected]
+    seen.clear()
+    run_local(model.double(), _input(7)[:1], (5, 7))  # float64: followed call by call, as before
+    assert seen == [(expected[0], None, False)]
+
+
+def test_a_pending_gate_read_elsewhere_or_before_its_source_changes_is_computed_as_followed():
+    """Read by anything but the multiply, a pending layer's values are the layer's on the source's
+    local values (as computed when the layer was called: an in-place change of the source after
+    it first computes them)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 6, 9, 13, generator=g)
+    weight, bias = torch.randn(4, 6, generator=g), torch.randn(4, generator=g)
+    values = PooledValues()
+    y = values.start(x.mean((2, 3), keepdim=True).view(1, 6), valid_local_mean(x, (4, 5)).contiguous(), (9, 13), "s")
+    before = values.local(y).clone()
+    h = values.handle(F.linear, (), (y, weight, bias), {})
+    s = values.handle(torch.sigmoid, (), (h,), {})
+    torch.testing.assert_close(h, F.linear(y, weight, bias), rtol=0, atol=0)  # the real values at once
+    values.before_call("mul_", (y, 2.0), {})
+    values.handle(torch.Tensor.mul_, (), (y, 2.0), {})
+    torch.testing.assert_close(values.local(y), 2 * before, rtol=0, atol=0)
+    expected = before.double() @ weight.double().T + bias.double()
+    torch.testing.assert_close(values.local(h).double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(values.local(s).double(), torch.sigmoid(expected), rtol=0, atol=1e-6)

@@ -165,14 +165,29 @@ class WindowMeans:
         return valid if self.scale == 1 else valid * self.scale
 
 
+@dataclass(frozen=True)
+class GateForm:
+    """What a pending gate value is, for a multiply (or sum) with the map that computes it a row at
+    a time (:func:`tlc.ops.gate.combine_replicated`, from :meth:`_Call.fused_with_map`):
+    ``activation(weight @ v + bias)`` at each window position, ``v`` the local values of the
+    pooled value ``values`` (its D values per position), ``weight`` (C, D) (None: no layer, then
+    ``bias`` is None too), ``activation`` None or ``"sigmoid"``. A gate's last layer and its
+    sigmoid then never write C-plane maps at every window position."""
+
+    values: _Entry
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    activation: str | None = None
+
+
 class _Entry:
     """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
     put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
     ``pending``: what computes ``local`` when first needed and notes its first read (None once
     read, and for values computed at once; see :meth:`PooledValues.start_pending`); ``reads``: the
-    storage addresses of the tensors it computes them from; ``form``: a pending value's
-    :class:`WindowMeans`, where it is one."""
+    storage addresses of the tensors it computes them from; ``form``: what a pending value is,
+    where known (:class:`WindowMeans`, :class:`GateForm`)."""
 
     __slots__ = ("ref", "_local", "pending", "reads", "form", "grid", "sources", "expanded", "held")
 
@@ -506,7 +521,10 @@ class PooledValues:
             if entry is not None and entry.ref is ref:
                 del entries[key]
                 if entry.held is not None:
-                    spare.release(entry.held, entry.local)
+                    spare.release(entry.held, entry._local)
+                # Nothing reads a dead value (pending ones computed from it hold its real tensor):
+                # the lists of pending values and forms that still name the entry keep no memory.
+                entry._local = entry.pending = None
 
         entry = entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
         return entry
@@ -518,10 +536,12 @@ class PooledValues:
         grid: Grid,
         sources: frozenset,
         reads: frozenset,
-        form: WindowMeans | None = None,
+        form: WindowMeans | GateForm | None = None,
+        expanded: tuple | None = None,
     ) -> None:
         """Track ``real`` with a local counterpart that ``compute()`` gives when first needed, from
-        tensors whose storage addresses are ``reads`` (``form``: what those values are, if known)."""
+        tensors whose storage addresses are ``reads`` (``form``: what those values are, if known;
+        ``expanded``: as for :class:`_Entry`)."""
         entry: _Entry | None = None
 
         def materialise(read: bool) -> torch.Tensor | None:
@@ -541,7 +561,7 @@ class PooledValues:
             entry.held = None if owner is None else self.spare.hold(local, owner)
             return local
 
-        entry = self._track(real, None, grid, sources, pending=materialise)
+        entry = self._track(real, None, grid, sources, expanded, pending=materialise)
         entry.reads, entry.form = reads, form
         self._pending.append(entry)
 
@@ -855,13 +875,17 @@ class _Call:
                 if placement is not None:
                     return self.spread_call(placement, shape)
             raise self.fail(f"meets a {h}x{w} map other than by broadcasting over it")
-        if self.values.pending and not is_inplace(name, args, kwargs):
-            if name in _PRODUCTS:
-                result = self.product_first()
-                if result is not None:
-                    return result
-            if name in _DEFERRED or name in _RESHAPES:
-                return self.follow_deferred()
+        inplace = is_inplace(name, args, kwargs)
+        if self.values.pending and not inplace and name in _PRODUCTS:
+            result = self.product_first()
+            if result is not None:
+                return result
+        if not inplace and (name in _PRODUCTS or name == "sigmoid"):
+            result = self.deferred_gate()
+            if result is not None:
+                return result
+        if self.values.pending and not inplace and (name in _DEFERRED or name in _RESHAPES):
+            return self.follow_deferred()
         return self.follow(None)
 
     # --- classification
@@ -959,15 +983,23 @@ class _Call:
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return None
         entry = self.values._entry
-        x, e = (a, entry(b)) if entry(b) is not None else (b, entry(a))
-        if e is None or entry(x) is not None or x.dim() < 3 or x.dtype != e.local.dtype:
+        x, y = (a, b) if entry(b) is not None else (b, a)
+        e = entry(y)
+        if e is None or entry(x) is not None or x.dim() < 3 or x.dtype != y.dtype:
             return None
         n, (h, w), (gh, gw) = self.grid.batch, self.grid.size, self.grid.valid
         lead = tuple(x.shape[1:-2])
-        if tuple(x.shape[-2:]) != (h, w) or x.shape[0] != n or tuple(e.local.shape) != (n * gh * gw, *lead, 1, 1):
+        # The value's own shape: expanded ones keep the unexpanded values (see deferred_expansion).
+        value_shape = (*y.shape[1:-2], 1, 1) if e.expanded is not None else tuple(y.shape[1:])
+        if tuple(x.shape[-2:]) != (h, w) or x.shape[0] != n or value_shape != (*lead, 1, 1):
             return None
-        gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)
         self.values.applied.update(self.sources)
+        form = e.form if e._local is None else None
+        if isinstance(form, GateForm) and x.dim() == 4 and form.values.ref() is not None:
+            values = self.grid.valid_map(form.values.local)  # (N, D, gh, gw)
+            if form.weight is not None or values.shape[1] == x.shape[1]:
+                return combine_replicated(x, values, op, form.activation, form.weight, form.bias)
+        gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)
         return combine_replicated(x, gate, op)
 
     def deferred_expansion(self, real: torch.Tensor, placement: tuple[str, int]) -> torch.Tensor | None:
@@ -978,11 +1010,16 @@ class _Call:
         if self.name not in _EXPANSIONS or len(pooled) != 1 or kind != "grid" or a + 2 != real.dim():
             return None
         (e,) = pooled
-        n, g = self.grid.batch, self.grid.positions
-        if e.expanded is not None or tuple(e.local.shape) != (n * g, *real.shape[1:-2], 1, 1):
+        source = next(t for t in tensor_args(self.args, self.kwargs) if self.values._entry(t) is e)
+        if e.expanded is not None or tuple(source.shape[1:]) != (*real.shape[1:-2], 1, 1):
             return None
         self.values.applied.update(self.sources)
-        self.values._track(real, e.local, self.grid, self.sources, expanded=placement)
+        if e._local is not None:
+            self.values._track(real, e._local, self.grid, self.sources, expanded=placement)
+            return real
+        # Pending (a gate's last steps, say): its form goes along, computed only if read.
+        reads = e.reads | {source.untyped_storage().data_ptr()}
+        self.values._track_pending(real, lambda: (source, e.computed())[1], self.grid, self.sources, reads, e.form, placement)
         return real
 
     # --- a per-sample computation: run again on the local values, batch folded
@@ -1026,6 +1063,64 @@ class _Call:
         self.values._track_pending(real, compute, self.grid, self.sources, reads, form)
         return real
 
+    def deferred_gate(self) -> torch.Tensor | None:
+        """A gate's last layer (``linear``, a 1x1 ``conv2d``) or its ``sigmoid`` on one pooled value,
+        on the CPU in float32 where more than one window fits the map: the real result, its local
+        values pending with a :class:`GateForm`, so that meeting the map in ``x * gate`` or
+        ``x + gate`` computes them a row at a time inside the product (:meth:`fused_with_map`).
+        Anything else reading them computes them as :meth:`follow` would (the same bits). None
+        where this does not apply (the call is then followed)."""
+        args, kwargs, grid, entry = self.args, self.kwargs, self.grid, self.values._entry
+        if grid.positions == 1:  # one window: the original's order
+            return None
+        if self.name == "sigmoid":
+            if len(args) != 1 or kwargs:
+                return None
+            source, weight, bias = args[0], None, None
+        else:
+            bound = _bound_product(self.name, args, kwargs)
+            if bound is None:
+                return None
+            source, weight, bias = bound
+        tensors = [t for t in (source, weight, bias) if t is not None]
+        e = entry(source) if isinstance(source, torch.Tensor) else None
+        if (
+            e is None
+            or e.expanded is not None
+            or any(not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            or any(entry(t) is not None for t in tensors[1:])
+        ):
+            return None
+        if weight is not None:
+            d, linear = source.shape[1:].numel(), self.name == "linear"
+            if (
+                tuple(source.shape) != ((source.shape[0], d) if linear else (source.shape[0], d, 1, 1))
+                or weight.shape[1:] != ((d,) if linear else (d, 1, 1))
+                or (bias is not None and bias.shape != weight.shape[:1])
+            ):
+                return None
+            form = GateForm(e, weight.reshape(weight.shape[0], d), bias)
+        elif isinstance(e.form, GateForm) and e._local is None and e.form.activation is None:
+            form = replace(e.form, activation="sigmoid")
+        else:
+            form = GateForm(e, activation="sigmoid")
+        real = self.func(*args, **kwargs)
+        if not isinstance(real, torch.Tensor) or real.dim() < 1 or real.shape[0] != grid.batch:
+            return self.follow(real)
+        shape, dtype, func = (grid.batch * grid.positions, *real.shape[1:]), real.dtype, self.func
+
+        def compute() -> torch.Tensor:  # as follow() computes it (args keeps the source alive)
+            largs, lkwargs = _map_args(args, kwargs, lambda t: e.computed() if t is source else t)
+            result = self.local_call(largs, lkwargs, shape, dtype)
+            if not isinstance(result, torch.Tensor) or tuple(result.shape) != shape:
+                raise ValueError(f"local result of {_name(func)}: not of shape {shape}")
+            return result
+
+        reads = e.reads | {source.untyped_storage().data_ptr()}
+        self.values._track_pending(real, compute, grid, self.sources, reads, form)
+        return real
+
     def product_first(self) -> torch.Tensor | None:
         """``linear(y, W, b)`` or a 1x1 ``conv2d(y, W, b)`` of a pending value ``y`` that is the
         windows' means of a map (N, C, H, W) (:class:`WindowMeans`; ``y`` (N, C) or (N, C, 1, 1)),
@@ -1040,7 +1135,7 @@ class _Call:
             return None
         x, weight, bias = bound
         e = entry(x) if isinstance(x, torch.Tensor) else None
-        if e is None or e._local is not None or e.form is None or not isinstance(weight, torch.Tensor):
+        if e is None or e._local is not None or not isinstance(e.form, WindowMeans) or not isinstance(weight, torch.Tensor):
             return None
         if entry(weight) is not None or (isinstance(bias, torch.Tensor) and entry(bias) is not None):
             return None
@@ -1110,19 +1205,8 @@ class _Call:
         if not isinstance(real, torch.Tensor) and not tensors and func is not _T.__setitem__:
             raise self.fail("reads the pooled value into Python")
         try:
-            result = None
-            if isinstance(real, torch.Tensor) and not inplace:
-                result = self.values.spare.compute_into(self.name, largs, lkwargs, (n * g, *real.shape[1:]), real.dtype)
-            if result is None:
-                result = pointwise_conv(self.name, largs, lkwargs, self.values.spare.take)
-            if result is None and self.name in ("cat", "concat", "concatenate", "softmax"):
-                result = batch_last(self.name, largs, lkwargs, self.values.spare.take)
-            if result is None and func is torch.nn.functional.batch_norm:
-                result = inference_batch_norm(largs, lkwargs)
-            if result is None and func is torch.nn.functional.layer_norm:
-                result = channel_first_layer_norm(largs, lkwargs)
-            if result is None:
-                result = func(*largs, **lkwargs)
+            into = (n * g, *real.shape[1:]) if isinstance(real, torch.Tensor) and not inplace else None
+            result = self.local_call(largs, lkwargs, into, real.dtype if into is not None else None)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             raise self.fail(f"has no local form ({' '.join(str(err).split())[:120]})") from err
         if func is _T.__setitem__:
@@ -1133,6 +1217,23 @@ class _Call:
         for r, l in zip(real, result, strict=True):
             self.check_and_track(r, l)
         return real
+
+    def local_call(self, largs: tuple, lkwargs: dict, shape: tuple | None, dtype: torch.dtype | None) -> Any:
+        """The call on local arguments: into a spare buffer where the result (of ``shape`` and
+        ``dtype``, None for an in-place call or one not giving a tensor) is elementwise, else in the
+        channel-first layout where a form for it exists (:mod:`tlc.convert.channel_first`), else as
+        torch computes it."""
+        func, name, spare = self.func, self.name, self.values.spare
+        result = None if shape is None else spare.compute_into(name, largs, lkwargs, shape, dtype)
+        if result is None:
+            result = pointwise_conv(name, largs, lkwargs, spare.take)
+        if result is None and name in ("cat", "concat", "concatenate", "softmax"):
+            result = batch_last(name, largs, lkwargs, spare.take)
+        if result is None and func is torch.nn.functional.batch_norm:
+            result = inference_batch_norm(largs, lkwargs)
+        if result is None and func is torch.nn.functional.layer_norm:
+            result = channel_first_layer_norm(largs, lkwargs)
+        return func(*largs, **lkwargs) if result is None else result
 
     def check_and_track(self, real: torch.Tensor, local: torch.Tensor) -> None:
         n, g = self.grid.batch, self.grid.positions
@@ -1181,4 +1282,4 @@ def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, 
     return args, kwargs
 
 
-__all__ = ["Grid", "PooledValueError", "PooledValues", "WindowMeans"]
+__all__ = ["GateForm", "Grid", "PooledValueError", "PooledValues", "WindowMeans"]

@@ -116,3 +116,31 @@ def test_bad_arguments_are_refused():
         combine_replicated(x, gate, "mul", None, None, torch.randn(4))
     with pytest.raises(ValueError, match=r"\(C, D\)"):
         combine_replicated(x, gate, "mul", None, torch.randn(4, 4, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layer", [True, False])
+@pytest.mark.parametrize("case", [(1, 3, 16, 4, 37, 53, 20, 30), (2, 2, 5, 3, 9, 11, 4, 6), (1, 3, 4, 2, 8, 9, 1, 1)])
+def test_a_softmax_over_branches_inside_the_multiply_equals_the_long_way(case, layer, dtype):
+    """Selective-kernel fusion: x (N, k, C, H, W) times the softmax over the k branches of the
+    gate's k * C values per position (after the layer stacking each branch's)."""
+    n, k, c, d, h, w, gh, gw = case
+    g = torch.Generator().manual_seed(k * 10 + c)
+    x = torch.randn(n, k, c, h, w, generator=g).to(dtype)
+    values = torch.randn(n, d, gh, gw, generator=g).to(dtype) if layer else torch.randn(n, k, c, gh, gw, generator=g).to(dtype)
+    weight = torch.randn(k * c, d, generator=g).to(dtype) if layer else None
+    bias = torch.randn(k * c, generator=g).to(dtype) if layer else None
+    logits = values.double()
+    if layer:
+        logits = torch.einsum("cd,ndhw->nchw", weight.double(), logits) + bias.double().view(1, -1, 1, 1)
+    attention = torch.softmax(logits.reshape(n, k, c, gh, gw), dim=1).reshape(n, k * c, gh, gw)
+    want = x.double() * replicate_to(attention, (h, w)).reshape(x.shape)
+    got = combine_replicated(x, values, "mul", "softmax", weight, bias)
+    assert got.shape == x.shape and got.dtype == dtype
+    tol = 2e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * (want.abs().max().item() + 1) * (d + 1))
+
+
+def test_a_softmax_needs_branches():
+    with pytest.raises(ValueError, match="branches"):
+        combine_replicated(torch.randn(1, 6, 5, 5), torch.randn(1, 6, 2, 2), "mul", "softmax")

@@ -904,6 +904,7 @@ def test_float32_matches_the_float64_per_pixel_reference(name, batch):
         ("conv-gate", ("mul", "sigmoid", True)),  # 1x1 conv, Sigmoid, x * y
         ("eca", ("mul", "sigmoid", False)),  # conv1d across channels (no per-position layer), sigmoid
         ("gcnet", ("add", None, True)),  # LayerNorm, ReLU, 1x1 conv, x + y
+        ("skff-3", ("mul", "softmax", True)),  # one 1x1 conv per branch, cat, view, softmax over branches
     ],
 )
 def test_a_gates_last_steps_reach_the_multiply_unrun(monkeypatch, name, expected):

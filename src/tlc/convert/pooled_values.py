@@ -171,8 +171,9 @@ class GateForm:
     a time (:func:`tlc.ops.gate.combine_replicated`, from :meth:`_Call.fused_with_map`):
     ``activation(weight @ v + bias)`` at each window position, ``v`` the local values of the
     pooled value ``values`` (its D values per position), ``weight`` (C, D) (None: no layer, then
-    ``bias`` is None too), ``activation`` None or ``"sigmoid"``. A gate's last layer and its
-    sigmoid then never write C-plane maps at every window position."""
+    ``bias`` is None too), ``activation`` None, ``"sigmoid"`` or ``"softmax"`` (over dim 1 of
+    (N, k, C/k, 1, 1) values: selective-kernel fusion's branches). A gate's last layer and its
+    activation then never write C-plane maps at every window position."""
 
     values: _Entry
     weight: torch.Tensor | None = None
@@ -306,6 +307,9 @@ _SOFTMAX = {"softmax", "log_softmax", "softmin"}
 _RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze"})
 # Per-sample products that may run on a pending mean's map before its windows' means.
 _PRODUCTS = frozenset({"linear", "conv2d"})
+
+# Calls that may end a gate, put off until the gate meets the map (_Call.deferred_gate), besides products.
+_GATE_STEPS = frozenset({"sigmoid", "softmax", "cat", "concat", "concatenate"})
 
 # Elementwise calls that pending pooled values pass through pending (see PooledValues.start_pending).
 _DEFERRED = frozenset({
@@ -880,7 +884,7 @@ class _Call:
             result = self.product_first()
             if result is not None:
                 return result
-        if not inplace and (name in _PRODUCTS or name == "sigmoid"):
+        if not inplace and (name in _PRODUCTS or name in _GATE_STEPS):
             result = self.deferred_gate()
             if result is not None:
                 return result
@@ -995,9 +999,12 @@ class _Call:
             return None
         self.values.applied.update(self.sources)
         form = e.form if e._local is None else None
-        if isinstance(form, GateForm) and x.dim() == 4 and form.values.ref() is not None:
+        branches = form.activation == "softmax" if isinstance(form, GateForm) else False
+        if isinstance(form, GateForm) and x.dim() == (5 if branches else 4) and form.values.ref() is not None:
             values = self.grid.valid_map(form.values.local)  # (N, D, gh, gw)
-            if form.weight is not None or values.shape[1] == x.shape[1]:
+            if form.weight is None and values.shape[1] == x.shape[1:-2].numel():
+                values = values.reshape(*x.shape[:-2], gh, gw)  # a softmax's (N, k, C, gh, gw)
+            if form.weight is not None or values.shape[1:-2] == x.shape[1:-2]:
                 return combine_replicated(x, values, op, form.activation, form.weight, form.bias)
         gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)
         return combine_replicated(x, gate, op)
@@ -1064,62 +1071,104 @@ class _Call:
         return real
 
     def deferred_gate(self) -> torch.Tensor | None:
-        """A gate's last layer (``linear``, a 1x1 ``conv2d``) or its ``sigmoid`` on one pooled value,
-        on the CPU in float32 where more than one window fits the map: the real result, its local
-        values pending with a :class:`GateForm`, so that meeting the map in ``x * gate`` or
-        ``x + gate`` computes them a row at a time inside the product (:meth:`fused_with_map`).
+        """A gate's last steps on pooled values, on the CPU in float32 where more than one window
+        fits the map: a layer (``linear``, a 1x1 ``conv2d``), layers of one input concatenated along
+        the channels (selective-kernel fusion's one per branch), then a ``sigmoid`` or a
+        ``softmax`` over dim 1 of (N, k, C, 1, 1) values (across the branches). The real result;
+        its local values pending with a :class:`GateForm`, so that meeting the map in ``x * gate``
+        or ``x + gate`` computes them a row at a time inside the product (:meth:`fused_with_map`).
         Anything else reading them computes them as :meth:`follow` would (the same bits). None
         where this does not apply (the call is then followed)."""
-        args, kwargs, grid, entry = self.args, self.kwargs, self.grid, self.values._entry
-        if grid.positions == 1:  # one window: the original's order
+        if self.grid.positions == 1:  # one window: the original's order
             return None
-        if self.name == "sigmoid":
-            if len(args) != 1 or kwargs:
-                return None
-            source, weight, bias = args[0], None, None
-        else:
-            bound = _bound_product(self.name, args, kwargs)
-            if bound is None:
-                return None
-            source, weight, bias = bound
-        tensors = [t for t in (source, weight, bias) if t is not None]
-        e = entry(source) if isinstance(source, torch.Tensor) else None
-        if (
-            e is None
-            or e.expanded is not None
-            or any(not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            or any(entry(t) is not None for t in tensors[1:])
-        ):
+        found = self.gate_form()
+        if found is None:
             return None
-        if weight is not None:
-            d, linear = source.shape[1:].numel(), self.name == "linear"
-            if (
-                tuple(source.shape) != ((source.shape[0], d) if linear else (source.shape[0], d, 1, 1))
-                or weight.shape[1:] != ((d,) if linear else (d, 1, 1))
-                or (bias is not None and bias.shape != weight.shape[:1])
-            ):
-                return None
-            form = GateForm(e, weight.reshape(weight.shape[0], d), bias)
-        elif isinstance(e.form, GateForm) and e._local is None and e.form.activation is None:
-            form = replace(e.form, activation="sigmoid")
-        else:
-            form = GateForm(e, activation="sigmoid")
-        real = self.func(*args, **kwargs)
+        form, pooled = found
+        args, kwargs, grid, func = self.args, self.kwargs, self.grid, self.func
+        real = func(*args, **kwargs)
         if not isinstance(real, torch.Tensor) or real.dim() < 1 or real.shape[0] != grid.batch:
             return self.follow(real)
-        shape, dtype, func = (grid.batch * grid.positions, *real.shape[1:]), real.dtype, self.func
+        shape, dtype = (grid.batch * grid.positions, *real.shape[1:]), real.dtype
+        parents = {id(t): e for t, e in pooled}
 
-        def compute() -> torch.Tensor:  # as follow() computes it (args keeps the source alive)
-            largs, lkwargs = _map_args(args, kwargs, lambda t: e.computed() if t is source else t)
+        def compute() -> torch.Tensor:  # as follow() computes it (args keeps the sources alive)
+            largs, lkwargs = _map_args(args, kwargs, lambda t: parents[id(t)].computed() if id(t) in parents else t)
             result = self.local_call(largs, lkwargs, shape, dtype)
             if not isinstance(result, torch.Tensor) or tuple(result.shape) != shape:
                 raise ValueError(f"local result of {_name(func)}: not of shape {shape}")
             return result
 
-        reads = e.reads | {source.untyped_storage().data_ptr()}
+        reads = frozenset().union(*(e.reads for _, e in pooled), (t.untyped_storage().data_ptr() for t, _ in pooled))
         self.values._track_pending(real, compute, grid, self.sources, reads, form)
         return real
+
+    def gate_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
+        """For :meth:`deferred_gate`: the call's result as a :class:`GateForm` and the pooled
+        tensors it takes with their entries; None for other calls or settings."""
+        args, kwargs, name, entry = self.args, self.kwargs, self.name, self.values._entry
+        weight = bias = None
+        if name in ("cat", "concat", "concatenate"):
+            parts, dim = (args[0] if args else kwargs.get("tensors")), (args[1] if len(args) > 1 else kwargs.get("dim", 0))
+            if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or not isinstance(parts, (list, tuple)) or not parts:
+                return None
+            pooled = [(t, entry(t)) for t in parts if isinstance(t, torch.Tensor)]
+            forms = [e.form if e is not None and e._local is None else None for _, e in pooled]
+            if len(pooled) != len(parts) or not all(isinstance(f, GateForm) and f.weight is not None for f in forms):
+                return None
+            if any(f.activation is not None or f.values is not forms[0].values for f in forms):
+                return None
+            if any(t.dim() not in (2, 4) or dim % t.dim() != 1 or t.shape[2:].numel() != 1 for t in parts):
+                return None
+            if len({f.bias is None for f in forms}) != 1:
+                return None
+            biases = None if forms[0].bias is None else torch.cat([f.bias for f in forms])
+            form = GateForm(forms[0].values, torch.cat([f.weight for f in forms]), biases)
+            tensors = [t for t, _ in pooled]
+        elif name in ("sigmoid", "softmax"):
+            source = args[0] if args else kwargs.get("input")
+            if name == "sigmoid" and (len(args) != 1 or kwargs):
+                return None
+            if name == "softmax":
+                dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                if len(args) > 2 or set(kwargs) - {"input", "dim", "_stacklevel", "dtype"} or kwargs.get("dtype") is not None:
+                    return None
+                if not isinstance(source, torch.Tensor) or source.dim() != 5 or source.shape[-2:] != (1, 1) or dim not in (1, -4):
+                    return None
+            e = entry(source) if isinstance(source, torch.Tensor) else None
+            if e is None:
+                return None
+            if isinstance(e.form, GateForm) and e._local is None and e.form.activation is None:
+                form = replace(e.form, activation=name)
+            else:
+                form = GateForm(e, activation=name)
+            pooled, tensors = [(source, e)], [source]
+        else:
+            bound = _bound_product(name, args, kwargs)
+            if bound is None:
+                return None
+            source, weight, bias = bound
+            e = entry(source) if isinstance(source, torch.Tensor) else None
+            if e is None or not isinstance(weight, torch.Tensor) or (bias is not None and not isinstance(bias, torch.Tensor)):
+                return None
+            d, linear = source.shape[1:].numel(), name == "linear"
+            if (
+                tuple(source.shape) != ((source.shape[0], d) if linear else (source.shape[0], d, 1, 1))
+                or weight.shape[1:] != ((d,) if linear else (d, 1, 1))
+                or (bias is not None and bias.shape != weight.shape[:1])
+                or entry(weight) is not None
+                or (bias is not None and entry(bias) is not None)
+            ):
+                return None
+            form = GateForm(e, weight.reshape(weight.shape[0], d), bias)
+            pooled, tensors = [(source, e)], [source, weight, *([] if bias is None else [bias])]
+        if any(e.expanded is not None for _, e in pooled):
+            return None
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        return form, pooled
 
     def product_first(self) -> torch.Tensor | None:
         """``linear(y, W, b)`` or a 1x1 ``conv2d(y, W, b)`` of a pending value ``y`` that is the

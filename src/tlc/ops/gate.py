@@ -514,12 +514,13 @@ def _exp_float32(v):  # pragma: no cover (compiled by numba)
     return p * np.int32((np.int32(k) + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
-def _gate_rows(x, values, weight, bias, top, left, add, sigmoid, tasks, out):  # pragma: no cover (compiled by numba)
+def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
     """out (N, C, H, W) = x op gate edge-replicated, offset (top, left) (op: ``+`` with ``add``,
     else ``*``), float32, the gate at each valid window position (gh x gw of them) being
-    ``sigmoid(weight @ values + bias)`` (sigmoid with ``sigmoid``; the product unless ``weight``
-    has no rows: then ``values`` (N, C, gh, gw) is the gate before its activation; the bias
-    unless it has no entries). values (N, D, gh, gw), weight (C, D), bias (C,).
+    ``act(weight @ values + bias)`` (the product unless ``weight`` has no rows: then ``values``
+    (N, C, gh, gw) is the gate before its activation; the bias unless it has no entries). values
+    (N, D, gh, gw), weight (C, D), bias (C,). ``act``: ``activation`` 0 none, 1 the sigmoid, 2 a
+    softmax across ``groups`` blocks of C / groups planes (plane g * C / groups + c of each).
 
     Rows of the output are split into ``tasks`` runs, each with a scratch row of the gate for
     every plane: a gate row is summed over the D input planes in order (the first product starts
@@ -534,8 +535,10 @@ def _gate_rows(x, values, weight, bias, top, left, add, sigmoid, tasks, out):  #
     with_bias = bias.shape[0] > 0
     rows = n * h
     one = np.float32(1.0)
+    per_group = c // groups
     for t in prange(tasks):
         gates = np.empty((c, gw), dtype=x.dtype)
+        top_sum = np.empty((2, gw if activation == 2 else 0), dtype=x.dtype)  # a softmax's maxima and sums
         made = -1  # the (image, gate row) the scratch holds, as b * gh + gi
         for r in range(t * rows // tasks, (t + 1) * rows // tasks):
             b, i = r // h, r % h
@@ -560,9 +563,29 @@ def _gate_rows(x, values, weight, bias, top, left, add, sigmoid, tasks, out):  #
                         shift = bias[p]
                         for j in range(gw):
                             gate[j] += shift
-                    if sigmoid:
+                    if activation == 1:
                         for j in range(gw):
                             gate[j] = one / (one + _exp_float32(-gate[j]))
+                if activation == 2:
+                    highest, total = top_sum[0], top_sum[1]
+                    for q in range(per_group):
+                        first = gates[q]
+                        for j in range(gw):
+                            highest[j] = first[j]
+                            total[j] = 0.0
+                        for g in range(1, groups):
+                            other = gates[g * per_group + q]
+                            for j in range(gw):
+                                highest[j] = max(highest[j], other[j])
+                        for g in range(groups):
+                            gate = gates[g * per_group + q]
+                            for j in range(gw):
+                                gate[j] = _exp_float32(gate[j] - highest[j])
+                                total[j] += gate[j]
+                        for g in range(groups):
+                            gate = gates[g * per_group + q]
+                            for j in range(gw):
+                                gate[j] = gate[j] / total[j]
             for p in range(c):
                 gate, x_row, out_row = gates[p], x[b, p, i], out[b, p, i]
                 edge_left, edge_right = gate[0], gate[gw - 1]
@@ -587,7 +610,8 @@ def _gate_rows(x, values, weight, bias, top, left, add, sigmoid, tasks, out):  #
 if njit is not None:  # compiled into the kernel that calls it
     _exp_float32 = njit(inline="always")(_exp_float32)
 _GATE_ROWS = parallel_kernel(_gate_rows)
-ACTIVATIONS = ("sigmoid",)  # what combine_replicated applies to a gate before combining
+ACTIVATIONS = ("sigmoid", "softmax")  # what combine_replicated applies to a gate before combining
+_ACTIVATION_CODES = {None: 0, "sigmoid": 1, "softmax": 2}  # as _gate_rows takes them
 
 
 def _replicated(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -617,7 +641,9 @@ def combine_replicated(
             gh <= H, gw <= W (as from :func:`tlc.ops.pool.valid_local_mean` followed by per-pixel
             layers); with ``weight``, (N, D, gh, gw) values the layer takes, x then (N, C, H, W).
         op: "mul", "add" or "sub" (``x - gate``).
-        activation: None or "sigmoid" (:data:`ACTIVATIONS`), applied to the gate before combining.
+        activation: None, "sigmoid" or "softmax" (:data:`ACTIVATIONS`), applied to the gate
+            before combining; "softmax" normalises over dim 1 of x (N, k, C, H, W) (selective-kernel
+            fusion's branches): the gate's k * C values per position (after the layer) as (k, C).
         weight: (C, D) (or (C, D, 1, 1)) weight of a per-position layer (a 1x1 convolution's or a
             Linear layer's) applied to the gate's D channels first; ``bias`` (C,) its bias (added last).
 
@@ -640,14 +666,23 @@ def combine_replicated(
         weight = weight.flatten(1)  # a 1x1 convolution's
     if weight is not None and weight.dim() != 2:
         raise ValueError(f"weight must be (C, D) or (C, D, 1, 1), not {tuple(weight.shape)}")
+    if activation == "softmax" and (x.dim() != 5 or (weight is None and gate.shape[:3] != x.shape[:3])):
+        raise ValueError(f"a softmax over branches takes x (N, k, C, H, W) and a gate of k * C values, not {tuple(x.shape)}")
     if weight is not None or activation is not None:
-        fused = _fused_gate(x, gate, op, activation, weight, bias)
+        branches = x.shape[1] if activation == "softmax" else 1
+        flat = x.reshape(x.shape[0], -1, *x.shape[-2:]) if branches > 1 else x  # (N, k * C, H, W)
+        values = gate.reshape(gate.shape[0], -1, *gate.shape[-2:]) if weight is None and branches > 1 else gate
+        fused = _fused_gate(flat, values, op, activation, weight, bias, branches)
         if fused is not None:
-            return fused
+            return fused.view(x.shape)
         if weight is not None:
             gate = _layer_at_positions(gate, weight, bias)
+            if x.dim() != 4 and gate.shape[:2].numel() == x.shape[:-2].numel():  # (N, k * C) as x's (N, k, C)
+                gate = gate.reshape(*x.shape[:-2], *gate.shape[-2:])
         if activation == "sigmoid":
             gate = torch.sigmoid(gate)
+        elif activation == "softmax":
+            gate = torch.softmax(gate.reshape(*x.shape[:3], *gate.shape[-2:]), dim=1)
     if op == "sub" and gate.is_floating_point():
         # x - g is x + (-g) in IEEE arithmetic, bit for bit; negating the small map is exact.
         return combine_replicated(x, -gate, "add")
@@ -700,10 +735,12 @@ def _fused_gate(
     activation: str | None,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
+    branches: int = 1,
 ) -> torch.Tensor | None:
     """:func:`combine_replicated` with a layer or an activation by the CPU kernel, where it applies
     (float32, (N, C, H, W) maps, more than one window position, a layer no wider than
-    :func:`channel_product` takes); else None."""
+    :func:`channel_product` takes; a softmax across ``branches`` blocks of C / branches planes);
+    else None."""
     if _GATE_ROWS is None or op == "sub" or x.dim() != 4 or gate.dim() != 4:
         return None
     (n, c, h, w), (gn, d, gh, gw) = x.shape, gate.shape
@@ -715,6 +752,8 @@ def _fused_gate(
         or any(t.dtype != torch.float32 for t in tensors)
         or not cpu_kernel_applies(*tensors)
     ):
+        return None
+    if c % branches:
         return None
     if weight is None:
         if d != c:
@@ -731,7 +770,7 @@ def _fused_gate(
     tasks = min(n * h, 4 * torch.get_num_threads())  # a few runs of rows a thread, for balance
     _GATE_ROWS(
         xs.numpy(), values.numpy(), weight.detach().contiguous().numpy(), shift.numpy(), top, left,
-        op == "add", activation == "sigmoid", tasks, out.numpy(),
+        op == "add", _ACTIVATION_CODES[activation], branches, tasks, out.numpy(),
     )
     return out
 

@@ -905,6 +905,7 @@ def test_float32_matches_the_float64_per_pixel_reference(name, batch):
         ("eca", ("mul", "sigmoid", False)),  # conv1d across channels (no per-position layer), sigmoid
         ("gcnet", ("add", None, True)),  # LayerNorm, ReLU, 1x1 conv, x + y
         ("skff-3", ("mul", "softmax", True)),  # one 1x1 conv per branch, cat, view, softmax over branches
+        ("cbam", ("mul", "sigmoid", True)),  # mlp(avg) + mlp(max): the shared last layer once, on the sum
     ],
 )
 def test_a_gates_last_steps_reach_the_multiply_unrun(monkeypatch, name, expected):

@@ -179,6 +179,7 @@ class GateForm:
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     activation: str | None = None
+    keep: torch.Tensor | None = None  # the real tensor of ``values`` where nothing else holds it
 
 
 class _Entry:
@@ -309,7 +310,7 @@ _RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze"})
 _PRODUCTS = frozenset({"linear", "conv2d"})
 
 # Calls that may end a gate, put off until the gate meets the map (_Call.deferred_gate), besides products.
-_GATE_STEPS = frozenset({"sigmoid", "softmax", "cat", "concat", "concatenate"})
+_GATE_STEPS = frozenset({"sigmoid", "softmax", "cat", "concat", "concatenate", "add", "__add__", "__radd__"})
 
 # Elementwise calls that pending pooled values pass through pending (see PooledValues.start_pending).
 _DEFERRED = frozenset({
@@ -528,7 +529,7 @@ class PooledValues:
                     spare.release(entry.held, entry._local)
                 # Nothing reads a dead value (pending ones computed from it hold its real tensor):
                 # the lists of pending values and forms that still name the entry keep no memory.
-                entry._local = entry.pending = None
+                entry._local = entry.pending = entry.form = None
 
         entry = entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
         return entry
@@ -1108,6 +1109,8 @@ class _Call:
         tensors it takes with their entries; None for other calls or settings."""
         args, kwargs, name, entry = self.args, self.kwargs, self.name, self.values._entry
         weight = bias = None
+        if _member(self.func, _ADD):
+            return self.shared_layer_sum()
         if name in ("cat", "concat", "concatenate"):
             parts, dim = (args[0] if args else kwargs.get("tensors")), (args[1] if len(args) > 1 else kwargs.get("dim", 0))
             if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or not isinstance(parts, (list, tuple)) or not parts:
@@ -1169,6 +1172,38 @@ class _Call:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return None
         return form, pooled
+
+    def shared_layer_sum(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
+        """``f(a) + f(b)`` of two pending layers with one weight (CBAM's shared MLP on the average- and
+        max-pooled vectors): the layer once on ``a + b`` (a new pending value of the layer's D inputs
+        instead of two of its C outputs), its biases added, as :func:`tlc.ops.gate.pointwise_sum`
+        computes it. For :meth:`gate_form`; None for other sums."""
+        args, entry = self.args, self.values._entry
+        if len(args) != 2 or self.kwargs or not all(isinstance(t, torch.Tensor) for t in args):
+            return None
+        pooled = [(t, entry(t)) for t in args]
+        forms = [e.form if e is not None and e._local is None else None for _, e in pooled]
+        if not all(isinstance(f, GateForm) and f.weight is not None and f.activation is None for f in forms):
+            return None
+        (fa, fb), (a, b) = forms, args
+        same = fa.weight.data_ptr() == fb.weight.data_ptr() and fa.weight.stride() == fb.weight.stride()
+        if not same or fa.weight.shape != fb.weight.shape or (fa.bias is None) != (fb.bias is None) or a.shape != b.shape:
+            return None
+        ea, eb = fa.values, fb.values
+        ra, rb = ea.ref(), eb.ref()
+        if ra is None or rb is None or ra.shape != rb.shape or ea.grid != eb.grid or ea.expanded or eb.expanded:
+            return None
+        total = ra + rb  # the real sum of the layer's inputs, kept alive by the form's pending value
+        grid = self.grid
+
+        def compute() -> torch.Tensor:
+            hold = (ra, rb)  # noqa: F841 (the inputs' real tensors stay alive while this is pending)
+            return torch.add(ea.computed(), eb.computed())
+
+        reads = ea.reads | eb.reads | {ra.untyped_storage().data_ptr(), rb.untyped_storage().data_ptr()}
+        self.values._track_pending(total, compute, grid, ea.sources | eb.sources, reads)
+        bias = None if fa.bias is None else fa.bias + fb.bias
+        return GateForm(self.values._entry(total), fa.weight, bias, keep=total), pooled
 
     def product_first(self) -> torch.Tensor | None:
         """``linear(y, W, b)`` or a 1x1 ``conv2d(y, W, b)`` of a pending value ``y`` that is the

@@ -582,10 +582,12 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
                             for j in range(gw):
                                 gate[j] = _exp_float32(gate[j] - highest[j])
                                 total[j] += gate[j]
+                        for j in range(gw):  # one division, then products (as torch's softmax)
+                            total[j] = one / total[j]
                         for g in range(groups):
                             gate = gates[g * per_group + q]
                             for j in range(gw):
-                                gate[j] = gate[j] / total[j]
+                                gate[j] = gate[j] * total[j]
             for p in range(c):
                 gate, x_row, out_row = gates[p], x[b, p, i], out[b, p, i]
                 edge_left, edge_right = gate[0], gate[gw - 1]

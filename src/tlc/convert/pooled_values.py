@@ -42,7 +42,10 @@ off until something reads them. Elementwise calls and reshapes on pending values
 values; a call changing in place what one is computed from computes it first. A mean nothing
 reads is never computed (IMDN's, which only centres its hand-written variance), and one reaching
 a gate's narrowing first layer (``Linear`` or 1x1 ``conv2d``) is answered by the layer at every
-pixel and the windows' means of its fewer planes (:class:`WindowMeans`).
+pixel and the windows' means of its fewer planes (:class:`WindowMeans`). A gate's last steps on
+pooled values (a 1x1 layer or ``Linear``, per-branch layers concatenated, a sigmoid, a softmax over
+branches, a shared layer's two results summed) stay pending too, knowing what they are
+(:class:`GateForm`): ``x * gate`` then computes them a row at a time inside the product.
 
 What cannot be followed exactly raises :class:`PooledValueError` with a one-line reason and the
 sources involved, so the caller can leave those poolings global: reading values into Python

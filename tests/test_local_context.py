@@ -12,7 +12,7 @@ from torch import nn
 
 from tlc.nn import LocalStripAvgPool2d
 from tlc.ops import local_axis_mean, local_softmax_pool, local_std, local_var
-from tlc.ops.stats import valid_local_var, valid_local_var_and_var
+from tlc.ops.stats import valid_local_var, valid_local_var_and_var, valid_local_var_mean_and_var
 
 from .conftest import TOLERANCE
 
@@ -464,6 +464,30 @@ def test_valid_var_comes_with_the_maps_own_variance(shape, window, dtype, correc
         assert valid.dtype == var.dtype == dtype and var.shape == (*shape[:2], 1, 1)
         torch.testing.assert_close(valid.double(), ref, rtol=0, atol=tolerance, equal_nan=True)
         torch.testing.assert_close(var.double(), whole, rtol=0, atol=tolerance, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "shape,window", [((2, 3, 7, 11), (3, 4)), ((1, 2, 13, 10), (5, 6)), ((2, 1, 6, 5), (9, 9)), ((1, 2, 1, 9), (4, 4))]
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_variances_pass_gives_the_windows_means_too(shape, window, dtype):
+    """valid_local_var_mean_and_var: the same variances as valid_local_var_and_var, and the windows'
+    means from the same sums where the kernel runs (None where one window covers the map or
+    autograd takes torch's path), within a unit in the last place for values far from zero."""
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1e3).to(dtype)
+    h, w = shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    valid, means, whole = valid_local_var_mean_and_var(x, window, 1.0)
+    same = valid_local_var_and_var(x, window, 1.0)
+    assert torch.equal(valid, same[0]) and torch.equal(whole, same[1])
+    if (kh, kw) == (h, w):
+        assert means is None
+        return
+    ref = x.double().unfold(2, kh, 1).unfold(3, kw, 1).mean((-2, -1))
+    assert means.dtype == dtype and means.shape == ref.shape
+    torch.testing.assert_close(means.double(), ref, rtol=0, atol=1e-12 if dtype == torch.float64 else 6.2e-5)
+    with torch.enable_grad():
+        assert valid_local_var_mean_and_var(x.clone().requires_grad_(), window)[1] is None
 
 
 def test_var_keeps_digits_for_offset_inputs():

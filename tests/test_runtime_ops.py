@@ -183,8 +183,9 @@ def test_hand_written_std_and_pool_module_gate_runs_on_the_windows_inside_the_ma
 
 def test_hand_written_mean_that_only_centres_a_variance_is_never_computed_over_the_windows(monkeypatch):
     """stdv_channels' mean is read only by the deviation from it, which is lazy (the variance's own
-    pass answers the chain): its windows' means are never computed, in any forward. (The pooling
-    module's are: the gate reads them.)"""
+    pass answers the chain): its windows' means are never computed, in any forward. The pooling
+    module's are read by the gate, and come from the variance's pass over the same map
+    (PooledValues.note_window_means): no windows' mean pass at all."""
     from tlc.convert.call_sites import marks
 
     model = randomised(ContrastGate()).double()
@@ -204,8 +205,44 @@ def test_hand_written_mean_that_only_centres_a_variance_is_never_computed_over_t
         expected = y * torch.sigmoid(model.up(F.relu(model.down(stats))))
         for _ in range(2):
             assert (converted(x) - expected).abs().max().item() < 1e-12
-    # The pooling module's windows only (its mean's scale is 1; the hand-written mean's, 37 * 30).
-    assert passes == [((2, 4, 37, 30), 1.0)] * 2
+    assert passes == []
+
+
+class VarianceThenChangedThenMean(nn.Module):
+    """A map's variance, the map changed in place, then its mean (by the pooling module)."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        v = y.var((2, 3), keepdim=True)
+        if self.change:
+            y.mul_(2.0)
+        m = F.adaptive_avg_pool2d(y, 1)
+        return y * torch.sigmoid(self.fc(m + v))
+
+
+@pytest.mark.parametrize("change", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_variances_window_means_serve_the_same_maps_mean_until_it_changes(change, dtype):
+    """The variance's pass gives the map's windows' means too (tlc.ops.stats.valid_local_var_mean_and_var);
+    the pooling of the same map takes them, unless the map changed in place between (then its
+    own pass): each pixel's window statistics either way."""
+    model = randomised(VarianceThenChangedThenMean()).to(dtype)
+    model.change = change
+    converted, _ = tlc.convert(model, TRAIN)
+    x = image(2, 3, 37, 30, dtype=dtype)
+    with torch.no_grad():
+        y = model.conv(x)
+        var = brute_force(y, (24, 24), lambda t: t.var(-1, correction=1))
+        y = y * 2 if change else y
+        expected = y * torch.sigmoid(model.fc(brute_force(y, (24, 24), mean) + var))
+        for _ in range(2):
+            out = converted(x)
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-12 if dtype == torch.float64 else 2e-5)
 
 
 class MeanThenChangedInPlace(nn.Module):

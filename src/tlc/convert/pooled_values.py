@@ -463,6 +463,13 @@ def _index_problem(index: object, ndim: int) -> str | None:
     return None
 
 
+def _means_key(src: torch.Tensor, window: Pair) -> tuple:
+    """What identifies a map's windows' means for :meth:`PooledValues.note_window_means`: its memory
+    (the storage address first, as :meth:`PooledValues.before_call` matches it), layout and dtype,
+    and the window."""
+    return (src.untyped_storage().data_ptr(), src.storage_offset(), tuple(src.shape), src.stride(), src.dtype, tuple(window))
+
+
 def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
     """(N, C, Gh, Gw) values over the windows as local values (N * Gh * Gw, *tail), C = prod(tail)."""
     n, _, gh, gw = valid.shape
@@ -505,6 +512,7 @@ class PooledValues:
         self.applied: set[Hashable] = set()
         self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of pending values read
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
+        self._known_means: dict[tuple, torch.Tensor] = {}  # see note_window_means
 
     # --- bookkeeping
     def _track(
@@ -575,8 +583,22 @@ class PooledValues:
 
     @property
     def pending(self) -> bool:
-        """Whether values started with :meth:`start_pending` (or following them) may still be uncomputed."""
-        return bool(self._pending)
+        """Whether values started with :meth:`start_pending` (or following them) may still be
+        uncomputed, or windows' means noted by :meth:`note_window_means` wait for one."""
+        return bool(self._pending) or bool(self._known_means)
+
+    def note_window_means(self, src: torch.Tensor, window: Pair, valid: torch.Tensor) -> None:
+        """The windows' means of ``src`` (N, C, Gh, Gw), ``window`` (kh, kw) clamped, that a pass
+        computed anyway (a variance's of the same map: :func:`tlc.ops.stats.valid_local_var_mean_and_var`).
+        The next pending mean of that map and window computed before the map changes in place takes
+        them (once) instead of a pass of its own: IMDN's contrast-aware attention and SRM take the
+        variance and the mean of one map."""
+        self._known_means[_means_key(src, window)] = valid
+
+    def take_window_means(self, src: torch.Tensor, window: Pair) -> torch.Tensor | None:
+        """The windows' means of ``src`` noted by :meth:`note_window_means` (and forgotten: they
+        are the caller's now), or None."""
+        return self._known_means.pop(_means_key(src, window), None) if self._known_means else None
 
     def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
         """Called by the mode before any torch call while values are pending: a call changing a
@@ -588,6 +610,8 @@ class PooledValues:
             return
         targets = [t for t in (*args[:1], *tensor_args((out,), {})) if isinstance(t, torch.Tensor)]
         addresses = {t.untyped_storage().data_ptr() for t in targets}
+        for key in [k for k in self._known_means if k[0] in addresses]:  # that map changes: forget them
+            del self._known_means[key]
         left = []
         for entry in self._pending:
             if entry._local is not None or entry.ref() is None:
@@ -702,7 +726,11 @@ class PooledValues:
         local_valid = means.valid if local_valid is None else local_valid
 
         def compute() -> torch.Tensor:
-            valid = local_valid()
+            known = self.take_window_means(means.src, means.window) if means.logits is None else None
+            if known is not None:
+                valid = known if means.scale == 1 else known * means.scale
+            else:
+                valid = local_valid()
             if tuple(valid.shape) != expected:
                 raise ValueError(f"the windows' values are {tuple(valid.shape)}, not {expected}")
             return _as_local(valid, tail)
@@ -807,6 +835,7 @@ class PooledValues:
         leaving = self.escaped(output)
         self._entries.clear()
         self._pending.clear()
+        self._known_means.clear()
         self.spare.clear()
         return leaving
 

@@ -394,15 +394,18 @@ def window_sums_along_row(column1, column2, k, sums1, sums2):  # pragma: no cove
         next2[b] = s2
 
 
-def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threads):  # pragma: no cover
+def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals, threads):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
     those of the windows inside the map: running float64 sums of x - centre and of its square, a
     row of column sums sliding down and a window sum sliding along it. totals: (P, 2) float64 gets
-    the whole plane's sums of x - centre and of its square (each row enters the sums once)."""
+    the whole plane's sums of x - centre and of its square (each row enters the sums once).
+    means: (P, H-k1+1, W-k2+1) gets the windows' means from the same sums (sum / area + centre),
+    with ``valid_only``; a (0, 0, 0) array: none."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
+    want_means = means.shape[0] == planes
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
         valid = np.empty((0, 0) if valid_only else (vh, vw), np.float64)  # valid_only: rows go to out
@@ -436,6 +439,10 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, totals, threa
                 # not one on a conditional row: the rows' dtypes differ, which numba cannot unify.
                 if valid_only:
                     _variance_row(sums1, sums2, area, divisor, root, out[p, a])
+                    if want_means:
+                        mean_row = means[p, a]
+                        for b in range(vw):
+                            mean_row[b] = sums1[b] / area + c
                 else:
                     _variance_row(sums1, sums2, area, divisor, root, valid[a])
             totals[p, 0] = all1.sum()
@@ -549,7 +556,7 @@ def fused_softmax_pool_general(
 
 def fused_local_var(
     x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool,
-    valid_only: bool = False, totals: torch.Tensor | None = None,
+    valid_only: bool = False, totals: torch.Tensor | None = None, means: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
 
@@ -562,6 +569,8 @@ def fused_local_var(
         valid_only: return only the (N, C, H-kh+1, W-kw+1) windows inside the map.
         totals: optional (N * C, 2) float64 CPU tensor that gets each plane's sums of
             ``x - centre`` and of its square (from the same pass).
+        means: optional contiguous (N, C, H-kh+1, W-kw+1) CPU tensor of the working dtype
+            (float32 for half inputs) that gets the windows' means, with ``valid_only``.
     """
     n, c, h, w = x.shape
     work = _working(x)
@@ -569,6 +578,8 @@ def fused_local_var(
     out = work.new_empty((n * c, *size))
     divisor = max(window[0] * window[1] - correction, 0.0)
     sums = totals if totals is not None else torch.empty(n * c, 2, dtype=torch.float64)
+    into = work.new_empty((0, 0, 0)) if means is None else means.view(n * c, *size)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
-                  float(divisor), bool(root), bool(valid_only), out.numpy(), sums.numpy(), torch.get_num_threads())
+                  float(divisor), bool(root), bool(valid_only), out.numpy(), into.numpy(), sums.numpy(),
+                  torch.get_num_threads())
     return out.view(n, c, *size).to(x.dtype)

@@ -29,7 +29,7 @@ def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> 
 
 def _fused_local_var(
     x: torch.Tensor, window: int | Pair, correction: float, root: bool, valid_only: bool = False,
-    totals: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None, means: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """The CPU kernel's result (running float64 sums of centred values), or None where it does
     not apply (autograd, other devices, tracing, a window covering the map). ``totals``: see
@@ -40,7 +40,7 @@ def _fused_local_var(
     if (kh, kw) == (h, w) or not local_kernels_apply(x):
         return None
     centre = centring_means(x, (-2, -1))
-    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals)
+    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals, means)
 
 
 def _whole_var(x: torch.Tensor, correction: float) -> torch.Tensor:
@@ -51,6 +51,22 @@ def _whole_var(x: torch.Tensor, correction: float) -> torch.Tensor:
         return torch.var(x, dim=(2, 3), correction=correction, keepdim=True)
     centred = x - x.sum(dim=(2, 3), keepdim=True) / area
     return centred.square_().sum(dim=(2, 3), keepdim=True) / (area - correction)
+
+
+def valid_local_var_mean_and_var(
+    x: torch.Tensor, window: int | Pair, correction: float = 0.0, root: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """:func:`valid_local_var_and_var` and, where the CPU kernel runs, the windows' means from the
+    same sums (``sum(x - centre) / area + centre`` in float64, rounded once: within a unit in the
+    last place of :func:`tlc.ops.pool.valid_local_mean`'s, not always its bits); None elsewhere.
+    A model taking both a map's variance and its mean (IMDN's contrast-aware attention, SRM) then
+    makes one pass over the map instead of two.
+
+    Returns:
+        (variances or standard deviations (N, C, H - kh + 1, W - kw + 1), the windows' means of
+        that shape or None, the map's own statistic (N, C, 1, 1)).
+    """
+    return _valid_var(x, window, correction, root, with_means=True)
 
 
 def valid_local_var_and_var(
@@ -70,21 +86,32 @@ def valid_local_var_and_var(
     Returns:
         ((N, C, H - kh + 1, W - kw + 1), (N, C, 1, 1)), both in the dtype of ``x``.
     """
+    valid, _, whole = _valid_var(x, window, correction, root, with_means=False)
+    return valid, whole
+
+
+def _valid_var(
+    x: torch.Tensor, window: int | Pair, correction: float, root: bool, with_means: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     n, c, h, w = x.shape
-    if clamp_window(as_pair(window, "window"), (h, w)) == (h, w):  # one window: the map's own statistic
+    kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if (kh, kw) == (h, w):  # one window: the map's own statistic
         whole = _whole_var(x, correction)
         whole = whole.sqrt() if root else whole
-        return whole, whole
+        return whole, None, whole
     area = h * w
     totals = torch.empty(n * c, 2, dtype=torch.float64)
     kernel = x.device.type == "cpu" and area > correction
-    valid = _fused_local_var(x, window, correction, root, valid_only=True, totals=totals) if kernel else None
+    means = None
+    if kernel and with_means and x.dtype in (torch.float32, torch.float64):
+        means = torch.empty((n, c, h - kh + 1, w - kw + 1), dtype=x.dtype)
+    valid = _fused_local_var(x, window, correction, root, valid_only=True, totals=totals, means=means) if kernel else None
     if valid is None:
         whole = torch.std if root else torch.var
-        return valid_local_var(x, window, correction, root), whole(x, dim=(2, 3), correction=correction, keepdim=True)
+        return valid_local_var(x, window, correction, root), None, whole(x, dim=(2, 3), correction=correction, keepdim=True)
     # Sums of d = x - centre: var = (sum d^2 - (sum d)^2 / area) / (area - correction), centre near the mean.
     var = ((totals[:, 1] - totals[:, 0].square() / area) / (area - correction)).clamp_min(0)
-    return valid, (var.sqrt() if root else var).view(n, c, 1, 1).to(x.dtype)
+    return valid, means, (var.sqrt() if root else var).view(n, c, 1, 1).to(x.dtype)
 
 
 def valid_local_var(x: torch.Tensor, window: int | Pair, correction: float = 1.0, root: bool = False) -> torch.Tensor:

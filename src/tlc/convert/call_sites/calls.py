@@ -13,7 +13,7 @@ import torch
 from ...ops import local_axis_max, local_axis_mean, local_max, local_mean, local_mean_strided
 from ...ops.extrema import valid_local_max
 from ...ops.pool import clamp_window, map_mean, valid_local_mean_and_mean
-from ..pooled_values import WindowMeans
+from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
 from .sites import POOLED_VALUE
 
@@ -36,7 +36,8 @@ class Call:
             "mean", "sum" or None.
         valid: for a whole-map statistic :data:`POOLINGS` does not name (``var``, ``std``), its
             value over every window inside the map, (N, C, H - kh + 1, W - kw + 1), at a site,
-            with its value over the whole map, (N, C, 1, 1), from the same pass.
+            the windows' means of the map where the same pass gives them (else None) and its
+            value over the whole map, (N, C, 1, 1), from the same pass.
     """
 
     op: str
@@ -46,7 +47,7 @@ class Call:
     reason: str | None = None
     local: Callable[[Site], torch.Tensor] | None = None
     mark: str | None = None
-    valid: Callable[[Site], tuple[torch.Tensor, torch.Tensor]] | None = None
+    valid: Callable[[Site], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] | None = None
 
 
 def is_map(x: object) -> bool:
@@ -136,10 +137,11 @@ def poolable(call: Call) -> bool:
     )
 
 
-def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | None]:
+def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The pooling of ``call`` over every window inside the map, (N, C, H - kh + 1, W - kw + 1),
-    and its value over the whole map, (N, C, 1, 1), where the windows' pass gives it (None
-    elsewhere: torch's own pooling then gives it)."""
+    the windows' means of the map where a variance's pass gives them too (else None), and its
+    value over the whole map, (N, C, 1, 1), where the windows' pass gives it (None elsewhere:
+    torch's own pooling then gives it)."""
     if call.valid is not None:
         return call.valid(site)
     x, kind = call.x, POOLINGS[call.op]
@@ -147,13 +149,28 @@ def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | 
         # The windows inside the map cover every pixel: the largest of their maxima is the map's
         # maximum, exactly (NaN included), from a pass over the smaller map.
         valid = valid_local_max(x, site.window)
-        return valid, valid.amax((2, 3), keepdim=True)
+        return valid, None, valid.amax((2, 3), keepdim=True)
     area = x.shape[2] * x.shape[3] if kind == "sum" else 1
     # The mean from the kernel's float64 sums; a sum's scale in the kernel's pass.
     valid, mean = valid_local_mean_and_mean(x, site.window, scale=area)
     if mean is not None and area != 1:
         mean = mean * area
-    return valid, mean
+    return valid, None, mean
+
+
+def known_pooling(call: Call, site: Site, values: PooledValues) -> tuple[torch.Tensor, None, torch.Tensor] | None:
+    """:func:`valid_pooling` of a whole-map mean or sum from windows' means a variance's pass of
+    the same map already gave (:meth:`PooledValues.take_window_means`), the map's mean from the
+    plane-sums kernel (the windows' pass's bits); None where none are at hand."""
+    kind, x = POOLINGS.get(call.op), call.x
+    if call.valid is not None or kind not in ("mean", "sum") or x.dim() != 4:
+        return None
+    known = values.take_window_means(x, clamp_window(site.window, x.shape[-2:]))
+    if known is None:
+        return None
+    area = x.shape[2] * x.shape[3] if kind == "sum" else 1
+    whole = map_mean(x)
+    return (known, None, whole) if area == 1 else (known * area, None, whole * area)
 
 
 def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ...ops.pool import map_mean, valid_local_mean_and_mean
-from ...ops.stats import valid_local_var_and_var
+from ...ops.stats import valid_local_var_mean_and_var
 from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
 from .calls import Call, bind
@@ -161,6 +161,9 @@ def _window_means(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`valid_local_mean_and_mean` of ``src`` (the windows' means times ``scale``, into a spare
     buffer where one is at hand; the map's mean where the kernel gives it)."""
+    known = values.take_window_means(src, window)
+    if known is not None:  # a variance's pass of the same map gave them
+        return (known if scale == 1 else known * scale), map_mean(src)
     buffer = _valid_buffer(values, src, window)
     # A sum's scale in the kernel's pass (a pass over the windows' map less than multiplying after).
     valid, real = valid_local_mean_and_mean(src, window, out=buffer, scale=scale)
@@ -209,7 +212,9 @@ def pooled_statistic(
         if scale != 1:
             real = real * scale
     else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
-        valid, real = valid_local_var_and_var(src, window)
+        valid, means, real = valid_local_var_mean_and_var(src, window)
+        if means is not None:  # the same pass's means, for a mean of this map the model takes too
+            values.note_window_means(src, window, means)
         if scale != 1:
             real, valid = real * scale, valid.mul_(scale)
     out = values.start(real, valid, (h, w), source=key)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ...ops import local_axis_max, local_group_norm, local_instance_norm, local_std, local_var
-from ...ops.stats import valid_local_var_and_var
+from ...ops.stats import valid_local_var_mean_and_var
 from ...ops._common import as_pair
 from ..rules import Site
 from .calls import (
@@ -103,7 +103,7 @@ def _variance(op: str) -> Callable[[tuple, dict], Call | None]:
             correction = 0 if b.get("unbiased", True) is False else 1
         root = op.startswith("std")
         if dims == (2, 3) and not op.endswith("_mean"):  # the value per window, for a pooled value
-            call.valid = lambda site: valid_local_var_and_var(x, site.window, float(correction), root)
+            call.valid = lambda site: valid_local_var_mean_and_var(x, site.window, float(correction), root)
         if b.get("out") is not None:
             call.reason = "writes into out="
         elif not b.get("keepdim", False):

@@ -144,3 +144,16 @@ def test_a_softmax_over_branches_inside_the_multiply_equals_the_long_way(case, l
 def test_a_softmax_needs_branches():
     with pytest.raises(ValueError, match="branches"):
         combine_replicated(torch.randn(1, 6, 5, 5), torch.randn(1, 6, 2, 2), "mul", "softmax")
+
+
+def test_a_softmax_over_two_branches_keeps_nan_and_infinities():
+    """Two branches take one exponential a pair (exp(0) = 1 for the larger): NaN in either logit,
+    or +inf in one (inf - inf in torch's), gives NaN in both weights, as torch's softmax does; -inf
+    gives its branch no weight."""
+    logits = torch.tensor([[0.5, float("nan"), float("inf"), 3.0, -2.0, -float("inf")], [1.5, 0.0, 1.0, 3.0, 40.0, 2.0]])
+    gate = logits.view(1, 2, 1, 1, 6).expand(1, 2, 1, 2, 6).contiguous()  # (N, k, C, gh, gw), two rows
+    out = combine_replicated(torch.ones(1, 2, 1, 3, 6), gate, "mul", "softmax")[0, :, 0, 0].double()
+    want = torch.softmax(logits.double(), dim=0)
+    assert out[:, 1].isnan().all() and out[:, 2].isnan().all() and want[:, 2].isnan().all()
+    finite = [0, 3, 4, 5]
+    torch.testing.assert_close(out[:, finite], want[:, finite], rtol=0, atol=2e-7)

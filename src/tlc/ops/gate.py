@@ -566,7 +566,17 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
                     if activation == 1:
                         for j in range(gw):
                             gate[j] = one / (one + _exp_float32(-gate[j]))
-                if activation == 2:
+                if activation == 2 and groups == 2:  # one exponential a pair: exp(0) = 1 for the larger
+                    for q in range(per_group):
+                        first, second = gates[q], gates[per_group + q]
+                        for j in range(gw):
+                            difference = first[j] - second[j]  # NaN with either: both weights NaN
+                            high = first[j] if difference >= 0 else second[j]
+                            e = _exp_float32(-abs(difference))
+                            # + (high - high): NaN where the larger is +inf, as torch's inf - inf
+                            scale = one / (one + e) + (high - high)
+                            first[j], second[j] = (scale, e * scale) if difference >= 0 else (e * scale, scale)
+                elif activation == 2:
                     highest, total = top_sum[0], top_sum[1]
                     for q in range(per_group):
                         first = gates[q]

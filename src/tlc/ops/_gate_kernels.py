@@ -1,0 +1,253 @@
+"""The channel-attention gates' CPU kernels (numba), for :mod:`tlc.ops.gate`: channel products
+of a 1x1 layer, ECA's convolution across channels, the edge-replicated multiply and sum, and the
+gate's last layer, activation and product in one pass a row. Each is None without numba."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba import njit, parallel_kernel, prange
+
+
+def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (compiled by numba)
+    """out (O, P) = weight (O, C) @ values (C, P) (+ bias (O,), unless bias has no entries), by
+    blocks of positions: each output row's block is summed over the C input rows in order while
+    it stays in the first-level cache, four input rows a pass, the first four in the pass that
+    starts the sums (one load and store of the output per four products: the stores bounded the
+    one-row loop), the bias added last."""
+    outputs, channels = weight.shape
+    positions = values.shape[1]
+    with_bias = bias.shape[0] == outputs
+    blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
+    for b in prange(blocks):
+        start = b * PRODUCT_BLOCK
+        stop = min(positions, start + PRODUCT_BLOCK)
+        for i in range(outputs):
+            target = out[i, start:stop]
+            if channels >= 4:  # the first four rows in the pass that starts the sums
+                s0, s1, s2, s3 = values[0, start:stop], values[1, start:stop], values[2, start:stop], values[3, start:stop]
+                f0, f1, f2, f3 = weight[i, 0], weight[i, 1], weight[i, 2], weight[i, 3]
+                for j in range(stop - start):
+                    target[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+                k = 4
+            else:
+                source, factor = values[0, start:stop], weight[i, 0]
+                for j in range(stop - start):
+                    target[j] = factor * source[j]
+                k = 1
+            while k + 3 < channels:
+                s0, s1, s2, s3 = values[k, start:stop], values[k + 1, start:stop], values[k + 2, start:stop], values[k + 3, start:stop]
+                f0, f1, f2, f3 = weight[i, k], weight[i, k + 1], weight[i, k + 2], weight[i, k + 3]
+                for j in range(stop - start):  # the same order of sums as one row at a time
+                    target[j] = (((target[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+                k += 4
+            while k < channels:
+                source, factor = values[k, start:stop], weight[i, k]
+                for j in range(stop - start):
+                    target[j] += factor * source[j]
+                k += 1
+            if with_bias:
+                shift = bias[i]
+                for j in range(stop - start):
+                    target[j] += shift
+
+
+PRODUCT_BLOCK = 4096  # positions per block: an output row's block (16 KB in float32) stays in L1
+channel_product_kernel = parallel_kernel(_channel_product_blocks)
+
+
+def _channel_conv1d_blocks(values, taps, pad, first, bias, out):  # pragma: no cover (compiled by numba)
+    """out (L', P): a one-channel conv1d of stride 1 along the L rows of values (L, P) with the k
+    ``taps`` and zero padding ``pad``, P positions (ECA's 1-D convolution across a gate's channels,
+    every position at once), by blocks of positions: each output row's block gets its taps' terms
+    while it stays in the first-level cache. Tap ``first`` (one reaching every output row; -1:
+    none, the sums then start from zero) starts each sum, the others follow in order where their
+    input row exists, the bias (unless it has no entries) last: the order of the torch ops in
+    :func:`tlc.ops.gate.channel_conv1d`'s docstring, so the same bits."""
+    length, positions = values.shape
+    out_length, k = out.shape[0], taps.shape[0]
+    with_bias = bias.shape[0] == 1
+    blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
+    for b in prange(blocks):
+        start = b * PRODUCT_BLOCK
+        stop = min(positions, start + PRODUCT_BLOCK)
+        for o in range(out_length):
+            target = out[o, start:stop]
+            if first >= 0:
+                source, factor = values[o + first - pad, start:stop], taps[first]
+                for j in range(stop - start):
+                    target[j] = source[j] * factor
+            else:
+                for j in range(stop - start):
+                    target[j] = 0.0
+            for t in range(k):
+                row = o + t - pad
+                if t != first and 0 <= row < length:
+                    source, factor = values[row, start:stop], taps[t]
+                    for j in range(stop - start):
+                        target[j] += source[j] * factor
+            if with_bias:
+                shift = bias[0]
+                for j in range(stop - start):
+                    target[j] += shift
+
+
+# Contracted: ``target + source * factor`` as one fused multiply-add, rounded once, as torch's
+# vectorised addcmul_ computes it (the same bits where the CPU has FMA; both round twice where not).
+channel_conv1d_kernel = parallel_kernel(_channel_conv1d_blocks, fastmath={"contract"})
+
+
+def _combine_row(x_row, gate_row, left, add, out_row):  # pragma: no cover (compiled into the kernels)
+    """out_row = x_row * gate_row (+ with ``add``), the gate row (shorter) placed at ``left`` and
+    its end values replicated to the row's edges; the op chosen outside the loops, so each loop
+    is vectorised."""
+    w, gw = x_row.shape[0], gate_row.shape[0]
+    edge_left, edge_right = gate_row[0], gate_row[gw - 1]
+    x_mid, out_mid = x_row[left : left + gw], out_row[left : left + gw]
+    x_right, out_right = x_row[left + gw :], out_row[left + gw :]
+    if add:
+        for j in range(left):
+            out_row[j] = x_row[j] + edge_left
+        for j in range(gw):
+            out_mid[j] = x_mid[j] + gate_row[j]
+        for j in range(w - left - gw):
+            out_right[j] = x_right[j] + edge_right
+    else:
+        for j in range(left):
+            out_row[j] = x_row[j] * edge_left
+        for j in range(gw):
+            out_mid[j] = x_mid[j] * gate_row[j]
+        for j in range(w - left - gw):
+            out_right[j] = x_right[j] * edge_right
+
+
+if njit is not None:  # compiled into the kernels that call it
+    _combine_row = njit(inline="always")(_combine_row)
+
+
+def _combine_replicated_planes(x, gate, top, left, add, out):  # pragma: no cover (compiled by numba)
+    """x, out: (P, H, W); gate: (P, gh, gw). out = x * gate (x + gate with ``add``), the gate
+    edge-replicated, offset (top, left).
+
+    Works on row views, the op chosen outside the loops: indexing the 3-d arrays inside the inner
+    loop kept numba from vectorising it (2-3.6x slower on maps of 0.3-1 Mpixel)."""
+    planes, h, gh = x.shape[0], x.shape[1], gate.shape[1]
+    for p in prange(planes):
+        for i in range(h):
+            _combine_row(x[p, i], gate[p, min(max(i - top, 0), gh - 1)], left, add, out[p, i])
+
+
+combine_replicated_kernel = parallel_kernel(_combine_replicated_planes)
+
+
+def _exp_float32(v):  # pragma: no cover (compiled by numba)
+    """exp(v) in float32 to about one unit in the last place (Cody-Waite reduction to
+    r in [-ln2/2, ln2/2], Cephes' degree-6 expf polynomial, the power of two put into the
+    exponent bits): arithmetic only, so numba vectorises it where its ``math.exp`` calls libm once
+    per element (3x slower than torch's sigmoid, measured). Inputs are clamped to [-87.3, 88.3],
+    where 2^k stays a normal float: exp(88.3) = 2.2e38, exp(-87.3) = 1.2e-38 (below, 1 + e^v is 1
+    anyway); NaN stays NaN."""
+    v = min(max(v, np.float32(-87.3)), np.float32(88.3))
+    k = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = v - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * np.int32((np.int32(k) + np.int32(127)) << np.int32(23)).view(np.float32)
+
+
+def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
+    """out (N, C, H, W) = x op gate edge-replicated, offset (top, left) (op: ``+`` with ``add``,
+    else ``*``), float32, the gate at each valid window position (gh x gw of them) being
+    ``act(weight @ values + bias)`` (the product unless ``weight`` has no rows: then ``values``
+    (N, C, gh, gw) is the gate before its activation; the bias unless it has no entries). values
+    (N, D, gh, gw), weight (C, D), bias (C,). ``act``: ``activation`` 0 none, 1 the sigmoid, 2 a
+    softmax across ``groups`` blocks of C / groups planes (plane g * C / groups + c of each).
+
+    Rows of the output are split into ``tasks`` runs, each with a scratch row of the gate for
+    every plane: a gate row is summed over the D input planes in order (the first product starts
+    the sum, the bias last: the order of :func:`_channel_product_blocks`, so the same bits before
+    the activation) and activated once, then combined with every output row that replicates it
+    (the edge rows share the first and last) while it stays in cache; the C-plane gate is never
+    written out."""
+    n, c, h = x.shape[0], x.shape[1], x.shape[2]
+    gh, gw = values.shape[2], values.shape[3]
+    product = weight.shape[0] > 0
+    d = weight.shape[1]
+    with_bias = bias.shape[0] > 0
+    rows = n * h
+    one = np.float32(1.0)
+    per_group = c // groups
+    for t in prange(tasks):
+        gates = np.empty((c, gw), dtype=x.dtype)
+        top_sum = np.empty((2, gw if activation == 2 else 0), dtype=x.dtype)  # a softmax's maxima and sums
+        made = -1  # the (image, gate row) the scratch holds, as b * gh + gi
+        for r in range(t * rows // tasks, (t + 1) * rows // tasks):
+            b, i = r // h, r % h
+            gi = min(max(i - top, 0), gh - 1)
+            if b * gh + gi != made:
+                made = b * gh + gi
+                for p in range(c):
+                    gate = gates[p]
+                    if product:
+                        source, factor = values[b, 0, gi], weight[p, 0]
+                        for j in range(gw):
+                            gate[j] = factor * source[j]
+                        for k in range(1, d):
+                            source, factor = values[b, k, gi], weight[p, k]
+                            for j in range(gw):
+                                gate[j] += factor * source[j]
+                    else:
+                        source = values[b, p, gi]
+                        for j in range(gw):
+                            gate[j] = source[j]
+                    if with_bias:
+                        shift = bias[p]
+                        for j in range(gw):
+                            gate[j] += shift
+                    if activation == 1:
+                        for j in range(gw):
+                            gate[j] = one / (one + _exp_float32(-gate[j]))
+                if activation == 2 and groups == 2:  # one exponential a pair: exp(0) = 1 for the larger
+                    for q in range(per_group):
+                        first, second = gates[q], gates[per_group + q]
+                        for j in range(gw):
+                            difference = first[j] - second[j]  # NaN with either: both weights NaN
+                            high = first[j] if difference >= 0 else second[j]
+                            e = _exp_float32(-abs(difference))
+                            # + (high - high): NaN where the larger is +inf, as torch's inf - inf
+                            scale = one / (one + e) + (high - high)
+                            first[j], second[j] = (scale, e * scale) if difference >= 0 else (e * scale, scale)
+                elif activation == 2:
+                    highest, total = top_sum[0], top_sum[1]
+                    for q in range(per_group):
+                        first = gates[q]
+                        for j in range(gw):
+                            highest[j] = first[j]
+                            total[j] = 0.0
+                        for g in range(1, groups):
+                            other = gates[g * per_group + q]
+                            for j in range(gw):
+                                highest[j] = max(highest[j], other[j])
+                        for g in range(groups):
+                            gate = gates[g * per_group + q]
+                            for j in range(gw):
+                                gate[j] = _exp_float32(gate[j] - highest[j])
+                                total[j] += gate[j]
+                        for j in range(gw):  # one division, then products (as torch's softmax)
+                            total[j] = one / total[j]
+                        for g in range(groups):
+                            gate = gates[g * per_group + q]
+                            for j in range(gw):
+                                gate[j] = gate[j] * total[j]
+            for p in range(c):
+                _combine_row(x[b, p, i], gates[p], left, add, out[b, p, i])
+
+
+if njit is not None:  # compiled into the kernel that calls it
+    _exp_float32 = njit(inline="always")(_exp_float32)
+gate_rows_kernel = parallel_kernel(_gate_rows)

@@ -463,6 +463,14 @@ def _index_problem(index: object, ndim: int) -> str | None:
     return None
 
 
+def _reads_of(pooled: Iterable[tuple[torch.Tensor, _Entry]]) -> frozenset:
+    """What a value computed from the pooled values ``pooled`` ((real tensor, entry) pairs) reads:
+    what each is computed from, and their real tensors' memory (an in-place call on one changes its
+    local values), as storage addresses for :meth:`PooledValues.before_call`."""
+    pairs = list(pooled)
+    return frozenset().union(*(e.reads for _, e in pairs), (t.untyped_storage().data_ptr() for t, _ in pairs))
+
+
 def _means_key(src: torch.Tensor, window: Pair) -> tuple:
     """What identifies a map's windows' means for :meth:`PooledValues.note_window_means`: its memory
     (the storage address first, as :meth:`PooledValues.before_call` matches it), layout and dtype,
@@ -1031,9 +1039,8 @@ class _Call:
         if tuple(x.shape[-2:]) != (h, w) or x.shape[0] != n or value_shape != (*lead, 1, 1):
             return None
         self.values.applied.update(self.sources)
-        form = e.form if e._local is None else None
-        branches = form.activation == "softmax" if isinstance(form, GateForm) else False
-        if isinstance(form, GateForm) and x.dim() == (5 if branches else 4) and form.values.ref() is not None:
+        form = e.form if e._local is None and isinstance(e.form, GateForm) else None
+        if form is not None and x.dim() == (5 if form.activation == "softmax" else 4) and form.values.ref() is not None:
             values = self.grid.valid_map(form.values.local)  # (N, D, gh, gw)
             if form.weight is None and values.shape[1] == x.shape[1:-2].numel():
                 values = values.reshape(*x.shape[:-2], gh, gw)  # a softmax's (N, k, C, gh, gw)
@@ -1058,8 +1065,10 @@ class _Call:
             self.values._track(real, e._local, self.grid, self.sources, expanded=placement)
             return real
         # Pending (a gate's last steps, say): its form goes along, computed only if read.
-        reads = e.reads | {source.untyped_storage().data_ptr()}
-        self.values._track_pending(real, lambda: (source, e.computed())[1], self.grid, self.sources, reads, e.form, placement)
+        def compute(keep: torch.Tensor = source) -> torch.Tensor:  # keep: the source stays alive while pending
+            return e.computed()
+
+        self.values._track_pending(real, compute, self.grid, self.sources, _reads_of([(source, e)]), e.form, placement)
         return real
 
     # --- a per-sample computation: run again on the local values, batch folded
@@ -1096,11 +1105,8 @@ class _Call:
                 raise ValueError(f"local result {tuple(result.shape)}, expected {shape}")
             return result
 
-        # What the parents are computed from, and their real tensors: an in-place call on one
-        # changes its local values, which this value is computed from.
-        reads = frozenset().union(*(e.reads for e in parents), (t.untyped_storage().data_ptr() for t in tensors))
         form = parents[0].form if reshape else None
-        self.values._track_pending(real, compute, self.grid, self.sources, reads, form)
+        self.values._track_pending(real, compute, self.grid, self.sources, _reads_of(zip(tensors, parents)), form)
         return real
 
     def deferred_gate(self) -> torch.Tensor | None:
@@ -1132,8 +1138,7 @@ class _Call:
                 raise ValueError(f"local result of {_name(func)}: not of shape {shape}")
             return result
 
-        reads = frozenset().union(*(e.reads for _, e in pooled), (t.untyped_storage().data_ptr() for t, _ in pooled))
-        self.values._track_pending(real, compute, grid, self.sources, reads, form)
+        self.values._track_pending(real, compute, grid, self.sources, _reads_of(pooled), form)
         return real
 
     def gate_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
@@ -1184,16 +1189,10 @@ class _Call:
                 return None
             source, weight, bias = bound
             e = entry(source) if isinstance(source, torch.Tensor) else None
-            if e is None or not isinstance(weight, torch.Tensor) or (bias is not None and not isinstance(bias, torch.Tensor)):
+            if e is None or not isinstance(weight, torch.Tensor):
                 return None
-            d, linear = source.shape[1:].numel(), name == "linear"
-            if (
-                tuple(source.shape) != ((source.shape[0], d) if linear else (source.shape[0], d, 1, 1))
-                or weight.shape[1:] != ((d,) if linear else (d, 1, 1))
-                or (bias is not None and bias.shape != weight.shape[:1])
-                or entry(weight) is not None
-                or (bias is not None and entry(bias) is not None)
-            ):
+            d = _product_width(name, source, weight, bias)
+            if d is None or entry(weight) is not None or (bias is not None and entry(bias) is not None):
                 return None
             form = GateForm(e, weight.reshape(weight.shape[0], d), bias)
             pooled, tensors = [(source, e)], [source, weight, *([] if bias is None else [bias])]
@@ -1225,15 +1224,13 @@ class _Call:
         ra, rb = ea.ref(), eb.ref()
         if ra is None or rb is None or ra.shape != rb.shape or ea.grid != eb.grid or ea.expanded or eb.expanded:
             return None
-        total = ra + rb  # the real sum of the layer's inputs, kept alive by the form's pending value
-        grid = self.grid
+        total = ra + rb  # the real sum of the layer's inputs, kept alive by the form (keep)
 
-        def compute() -> torch.Tensor:
-            hold = (ra, rb)  # noqa: F841 (the inputs' real tensors stay alive while this is pending)
+        def compute(keep: tuple = (ra, rb)) -> torch.Tensor:  # keep: the inputs stay alive while pending
             return torch.add(ea.computed(), eb.computed())
 
-        reads = ea.reads | eb.reads | {ra.untyped_storage().data_ptr(), rb.untyped_storage().data_ptr()}
-        self.values._track_pending(total, compute, grid, ea.sources | eb.sources, reads)
+        inputs = [(ra, ea), (rb, eb)]
+        self.values._track_pending(total, compute, self.grid, ea.sources | eb.sources, _reads_of(inputs))
         bias = None if fa.bias is None else fa.bias + fb.bias
         return GateForm(self.values._entry(total), fa.weight, bias, keep=total), pooled
 
@@ -1258,13 +1255,11 @@ class _Call:
         src, window = e.form.src, e.form.window
         n, c, h, w = src.shape
         outputs = weight.shape[0]
-        shape = (n, c) if self.name == "linear" else (n, c, 1, 1)
         if (
-            tuple(x.shape) != shape
-            or weight.shape[1:] != ((c,) if self.name == "linear" else (c, 1, 1))
+            _product_width(self.name, x, weight, bias) != c
+            or x.shape[0] != n
             or src.dtype not in (torch.float32, torch.float64)
             or weight.dtype != src.dtype
-            or (bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (outputs,)))
             or (torch.is_grad_enabled() and any(t.requires_grad for t in (src, weight, bias) if t is not None))
             or not product_first_is_cheaper((h, w), c, outputs, window)
         ):
@@ -1377,6 +1372,20 @@ def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any]
     if "input" not in bound or "weight" not in bound:
         return None
     return bound["input"], bound["weight"], bound.get("bias")
+
+
+def _product_width(name: str, x: torch.Tensor, weight: torch.Tensor, bias: Any) -> int | None:
+    """D where ``linear(x, weight, bias)`` / 1x1 ``conv2d`` (:func:`_bound_product`) takes per-sample
+    values x (N, D) / (N, D, 1, 1) with weight (O, D) / (O, D, 1, 1) and bias None or (O,); None for
+    other shapes."""
+    d, linear = x.shape[1:].numel(), name == "linear"
+    if tuple(x.shape) != ((x.shape[0], d) if linear else (x.shape[0], d, 1, 1)):
+        return None
+    if weight.shape[1:] != ((d,) if linear else (d, 1, 1)):
+        return None
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != weight.shape[:1]):
+        return None
+    return d
 
 
 def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, dict]:

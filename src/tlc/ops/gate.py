@@ -70,21 +70,8 @@ def apply_pointwise(
                 and not (torch.is_grad_enabled() and layer.weight.requires_grad)
             ):
                 into = spare.view(shape)
-            # bmm with the weight broadcast reads and writes the maps as they lie; torch.matmul of
-            # the matrix with the batch of maps copied in and out here (profiled: 0.35 s of
-            # MPRNet's 17 s at 720x1280).
-            bias = layer.bias
-            if n == 1 and y.is_contiguous():  # one image: a product (bmm of one took 2.1 ms where mm took 1.3)
-                # the bias added in the product's own pass over the result
-                out = channel_product(weight, y.view(c, h * w), None if into is None else into[0], bias).view(shape)
-                bias = None
-            else:
-                factors = (weight.expand(n, -1, -1), y.reshape(n, c, h * w))
-                out = torch.bmm(*factors) if into is None else torch.bmm(*factors, out=into)
             spare = None
-            if bias is not None:
-                out = out.add_(bias.view(1, -1, 1)) if _may_overwrite(out) else out + bias.view(1, -1, 1)
-            y, owned = out.view(n, layer.out_channels, h, w), True
+            y, owned = _layer_at_positions(y, weight, layer.bias, into), True
         elif owned and _may_overwrite(y) and type(layer) in _IN_PLACE:
             # The gate's maps are nearly as large as the feature map: overwriting them saves a
             # fresh allocation (page faults) and a pass over memory per activation.
@@ -471,18 +458,29 @@ def combine_replicated(
     return out
 
 
-def _layer_at_positions(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``weight`` (C, D) (+ ``bias``) at each position of ``values`` (N, D, gh, gw), as
-    :func:`apply_pointwise` runs a 1x1 layer: one position as the layer itself (a convolution),
-    one image by :func:`channel_product`, a batch by ``bmm``."""
+def _layer_at_positions(
+    values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A 1x1 layer's ``weight`` (C, D) (+ ``bias``) at each position of ``values`` (N, D, gh, gw),
+    as :func:`apply_pointwise` runs it: one position, a traced forward or another device as a
+    convolution (the layer as the original runs it); on the CPU one image by
+    :func:`channel_product`, a batch by ``bmm``; into ``into`` (N, C, gh * gw) where given."""
     n, d, gh, gw = values.shape
     c = weight.shape[0]
     if gh * gw == 1 or tracing() or values.device.type != "cpu":
         return torch.nn.functional.conv2d(values, weight.view(c, d, 1, 1), bias)
-    if n == 1 and values.is_contiguous():
-        return channel_product(weight, values.view(d, gh * gw), None, bias).view(1, c, gh, gw)
-    out = torch.bmm(weight.expand(n, -1, -1), values.reshape(n, d, gh * gw))
-    return (out if bias is None else out + bias.view(1, -1, 1)).view(n, c, gh, gw)
+    if n == 1 and values.is_contiguous():  # one image: a product (bmm of one took 2.1 ms where mm took 1.3)
+        # the bias added in the product's own pass over the result
+        out = channel_product(weight, values.view(d, gh * gw), None if into is None else into[0], bias)
+        return out.view(1, c, gh, gw)
+    # bmm with the weight broadcast reads and writes the maps as they lie; torch.matmul of the
+    # matrix with the batch of maps copied in and out here (profiled: 0.35 s of MPRNet's 17 s at
+    # 720x1280).
+    factors = (weight.expand(n, -1, -1), values.reshape(n, d, gh * gw))
+    out = torch.bmm(*factors) if into is None else torch.bmm(*factors, out=into)
+    if bias is not None:
+        out = out.add_(bias.view(1, -1, 1)) if _may_overwrite(out) else out + bias.view(1, -1, 1)
+    return out.view(n, c, gh, gw)
 
 
 def _fused_gate(

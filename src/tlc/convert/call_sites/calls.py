@@ -37,7 +37,7 @@ class Call:
         valid: for a whole-map statistic :data:`POOLINGS` does not name (``var``, ``std``), its
             value over every window inside the map, (N, C, H - kh + 1, W - kw + 1), at a site,
             the windows' means of the map where the same pass gives them (else None) and its
-            value over the whole map, (N, C, 1, 1), from the same pass.
+            value over the whole map, (N, C, 1, 1), from the same pass (see :func:`valid_pooling`).
     """
 
     op: str
@@ -137,40 +137,43 @@ def poolable(call: Call) -> bool:
     )
 
 
-def valid_pooling(call: Call, site: Site) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def valid_pooling(call: Call, site: Site, values: PooledValues) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The pooling of ``call`` over every window inside the map, (N, C, H - kh + 1, W - kw + 1),
-    the windows' means of the map where a variance's pass gives them too (else None), and its
-    value over the whole map, (N, C, 1, 1), where the windows' pass gives it (None elsewhere:
-    torch's own pooling then gives it)."""
+    and its value over the whole map, (N, C, 1, 1), where the windows' pass gives it (None
+    elsewhere: torch's own pooling then gives it). A variance's pass gives the map's windows'
+    means too: they are noted in ``values`` for a mean of the same map, and a mean takes them
+    from there where they are at hand (:meth:`PooledValues.note_window_means`)."""
     if call.valid is not None:
-        return call.valid(site)
+        valid, means, whole = call.valid(site)
+        if means is not None:
+            values.note_window_means(call.x, clamp_window(site.window, call.x.shape[-2:]), means)
+        return valid, whole
     x, kind = call.x, POOLINGS[call.op]
     if kind == "max":
         # The windows inside the map cover every pixel: the largest of their maxima is the map's
         # maximum, exactly (NaN included), from a pass over the smaller map.
         valid = valid_local_max(x, site.window)
-        return valid, None, valid.amax((2, 3), keepdim=True)
+        return valid, valid.amax((2, 3), keepdim=True)
     area = x.shape[2] * x.shape[3] if kind == "sum" else 1
     # The mean from the kernel's float64 sums; a sum's scale in the kernel's pass.
-    valid, mean = valid_local_mean_and_mean(x, site.window, scale=area)
+    known = known_window_means(values, x, clamp_window(site.window, x.shape[-2:]), area)
+    valid, mean = known if known is not None else valid_local_mean_and_mean(x, site.window, scale=area)
     if mean is not None and area != 1:
         mean = mean * area
-    return valid, None, mean
+    return valid, mean
 
 
-def known_pooling(call: Call, site: Site, values: PooledValues) -> tuple[torch.Tensor, None, torch.Tensor] | None:
-    """:func:`valid_pooling` of a whole-map mean or sum from windows' means a variance's pass of
-    the same map already gave (:meth:`PooledValues.take_window_means`), the map's mean from the
-    plane-sums kernel (the windows' pass's bits); None where none are at hand."""
-    kind, x = POOLINGS.get(call.op), call.x
-    if call.valid is not None or kind not in ("mean", "sum") or x.dim() != 4:
-        return None
-    known = values.take_window_means(x, clamp_window(site.window, x.shape[-2:]))
+def known_window_means(
+    values: PooledValues, x: torch.Tensor, window: tuple[int, int], scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`tlc.ops.pool.valid_local_mean_and_mean` of ``x`` (the windows' means times ``scale``,
+    the map's mean) from windows' means a variance's pass of the same map already gave
+    (:meth:`PooledValues.take_window_means`; the map's mean from the plane-sums kernel, the
+    windows' pass's bits); None where none are at hand. ``window``: clamped to the map."""
+    known = values.take_window_means(x, window)
     if known is None:
         return None
-    area = x.shape[2] * x.shape[3] if kind == "sum" else 1
-    whole = map_mean(x)
-    return (known, None, whole) if area == 1 else (known * area, None, whole * area)
+    return (known if scale == 1 else known * scale), map_mean(x)
 
 
 def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:

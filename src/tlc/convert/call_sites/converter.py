@@ -14,10 +14,9 @@ from torch import nn
 
 from ...ops import local_softmax_pool, local_var
 from ...ops._common import Pair, tracing
-from ...ops.pool import clamp_window
 from ..pooled_values import PooledValues, WindowMeans, meta_call, tensor_args
 from ..rules import Site
-from .calls import Call, known_pooling, pending_windows, poolable, valid_pooling
+from .calls import Call, pending_windows, poolable, valid_pooling
 from .hooks import (
     APPLY_HANDLERS,
     APPLY_WITH_ARITHMETIC,
@@ -356,10 +355,7 @@ class CallSiteConverter:
             values = self._thread.mode.values
             # Pending (its windows' values computed if read) unless read before at this map size.
             pending = None if (key, tuple(call.x.shape[-2:])) in self._means_read else pending_windows(call, site)
-            known = None if pending is not None else known_pooling(call, site, values)
-            valid, means, whole = (None, None, pending[1]) if pending is not None else known or valid_pooling(call, site)
-            if means is not None:  # a variance's pass gave the map's windows' means too
-                values.note_window_means(call.x, clamp_window(site.window, call.x.shape[-2:]), means)
+            valid, whole = (None, pending[1]) if pending is not None else valid_pooling(call, site, values)
             if whole is not None and key not in self._whole_fits:
                 self._whole_fits[key] = _form_of_result(whole, func, args, kwargs)
             form = self._whole_fits.get(key) if whole is not None else None

@@ -13,7 +13,7 @@ from ...ops.pool import map_mean, valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_mean_and_var
 from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
-from .calls import Call, bind
+from .calls import Call, bind, known_window_means
 from .sites import SiteKey
 
 # A mean written by hand (``x.sum(3, keepdim=True).sum(2, keepdim=True) / (H * W)``) converts
@@ -161,9 +161,9 @@ def _window_means(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`valid_local_mean_and_mean` of ``src`` (the windows' means times ``scale``, into a spare
     buffer where one is at hand; the map's mean where the kernel gives it)."""
-    known = values.take_window_means(src, window)
+    known = known_window_means(values, src, window, scale)
     if known is not None:  # a variance's pass of the same map gave them
-        return (known if scale == 1 else known * scale), map_mean(src)
+        return known
     buffer = _valid_buffer(values, src, window)
     # A sum's scale in the kernel's pass (a pass over the windows' map less than multiplying after).
     valid, real = valid_local_mean_and_mean(src, window, out=buffer, scale=scale)

@@ -70,7 +70,7 @@ def test_the_layer_gives_channel_products_bits_before_the_activation():
     assert torch.equal(got, want)
 
 
-def test_the_sigmoid_is_within_two_units_in_the_last_place_and_keeps_nan():
+def test_the_sigmoid_is_within_two_units_in_the_last_place_and_keeps_nan_and_infinities():
     g = torch.cat([torch.linspace(-100, 100, 40001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 87.0, -87.0])])
     gate = torch.stack([g, g]).view(1, 1, 2, -1)  # two rows: a grid of more than one window
     got = combine_replicated(torch.ones(1, 1, 3, g.numel()), gate, "mul", "sigmoid")[0, 0, 0].double()
@@ -81,7 +81,10 @@ def test_the_sigmoid_is_within_two_units_in_the_last_place_and_keeps_nan():
     assert (got - want).abs()[~normal].max() < 1e-38
     special = torch.tensor([float("nan"), float("inf"), -float("inf")]).view(1, 1, 1, 3).expand(1, 1, 2, 3)
     out = combine_replicated(torch.ones(1, 1, 2, 3), special.contiguous(), "mul", "sigmoid")[0, 0, 0]
-    assert out[0].isnan() and out[1] == 1 and 0 <= out[2] < 1e-38
+    assert out[0].isnan() and out[1] == 1 and out[2] == 0  # torch.sigmoid's 0 at -inf
+    far = torch.tensor([-1e4, -95.0, -88.5]).view(1, 1, 1, 3).expand(1, 1, 2, 3)  # subnormal or 0 in torch
+    out = combine_replicated(torch.ones(1, 1, 2, 3), far.contiguous(), "mul", "sigmoid")[0, 0, 0]
+    assert torch.equal(out, torch.zeros(3))
 
 
 def test_one_window_is_the_originals_order_bit_for_bit():

@@ -99,6 +99,15 @@ def _replicate_into(valid, out, top, left):  # pragma: no cover
         out[row, :] = out[top + vh - 1, :]
 
 
+def _running_and_column(running, row, suffix, column):  # pragma: no cover
+    """running[j] = max(running[j], row[j]) and column[j] = max(suffix[j], running[j]): the prefix
+    maxima of a block and a window row's column maxima in one pass over the row."""
+    for j in range(running.shape[0]):
+        value = _nan_max(running[j], row[j])
+        running[j] = value
+        column[j] = _nan_max(suffix[j], value)
+
+
 def _window_max_plane(plane, k1, k2, target, below, running, column, span_a, span_b):  # pragma: no cover
     """target (H-k1+1, W-k2+1) gets the maxima of ``plane`` (H, W) over every k1 x k2 window.
 
@@ -123,9 +132,9 @@ def _window_max_plane(plane, k1, k2, target, below, running, column, span_a, spa
         i = r + k1 - 1  # the window's last row, in the next block
         if i % k1 == 0:
             running[:] = plane[i, :]
+            _pairwise_max(below[slot], running, column, w)
         else:
-            _pairwise_max(running, plane[i], running, w)
-        _pairwise_max(below[slot], running, column, w)
+            _running_and_column(running, plane[i], below[slot], column)
         _row_window_max(column, k2, target[r], span_a, span_b)
 
 
@@ -405,6 +414,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
+    inv_area = 1.0 / area  # products, not quotients (see _variance_row)
     want_means = means.shape[0] == planes
     workers = max(1, min(threads, planes))
     for task in prange(workers):  # scratch reused from plane to plane (see _max_planes)
@@ -442,7 +452,7 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals
                     if want_means:
                         mean_row = means[p, a]
                         for b in range(vw):
-                            mean_row[b] = sums1[b] / area + c
+                            mean_row[b] = sums1[b] * inv_area + c
                 else:
                     _variance_row(sums1, sums2, area, divisor, root, valid[a])
             totals[p, 0] = all1.sum()
@@ -453,18 +463,29 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals
 
 def _variance_row(sums1, sums2, area, divisor, root, row):  # pragma: no cover (compiled by numba)
     """row[b]: the variance (standard deviation with ``root``) of window b from its sums of
-    centred values and of their squares."""
-    for b in range(row.shape[0]):
-        # One pixel: exactly no spread (the running sums could leave a rounding residue).
-        squares = 0.0 if area == 1 else max(sums2[b] - sums1[b] * sums1[b] / area, 0.0)
-        var = squares / divisor
-        row[b] = np.sqrt(var) if root else var
+    centred values and of their squares. Products by reciprocals and the square root taken of the
+    variance rounded to the row's dtype (a float32 root of a float32 variance, as ``var.sqrt()``
+    computes it): a float64 division or root an element cost a quarter of the variance kernel's
+    time (16x720x1280, window 48: 22 -> 17 ms); each result within a unit in the last place."""
+    n = row.shape[0]
+    inv_area, inv_divisor = 1.0 / area, 1.0 / divisor  # 1 / 0: inf, as the quotients give
+    if area == 1:  # one pixel: exactly no spread (the running sums could leave a rounding residue)
+        for b in range(n):
+            row[b] = 0.0 * inv_divisor  # nan with no degrees of freedom left, as torch.var
+    else:
+        for b in range(n):
+            row[b] = max(sums2[b] - sums1[b] * sums1[b] * inv_area, 0.0) * inv_divisor
+    if root:
+        for b in range(n):
+            row[b] = np.sqrt(row[b])
 
 
 if njit is not None:
     _nan_max = njit(inline="always")(_nan_max)
     _suffix_rows = njit(inline="always")(_suffix_rows)
-    _pairwise_max = njit(_pairwise_max)
+    # Inlined: a call per pass and row (a dozen a row) cost 13% of the local max (16x720x1280).
+    _pairwise_max = njit(inline="always")(_pairwise_max)
+    _running_and_column = njit(inline="always")(_running_and_column)
     _row_window_max = njit(_row_window_max)
     _rows_window_max = njit(_rows_window_max)
     _rows_window_sum = njit(_rows_window_sum)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import tlc
+from tlc.ops import _attention_kernels as attention_kernels
 from tlc.ops import attention
 
 from .conftest import devices
@@ -112,6 +114,7 @@ def test_compiled_norms_agree_with_torch_path(dtype, monkeypatch):
     qkv = torch.randn(2, 12, 23, 37, dtype=dtype)
     q, k, v = qkv.chunk(3, dim=1)
     temperature = torch.rand(2, 1, 1, dtype=dtype) + 0.5
+    monkeypatch.setattr(attention, "_KERNEL_MAX_CHANNELS", 0)  # torch's products, numba's squared norms
     compiled = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
     monkeypatch.setattr(attention, "_compiled_sums_of_squares", None)
     torch_path = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
@@ -144,16 +147,68 @@ def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
     torch.testing.assert_close(batched, loop_attention(q, k, v, temperature, 2, (8, 11)), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("rows_below", [0, 10**9])  # every grid by blocks / every grid by rows of blocks
+@pytest.mark.parametrize("path", ["blocks", "rows", "kernel"])
 @pytest.mark.parametrize(
     "shape,heads,window",
     [((1, 4, 9, 13), 2, (4, 5)), ((2, 6, 17, 23), 3, (5, 4)), ((2, 2, 11, 3), 1, (2, 2)), ((1, 8, 30, 21), 4, (7, 6))],
 )
-def test_rows_of_blocks_and_single_blocks_both_match_the_loop(shape, heads, window, rows_below, monkeypatch):
-    """Small blocks are computed a row of blocks at a time (per column, summed per column segment);
-    larger ones one block at a time. Either way, the windows' attention exactly."""
-    monkeypatch.setattr(attention, "_ROWS_BELOW", rows_below)
+def test_rows_of_blocks_single_blocks_and_the_kernel_all_match_the_loop(shape, heads, window, path, monkeypatch):
+    """On the CPU, heads of up to 8 channels take the compiled block kernels; wider ones torch's
+    products, small blocks a row of blocks at a time (per column, summed per column segment),
+    larger ones one block at a time. Each way, the windows' attention exactly."""
+    if path == "kernel":
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(attention, "_KERNEL_MAX_CHANNELS", 0)
+        monkeypatch.setattr(attention, "_ROWS_BELOW", 0 if path == "blocks" else 10**9)
     assert_matches_the_loop(shape, heads, window, seed=sum(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape,heads,window",
+    # wider than a chunk of the statistics kernel (256 columns at d = 8), segments crossing chunks;
+    # one row segment (the window's height covers the map): tasks from column groups alone
+    [((2, 16, 9, 601), 2, (4, 100)), ((1, 8, 7, 333), 1, (20, 37)), ((3, 3, 5, 6), 3, (2, 3))],
+)
+def test_the_block_kernels_match_the_loop_and_the_torch_path(shape, heads, window, dtype, monkeypatch):
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
+    temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
+    reference = loop_attention(q, k, v, temperature, heads, window)
+    args = [t.to(dtype) for t in (q, k, v, temperature)]
+    calls = []
+    monkeypatch.setattr(attention, "apply_blocks_kernel", lambda *a: calls.append(1) or attention_kernels.apply_blocks_kernel(*a))
+    out = tlc.local_transposed_attention(*args[:3], args[3], heads, window)
+    assert calls  # the kernel ran
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(out.double(), reference, rtol=0, atol=tol)
+    monkeypatch.setattr(attention, "_KERNEL_MAX_CHANNELS", 0)
+    torch.testing.assert_close(out, tlc.local_transposed_attention(*args[:3], args[3], heads, window), rtol=0, atol=tol)
+
+
+def test_the_block_kernels_run_only_for_narrow_heads_without_autograd(monkeypatch):
+    pytest.importorskip("numba")
+    calls = []
+    monkeypatch.setattr(attention, "block_statistics_kernel", lambda *a: calls.append(1) or attention_kernels.block_statistics_kernel(*a))
+    temperature = torch.ones(1, 1, 1)
+    for d, grad, layout, ran in ((8, False, torch.contiguous_format, True), (9, False, torch.contiguous_format, False),
+                                 (8, True, torch.contiguous_format, False), (8, False, torch.channels_last, False)):
+        calls.clear()
+        q = torch.randn(1, d, 10, 12).to(memory_format=layout).requires_grad_(grad)
+        out = tlc.local_transposed_attention(q, q, q, temperature, 1, (4, 5))
+        assert bool(calls) == ran, (d, grad, layout)
+        torch.testing.assert_close(out, loop_attention(q, q, q, temperature, 1, (4, 5)), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("width,tasks", [(100, 1), (100, 3), (601, 4), (7, 10)])
+def test_column_groups_split_the_segments_into_contiguous_groups(width, tasks):
+    cuts = np.array([0, *sorted({*range(5, width, 13), width})])
+    groups = attention_kernels.column_groups(cuts, tasks)
+    segments = len(cuts) - 1
+    assert groups[0] == 0 and groups[-1] == segments and (np.diff(groups) > 0).all()
+    assert len(groups) - 1 == min(tasks, segments)
 
 
 def assert_matches_the_loop(shape: tuple, heads: int, window: tuple, seed: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing, unseen_by_tlc_modes
 
+from ._attention_kernels import apply_blocks_kernel, block_statistics_kernel, chunk_for, column_groups
 from ._numba import parallel_kernel, prange
 
 
@@ -315,6 +316,67 @@ def _looped_application(
     return out
 
 
+# Heads of at most this many channels take the compiled block kernels on the CPU. Measured on 2
+# threads (stats / application, torch -> kernel): d = 8 at 720x1280, windows 48 and 384: 27 -> 8.5
+# and 22 -> 5.7 ms, 17 -> 11 and 8.6 -> 5.4; d = 16 at 360x640: 16 -> 8.5 at window 48 but 6.7 ->
+# 17.5 at 384; from d = 24 the kernel is 1.5-8x slower (d * d products a pixel: torch's matrix
+# products do those better than numba's loops).
+_KERNEL_MAX_CHANNELS = 8
+
+
+def _kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, work: torch.dtype, d: int) -> bool:
+    """Whether the compiled block kernels compute this attention's statistics and application:
+    planar maps (rows contiguous, as a convolution's output), not channels-last ones (DAT's
+    tokens), which they would first copy (three passes over the maps: DAT 1.04-1.06x slower)."""
+    return (
+        block_statistics_kernel is not None
+        and d <= _KERNEL_MAX_CHANNELS
+        and work in (torch.float32, torch.float64)
+        and all(t.stride(-1) == 1 for t in (q, k, v))
+        and cpu_kernel_applies(q, k, v)
+    )
+
+
+def _cuts(pieces: list[tuple[int, int]]) -> np.ndarray:
+    """Segment boundaries: 0, then each segment's end."""
+    return np.array([0, *(end for _, end in pieces)])
+
+
+def _kernel_statistics(
+    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_segment_statistics` by the compiled kernel (qh, kh: (N, heads, d, H, W) on the CPU)."""
+    n, heads, d, h, w = qh.shape
+    planes, rows, cols = n * heads, len(row_pieces), len(col_pieces)
+    col_cuts = _cuts(col_pieces)
+    # Enough tasks for the threads where there are few planes and row segments (a 360-row map
+    # under a 384-row window is one row segment).
+    groups = column_groups(col_cuts, -(-2 * torch.get_num_threads() // (planes * rows)))
+    gram = torch.empty(planes, rows, cols, d, d, dtype=torch.float64)
+    q_sq, k_sq = (torch.empty(planes, rows, cols, d, dtype=torch.float64) for _ in range(2))
+    block_statistics_kernel(
+        qh.reshape(planes, d, h, w).contiguous().numpy(), kh.reshape(planes, d, h, w).contiguous().numpy(),
+        _cuts(row_pieces), col_cuts, groups, chunk_for(d), gram.numpy(), q_sq.numpy(), k_sq.numpy(),
+    )
+    return (gram.view(n, heads, rows, cols, d, d).to(qh.dtype), q_sq.view(n, heads, rows, cols, d).to(qh.dtype),
+            k_sq.view(n, heads, rows, cols, d).to(qh.dtype))
+
+
+def _kernel_application(
+    block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> torch.Tensor:
+    """:func:`_apply_by_segments` by the compiled kernel (vh: (N, heads, d, H, W) on the CPU)."""
+    n, heads, d, h, w = vh.shape
+    planes = n * heads
+    out = torch.empty(n, heads, d, h, w, dtype=vh.dtype)
+    apply_blocks_kernel(
+        block_attn.reshape(planes, *block_attn.shape[2:]).contiguous().numpy(),
+        vh.reshape(planes, d, h, w).contiguous().numpy(), _cuts(row_pieces), _cuts(col_pieces),
+        out.view(planes, d, h, w).numpy(),
+    )
+    return out
+
+
 def _sum_of_squares(block: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (...): sum of squares over the last two axes."""
     return torch.linalg.vector_norm(block, dim=-1).square().sum(-1)
@@ -385,9 +447,12 @@ def _local_transposed_attention(
     # a time (per column, then summed per column segment); larger ones one block at a time.
     at_once = _all_segments_at_once(q)
     by_rows = not tracing() and h * w * qh.shape[2] < _ROWS_BELOW * len(row_pieces) * len(col_pieces)
+    compiled = not at_once and _kernel_applies(q, k, v, work, qh.shape[2])
     if at_once:
         padded = _padded_rows(row_pieces, q.device)
         gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces, padded)
+    elif compiled:
+        gram, q_sq, k_sq = _kernel_statistics(qh, kh_, row_pieces, col_pieces)
     else:
         gram, q_sq, k_sq = _looped_statistics(qh, kh_, row_pieces, col_pieces, by_rows)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).
@@ -403,6 +468,8 @@ def _local_transposed_attention(
     block_attn = torch.einsum("is,jt,nhijab->nhstab", row_member, col_member, attn) / cover[:, :, None, None]
     if at_once:
         out = _apply_by_segments(block_attn, vh, col_pieces, padded)
+    elif compiled:
+        out = _kernel_application(block_attn, vh, row_pieces, col_pieces)
     else:
         out = _looped_application(block_attn, vh, row_pieces, col_pieces, by_rows)
     return out.reshape(n, c, h, w).to(q.dtype)

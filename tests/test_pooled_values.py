@@ -750,6 +750,34 @@ def test_pending_values_are_computed_once_and_only_when_read():
     assert not values.pending
 
 
+def test_a_mean_a_layer_takes_first_is_not_read_and_stays_pending():
+    """A Linear layer on a pending mean runs on the map before the windows' means where that is
+    cheaper (CBAM's Linear MLP): the means themselves are never computed, and reading what follows
+    from the layer notes no read of them, so the converter keeps the mean pending at the next
+    forward (a read would make it compute the means at once, and the layer then run after them).
+    A value computed from the means themselves notes the read."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, 40, 50, generator=g)
+    weight, bias = torch.randn(4, 16, generator=g), torch.randn(4, generator=g)
+    computed = []
+
+    def windows() -> torch.Tensor:
+        computed.append(1)
+        return valid_local_mean(x, (5, 5))
+
+    values = PooledValues()
+    y = values.start_pending(x.mean((2, 3), keepdim=True), WindowMeans(x, (5, 5)), "s", local_valid=windows)
+    flat = values.handle(torch.flatten, (), (y, 1), {})
+    hidden = values.handle(F.linear, (), (flat, weight, bias), {})
+    gate = values.handle(torch.sigmoid, (), (hidden,), {})
+    want = torch.sigmoid(F.linear(valid_local_mean(x, (5, 5)).permute(0, 2, 3, 1), weight, bias)).reshape(-1, 4)
+    torch.testing.assert_close(values.local(gate), want, rtol=0, atol=1e-5)
+    assert computed == [] and values.read == set()
+    means = values.handle(torch.exp, (), (y,), {})
+    values.local(means)
+    assert computed == [1] and values.read == {("s", (40, 50))}
+
+
 def test_pending_value_computed_before_its_parent_changes_in_place():
     """A pending value made from a pooled value is computed before that value changes in place
     (its local values change with it)."""

@@ -218,8 +218,9 @@ class _Entry:
         return self._local
 
     def computed(self) -> torch.Tensor:
-        """``local``, without noting a read (a pending value computed from this one notes its own)."""
-        if self._local is None:
+        """``local``, for a pending value computed from this one (which notes the read, see
+        :meth:`PooledValues.start_pending`)."""
+        if self.pending is not None:
             self.compute(read=False)
         return self._local
 
@@ -229,8 +230,8 @@ class _Entry:
         pending = self.pending
         if self._local is None:
             self._local = pending(read)
-        elif read:
-            pending(read)  # computed as a precaution before: only the read is noted
+        else:
+            pending(read)  # computed before (as a precaution): only a read is noted
         if read:
             self.pending = None
 
@@ -518,7 +519,8 @@ class PooledValues:
         self._entries: dict[int, _Entry] = {}
         self._pending: list[_Entry] = []  # entries made pending, some perhaps computed since
         self.applied: set[Hashable] = set()
-        self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of pending values read
+        self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of windows' means read
+        self._taking: set | None = None  # while a pending value is computed: the means it takes (see _track_pending)
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
         self._known_means: dict[tuple, torch.Tensor] = {}  # see note_window_means
 
@@ -567,20 +569,36 @@ class PooledValues:
         tensors whose storage addresses are ``reads`` (``form``: what those values are, if known;
         ``expanded``: as for :class:`_Entry`)."""
         entry: _Entry | None = None
+        means_read: set[tuple[Hashable, Pair]] = set()  # the windows' means this value's values took
 
         def materialise(read: bool) -> torch.Tensor | None:
+            # Reads are noted for windows' means themselves (what a pending mean starts from),
+            # whether read directly or through a value computed from them. A value computed from
+            # a mean without its windows' values (a layer run on the map first:
+            # _Call.product_first) leaves them unread, and the mean pending at the next forward.
             # A read where one window covers the map (the training size, where consumers keep the
             # original's order) says nothing of larger maps.
-            if read and grid.positions > 1:
-                self.read.update((source, grid.size) for source in sources)
-            if entry._local is not None:
+            if entry._local is None:
+                outer, self._taking = self._taking, set()
+                try:
+                    local = compute()
+                except PooledValueError:
+                    raise
+                except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                    raise PooledValueError(f"a pooled value computed when first read: {' '.join(str(err).split())[:120]}", sources) from err
+                finally:
+                    means_read.update(self._taking)
+                    self._taking = outer
+                if isinstance(form, WindowMeans) and grid.positions > 1:
+                    means_read.update((source, grid.size) for source in sources)
+            else:
+                local = None
+            if self._taking is not None:  # a value being computed from this one
+                self._taking.update(means_read)
+            if read:
+                self.read.update(means_read)
+            if local is None:
                 return None
-            try:
-                local = compute()
-            except PooledValueError:
-                raise
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                raise PooledValueError(f"a pooled value computed when first read: {' '.join(str(err).split())[:120]}", sources) from err
             owner = entry.ref()
             entry.held = None if owner is None else self.spare.hold(local, owner)
             return local

@@ -87,7 +87,6 @@ from ..ops._common import Pair
 from ..ops.context import local_softmax_pool
 from ..ops.gate import channel_product, combine_replicated, product_first_is_cheaper
 from ..ops.pool import replicate_to, valid_local_mean_and_mean
-from .blocked import Slot, Step, evaluate_blocked
 from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
 from .spare_buffers import SpareBuffers
 
@@ -184,20 +183,6 @@ class GateForm:
     bias: torch.Tensor | None = None
     activation: str | None = None
     keep: torch.Tensor | None = None  # the real tensor of ``values`` where nothing else holds it
-
-
-@dataclass(frozen=True, eq=False)
-class ElementwiseForm:
-    """What a pending value computed by one elementwise call is (:meth:`_Call.chained`): ``func``
-    with ``args`` and ``kwargs``, where ``Slot(i)`` stands for ``operands[i]``: the entry of a
-    pooled value of the result's shape, or a per-channel constant as a (D, 1) tensor (D values per
-    position). A chain of them is evaluated a block of window positions at a time
-    (:func:`tlc.convert.blocked.evaluate_blocked`) when its last value is first read."""
-
-    func: Callable
-    args: tuple
-    kwargs: dict
-    operands: tuple
 
 
 class _Entry:
@@ -962,10 +947,6 @@ class _Call:
             result = self.deferred_gate()
             if result is not None:
                 return result
-        if not inplace and (name in _DEFERRED or name == "batch_norm"):
-            result = self.chained()
-            if result is not None:
-                return result
         if self.values.pending and not inplace and (name in _DEFERRED or name in _RESHAPES):
             return self.follow_deferred()
         return self.follow(None)
@@ -1145,106 +1126,6 @@ class _Call:
         form = parents[0].form if reshape else None
         self.values._track_pending(real, compute, self.grid, self.sources, _reads_of(zip(tensors, parents)), form)
         return real
-
-    def chained(self) -> Any:
-        """An elementwise call (``_DEFERRED``, or ``batch_norm`` with running statistics as its
-        multiply-add) on pooled values of the result's shape and per-channel constants, batch 1, at
-        enough window positions: the real result, its local values pending with an
-        :class:`ElementwiseForm`. When first read they are computed together with the pending
-        elementwise values they come from, a block of positions at a time
-        (:func:`tlc.convert.blocked.evaluate_blocked`): SRM's eight calls on its mean and variance
-        and IMDN's three cross memory once instead of once each. None where this does not apply
-        (the call is then followed)."""
-        func, name, args, kwargs, grid = self.func, self.name, self.args, self.kwargs, self.grid
-        n, g = grid.batch, grid.positions
-        if n != 1 or g < _CHAIN_MIN_POSITIONS:
-            return None
-        if name == "batch_norm":
-            return self.chained_batch_norm()
-        if any(isinstance(v, (list, tuple)) for v in (*args, *kwargs.values())) or "out" in kwargs:
-            return None
-        if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
-            return None
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        shape = tensors[0].shape if len(tensors) == 1 else _broadcast_result_shape(name, args, kwargs)
-        if shape is None or len(shape) < 1 or shape[0] != 1 or g * shape[1:].numel() < _CHAIN_MIN_VALUES:
-            return None
-        entry = self.values._entry
-        pooled = [(t, e) for t in tensors if (e := entry(t)) is not None]
-        if any(e.expanded is not None or t.shape != shape for t, e in pooled):
-            return None
-        constants = [t for t in tensors if entry(t) is None]
-        if not all(_fits_constant(t, shape) for t in constants):
-            return None
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return None
-        real = func(*args, **kwargs)
-        if not isinstance(real, torch.Tensor) or real.shape != shape or real.dtype not in (torch.float32, torch.float64):
-            return self.follow(real)
-        width = shape[1:].numel()
-        operands, template = [], []
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                e = entry(a)
-                operands.append(e if e is not None else _constant_column(a, shape))
-                template.append(Slot(len(operands) - 1))
-            else:
-                template.append(a)
-        form = ElementwiseForm(func, tuple(template), dict(kwargs), tuple(operands))
-        self.track_chained(real, form, width, pooled, constants)
-        return real
-
-    def chained_batch_norm(self) -> torch.Tensor | None:
-        """:meth:`chained` for ``batch_norm`` with running statistics: its multiply-add per channel
-        (the arithmetic of :func:`tlc.convert.channel_first.inference_batch_norm`)."""
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        if len(self.args) > len(names) or set(self.kwargs) - set(names):
-            return None
-        bound = {**dict(zip(names, self.args)), **self.kwargs}
-        x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
-        e = self.values._entry(x) if isinstance(x, torch.Tensor) else None
-        if bound.get("training", False) or e is None or e.expanded is not None or x.dim() < 2 or x.shape[0] != 1:
-            return None
-        if self.grid.positions * x.shape[1:].numel() < _CHAIN_MIN_VALUES:
-            return None
-        if not (isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)) or mean.shape != (x.shape[1],):
-            return None
-        tensors = [t for t in (x, mean, var, bound.get("weight"), bound.get("bias")) if isinstance(t, torch.Tensor)]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return None
-        if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype for t in tensors):
-            return None
-        scale = torch.rsqrt(var + bound.get("eps", 1e-5))
-        if bound.get("weight") is not None:
-            scale = scale * bound["weight"]
-        shift = -mean * scale
-        if bound.get("bias") is not None:
-            shift = shift + bound["bias"]
-        per_channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-        real = self.func(*self.args, **self.kwargs)
-        operands = (_constant_column(shift.view(per_channel), x.shape), e, _constant_column(scale.view(per_channel), x.shape))
-        form = ElementwiseForm(torch.addcmul, (Slot(0), Slot(1), Slot(2)), {}, operands)
-        self.track_chained(real, form, x.shape[1:].numel(), [(x, e)], [t for t in tensors if t is not x])
-        return real
-
-    def track_chained(
-        self, real: torch.Tensor, form: ElementwiseForm, width: int, pooled: list[tuple[torch.Tensor, _Entry]], constants: list[torch.Tensor]
-    ) -> None:
-        """Track ``real`` pending with ``form``, its D = ``width`` values per position computed by
-        the chain ending in it (:func:`_evaluate_chain`)."""
-        grid, spare, tail = self.grid, self.values.spare, real.shape[1:]
-        dtype, device = real.dtype, real.device
-
-        def compute(keep: tuple = tuple(t for t, _ in pooled)) -> torch.Tensor:  # keep: the operands stay alive
-            g = grid.positions
-            buffer = spare.take((g, width), (1, g), dtype, device)  # positions fastest, as _as_local lays values out
-            if buffer is None:
-                buffer = torch.empty((width, g), dtype=dtype, device=device).t()
-            _evaluate_chain(form, width, buffer.t())
-            return buffer.view(g, *tail)
-
-        reads = _reads_of(pooled) | {t.untyped_storage().data_ptr() for t in constants if not isinstance(t, nn.Parameter)}
-        self.values._track_pending(real, compute, grid, self.sources, reads, form)
 
     def deferred_gate(self) -> torch.Tensor | None:
         """A gate's last steps on pooled values, on the CPU in float32 where more than one window
@@ -1493,79 +1374,6 @@ class _Call:
         self.values._track(real, local, self.grid, self.sources)
 
 
-# Chains on fewer positions (or values) are computed call by call: blocks would gain nothing.
-_CHAIN_MIN_POSITIONS = 1024
-_CHAIN_MIN_VALUES = 1 << 16
-
-
-def _fits_constant(t: torch.Tensor, shape: torch.Size) -> bool:
-    """Whether ``t``, not a pooled value, is the same for every sample and position of a result of
-    ``shape`` (1, ...): broadcast into it (a per-channel weight, a 0-d scalar)."""
-    if t.dim() > len(shape) or (t.dim() == len(shape) and t.shape[0] != 1):
-        return False
-    try:
-        return torch.broadcast_shapes(t.shape, shape) == shape
-    except RuntimeError:
-        return False
-
-
-def _constant_column(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A constant (:func:`_fits_constant`) as the (D, 1) column of its values per position of a
-    result of ``shape`` (D = its values per sample); a 0-d tensor stays 0-d (a scalar in torch's
-    type promotion, as it was)."""
-    if t.dim() == 0:
-        return t
-    return t.expand(shape).reshape(-1, 1)
-
-
-def _columns(local: torch.Tensor, width: int) -> torch.Tensor:
-    """Local values (G, ...) of ``width`` values per position as (D, G): a view where they lie
-    positions fastest (as :func:`_as_local` lays them out), else a copy."""
-    g = local.shape[0]
-    flat = local.reshape(g, width)
-    rows = flat.t()
-    return rows if rows.stride(1) == 1 or g == 1 else rows.contiguous()
-
-
-def _evaluate_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> None:
-    """``root``'s values (D, G) into ``out``, with every pending :class:`ElementwiseForm` value it is
-    computed from evaluated in the same blocks (the chain's other values are computed first, or
-    were)."""
-    inputs: list[torch.Tensor] = []
-    steps: list[tuple[ElementwiseForm, list[tuple[str, int]]]] = []
-    slots: dict[int, tuple[str, int]] = {}
-
-    def visit(form: ElementwiseForm) -> None:
-        refs = []
-        for operand in form.operands:
-            if not isinstance(operand, _Entry):
-                inputs.append(operand)
-                refs.append(("input", len(inputs) - 1))
-                continue
-            key = id(operand)
-            if key not in slots:
-                if operand._local is None and operand.pending is not None and isinstance(operand.form, ElementwiseForm):
-                    visit(operand.form)
-                    slots[key] = ("step", len(steps) - 1)
-                else:
-                    inputs.append(_columns(operand.computed(), width))
-                    slots[key] = ("input", len(inputs) - 1)
-            refs.append(slots[key])
-        steps.append((form, refs))
-
-    visit(root)
-
-    def slot(ref: tuple[str, int]) -> Slot:
-        kind, i = ref
-        return Slot(i if kind == "input" else len(inputs) + i)
-
-    program = []
-    for form, refs in steps:
-        args = tuple(slot(refs[a.index]) if isinstance(a, Slot) else a for a in form.args)
-        program.append(Step(form.func, args, form.kwargs))
-    evaluate_blocked(inputs, program, out)
-
-
 def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:
     """(input, weight, bias) of ``linear(...)`` or of a ``conv2d(...)`` with stride 1, no padding,
     dilation 1 and one group; None for other calls or settings."""
@@ -1617,4 +1425,4 @@ def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, 
     return args, kwargs
 
 
-__all__ = ["ElementwiseForm", "GateForm", "Grid", "PooledValueError", "PooledValues", "WindowMeans"]
+__all__ = ["GateForm", "Grid", "PooledValueError", "PooledValues", "WindowMeans"]

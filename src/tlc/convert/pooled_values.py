@@ -84,6 +84,7 @@ import torch
 from torch import nn
 
 from ..ops._common import Pair
+from ..ops.chain import ChainStep, evaluate_chain
 from ..ops.context import local_softmax_pool
 from ..ops.gate import channel_product, combine_replicated, product_first_is_cheaper
 from ..ops.pool import replicate_to, valid_local_mean_and_mean
@@ -183,6 +184,18 @@ class GateForm:
     bias: torch.Tensor | None = None
     activation: str | None = None
     keep: torch.Tensor | None = None  # the real tensor of ``values`` where nothing else holds it
+
+
+@dataclass(frozen=True, eq=False)
+class ElementwiseForm:
+    """What a pending value computed by one elementwise call is (:meth:`_Call.chained`): the chain
+    step ``op`` (a key of :data:`tlc.ops.chain.STEPS`) on ``operands``, each the entry of a pooled
+    value of the result's shape or a per-channel constant as a (D, 1) tensor of the result's dtype
+    (D values per position). A chain of them is computed in one pass over the window positions
+    (:func:`tlc.ops.chain.evaluate_chain`) when its last value is first read."""
+
+    op: str
+    operands: tuple
 
 
 class _Entry:
@@ -947,6 +960,10 @@ class _Call:
             result = self.deferred_gate()
             if result is not None:
                 return result
+        if not inplace and (name in _DEFERRED or name == "batch_norm"):
+            result = self.chained()
+            if result is not None:
+                return result
         if self.values.pending and not inplace and (name in _DEFERRED or name in _RESHAPES):
             return self.follow_deferred()
         return self.follow(None)
@@ -1126,6 +1143,105 @@ class _Call:
         form = parents[0].form if reshape else None
         self.values._track_pending(real, compute, self.grid, self.sources, _reads_of(zip(tensors, parents)), form)
         return real
+
+    def chained(self) -> Any:
+        """An elementwise call (``_DEFERRED``, or ``batch_norm`` with running statistics as its
+        multiply-add) on pooled values of the result's shape and per-channel constants, batch 1, at
+        enough window positions: the real result, its local values pending with an
+        :class:`ElementwiseForm`. When first read they are computed together with the pending
+        elementwise values they come from, in one pass over the positions
+        (:func:`tlc.ops.chain.evaluate_chain`): SRM's eight calls on its mean and variance and
+        IMDN's three cross memory once instead of once each. None where this does not apply (a
+        call that is not a chain step, :func:`_chain_step`; the call is then followed)."""
+        func, name, args, kwargs, grid = self.func, self.name, self.args, self.kwargs, self.grid
+        n, g = grid.batch, grid.positions
+        if n != 1 or g < _CHAIN_MIN_POSITIONS:
+            return None
+        if name == "batch_norm":
+            return self.chained_batch_norm()
+        step = _chain_step(name, args, kwargs)
+        if step is None:
+            return None
+        op, step_args = step
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        shape = tensors[0].shape if len(tensors) == 1 else _broadcast_result_shape(name, args, kwargs)
+        if shape is None or len(shape) < 1 or shape[0] != 1 or g * shape[1:].numel() < _CHAIN_MIN_VALUES:
+            return None
+        entry = self.values._entry
+        pooled = [(t, e) for t in tensors if (e := entry(t)) is not None]
+        if any(e.expanded is not None or t.shape != shape for t, e in pooled):
+            return None
+        constants = [t for t in tensors if entry(t) is None]
+        if not all(_fits_constant(t, shape) for t in constants):
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        real = func(*args, **kwargs)
+        if (
+            not isinstance(real, torch.Tensor)
+            or real.shape != shape
+            or real.dtype not in (torch.float32, torch.float64)
+            or any(t.dtype != real.dtype and t.dim() > 0 for t in tensors)  # promoted: computed in another dtype
+        ):
+            return self.follow(real)
+        operands = tuple(
+            entry(a) if isinstance(a, torch.Tensor) and entry(a) is not None else _constant_column(a, shape, real.dtype)
+            for a in step_args
+        )
+        self.track_chained(real, ElementwiseForm(op, operands), shape[1:].numel(), pooled, constants)
+        return real
+
+    def chained_batch_norm(self) -> torch.Tensor | None:
+        """:meth:`chained` for ``batch_norm`` with running statistics: its multiply-add per channel
+        (the arithmetic of :func:`tlc.convert.channel_first.inference_batch_norm`)."""
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+            return None
+        bound = {**dict(zip(names, self.args)), **self.kwargs}
+        x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
+        e = self.values._entry(x) if isinstance(x, torch.Tensor) else None
+        if bound.get("training", False) or e is None or e.expanded is not None or x.dim() < 2 or x.shape[0] != 1:
+            return None
+        if self.grid.positions * x.shape[1:].numel() < _CHAIN_MIN_VALUES:
+            return None
+        if not (isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor)) or mean.shape != (x.shape[1],):
+            return None
+        tensors = [t for t in (x, mean, var, bound.get("weight"), bound.get("bias")) if isinstance(t, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype for t in tensors):
+            return None
+        scale = torch.rsqrt(var + bound.get("eps", 1e-5))
+        if bound.get("weight") is not None:
+            scale = scale * bound["weight"]
+        shift = -mean * scale
+        if bound.get("bias") is not None:
+            shift = shift + bound["bias"]
+        per_channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        real = self.func(*self.args, **self.kwargs)
+        operands = (_constant_column(shift.view(per_channel), x.shape, x.dtype), e, _constant_column(scale.view(per_channel), x.shape, x.dtype))
+        form = ElementwiseForm("addcmul", operands)
+        self.track_chained(real, form, x.shape[1:].numel(), [(x, e)], [t for t in tensors if t is not x])
+        return real
+
+    def track_chained(
+        self, real: torch.Tensor, form: ElementwiseForm, width: int, pooled: list[tuple[torch.Tensor, _Entry]], constants: list[torch.Tensor]
+    ) -> None:
+        """Track ``real`` pending with ``form``, its D = ``width`` values per position computed by
+        the chain ending in it (:func:`_evaluate_chain`)."""
+        grid, spare, tail = self.grid, self.values.spare, real.shape[1:]
+        dtype, device = real.dtype, real.device
+
+        def compute(keep: tuple = tuple(t for t, _ in pooled)) -> torch.Tensor:  # keep: the operands stay alive
+            g = grid.positions
+            buffer = spare.take((g, width), (1, g), dtype, device)  # positions fastest, as _as_local lays values out
+            if buffer is None:
+                buffer = torch.empty((width, g), dtype=dtype, device=device).t()
+            _evaluate_chain(form, width, buffer.t())
+            return buffer.view(g, *tail)
+
+        reads = _reads_of(pooled) | {t.untyped_storage().data_ptr() for t in constants if not isinstance(t, nn.Parameter)}
+        self.values._track_pending(real, compute, grid, self.sources, reads, form)
 
     def deferred_gate(self) -> torch.Tensor | None:
         """A gate's last steps on pooled values, on the CPU in float32 where more than one window
@@ -1374,6 +1490,107 @@ class _Call:
         self.values._track(real, local, self.grid, self.sources)
 
 
+# Chains on fewer positions (or values) are computed call by call: blocks would gain nothing.
+_CHAIN_MIN_POSITIONS = 1024
+_CHAIN_MIN_VALUES = 1 << 16
+
+
+def _fits_constant(t: torch.Tensor, shape: torch.Size) -> bool:
+    """Whether ``t``, not a pooled value, is the same for every sample and position of a result of
+    ``shape`` (1, ...): broadcast into it (a per-channel weight, a 0-d scalar)."""
+    if t.dim() > len(shape) or (t.dim() == len(shape) and t.shape[0] != 1):
+        return False
+    try:
+        return torch.broadcast_shapes(t.shape, shape) == shape
+    except RuntimeError:
+        return False
+
+
+def _constant_column(t: torch.Tensor | float, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A constant (:func:`_fits_constant`, a 0-d tensor or a Python number) as the (D, 1) column
+    of its values per position of a result of ``shape`` (D = its values per sample), in the
+    result's ``dtype``: the value torch computes with (a Python number or 0-d tensor rounded to
+    the tensor's dtype)."""
+    if not isinstance(t, torch.Tensor):
+        return torch.full((shape[1:].numel(), 1), t, dtype=dtype)
+    return t.to(dtype).expand(shape).reshape(-1, 1)
+
+
+# Elementwise calls that are chain steps (tlc.ops.chain.STEPS), by name: the step and which
+# arguments (by position) are its operands; ``pow`` with exponent 2 or 0.5 is a product or root.
+_STEP_OF_CALL: dict[str, tuple[str, tuple[int, ...]]] = {
+    "add": ("add", (0, 1)), "__add__": ("add", (0, 1)), "__radd__": ("add", (1, 0)),
+    "sub": ("sub", (0, 1)), "__sub__": ("sub", (0, 1)), "__rsub__": ("sub", (1, 0)),
+    "mul": ("mul", (0, 1)), "__mul__": ("mul", (0, 1)), "__rmul__": ("mul", (1, 0)),
+    "div": ("div", (0, 1)), "__truediv__": ("div", (0, 1)), "__div__": ("div", (0, 1)),
+    "sqrt": ("sqrt", (0,)), "neg": ("neg", (0,)), "__neg__": ("neg", (0,)), "abs": ("abs", (0,)),
+    "square": ("mul", (0, 0)), "addcmul": ("addcmul", (0, 1, 2)),
+}
+
+
+def _chain_step(name: str, args: tuple, kwargs: dict) -> tuple[str, tuple] | None:
+    """(step, operands) of an elementwise call that one chain step computes exactly, operands
+    being tensors or Python numbers; None otherwise (other calls, an ``alpha`` or ``value`` other
+    than 1, a rounding mode, ``out=``, exponents other than 2 and 0.5, complex or bool numbers)."""
+    if any(v is not None for k, v in kwargs.items() if k == "rounding_mode") or set(kwargs) - {"alpha", "value", "rounding_mode"}:
+        return None
+    if kwargs.get("alpha", 1) != 1 or kwargs.get("value", 1) != 1:
+        return None
+    if name in ("pow", "__pow__") and len(args) == 2 and isinstance(args[0], torch.Tensor) and type(args[1]) in (int, float):
+        if args[1] == 2:
+            return "mul", (args[0], args[0])
+        return ("sqrt", (args[0],)) if args[1] == 0.5 else None
+    if name not in _STEP_OF_CALL:
+        return None
+    op, positions = _STEP_OF_CALL[name]
+    if len(args) != len(set(positions)) or any(not isinstance(a, torch.Tensor) and type(a) not in (int, float) for a in args):
+        return None
+    return op, tuple(args[i] for i in positions)
+
+
+def _columns(local: torch.Tensor, width: int) -> torch.Tensor:
+    """Local values (G, ...) of ``width`` values per position as (D, G): a view where they lie
+    positions fastest (as :func:`_as_local` lays them out), else a copy."""
+    g = local.shape[0]
+    flat = local.reshape(g, width)
+    rows = flat.t()
+    return rows if rows.stride(1) == 1 or g == 1 else rows.contiguous()
+
+
+def _evaluate_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> None:
+    """``root``'s values (D, G) into ``out``, computed in one pass with every pending
+    :class:`ElementwiseForm` value it comes from (the chain's other values are computed first,
+    or were)."""
+    values: list[torch.Tensor] = []
+    constants: list[torch.Tensor] = []
+    steps: list[tuple[str, list[tuple[str, int]]]] = []
+    refs_of: dict[int, tuple[str, int]] = {}
+
+    def visit(form: ElementwiseForm) -> None:
+        refs = []
+        for operand in form.operands:
+            if not isinstance(operand, _Entry):
+                constants.append(operand)
+                refs.append(("constant", len(constants) - 1))
+                continue
+            key = id(operand)
+            if key not in refs_of:
+                if operand._local is None and operand.pending is not None and isinstance(operand.form, ElementwiseForm):
+                    visit(operand.form)
+                    refs_of[key] = ("step", len(steps) - 1)
+                else:
+                    values.append(_columns(operand.computed(), width))
+                    refs_of[key] = ("value", len(values) - 1)
+            refs.append(refs_of[key])
+        steps.append((form.op, refs))
+
+    visit(root)
+    first = {"value": 0, "constant": len(values), "step": len(values) + len(constants)}
+    program = [ChainStep(op, tuple(first[kind] + i for kind, i in refs)) for op, refs in steps]
+    table = torch.cat(constants, dim=1).t() if constants else out.new_empty((0, out.shape[0]))
+    evaluate_chain(values, table, program, out)
+
+
 def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:
     """(input, weight, bias) of ``linear(...)`` or of a ``conv2d(...)`` with stride 1, no padding,
     dilation 1 and one group; None for other calls or settings."""
@@ -1425,4 +1642,4 @@ def _fold_shape(args: tuple, kwargs: dict, n: int, folded: int) -> tuple[tuple, 
     return args, kwargs
 
 
-__all__ = ["GateForm", "Grid", "PooledValueError", "PooledValues", "WindowMeans"]
+__all__ = ["ElementwiseForm", "GateForm", "Grid", "PooledValueError", "PooledValues", "WindowMeans"]

@@ -1,0 +1,117 @@
+"""The CPU kernel (numba) of :func:`tlc.ops.chain.evaluate_chain`: a chain of elementwise steps
+a block of one row at a time, every intermediate in a scratch row that stays in the first-level
+cache. None without numba."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba import njit, parallel_kernel, prange
+
+# Opcodes, as :data:`tlc.ops.chain.STEPS` names them (their operand counts there).
+ADD, SUB, MUL, DIV, SQRT, NEG, ABS, ADDCMUL = range(8)
+
+#: Values of a row per block: (constants + steps) scratch rows of 1024 float32 stay in L1 / L2.
+CHAIN_BLOCK = 1024
+
+
+def _operand(code, row, start, stop, v0, v1, v2, v3, scratch, n):  # pragma: no cover (compiled by numba)
+    """The block of operand ``code``: inputs 0-3 (row ``row``, columns start:stop), else the
+    scratch row code - 4 (its first n values)."""
+    if code == 0:
+        return v0[row, start:stop]
+    if code == 1:
+        return v1[row, start:stop]
+    if code == 2:
+        return v2[row, start:stop]
+    if code == 3:
+        return v3[row, start:stop]
+    return scratch[code - 4, :n]
+
+
+def _chain_rows(v0, v1, v2, v3, constants, program, tasks, out):  # pragma: no cover (compiled by numba)
+    """out (D, G) = the last step of ``program`` (S, 4: opcode, then up to three operand codes)
+    on the inputs v0..v3 (D, G) and ``constants`` (K, D) (one value per row), each element
+    through the same IEEE operations as the torch calls the program stands for: add a + b, sub
+    a - b, mul a * b, div a / b, sqrt (correctly rounded, as torch on small tensors; on large
+    ones its vector library's may differ in the last bit), neg, abs, addcmul a + b * c (fused,
+    one rounding, as torch's CPU kernel computes it).
+
+    Operand codes: 0-3 the inputs, 4 + k constant k (a scratch row filled with its value for the
+    task's row), 4 + K + s the result of step s. Rows x blocks of CHAIN_BLOCK columns are split
+    into ``tasks`` runs, each with its own scratch rows; the last step writes into ``out``."""
+    d, g = out.shape
+    k_count = constants.shape[0]
+    steps = program.shape[0]
+    blocks = (g + CHAIN_BLOCK - 1) // CHAIN_BLOCK
+    units = d * blocks
+    for t in prange(tasks):
+        scratch = np.empty((k_count + steps, CHAIN_BLOCK), dtype=out.dtype)
+        filled = -1  # the row whose constants the scratch holds
+        for u in range(t * units // tasks, (t + 1) * units // tasks):
+            row, b = u // blocks, u % blocks
+            start = b * CHAIN_BLOCK
+            stop = min(g, start + CHAIN_BLOCK)
+            n = stop - start
+            if row != filled:
+                filled = row
+                for k in range(k_count):
+                    value = constants[k, row]
+                    for j in range(CHAIN_BLOCK):
+                        scratch[k, j] = value
+            for s in range(steps):
+                op = program[s, 0]
+                target = out[row, start:stop] if s == steps - 1 else scratch[k_count + s, :n]
+                a = _operand(program[s, 1], row, start, stop, v0, v1, v2, v3, scratch, n)
+                if op == SQRT:
+                    for j in range(n):
+                        target[j] = np.sqrt(a[j])
+                elif op == NEG:
+                    for j in range(n):
+                        target[j] = -a[j]
+                elif op == ABS:
+                    for j in range(n):
+                        target[j] = np.abs(a[j])
+                else:
+                    b_ = _operand(program[s, 2], row, start, stop, v0, v1, v2, v3, scratch, n)
+                    if op == ADD:
+                        for j in range(n):
+                            target[j] = a[j] + b_[j]
+                    elif op == SUB:
+                        for j in range(n):
+                            target[j] = a[j] - b_[j]
+                    elif op == MUL:
+                        for j in range(n):
+                            target[j] = a[j] * b_[j]
+                    elif op == DIV:
+                        for j in range(n):
+                            target[j] = a[j] / b_[j]
+                    else:  # ADDCMUL
+                        c_ = _operand(program[s, 3], row, start, stop, v0, v1, v2, v3, scratch, n)
+                        for j in range(n):
+                            target[j] = _fused_multiply_add(b_[j], c_[j], a[j])
+
+
+def _fused_multiply_add(a, b, c):  # pragma: no cover (replaced by the compiled intrinsic)
+    """a * b + c with one rounding."""
+    raise NotImplementedError
+
+
+if njit is not None:  # the helpers compiled first: the kernel inlines them
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _fused_multiply_add(typingctx, a, b, c):  # noqa: F811 (the compiled form of the stub above)
+        """llvm.fma: a * b + c rounded once (the addcmul of torch's CPU kernel)."""
+        if not (a == b == c):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+
+        return a(a, b, c), codegen
+
+    _operand = njit(inline="always", cache=True)(_operand)
+chain_rows_kernel = parallel_kernel(_chain_rows)
+
+__all__ = ["ABS", "ADD", "ADDCMUL", "CHAIN_BLOCK", "DIV", "MUL", "NEG", "SQRT", "SUB", "chain_rows_kernel"]

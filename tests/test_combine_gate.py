@@ -56,14 +56,21 @@ def test_gate_layer_and_sigmoid_inside_the_combine_equal_the_long_way(case, dtyp
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale * (d + 1))
 
 
-def test_the_layer_gives_channel_products_bits_before_the_activation():
+@pytest.mark.parametrize("d", [3, 6, 9, 13])
+def test_the_layer_gives_channel_products_bits_before_the_activation(d):
     """Without an activation, x = 1: the output is the layer's value at each position, and the
-    kernel sums in channel_product's order (first term, then each plane in turn, the bias last)."""
+    kernel sums in channel_product's order (first term, then each plane in turn, the bias last):
+    against float32 sums taken one plane at a time, for input counts below, at and past the
+    kernel's four planes a pass."""
     g = torch.Generator().manual_seed(0)
-    c, d, gh, gw, h, w = 16, 6, 70, 90, 75, 99  # >= 4096 positions: channel_product's own kernel
+    c, gh, gw, h, w = 16, 70, 90, 75, 99  # >= 4096 positions: channel_product's own kernel
     values = torch.randn(1, d, gh, gw, generator=g)
     weight, bias = torch.randn(c, d, generator=g), torch.randn(c, generator=g)
-    want = replicate_to(channel_product(weight, values.view(d, -1), None, bias).view(1, c, gh, gw), (h, w))
+    sums = weight[:, 0, None, None] * values[0, 0]
+    for k in range(1, d):
+        sums = sums + weight[:, k, None, None] * values[0, k]
+    want = replicate_to((sums + bias[:, None, None])[None], (h, w))
+    assert torch.equal(replicate_to(channel_product(weight, values.view(d, -1), None, bias).view(1, c, gh, gw), (h, w)), want)
     got = combine_replicated(torch.ones(1, c, h, w), values, "mul", None, weight, bias)
     assert torch.equal(got, want)
     got = combine_replicated(torch.zeros(1, c, h, w), values, "add", None, weight, bias)

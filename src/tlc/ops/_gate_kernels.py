@@ -201,8 +201,8 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
     every plane: a gate row is summed over the D input planes in order (the first product starts
     the sum, the bias last: the order of :func:`_channel_product_blocks`, so the same bits before
     the activation) and activated once, then combined with every output row that replicates it
-    (the edge rows share the first and last) while it stays in cache; the C-plane gate is never
-    written out."""
+    (the edge rows share the first and last) while it stays in cache (without a softmax, each
+    plane's row as soon as it is made); the C-plane gate is never written out."""
     n, c, h = x.shape[0], x.shape[1], x.shape[2]
     gh, gw = values.shape[2], values.shape[3]
     product = weight.shape[0] > 0
@@ -222,28 +222,51 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
                 made = b * gh + gi
                 for p in range(c):
                     gate = gates[p]
-                    if product:
-                        source, factor = values[b, 0, gi], weight[p, 0]
-                        for j in range(gw):
-                            gate[j] = factor * source[j]
-                        for k in range(1, d):
+                    if product:  # four input rows a pass, as _channel_product_blocks (the same order of sums)
+                        if d >= 4:
+                            s0, s1, s2, s3 = values[b, 0, gi], values[b, 1, gi], values[b, 2, gi], values[b, 3, gi]
+                            f0, f1, f2, f3 = weight[p, 0], weight[p, 1], weight[p, 2], weight[p, 3]
+                            for j in range(gw):
+                                gate[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+                            k = 4
+                        else:
+                            source, factor = values[b, 0, gi], weight[p, 0]
+                            for j in range(gw):
+                                gate[j] = factor * source[j]
+                            k = 1
+                        while k + 3 < d:
+                            s0, s1, s2, s3 = values[b, k, gi], values[b, k + 1, gi], values[b, k + 2, gi], values[b, k + 3, gi]
+                            f0, f1, f2, f3 = weight[p, k], weight[p, k + 1], weight[p, k + 2], weight[p, k + 3]
+                            for j in range(gw):
+                                gate[j] = (((gate[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+                            k += 4
+                        while k < d:
                             source, factor = values[b, k, gi], weight[p, k]
                             for j in range(gw):
                                 gate[j] += factor * source[j]
+                            k += 1
+                        if with_bias:
+                            shift = bias[p]
+                            for j in range(gw):
+                                gate[j] += shift
+                    elif with_bias:
+                        source, shift = values[b, p, gi], bias[p]
+                        for j in range(gw):
+                            gate[j] = source[j] + shift
                     else:
                         source = values[b, p, gi]
                         for j in range(gw):
                             gate[j] = source[j]
-                    if with_bias:
-                        shift = bias[p]
-                        for j in range(gw):
-                            gate[j] += shift
                     if activation == 1:
                         _sigmoid_row(gate)
-                if activation == 2 and groups == 2:
+                    if activation != 2:  # combined while the row is in the first-level cache
+                        _combine_row(x[b, p, i], gate, left, add, out[b, p, i])
+                if activation != 2:
+                    continue
+                if groups == 2:
                     for q in range(per_group):
                         _softmax_pair_row(gates[q], gates[per_group + q])
-                elif activation == 2:
+                else:
                     highest, total = top_sum[0], top_sum[1]
                     for q in range(per_group):
                         first = gates[q]

@@ -5,7 +5,9 @@ position, torch's sigmoid, the gate replicated to full size, then the product.""
 import pytest
 import torch
 
-from tlc.ops.gate import channel_product, combine_replicated
+import torch.nn.functional as F
+
+from tlc.ops.gate import channel_conv1d, channel_product, combine_replicated
 from tlc.ops.pool import replicate_to
 
 # (N, C, D, H, W, gh, gw): odd and non-square maps, batch > 1, a grid of one row or one column,
@@ -118,6 +120,58 @@ def test_gradients_flow_through_the_fallback():
                                rtol=1e-5, atol=1e-6)
 
 
+# (N, C, H, W, gh, gw, k, pad): ECA's 3 and 5 taps, one tap, and more padding than the channels
+# reach (no tap reaching every output: the sums start from zero).
+TAP_CASES = [
+    (1, 16, 37, 53, 20, 30, 3, 1),
+    (2, 7, 9, 11, 5, 4, 5, 2),
+    (1, 4, 8, 9, 3, 1, 1, 0),
+    (2, 3, 7, 6, 2, 5, 7, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op", ["mul", "add"])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("case", TAP_CASES)
+def test_channel_taps_inside_the_combine_are_channel_conv1d_bit_for_bit(case, with_bias, op, dtype):
+    """ECA's conv1d across the gate's channels at each position, inside the combine: the bits of
+    channel_conv1d at every position (the CPU kernel in float32, the torch ops in float64), and
+    within rounding of float64 F.conv1d; with the sigmoid, within its units in the last place."""
+    n, c, h, w, gh, gw, k, pad = case
+    g = torch.Generator().manual_seed(k * 100 + c)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    values = torch.randn(n, c, gh, gw, generator=g).to(dtype)
+    taps = torch.randn(1, 1, k, generator=g).to(dtype)
+    bias = torch.randn(1, generator=g).to(dtype) if with_bias else None
+    rows = torch.stack([channel_conv1d(v.reshape(c, -1).contiguous(), taps.flatten(), bias, pad).view(c, gh, gw) for v in values])
+    identity = torch.ones_like(x) if op == "mul" else torch.zeros_like(x)
+    got = combine_replicated(identity, values, op, None, None, bias, taps, pad)
+    assert torch.equal(got, replicate_to(rows, (h, w)))
+    signals = values.double().permute(0, 2, 3, 1).reshape(-1, 1, c)
+    exact = F.conv1d(signals, taps.double(), None if bias is None else bias.double(), padding=pad)
+    exact = exact.reshape(n, gh, gw, c).permute(0, 3, 1, 2)
+    torch.testing.assert_close(rows.double(), exact, rtol=0, atol=k * 4 * torch.finfo(dtype).eps * (exact.abs().max().item() + 1))
+    got = combine_replicated(x, values, op, "sigmoid", None, bias, taps.flatten(), pad)
+    want = x.double() * replicate_to(torch.sigmoid(exact), (h, w)) if op == "mul" else x.double() + replicate_to(torch.sigmoid(exact), (h, w))
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * (x.abs().max().item() + 1))
+
+
+def test_bad_channel_taps_are_refused():
+    x, gate = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="not both"):
+        combine_replicated(x, gate, "mul", None, torch.randn(4, 4), None, torch.randn(3), 1)
+    with pytest.raises(ValueError, match=r"\(k,\) or \(1, 1, k\)"):
+        combine_replicated(x, gate, "mul", None, None, None, torch.randn(2, 3), 1)
+    with pytest.raises(ValueError, match="one-element bias"):
+        combine_replicated(x, gate, "mul", None, None, torch.randn(4), torch.randn(3), 1)
+    with pytest.raises(ValueError, match="does not give x's 4"):
+        combine_replicated(x, gate, "mul", None, None, None, torch.randn(3), 0)
+    with pytest.raises(ValueError, match="no softmax"):
+        combine_replicated(x, gate, "mul", "softmax", None, None, torch.randn(3), 1)
+
+
 def test_bad_arguments_are_refused():
     x, gate = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 2, 2)
     with pytest.raises(ValueError, match="activation"):
@@ -167,3 +221,38 @@ def test_a_softmax_over_two_branches_keeps_nan_and_infinities():
     assert out[:, 1].isnan().all() and out[:, 2].isnan().all() and want[:, 2].isnan().all()
     finite = [0, 3, 4, 5]
     torch.testing.assert_close(out[:, finite], want[:, finite], rtol=0, atol=2e-7)
+
+
+def test_ecas_convolution_across_channels_runs_inside_the_gate(monkeypatch):
+    """The corpus's ECA converted: its conv1d across the pooled channels is computed inside the
+    gate's multiply (no gate-sized map of its output), with the output of the conv1d computed on
+    its own (the same bits: channel_conv1d's sums, then the same sigmoid and product)."""
+    import importlib
+    import warnings
+
+    import tlc
+
+    from .corpus import CORPUS, build
+
+    pooled_values = importlib.import_module("tlc.convert.pooled_values")
+    entry = next(e for e in CORPUS if e.name == "eca")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = tlc.convert(build(entry), train_size=32)
+    x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(5))
+    taps_given = []
+    original = pooled_values.combine_replicated
+
+    def recorded(*args):
+        taps_given.append(len(args) > 6 and args[6] is not None)
+        return original(*args)
+
+    monkeypatch.setattr(pooled_values, "combine_replicated", recorded)
+    with torch.no_grad():
+        fused = model(x)
+        assert taps_given and all(taps_given)
+        monkeypatch.setattr(pooled_values._Call, "channel_conv1d_form", lambda self: None)
+        taps_given.clear()
+        apart = model(x)
+        assert taps_given and not any(taps_given)
+    assert torch.equal(fused, apart)

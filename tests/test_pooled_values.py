@@ -930,7 +930,7 @@ def test_float32_matches_the_float64_per_pixel_reference(name, batch):
     [
         ("se-linear", ("mul", "sigmoid", True)),  # Linear, Sigmoid, view, expand_as, x * y
         ("conv-gate", ("mul", "sigmoid", True)),  # 1x1 conv, Sigmoid, x * y
-        ("eca", ("mul", "sigmoid", False)),  # conv1d across channels (no per-position layer), sigmoid
+        ("eca", ("mul", "sigmoid", True)),  # conv1d across channels (its taps), sigmoid
         ("gcnet", ("add", None, True)),  # LayerNorm, ReLU, 1x1 conv, x + y
         ("skff-3", ("mul", "softmax", True)),  # one 1x1 conv per branch, cat, view, softmax over branches
         ("cbam", ("mul", "sigmoid", True)),  # mlp(avg) + mlp(max): the shared last layer once, on the sum
@@ -938,14 +938,15 @@ def test_float32_matches_the_float64_per_pixel_reference(name, batch):
 )
 def test_a_gates_last_steps_reach_the_multiply_unrun(monkeypatch, name, expected):
     """Where the values meet the map, combine_replicated receives the hidden values with the
-    layer's weight and the activation: the C-plane gate was never computed at every window."""
+    layer's weight (or ECA's channel taps) and the activation: the C-plane gate was never computed
+    at every window."""
     pooled_values = importlib.import_module("tlc.convert.pooled_values")  # tlc.convert is also a function
     seen = []
     real_combine = pooled_values.combine_replicated
 
-    def spy(x, gate, op="mul", activation=None, weight=None, bias=None):
-        seen.append((op, activation, weight is not None))
-        return real_combine(x, gate, op, activation, weight, bias)
+    def spy(x, gate, op="mul", activation=None, weight=None, bias=None, channel_taps=None, channel_pad=0):
+        seen.append((op, activation, weight is not None or channel_taps is not None))
+        return real_combine(x, gate, op, activation, weight, bias, channel_taps, channel_pad)
 
     monkeypatch.setattr(pooled_values, "combine_replicated", spy)
     factory, _ = CONSUMERS[name]

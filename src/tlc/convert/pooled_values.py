@@ -176,14 +176,18 @@ class GateForm:
     ``activation(weight @ v + bias)`` at each window position, ``v`` the local values of the
     pooled value ``values`` (its D values per position), ``weight`` (C, D) (None: no layer, then
     ``bias`` is None too), ``activation`` None, ``"sigmoid"`` or ``"softmax"`` (over dim 1 of
-    (N, k, C/k, 1, 1) values: selective-kernel fusion's branches). A gate's last layer and its
-    activation then never write C-plane maps at every window position."""
+    (N, k, C/k, 1, 1) values: selective-kernel fusion's branches). Instead of ``weight``,
+    ``channel_taps`` (k,) and ``channel_pad``: a conv1d across the D values (ECA's), ``bias`` then
+    its one-element bias. A gate's last layer and its activation then never write C-plane maps at
+    every window position."""
 
     values: _Entry
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     activation: str | None = None
     keep: torch.Tensor | None = None  # the real tensor of ``values`` where nothing else holds it
+    channel_taps: torch.Tensor | None = None  # instead of weight: ECA's conv1d across the D values (k,)
+    channel_pad: int = 0  # its zero padding
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,7 +331,10 @@ _RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze"})
 _PRODUCTS = frozenset({"linear", "conv2d"})
 
 # Calls that may end a gate, put off until the gate meets the map (_Call.deferred_gate), besides products.
-_GATE_STEPS = frozenset({"sigmoid", "softmax", "cat", "concat", "concatenate", "add", "__add__", "__radd__"})
+_GATE_STEPS = frozenset({"sigmoid", "softmax", "cat", "concat", "concatenate", "add", "__add__", "__radd__", "conv1d"})
+# Transposes that pending values pass through pending where they move only dims of size 1 (ECA's
+# (N, 1, C) <-> (N, C, 1) around its conv1d): the values per position keep their order.
+_TRANSPOSES = frozenset({"transpose", "swapaxes", "swapdims"})
 
 # Elementwise calls that pending pooled values pass through pending (see PooledValues.start_pending).
 _DEFERRED = frozenset({
@@ -964,9 +971,20 @@ class _Call:
             result = self.chained()
             if result is not None:
                 return result
-        if self.values.pending and not inplace and (name in _DEFERRED or name in _RESHAPES):
+        if self.values.pending and not inplace and (name in _DEFERRED or name in _RESHAPES or self.is_singleton_transpose()):
             return self.follow_deferred()
         return self.follow(None)
+
+    def is_singleton_transpose(self) -> bool:
+        """Whether the call swaps two dims of one tensor, one of them of size 1 (``y.transpose(-1,
+        -2)`` of (N, 1, C)): a reshape for the values per position."""
+        if self.name not in _TRANSPOSES or len(self.args) != 3 or self.kwargs or not isinstance(self.args[0], torch.Tensor):
+            return False
+        t, a, b = self.args
+        if not (isinstance(a, int) and isinstance(b, int) and -t.dim() <= a < t.dim() and -t.dim() <= b < t.dim()):
+            return False
+        a, b = a % t.dim(), b % t.dim()
+        return a > 0 and b > 0 and (t.shape[a] == 1 or t.shape[b] == 1) and abs(a - b) == 1
 
     # --- classification
     def is_map(self, t: torch.Tensor) -> bool:
@@ -1079,6 +1097,8 @@ class _Call:
             values = self.grid.valid_map(form.values.local)  # (N, D, gh, gw)
             if form.weight is None and values.shape[1] == x.shape[1:-2].numel():
                 values = values.reshape(*x.shape[:-2], gh, gw)  # a softmax's (N, k, C, gh, gw)
+            if form.channel_taps is not None:
+                return combine_replicated(x, values, op, form.activation, None, form.bias, form.channel_taps, form.channel_pad)
             if form.weight is not None or values.shape[1:-2] == x.shape[1:-2]:
                 return combine_replicated(x, values, op, form.activation, form.weight, form.bias)
         gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)
@@ -1118,7 +1138,7 @@ class _Call:
         parents = [entry(t) for t in tensors]
         if real is None:
             real = func(*args, **kwargs)
-        reshape = name in _RESHAPES and len(tensors) == 1
+        reshape = (name in _RESHAPES or self.is_singleton_transpose()) and len(tensors) == 1
         if (
             any(e is None or e._local is not None for e in parents)
             or not isinstance(real, torch.Tensor)
@@ -1317,6 +1337,11 @@ class _Call:
             else:
                 form = GateForm(e, activation=name)
             pooled, tensors = [(source, e)], [source]
+        elif name == "conv1d":
+            found = self.channel_conv1d_form()
+            if found is None:
+                return None
+            form, pooled, tensors = found
         else:
             bound = _bound_product(name, args, kwargs)
             if bound is None:
@@ -1337,6 +1362,29 @@ class _Call:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return None
         return form, pooled
+
+    def channel_conv1d_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]], list[torch.Tensor]] | None:
+        """For :meth:`gate_form`: ``conv1d(y (N, 1, D), weight (1, 1, k), bias, stride 1, zero
+        padding p, dilation 1, groups 1)`` of a pooled value (ECA's convolution across the
+        channels) as a :class:`GateForm` with its taps; None for other settings."""
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+            return None
+        bound = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, **dict(zip(names, self.args)), **self.kwargs}
+        source, weight, bias = bound.get("input"), bound.get("weight"), bound["bias"]
+        single = {k: v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v for k, v in bound.items() if k in ("stride", "padding", "dilation")}
+        if (single["stride"], single["dilation"], bound["groups"]) != (1, 1, 1) or type(single["padding"]) is not int:
+            return None
+        e = self.values._entry(source) if isinstance(source, torch.Tensor) else None
+        if e is None or source.dim() != 3 or source.shape[1] != 1 or not isinstance(weight, torch.Tensor) or weight.shape[:2] != (1, 1):
+            return None
+        if self.values._entry(weight) is not None or (bias is not None and (not isinstance(bias, torch.Tensor) or self.values._entry(bias) is not None or bias.numel() != 1)):
+            return None
+        d, k, pad = source.shape[2], weight.shape[2], single["padding"]
+        if pad < 0 or d + 2 * pad - k + 1 < 1:
+            return None
+        form = GateForm(e, None, bias, channel_taps=weight.reshape(k), channel_pad=pad)
+        return form, [(source, e)], [source, weight, *([] if bias is None else [bias])]
 
     def shared_layer_sum(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
         """``f(a) + f(b)`` of two pending layers with one weight (CBAM's shared MLP on the average- and

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import njit, parallel_kernel, prange
+from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
 # Opcodes, as :data:`tlc.ops.chain.STEPS` names them (their operand counts there).
 ADD, SUB, MUL, DIV, SQRT, NEG, ABS, ADDCMUL = range(8)
@@ -89,28 +89,10 @@ def _chain_rows(v0, v1, v2, v3, constants, program, tasks, out):  # pragma: no c
                     else:  # ADDCMUL
                         c_ = _operand(program[s, 3], row, start, stop, v0, v1, v2, v3, scratch, n)
                         for j in range(n):
-                            target[j] = _fused_multiply_add(b_[j], c_[j], a[j])
+                            target[j] = fused_multiply_add(b_[j], c_[j], a[j])
 
 
-def _fused_multiply_add(a, b, c):  # pragma: no cover (replaced by the compiled intrinsic)
-    """a * b + c with one rounding."""
-    raise NotImplementedError
-
-
-if njit is not None:  # the helpers compiled first: the kernel inlines them
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _fused_multiply_add(typingctx, a, b, c):  # noqa: F811 (the compiled form of the stub above)
-        """llvm.fma: a * b + c rounded once (the addcmul of torch's CPU kernel)."""
-        if not (a == b == c):
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.fma(*args)
-
-        return a(a, b, c), codegen
-
+if njit is not None:  # the helper compiled first: the kernel inlines it
     _operand = njit(inline="always", cache=True)(_operand)
 chain_rows_kernel = parallel_kernel(_chain_rows)
 

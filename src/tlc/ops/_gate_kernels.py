@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import njit, parallel_kernel, prange
+from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
 
 def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (compiled by numba)
@@ -189,13 +189,19 @@ def _exp_shifted_row(gate, highest, total):  # pragma: no cover (compiled by num
         total[j] += gate[j]
 
 
-def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
+def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
     """out (N, C, H, W) = x op gate edge-replicated, offset (top, left) (op: ``+`` with ``add``,
     else ``*``), float32, the gate at each valid window position (gh x gw of them) being
     ``act(weight @ values + bias)`` (the product unless ``weight`` has no rows: then ``values``
     (N, C, gh, gw) is the gate before its activation; the bias unless it has no entries). values
     (N, D, gh, gw), weight (C, D), bias (C,). ``act``: ``activation`` 0 none, 1 the sigmoid, 2 a
     softmax across ``groups`` blocks of C / groups planes (plane g * C / groups + c of each).
+
+    With ``taps`` (k > 0 of them; ``weight`` then has no rows) the gate is instead a conv1d across
+    the D planes (ECA's), zero padding ``pad``, C = D + 2 pad - k + 1 outputs, summed as
+    :func:`_channel_conv1d_blocks` sums it: tap ``first_tap`` (-1: none, from zero) starts each sum,
+    the others follow in order where their input plane exists, each a fused multiply-add, the
+    bias last (so the same bits).
 
     Rows of the output are split into ``tasks`` runs, each with a scratch row of the gate for
     every plane: a gate row is summed over the D input planes in order (the first product starts
@@ -207,6 +213,8 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
     gh, gw = values.shape[2], values.shape[3]
     product = weight.shape[0] > 0
     d = weight.shape[1]
+    k_taps, d_planes = taps.shape[0], values.shape[1]
+    band = k_taps > 0
     with_bias = bias.shape[0] > 0
     rows = n * h
     one = np.float32(1.0)
@@ -222,7 +230,25 @@ def _gate_rows(x, values, weight, bias, top, left, add, activation, groups, task
                 made = b * gh + gi
                 for p in range(c):
                     gate = gates[p]
-                    if product:  # four input rows a pass, as _channel_product_blocks (the same order of sums)
+                    if band:
+                        if first_tap >= 0:
+                            source, factor = values[b, p + first_tap - pad, gi], taps[first_tap]
+                            for j in range(gw):
+                                gate[j] = source[j] * factor
+                        else:
+                            for j in range(gw):
+                                gate[j] = 0.0
+                        for q in range(k_taps):
+                            row = p + q - pad
+                            if q != first_tap and 0 <= row < d_planes:
+                                source, factor = values[b, row, gi], taps[q]
+                                for j in range(gw):
+                                    gate[j] = fused_multiply_add(source[j], factor, gate[j])
+                        if with_bias:
+                            shift = bias[p]
+                            for j in range(gw):
+                                gate[j] += shift
+                    elif product:  # four input rows a pass, as _channel_product_blocks (the same order of sums)
                         if d >= 4:
                             s0, s1, s2, s3 = values[b, 0, gi], values[b, 1, gi], values[b, 2, gi], values[b, 3, gi]
                             f0, f1, f2, f3 = weight[p, 0], weight[p, 1], weight[p, 2], weight[p, 3]

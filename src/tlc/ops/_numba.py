@@ -23,6 +23,28 @@ except ImportError:  # pragma: no cover (numba is a dependency; the torch paths 
     prange = range
 
 
+def _fused_multiply_add_stub(a, b, c):  # pragma: no cover (numba's intrinsic stands in)
+    """a * b + c rounded once (compiled code only)."""
+    raise NotImplementedError("fused_multiply_add runs in numba-compiled kernels only")
+
+
+fused_multiply_add = _fused_multiply_add_stub
+if njit is not None:
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def fused_multiply_add(typingctx, a, b, c):  # noqa: F811 (compiled kernels call it)
+        """``a * b + c`` rounded once (llvm.fma), for kernels whose numbers must be those of
+        torch's CPU kernels that fuse it (addcmul, addcmul_), whatever numba contracts itself."""
+        if not (a == b == c):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+
+        return a(a, b, c), codegen
+
+
 def parallel_kernel(function: Callable, **options: object) -> Callable | None:
     """``njit(parallel=True, cache=True, **options)(function)``, run within torch's thread count;
     None without numba."""
@@ -46,4 +68,4 @@ def parallel_kernel(function: Callable, **options: object) -> Callable | None:
     return run
 
 
-__all__ = ["njit", "parallel_kernel", "prange"]
+__all__ = ["fused_multiply_add", "njit", "parallel_kernel", "prange"]

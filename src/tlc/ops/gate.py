@@ -234,6 +234,19 @@ def channel_product(
     return result
 
 
+def _tap_spans(length: int, k: int, pad: int) -> list[tuple[int, int, int]]:
+    """(tap j, first output, end of outputs) that tap j of a stride-1 conv1d reaches, for signals
+    of ``length`` zero-padded by ``pad``."""
+    out_length = length + 2 * pad - k + 1
+    return [(j, max(0, pad - j), min(out_length, length + pad - j)) for j in range(k)]
+
+
+def _full_tap(length: int, k: int, pad: int) -> int:
+    """The first tap that reaches every output (-1: none), which starts :func:`channel_conv1d`'s sums."""
+    out_length = length + 2 * pad - k + 1
+    return next((j for j, lo, hi in _tap_spans(length, k, pad) if (lo, hi) == (0, out_length)), -1)
+
+
 def channel_conv1d(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int) -> torch.Tensor:
     """``conv1d`` with one input and one output channel, stride 1, zero padding ``pad``, along the
     rows of values laid out (L, P): P positions, each a length-L signal (ECA's convolution across a
@@ -261,7 +274,7 @@ def channel_conv1d(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     out_length = length + 2 * pad - k + 1
     if out_length < 1:
         raise ValueError(f"conv1d of length {length} with {k} taps and padding {pad} has no output")
-    spans = [(j, max(0, pad - j), min(out_length, length + pad - j)) for j in range(k)]
+    spans = _tap_spans(length, k, pad)
     first = next((j for j, lo, hi in spans if (lo, hi) == (0, out_length)), None)
     tensors = (values, weight) if bias is None else (values, weight, bias)
     if (
@@ -370,6 +383,8 @@ def combine_replicated(
     activation: str | None = None,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    channel_taps: torch.Tensor | None = None,
+    channel_pad: int = 0,
 ) -> torch.Tensor:
     """``x * replicate_to(gate, x.shape[-2:])`` (or ``+``, ``-`` with ``op="add"``, ``"sub"``)
     without building the replicated gate; optionally the gate's last layer and activation first,
@@ -387,6 +402,10 @@ def combine_replicated(
             fusion's branches): the gate's k * C values per position (after the layer) as (k, C).
         weight: (C, D) (or (C, D, 1, 1)) weight of a per-position layer (a 1x1 convolution's or a
             Linear layer's) applied to the gate's D channels first; ``bias`` (C,) its bias (added last).
+        channel_taps: instead of ``weight``, the (k,) (or (1, 1, k)) taps of a conv1d across the
+            gate's D channels at each position (ECA's), zero padding ``channel_pad``, giving C =
+            D + 2 * channel_pad - k + 1 channels, as :func:`channel_conv1d` computes it (the same
+            bits); ``bias`` then None or its one-element bias.
 
     Returns:
         Tensor of the shape of ``x``, the dtype ``x * gate`` would have. Without ``activation``
@@ -402,7 +421,23 @@ def combine_replicated(
         raise ValueError(f"op must be 'mul', 'add' or 'sub', not {op!r}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or one of {ACTIVATIONS}, not {activation!r}")
-    if weight is None and bias is not None:
+    if channel_taps is not None:
+        if weight is not None:
+            raise ValueError("a gate takes a weight or channel taps, not both")
+        if channel_taps.dim() == 3 and channel_taps.shape[:2] == (1, 1):
+            channel_taps = channel_taps.flatten()  # a Conv1d(1, 1, k)'s weight
+        if channel_taps.dim() != 1 or channel_taps.numel() == 0:
+            raise ValueError(f"channel_taps must be (k,) or (1, 1, k), not {tuple(channel_taps.shape)}")
+        if bias is not None and bias.numel() != 1:
+            raise ValueError(f"a conv1d across channels takes a one-element bias, not {tuple(bias.shape)}")
+        if activation == "softmax" or x.dim() != 4 or gate.dim() != 4:
+            raise ValueError("channel taps take x and a gate of (N, C, H, W) and no softmax")
+        if channel_pad < 0 or gate.shape[1] + 2 * channel_pad - channel_taps.shape[0] + 1 != x.shape[1]:
+            raise ValueError(
+                f"a conv1d of {gate.shape[1]} channels with {channel_taps.shape[0]} taps and padding {channel_pad} "
+                f"does not give x's {x.shape[1]}"
+            )
+    elif weight is None and bias is not None:
         raise ValueError("a bias without a weight")
     if weight is not None and weight.dim() == 4 and weight.shape[2:] == (1, 1):
         weight = weight.flatten(1)  # a 1x1 convolution's
@@ -410,13 +445,18 @@ def combine_replicated(
         raise ValueError(f"weight must be (C, D) or (C, D, 1, 1), not {tuple(weight.shape)}")
     if activation == "softmax" and (x.dim() != 5 or (weight is None and gate.shape[:3] != x.shape[:3])):
         raise ValueError(f"a softmax over branches takes x (N, k, C, H, W) and a gate of k * C values, not {tuple(x.shape)}")
-    if weight is not None or activation is not None:
+    if weight is not None or activation is not None or channel_taps is not None:
         branches = x.shape[1] if activation == "softmax" else 1
         flat = x.reshape(x.shape[0], -1, *x.shape[-2:]) if branches > 1 else x  # (N, k * C, H, W)
         values = gate.reshape(gate.shape[0], -1, *gate.shape[-2:]) if weight is None and branches > 1 else gate
-        fused = _fused_gate(flat, values, op, activation, weight, bias, branches)
+        fused = _fused_gate(flat, values, op, activation, weight, bias, branches, channel_taps, channel_pad)
         if fused is not None:
             return fused.view(x.shape)
+        if channel_taps is not None:  # channel_conv1d at every position, sample by sample
+            n, d, gh, gw = gate.shape
+            gate = torch.stack([
+                channel_conv1d(gate[i].reshape(d, gh * gw).contiguous(), channel_taps, bias, channel_pad).view(-1, gh, gw) for i in range(n)
+            ])
         if weight is not None:
             gate = _layer_at_positions(gate, weight, bias)
             if x.dim() != 4 and gate.shape[:2].numel() == x.shape[:-2].numel():  # (N, k * C) as x's (N, k, C)
@@ -491,15 +531,17 @@ def _fused_gate(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     branches: int = 1,
+    taps: torch.Tensor | None = None,
+    pad: int = 0,
 ) -> torch.Tensor | None:
-    """:func:`combine_replicated` with a layer or an activation by the CPU kernel, where it applies
-    (float32, (N, C, H, W) maps, more than one window position, a layer no wider than
-    :func:`channel_product` takes; a softmax across ``branches`` blocks of C / branches planes);
-    else None."""
+    """:func:`combine_replicated` with a layer, channel taps or an activation by the CPU kernel,
+    where it applies (float32, (N, C, H, W) maps, more than one window position, a layer no wider
+    than :func:`channel_product` takes; a softmax across ``branches`` blocks of C / branches
+    planes); else None."""
     if gate_rows_kernel is None or op == "sub" or x.dim() != 4 or gate.dim() != 4:
         return None
     (n, c, h, w), (gn, d, gh, gw) = x.shape, gate.shape
-    tensors = [t for t in (x, gate, weight, bias) if t is not None]
+    tensors = [t for t in (x, gate, weight, bias, taps) if t is not None]
     if (
         gn != n
         or not (gh <= h and gw <= w)
@@ -510,7 +552,13 @@ def _fused_gate(
         return None
     if c % branches:
         return None
-    if weight is None:
+    first = -1
+    if taps is not None:
+        weight = torch.empty((0, 0), dtype=x.dtype)
+        first = _full_tap(d, taps.shape[0], pad)
+        if bias is not None:
+            bias = bias.reshape(1).expand(c)  # the one bias, added to every output channel
+    elif weight is None:
         if d != c:
             return None
         weight = torch.empty((0, 0), dtype=x.dtype)
@@ -523,9 +571,10 @@ def _fused_gate(
     out = torch.empty_like(xs)
     top, left = (h - gh) // 2, (w - gw) // 2  # replicate_to's split: (k-1)//2 before
     tasks = min(n * h, 4 * torch.get_num_threads())  # a few runs of rows a thread, for balance
+    channel_taps = torch.empty(0, dtype=x.dtype) if taps is None else taps.detach().contiguous()
     gate_rows_kernel(
-        xs.numpy(), values.numpy(), weight.detach().contiguous().numpy(), shift.numpy(), top, left,
-        op == "add", _ACTIVATION_CODES[activation], branches, tasks, out.numpy(),
+        xs.numpy(), values.numpy(), weight.detach().contiguous().numpy(), shift.numpy(), channel_taps.numpy(), pad, first,
+        top, left, op == "add", _ACTIVATION_CODES[activation], branches, tasks, out.numpy(),
     )
     return out
 

@@ -84,7 +84,7 @@ STATS = {"median": statistics.median, "min": min, "paired": statistics.median, "
 
 def measure(
     entry: Entry, size: tuple[int, int], repeats: int, threads: int, train_2: int, stat: str = "median",
-    width: int | None = None,
+    width: int | None = None, warmup: int = 1,
 ) -> dict:
     """One table row for ``entry``: sites, invariance and effect (small widths, as the tests build
     it) and timings at ``size`` (the bench width, or ``width`` channels: ``entry.at_width``)."""
@@ -154,7 +154,7 @@ def measure(
             if stat == "blocks":
                 runs = {name: block_seconds(pair, "cpu", block=repeats) for name, pair in pairs.items()}
             else:
-                runs = {name: interleaved_seconds(pair, "cpu", repeats=repeats) for name, pair in pairs.items()}
+                runs = {name: interleaved_seconds(pair, "cpu", warmup=warmup, repeats=repeats) for name, pair in pairs.items()}
         originals = [t for pair in runs.values() for t in pair["original"]]
         times = {"original": STATS[stat](originals)} | {name: STATS[stat](runs[name][name]) for name in fns if name in runs}
     except RuntimeError as err:
@@ -185,6 +185,12 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated corpus names")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each, taking turns")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and numba threads")
+    parser.add_argument("--warmup", type=int, default=1, metavar="N",
+                        help="untimed forwards of each before the turns (default 1). With freed memory kept, "
+                             "the heap settles over a converted model's first 2-3 forwards: a fragment too small "
+                             "for a large buffer grows the heap, and each new 4 KB page then faults once (13 us "
+                             "a page here: IMDN's 48-channel 1x1 convolution 29 -> 300 ms); --warmup 3 times "
+                             "the forwards of a long run")
     parser.add_argument("--stat", choices=tuple(STATS), default="median",
                         help="per-model time from the runs: their median (default) or their minimum, the run "
                              "least disturbed by the rest of a shared machine; 'paired': median times, and each "
@@ -201,6 +207,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.width is not None and args.width < 4:
         parser.error("--width must be at least 4")
+    if args.warmup < 0:
+        parser.error("--warmup must be 0 or more")
     csv_name, allocator = allocator_from(args, "corpus_cpu" if args.width is None else f"corpus_w{args.width}_cpu")
     pin_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -215,7 +223,7 @@ def main() -> None:
         entries = [e for e in entries if e.at_width is not None]
     widths = "light widths" if args.width is None else f"{args.width} channels"
     print(f"corpus at {args.size} ({widths}) on {machine()}, float32, batch 1, {args.stat} of {args.repeats} "
-          f"taking turns, {allocator}\n")
+          f"taking turns after {args.warmup} untimed, {allocator}\n")
     t2 = args.train_size_2
     header = ["model", "global ops", "converted", "reported", "invariance", "effect", "original ms",
               "converted ms", "ratio", f"converted ms (train {t2})", f"ratio (train {t2})", "note"]
@@ -223,9 +231,9 @@ def main() -> None:
     print("|" + "---|" * len(header))
     rows = []
     for entry in entries:
-        row = measure(entry, size, args.repeats, args.threads, t2, args.stat, args.width)
+        row = measure(entry, size, args.repeats, args.threads, t2, args.stat, args.width, args.warmup)
         row["width"] = "" if args.width is None else args.width
-        row["stat"] = f"{args.stat} of {args.repeats}"
+        row["stat"] = f"{args.stat} of {args.repeats}" + (f", {args.warmup} warm-up" if args.warmup != 1 else "")
         row["machine"] = machine()
         row["allocator"] = allocator
         rows.append(row)

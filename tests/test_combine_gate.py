@@ -256,3 +256,58 @@ def test_ecas_convolution_across_channels_runs_inside_the_gate(monkeypatch):
         apart = model(x)
         assert taps_given and not any(taps_given)
     assert torch.equal(fused, apart)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(16, 8, 5000), (6, 3, 4097), (9, 13, 8192), (4, 4, 100)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_a_layer_then_its_layer_norm_at_once_equal_the_two_calls(shape, affine, dtype):
+    """channel_product_layer_norm: the layer's outputs normalised in cache give the bits of
+    channel_product then layer_norm_columns (the CPU kernels, or torch below their sizes), and
+    F.layer_norm of F.linear in float64 within rounding."""
+    from tlc.ops.gate import channel_product_layer_norm
+    from tlc.ops.norm import layer_norm_columns
+
+    c, o, p = shape
+    g = torch.Generator().manual_seed(o * 7 + c)
+    weight, values = torch.randn(o, c, generator=g).to(dtype), torch.randn(c, p, generator=g).to(dtype)
+    bias = torch.randn(o, generator=g).to(dtype)
+    norm_weight = torch.randn(o, 1, 1, generator=g).to(dtype) if affine else None
+    norm_bias = torch.randn(o, 1, 1, generator=g).to(dtype) if affine else None
+    got = channel_product_layer_norm(weight, values, bias, norm_weight, norm_bias, 1e-5)
+    assert torch.equal(got, layer_norm_columns(channel_product(weight, values, None, bias), norm_weight, norm_bias, 1e-5))
+    exact = F.layer_norm(F.linear(values.double().t(), weight.double(), bias.double()), (o,),
+                         None if norm_weight is None else norm_weight.double().flatten(),
+                         None if norm_bias is None else norm_bias.double().flatten(), 1e-5).t()
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol)
+
+
+def test_gcnets_layer_and_layer_norm_run_at_once(monkeypatch):
+    """The corpus's GCNet converted: its 16 -> 8 layer and LayerNorm([8, 1, 1]) on the pooled
+    context at every window position computed together, with the output of the two followed one
+    after the other."""
+    import importlib
+    import warnings
+
+    import tlc
+
+    from .corpus import CORPUS, build
+
+    pooled_values = importlib.import_module("tlc.convert.pooled_values")
+    entry = next(e for e in CORPUS if e.name == "gcnet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = tlc.convert(build(entry), train_size=32)
+    x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(6))
+    calls = []
+    original = pooled_values.channel_product_layer_norm
+    monkeypatch.setattr(pooled_values, "channel_product_layer_norm", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        together = model(x)
+        assert calls
+        monkeypatch.setattr(pooled_values._Call, "layer_then_norm", lambda self: None)
+        calls.clear()
+        apart = model(x)
+        assert not calls
+    assert torch.equal(together, apart)

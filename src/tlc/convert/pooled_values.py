@@ -86,7 +86,7 @@ from torch import nn
 from ..ops._common import Pair
 from ..ops.chain import ChainStep, evaluate_chain
 from ..ops.context import local_softmax_pool
-from ..ops.gate import channel_product, combine_replicated, product_first_is_cheaper
+from ..ops.gate import channel_product, channel_product_layer_norm, combine_replicated, product_first_is_cheaper
 from ..ops.pool import replicate_to, valid_local_mean_and_mean
 from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
 from .spare_buffers import SpareBuffers
@@ -963,6 +963,10 @@ class _Call:
             result = self.product_first()
             if result is not None:
                 return result
+        if not inplace and name == "layer_norm":
+            result = self.layer_then_norm()
+            if result is not None:
+                return result
         if not inplace and (name in _PRODUCTS or name in _GATE_STEPS):
             result = self.deferred_gate()
             if result is not None:
@@ -1162,6 +1166,41 @@ class _Call:
 
         form = parents[0].form if reshape else None
         self.values._track_pending(real, compute, self.grid, self.sources, _reads_of(zip(tensors, parents)), form)
+        return real
+
+    def layer_then_norm(self) -> torch.Tensor | None:
+        """``layer_norm`` over every dim but the batch of a pending layer's output (a
+        :class:`GateForm` with a weight and no activation: GCNet's ``Conv2d(C, C', 1)`` then
+        ``LayerNorm([C', 1, 1])`` on its pooled context): both computed at once by
+        :func:`tlc.ops.gate.channel_product_layer_norm`, the layer's outputs never written out at
+        every window position (the same bits as the layer then the norm, followed). None where this
+        does not apply (the call is then followed)."""
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+            return None
+        bound = {"weight": None, "bias": None, "eps": 1e-5, **dict(zip(names, self.args)), **self.kwargs}
+        x, shape, weight, bias = bound.get("input"), bound.get("normalized_shape"), bound["weight"], bound["bias"]
+        entry = self.values._entry
+        e = entry(x) if isinstance(x, torch.Tensor) else None
+        if e is None or e._local is not None or e.pending is None or e.expanded is not None:  # pending, unread
+            return None
+        form = e.form
+        if not isinstance(form, GateForm) or form.weight is None or form.activation is not None or form.channel_taps is not None:
+            return None
+        if form.values.ref() is None or form.values.expanded is not None:
+            return None
+        if not isinstance(shape, (tuple, list, torch.Size)) or tuple(shape) != tuple(x.shape[1:]) or x.shape[1:].numel() != form.weight.shape[0]:
+            return None
+        affine = [t for t in (weight, bias) if t is not None]
+        if any(not isinstance(t, torch.Tensor) or entry(t) is not None or t.dtype != x.dtype or t.device != x.device for t in affine):
+            return None
+        if not isinstance(bound["eps"], (int, float)) or (torch.is_grad_enabled() and any(t.requires_grad for t in affine)):
+            return None
+        real = self.func(*self.args, **self.kwargs)
+        n_g = self.grid.batch * self.grid.positions
+        values = _columns(form.values.local, form.weight.shape[1])  # (D, N * G)
+        rows = channel_product_layer_norm(form.weight, values, form.bias, weight, bias, float(bound["eps"]))
+        self.check_and_track(real, rows.t().reshape(n_g, *x.shape[1:]))
         return real
 
     def chained(self) -> Any:

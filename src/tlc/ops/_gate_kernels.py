@@ -4,56 +4,106 @@ gate's last layer, activation and product in one pass a row. Each is None withou
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
 
+def _product_block(weight, values, bias, with_bias, start, stop, out):  # pragma: no cover (compiled into the kernels)
+    """out[:, start:stop] = weight (O, C) @ values[:, start:stop] (+ bias): each output row's
+    block summed over the C input rows in order while it stays in the first-level cache, four
+    input rows a pass, the first four in the pass that starts the sums (one load and store of the
+    output per four products: the stores bounded the one-row loop), the bias added last."""
+    outputs, channels = weight.shape
+    for i in range(outputs):
+        target = out[i, start:stop]
+        if channels >= 4:  # the first four rows in the pass that starts the sums
+            s0, s1, s2, s3 = values[0, start:stop], values[1, start:stop], values[2, start:stop], values[3, start:stop]
+            f0, f1, f2, f3 = weight[i, 0], weight[i, 1], weight[i, 2], weight[i, 3]
+            for j in range(stop - start):
+                target[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+            k = 4
+        else:
+            source, factor = values[0, start:stop], weight[i, 0]
+            for j in range(stop - start):
+                target[j] = factor * source[j]
+            k = 1
+        while k + 3 < channels:
+            s0, s1, s2, s3 = values[k, start:stop], values[k + 1, start:stop], values[k + 2, start:stop], values[k + 3, start:stop]
+            f0, f1, f2, f3 = weight[i, k], weight[i, k + 1], weight[i, k + 2], weight[i, k + 3]
+            for j in range(stop - start):  # the same order of sums as one row at a time
+                target[j] = (((target[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
+            k += 4
+        while k < channels:
+            source, factor = values[k, start:stop], weight[i, k]
+            for j in range(stop - start):
+                target[j] += factor * source[j]
+            k += 1
+        if with_bias:
+            shift = bias[i]
+            for j in range(stop - start):
+                target[j] += shift
+
+
 def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (compiled by numba)
     """out (O, P) = weight (O, C) @ values (C, P) (+ bias (O,), unless bias has no entries), by
-    blocks of positions: each output row's block is summed over the C input rows in order while
-    it stays in the first-level cache, four input rows a pass, the first four in the pass that
-    starts the sums (one load and store of the output per four products: the stores bounded the
-    one-row loop), the bias added last."""
-    outputs, channels = weight.shape
+    blocks of positions (:func:`_product_block`)."""
+    outputs = weight.shape[0]
     positions = values.shape[1]
     with_bias = bias.shape[0] == outputs
     blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
     for b in prange(blocks):
         start = b * PRODUCT_BLOCK
+        _product_block(weight, values, bias, with_bias, start, min(positions, start + PRODUCT_BLOCK), out)
+
+
+def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  # pragma: no cover (compiled by numba)
+    """out (O, P) = each column of weight @ values + bias (as :func:`_channel_product_blocks`,
+    rounded to out's dtype) normalised over its O rows as
+    :func:`tlc.ops._norm_kernels._layer_norm_column_blocks` normalises it (mean, biased variance
+    of the centred values, 1 / sqrt(var + eps), the affine ``scale``, ``shift`` (O,) float64, in
+    float64 rounded once): the same bits, a block of positions at a time while the block's rows
+    are in cache (GCNet's 16 -> 8 layer and LayerNorm([8, 1, 1]) on its pooled context)."""
+    outputs = weight.shape[0]
+    positions = values.shape[1]
+    with_bias = bias.shape[0] == outputs
+    blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
+    inv_rows = 1.0 / outputs
+    for b in prange(blocks):
+        start = b * PRODUCT_BLOCK
         stop = min(positions, start + PRODUCT_BLOCK)
-        for i in range(outputs):
-            target = out[i, start:stop]
-            if channels >= 4:  # the first four rows in the pass that starts the sums
-                s0, s1, s2, s3 = values[0, start:stop], values[1, start:stop], values[2, start:stop], values[3, start:stop]
-                f0, f1, f2, f3 = weight[i, 0], weight[i, 1], weight[i, 2], weight[i, 3]
-                for j in range(stop - start):
-                    target[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
-                k = 4
-            else:
-                source, factor = values[0, start:stop], weight[i, 0]
-                for j in range(stop - start):
-                    target[j] = factor * source[j]
-                k = 1
-            while k + 3 < channels:
-                s0, s1, s2, s3 = values[k, start:stop], values[k + 1, start:stop], values[k + 2, start:stop], values[k + 3, start:stop]
-                f0, f1, f2, f3 = weight[i, k], weight[i, k + 1], weight[i, k + 2], weight[i, k + 3]
-                for j in range(stop - start):  # the same order of sums as one row at a time
-                    target[j] = (((target[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
-                k += 4
-            while k < channels:
-                source, factor = values[k, start:stop], weight[i, k]
-                for j in range(stop - start):
-                    target[j] += factor * source[j]
-                k += 1
-            if with_bias:
-                shift = bias[i]
-                for j in range(stop - start):
-                    target[j] += shift
+        width = stop - start
+        _product_block(weight, values, bias, with_bias, start, stop, out)
+        mean = np.zeros(width, np.float64)
+        spread = np.zeros(width, np.float64)
+        for d in range(outputs):
+            row = out[d, start:stop]
+            for j in range(width):
+                mean[j] += np.float64(row[j])
+        for j in range(width):
+            mean[j] *= inv_rows
+        for d in range(outputs):
+            row = out[d, start:stop]
+            for j in range(width):
+                centred = np.float64(row[j]) - mean[j]
+                spread[j] += centred * centred
+        for j in range(width):
+            spread[j] = 1.0 / math.sqrt(spread[j] * inv_rows + eps)
+        for d in range(outputs):
+            row = out[d, start:stop]
+            wd, bd = scale[d], shift[d]
+            for j in range(width):
+                row[j] = (np.float64(row[j]) - mean[j]) * spread[j] * wd + bd
 
 
 PRODUCT_BLOCK = 4096  # positions per block: an output row's block (16 KB in float32) stays in L1
+if njit is not None:  # compiled into the kernels that call it
+    _product_block = njit(inline="always")(_product_block)
 channel_product_kernel = parallel_kernel(_channel_product_blocks)
+# error_model="numpy": 1 / sqrt(0 + eps) with eps = 0 gives inf, as torch's layer norm.
+product_layer_norm_kernel = parallel_kernel(_product_layer_norm_blocks, error_model="numpy")
 
 
 def _channel_conv1d_blocks(values, taps, pad, first, bias, out):  # pragma: no cover (compiled by numba)

@@ -105,7 +105,7 @@ def fused_group_norm_applies(x: torch.Tensor, *params: torch.Tensor | None) -> b
     return _compiled is not None and x.dtype in (torch.float32, torch.float64) and cpu_kernel_applies(*tensors)
 
 
-def _affine_float64(
+def affine_float64(
     weight: torch.Tensor | None, bias: torch.Tensor | None, count: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift): ``count`` float64 values each for the kernels, ones and zeros where absent."""
@@ -126,7 +126,7 @@ def fused_local_group_norm(
     """:func:`tlc.local_group_norm` of a CPU (N, C, H, W) tensor with an already clamped window."""
     c = x.shape[1]
     work = x.contiguous()
-    scale, shift = _affine_float64(weight, bias, c)
+    scale, shift = affine_float64(weight, bias, c)
     out = torch.empty_like(work)
     centres = centring_means(work.reshape(work.shape[0] * num_groups, -1), (1,))  # each group's mean
     _compiled(work.numpy(), centres.numpy(), num_groups, window[0], window[1], float(eps), scale.numpy(), shift.numpy(), out.numpy())
@@ -185,7 +185,7 @@ def fused_column_layer_norm(
         return None
     if not cpu_kernel_applies(*tensors):
         return None
-    scale, shift = _affine_float64(weight, bias, x.shape[0])
+    scale, shift = affine_float64(weight, bias, x.shape[0])
     work = x.contiguous()
     out = torch.empty_like(work)
     _layer_norm_compiled(work.numpy(), float(eps), scale.numpy(), shift.numpy(), out.numpy())

@@ -17,8 +17,11 @@ from torch import nn
 from ._common import Pair, cpu_kernel_applies, tracing
 from ._gate_kernels import (
     PRODUCT_BLOCK, channel_conv1d_kernel, channel_product_kernel, combine_replicated_kernel, gate_rows_kernel,
+    product_layer_norm_kernel,
 )
+from ._norm_kernels import affine_float64
 from ._triton import triton_applies, triton_spread
+from .norm import layer_norm_columns
 from .pool import clamp_window, replicate_to, valid_local_mean
 
 
@@ -232,6 +235,58 @@ def channel_product(
     shift = torch.empty(0, dtype=values.dtype) if bias is None else bias.detach().contiguous()
     channel_product_kernel(weight.detach().contiguous().numpy(), values.numpy(), shift.numpy(), result.numpy())
     return result
+
+
+def channel_product_layer_norm(
+    weight: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """``layer_norm_columns(channel_product(weight, values, None, bias), norm_weight, norm_bias,
+    eps)``: a 1x1 layer on values laid out channel first, then each position's O outputs
+    normalised over themselves (GCNet's ``Conv2d(C, C', 1)`` then ``LayerNorm([C', 1, 1])`` at
+    every window position). On the CPU in float32 / float64 where the product's kernel applies,
+    one pass a block of positions, the layer's outputs normalised while in cache (never written
+    out and read back): the same bits as the two calls. Elsewhere the two calls.
+
+    Args:
+        weight: (O, C); bias: (O,) or None.
+        values: (C, P), rows contiguous.
+        norm_weight, norm_bias: O values each or None.
+        eps: added to the variance.
+
+    Returns:
+        (O, P) tensor.
+    """
+    outputs = weight.shape[0]
+    tensors = [t for t in (weight, values, bias, norm_weight, norm_bias) if t is not None]
+    fits = (
+        product_layer_norm_kernel is not None
+        and weight.dim() == 2
+        and values.dim() == 2
+        and weight.shape[1] == values.shape[0]
+        and max(weight.shape) <= _PRODUCT_MAX_CHANNELS
+        and weight.shape[0] * weight.shape[1] <= _PRODUCT_MAX_WEIGHTS
+        and values.shape[1] >= PRODUCT_BLOCK
+        and weight.dtype == values.dtype
+        and values.dtype in (torch.float32, torch.float64)
+        and values.is_contiguous()
+        and (bias is None or bias.shape == (outputs,) and bias.dtype == values.dtype)
+        and all(t.numel() == outputs for t in (norm_weight, norm_bias) if t is not None)
+        and cpu_kernel_applies(*tensors)
+    )
+    if not fits:
+        return layer_norm_columns(channel_product(weight, values, None, bias), norm_weight, norm_bias, eps)
+    out = torch.empty((outputs, values.shape[1]), dtype=values.dtype)
+    shift = torch.empty(0, dtype=values.dtype) if bias is None else bias.detach().contiguous()
+    scale64, shift64 = affine_float64(norm_weight, norm_bias, outputs)
+    product_layer_norm_kernel(
+        weight.detach().contiguous().numpy(), values.numpy(), shift.numpy(), float(eps), scale64.numpy(), shift64.numpy(), out.numpy()
+    )
+    return out
 
 
 def _tap_spans(length: int, k: int, pad: int) -> list[tuple[int, int, int]]:

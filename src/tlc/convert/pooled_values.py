@@ -1651,31 +1651,42 @@ def _evaluate_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> Non
     values: list[torch.Tensor] = []
     constants: list[torch.Tensor] = []
     steps: list[tuple[str, list[tuple[str, int]]]] = []
-    refs_of: dict[int, tuple[str, int]] = {}
-
-    def visit(form: ElementwiseForm) -> None:
-        refs = []
-        for operand in form.operands:
-            if not isinstance(operand, _Entry):
-                constants.append(operand)
-                refs.append(("constant", len(constants) - 1))
-                continue
-            key = id(operand)
-            if key not in refs_of:
-                if operand._local is None and operand.pending is not None and isinstance(operand.form, ElementwiseForm):
-                    visit(operand.form)
-                    refs_of[key] = ("step", len(steps) - 1)
-                else:
-                    values.append(_columns(operand.computed(), width))
-                    refs_of[key] = ("value", len(values) - 1)
-            refs.append(refs_of[key])
-        steps.append((form.op, refs))
-
-    visit(root)
+    _visit_chain(root, width, values, constants, steps, {})
     first = {"value": 0, "constant": len(values), "step": len(values) + len(constants)}
     program = [ChainStep(op, tuple(first[kind] + i for kind, i in refs)) for op, refs in steps]
     table = torch.cat(constants, dim=1).t() if constants else out.new_empty((0, out.shape[0]))
     evaluate_chain(values, table, program, out)
+
+
+def _visit_chain(
+    form: ElementwiseForm,
+    width: int,
+    values: list[torch.Tensor],
+    constants: list[torch.Tensor],
+    steps: list[tuple[str, list[tuple[str, int]]]],
+    refs_of: dict[int, tuple[str, int]],
+) -> None:
+    """Append ``form``'s step to ``steps`` after the pending steps it reads (depth first), its
+    other operands to ``values`` (local values as (D, G) rows) or ``constants``. A module-level
+    function, not a closure calling itself: that closure's cycle kept the chain's input maps alive
+    until the garbage collector ran (~165 MB after each converted SRM forward at 720p, the heap
+    growing and faulting)."""
+    refs = []
+    for operand in form.operands:
+        if not isinstance(operand, _Entry):
+            constants.append(operand)
+            refs.append(("constant", len(constants) - 1))
+            continue
+        key = id(operand)
+        if key not in refs_of:
+            if operand._local is None and operand.pending is not None and isinstance(operand.form, ElementwiseForm):
+                _visit_chain(operand.form, width, values, constants, steps, refs_of)
+                refs_of[key] = ("step", len(steps) - 1)
+            else:
+                values.append(_columns(operand.computed(), width))
+                refs_of[key] = ("value", len(values) - 1)
+        refs.append(refs_of[key])
+    steps.append((form.op, refs))
 
 
 def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:

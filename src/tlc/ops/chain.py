@@ -6,7 +6,8 @@ and window position: 13 M floats for 16 channels at 720p, far larger than the ca
 spends a pass over memory on every call. :func:`evaluate_chain` runs the whole chain a block of a
 row at a time (a CPU kernel; torch calls elsewhere): only the chain's inputs and its result cross
 memory. Every step is one IEEE operation per element, the one the torch call computes, so the
-numbers are the ones the calls compute one after the other.
+numbers are the ones the calls compute one after the other (the square root correctly rounded,
+as torch's is on the few pooled values the local ones stand in for).
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def evaluate_chain(
         out: (D, G) tensor the result is written into (any strides), or None for a new one.
 
     Returns:
-        (D, G): the last step's result, bit for bit what the torch calls (``torch.add``, ...,
-        ``torch.addcmul``) give one after the other on the same maps.
+        (D, G): the last step's result, each element through the IEEE operations the torch calls
+        (``torch.add``, ..., ``torch.addcmul``) make one after the other on the same maps: the
+        same bits, but for the square root, correctly rounded in the CPU kernel where torch's
+        on large or strided maps (its vector library's) may be one unit in the last place off.
     """
     d, g = _check(values, constants, steps)
     dtype = values[0].dtype

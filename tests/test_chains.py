@@ -299,14 +299,22 @@ def test_a_converted_forward_leaves_no_tensor_in_a_reference_cycle(name):
         model, _ = tlc.convert(build(entry), train_size=32)
     x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
+        # The second forward may take other routes than the first (a pending mean read or not),
+        # and a kernel compiled while the collector saves everything leaves its exceptions'
+        # tracebacks, whose frames hold the caller's tensors, among the garbage once: a cycle a
+        # forward builds shows in every forward, so the last of two watched ones must be clean.
         model(x)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            model(x)
+        model(x)
+        for _ in range(2):
             gc.collect()
-            cyclic = [o for o in gc.garbage if isinstance(o, torch.Tensor)]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                model(x)
+                gc.collect()
+                cyclic = [o for o in gc.garbage if isinstance(o, torch.Tensor)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            if not cyclic:
+                break
     assert cyclic == []

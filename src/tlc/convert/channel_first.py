@@ -115,18 +115,33 @@ def batch_last(name: str, args: tuple, kwargs: dict, take: Take | None = None) -
     return torch.cat(moved, axis).movedim(-1, 0)
 
 
-def _bound(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict | None:
-    """A call's arguments by parameter name, or None for arguments ``names`` does not cover."""
+def bound_arguments(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict | None = None) -> dict | None:
+    """A call's arguments by parameter name (over ``defaults``), or None for arguments ``names``
+    does not cover."""
     if len(args) > len(names) or set(kwargs) - set(names):
         return None
-    return {**dict(zip(names, args)), **kwargs}
+    return {**(defaults or {}), **dict(zip(names, args)), **kwargs}
+
+
+def batch_norm_scale_shift(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of batch norm with running statistics: ``x * scale + shift``
+    (as one ``addcmul``) is its output."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
 
 
 def channel_first_layer_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     """``F.layer_norm`` over every dim but the batch (GCNet's ``LayerNorm([C, 1, 1])``) of values
     laid out channel first, computed in that layout (torch's comes out in rows, and the
     transposing copy back where the values meet the map cost more than the norm); else None."""
-    b = _bound(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"))
+    b = bound_arguments(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"))
     if b is None:
         return None
     x, shape = b.get("input"), b.get("normalized_shape")
@@ -142,18 +157,13 @@ def inference_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     or None for other calls. oneDNN's batch norm writes a (B, C, 1, 1) batch of values laid out
     channel first back in rows (SRM's gate at 720p: 87 ms, and a 47 ms transposing copy where
     the gate meets the map); the multiply-add keeps their layout."""
-    b = _bound(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
+    b = bound_arguments(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
     if b is None:
         return None
     x, mean, var = b.get("input"), b.get("running_mean"), b.get("running_var")
     if b.get("training", False) or not all(isinstance(t, torch.Tensor) for t in (x, mean, var)) or x.dim() < 2:
         return None
-    scale = torch.rsqrt(var + b.get("eps", 1e-5))
-    if b.get("weight") is not None:
-        scale = scale * b["weight"]
-    shift = -mean * scale
-    if b.get("bias") is not None:
-        shift = shift + b["bias"]
+    scale, shift = batch_norm_scale_shift(mean, var, b.get("weight"), b.get("bias"), b.get("eps", 1e-5))
     shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
     return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
@@ -209,6 +219,8 @@ def _channel_first_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 __all__ = [
     "batch_last",
+    "batch_norm_scale_shift",
+    "bound_arguments",
     "channel_first_layer_norm",
     "conv1d_as_products",
     "inference_batch_norm",

@@ -88,7 +88,9 @@ from ..ops.chain import ChainStep, evaluate_chain
 from ..ops.context import local_softmax_pool
 from ..ops.gate import channel_product, channel_product_layer_norm, combine_replicated, product_first_is_cheaper
 from ..ops.pool import replicate_to, valid_local_mean_and_mean
-from .channel_first import batch_last, channel_first_layer_norm, inference_batch_norm, pointwise_conv
+from .channel_first import (
+    batch_last, batch_norm_scale_shift, bound_arguments, channel_first_layer_norm, inference_batch_norm, pointwise_conv,
+)
 from .spare_buffers import SpareBuffers
 
 
@@ -1176,9 +1178,9 @@ class _Call:
         every window position (the same bits as the layer then the norm, followed). None where this
         does not apply (the call is then followed)."""
         names = ("input", "normalized_shape", "weight", "bias", "eps")
-        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+        bound = bound_arguments(self.args, self.kwargs, names, {"weight": None, "bias": None, "eps": 1e-5})
+        if bound is None:
             return None
-        bound = {"weight": None, "bias": None, "eps": 1e-5, **dict(zip(names, self.args)), **self.kwargs}
         x, shape, weight, bias = bound.get("input"), bound.get("normalized_shape"), bound["weight"], bound["bias"]
         entry = self.values._entry
         e = entry(x) if isinstance(x, torch.Tensor) else None
@@ -1254,9 +1256,9 @@ class _Call:
         """:meth:`chained` for ``batch_norm`` with running statistics: its multiply-add per channel
         (the arithmetic of :func:`tlc.convert.channel_first.inference_batch_norm`)."""
         names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+        bound = bound_arguments(self.args, self.kwargs, names)
+        if bound is None:
             return None
-        bound = {**dict(zip(names, self.args)), **self.kwargs}
         x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
         e = self.values._entry(x) if isinstance(x, torch.Tensor) else None
         if bound.get("training", False) or e is None or e.expanded is not None or x.dim() < 2 or x.shape[0] != 1:
@@ -1270,12 +1272,7 @@ class _Call:
             return None
         if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype for t in tensors):
             return None
-        scale = torch.rsqrt(var + bound.get("eps", 1e-5))
-        if bound.get("weight") is not None:
-            scale = scale * bound["weight"]
-        shift = -mean * scale
-        if bound.get("bias") is not None:
-            shift = shift + bound["bias"]
+        scale, shift = batch_norm_scale_shift(mean, var, bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5))
         per_channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
         real = self.func(*self.args, **self.kwargs)
         operands = (_constant_column(shift.view(per_channel), x.shape, x.dtype), e, _constant_column(scale.view(per_channel), x.shape, x.dtype))
@@ -1407,9 +1404,9 @@ class _Call:
         padding p, dilation 1, groups 1)`` of a pooled value (ECA's convolution across the
         channels) as a :class:`GateForm` with its taps; None for other settings."""
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        if len(self.args) > len(names) or set(self.kwargs) - set(names):
+        bound = bound_arguments(self.args, self.kwargs, names, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+        if bound is None:
             return None
-        bound = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, **dict(zip(names, self.args)), **self.kwargs}
         source, weight, bias = bound.get("input"), bound.get("weight"), bound["bias"]
         single = {k: v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v for k, v in bound.items() if k in ("stride", "padding", "dilation")}
         if (single["stride"], single["dilation"], bound["groups"]) != (1, 1, 1) or type(single["padding"]) is not int:
@@ -1693,9 +1690,9 @@ def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any]
     """(input, weight, bias) of ``linear(...)`` or of a ``conv2d(...)`` with stride 1, no padding,
     dilation 1 and one group; None for other calls or settings."""
     names = ("input", "weight", "bias") if name == "linear" else ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    if name not in _PRODUCTS or len(args) > len(names) or set(kwargs) - set(names):
+    bound = bound_arguments(args, kwargs, names) if name in _PRODUCTS else None
+    if bound is None:
         return None
-    bound = {**dict(zip(names, args)), **kwargs}
     if name == "conv2d":
         settings = (bound.get("stride", 1), bound.get("padding", 0), bound.get("dilation", 1), bound.get("groups", 1))
         if settings[0] not in (1, (1, 1), [1, 1]) or settings[1] not in (0, (0, 0), [0, 0], "valid"):

@@ -192,6 +192,25 @@ def pointwise_sum(a: torch.Tensor, b: torch.Tensor, layer: nn.Module, overwrite:
 _PRODUCT_MAX_CHANNELS, _PRODUCT_MAX_WEIGHTS = 128, 4096
 
 
+def _product_kernel_applies(weight: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the channel products' CPU kernel takes ``weight`` (O, C) @ ``values`` (C, P) (+ bias
+    (O,)): a gate-sized layer, enough positions, one floating dtype, contiguous values, on the CPU
+    without autograd (the kernel itself aside: None without numba)."""
+    return (
+        weight.dim() == 2
+        and values.dim() == 2
+        and weight.shape[1] == values.shape[0]
+        and max(weight.shape) <= _PRODUCT_MAX_CHANNELS
+        and weight.shape[0] * weight.shape[1] <= _PRODUCT_MAX_WEIGHTS
+        and values.shape[1] >= PRODUCT_BLOCK
+        and weight.dtype == values.dtype
+        and values.dtype in (torch.float32, torch.float64)
+        and values.is_contiguous()
+        and cpu_kernel_applies(weight, values)
+        and (bias is None or bias.shape == (weight.shape[0],) and bias.dtype == values.dtype and cpu_kernel_applies(bias))
+    )
+
+
 def channel_product(
     weight: torch.Tensor, values: torch.Tensor, out: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -212,19 +231,9 @@ def channel_product(
     """
     fits = (
         channel_product_kernel is not None
-        and weight.dim() == 2
-        and values.dim() == 2
-        and weight.shape[1] == values.shape[0]
-        and max(weight.shape) <= _PRODUCT_MAX_CHANNELS
-        and weight.shape[0] * weight.shape[1] <= _PRODUCT_MAX_WEIGHTS
-        and values.shape[1] >= PRODUCT_BLOCK
-        and weight.dtype == values.dtype
-        and values.dtype in (torch.float32, torch.float64)
-        and values.is_contiguous()
+        and _product_kernel_applies(weight, values, bias)
         and (out is None or out.is_contiguous() and out.dtype == values.dtype and out.shape == (weight.shape[0], values.shape[1]))
-        and cpu_kernel_applies(weight, values)
         and (out is None or cpu_kernel_applies(out))
-        and (bias is None or bias.shape == (weight.shape[0],) and bias.dtype == values.dtype and cpu_kernel_applies(bias))
     )
     if not fits:
         result = torch.mm(weight, values) if out is None else torch.mm(weight, values, out=out)
@@ -262,21 +271,12 @@ def channel_product_layer_norm(
         (O, P) tensor.
     """
     outputs = weight.shape[0]
-    tensors = [t for t in (weight, values, bias, norm_weight, norm_bias) if t is not None]
+    norm = [t for t in (norm_weight, norm_bias) if t is not None]
     fits = (
         product_layer_norm_kernel is not None
-        and weight.dim() == 2
-        and values.dim() == 2
-        and weight.shape[1] == values.shape[0]
-        and max(weight.shape) <= _PRODUCT_MAX_CHANNELS
-        and weight.shape[0] * weight.shape[1] <= _PRODUCT_MAX_WEIGHTS
-        and values.shape[1] >= PRODUCT_BLOCK
-        and weight.dtype == values.dtype
-        and values.dtype in (torch.float32, torch.float64)
-        and values.is_contiguous()
-        and (bias is None or bias.shape == (outputs,) and bias.dtype == values.dtype)
-        and all(t.numel() == outputs for t in (norm_weight, norm_bias) if t is not None)
-        and cpu_kernel_applies(*tensors)
+        and _product_kernel_applies(weight, values, bias)
+        and all(t.numel() == outputs for t in norm)
+        and cpu_kernel_applies(*norm)
     )
     if not fits:
         return layer_norm_columns(channel_product(weight, values, None, bias), norm_weight, norm_bias, eps)

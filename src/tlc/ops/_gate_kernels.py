@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ._norm_kernels import column_statistics
 from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
 
@@ -66,34 +67,22 @@ def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  #
     of the centred values, 1 / sqrt(var + eps), the affine ``scale``, ``shift`` (O,) float64, in
     float64 rounded once): the same bits, a block of positions at a time while the block's rows
     are in cache (GCNet's 16 -> 8 layer and LayerNorm([8, 1, 1]) on its pooled context). The
-    norm's loops are written out here, in place on each row: the column norm's as a shared inline
-    helper reading x and writing out (the same array here) lost their vectorisation to the
-    possible aliasing (8.0 -> 11.3 ms at 16 -> 8 over 830k positions)."""
+    statistics are the column norm's (:func:`tlc.ops._norm_kernels.column_statistics`, which only
+    reads); the last pass is written here, in place on each row: a shared one reading x and
+    writing out (the same array here) lost its vectorisation to the possible aliasing (8.0 ->
+    11.3 ms at 16 -> 8 over 830k positions)."""
     outputs = weight.shape[0]
     positions = values.shape[1]
     with_bias = bias.shape[0] == outputs
     blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
-    inv_rows = 1.0 / outputs
     for b in prange(blocks):
         start = b * PRODUCT_BLOCK
         stop = min(positions, start + PRODUCT_BLOCK)
         width = stop - start
         _product_block(weight, values, bias, with_bias, start, stop, out)
-        mean = np.zeros(width, np.float64)
-        spread = np.zeros(width, np.float64)
-        for d in range(outputs):
-            row = out[d, start:stop]
-            for j in range(width):
-                mean[j] += np.float64(row[j])
-        for j in range(width):
-            mean[j] *= inv_rows
-        for d in range(outputs):
-            row = out[d, start:stop]
-            for j in range(width):
-                centred = np.float64(row[j]) - mean[j]
-                spread[j] += centred * centred
-        for j in range(width):
-            spread[j] = 1.0 / math.sqrt(spread[j] * inv_rows + eps)
+        mean = np.empty(width, np.float64)
+        spread = np.empty(width, np.float64)
+        column_statistics(out, start, stop, eps, mean, spread)
         for d in range(outputs):
             row = out[d, start:stop]
             wd, bd = scale[d], shift[d]

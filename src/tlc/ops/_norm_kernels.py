@@ -136,33 +136,45 @@ def fused_local_group_norm(
 _COLUMN_BLOCK = 512  # columns per task step: the block's rows stay in the first-level cache
 
 
+def column_statistics(x, start, stop, eps, mean, scale):  # pragma: no cover (compiled into the kernels)
+    """mean, scale (float64, stop - start each) of the columns start:stop of x (D, P), over the
+    D rows: the mean, and 1 / sqrt(var + eps) of the biased variance of the centred values. Two
+    passes over the block's rows while they sit in the cache; x is only read."""
+    rows = x.shape[0]
+    width = stop - start
+    inv_rows = 1.0 / rows
+    for j in range(width):
+        mean[j] = 0.0
+        scale[j] = 0.0
+    for d in range(rows):
+        row = x[d, start:stop]
+        for j in range(width):
+            mean[j] += np.float64(row[j])
+    for j in range(width):
+        mean[j] *= inv_rows
+    for d in range(rows):
+        row = x[d, start:stop]
+        for j in range(width):
+            centred = np.float64(row[j]) - mean[j]
+            scale[j] += centred * centred
+    for j in range(width):
+        scale[j] = 1.0 / math.sqrt(scale[j] * inv_rows + eps)
+
+
 def _layer_norm_column_blocks(x, eps, weight, bias, out):  # pragma: no cover (compiled by numba)
     """x, out: (D, P); weight, bias: (D,) float64 (ones and zeros without affine). Each column of
     x normalised over its D rows: centred by its mean, scaled by 1 / sqrt(var + eps) (biased
-    variance of the centred values), in float64, rounded once to out's dtype. Blocks of columns:
-    three passes over a block's rows while they sit in the cache."""
+    variance of the centred values, :func:`column_statistics`), in float64, rounded once to out's
+    dtype. Blocks of columns: three passes over a block's rows while they sit in the cache."""
     rows, columns = x.shape
     blocks = (columns + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
-    inv_rows = 1.0 / rows
     for blk in prange(blocks):
         start = blk * _COLUMN_BLOCK
         stop = min(columns, start + _COLUMN_BLOCK)
         width = stop - start
-        mean = np.zeros(width, np.float64)
-        scale = np.zeros(width, np.float64)
-        for d in range(rows):
-            row = x[d, start:stop]
-            for j in range(width):
-                mean[j] += np.float64(row[j])
-        for j in range(width):
-            mean[j] *= inv_rows
-        for d in range(rows):
-            row = x[d, start:stop]
-            for j in range(width):
-                centred = np.float64(row[j]) - mean[j]
-                scale[j] += centred * centred
-        for j in range(width):
-            scale[j] = 1.0 / math.sqrt(scale[j] * inv_rows + eps)
+        mean = np.empty(width, np.float64)
+        scale = np.empty(width, np.float64)
+        column_statistics(x, start, stop, eps, mean, scale)
         for d in range(rows):
             row, target = x[d, start:stop], out[d, start:stop]
             wd, bd = weight[d], bias[d]
@@ -170,6 +182,8 @@ def _layer_norm_column_blocks(x, eps, weight, bias, out):  # pragma: no cover (c
                 target[j] = (np.float64(row[j]) - mean[j]) * scale[j] * wd + bd
 
 
+if njit is not None:  # compiled into the kernels that call it
+    column_statistics = njit(inline="always", error_model="numpy")(column_statistics)
 _layer_norm_compiled = parallel_kernel(_layer_norm_column_blocks, error_model="numpy")
 
 

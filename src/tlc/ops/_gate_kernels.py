@@ -4,8 +4,6 @@ gate's last layer, activation and product in one pass a row. Each is None withou
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ._norm_kernels import column_statistics

@@ -6,7 +6,6 @@ in-place change."""
 from __future__ import annotations
 
 import importlib
-import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -14,12 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tlc
 from tlc.convert.pooled_values import PooledValues
 from tlc.ops.chain import ChainStep, evaluate_chain
 from tlc.ops.pool import valid_local_mean
 
-from .corpus import CORPUS, build
+from .corpus import converted
 
 pooled_values = importlib.import_module("tlc.convert.pooled_values")
 chain_module = importlib.import_module("tlc.ops.chain")
@@ -267,10 +265,7 @@ def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monke
     """The corpus's SRM and IMDN at a size where their gates' chains run: the converted output as
     with every call followed on its own (chains switched off), within torch's vector sqrt's last
     bit."""
-    entry = next(e for e in CORPUS if e.name == name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _ = tlc.convert(build(entry), train_size=32)
+    model = converted(name)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
     calls = []
     original = pooled_values.evaluate_chain
@@ -293,10 +288,7 @@ def test_a_converted_forward_leaves_no_tensor_in_a_reference_cycle(name):
     traversal was a closure calling itself."""
     import gc
 
-    entry = next(e for e in CORPUS if e.name == name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _ = tlc.convert(build(entry), train_size=32)
+    model = converted(name)
     x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         # The second forward may take other routes than the first (a pending mean read or not),

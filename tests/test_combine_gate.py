@@ -2,13 +2,19 @@
 in float32), against float64 torch references built the long way: the layer at every window
 position, torch's sigmoid, the gate replicated to full size, then the product."""
 
+import importlib
+
 import pytest
 import torch
-
 import torch.nn.functional as F
 
-from tlc.ops.gate import channel_conv1d, channel_product, combine_replicated
+from tlc.ops.gate import channel_conv1d, channel_product, channel_product_layer_norm, combine_replicated
+from tlc.ops.norm import layer_norm_columns
 from tlc.ops.pool import replicate_to
+
+from .corpus import converted
+
+pooled_values = importlib.import_module("tlc.convert.pooled_values")  # tlc.convert is also a function
 
 # (N, C, D, H, W, gh, gw): odd and non-square maps, batch > 1, a grid of one row or one column,
 # a grid as large as the map (nothing replicated) and one of a single window.
@@ -227,18 +233,7 @@ def test_ecas_convolution_across_channels_runs_inside_the_gate(monkeypatch):
     """The corpus's ECA converted: its conv1d across the pooled channels is computed inside the
     gate's multiply (no gate-sized map of its output), with the output of the conv1d computed on
     its own (the same bits: channel_conv1d's sums, then the same sigmoid and product)."""
-    import importlib
-    import warnings
-
-    import tlc
-
-    from .corpus import CORPUS, build
-
-    pooled_values = importlib.import_module("tlc.convert.pooled_values")
-    entry = next(e for e in CORPUS if e.name == "eca")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _ = tlc.convert(build(entry), train_size=32)
+    model = converted("eca")
     x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(5))
     taps_given = []
     original = pooled_values.combine_replicated
@@ -265,9 +260,6 @@ def test_a_layer_then_its_layer_norm_at_once_equal_the_two_calls(shape, affine, 
     """channel_product_layer_norm: the layer's outputs normalised in cache give the bits of
     channel_product then layer_norm_columns (the CPU kernels, or torch below their sizes), and
     F.layer_norm of F.linear in float64 within rounding."""
-    from tlc.ops.gate import channel_product_layer_norm
-    from tlc.ops.norm import layer_norm_columns
-
     c, o, p = shape
     g = torch.Generator().manual_seed(o * 7 + c)
     weight, values = torch.randn(o, c, generator=g).to(dtype), torch.randn(c, p, generator=g).to(dtype)
@@ -287,18 +279,7 @@ def test_gcnets_layer_and_layer_norm_run_at_once(monkeypatch):
     """The corpus's GCNet converted: its 16 -> 8 layer and LayerNorm([8, 1, 1]) on the pooled
     context at every window position computed together, with the output of the two followed one
     after the other."""
-    import importlib
-    import warnings
-
-    import tlc
-
-    from .corpus import CORPUS, build
-
-    pooled_values = importlib.import_module("tlc.convert.pooled_values")
-    entry = next(e for e in CORPUS if e.name == "gcnet")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _ = tlc.convert(build(entry), train_size=32)
+    model = converted("gcnet")
     x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(6))
     calls = []
     original = pooled_values.channel_product_layer_norm

@@ -133,6 +133,20 @@ def build(entry: Entry, seed: int = 0, wide: bool = False, width: int | None = N
     return perturbed(make(), seed)
 
 
+def converted(name: str, train_size: int = 32) -> nn.Module:
+    """The corpus model ``name`` (:func:`build`) as ``tlc.convert`` returns it, its warnings
+    (reported sites) silenced."""
+    import warnings
+
+    import tlc
+
+    entry = next(e for e in CORPUS if e.name == name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = tlc.convert(build(entry), train_size=train_size)
+    return model
+
+
 def _shell(att: Callable[[int], nn.Module], c: int = 8) -> Callable[[], nn.Module]:
     return lambda: ca.UShell(att, c)
 

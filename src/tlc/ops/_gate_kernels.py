@@ -10,33 +10,37 @@ from ._norm_kernels import column_statistics
 from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
 
-def _product_block(weight, values, bias, with_bias, start, stop, out):  # pragma: no cover (compiled into the kernels)
-    """out[:, start:stop] = weight (O, C) @ values[:, start:stop] (+ bias): each output row's
-    block summed over the C input rows in order while it stays in the first-level cache, four
-    input rows a pass, the first four in the pass that starts the sums (one load and store of the
-    output per four products: the stores bounded the one-row loop), the bias added last."""
-    outputs, channels = weight.shape
-    for i in range(outputs):
+def _product_block(weight, planes, r, bias, with_bias, first, last, start, stop, out):  # pragma: no cover (compiled into the kernels)
+    """out[i, start:stop] = weight[i] @ planes[:, r, start:stop] (+ bias[i]) for the outputs
+    first <= i < last; weight (O, C), planes (C, R, L) (row r of each of C planes: C-contiguous
+    rows, which numba vectorises; a (C, L) view of them would not be), out (O, L). Each output
+    row's block summed over the C input rows in order while it stays in the first-level cache,
+    four input rows a pass, the first four in the pass that starts the sums (one load and store of
+    the output per four products: the stores bounded the one-row loop), the bias added last."""
+    channels = weight.shape[1]
+    for i in range(first, last):
         target = out[i, start:stop]
         if channels >= 4:  # the first four rows in the pass that starts the sums
-            s0, s1, s2, s3 = values[0, start:stop], values[1, start:stop], values[2, start:stop], values[3, start:stop]
+            s0, s1 = planes[0, r, start:stop], planes[1, r, start:stop]
+            s2, s3 = planes[2, r, start:stop], planes[3, r, start:stop]
             f0, f1, f2, f3 = weight[i, 0], weight[i, 1], weight[i, 2], weight[i, 3]
             for j in range(stop - start):
                 target[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
             k = 4
         else:
-            source, factor = values[0, start:stop], weight[i, 0]
+            source, factor = planes[0, r, start:stop], weight[i, 0]
             for j in range(stop - start):
                 target[j] = factor * source[j]
             k = 1
         while k + 3 < channels:
-            s0, s1, s2, s3 = values[k, start:stop], values[k + 1, start:stop], values[k + 2, start:stop], values[k + 3, start:stop]
+            s0, s1 = planes[k, r, start:stop], planes[k + 1, r, start:stop]
+            s2, s3 = planes[k + 2, r, start:stop], planes[k + 3, r, start:stop]
             f0, f1, f2, f3 = weight[i, k], weight[i, k + 1], weight[i, k + 2], weight[i, k + 3]
             for j in range(stop - start):  # the same order of sums as one row at a time
                 target[j] = (((target[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
             k += 4
         while k < channels:
-            source, factor = values[k, start:stop], weight[i, k]
+            source, factor = planes[k, r, start:stop], weight[i, k]
             for j in range(stop - start):
                 target[j] += factor * source[j]
             k += 1
@@ -53,9 +57,11 @@ def _channel_product_blocks(weight, values, bias, out):  # pragma: no cover (com
     positions = values.shape[1]
     with_bias = bias.shape[0] == outputs
     blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
+    planes = values.reshape((values.shape[0], 1, positions))
     for b in prange(blocks):
         start = b * PRODUCT_BLOCK
-        _product_block(weight, values, bias, with_bias, start, min(positions, start + PRODUCT_BLOCK), out)
+        stop = min(positions, start + PRODUCT_BLOCK)
+        _product_block(weight, planes, 0, bias, with_bias, 0, outputs, start, stop, out)
 
 
 def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  # pragma: no cover (compiled by numba)
@@ -77,7 +83,8 @@ def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  #
         start = b * PRODUCT_BLOCK
         stop = min(positions, start + PRODUCT_BLOCK)
         width = stop - start
-        _product_block(weight, values, bias, with_bias, start, stop, out)
+        planes = values.reshape((values.shape[0], 1, positions))
+        _product_block(weight, planes, 0, bias, with_bias, 0, outputs, start, stop, out)
         mean = np.empty(width, np.float64)
         spread = np.empty(width, np.float64)
         column_statistics(out, start, stop, eps, mean, spread)
@@ -96,45 +103,54 @@ channel_product_kernel = parallel_kernel(_channel_product_blocks)
 product_layer_norm_kernel = parallel_kernel(_product_layer_norm_blocks, error_model="numpy")
 
 
+def _conv1d_row(planes, r, taps, pad, first, bias, with_bias, o, start, stop, target):  # pragma: no cover (compiled)
+    """target = output row ``o`` of a one-channel conv1d along the L planes of ``planes`` (L, R, P)
+    at their row r (C-contiguous rows, as in :func:`_product_block`), positions [start, stop):
+    tap ``first`` (one reaching every output row; -1: none, the sum then starts from zero) starts
+    the sum, the others follow in order where their input row exists, each a fused multiply-add
+    (rounded once, as torch's vectorised addcmul_ where the CPU has FMA), the bias (``bias[0]``,
+    with ``with_bias``) last: the order of the torch ops in
+    :func:`tlc.ops.gate.channel_conv1d`'s docstring, so the same bits."""
+    length, k = planes.shape[0], taps.shape[0]
+    if first >= 0:
+        source, factor = planes[o + first - pad, r, start:stop], taps[first]
+        for j in range(stop - start):
+            target[j] = source[j] * factor
+    else:
+        for j in range(stop - start):
+            target[j] = 0.0
+    for t in range(k):
+        row = o + t - pad
+        if t != first and 0 <= row < length:
+            source, factor = planes[row, r, start:stop], taps[t]
+            for j in range(stop - start):
+                target[j] = fused_multiply_add(source[j], factor, target[j])
+    if with_bias:
+        shift = bias[0]
+        for j in range(stop - start):
+            target[j] += shift
+
+
 def _channel_conv1d_blocks(values, taps, pad, first, bias, out):  # pragma: no cover (compiled by numba)
     """out (L', P): a one-channel conv1d of stride 1 along the L rows of values (L, P) with the k
     ``taps`` and zero padding ``pad``, P positions (ECA's 1-D convolution across a gate's channels,
     every position at once), by blocks of positions: each output row's block gets its taps' terms
-    while it stays in the first-level cache. Tap ``first`` (one reaching every output row; -1:
-    none, the sums then start from zero) starts each sum, the others follow in order where their
-    input row exists, the bias (unless it has no entries) last: the order of the torch ops in
-    :func:`tlc.ops.gate.channel_conv1d`'s docstring, so the same bits."""
-    length, positions = values.shape
-    out_length, k = out.shape[0], taps.shape[0]
+    (:func:`_conv1d_row`, tap ``first`` first, the bias unless it has no entries last) while it
+    stays in the first-level cache."""
+    positions = values.shape[1]
     with_bias = bias.shape[0] == 1
+    planes = values.reshape((values.shape[0], 1, positions))
     blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
     for b in prange(blocks):
         start = b * PRODUCT_BLOCK
         stop = min(positions, start + PRODUCT_BLOCK)
-        for o in range(out_length):
-            target = out[o, start:stop]
-            if first >= 0:
-                source, factor = values[o + first - pad, start:stop], taps[first]
-                for j in range(stop - start):
-                    target[j] = source[j] * factor
-            else:
-                for j in range(stop - start):
-                    target[j] = 0.0
-            for t in range(k):
-                row = o + t - pad
-                if t != first and 0 <= row < length:
-                    source, factor = values[row, start:stop], taps[t]
-                    for j in range(stop - start):
-                        target[j] += source[j] * factor
-            if with_bias:
-                shift = bias[0]
-                for j in range(stop - start):
-                    target[j] += shift
+        for o in range(out.shape[0]):
+            _conv1d_row(planes, 0, taps, pad, first, bias, with_bias, o, start, stop, out[o, start:stop])
 
 
-# Contracted: ``target + source * factor`` as one fused multiply-add, rounded once, as torch's
-# vectorised addcmul_ computes it (the same bits where the CPU has FMA; both round twice where not).
-channel_conv1d_kernel = parallel_kernel(_channel_conv1d_blocks, fastmath={"contract"})
+if njit is not None:  # compiled into the kernels that call it
+    _conv1d_row = njit(inline="always")(_conv1d_row)
+channel_conv1d_kernel = parallel_kernel(_channel_conv1d_blocks)
 
 
 def _combine_row(x_row, gate_row, left, add, out_row):  # pragma: no cover (compiled into the kernels)
@@ -229,6 +245,38 @@ def _exp_shifted_row(gate, highest, total):  # pragma: no cover (compiled by num
         total[j] += gate[j]
 
 
+def _softmax_across_groups(gates, groups, top_sum):  # pragma: no cover (compiled into the kernels)
+    """The softmax across ``groups`` blocks of the C rows of ``gates`` (C, gw), in place: row
+    g * C / groups + q of each block for each q (selective-kernel fusion's branches). Two groups
+    by pairs (one exponential a pair); more with the largest subtracted, one division, then
+    products (as torch's softmax). top_sum: (2, gw) scratch for the maxima and sums."""
+    per_group = gates.shape[0] // groups
+    gw = gates.shape[1]
+    if groups == 2:
+        for q in range(per_group):
+            _softmax_pair_row(gates[q], gates[per_group + q])
+        return
+    one = np.float32(1.0)
+    highest, total = top_sum[0], top_sum[1]
+    for q in range(per_group):
+        first = gates[q]
+        for j in range(gw):
+            highest[j] = first[j]
+            total[j] = 0.0
+        for g in range(1, groups):
+            other = gates[g * per_group + q]
+            for j in range(gw):
+                highest[j] = max(highest[j], other[j])
+        for g in range(groups):
+            _exp_shifted_row(gates[g * per_group + q], highest, total)
+        for j in range(gw):  # one division, then products (as torch's softmax)
+            total[j] = one / total[j]
+        for g in range(groups):
+            gate = gates[g * per_group + q]
+            for j in range(gw):
+                gate[j] = gate[j] * total[j]
+
+
 def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
     """out (N, C, H, W) = x op gate edge-replicated, offset (top, left) (op: ``+`` with ``add``,
     else ``*``), float32, the gate at each valid window position (gh x gw of them) being
@@ -238,27 +286,20 @@ def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, ac
     softmax across ``groups`` blocks of C / groups planes (plane g * C / groups + c of each).
 
     With ``taps`` (k > 0 of them; ``weight`` then has no rows) the gate is instead a conv1d across
-    the D planes (ECA's), zero padding ``pad``, C = D + 2 pad - k + 1 outputs, summed as
-    :func:`_channel_conv1d_blocks` sums it: tap ``first_tap`` (-1: none, from zero) starts each sum,
-    the others follow in order where their input plane exists, each a fused multiply-add, the
-    bias last (so the same bits).
+    the D planes (ECA's), zero padding ``pad``, C = D + 2 pad - k + 1 outputs, tap ``first_tap``
+    (-1: none) first: :func:`_conv1d_row`, as :func:`_channel_conv1d_blocks` sums it.
 
     Rows of the output are split into ``tasks`` runs, each with a scratch row of the gate for
-    every plane: a gate row is summed over the D input planes in order (the first product starts
-    the sum, the bias last: the order of :func:`_channel_product_blocks`, so the same bits before
-    the activation) and activated once, then combined with every output row that replicates it
-    (the edge rows share the first and last) while it stays in cache (without a softmax, each
-    plane's row as soon as it is made); the C-plane gate is never written out."""
+    every plane: a gate row is made once (the layer's sums by :func:`_product_block`, those of
+    :func:`_channel_product_blocks`, so the same bits before the activation), activated, then
+    combined with every output row that replicates it (the edge rows share the first and last)
+    while it stays in cache (without a softmax, each plane's row as soon as it is made); the
+    C-plane gate is never written out."""
     n, c, h = x.shape[0], x.shape[1], x.shape[2]
     gh, gw = values.shape[2], values.shape[3]
-    product = weight.shape[0] > 0
-    d = weight.shape[1]
-    k_taps, d_planes = taps.shape[0], values.shape[1]
-    band = k_taps > 0
+    product, band = weight.shape[0] > 0, taps.shape[0] > 0
     with_bias = bias.shape[0] > 0
     rows = n * h
-    one = np.float32(1.0)
-    per_group = c // groups
     for t in prange(tasks):
         gates = np.empty((c, gw), dtype=x.dtype)
         top_sum = np.empty((2, gw if activation == 2 else 0), dtype=x.dtype)  # a softmax's maxima and sums
@@ -271,50 +312,9 @@ def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, ac
                 for p in range(c):
                     gate = gates[p]
                     if band:
-                        if first_tap >= 0:
-                            source, factor = values[b, p + first_tap - pad, gi], taps[first_tap]
-                            for j in range(gw):
-                                gate[j] = source[j] * factor
-                        else:
-                            for j in range(gw):
-                                gate[j] = 0.0
-                        for q in range(k_taps):
-                            row = p + q - pad
-                            if q != first_tap and 0 <= row < d_planes:
-                                source, factor = values[b, row, gi], taps[q]
-                                for j in range(gw):
-                                    gate[j] = fused_multiply_add(source[j], factor, gate[j])
-                        if with_bias:
-                            shift = bias[p]
-                            for j in range(gw):
-                                gate[j] += shift
-                    elif product:  # four input rows a pass, as _channel_product_blocks (the same order of sums)
-                        if d >= 4:
-                            s0, s1, s2, s3 = values[b, 0, gi], values[b, 1, gi], values[b, 2, gi], values[b, 3, gi]
-                            f0, f1, f2, f3 = weight[p, 0], weight[p, 1], weight[p, 2], weight[p, 3]
-                            for j in range(gw):
-                                gate[j] = (((f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
-                            k = 4
-                        else:
-                            source, factor = values[b, 0, gi], weight[p, 0]
-                            for j in range(gw):
-                                gate[j] = factor * source[j]
-                            k = 1
-                        while k + 3 < d:
-                            s0, s1, s2, s3 = values[b, k, gi], values[b, k + 1, gi], values[b, k + 2, gi], values[b, k + 3, gi]
-                            f0, f1, f2, f3 = weight[p, k], weight[p, k + 1], weight[p, k + 2], weight[p, k + 3]
-                            for j in range(gw):
-                                gate[j] = (((gate[j] + f0 * s0[j]) + f1 * s1[j]) + f2 * s2[j]) + f3 * s3[j]
-                            k += 4
-                        while k < d:
-                            source, factor = values[b, k, gi], weight[p, k]
-                            for j in range(gw):
-                                gate[j] += factor * source[j]
-                            k += 1
-                        if with_bias:
-                            shift = bias[p]
-                            for j in range(gw):
-                                gate[j] += shift
+                        _conv1d_row(values[b], gi, taps, pad, first_tap, bias, with_bias, p, 0, gw, gate)
+                    elif product:  # the sums of _channel_product_blocks, so the same bits
+                        _product_block(weight, values[b], gi, bias, with_bias, p, p + 1, 0, gw, gates)
                     elif with_bias:
                         source, shift = values[b, p, gi], bias[p]
                         for j in range(gw):
@@ -329,28 +329,7 @@ def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, ac
                         _combine_row(x[b, p, i], gate, left, add, out[b, p, i])
                 if activation != 2:
                     continue
-                if groups == 2:
-                    for q in range(per_group):
-                        _softmax_pair_row(gates[q], gates[per_group + q])
-                else:
-                    highest, total = top_sum[0], top_sum[1]
-                    for q in range(per_group):
-                        first = gates[q]
-                        for j in range(gw):
-                            highest[j] = first[j]
-                            total[j] = 0.0
-                        for g in range(1, groups):
-                            other = gates[g * per_group + q]
-                            for j in range(gw):
-                                highest[j] = max(highest[j], other[j])
-                        for g in range(groups):
-                            _exp_shifted_row(gates[g * per_group + q], highest, total)
-                        for j in range(gw):  # one division, then products (as torch's softmax)
-                            total[j] = one / total[j]
-                        for g in range(groups):
-                            gate = gates[g * per_group + q]
-                            for j in range(gw):
-                                gate[j] = gate[j] * total[j]
+                _softmax_across_groups(gates, groups, top_sum)
             for p in range(c):
                 _combine_row(x[b, p, i], gates[p], left, add, out[b, p, i])
 
@@ -363,4 +342,5 @@ if njit is not None:
     _sigmoid_row = njit(fastmath={"contract"}, error_model="numpy")(_sigmoid_row)
     _softmax_pair_row = njit(fastmath={"contract"}, error_model="numpy")(_softmax_pair_row)
     _exp_shifted_row = njit(fastmath={"contract"}, error_model="numpy")(_exp_shifted_row)
+    _softmax_across_groups = njit(inline="always")(_softmax_across_groups)
 gate_rows_kernel = parallel_kernel(_gate_rows)

@@ -20,6 +20,7 @@ from tlc.ops.pool import valid_local_mean
 from .corpus import converted
 
 pooled_values = importlib.import_module("tlc.convert.pooled_values")
+pooled_forms = importlib.import_module("tlc.convert.pooled_forms")
 chain_module = importlib.import_module("tlc.ops.chain")
 
 needs_kernel = pytest.mark.skipif(chain_module.chain_rows_kernel is None, reason="numba is not installed")
@@ -193,13 +194,13 @@ def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(monkeypatch, batc
     valid_mean = windows.mean((-2, -1))
     valid_var = windows.var((-2, -1), unbiased=False)
     calls = []
-    original = pooled_values.evaluate_chain
+    original = pooled_forms.evaluate_chain
 
     def counted(values, constants, steps, out=None):
         calls.append([s.op for s in steps])
         return original(values, constants, steps, out)
 
-    monkeypatch.setattr(pooled_values, "evaluate_chain", counted)
+    monkeypatch.setattr(pooled_forms, "evaluate_chain", counted)
     values = PooledValues()
     mean = values.start(x.mean((2, 3), keepdim=True), valid_mean, x.shape[-2:], "mean")
     var = values.start(x.var((2, 3), keepdim=True, unbiased=False), valid_var, x.shape[-2:], "var")
@@ -222,8 +223,8 @@ def test_calls_that_are_not_chain_steps_are_followed(monkeypatch):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 16, 70, 80, generator=g)
     calls = []
-    original = pooled_values.evaluate_chain
-    monkeypatch.setattr(pooled_values, "evaluate_chain", lambda v, c, s, out=None: calls.append([t.op for t in s]) or original(v, c, s, out))
+    original = pooled_forms.evaluate_chain
+    monkeypatch.setattr(pooled_forms, "evaluate_chain", lambda v, c, s, out=None: calls.append([t.op for t in s]) or original(v, c, s, out))
     values = PooledValues()
     y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, 5), x.shape[-2:])
     before = values.local(y).clone()
@@ -268,8 +269,8 @@ def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monke
     model = converted(name)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
     calls = []
-    original = pooled_values.evaluate_chain
-    monkeypatch.setattr(pooled_values, "evaluate_chain", lambda *a: calls.append(1) or original(*a))
+    original = pooled_forms.evaluate_chain
+    monkeypatch.setattr(pooled_forms, "evaluate_chain", lambda *a: calls.append(1) or original(*a))
     with torch.no_grad():
         chained = model(x)
         assert calls  # the chains ran

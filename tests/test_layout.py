@@ -111,5 +111,5 @@ def test_files_whose_torch_calls_are_never_call_sites_exist():
     for prefix in hooks.INTERNAL:
         assert os.path.exists(prefix), prefix
     assert {os.path.basename(p.rstrip(os.sep)) for p in hooks.INTERNAL} == {
-        "ops", "nn", "pooled_gate.py", "pooled_values.py", "channel_first.py", "attention.py"
+        "ops", "nn", "pooled_gate.py", "pooled_values.py", "pooled_forms.py", "channel_first.py", "attention.py"
     }

@@ -1027,7 +1027,7 @@ def test_context_pooling_becomes_a_softmax_weighted_mean_per_window(monkeypatch,
     first 1x1 layer narrows enough (16 -> 4 here), it runs on the map first and the weighted means
     are taken of its 4 planes, never of the 16 (the same values up to rounding: the weighted mean
     is linear in the map)."""
-    from tlc.convert import pooled_values
+    from tlc.convert import pooled_forms
     from tlc.ops.gate import product_first_is_cheaper
 
     model = randomised(GCNetBlock(c, planes)).double()
@@ -1039,8 +1039,8 @@ def test_context_pooling_becomes_a_softmax_weighted_mean_per_window(monkeypatch,
         pooled_planes.append(x.shape[1])
         return local_softmax_pool(x, *args, **kwargs)
 
-    local_softmax_pool = pooled_values.local_softmax_pool
-    monkeypatch.setattr(pooled_values, "local_softmax_pool", counted)
+    local_softmax_pool = pooled_forms.local_softmax_pool
+    monkeypatch.setattr(pooled_forms, "local_softmax_pool", counted)
     x = image(batch, 3, 29, 37)
     with torch.no_grad():
         y = model.head(x)
@@ -1131,7 +1131,7 @@ def test_gate_first_layer_runs_on_the_map_before_the_windows_mean(monkeypatch, p
     convolution) is answered by the layer at every pixel, then the windows' means of its 4 planes:
     the 16 planes' windows' means are never computed, and each pixel gets its window's gate (float
     rounding apart)."""
-    from tlc.convert import pooled_values
+    from tlc.convert import pooled_forms
     from tlc.convert.call_sites import calls, marks
 
     model = randomised(LinearGate(pooling=pooling, first=first)).double()
@@ -1145,7 +1145,7 @@ def test_gate_first_layer_runs_on_the_map_before_the_windows_mean(monkeypatch, p
             return original(*args, **kwargs)
         return run
 
-    for module in (pooled_values, calls, marks):
+    for module in (pooled_forms, calls, marks):
         monkeypatch.setattr(module, "valid_local_mean_and_mean", counted(module.valid_local_mean_and_mean))
     x = image(1, 3, 45, 52)
     with torch.no_grad():

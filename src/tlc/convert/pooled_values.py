@@ -70,26 +70,30 @@ local counterparts) and the per-call rules that follow them (which calls carry a
 how its batch folds and spreads back, what is refused) are one mechanism: each rule reads and
 writes the registry's entries, and split apart they would only trade private access for a wide
 interface. The per-sample layers computed in the local values' channel-first layout are
-functions of tensors alone: they live in :mod:`tlc.convert.channel_first`.
+functions of tensors alone: they live in :mod:`tlc.convert.channel_first`; the entries and the
+pending values' forms the rules fill in, with the chains' one-pass evaluation, in
+:mod:`tlc.convert.pooled_forms`.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..ops._common import Pair
-from ..ops.chain import ChainStep, evaluate_chain
-from ..ops.context import local_softmax_pool
 from ..ops.gate import channel_product, channel_product_layer_norm, combine_replicated, product_first_is_cheaper
-from ..ops.pool import replicate_to, valid_local_mean_and_mean
+from ..ops.pool import replicate_to
 from .channel_first import (
     batch_last, batch_norm_scale_shift, bound_arguments, channel_first_layer_norm, inference_batch_norm, pointwise_conv,
+)
+from .pooled_forms import (
+    ElementwiseForm, GateForm, Grid, LocalEntry, WindowMeans, as_columns, chain_step, constant_column,
+    evaluate_elementwise_chain, fits_constant,
 )
 from .spare_buffers import SpareBuffers
 
@@ -106,153 +110,6 @@ class PooledValueError(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.sources = frozenset(sources)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where a pooled value's local positions lie.
-
-    Attributes:
-        batch: N.
-        size: (H, W) of the pooled map.
-        window: (kh, kw), clamped to ``size``.
-    """
-
-    batch: int
-    size: Pair
-    window: Pair
-
-    @property
-    def valid(self) -> Pair:
-        """(Gh, Gw): valid window positions per axis."""
-        return self.size[0] - self.window[0] + 1, self.size[1] - self.window[1] + 1
-
-    @property
-    def positions(self) -> int:
-        """G = Gh * Gw."""
-        gh, gw = self.valid
-        return gh * gw
-
-    def valid_map(self, local: torch.Tensor) -> torch.Tensor:
-        """Local values (N * G, ...) as the map of valid windows (N, P, Gh, Gw), P values per
-        position: a view, contiguous where the values lie channel first (batch 1)."""
-        gh, gw = self.valid
-        return local.reshape(self.batch, gh, gw, -1).permute(0, 3, 1, 2)
-
-    def pixel_index(self, device: torch.device) -> torch.Tensor:
-        """(H * W,) long: the window position (``i * Gw + j``) each pixel takes, pixels row-major."""
-        (h, w), (kh, kw), (gh, gw) = self.size, self.window, self.valid
-        rows = (torch.arange(h, device=device) - (kh - 1) // 2).clamp(0, gh - 1)
-        cols = (torch.arange(w, device=device) - (kw - 1) // 2).clamp(0, gw - 1)
-        return (rows[:, None] * gw + cols[None, :]).reshape(-1)
-
-    def __str__(self) -> str:
-        return f"{self.size[0]}x{self.size[1]} map, window {self.window[0]}x{self.window[1]}"
-
-
-@dataclass(frozen=True)
-class WindowMeans:
-    """What a pending pooled value's local values are, for calls that can compute their own result
-    from the map instead (:meth:`_Call.product_first`): the means of ``src`` (N, C, H, W) over
-    every ``window`` inside it (softmax-weighted by ``logits`` (N, 1, H, W) where given, as GCNet's
-    context pooling: :func:`tlc.ops.local_softmax_pool`), times ``scale``, each position's C values
-    in the value's shape. Either is linear in ``src``: a per-pixel product commutes with it."""
-
-    src: torch.Tensor
-    window: Pair
-    scale: float = 1.0
-    logits: torch.Tensor | None = None
-
-    def valid(self) -> torch.Tensor:
-        """The windows' means times ``scale``, (N, C, H - kh + 1, W - kw + 1)."""
-        if self.logits is None:
-            return valid_local_mean_and_mean(self.src, self.window, scale=self.scale)[0]
-        valid = local_softmax_pool(self.src, self.logits, self.window, valid_only=True)
-        return valid if self.scale == 1 else valid * self.scale
-
-
-@dataclass(frozen=True)
-class GateForm:
-    """What a pending gate value is, for a multiply (or sum) with the map that computes it a row at
-    a time (:func:`tlc.ops.gate.combine_replicated`, from :meth:`_Call.fused_with_map`):
-    ``activation(weight @ v + bias)`` at each window position, ``v`` the local values of the
-    pooled value ``values`` (its D values per position), ``weight`` (C, D) (None: no layer, then
-    ``bias`` is None too), ``activation`` None, ``"sigmoid"`` or ``"softmax"`` (over dim 1 of
-    (N, k, C/k, 1, 1) values: selective-kernel fusion's branches). Instead of ``weight``,
-    ``channel_taps`` (k,) and ``channel_pad``: a conv1d across the D values (ECA's), ``bias`` then
-    its one-element bias. A gate's last layer and its activation then never write C-plane maps at
-    every window position."""
-
-    values: _Entry
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    activation: str | None = None
-    keep: torch.Tensor | None = None  # the real tensor of ``values`` where nothing else holds it
-    channel_taps: torch.Tensor | None = None  # instead of weight: ECA's conv1d across the D values (k,)
-    channel_pad: int = 0  # its zero padding
-
-
-@dataclass(frozen=True, eq=False)
-class ElementwiseForm:
-    """What a pending value computed by one elementwise call is (:meth:`_Call.chained`): the chain
-    step ``op`` (a key of :data:`tlc.ops.chain.STEPS`) on ``operands``, each the entry of a pooled
-    value of the result's shape or a per-channel constant as a (D, 1) tensor of the result's dtype
-    (D values per position). A chain of them is computed in one pass over the window positions
-    (:func:`tlc.ops.chain.evaluate_chain`) when its last value is first read."""
-
-    op: str
-    operands: tuple
-
-
-class _Entry:
-    """A pooled value's local counterpart. ``expanded``: the real tensor is the value expanded to
-    the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
-    put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
-    ``pending``: what computes ``local`` when first needed and notes its first read (None once
-    read, and for values computed at once; see :meth:`PooledValues.start_pending`); ``reads``: the
-    storage addresses of the tensors it computes them from; ``form``: what a pending value is,
-    where known (:class:`WindowMeans`, :class:`GateForm`)."""
-
-    __slots__ = ("ref", "_local", "pending", "reads", "form", "grid", "sources", "expanded", "held")
-
-    def __init__(
-        self,
-        ref: weakref.ref,
-        local: torch.Tensor | None,
-        grid: Grid,
-        sources: frozenset,
-        expanded: tuple | None = None,
-        held: int | None = None,
-        pending: Callable[[bool], torch.Tensor | None] | None = None,
-    ) -> None:
-        self.ref, self._local, self.grid, self.sources = ref, local, grid, sources
-        self.expanded = expanded  # the ("grid", a) placement of the expansion, or None
-        self.held = held  # the key SpareBuffers.hold gave for local, or None
-        self.pending, self.reads, self.form = pending, frozenset(), None
-
-    @property
-    def local(self) -> torch.Tensor:
-        if self.pending is not None:
-            self.compute(read=True)
-        return self._local
-
-    def computed(self) -> torch.Tensor:
-        """``local``, for a pending value computed from this one (which notes the read, see
-        :meth:`PooledValues.start_pending`)."""
-        if self.pending is not None:
-            self.compute(read=False)
-        return self._local
-
-    def compute(self, read: bool) -> None:
-        """Compute a pending ``local`` (if not yet); ``read``: because something reads it, not as a
-        precaution."""
-        pending = self.pending
-        if self._local is None:
-            self._local = pending(read)
-        else:
-            pending(read)  # computed before (as a precaution): only a read is noted
-        if read:
-            self.pending = None
 
 
 # ----------------------------------------------------------------------------- call tables
@@ -486,7 +343,7 @@ def _index_problem(index: object, ndim: int) -> str | None:
     return None
 
 
-def _reads_of(pooled: Iterable[tuple[torch.Tensor, _Entry]]) -> frozenset:
+def _reads_of(pooled: Iterable[tuple[torch.Tensor, LocalEntry]]) -> frozenset:
     """What a value computed from the pooled values ``pooled`` ((real tensor, entry) pairs) reads:
     what each is computed from, and their real tensors' memory (an in-place call on one changes its
     local values), as storage addresses for :meth:`PooledValues.before_call`."""
@@ -538,8 +395,8 @@ class PooledValues:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, _Entry] = {}
-        self._pending: list[_Entry] = []  # entries made pending, some perhaps computed since
+        self._entries: dict[int, LocalEntry] = {}
+        self._pending: list[LocalEntry] = []  # entries made pending, some perhaps computed since
         self.applied: set[Hashable] = set()
         self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of windows' means read
         self._taking: set | None = None  # while a pending value is computed: the means it takes (see _track_pending)
@@ -555,7 +412,7 @@ class PooledValues:
         sources: frozenset,
         expanded: tuple | None = None,
         pending: Callable[[bool], torch.Tensor | None] | None = None,
-    ) -> _Entry:
+    ) -> LocalEntry:
         key, entries, spare = id(real), self._entries, self.spare
         held = None if local is None else spare.hold(local, real)
         replaced = entries.get(key)
@@ -574,7 +431,7 @@ class PooledValues:
                 # the lists of pending values and forms that still name the entry keep no memory.
                 entry._local = entry.pending = entry.form = None
 
-        entry = entries[key] = _Entry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
+        entry = entries[key] = LocalEntry(weakref.ref(real, forget), local, grid, sources, expanded, held, pending)
         return entry
 
     def _track_pending(
@@ -589,8 +446,8 @@ class PooledValues:
     ) -> None:
         """Track ``real`` with a local counterpart that ``compute()`` gives when first needed, from
         tensors whose storage addresses are ``reads`` (``form``: what those values are, if known;
-        ``expanded``: as for :class:`_Entry`)."""
-        entry: _Entry | None = None
+        ``expanded``: as for :class:`LocalEntry`)."""
+        entry: LocalEntry | None = None
         means_read: set[tuple[Hashable, Pair]] = set()  # the windows' means this value's values took
 
         def materialise(read: bool) -> torch.Tensor | None:
@@ -670,11 +527,11 @@ class PooledValues:
                 left.append(entry)
         self._pending = left
 
-    def _entry(self, t: torch.Tensor) -> _Entry | None:
+    def _entry(self, t: torch.Tensor) -> LocalEntry | None:
         entry = self._entries.get(id(t))
         return entry if entry is not None and entry.ref() is t else None
 
-    def _find(self, values: Iterable) -> list[_Entry]:
+    def _find(self, values: Iterable) -> list[LocalEntry]:
         """Entries of the pooled values among ``values`` (and in lists/tuples among them)."""
         entries, found, tensor = self._entries, [], torch.Tensor
         for value in values:
@@ -1025,7 +882,7 @@ class _Call:
         return None
 
     # --- a pooled value meets a map: spread to pixels, computed once at full size
-    def spread(self, e: _Entry, real_shape: torch.Size, placement: tuple[str, int]) -> torch.Tensor:
+    def spread(self, e: LocalEntry, real_shape: torch.Size, placement: tuple[str, int]) -> torch.Tensor:
         """The pooled value at every pixel: ``real_shape`` with the placement dims at full size."""
         grid = self.grid
         kind, a = placement
@@ -1200,7 +1057,7 @@ class _Call:
             return None
         real = self.func(*self.args, **self.kwargs)
         n_g = self.grid.batch * self.grid.positions
-        values = _columns(form.values.local, form.weight.shape[1])  # (D, N * G)
+        values = as_columns(form.values.local, form.weight.shape[1])  # (D, N * G)
         rows = channel_product_layer_norm(form.weight, values, form.bias, weight, bias, float(bound["eps"]))
         self.check_and_track(real, rows.t().reshape(n_g, *x.shape[1:]))
         return real
@@ -1213,14 +1070,14 @@ class _Call:
         elementwise values they come from, in one pass over the positions
         (:func:`tlc.ops.chain.evaluate_chain`): SRM's eight calls on its mean and variance and
         IMDN's three cross memory once instead of once each. None where this does not apply (a
-        call that is not a chain step, :func:`_chain_step`; the call is then followed)."""
+        call that is not a chain step, :func:`chain_step`; the call is then followed)."""
         func, name, args, kwargs, grid = self.func, self.name, self.args, self.kwargs, self.grid
         n, g = grid.batch, grid.positions
         if n != 1 or g < _CHAIN_MIN_POSITIONS:
             return None
         if name == "batch_norm":
             return self.chained_batch_norm()
-        step = _chain_step(name, args, kwargs)
+        step = chain_step(name, args, kwargs)
         if step is None:
             return None
         op, step_args = step
@@ -1233,7 +1090,7 @@ class _Call:
         if any(e.expanded is not None or t.shape != shape for t, e in pooled):
             return None
         constants = [t for t in tensors if entry(t) is None]
-        if not all(_fits_constant(t, shape) for t in constants):
+        if not all(fits_constant(t, shape) for t in constants):
             return None
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return None
@@ -1246,7 +1103,7 @@ class _Call:
         ):
             return self.follow(real)
         operands = tuple(
-            entry(a) if isinstance(a, torch.Tensor) and entry(a) is not None else _constant_column(a, shape, real.dtype)
+            entry(a) if isinstance(a, torch.Tensor) and entry(a) is not None else constant_column(a, shape, real.dtype)
             for a in step_args
         )
         self.track_chained(real, ElementwiseForm(op, operands), shape[1:].numel(), pooled, constants)
@@ -1275,16 +1132,16 @@ class _Call:
         scale, shift = batch_norm_scale_shift(mean, var, bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5))
         per_channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
         real = self.func(*self.args, **self.kwargs)
-        operands = (_constant_column(shift.view(per_channel), x.shape, x.dtype), e, _constant_column(scale.view(per_channel), x.shape, x.dtype))
+        operands = (constant_column(shift.view(per_channel), x.shape, x.dtype), e, constant_column(scale.view(per_channel), x.shape, x.dtype))
         form = ElementwiseForm("addcmul", operands)
         self.track_chained(real, form, x.shape[1:].numel(), [(x, e)], [t for t in tensors if t is not x])
         return real
 
     def track_chained(
-        self, real: torch.Tensor, form: ElementwiseForm, width: int, pooled: list[tuple[torch.Tensor, _Entry]], constants: list[torch.Tensor]
+        self, real: torch.Tensor, form: ElementwiseForm, width: int, pooled: list[tuple[torch.Tensor, LocalEntry]], constants: list[torch.Tensor]
     ) -> None:
         """Track ``real`` pending with ``form``, its D = ``width`` values per position computed by
-        the chain ending in it (:func:`_evaluate_chain`)."""
+        the chain ending in it (:func:`evaluate_elementwise_chain`)."""
         grid, spare, tail = self.grid, self.values.spare, real.shape[1:]
         dtype, device = real.dtype, real.device
 
@@ -1293,7 +1150,7 @@ class _Call:
             buffer = spare.take((g, width), (1, g), dtype, device)  # positions fastest, as _as_local lays values out
             if buffer is None:
                 buffer = torch.empty((width, g), dtype=dtype, device=device).t()
-            _evaluate_chain(form, width, buffer.t())
+            evaluate_elementwise_chain(form, width, buffer.t())
             return buffer.view(g, *tail)
 
         reads = _reads_of(pooled) | {t.untyped_storage().data_ptr() for t in constants if not isinstance(t, nn.Parameter)}
@@ -1331,7 +1188,7 @@ class _Call:
         self.values._track_pending(real, compute, grid, self.sources, _reads_of(pooled), form)
         return real
 
-    def gate_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
+    def gate_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, LocalEntry]]] | None:
         """For :meth:`deferred_gate`: the call's result as a :class:`GateForm` and the pooled
         tensors it takes with their entries; None for other calls or settings."""
         args, kwargs, name, entry = self.args, self.kwargs, self.name, self.values._entry
@@ -1399,7 +1256,7 @@ class _Call:
             return None
         return form, pooled
 
-    def channel_conv1d_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]], list[torch.Tensor]] | None:
+    def channel_conv1d_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, LocalEntry]], list[torch.Tensor]] | None:
         """For :meth:`gate_form`: ``conv1d(y (N, 1, D), weight (1, 1, k), bias, stride 1, zero
         padding p, dilation 1, groups 1)`` of a pooled value (ECA's convolution across the
         channels) as a :class:`GateForm` with its taps; None for other settings."""
@@ -1422,7 +1279,7 @@ class _Call:
         form = GateForm(e, None, bias, channel_taps=weight.reshape(k), channel_pad=pad)
         return form, [(source, e)], [source, weight, *([] if bias is None else [bias])]
 
-    def shared_layer_sum(self) -> tuple[GateForm, list[tuple[torch.Tensor, _Entry]]] | None:
+    def shared_layer_sum(self) -> tuple[GateForm, list[tuple[torch.Tensor, LocalEntry]]] | None:
         """``f(a) + f(b)`` of two pending layers with one weight (CBAM's shared MLP on the average- and
         max-pooled vectors): the layer once on ``a + b`` (a new pending value of the layer's D inputs
         instead of two of its C outputs), its biases added, as :func:`tlc.ops.gate.pointwise_sum`
@@ -1577,113 +1434,6 @@ class _Call:
 # Chains on fewer positions (or values) are computed call by call: blocks would gain nothing.
 _CHAIN_MIN_POSITIONS = 1024
 _CHAIN_MIN_VALUES = 1 << 16
-
-
-def _fits_constant(t: torch.Tensor, shape: torch.Size) -> bool:
-    """Whether ``t``, not a pooled value, is the same for every sample and position of a result of
-    ``shape`` (1, ...): broadcast into it (a per-channel weight, a 0-d scalar)."""
-    if t.dim() > len(shape) or (t.dim() == len(shape) and t.shape[0] != 1):
-        return False
-    try:
-        return torch.broadcast_shapes(t.shape, shape) == shape
-    except RuntimeError:
-        return False
-
-
-def _constant_column(t: torch.Tensor | float, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """A constant (:func:`_fits_constant`, a 0-d tensor or a Python number) as the (D, 1) column
-    of its values per position of a result of ``shape`` (D = its values per sample), in the
-    result's ``dtype``: the value torch computes with (a Python number or 0-d tensor rounded to
-    the tensor's dtype)."""
-    if not isinstance(t, torch.Tensor):
-        return torch.full((shape[1:].numel(), 1), t, dtype=dtype)
-    return t.to(dtype).expand(shape).reshape(-1, 1)
-
-
-# Elementwise calls that are chain steps (tlc.ops.chain.STEPS), by name: the step and which
-# arguments (by position) are its operands; ``pow`` with exponent 2 or 0.5 is a product or root.
-_STEP_OF_CALL: dict[str, tuple[str, tuple[int, ...]]] = {
-    "add": ("add", (0, 1)), "__add__": ("add", (0, 1)), "__radd__": ("add", (1, 0)),
-    "sub": ("sub", (0, 1)), "__sub__": ("sub", (0, 1)), "__rsub__": ("sub", (1, 0)),
-    "mul": ("mul", (0, 1)), "__mul__": ("mul", (0, 1)), "__rmul__": ("mul", (1, 0)),
-    "div": ("div", (0, 1)), "__truediv__": ("div", (0, 1)), "__div__": ("div", (0, 1)),
-    "sqrt": ("sqrt", (0,)), "neg": ("neg", (0,)), "__neg__": ("neg", (0,)), "abs": ("abs", (0,)),
-    "square": ("mul", (0, 0)), "addcmul": ("addcmul", (0, 1, 2)),
-}
-
-
-def _chain_step(name: str, args: tuple, kwargs: dict) -> tuple[str, tuple] | None:
-    """(step, operands) of an elementwise call that one chain step computes exactly, operands
-    being tensors or Python numbers; None otherwise (other calls, an ``alpha`` or ``value`` other
-    than 1, a rounding mode, ``out=``, exponents other than 2 and 0.5, complex or bool numbers)."""
-    if any(v is not None for k, v in kwargs.items() if k == "rounding_mode") or set(kwargs) - {"alpha", "value", "rounding_mode"}:
-        return None
-    if kwargs.get("alpha", 1) != 1 or kwargs.get("value", 1) != 1:
-        return None
-    if name in ("pow", "__pow__") and len(args) == 2 and isinstance(args[0], torch.Tensor) and type(args[1]) in (int, float):
-        if args[1] == 2:
-            return "mul", (args[0], args[0])
-        return ("sqrt", (args[0],)) if args[1] == 0.5 else None
-    if name not in _STEP_OF_CALL:
-        return None
-    op, positions = _STEP_OF_CALL[name]
-    if len(args) != len(set(positions)) or any(not isinstance(a, torch.Tensor) and type(a) not in (int, float) for a in args):
-        return None
-    return op, tuple(args[i] for i in positions)
-
-
-def _columns(local: torch.Tensor, width: int) -> torch.Tensor:
-    """Local values (G, ...) of ``width`` values per position as (D, G): a view where they lie
-    positions fastest (as :func:`_as_local` lays them out), else a copy."""
-    g = local.shape[0]
-    flat = local.reshape(g, width)
-    rows = flat.t()
-    return rows if rows.stride(1) == 1 or g == 1 else rows.contiguous()
-
-
-def _evaluate_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> None:
-    """``root``'s values (D, G) into ``out``, computed in one pass with every pending
-    :class:`ElementwiseForm` value it comes from (the chain's other values are computed first,
-    or were)."""
-    values: list[torch.Tensor] = []
-    constants: list[torch.Tensor] = []
-    steps: list[tuple[str, list[tuple[str, int]]]] = []
-    _visit_chain(root, width, values, constants, steps, {})
-    first = {"value": 0, "constant": len(values), "step": len(values) + len(constants)}
-    program = [ChainStep(op, tuple(first[kind] + i for kind, i in refs)) for op, refs in steps]
-    table = torch.cat(constants, dim=1).t() if constants else out.new_empty((0, out.shape[0]))
-    evaluate_chain(values, table, program, out)
-
-
-def _visit_chain(
-    form: ElementwiseForm,
-    width: int,
-    values: list[torch.Tensor],
-    constants: list[torch.Tensor],
-    steps: list[tuple[str, list[tuple[str, int]]]],
-    refs_of: dict[int, tuple[str, int]],
-) -> None:
-    """Append ``form``'s step to ``steps`` after the pending steps it reads (depth first), its
-    other operands to ``values`` (local values as (D, G) rows) or ``constants``. A module-level
-    function, not a closure calling itself: that closure's cycle kept the chain's input maps alive
-    until the garbage collector ran (~165 MB after each converted SRM forward at 720p, the heap
-    growing and faulting)."""
-    refs = []
-    for operand in form.operands:
-        if not isinstance(operand, _Entry):
-            constants.append(operand)
-            refs.append(("constant", len(constants) - 1))
-            continue
-        key = id(operand)
-        if key not in refs_of:
-            if operand._local is None and operand.pending is not None and isinstance(operand.form, ElementwiseForm):
-                _visit_chain(operand.form, width, values, constants, steps, refs_of)
-                refs_of[key] = ("step", len(steps) - 1)
-            else:
-                values.append(_columns(operand.computed(), width))
-                refs_of[key] = ("value", len(values) - 1)
-        refs.append(refs_of[key])
-    steps.append((form.op, refs))
 
 
 def _bound_product(name: str, args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:

@@ -179,7 +179,7 @@ def known_window_means(
 def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:
     """For a whole-map mean or sum (``call``) to answer with a pending pooled value: what its
     windows' values are (computed only if something reads them, or never where a layer computes
-    its own from the map first; see :class:`tlc.convert.pooled_values.WindowMeans`), and its value
+    its own from the map first; see :class:`tlc.convert.pooled_forms.WindowMeans`), and its value
     over the whole map, (N, C, 1, 1), as :func:`valid_pooling` gives it (to the bit), without the
     windows. None for other poolings (maxima; statistics with their own windows' form)."""
     kind = POOLINGS.get(call.op)

@@ -64,19 +64,36 @@ def test_gate_layer_and_sigmoid_inside_the_combine_equal_the_long_way(case, dtyp
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale * (d + 1))
 
 
+def fused_multiply_add32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a * b + c rounded once to float32 (float32 tensors, broadcast). a * b is exact in float64
+    (two 24-bit significands), so the float64 sum r is the exact value or the float64 nearest it,
+    and r rounds to the float32 the exact value rounds to unless r is inexact and lies on a
+    float32 halfway point (a float32 halfway point strictly between them would be a float64
+    nearer the exact value): asserted not to, r's rounding error from Knuth's two-sum."""
+    product, addend = a.double() * b.double(), c.double()
+    r = product + addend
+    part = r - product
+    error = (product - (r - part)) + (addend - part)  # exact value - r
+    r32 = r.float()
+    toward = torch.nextafter(r32, torch.where(r > r32.double(), float("inf"), float("-inf")).float())
+    halfway = (r - r32.double()).abs() * 2 == (toward.double() - r32.double()).abs()
+    assert not (halfway & (r != r32.double()) & (error != 0)).any()
+    return r32
+
+
 @pytest.mark.parametrize("d", [3, 6, 9, 13])
 def test_the_layer_gives_channel_products_bits_before_the_activation(d):
     """Without an activation, x = 1: the output is the layer's value at each position, and the
-    kernel sums in channel_product's order (first term, then each plane in turn, the bias last):
-    against float32 sums taken one plane at a time, for input counts below, at and past the
-    kernel's four planes a pass."""
+    kernel sums in channel_product's order (first product, then each plane's term in turn as a
+    fused multiply-add, rounded once, the bias added last): against float32 sums taken one plane
+    at a time, for input counts below, at and past the kernel's four planes a pass."""
     g = torch.Generator().manual_seed(0)
     c, gh, gw, h, w = 16, 70, 90, 75, 99  # >= 4096 positions: channel_product's own kernel
     values = torch.randn(1, d, gh, gw, generator=g)
     weight, bias = torch.randn(c, d, generator=g), torch.randn(c, generator=g)
     sums = weight[:, 0, None, None] * values[0, 0]
     for k in range(1, d):
-        sums = sums + weight[:, k, None, None] * values[0, k]
+        sums = fused_multiply_add32(weight[:, k, None, None], values[0, k], sums)
     want = replicate_to((sums + bias[:, None, None])[None], (h, w))
     assert torch.equal(replicate_to(channel_product(weight, values.view(d, -1), None, bias).view(1, c, gh, gw), (h, w)), want)
     got = combine_replicated(torch.ones(1, c, h, w), values, "mul", None, weight, bias)

@@ -977,3 +977,30 @@ def test_a_pending_gate_read_elsewhere_or_before_its_source_changes_is_computed_
     expected = before.double() @ weight.double().T + bias.double()
     torch.testing.assert_close(values.local(h).double(), expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(values.local(s).double(), torch.sigmoid(expected), rtol=0, atol=1e-6)
+
+
+def test_noted_window_means_are_taken_by_their_own_map_only():
+    """Windows' means noted for a map (a variance's pass gave them) go to a mean of that map, once;
+    not to another map at the same memory and layout (the first gone: memory is reused), nor to
+    the map changed in place since (its version counted up)."""
+    window = (3, 4)
+    memory = torch.rand(1, 2, 6, 7, generator=torch.Generator().manual_seed(0))
+    means = valid_local_mean(memory, window)
+
+    values = PooledValues()
+    first = memory.view(1, 2, 6, 7)
+    values.note_window_means(first, window, means)
+    assert values.take_window_means(first, window) is means
+    assert values.take_window_means(first, window) is None  # once
+
+    values.note_window_means(first, window, means)
+    del first
+    gc.collect()
+    later = memory.view(1, 2, 6, 7)  # another map, at the same address and of the same layout
+    assert later.untyped_storage().data_ptr() == memory.untyped_storage().data_ptr()
+    assert values.take_window_means(later, window) is None
+
+    values.note_window_means(later, window, means)
+    later.mul_(2)  # outside the mode: no before_call, but the version counts
+    assert values.take_window_means(later, window) is None
+    assert not values.pending

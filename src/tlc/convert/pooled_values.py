@@ -352,10 +352,20 @@ def _reads_of(pooled: Iterable[tuple[torch.Tensor, LocalEntry]]) -> frozenset:
 
 
 def _means_key(src: torch.Tensor, window: Pair) -> tuple:
-    """What identifies a map's windows' means for :meth:`PooledValues.note_window_means`: its memory
+    """Where a map's windows' means are filed for :meth:`PooledValues.note_window_means`: its memory
     (the storage address first, as :meth:`PooledValues.before_call` matches it), layout and dtype,
-    and the window."""
+    and the window. Memory is reused: a later map of the same layout can stand at the same
+    address, so what is filed there names its map too (:func:`_version`)."""
     return (src.untyped_storage().data_ptr(), src.storage_offset(), tuple(src.shape), src.stride(), src.dtype, tuple(window))
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (in-place changes count it up); None for inference tensors, which
+    have none (their in-place changes are seen by :meth:`PooledValues.before_call` alone)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
@@ -401,7 +411,7 @@ class PooledValues:
         self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of windows' means read
         self._taking: set | None = None  # while a pending value is computed: the means it takes (see _track_pending)
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
-        self._known_means: dict[tuple, torch.Tensor] = {}  # see note_window_means
+        self._known_means: dict[tuple, tuple[weakref.ref, int | None, torch.Tensor]] = {}  # see note_window_means
 
     # --- bookkeeping
     def _track(
@@ -497,13 +507,20 @@ class PooledValues:
         computed anyway (a variance's of the same map: :func:`tlc.ops.stats.valid_local_var_mean_and_var`).
         The next pending mean of that map and window computed before the map changes in place takes
         them (once) instead of a pass of its own: IMDN's contrast-aware attention and SRM take the
-        variance and the mean of one map."""
-        self._known_means[_means_key(src, window)] = valid
+        variance and the mean of one map. They are filed with the map itself (a weak reference)
+        and its version: a mean of another map later allocated at the same address (a block of the
+        same width further on) never takes them."""
+        self._known_means[_means_key(src, window)] = (weakref.ref(src), _version(src), valid)
 
     def take_window_means(self, src: torch.Tensor, window: Pair) -> torch.Tensor | None:
         """The windows' means of ``src`` noted by :meth:`note_window_means` (and forgotten: they
-        are the caller's now), or None."""
-        return self._known_means.pop(_means_key(src, window), None) if self._known_means else None
+        are the caller's now), or None: none noted, or those noted for another map at the same
+        memory (the map they were noted for gone, or changed in place since)."""
+        noted = self._known_means.pop(_means_key(src, window), None) if self._known_means else None
+        if noted is None:
+            return None
+        ref, version, valid = noted
+        return valid if ref() is src and _version(src) == version else None
 
     def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
         """Called by the mode before any torch call while values are pending: a call changing a

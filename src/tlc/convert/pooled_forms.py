@@ -279,7 +279,13 @@ def _visit_chain(
     steps.append((form.op, refs))
 
 
+def version_counter(t: torch.Tensor) -> int | None:
+    """``t``'s in-place change counter (``t._version``); None under ``torch.inference_mode``, whose
+    tensors keep none (an in-place change there is seen only where the mode shows the call)."""
+    return None if t.is_inference() else t._version
+
+
 __all__ = [
     "ElementwiseForm", "GateForm", "Grid", "LocalEntry", "STEP_OF_CALL", "WindowMeans", "as_columns", "chain_step",
-    "constant_column", "evaluate_elementwise_chain", "fits_constant",
+    "constant_column", "evaluate_elementwise_chain", "fits_constant", "version_counter",
 ]

@@ -93,7 +93,7 @@ from .channel_first import (
 )
 from .pooled_forms import (
     ElementwiseForm, GateForm, Grid, LocalEntry, WindowMeans, as_columns, chain_step, constant_column,
-    evaluate_elementwise_chain, fits_constant,
+    evaluate_elementwise_chain, fits_constant, version_counter,
 )
 from .spare_buffers import SpareBuffers
 
@@ -355,17 +355,10 @@ def _means_key(src: torch.Tensor, window: Pair) -> tuple:
     """Where a map's windows' means are filed for :meth:`PooledValues.note_window_means`: its memory
     (the storage address first, as :meth:`PooledValues.before_call` matches it), layout and dtype,
     and the window. Memory is reused: a later map of the same layout can stand at the same
-    address, so what is filed there names its map too (:func:`_version`)."""
+    address, so what is filed there names its map too."""
     return (src.untyped_storage().data_ptr(), src.storage_offset(), tuple(src.shape), src.stride(), src.dtype, tuple(window))
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """``t``'s version counter (in-place changes count it up); None for inference tensors, which
-    have none (their in-place changes are seen by :meth:`PooledValues.before_call` alone)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
 
 
 def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
@@ -510,7 +503,7 @@ class PooledValues:
         variance and the mean of one map. They are filed with the map itself (a weak reference)
         and its version: a mean of another map later allocated at the same address (a block of the
         same width further on) never takes them."""
-        self._known_means[_means_key(src, window)] = (weakref.ref(src), _version(src), valid)
+        self._known_means[_means_key(src, window)] = (weakref.ref(src), version_counter(src), valid)
 
     def take_window_means(self, src: torch.Tensor, window: Pair) -> torch.Tensor | None:
         """The windows' means of ``src`` noted by :meth:`note_window_means` (and forgotten: they
@@ -520,7 +513,7 @@ class PooledValues:
         if noted is None:
             return None
         ref, version, valid = noted
-        return valid if ref() is src and _version(src) == version else None
+        return valid if ref() is src and version_counter(src) == version else None
 
     def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
         """Called by the mode before any torch call while values are pending: a call changing a

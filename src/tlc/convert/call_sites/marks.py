@@ -11,6 +11,7 @@ import torch
 
 from ...ops.pool import map_mean, valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_mean_and_var
+from ..pooled_forms import version_counter
 from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
 from .calls import Call, bind, known_window_means
@@ -52,18 +53,12 @@ def mark_of(t: object) -> Mark | None:
     if entry is None:
         return None
     mark, version, src_version = entry
-    return mark if _version(t) == version and _version(mark.src) == src_version else None
+    return mark if version_counter(t) == version and version_counter(mark.src) == src_version else None
 
 
 def set_mark(t: object, mark: Mark) -> None:
     if isinstance(t, torch.Tensor):
-        t.__dict__[_MARK] = (mark, _version(t), _version(mark.src))
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """In-place change counter; None under ``torch.inference_mode``, whose tensors keep none (an
-    in-place change there goes unseen)."""
-    return None if t.is_inference() else t._version
+        t.__dict__[_MARK] = (mark, version_counter(t), version_counter(mark.src))
 
 
 def _mark_sub(args: tuple, kwargs: dict) -> Mark | None:

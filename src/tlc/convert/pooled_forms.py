@@ -69,10 +69,11 @@ class Grid:
 @dataclass(frozen=True)
 class WindowMeans:
     """What a pending pooled value's local values are, for calls that can compute their own result
-    from the map instead (:meth:`_Call.product_first`): the means of ``src`` (N, C, H, W) over
-    every ``window`` inside it (softmax-weighted by ``logits`` (N, 1, H, W) where given, as GCNet's
-    context pooling: :func:`tlc.ops.local_softmax_pool`), times ``scale``, each position's C values
-    in the value's shape. Either is linear in ``src``: a per-pixel product commutes with it."""
+    from the map instead (a layer run on the map first, by the call rules of
+    :mod:`tlc.convert.pooled_values`): the means of ``src`` (N, C, H, W) over every ``window``
+    inside it (softmax-weighted by ``logits`` (N, 1, H, W) where given, as GCNet's context
+    pooling: :func:`tlc.ops.local_softmax_pool`), times ``scale``, each position's C values in the
+    value's shape. Either is linear in ``src``: a per-pixel product commutes with it."""
 
     src: torch.Tensor
     window: Pair
@@ -90,7 +91,8 @@ class WindowMeans:
 @dataclass(frozen=True)
 class GateForm:
     """What a pending gate value is, for a multiply (or sum) with the map that computes it a row at
-    a time (:func:`tlc.ops.gate.combine_replicated`, from :meth:`_Call.fused_with_map`):
+    a time (:func:`tlc.ops.gate.combine_replicated`, from the pooled values' rule for a product
+    with the map):
     ``activation(weight @ v + bias)`` at each window position, ``v`` the local values of the
     pooled value ``values`` (its D values per position), ``weight`` (C, D) (None: no layer, then
     ``bias`` is None too), ``activation`` None, ``"sigmoid"`` or ``"softmax"`` (over dim 1 of
@@ -110,10 +112,11 @@ class GateForm:
 
 @dataclass(frozen=True, eq=False)
 class ElementwiseForm:
-    """What a pending value computed by one elementwise call is (:meth:`_Call.chained`): the chain
-    step ``op`` (a key of :data:`tlc.ops.chain.STEPS`) on ``operands``, each the entry of a pooled
-    value of the result's shape or a per-channel constant as a (D, 1) tensor of the result's dtype
-    (D values per position). A chain of them is computed in one pass over the window positions
+    """What a pending value computed by one elementwise call is (a chained call of
+    :mod:`tlc.convert.pooled_values`): the chain step ``op`` (a key of
+    :data:`tlc.ops.chain.STEPS`) on ``operands``, each the entry of a pooled value of the result's
+    shape or a per-channel constant as a (D, 1) tensor of the result's dtype (D values per
+    position). A chain of them is computed in one pass over the window positions
     (:func:`tlc.ops.chain.evaluate_chain`) when its last value is first read."""
 
     op: str
@@ -125,9 +128,10 @@ class LocalEntry:
     the map's size (``y.expand_as(x)``) while ``local`` keeps the unexpanded shape: the spread is
     put off until the value meets the map, where ``x * y`` and ``x + y`` then need no spread map.
     ``pending``: what computes ``local`` when first needed and notes its first read (None once
-    read, and for values computed at once; see :meth:`PooledValues.start_pending`); ``reads``: the
-    storage addresses of the tensors it computes them from; ``form``: what a pending value is,
-    where known (:class:`WindowMeans`, :class:`GateForm`)."""
+    read, and for values computed at once; see
+    :meth:`tlc.convert.pooled_values.PooledValues.start_pending`); ``reads``: the storage
+    addresses of the tensors it computes them from; ``form``: what a pending value is, where known
+    (:class:`WindowMeans`, :class:`GateForm`)."""
 
     __slots__ = ("ref", "_local", "pending", "reads", "form", "grid", "sources", "expanded", "held")
 
@@ -154,7 +158,7 @@ class LocalEntry:
 
     def computed(self) -> torch.Tensor:
         """``local``, for a pending value computed from this one (which notes the read, see
-        :meth:`PooledValues.start_pending`)."""
+        :meth:`tlc.convert.pooled_values.PooledValues.start_pending`)."""
         if self.pending is not None:
             self.compute(read=False)
         return self._local

@@ -359,8 +359,6 @@ def _means_key(src: torch.Tensor, window: Pair) -> tuple:
     return (src.untyped_storage().data_ptr(), src.storage_offset(), tuple(src.shape), src.stride(), src.dtype, tuple(window))
 
 
-
-
 def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
     """(N, C, Gh, Gw) values over the windows as local values (N * Gh * Gw, *tail), C = prod(tail)."""
     n, _, gh, gw = valid.shape

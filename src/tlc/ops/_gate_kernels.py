@@ -84,11 +84,11 @@ def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  #
     positions = values.shape[1]
     with_bias = bias.shape[0] == outputs
     blocks = (positions + PRODUCT_BLOCK - 1) // PRODUCT_BLOCK
+    planes = values.reshape((values.shape[0], 1, positions))
     for b in prange(blocks):
         start = b * PRODUCT_BLOCK
         stop = min(positions, start + PRODUCT_BLOCK)
         width = stop - start
-        planes = values.reshape((values.shape[0], 1, positions))
         _product_block(weight, planes, 0, bias, with_bias, 0, outputs, start, stop, out)
         mean = np.empty(width, np.float64)
         spread = np.empty(width, np.float64)

@@ -225,7 +225,8 @@ def channel_product(
     16 x 64 by 64 x 830k: mm 46, the one-row loop 39, this 26 ms; each term after the first a
     fused multiply-add since: 8 x 16 by 16 x 921k 5.6 -> 3.9 ms). The kernel sums each output over
     the channels in order, in the values' dtype, each term after the first rounded once with its
-    sum (BLAS may order the same sums otherwise: the last bits differ). Elsewhere (few positions, wide layers, other dtypes or devices) ``torch.mm``.
+    sum (BLAS may order the same sums otherwise: the last bits differ). Elsewhere (few positions,
+    wide layers, other dtypes or devices) ``torch.mm``.
 
     Returns:
         (O, P) tensor: ``out`` when given.

@@ -33,7 +33,8 @@ _CONVERT = os.path.dirname(os.path.dirname(__file__)) + os.sep
 _PACKAGE = os.path.dirname(os.path.dirname(_CONVERT)) + os.sep
 # tlc's own local computations: the torch calls they make are never sites.
 INTERNAL = (os.path.join(_PACKAGE, "ops") + os.sep, os.path.join(_PACKAGE, "nn") + os.sep) + tuple(
-    os.path.join(_CONVERT, name) for name in ("pooled_gate.py", "pooled_values.py", "pooled_forms.py", "channel_first.py", "attention.py")
+    os.path.join(_CONVERT, name)
+    for name in ("pooled_gate.py", "pooled_values.py", "pooled_forms.py", "channel_first.py", "attention.py")
 )
 
 

@@ -387,22 +387,40 @@ def test_an_intermediate_used_twice_at_calibration_is_computed_and_those_after_i
     assert (out - expected).abs().max().item() < 1e-10
 
 
-class StyleGate(nn.Module):
-    """SRM's style recalibration: x.mean and x.var over the map, a channel-wise FC, batch norm, a
-    sigmoid gate (Lee et al. ICCV 2019)."""
+class StyleRecalibration(nn.Module):
+    """SRM's style recalibration (Lee et al. ICCV 2019) of the map it is given: y.mean and y.var
+    over the map, a channel-wise FC, batch norm, a sigmoid gate."""
 
     def __init__(self, c: int = 4):
         super().__init__()
-        self.conv = nn.Conv2d(3, c, 3, padding=1)
         self.cfc = nn.Parameter(torch.randn(c, 2))
         self.bn = nn.BatchNorm2d(c)
 
-    def forward(self, x):
-        y = self.conv(x)
+    def forward(self, y):
         mean = y.mean((2, 3), keepdim=True)
         std = (y.var((2, 3), keepdim=True) + 1e-5).sqrt()
         z = mean * self.cfc[:, 0].view(1, -1, 1, 1) + std * self.cfc[:, 1].view(1, -1, 1, 1)
         return y * torch.sigmoid(self.bn(z))
+
+
+def recalibrated_by_windows(y: torch.Tensor, gate: StyleRecalibration) -> torch.Tensor:
+    """``gate`` at each pixel of ``y`` with its 24x24 window's mean and variance (brute force)."""
+    mu = brute_force(y, (24, 24), mean)
+    std = (brute_force(y, (24, 24), lambda t: t.var(-1)) + 1e-5).sqrt()
+    z = mu * gate.cfc[:, 0].view(1, -1, 1, 1) + std * gate.cfc[:, 1].view(1, -1, 1, 1)
+    return y * torch.sigmoid(gate.bn(z))
+
+
+class StyleGate(nn.Module):
+    """A convolution, then SRM's style recalibration of its map."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.gate = StyleRecalibration(c)
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -418,32 +436,13 @@ def test_style_gate_runs_on_the_windows_inside_the_map(batch):
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as profile:
         out = converted(x)
     with torch.no_grad():
-        y = model.conv(x)
-        mu = brute_force(y, (24, 24), mean)
-        std = (brute_force(y, (24, 24), lambda t: t.var(-1)) + 1e-5).sqrt()
-        z = mu * model.cfc[:, 0].view(1, -1, 1, 1) + std * model.cfc[:, 1].view(1, -1, 1, 1)
-        expected = y * torch.sigmoid(model.bn(z))
+        expected = recalibrated_by_windows(model.conv(x), model.gate)
     assert (out - expected).abs().max().item() < 1e-12
     assert (out - model(x)).abs().max().item() > 1e-3
     windows = batch * (33 - 24 + 1) * (41 - 24 + 1)
     sigmoid = [e.input_shapes[0] for e in profile.events() if e.name == "aten::sigmoid"]
     # The global values (which the model's own Python sees) and the windows' values, nothing else.
     assert sorted(sigmoid) == [[batch, 4, 1, 1], [windows, 4, 1, 1]]
-
-
-class StyleRecalibration(nn.Module):
-    """SRM's gate alone, on the map it is given (mean and variance of that map)."""
-
-    def __init__(self, c: int = 4):
-        super().__init__()
-        self.cfc = nn.Parameter(torch.randn(c, 2))
-        self.bn = nn.BatchNorm2d(c)
-
-    def forward(self, y):
-        mean = y.mean((2, 3), keepdim=True)
-        std = (y.var((2, 3), keepdim=True) + 1e-5).sqrt()
-        z = mean * self.cfc[:, 0].view(1, -1, 1, 1) + std * self.cfc[:, 1].view(1, -1, 1, 1)
-        return y * torch.sigmoid(self.bn(z))
 
 
 def test_style_gates_of_one_width_in_a_row_each_take_their_own_maps_statistics():
@@ -464,13 +463,7 @@ def test_style_gates_of_one_width_in_a_row_each_take_their_own_maps_statistics()
     with torch.no_grad():
         expected = x
         for layer in model:
-            if isinstance(layer, StyleRecalibration):
-                mu = brute_force(expected, (24, 24), mean)
-                std = (brute_force(expected, (24, 24), lambda t: t.var(-1)) + 1e-5).sqrt()
-                z = mu * layer.cfc[:, 0].view(1, -1, 1, 1) + std * layer.cfc[:, 1].view(1, -1, 1, 1)
-                expected = expected * torch.sigmoid(layer.bn(z))
-            else:
-                expected = layer(expected)
+            expected = recalibrated_by_windows(expected, layer) if isinstance(layer, StyleRecalibration) else layer(expected)
         for _ in range(8):
             assert (converted(x) - expected).abs().max().item() < 1e-12
 

@@ -160,3 +160,42 @@ def test_layer_norm_columns_gradcheck_float64():
     weight = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: layer_norm_columns(a, b, c, 1e-5), (x, weight, bias))
+
+
+@pytest.mark.parametrize("scale,eps", [(1e20, 1e-5), (1e-25, 0.0), (1.0, 1e-5)])
+def test_fused_kernel_keeps_its_digits_at_every_magnitude(scale, eps):
+    """The kernel's 1 / sqrt(var + eps) starts from float32's and refines it in float64; where
+    var + eps lies beyond float32's range (1e40 here, 1e-50 with eps = 0) it takes the plain
+    formula. Either way the float64 result is the brute force's to 1e-10 (normalised values)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 9, 11, generator=g, dtype=torch.float64) * scale
+    expected = brute_local_group_norm(x, 2, (4, 5), eps=eps)
+    out = tlc.local_group_norm(x, 2, (4, 5), eps=eps)
+    assert (out - expected).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("row", [0, 20, 69])
+def test_fused_kernel_group_holding_nan_or_inf_is_nan_the_others_exact(bad, row):
+    """As torch's group norm: a group holding a value that is not finite, wherever it lies (the
+    centre's sampled rows or not), is NaN throughout; the other groups are untouched."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 4, 70, 9, generator=g)
+    x[0, 3, row, 4] = bad
+    assert torch.isnan(F.group_norm(x, 2)[:, 2:]).all()
+    out = tlc.local_group_norm(x, 2, (5, 4))
+    assert torch.isnan(out[:, 2:]).all()
+    expected = brute_local_group_norm(x[:, :2], 1, (5, 4))
+    assert (out[:, :2].double() - expected).abs().max().item() < 2e-5
+
+
+def test_fused_kernel_on_a_tall_map_far_from_zero():
+    """On maps taller than the rows the kernel's centre is sampled from (32), values 1e5 +- 0.01
+    with a slope down the map still normalise to float32's digits: the float64 sums are of values
+    centred near the mean (uncentred, their squares' 1e10 cost the variance 1e-4 two digits)."""
+    g = torch.Generator().manual_seed(7)
+    slope = torch.linspace(0, 0.05, 150).view(1, 1, 150, 1)
+    x = (1e5 + slope + 0.01 * torch.randn(1, 2, 150, 12, generator=g)).float()
+    out = tlc.local_instance_norm(x, (9, 5))
+    expected = brute_local_group_norm(x, 2, (9, 5))
+    assert (out.double() - expected).abs().max().item() < 1e-4

@@ -1004,3 +1004,46 @@ def test_noted_window_means_are_taken_by_their_own_map_only():
     later.mul_(2)  # outside the mode: no before_call, but the version counts
     assert values.take_window_means(later, window) is None
     assert not values.pending
+
+
+def test_a_maps_mean_is_computed_once_while_the_map_lives_unchanged(monkeypatch):
+    """PooledValues.map_mean: the second mean of one map (IMDN takes two) comes without a pass of
+    its own, as a tensor of its own with the same bits; not for another map at the same memory,
+    nor after the map changed in place (its version counted up, or, under inference mode where
+    none is counted, a call the mode shows), and not after the forward finished."""
+    pooled_values = importlib.import_module("tlc.convert.pooled_values")
+
+    passes = []
+    real_map_mean = pooled_values.map_mean
+    monkeypatch.setattr(pooled_values, "map_mean", lambda x: passes.append(x) or real_map_mean(x))
+    memory = torch.rand(1, 3, 6, 7, generator=torch.Generator().manual_seed(1))
+    values = PooledValues()
+    first = memory.view(1, 3, 6, 7)
+    a = values.map_mean(first)
+    b = values.map_mean(first)
+    assert len(passes) == 1 and a is not b and torch.equal(a, b)
+    torch.testing.assert_close(a, first.double().mean((2, 3), keepdim=True).float(), rtol=0, atol=1e-7)
+    b.mul_(5)  # the caller's own tensor: what is kept is not changed
+    assert torch.equal(values.map_mean(first), a) and len(passes) == 1
+
+    del first
+    gc.collect()
+    later = memory.view(1, 3, 6, 7)  # another map at the same address and of the same layout
+    values.map_mean(later)
+    assert len(passes) == 2
+
+    later.add_(1)  # the version counts up
+    torch.testing.assert_close(values.map_mean(later), later.mean((2, 3), keepdim=True), rtol=0, atol=1e-6)
+    assert len(passes) == 3
+
+    with torch.inference_mode():
+        frozen = torch.rand(1, 3, 6, 7)
+        values.map_mean(frozen)
+        assert values.pending  # so that the mode shows it every call changing a tensor in place
+        values.before_call("add_", (frozen, 1.0), {})
+        frozen.add_(1.0)
+        torch.testing.assert_close(values.map_mean(frozen), frozen.mean((2, 3), keepdim=True), rtol=0, atol=1e-6)
+        assert len(passes) == 5
+    values.finish(None)
+    values.map_mean(frozen)
+    assert len(passes) == 6

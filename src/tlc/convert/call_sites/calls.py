@@ -12,7 +12,7 @@ import torch
 
 from ...ops import local_axis_max, local_axis_mean, local_max, local_mean, local_mean_strided
 from ...ops.extrema import valid_local_max
-from ...ops.pool import clamp_window, map_mean, valid_local_mean_and_mean
+from ...ops.pool import clamp_window, valid_local_mean_and_mean
 from ..pooled_values import PooledValues, WindowMeans
 from ..rules import Site
 from .sites import POOLED_VALUE
@@ -173,10 +173,10 @@ def known_window_means(
     known = values.take_window_means(x, window)
     if known is None:
         return None
-    return (known if scale == 1 else known * scale), map_mean(x)
+    return (known if scale == 1 else known * scale), values.map_mean(x)
 
 
-def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:
+def pending_windows(values: PooledValues, call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] | None:
     """For a whole-map mean or sum (``call``) to answer with a pending pooled value: what its
     windows' values are (computed only if something reads them, or never where a layer computes
     its own from the map first; see :class:`tlc.convert.pooled_forms.WindowMeans`), and its value
@@ -188,5 +188,5 @@ def pending_windows(call: Call, site: Site) -> tuple[WindowMeans, torch.Tensor] 
         return None
     (h, w), window = x.shape[-2:], clamp_window(site.window, x.shape[-2:])
     scale = float(h * w) if kind == "sum" else 1.0
-    whole = map_mean(x)
+    whole = values.map_mean(x)
     return WindowMeans(x, window, scale), whole if scale == 1 else whole * scale

@@ -354,7 +354,7 @@ class CallSiteConverter:
         if key in self._pooled:  # the global result, carrying its value over every window
             values = self._thread.mode.values
             # Pending (its windows' values computed if read) unless read before at this map size.
-            pending = None if (key, tuple(call.x.shape[-2:])) in self._means_read else pending_windows(call, site)
+            pending = None if (key, tuple(call.x.shape[-2:])) in self._means_read else pending_windows(values, call, site)
             valid, whole = (None, pending[1]) if pending is not None else valid_pooling(call, site, values)
             if whole is not None and key not in self._whole_fits:
                 self._whole_fits[key] = _form_of_result(whole, func, args, kwargs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...ops.pool import map_mean, valid_local_mean_and_mean
+from ...ops.pool import valid_local_mean_and_mean
 from ...ops.stats import valid_local_var_mean_and_var
 from ..pooled_forms import version_counter
 from ..pooled_values import PooledValues, WindowMeans
@@ -194,7 +194,7 @@ def pooled_statistic(
     scale = factor * (m.scale if m.kind in ("mean", "sqsum") else 1.0)
     (h, w), window = src.shape[-2:], (min(windows[2], src.shape[2]), min(windows[3], src.shape[3]))
     if kind == "mean" and read is not None and (key, (h, w)) not in read:
-        real = map_mean(src)
+        real = values.map_mean(src)
         out = values.start_pending(
             real if scale == 1 else real * scale, WindowMeans(src, window, scale), key,
             local_valid=lambda: _window_means(values, src, window, scale)[0],  # into a spare buffer

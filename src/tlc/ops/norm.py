@@ -23,8 +23,10 @@ def local_group_norm(
     For every pixel, the statistics cover the group's channels and the window around the pixel
     (placed as in :func:`tlc.local_mean`): ``mean = E[x]``, ``var = E[x^2] - E[x]^2`` clamped at 0,
     ``(x - mean) / sqrt(var + eps)``, then ``weight``/``bias`` per channel. Statistics are computed
-    in float64 on values centred by the group's global mean, so the variance keeps its digits even
-    for inputs far from zero. A window covering the map gives ``torch.nn.functional.group_norm``.
+    in float64 on values centred near the group's mean (its mean; in the CPU kernel the mean of 32
+    sampled rows), so the variance keeps its digits even for inputs far from zero. A group holding
+    NaN or an infinity is NaN throughout, as in torch. A window covering the map gives
+    ``torch.nn.functional.group_norm``.
 
     Args:
         x: (N, C, H, W) floating tensor; C divisible by ``num_groups``.

@@ -490,6 +490,28 @@ def test_the_variances_pass_gives_the_windows_means_too(shape, window, dtype):
         assert valid_local_var_mean_and_var(x.clone().requires_grad_(), window)[1] is None
 
 
+@pytest.mark.parametrize("shape,window", [((2, 3, 7, 11), (3, 4)), ((1, 2, 6, 5), (9, 9)), ((1, 2, 13, 10), (5, 6))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("scale", [77.0, 1 / 3])
+@pytest.mark.parametrize("root", [False, True])
+def test_the_variances_pass_scales_as_mul_would(shape, window, dtype, scale, root):
+    """valid_local_var_mean_and_var(..., scale=s): the windows' statistics are exactly those
+    unscaled times s as torch's ``mul_`` rounds them (in the kernel's pass for float32 / float64,
+    1/3 not representable in either; after it for half and on the torch path), the means and the
+    map's own statistic unscaled."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype)
+    plain = valid_local_var_mean_and_var(x, window, root=root)
+    scaled = valid_local_var_mean_and_var(x, window, root=root, scale=scale)
+    assert torch.equal(scaled[0], plain[0].clone().mul_(scale))
+    assert torch.equal(scaled[2], plain[2])
+    assert (scaled[1] is None and plain[1] is None) or torch.equal(scaled[1], plain[1])
+    with torch.enable_grad():  # torch's path
+        leaf = x.clone().requires_grad_()
+        by_torch = valid_local_var_mean_and_var(leaf, window, root=root, scale=scale)[0]
+        assert torch.equal(by_torch, valid_local_var_mean_and_var(leaf, window, root=root)[0].mul(scale))
+
+
 def test_var_keeps_digits_for_offset_inputs():
     x = torch.randn(2, 2, 9, 31) + 1e4  # float32: a spread of ~1 on values of 1e4
     ref = brute_var(x, (4, 6), 1.0)

@@ -403,14 +403,16 @@ def window_sums_along_row(column1, column2, k, sums1, sums2):  # pragma: no cove
         next2[b] = s2
 
 
-def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals, threads):  # pragma: no cover
+def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals, scale, threads):  # pragma: no cover
     """x: (P, H, W); centre: (P,) float64. out: (P, H, W) local variances (standard deviations
     with ``root``) of the (k1, k2) windows, replicated, or with ``valid_only`` (P, H-k1+1, W-k2+1)
     those of the windows inside the map: running float64 sums of x - centre and of its square, a
     row of column sums sliding down and a window sum sliding along it. totals: (P, 2) float64 gets
     the whole plane's sums of x - centre and of its square (each row enters the sums once).
     means: (P, H-k1+1, W-k2+1) gets the windows' means from the same sums (sum / area + centre),
-    with ``valid_only``; a (0, 0, 0) array: none."""
+    with ``valid_only``; a (0, 0, 0) array: none. scale: with ``valid_only``, a one-element array
+    of out's dtype each result is multiplied by after its rounding (as ``out.mul_(scale)``
+    computes it, while the row is in cache); an empty one: none."""
     planes, h, w = x.shape
     vh, vw = h - k1 + 1, w - k2 + 1
     area = k1 * k2
@@ -448,7 +450,12 @@ def _var_planes(x, centre, k1, k2, divisor, root, valid_only, out, means, totals
                 # over a float64 plane less; the same rounding to the result's dtype). Two calls,
                 # not one on a conditional row: the rows' dtypes differ, which numba cannot unify.
                 if valid_only:
-                    _variance_row(sums1, sums2, area, divisor, root, out[p, a])
+                    target = out[p, a]
+                    _variance_row(sums1, sums2, area, divisor, root, target)
+                    if scale.shape[0] == 1:
+                        factor = scale[0]
+                        for b in range(vw):
+                            target[b] = target[b] * factor
                     if want_means:
                         mean_row = means[p, a]
                         for b in range(vw):
@@ -578,6 +585,7 @@ def fused_softmax_pool_general(
 def fused_local_var(
     x: torch.Tensor, centre: torch.Tensor, window: tuple[int, int], correction: float, root: bool,
     valid_only: bool = False, totals: torch.Tensor | None = None, means: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Local variance (or its square root) of a CPU (N, C, H, W) tensor, replicated to full size.
 
@@ -592,6 +600,9 @@ def fused_local_var(
             ``x - centre`` and of its square (from the same pass).
         means: optional contiguous (N, C, H-kh+1, W-kw+1) CPU tensor of the working dtype
             (float32 for half inputs) that gets the windows' means, with ``valid_only``.
+        scale: with ``valid_only`` and a float32 / float64 ``x``, the results times ``scale``
+            in the same pass: the bits of ``result.mul_(scale)`` (a sum's scale: a pass over the
+            windows' map less). Otherwise multiplied after.
     """
     n, c, h, w = x.shape
     work = _working(x)
@@ -600,7 +611,10 @@ def fused_local_var(
     divisor = max(window[0] * window[1] - correction, 0.0)
     sums = totals if totals is not None else torch.empty(n * c, 2, dtype=torch.float64)
     into = work.new_empty((0, 0, 0)) if means is None else means.view(n * c, *size)
+    in_pass = scale != 1 and valid_only and work.dtype == x.dtype
+    factor = torch.tensor([scale] if in_pass else [], dtype=work.dtype)
     _var_compiled(work.view(n * c, h, w).numpy(), centre.contiguous().view(-1).numpy(), window[0], window[1],
                   float(divisor), bool(root), bool(valid_only), out.numpy(), into.numpy(), sums.numpy(),
-                  torch.get_num_threads())
-    return out.view(n, c, *size).to(x.dtype)
+                  factor.numpy(), torch.get_num_threads())
+    result = out.view(n, c, *size).to(x.dtype)
+    return result.mul_(scale) if scale != 1 and not in_pass else result

@@ -29,7 +29,7 @@ def _valid_local_var(x: torch.Tensor, window: int | Pair, correction: float) -> 
 
 def _fused_local_var(
     x: torch.Tensor, window: int | Pair, correction: float, root: bool, valid_only: bool = False,
-    totals: torch.Tensor | None = None, means: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None, means: torch.Tensor | None = None, scale: float = 1.0,
 ) -> torch.Tensor | None:
     """The CPU kernel's result (running float64 sums of centred values), or None where it does
     not apply (autograd, other devices, tracing, a window covering the map). ``totals``: see
@@ -40,7 +40,7 @@ def _fused_local_var(
     if (kh, kw) == (h, w) or not local_kernels_apply(x):
         return None
     centre = centring_means(x, (-2, -1))
-    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals, means)
+    return fused_local_var(x, centre, (kh, kw), correction, root, valid_only, totals, means, scale)
 
 
 def _whole_var(x: torch.Tensor, correction: float) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _whole_var(x: torch.Tensor, correction: float) -> torch.Tensor:
 
 
 def valid_local_var_mean_and_var(
-    x: torch.Tensor, window: int | Pair, correction: float = 0.0, root: bool = False
+    x: torch.Tensor, window: int | Pair, correction: float = 0.0, root: bool = False, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """:func:`valid_local_var_and_var` and, where the CPU kernel runs, the windows' means from the
     same sums (``sum(x - centre) / area + centre`` in float64, rounded once: within a unit in the
@@ -62,11 +62,15 @@ def valid_local_var_mean_and_var(
     A model taking both a map's variance and its mean (IMDN's contrast-aware attention, SRM) then
     makes one pass over the map instead of two.
 
+    ``scale``: the windows' statistics times ``scale``, the bits of ``valid.mul_(scale)`` (in the
+    kernel's pass where it runs: a sum of squares written by hand, IMDN's, is its variance times
+    the map's area); the map's own statistic is not scaled.
+
     Returns:
         (variances or standard deviations (N, C, H - kh + 1, W - kw + 1), the windows' means of
         that shape or None, the map's own statistic (N, C, 1, 1)).
     """
-    return _valid_var(x, window, correction, root, with_means=True)
+    return _valid_var(x, window, correction, root, with_means=True, scale=scale)
 
 
 def valid_local_var_and_var(
@@ -91,24 +95,28 @@ def valid_local_var_and_var(
 
 
 def _valid_var(
-    x: torch.Tensor, window: int | Pair, correction: float, root: bool, with_means: bool
+    x: torch.Tensor, window: int | Pair, correction: float, root: bool, with_means: bool, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     n, c, h, w = x.shape
     kh, kw = clamp_window(as_pair(window, "window"), (h, w))
     if (kh, kw) == (h, w):  # one window: the map's own statistic
         whole = _whole_var(x, correction)
         whole = whole.sqrt() if root else whole
-        return whole, None, whole
+        return (whole * scale if scale != 1 else whole), None, whole
     area = h * w
     totals = torch.empty(n * c, 2, dtype=torch.float64)
     kernel = x.device.type == "cpu" and area > correction
     means = None
     if kernel and with_means and x.dtype in (torch.float32, torch.float64):
         means = torch.empty((n, c, h - kh + 1, w - kw + 1), dtype=x.dtype)
-    valid = _fused_local_var(x, window, correction, root, valid_only=True, totals=totals, means=means) if kernel else None
+    valid = (
+        _fused_local_var(x, window, correction, root, valid_only=True, totals=totals, means=means, scale=scale)
+        if kernel else None
+    )
     if valid is None:
         whole = torch.std if root else torch.var
-        return valid_local_var(x, window, correction, root), None, whole(x, dim=(2, 3), correction=correction, keepdim=True)
+        valid = valid_local_var(x, window, correction, root)
+        return (valid.mul_(scale) if scale != 1 else valid), None, whole(x, dim=(2, 3), correction=correction, keepdim=True)
     # Sums of d = x - centre: var = (sum d^2 - (sum d)^2 / area) / (area - correction), centre near the mean.
     var = ((totals[:, 1] - totals[:, 0].square() / area) / (area - correction)).clamp_min(0)
     return valid, means, (var.sqrt() if root else var).view(n, c, 1, 1).to(x.dtype)

@@ -207,11 +207,11 @@ def pooled_statistic(
         if scale != 1:
             real = real * scale
     else:  # the map's variance from the windows' pass (torch.var: 55 ms more at 16x720x1280)
-        valid, means, real = valid_local_var_mean_and_var(src, window)
+        valid, means, real = valid_local_var_mean_and_var(src, window, scale=scale)  # scaled in its pass
         if means is not None:  # the same pass's means, for a mean of this map the model takes too
             values.note_window_means(src, window, means)
         if scale != 1:
-            real, valid = real * scale, valid.mul_(scale)
+            real = real * scale
     out = values.start(real, valid, (h, w), source=key)
     if kind == "mean":
         set_mark(out, Mark("mean", src, (2, 3), scale, tuple(sorted(windows.items()))))

@@ -29,6 +29,54 @@ def _operand(code, row, start, stop, v0, v1, v2, v3, scratch, n):  # pragma: no 
     return scratch[code - 4, :n]
 
 
+def run_program(program, k_count, row, start, stop, v0, v1, v2, v3, scratch, out, out_row, out_start):  # pragma: no cover
+    """Row ``row``, columns start:stop of the chain ``program`` (see :func:`_chain_rows`): every
+    step in order, each intermediate in scratch row k_count + s (its first n = stop - start
+    values; rows 0..k_count-1 hold the constants, filled by the caller), the last into
+    ``out[out_row, out_start : out_start + n]``."""
+    n = stop - start
+    steps = program.shape[0]
+    for s in range(steps):
+        op = program[s, 0]
+        result = out[out_row, out_start : out_start + n] if s == steps - 1 else scratch[k_count + s, :n]
+        a = _operand(program[s, 1], row, start, stop, v0, v1, v2, v3, scratch, n)
+        if op == SQRT:
+            for j in range(n):
+                result[j] = np.sqrt(a[j])
+        elif op == NEG:
+            for j in range(n):
+                result[j] = -a[j]
+        elif op == ABS:
+            for j in range(n):
+                result[j] = np.abs(a[j])
+        else:
+            b_ = _operand(program[s, 2], row, start, stop, v0, v1, v2, v3, scratch, n)
+            if op == ADD:
+                for j in range(n):
+                    result[j] = a[j] + b_[j]
+            elif op == SUB:
+                for j in range(n):
+                    result[j] = a[j] - b_[j]
+            elif op == MUL:
+                for j in range(n):
+                    result[j] = a[j] * b_[j]
+            elif op == DIV:
+                for j in range(n):
+                    result[j] = a[j] / b_[j]
+            else:  # ADDCMUL
+                c_ = _operand(program[s, 3], row, start, stop, v0, v1, v2, v3, scratch, n)
+                for j in range(n):
+                    result[j] = fused_multiply_add(b_[j], c_[j], a[j])
+
+
+def fill_constants(constants, row, scratch, n):  # pragma: no cover (compiled)
+    """Scratch rows 0..K-1 (their first n values) := row ``row``'s K constants."""
+    for k in range(constants.shape[0]):
+        value = constants[k, row]
+        for j in range(n):
+            scratch[k, j] = value
+
+
 def _chain_rows(v0, v1, v2, v3, constants, program, tasks, out):  # pragma: no cover (compiled by numba)
     """out (D, G) = the last step of ``program`` (S, 4: opcode, then up to three operand codes)
     on the inputs v0..v3 (D, G) and ``constants`` (K, D) (one value per row), each element
@@ -52,48 +100,19 @@ def _chain_rows(v0, v1, v2, v3, constants, program, tasks, out):  # pragma: no c
             row, b = u // blocks, u % blocks
             start = b * CHAIN_BLOCK
             stop = min(g, start + CHAIN_BLOCK)
-            n = stop - start
             if row != filled:
                 filled = row
-                for k in range(k_count):
-                    value = constants[k, row]
-                    for j in range(CHAIN_BLOCK):
-                        scratch[k, j] = value
-            for s in range(steps):
-                op = program[s, 0]
-                target = out[row, start:stop] if s == steps - 1 else scratch[k_count + s, :n]
-                a = _operand(program[s, 1], row, start, stop, v0, v1, v2, v3, scratch, n)
-                if op == SQRT:
-                    for j in range(n):
-                        target[j] = np.sqrt(a[j])
-                elif op == NEG:
-                    for j in range(n):
-                        target[j] = -a[j]
-                elif op == ABS:
-                    for j in range(n):
-                        target[j] = np.abs(a[j])
-                else:
-                    b_ = _operand(program[s, 2], row, start, stop, v0, v1, v2, v3, scratch, n)
-                    if op == ADD:
-                        for j in range(n):
-                            target[j] = a[j] + b_[j]
-                    elif op == SUB:
-                        for j in range(n):
-                            target[j] = a[j] - b_[j]
-                    elif op == MUL:
-                        for j in range(n):
-                            target[j] = a[j] * b_[j]
-                    elif op == DIV:
-                        for j in range(n):
-                            target[j] = a[j] / b_[j]
-                    else:  # ADDCMUL
-                        c_ = _operand(program[s, 3], row, start, stop, v0, v1, v2, v3, scratch, n)
-                        for j in range(n):
-                            target[j] = fused_multiply_add(b_[j], c_[j], a[j])
+                fill_constants(constants, row, scratch, CHAIN_BLOCK)
+            run_program(program, k_count, row, start, stop, v0, v1, v2, v3, scratch, out, row, start)
 
 
-if njit is not None:  # the helper compiled first: the kernel inlines it
+if njit is not None:  # the helpers compiled first: the kernels inline them
     _operand = njit(inline="always", cache=True)(_operand)
+    run_program = njit(inline="always", cache=True)(run_program)
+    fill_constants = njit(inline="always", cache=True)(fill_constants)
 chain_rows_kernel = parallel_kernel(_chain_rows)
 
-__all__ = ["ABS", "ADD", "ADDCMUL", "CHAIN_BLOCK", "DIV", "MUL", "NEG", "SQRT", "SUB", "chain_rows_kernel"]
+__all__ = [
+    "ABS", "ADD", "ADDCMUL", "CHAIN_BLOCK", "DIV", "MUL", "NEG", "SQRT", "SUB", "chain_rows_kernel", "fill_constants",
+    "run_program",
+]

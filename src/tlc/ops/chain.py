@@ -76,6 +76,30 @@ def _check(values: Sequence[torch.Tensor], constants: torch.Tensor, steps: Seque
     return d, g
 
 
+def kernel_arguments(values: Sequence[torch.Tensor], constants: torch.Tensor, steps: Sequence[ChainStep]) -> tuple | None:
+    """The chain as the CPU kernels take it (``_chain_kernels``' programs): its four input arrays
+    (the unused slots repeat the first), constants (K, D) and program (S, 4) as numpy arrays; None
+    where no kernel computes it (no numba, more than four inputs, not float32 / float64, autograd,
+    tracing, not on the CPU). ``values``, ``constants``, ``steps``: checked as
+    :func:`evaluate_chain` says."""
+    _check(values, constants, steps)
+    if (
+        chain_rows_kernel is None
+        or len(values) > _KERNEL_INPUTS
+        or values[0].dtype not in (torch.float32, torch.float64)
+        or not cpu_kernel_applies(*values, constants)
+    ):
+        return None
+    inputs = [v.contiguous().numpy() for v in values]
+    inputs += [inputs[0]] * (_KERNEL_INPUTS - len(inputs))  # unused slots
+    program = torch.tensor(
+        [[STEPS[s.op][1], *(i if i < len(values) else i - len(values) + _KERNEL_INPUTS for i in s.operands),
+          *([0] * (3 - len(s.operands)))] for s in steps],
+        dtype=torch.int64,
+    )
+    return (*inputs, constants.contiguous().numpy(), program.numpy())
+
+
 def evaluate_chain(
     values: Sequence[torch.Tensor], constants: torch.Tensor, steps: Sequence[ChainStep], out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -99,24 +123,12 @@ def evaluate_chain(
     dtype = values[0].dtype
     if out is not None and (out.shape != (d, g) or out.dtype != dtype or out.device != values[0].device):
         raise ValueError(f"out must be a ({d}, {g}) {dtype} tensor on {values[0].device}")
-    tensors = [*values, constants] + ([out] if out is not None else [])
-    if (
-        chain_rows_kernel is not None
-        and len(values) <= _KERNEL_INPUTS
-        and dtype in (torch.float32, torch.float64)
-        and cpu_kernel_applies(*tensors)
-    ):
+    arguments = kernel_arguments(values, constants, steps) if out is None or cpu_kernel_applies(out) else None
+    if arguments is not None:
         target = out if out is not None and out.is_contiguous() else torch.empty((d, g), dtype=dtype)
-        inputs = [v.contiguous().numpy() for v in values]
-        inputs += [inputs[0]] * (_KERNEL_INPUTS - len(inputs))  # unused slots
-        program = torch.tensor(
-            [[STEPS[s.op][1], *(i if i < len(values) else i - len(values) + _KERNEL_INPUTS for i in s.operands),
-              *([0] * (3 - len(s.operands)))] for s in steps],
-            dtype=torch.int64,
-        )
         units = d * -(-g // CHAIN_BLOCK)
         tasks = max(1, min(units, 4 * torch.get_num_threads()))
-        chain_rows_kernel(*inputs, constants.contiguous().numpy(), program.numpy(), tasks, target.numpy())
+        chain_rows_kernel(*arguments, tasks, target.numpy())
         if out is not None and target is not out:
             out.copy_(target)
         return target if out is None else out
@@ -129,4 +141,4 @@ def evaluate_chain(
     return out.copy_(result)
 
 
-__all__ = ["STEPS", "ChainStep", "evaluate_chain"]
+__all__ = ["STEPS", "ChainStep", "evaluate_chain", "kernel_arguments"]

@@ -22,6 +22,7 @@ from .corpus import converted
 pooled_values = importlib.import_module("tlc.convert.pooled_values")
 pooled_forms = importlib.import_module("tlc.convert.pooled_forms")
 chain_module = importlib.import_module("tlc.ops.chain")
+gate_module = importlib.import_module("tlc.ops.gate")
 
 needs_kernel = pytest.mark.skipif(chain_module.chain_rows_kernel is None, reason="numba is not installed")
 
@@ -127,6 +128,49 @@ def test_large_maps_differ_from_torch_only_by_its_vector_sqrt():
     b = torch.randn(16, 320_000, generator=g)
     got = evaluate_chain([a, b], a.new_empty((0, 16)), [ChainStep("mul", (0, 1)), ChainStep("addcmul", (0, 2, 1)), ChainStep("div", (3, 1))])
     assert torch.equal(got, torch.addcmul(a, a * b, b) / b)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("positions", [4096, 5000, 9217])
+@pytest.mark.parametrize("outputs,with_bias", [(3, True), (4, False), (9, True)])
+def test_a_chain_and_the_layer_after_it_in_one_pass(dtype, positions, outputs, with_bias):
+    """gate.chain_product: a nine-step chain and a 1x1 layer on its values, a block of positions
+    at a time (blocks of 1024; 5000 and 9217 end in partial ones): the bits of the chain's kernel
+    followed by the channel product, and within the products' rounding of the chain's reference
+    (the calls one by one, a correctly rounded sqrt) times the layer in float64."""
+    g = torch.Generator().manual_seed(8)
+    d = 6
+    m, v = torch.randn(d, positions, generator=g, dtype=dtype), torch.rand(d, positions, generator=g, dtype=dtype)
+    w = torch.randn(4, d, generator=g, dtype=dtype)
+    w[1] = 1e-5  # v + w1 >= 0: a square root of every value
+    layer = torch.randn(outputs, d, generator=g, dtype=dtype)
+    bias = torch.randn(outputs, generator=g, dtype=dtype) if with_bias else None
+    fused = gate_module.chain_product([m, v], w, _GATE_STEPS, layer, bias)
+    assert fused.shape == (outputs, positions) and fused.dtype == dtype
+    assert torch.equal(fused, gate_module.channel_product(layer, evaluate_chain([m, v], w, _GATE_STEPS), bias=bias))
+    chain = _gate_formula(m, v, w[:, :, None], _correct_sqrt).double()
+    reference = layer.double() @ chain + (0 if bias is None else bias.double()[:, None])
+    scale = (layer.double().abs() @ chain.abs()).max().item()
+    assert (fused.double() - reference).abs().max().item() <= 8 * torch.finfo(dtype).eps * scale
+
+
+@needs_kernel
+def test_a_chain_and_its_layer_run_apart_where_the_kernels_would_not():
+    """chain_product is None (the caller evaluates the chain and takes the product) for fewer
+    positions than the products' kernel takes, more than four input maps, autograd, a dtype
+    other than the weight's."""
+    g = torch.Generator().manual_seed(9)
+    maps = [torch.randn(3, 5000, generator=g) for _ in range(5)]
+    layer, none = torch.randn(2, 3, generator=g), maps[0].new_empty((0, 3))
+    add = [ChainStep("add", (0, 1))]
+    assert gate_module.chain_product(maps[:2], none, add, layer) is not None
+    assert gate_module.chain_product([t[:, :100] for t in maps[:2]], none, add, layer) is None
+    five = [ChainStep("add", (0, 1)), *(ChainStep("add", (4 + i, i + 2)) for i in range(1, 4))]
+    assert gate_module.chain_product(maps, none, five, layer) is None
+    with torch.enable_grad():
+        assert gate_module.chain_product([maps[0].requires_grad_(), maps[1]], none, add, layer) is None
+    assert gate_module.chain_product(maps[1:3], none, add, layer.double()) is None
 
 
 @pytest.mark.parametrize("inputs", [1, 4, 5])
@@ -263,14 +307,15 @@ def test_a_chain_reads_its_values_as_they_were_before_an_in_place_change():
 
 @pytest.mark.parametrize("name", ["srm", "imdn"])
 def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monkeypatch, name):
-    """The corpus's SRM and IMDN at a size where their gates' chains run: the converted output as
-    with every call followed on its own (chains switched off), within torch's vector sqrt's last
-    bit."""
+    """The corpus's SRM and IMDN at a size where their gates' chains run (IMDN's in one pass with
+    its first layer): the converted output as with every call followed on its own (chains
+    switched off), within torch's vector sqrt's last bit."""
     model = converted(name)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
     calls = []
-    original = pooled_forms.evaluate_chain
+    original, with_layer = pooled_forms.evaluate_chain, pooled_forms.chain_product
     monkeypatch.setattr(pooled_forms, "evaluate_chain", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(pooled_forms, "chain_product", lambda *a: calls.append(2) or with_layer(*a))
     with torch.no_grad():
         chained = model(x)
         assert calls  # the chains ran
@@ -279,6 +324,23 @@ def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monke
         one_by_one = model(x)
         assert not calls
     torch.testing.assert_close(chained, one_by_one, rtol=0, atol=1e-6)
+
+
+def test_imdns_chain_and_its_first_layer_in_one_pass_give_the_two_passes_bits(monkeypatch):
+    """The corpus's IMDN converted (720 x 1280 / 4 at train 8, where its gates' chains run): the
+    output with its contrast chain and first layer in one pass (pooled_forms.chain_product) is
+    the output with the chain computed and then the layer, to the bit."""
+    model = converted("imdn", train_size=8)
+    x = torch.rand(1, 3, 180, 320, generator=torch.Generator().manual_seed(4))
+    used = []
+    fused_kernel = pooled_forms.chain_product
+    monkeypatch.setattr(pooled_forms, "chain_product", lambda *a: used.append(1) or fused_kernel(*a))
+    with torch.no_grad():
+        together = model(x)
+        assert used
+        monkeypatch.setattr(pooled_forms, "chain_product", lambda *a: None)
+        apart = model(x)
+    assert torch.equal(together, apart)
 
 
 @pytest.mark.parametrize("name", ["srm", "imdn", "gcnet", "eca", "cbam-linear"])

@@ -21,6 +21,7 @@ import torch
 from ..ops._common import Pair
 from ..ops.chain import ChainStep, evaluate_chain
 from ..ops.context import local_softmax_pool
+from ..ops.gate import chain_product
 from ..ops.pool import valid_local_mean_and_mean
 
 
@@ -238,18 +239,36 @@ def as_columns(local: torch.Tensor, width: int) -> torch.Tensor:
     return rows if rows.stride(1) == 1 or g == 1 else rows.contiguous()
 
 
-def evaluate_elementwise_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> None:
-    """``root``'s values (D, G) into ``out``, computed in one pass with every pending
-    :class:`ElementwiseForm` value it comes from (the chain's other values are computed first,
-    or were)."""
+def _chain_of(root: ElementwiseForm, width: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor, list[ChainStep]]:
+    """``root`` with every pending :class:`ElementwiseForm` value it comes from as one chain for
+    :func:`tlc.ops.chain.evaluate_chain`: its input maps (D, G) (the chain's other values, computed
+    first or before), constants (K, D) and steps."""
     values: list[torch.Tensor] = []
     constants: list[torch.Tensor] = []
     steps: list[tuple[str, list[tuple[str, int]]]] = []
     _visit_chain(root, width, values, constants, steps, {})
     first = {"value": 0, "constant": len(values), "step": len(values) + len(constants)}
     program = [ChainStep(op, tuple(first[kind] + i for kind, i in refs)) for op, refs in steps]
-    table = torch.cat(constants, dim=1).t() if constants else out.new_empty((0, out.shape[0]))
-    evaluate_chain(values, table, program, out)
+    table = torch.cat(constants, dim=1).t() if constants else torch.empty((0, width), dtype=dtype)
+    return values, table, program
+
+
+def evaluate_elementwise_chain(root: ElementwiseForm, width: int, out: torch.Tensor) -> None:
+    """``root``'s values (D, G) into ``out``, computed in one pass with every pending
+    :class:`ElementwiseForm` value it comes from (the chain's other values are computed first,
+    or were)."""
+    evaluate_chain(*_chain_of(root, width, out.dtype), out)
+
+
+def product_of_elementwise_chain(
+    root: ElementwiseForm, width: int, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``weight`` (O, D) @ ``root``'s values (D, G) (+ ``bias`` (O,)), the chain computed as
+    :func:`evaluate_elementwise_chain` computes it and multiplied block by block while in cache
+    (:func:`tlc.ops.gate.chain_product`): (O, G), the same bits as the chain's values and then
+    the product; its values are not kept. None where that kernel does not run."""
+    values, table, program = _chain_of(root, width, dtype)
+    return chain_product(values, table, program, weight, bias)
 
 
 def _visit_chain(
@@ -291,5 +310,5 @@ def version_counter(t: torch.Tensor) -> int | None:
 
 __all__ = [
     "ElementwiseForm", "GateForm", "Grid", "LocalEntry", "STEP_OF_CALL", "WindowMeans", "as_columns", "chain_step",
-    "constant_column", "evaluate_elementwise_chain", "fits_constant", "version_counter",
+    "constant_column", "evaluate_elementwise_chain", "fits_constant", "product_of_elementwise_chain", "version_counter",
 ]

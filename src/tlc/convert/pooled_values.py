@@ -93,7 +93,7 @@ from .channel_first import (
 )
 from .pooled_forms import (
     ElementwiseForm, GateForm, Grid, LocalEntry, WindowMeans, as_columns, chain_step, constant_column,
-    evaluate_elementwise_chain, fits_constant, version_counter,
+    evaluate_elementwise_chain, fits_constant, product_of_elementwise_chain, version_counter,
 )
 from .spare_buffers import SpareBuffers
 
@@ -1207,6 +1207,9 @@ class _Call:
         parents = {id(t): e for t, e in pooled}
 
         def compute() -> torch.Tensor:  # as follow() computes it (args keeps the sources alive)
+            fused = self.layer_of_pending_chain(form, shape)
+            if fused is not None:
+                return fused
             largs, lkwargs = _map_args(args, kwargs, lambda t: parents[id(t)].computed() if id(t) in parents else t)
             result = self.local_call(largs, lkwargs, shape, dtype)
             if not isinstance(result, torch.Tensor) or tuple(result.shape) != shape:
@@ -1215,6 +1218,22 @@ class _Call:
 
         self.values._track_pending(real, compute, grid, self.sources, _reads_of(pooled), form)
         return real
+
+    def layer_of_pending_chain(self, form: GateForm, shape: tuple) -> torch.Tensor | None:
+        """A layer's local values (``form``: a :class:`GateForm` with a weight and no activation)
+        where the pooled value it takes is a pending chain of elementwise calls
+        (:class:`ElementwiseForm`, IMDN's ``sqrt(var) + mean``): the chain and the product in one
+        pass, the chain's values never written (:func:`product_of_elementwise_chain`; the same
+        bits as computing them and then the layer), laid out channel first as
+        :meth:`local_call` lays out a layer's values. The chain's own values stay pending. None
+        where this does not apply."""
+        e = form.values
+        if form.weight is None or form.activation is not None or form.channel_taps is not None or self.grid.batch != 1:
+            return None
+        if e._local is not None or e.pending is None or not isinstance(e.form, ElementwiseForm):
+            return None
+        product = product_of_elementwise_chain(e.form, form.weight.shape[1], form.weight.dtype, form.weight, form.bias)
+        return None if product is None else product.t().reshape(shape)
 
     def gate_form(self) -> tuple[GateForm, list[tuple[torch.Tensor, LocalEntry]]] | None:
         """For :meth:`deferred_gate`: the call's result as a :class:`GateForm` and the pooled

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._chain_kernels import CHAIN_BLOCK, fill_constants, run_program
 from ._norm_kernels import column_statistics
 from ._numba import fused_multiply_add, njit, parallel_kernel, prange
 
@@ -100,10 +101,43 @@ def _product_layer_norm_blocks(weight, values, bias, eps, scale, shift, out):  #
                 row[j] = (np.float64(row[j]) - mean[j]) * spread[j] * wd + bd
 
 
+def _chain_product_blocks(v0, v1, v2, v3, constants, program, weight, bias, tasks, out):  # pragma: no cover (compiled)
+    """out (O, G) = weight (O, D) @ chain (D, G) (+ bias (O,), unless bias has no entries), the
+    chain being :func:`tlc.ops._chain_kernels._chain_rows`' ``program`` on v0..v3 (D, G) and
+    ``constants`` (K, D): a block of CHAIN_BLOCK positions at a time, the chain's D rows of the
+    block computed into scratch and multiplied while in cache (:func:`_product_block`), so the
+    chain's (D, G) result is never written out and read back (IMDN's ``sqrt(var) + mean`` before
+    its first 1x1 layer). The same bits as the chain's kernel and then the product's. Blocks are
+    split into ``tasks`` runs, each with its own scratch."""
+    d, g = v0.shape
+    outputs = weight.shape[0]
+    with_bias = bias.shape[0] == outputs
+    k_count = constants.shape[0]
+    blocks = (g + CHAIN_BLOCK - 1) // CHAIN_BLOCK
+    for t in prange(tasks):
+        scratch = np.empty((k_count + program.shape[0], CHAIN_BLOCK), dtype=out.dtype)
+        chained = np.empty((d, 1, CHAIN_BLOCK), dtype=out.dtype)
+        rows = chained.reshape((d, CHAIN_BLOCK))
+        block_out = np.empty((outputs, CHAIN_BLOCK), dtype=out.dtype)
+        for b in range(t * blocks // tasks, (t + 1) * blocks // tasks):
+            start = b * CHAIN_BLOCK
+            stop = min(g, start + CHAIN_BLOCK)
+            n = stop - start
+            for row in range(d):
+                fill_constants(constants, row, scratch, n)
+                run_program(program, k_count, row, start, stop, v0, v1, v2, v3, scratch, rows, row, 0)
+            _product_block(weight, chained, 0, bias, with_bias, 0, outputs, 0, n, block_out)
+            for i in range(outputs):
+                source, target = block_out[i, :n], out[i, start:stop]
+                for j in range(n):
+                    target[j] = source[j]
+
+
 PRODUCT_BLOCK = 4096  # positions per block: an output row's block (16 KB in float32) stays in L1
 if njit is not None:  # compiled into the kernels that call it
     _product_block = njit(inline="always")(_product_block)
 channel_product_kernel = parallel_kernel(_channel_product_blocks)
+chain_product_kernel = parallel_kernel(_chain_product_blocks)
 # error_model="numpy": 1 / sqrt(0 + eps) with eps = 0 gives inf, as torch's layer norm.
 product_layer_norm_kernel = parallel_kernel(_product_layer_norm_blocks, error_model="numpy")
 

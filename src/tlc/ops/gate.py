@@ -11,16 +11,20 @@ the cost of the global version's broadcast multiply.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from ._chain_kernels import CHAIN_BLOCK
 from ._common import Pair, cpu_kernel_applies, tracing
 from ._gate_kernels import (
-    PRODUCT_BLOCK, channel_conv1d_kernel, channel_product_kernel, combine_replicated_kernel, gate_rows_kernel,
-    product_layer_norm_kernel,
+    PRODUCT_BLOCK, chain_product_kernel, channel_conv1d_kernel, channel_product_kernel, combine_replicated_kernel,
+    gate_rows_kernel, product_layer_norm_kernel,
 )
 from ._norm_kernels import affine_float64
 from ._triton import triton_applies, triton_spread
+from .chain import ChainStep, kernel_arguments
 from .norm import layer_norm_columns
 from .pool import clamp_window, replicate_to, valid_local_mean
 
@@ -192,23 +196,64 @@ def pointwise_sum(a: torch.Tensor, b: torch.Tensor, layer: nn.Module, overwrite:
 _PRODUCT_MAX_CHANNELS, _PRODUCT_MAX_WEIGHTS = 128, 4096
 
 
-def _product_kernel_applies(weight: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether the channel products' CPU kernel takes ``weight`` (O, C) @ ``values`` (C, P) (+ bias
-    (O,)): a gate-sized layer, enough positions, one floating dtype, contiguous values, on the CPU
-    without autograd (the kernel itself aside: None without numba)."""
+def _product_fits(weight: torch.Tensor, shape: torch.Size, dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
+    """Whether ``weight`` (O, C) @ values of ``shape`` (C, P) and ``dtype`` (+ bias (O,)) is the
+    channel products' kernel's: a gate-sized layer, enough positions, one floating dtype, weight
+    and bias on the CPU without autograd."""
     return (
         weight.dim() == 2
-        and values.dim() == 2
-        and weight.shape[1] == values.shape[0]
+        and len(shape) == 2
+        and weight.shape[1] == shape[0]
         and max(weight.shape) <= _PRODUCT_MAX_CHANNELS
         and weight.shape[0] * weight.shape[1] <= _PRODUCT_MAX_WEIGHTS
-        and values.shape[1] >= PRODUCT_BLOCK
-        and weight.dtype == values.dtype
-        and values.dtype in (torch.float32, torch.float64)
-        and values.is_contiguous()
-        and cpu_kernel_applies(weight, values)
-        and (bias is None or bias.shape == (weight.shape[0],) and bias.dtype == values.dtype and cpu_kernel_applies(bias))
+        and shape[1] >= PRODUCT_BLOCK
+        and weight.dtype == dtype
+        and dtype in (torch.float32, torch.float64)
+        and cpu_kernel_applies(weight)
+        and (bias is None or bias.shape == (weight.shape[0],) and bias.dtype == dtype and cpu_kernel_applies(bias))
     )
+
+
+def _product_kernel_applies(weight: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the channel products' CPU kernel takes ``weight`` (O, C) @ ``values`` (C, P) (+ bias
+    (O,)): :func:`_product_fits`, values contiguous on the CPU without autograd (the kernel itself
+    aside: None without numba)."""
+    return _product_fits(weight, values.shape, values.dtype, bias) and values.is_contiguous() and cpu_kernel_applies(values)
+
+
+def chain_product(
+    values: Sequence[torch.Tensor],
+    constants: torch.Tensor,
+    steps: Sequence[ChainStep],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``channel_product(weight, evaluate_chain(values, constants, steps), bias=bias)`` in one
+    pass where the CPU kernels would compute both: the chain's result computed a block of
+    positions at a time and multiplied while in cache, never written out (IMDN's
+    ``sqrt(var) + mean`` (16, 830k) before its 16 -> 4 layer). The same bits as the two calls.
+
+    Args:
+        values, constants, steps: the chain, as :func:`tlc.ops.chain.evaluate_chain` takes it:
+            V inputs (D, G), constants (K, D), the steps.
+        weight: (O, D) layer weight; bias: (O,) or None.
+
+    Returns:
+        (O, G) tensor, dtype of ``values``; None where either kernel would not run (the caller
+        then evaluates the chain and takes the product).
+    """
+    if chain_product_kernel is None:
+        return None
+    arguments = kernel_arguments(values, constants, steps)
+    if arguments is None or not _product_fits(weight, values[0].shape, values[0].dtype, bias):
+        return None
+    d, g = values[0].shape
+    out = torch.empty((weight.shape[0], g), dtype=values[0].dtype)
+    shift = torch.empty(0, dtype=out.dtype) if bias is None else bias.detach().contiguous()
+    blocks = -(-g // CHAIN_BLOCK)
+    tasks = max(1, min(blocks, 4 * torch.get_num_threads()))
+    chain_product_kernel(*arguments, weight.detach().contiguous().numpy(), shift.numpy(), tasks, out.numpy())
+    return out
 
 
 def channel_product(
@@ -648,7 +693,8 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "ACTIVATIONS", "INTO_FIRST_UNARY", "apply_pointwise", "channel_conv1d", "channel_product", "combine_replicated", "into_first", "is_channel_product",
+    "ACTIVATIONS", "INTO_FIRST_UNARY", "apply_pointwise", "chain_product", "channel_conv1d", "channel_product", "combine_replicated",
+    "into_first", "is_channel_product",
     "layer_first_is_cheaper", "multiply_replicated", "pad_replicate", "pointwise_sum", "pooled_pointwise",
     "product_first_is_cheaper",
 ]

@@ -135,6 +135,27 @@ def test_block_sums_of_squares_exact():
             torch.testing.assert_close(k_sq[:, :, s, t], k[..., y0:y1, x0:x1].square().sum((-2, -1)), rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_sums_of_squares_of_tokens_are_the_planes_sums(dtype):
+    """q and k as DAT makes them, views of a (N, H * W, 3, heads, d) projection (the channels the
+    fastest axis, tokens 3C apart), batch 2: the token kernel gives the planes kernel's sums on
+    contiguous copies to the bit, and each block's sum of squares in float64."""
+    pytest.importorskip("numba")
+    n, heads, d, h, w = 2, 3, 4, 10, 17
+    qkv = torch.randn(n, h * w, 3, heads, d, dtype=dtype).permute(2, 0, 3, 1, 4)
+    q, k = (qkv[i].transpose(-2, -1).reshape(n, heads, d, h, w) for i in (0, 1))
+    assert q.flatten(1, 2).stride(1) == 1 and not q.is_contiguous()
+    rows, cols = [(0, 3), (3, 4), (4, 10)], [(0, 5), (5, 16), (16, 17)]
+    tokens = attention._block_sums_of_squares(q, k, rows, cols)
+    planes = attention._block_sums_of_squares(q.contiguous(), k.contiguous(), rows, cols)
+    assert torch.equal(tokens[0], planes[0]) and torch.equal(tokens[1], planes[1])
+    for s, (y0, y1) in enumerate(rows):
+        for t, (x0, x1) in enumerate(cols):
+            for got, x in zip(tokens, (q, k)):
+                expected = x[..., y0:y1, x0:x1].double().square().sum((-2, -1))
+                torch.testing.assert_close(got[:, :, s, t].double(), expected, rtol=2e-7 if dtype == torch.float32 else 1e-14, atol=0)
+
+
 def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
     # The form used off the CPU (images and heads as batch dimensions), checked here on the CPU.
     qkv = torch.randn(2, 12, 19, 26, dtype=torch.float64)

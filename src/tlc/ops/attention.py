@@ -117,9 +117,44 @@ def _block_sums_of_squares_planes(q, k, row_cuts, col_cuts, q_out, k_out):  # pr
                 k_out[b, ch, s, t] += k_row
 
 
+def _block_sums_of_squares_tokens(q, k, row_cuts, col_cuts, q_out, k_out):  # pragma: no cover (numba)
+    """:func:`_block_sums_of_squares_planes` for q, k laid out as tokens: (N, H, W, C), the
+    channels the fastest axis (DAT's q and k, views of a (N, H * W, 3, heads, d) projection). The
+    planes' loop would read a cache line per value there, each line once per channel (103 ms at
+    16 x 720 x 1280); here each token's channels are read together, a row of sums per channel.
+    The same sums in the same order (each block row's sum over its columns in order, then the
+    block's over its rows in order): the same bits."""
+    n, c = q.shape[0], q.shape[3]
+    segments_r, segments_c = row_cuts.shape[0] - 1, col_cuts.shape[0] - 1
+    for p in prange(n * segments_r):
+        b, s = p // segments_r, p % segments_r
+        q_block = np.zeros((segments_c, c), np.float64)
+        k_block = np.zeros((segments_c, c), np.float64)
+        q_row = np.empty(c, np.float64)
+        k_row = np.empty(c, np.float64)
+        for y in range(row_cuts[s], row_cuts[s + 1]):
+            for t in range(segments_c):
+                q_row[:] = 0.0
+                k_row[:] = 0.0
+                for x in range(col_cuts[t], col_cuts[t + 1]):
+                    q_token, k_token = q[b, y, x], k[b, y, x]
+                    for ch in range(c):
+                        qv, kv = np.float64(q_token[ch]), np.float64(k_token[ch])
+                        q_row[ch] += qv * qv
+                        k_row[ch] += kv * kv
+                for ch in range(c):
+                    q_block[t, ch] += q_row[ch]
+                    k_block[t, ch] += k_row[ch]
+        for t in range(segments_c):
+            for ch in range(c):
+                q_out[b, ch, s, t] = q_block[t, ch]
+                k_out[b, ch, s, t] = k_block[t, ch]
+
+
 _compiled_sums_of_squares = (
     parallel_kernel(_block_sums_of_squares_planes)
 )
+_compiled_sums_of_squares_tokens = parallel_kernel(_block_sums_of_squares_tokens)
 
 
 def _block_sums_of_squares(
@@ -158,7 +193,11 @@ def _block_sums_of_squares(
     # One pass over q and k for all blocks: 2.3x faster than the row norms above.
     cuts = [np.array([0, *(end for _, end in pieces)]) for pieces in (row_pieces, col_pieces)]
     sums = [torch.empty(n, heads * d, len(row_pieces), len(col_pieces), dtype=torch.float64) for _ in range(2)]
-    _compiled_sums_of_squares(q.flatten(1, 2).numpy(), k.flatten(1, 2).numpy(), *cuts, *(t.numpy() for t in sums))
+    planes = [q.flatten(1, 2), k.flatten(1, 2)]  # (N, C, H, W) views
+    if all(t.stride(1) == 1 and t.shape[1] > 1 for t in planes):  # laid out as tokens: channels the fastest
+        _compiled_sums_of_squares_tokens(*(t.permute(0, 2, 3, 1).numpy() for t in planes), *cuts, *(t.numpy() for t in sums))
+    else:
+        _compiled_sums_of_squares(*(t.numpy() for t in planes), *cuts, *(t.numpy() for t in sums))
     q_sq, k_sq = (t.reshape(n, heads, d, *t.shape[2:]).permute(0, 1, 3, 4, 2).to(q.dtype) for t in sums)
     return q_sq, k_sq
 

@@ -156,6 +156,63 @@ def test_block_sums_of_squares_of_tokens_are_the_planes_sums(dtype):
                 torch.testing.assert_close(got[:, :, s, t].double(), expected, rtol=2e-7 if dtype == torch.float32 else 1e-14, atol=0)
 
 
+def _as_projected_tokens(n, heads, d, h, w, dtype, packed, generator):
+    """q, k, v (N, heads * d, H, W) as token transformers make them from a Linear projection:
+    DAT's three packed in one (N, H * W, 3, heads, d) tensor (tokens 3C apart) or
+    Retinexformer's one (N, H * W, heads * d) tensor each (tokens C apart)."""
+    c = heads * d
+    if packed:
+        qkv = torch.randn(n, h * w, 3, heads, d, generator=generator, dtype=dtype).permute(2, 0, 3, 4, 1)
+        return tuple(qkv[i].reshape(n, c, h, w) for i in range(3))
+    return tuple(torch.randn(n, h * w, c, generator=generator, dtype=dtype).transpose(1, 2).reshape(n, c, h, w) for _ in range(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_kernel_block_statistics(dtype, packed):
+    """The token kernel's block statistics for q, k laid out as tokens (batch 2, 3 heads of 4
+    channels, odd sizes): every block's q k^T and squared norms against float64 sums, the squared
+    norms to the bit of the block sums of squares (the same order)."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(11)
+    n, heads, d, h, w = 2, 3, 4, 11, 17
+    q, k, _ = _as_projected_tokens(n, heads, d, h, w, dtype, packed, g)
+    qh, kh = (t.reshape(n, heads, d, h, w) for t in (q, k))
+    assert attention._token_kernel_applies(qh, kh) and not attention._token_kernel_applies(qh.contiguous(), kh.contiguous())
+    rows, cols = [(0, 3), (3, 4), (4, 11)], [(0, 5), (5, 16), (16, 17)]
+    gram, q_sq, k_sq = attention._token_kernel_statistics(qh, kh, rows, cols)
+    assert gram.shape == (n, heads, 3, 3, d, d) and q_sq.shape == (n, heads, 3, 3, d) and gram.dtype == dtype
+    sums = attention._block_sums_of_squares(qh, kh, rows, cols)
+    assert torch.equal(q_sq, sums[0]) and torch.equal(k_sq, sums[1])
+    eps = torch.finfo(dtype).eps
+    for s, (y0, y1) in enumerate(rows):
+        for t, (x0, x1) in enumerate(cols):
+            qb, kb = (x[..., y0:y1, x0:x1].double().flatten(-2) for x in (qh, kh))
+            # Summed in the inputs' dtype along a block row: off by a few roundings of the terms' size.
+            bound = 8 * eps * (qb.abs() @ kb.abs().transpose(-1, -2))
+            assert ((gram[:, :, s, t].double() - qb @ kb.transpose(-1, -2)).abs() <= bound).all()
+            torch.testing.assert_close(q_sq[:, :, s, t].double(), qb.square().sum(-1), rtol=2 * eps, atol=0)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_attention_on_tokens_by_the_token_kernel_matches_the_loop(packed, monkeypatch):
+    """local_transposed_attention of q, k, v laid out as tokens: with the token kernel's
+    statistics, with the block loop's, and window by window, the same within float32 rounding."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(12)
+    q, k, v = _as_projected_tokens(1, 2, 8, 23, 30, torch.float32, packed, g)
+    temperature = torch.rand(2, 1, 1, generator=g) + 0.5
+    calls = []
+    kernel = attention.token_statistics_kernel
+    monkeypatch.setattr(attention, "token_statistics_kernel", lambda *a: calls.append(1) or kernel(*a))
+    by_tokens = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
+    assert calls
+    monkeypatch.setattr(attention, "token_statistics_kernel", None)
+    by_loop = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
+    torch.testing.assert_close(by_tokens, by_loop, rtol=0, atol=2e-6)
+    torch.testing.assert_close(by_tokens, loop_attention(q, k, v, temperature, 2, (9, 14)), rtol=0, atol=2e-6)
+
+
 def test_all_planes_at_once_equals_one_at_a_time(monkeypatch):
     # The form used off the CPU (images and heads as batch dimensions), checked here on the CPU.
     qkv = torch.randn(2, 12, 19, 26, dtype=torch.float64)

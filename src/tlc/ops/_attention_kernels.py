@@ -121,5 +121,59 @@ def _apply_blocks(attn, v, row_cuts, col_cuts, out):  # pragma: no cover (compil
                         target[x] += factor * source[x]
 
 
+def _token_statistics(q, k, row_cuts, col_cuts, heads, gram, q_sq, k_sq):  # pragma: no cover (compiled by numba)
+    """:func:`_block_statistics` for q, k laid out as tokens: (N, H, W, C), C = heads x d, the
+    channels the fastest axis (any strides: DAT's and Retinexformer's q and k, views of a Linear
+    projection, which the planes kernel would first copy). gram (N * heads, S, T, d, d) float64
+    gets each block's sum over its pixels of q[.., h d + a] * k[.., h d + b] (summed along each
+    block row in the inputs' dtype, then over the rows in float64); q_sq, k_sq (N * heads, S, T, d)
+    float64 the sums of squares, in float64 throughout, each block row's then the block's (the
+    order, and so the bits, of ``attention._block_sums_of_squares_tokens``).
+
+    One task per image and row segment; each token's channels are copied once into contiguous
+    rows, from which its d x d products per head are vectorised multiply-adds."""
+    n_images, c = q.shape[0], q.shape[3]
+    d = c // heads
+    segments_r, segments_c = row_cuts.shape[0] - 1, col_cuts.shape[0] - 1
+    for job in prange(n_images * segments_r):
+        b, s = job // segments_r, job % segments_r
+        acc = np.empty((c, d), q.dtype)  # the block row's sums of products: acc[h d + a, j]
+        q_token, k_token = np.empty(c, q.dtype), np.empty(c, q.dtype)
+        q_row, k_row = np.empty(c, np.float64), np.empty(c, np.float64)
+        for h in range(heads):
+            gram[b * heads + h, s] = 0.0
+            q_sq[b * heads + h, s] = 0.0
+            k_sq[b * heads + h, s] = 0.0
+        for y in range(row_cuts[s], row_cuts[s + 1]):
+            for t in range(segments_c):
+                acc[:, :] = 0.0
+                q_row[:] = 0.0
+                k_row[:] = 0.0
+                for x in range(col_cuts[t], col_cuts[t + 1]):
+                    for ch in range(c):
+                        q_token[ch] = q[b, y, x, ch]
+                        k_token[ch] = k[b, y, x, ch]
+                    for ch in range(c):
+                        qv, kv = np.float64(q_token[ch]), np.float64(k_token[ch])
+                        q_row[ch] += qv * qv
+                        k_row[ch] += kv * kv
+                    for h in range(heads):
+                        keys = k_token[h * d : (h + 1) * d]
+                        for a in range(d):
+                            factor, row = q_token[h * d + a], acc[h * d + a]
+                            for j in range(d):
+                                row[j] += factor * keys[j]
+                for h in range(heads):
+                    p = b * heads + h
+                    block = gram[p, s, t]
+                    for a in range(d):
+                        source, target = acc[h * d + a], block[a]
+                        for j in range(d):
+                            target[j] += source[j]
+                        q_sq[p, s, t, a] += q_row[h * d + a]
+                        k_sq[p, s, t, a] += k_row[h * d + a]
+
+
 block_statistics_kernel = parallel_kernel(_block_statistics)
 apply_blocks_kernel = parallel_kernel(_apply_blocks)
+token_statistics_kernel = parallel_kernel(_token_statistics)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing, unseen_by_tlc_modes
 
-from ._attention_kernels import apply_blocks_kernel, block_statistics_kernel, chunk_for, column_groups
+from ._attention_kernels import (
+    apply_blocks_kernel, block_statistics_kernel, chunk_for, column_groups, token_statistics_kernel,
+)
 from ._numba import parallel_kernel, prange
 
 
@@ -401,6 +403,50 @@ def _kernel_statistics(
             k_sq.view(n, heads, rows, cols, d).to(qh.dtype))
 
 
+# Channels per head up to which the token kernel computes the statistics: its d x d products a
+# token are multiply-adds of d lanes (2 heads of 8 at 720 x 1280, DAT's layout: 25.5 ms against
+# the block loop's 56-59 at window 48, 39 at 384; copying q and k to planes for the planes kernel
+# took 87 ms, the planes kernel itself 15.6).
+_TOKEN_KERNEL_MAX_CHANNELS = 16
+
+
+def _as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(N, heads, d, H, W) as (N, H, W, heads * d): a view (channels the fastest axis where x is
+    laid out as tokens)."""
+    return x.flatten(1, 2).permute(0, 2, 3, 1)
+
+
+def _token_kernel_applies(qh: torch.Tensor, kh: torch.Tensor) -> bool:
+    """Whether the token kernel computes the block statistics of ``qh``, ``kh`` (N, heads, d, H,
+    W): both laid out as tokens (each token's channels adjacent: the Linear projections of DAT
+    and Retinexformer), narrow heads, float32 / float64, on the CPU without autograd."""
+    return (
+        token_statistics_kernel is not None
+        and qh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
+        and qh.dtype in (torch.float32, torch.float64)
+        and kh.dtype == qh.dtype
+        and all(t.shape[1] * t.shape[2] > 1 and _as_tokens(t).stride(-1) == 1 for t in (qh, kh))
+        and cpu_kernel_applies(qh, kh)
+    )
+
+
+def _token_kernel_statistics(
+    qh: torch.Tensor, kh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_segment_statistics` by the token kernel (qh, kh: (N, heads, d, H, W) laid out as
+    tokens, on the CPU)."""
+    n, heads, d = qh.shape[:3]
+    planes, rows, cols = n * heads, len(row_pieces), len(col_pieces)
+    gram = torch.empty(planes, rows, cols, d, d, dtype=torch.float64)
+    q_sq, k_sq = (torch.empty(planes, rows, cols, d, dtype=torch.float64) for _ in range(2))
+    token_statistics_kernel(
+        _as_tokens(qh).numpy(), _as_tokens(kh).numpy(), _cuts(row_pieces), _cuts(col_pieces), heads,
+        gram.numpy(), q_sq.numpy(), k_sq.numpy(),
+    )
+    return (gram.view(n, heads, rows, cols, d, d).to(qh.dtype), q_sq.view(n, heads, rows, cols, d).to(qh.dtype),
+            k_sq.view(n, heads, rows, cols, d).to(qh.dtype))
+
+
 def _kernel_application(
     block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
 ) -> torch.Tensor:
@@ -492,6 +538,8 @@ def _local_transposed_attention(
         gram, q_sq, k_sq = _segment_statistics(qh, kh_, row_pieces, col_pieces, padded)
     elif compiled:
         gram, q_sq, k_sq = _kernel_statistics(qh, kh_, row_pieces, col_pieces)
+    elif _token_kernel_applies(qh, kh_):
+        gram, q_sq, k_sq = _token_kernel_statistics(qh, kh_, row_pieces, col_pieces)
     else:
         gram, q_sq, k_sq = _looped_statistics(qh, kh_, row_pieces, col_pieces, by_rows)
     # Window sums from block sums, then attention per window: (N, heads, nr, nc, d, d).

@@ -194,20 +194,50 @@ def test_token_kernel_block_statistics(dtype, packed):
             torch.testing.assert_close(q_sq[:, :, s, t].double(), qb.square().sum(-1), rtol=2 * eps, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_kernel_application(dtype, packed):
+    """The token kernel applies each block's attention to v laid out as tokens (batch 2, 3 heads of
+    4 channels, odd sizes): the planes kernel's bits on a planar copy (the same products and sums
+    in the same order), and each pixel's attn @ v in float64 within its roundings."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(13)
+    n, heads, d, h, w = 2, 3, 4, 11, 17
+    _, _, v = _as_projected_tokens(n, heads, d, h, w, dtype, packed, g)
+    vh = v.reshape(n, heads, d, h, w)
+    rows, cols = [(0, 3), (3, 4), (4, 11)], [(0, 5), (5, 16), (16, 17)]
+    block_attn = torch.rand(n, heads, 3, 3, d, d, generator=g, dtype=dtype)
+    assert attention._token_application_applies(block_attn, vh)
+    assert not attention._token_application_applies(block_attn, vh.contiguous())
+    out = attention._token_kernel_application(block_attn, vh, rows, cols)
+    assert out.shape == vh.shape and out.dtype == dtype
+    assert torch.equal(out, attention._kernel_application(block_attn, vh.contiguous(), rows, cols))
+    eps = torch.finfo(dtype).eps
+    for s, (y0, y1) in enumerate(rows):
+        for t, (x0, x1) in enumerate(cols):
+            weights, values = block_attn[:, :, s, t].double(), vh[..., y0:y1, x0:x1].double().flatten(-2)
+            expected = weights @ values
+            bound = 2 * d * eps * (weights.abs() @ values.abs())
+            assert ((out[..., y0:y1, x0:x1].double().flatten(-2) - expected).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_attention_on_tokens_by_the_token_kernel_matches_the_loop(packed, monkeypatch):
-    """local_transposed_attention of q, k, v laid out as tokens: with the token kernel's
-    statistics, with the block loop's, and window by window, the same within float32 rounding."""
+    """local_transposed_attention of q, k, v laid out as tokens: with the token kernels'
+    statistics and application, with the block loops', and window by window, the same within
+    float32 rounding."""
     pytest.importorskip("numba")
     g = torch.Generator().manual_seed(12)
     q, k, v = _as_projected_tokens(1, 2, 8, 23, 30, torch.float32, packed, g)
     temperature = torch.rand(2, 1, 1, generator=g) + 0.5
     calls = []
-    kernel = attention.token_statistics_kernel
-    monkeypatch.setattr(attention, "token_statistics_kernel", lambda *a: calls.append(1) or kernel(*a))
+    statistics, application = attention.token_statistics_kernel, attention.token_application_kernel
+    monkeypatch.setattr(attention, "token_statistics_kernel", lambda *a: calls.append("stats") or statistics(*a))
+    monkeypatch.setattr(attention, "token_application_kernel", lambda *a: calls.append("apply") or application(*a))
     by_tokens = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
-    assert calls
+    assert calls == ["stats", "apply"]
     monkeypatch.setattr(attention, "token_statistics_kernel", None)
+    monkeypatch.setattr(attention, "token_application_kernel", None)
     by_loop = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
     torch.testing.assert_close(by_tokens, by_loop, rtol=0, atol=2e-6)
     torch.testing.assert_close(by_tokens, loop_attention(q, k, v, temperature, 2, (9, 14)), rtol=0, atol=2e-6)

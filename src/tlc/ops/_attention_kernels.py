@@ -174,6 +174,40 @@ def _token_statistics(q, k, row_cuts, col_cuts, heads, gram, q_sq, k_sq):  # pra
                         k_sq[p, s, t, a] += k_row[h * d + a]
 
 
+def _token_application(attn_t, v, row_cuts, col_cuts, heads, out):  # pragma: no cover (compiled by numba)
+    """:func:`_apply_blocks` for v laid out as tokens: v, out (N, H, W, C), C = heads x d (any
+    strides); attn_t (N * heads, S, T, d, d) each block's attention transposed (attn_t[.., b, a] =
+    attn[.., a, b]). Each pixel of block (s, t), head h: out[.., h d + a] = the sum over b in order
+    of attn[a, b] * v[.., h d + b], in v's dtype: the products and sums of :func:`_apply_blocks`, in
+    its order (the same bits), d outputs a step. One task per image and row; each token's
+    channels copied once into a contiguous row."""
+    n_images, h, c = v.shape[0], v.shape[1], v.shape[3]
+    d = c // heads
+    segments_c = col_cuts.shape[0] - 1
+    for job in prange(n_images * h):
+        image, y = job // h, job % h
+        s = 0
+        while row_cuts[s + 1] <= y:
+            s += 1
+        v_token, result = np.empty(c, v.dtype), np.empty(c, v.dtype)
+        for t in range(segments_c):
+            for x in range(col_cuts[t], col_cuts[t + 1]):
+                for ch in range(c):
+                    v_token[ch] = v[image, y, x, ch]
+                for head in range(heads):
+                    weights, target = attn_t[image * heads + head, s, t], result[head * d : (head + 1) * d]
+                    first, column = v_token[head * d], weights[0]
+                    for a in range(d):
+                        target[a] = column[a] * first
+                    for b in range(1, d):
+                        value, column = v_token[head * d + b], weights[b]
+                        for a in range(d):
+                            target[a] += column[a] * value
+                for ch in range(c):
+                    out[image, y, x, ch] = result[ch]
+
+
 block_statistics_kernel = parallel_kernel(_block_statistics)
 apply_blocks_kernel = parallel_kernel(_apply_blocks)
 token_statistics_kernel = parallel_kernel(_token_statistics)
+token_application_kernel = parallel_kernel(_token_application)

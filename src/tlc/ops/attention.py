@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from ._common import Pair, as_pair, check_feature_map, compute_dtype, cpu_kernel_applies, tracing, unseen_by_tlc_modes
 
 from ._attention_kernels import (
-    apply_blocks_kernel, block_statistics_kernel, chunk_for, column_groups, token_statistics_kernel,
+    apply_blocks_kernel, block_statistics_kernel, chunk_for, column_groups, token_application_kernel,
+    token_statistics_kernel,
 )
 from ._numba import parallel_kernel, prange
 
@@ -447,6 +448,34 @@ def _token_kernel_statistics(
             k_sq.view(n, heads, rows, cols, d).to(qh.dtype))
 
 
+def _token_application_applies(block_attn: torch.Tensor, vh: torch.Tensor) -> bool:
+    """Whether the token kernel applies the blocks' attention to ``vh`` (N, heads, d, H, W): laid
+    out as tokens, narrow heads, float32 / float64, on the CPU without autograd."""
+    return (
+        token_application_kernel is not None
+        and vh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
+        and vh.dtype in (torch.float32, torch.float64)
+        and block_attn.dtype == vh.dtype
+        and vh.shape[1] * vh.shape[2] > 1
+        and _as_tokens(vh).stride(-1) == 1
+        and cpu_kernel_applies(vh, block_attn)
+    )
+
+
+def _token_kernel_application(
+    block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
+) -> torch.Tensor:
+    """:func:`_apply_by_segments` by the token kernel (vh: (N, heads, d, H, W) laid out as tokens,
+    on the CPU); the result laid out as ``torch.empty_like(vh)`` lays it out (as the block loop's)."""
+    n, heads, d, h, w = vh.shape
+    out = torch.empty_like(vh)
+    attn_t = block_attn.transpose(-1, -2).reshape(n * heads, *block_attn.shape[2:4], d, d).contiguous()
+    token_application_kernel(
+        attn_t.numpy(), _as_tokens(vh).numpy(), _cuts(row_pieces), _cuts(col_pieces), heads, _as_tokens(out).numpy(),
+    )
+    return out
+
+
 def _kernel_application(
     block_attn: torch.Tensor, vh: torch.Tensor, row_pieces: list[tuple[int, int]], col_pieces: list[tuple[int, int]]
 ) -> torch.Tensor:
@@ -557,6 +586,8 @@ def _local_transposed_attention(
         out = _apply_by_segments(block_attn, vh, col_pieces, padded)
     elif compiled:
         out = _kernel_application(block_attn, vh, row_pieces, col_pieces)
+    elif _token_application_applies(block_attn, vh):
+        out = _token_kernel_application(block_attn, vh, row_pieces, col_pieces)
     else:
         out = _looped_application(block_attn, vh, row_pieces, col_pieces, by_rows)
     return out.reshape(n, c, h, w).to(q.dtype)

@@ -541,8 +541,8 @@ class PooledValues:
         addresses = {t.untyped_storage().data_ptr() for t in targets}
         for key in [k for k in self._known_means if k[0] in addresses]:  # that map changes: forget them
             del self._known_means[key]
-        last = self._last_map_mean
-        if last is not None and (last[0]() is None or last[0]().untyped_storage().data_ptr() in addresses):
+        kept = None if self._last_map_mean is None else self._last_map_mean[0]()
+        if kept is None or kept.untyped_storage().data_ptr() in addresses:
             self._last_map_mean = None
         left = []
         for entry in self._pending:

@@ -196,11 +196,10 @@ def _block_sums_of_squares(
     # One pass over q and k for all blocks: 2.3x faster than the row norms above.
     cuts = [np.array([0, *(end for _, end in pieces)]) for pieces in (row_pieces, col_pieces)]
     sums = [torch.empty(n, heads * d, len(row_pieces), len(col_pieces), dtype=torch.float64) for _ in range(2)]
-    planes = [q.flatten(1, 2), k.flatten(1, 2)]  # (N, C, H, W) views
-    if all(t.stride(1) == 1 and t.shape[1] > 1 for t in planes):  # laid out as tokens: channels the fastest
-        _compiled_sums_of_squares_tokens(*(t.permute(0, 2, 3, 1).numpy() for t in planes), *cuts, *(t.numpy() for t in sums))
+    if _laid_out_as_tokens(q) and _laid_out_as_tokens(k):
+        _compiled_sums_of_squares_tokens(_as_tokens(q).numpy(), _as_tokens(k).numpy(), *cuts, *(t.numpy() for t in sums))
     else:
-        _compiled_sums_of_squares(*(t.numpy() for t in planes), *cuts, *(t.numpy() for t in sums))
+        _compiled_sums_of_squares(q.flatten(1, 2).numpy(), k.flatten(1, 2).numpy(), *cuts, *(t.numpy() for t in sums))
     q_sq, k_sq = (t.reshape(n, heads, d, *t.shape[2:]).permute(0, 1, 3, 4, 2).to(q.dtype) for t in sums)
     return q_sq, k_sq
 
@@ -417,6 +416,12 @@ def _as_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1, 2).permute(0, 2, 3, 1)
 
 
+def _laid_out_as_tokens(x: torch.Tensor) -> bool:
+    """Whether ``x`` (N, heads, d, H, W) is laid out as tokens: each pixel's channels adjacent (a
+    view of a Linear projection's (N, H * W, ...) output, DAT's and Retinexformer's q, k, v)."""
+    return x.shape[1] * x.shape[2] > 1 and _as_tokens(x).stride(-1) == 1
+
+
 def _token_kernel_applies(qh: torch.Tensor, kh: torch.Tensor) -> bool:
     """Whether the token kernel computes the block statistics of ``qh``, ``kh`` (N, heads, d, H,
     W): both laid out as tokens (each token's channels adjacent: the Linear projections of DAT
@@ -426,7 +431,8 @@ def _token_kernel_applies(qh: torch.Tensor, kh: torch.Tensor) -> bool:
         and qh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
         and qh.dtype in (torch.float32, torch.float64)
         and kh.dtype == qh.dtype
-        and all(t.shape[1] * t.shape[2] > 1 and _as_tokens(t).stride(-1) == 1 for t in (qh, kh))
+        and _laid_out_as_tokens(qh)
+        and _laid_out_as_tokens(kh)
         and cpu_kernel_applies(qh, kh)
     )
 
@@ -456,8 +462,7 @@ def _token_application_applies(block_attn: torch.Tensor, vh: torch.Tensor) -> bo
         and vh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
         and vh.dtype in (torch.float32, torch.float64)
         and block_attn.dtype == vh.dtype
-        and vh.shape[1] * vh.shape[2] > 1
-        and _as_tokens(vh).stride(-1) == 1
+        and _laid_out_as_tokens(vh)
         and cpu_kernel_applies(vh, block_attn)
     )
 

@@ -247,7 +247,7 @@ def chain_product(
     arguments = kernel_arguments(values, constants, steps)
     if arguments is None or not _product_fits(weight, values[0].shape, values[0].dtype, bias):
         return None
-    d, g = values[0].shape
+    g = values[0].shape[1]
     out = torch.empty((weight.shape[0], g), dtype=values[0].dtype)
     shift = torch.empty(0, dtype=out.dtype) if bias is None else bias.detach().contiguous()
     blocks = -(-g // CHAIN_BLOCK)

@@ -16,7 +16,6 @@ when the feature lands the case passes, strict turns that into an error, and the
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest

@@ -101,7 +101,7 @@ def _apply_blocks(attn, v, row_cuts, col_cuts, out):  # pragma: no cover (compil
     """attn: (B, S, T, d, d); v, out: (B, d, H, W). Each pixel of block (s, t): out[:, y, x] =
     attn[p, s, t] @ v[:, y, x] (the products in order of the input channel, in the dtype of v)."""
     planes, d, h = v.shape[0], v.shape[1], v.shape[2]
-    segments_r, segments_c = row_cuts.shape[0] - 1, col_cuts.shape[0] - 1
+    segments_c = col_cuts.shape[0] - 1
     for job in prange(planes * h):
         p, y = job // h, job % h
         s = 0

@@ -17,7 +17,6 @@ from .checks import (
     MAX_BANK,
     MAX_BLUR,
     MAX_SIGMA,
-    PATTERNS,
     Pattern,
     as_hwc,
     as_level,

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlc.ops.gate import channel_conv1d, channel_product, channel_product_layer_norm, combine_replicated
+from tlc.ops.gate import (
+    channel_conv1d, channel_product, channel_product_layer_norm, combine_replicated, combine_replicated_summing_branches,
+)
 from tlc.ops.norm import layer_norm_columns
 from tlc.ops.pool import replicate_to
 
@@ -226,6 +228,110 @@ def test_a_softmax_over_branches_inside_the_multiply_equals_the_long_way(case, l
     assert got.shape == x.shape and got.dtype == dtype
     tol = 2e-6 if dtype == torch.float32 else 1e-13
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * (want.abs().max().item() + 1) * (d + 1))
+
+
+@pytest.mark.parametrize("op", ["mul", "add"])
+@pytest.mark.parametrize("layer", [True, False])
+@pytest.mark.parametrize("case", [(1, 2, 16, 4, 37, 53, 20, 30), (2, 3, 5, 3, 9, 11, 4, 6), (1, 4, 3, 2, 12, 7, 1, 7), (3, 3, 2, 5, 6, 9, 6, 1)])
+def test_the_branches_sum_from_the_gates_pass_is_torchs_sum_bit_for_bit(case, layer, op):
+    """Selective-kernel fusion's weighted branches and their sum over the branches from one pass:
+    the weighted branches those of combine_replicated and the sum torch.sum's over dim 1 of them,
+    to the bit (the sign of zero included: torch's sum starts from +0), for 2 to 4 branches, odd
+    and one-row or one-column grids, batch > 1, values from 1e-8 to 1e8 and -0."""
+    n, k, c, d, h, w, gh, gw = case
+    g = torch.Generator().manual_seed(k * 10 + c + h)
+    x = torch.randn(n, k, c, h, w, generator=g) * torch.logspace(-8, 8, w)
+    x[..., 0] = -0.0
+    values = torch.randn(n, d, gh, gw, generator=g) if layer else torch.randn(n, k, c, gh, gw, generator=g)
+    weight = torch.randn(k * c, d, generator=g) if layer else None
+    bias = torch.randn(k * c, generator=g) if layer else None
+    if layer:
+        values[0, 0, 0, 0] = 1e30  # one position's weights all on one branch: products of exactly 0 and -0
+    weighted, total = combine_replicated_summing_branches(x, values, op, weight, bias)
+    want = combine_replicated(x, values, op, "softmax", weight, bias)
+    summed = torch.sum(want, dim=1)
+    assert torch.equal(weighted, want)
+    assert total is not None and total.shape == (n, c, h, w)
+    assert torch.equal(total, summed) and torch.equal(total.signbit(), summed.signbit())
+
+
+def test_the_branches_sum_is_left_to_the_caller_where_the_kernel_does_not_sum():
+    """Five branches (torch may sum those in another order), float64, a gate of one window
+    position, or weights needing gradients: the weighted branches as combine_replicated gives
+    them, and no sum."""
+    g = torch.Generator().manual_seed(3)
+    cases = [
+        (torch.randn(1, 5, 2, 9, 10, generator=g), torch.randn(1, 5, 2, 4, 5, generator=g), None),
+        (torch.randn(1, 3, 2, 9, 10, generator=g).double(), torch.randn(1, 3, 2, 4, 5, generator=g).double(), None),
+        (torch.randn(1, 3, 2, 9, 10, generator=g), torch.randn(1, 3, 2, 1, 1, generator=g), None),
+        (torch.randn(1, 2, 2, 9, 10, generator=g), torch.randn(1, 3, 4, 5, generator=g), torch.randn(4, 3, requires_grad=True)),
+    ]
+    for x, values, weight in cases:
+        weighted, total = combine_replicated_summing_branches(x, values, "mul", weight, None)
+        assert total is None
+        torch.testing.assert_close(weighted, combine_replicated(x, values, "mul", "softmax", weight, None), rtol=0, atol=0)
+
+
+def test_selective_kernel_fusions_sum_comes_from_the_gates_pass(monkeypatch):
+    """The corpus's SKFF (three branches) and SKFusion (two) converted: torch.sum over the weighted
+    branches is answered from the gate's pass (no sum of the branches runs), the output the same
+    bits as with the sum run by torch."""
+    g = importlib.import_module("tlc.ops.gate")
+    x = torch.rand(1, 3, 80, 104, generator=torch.Generator().manual_seed(8))
+    for name in ("mirnet-skff", "dehaze-skfusion"):
+        model = converted(name)
+        kept, taken = [], []
+        keep, take = pooled_values.PooledValues.keep_branch_sum, pooled_values.PooledValues.take_branch_sum
+        monkeypatch.setattr(pooled_values.PooledValues, "keep_branch_sum", lambda self, p, t: kept.append(1) or keep(self, p, t))
+
+        def taking(self, *args):
+            total = take(self, *args)
+            if total is not None:
+                taken.append(1)
+            return total
+
+        monkeypatch.setattr(pooled_values.PooledValues, "take_branch_sum", taking)
+        with torch.no_grad():
+            fused = model(x)
+            assert kept and len(taken) == len(kept)
+            monkeypatch.setattr(g, "_SUMMED_BRANCHES_MAX", 0)
+            kept.clear()
+            apart = model(x)
+            assert not kept
+            monkeypatch.undo()
+        assert torch.equal(fused, apart), name
+
+
+def test_a_kept_branches_sum_answers_only_its_own_unchanged_sum():
+    """PooledValues' kept sum of weighted branches: answers torch.sum(product, 1) (dim=1, -4,
+    (1,), keepdim) of that product once; not another product, another dim, a dtype, a product
+    changed in place (its version counted, or under inference mode the call the mode shows), nor
+    after the forward finished."""
+    values = pooled_values.PooledValues()
+    product = torch.randn(1, 3, 2, 4, 5)
+    total = product.sum(1)
+    for args, kwargs in [((product, 1), {}), ((product,), {"dim": -4}), ((product, (1,)), {}), ((product, 1, True), {})]:
+        values.keep_branch_sum(product, total)
+        assert values.pending
+        for other in [((product.clone(), 1), {}), ((product, 2), {}), ((product, 1), {"dtype": torch.float64}), ((product,), {})]:
+            assert values.take_branch_sum(torch.sum, *other) is None
+        got = values.take_branch_sum(torch.Tensor.sum, args, kwargs)
+        assert got is not None and torch.equal(got, total.unsqueeze(1) if len(args) == 3 else total)
+        assert values.take_branch_sum(torch.sum, args, kwargs) is None  # once
+    values.keep_branch_sum(product, total)
+    product.add_(1)  # the version counts up
+    assert values.take_branch_sum(torch.sum, (product, 1), {}) is None
+    with torch.inference_mode():
+        frozen = torch.randn(1, 2, 2, 3, 3)
+        values.keep_branch_sum(frozen, frozen.sum(1))
+        values.before_call("mul_", (frozen, 2.0), {})
+        assert values.take_branch_sum(torch.sum, (frozen, 1), {}) is None
+        values.keep_branch_sum(frozen, frozen.sum(1))
+    values.finish(None)
+    assert values.take_branch_sum(torch.sum, (frozen, 1), {}) is None
+    values.keep_branch_sum(frozen, frozen.sum(1))
+    del frozen
+    assert not values.pending  # the product gone: nothing kept
 
 
 def test_a_softmax_needs_branches():

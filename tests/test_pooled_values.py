@@ -948,7 +948,14 @@ def test_a_gates_last_steps_reach_the_multiply_unrun(monkeypatch, name, expected
         seen.append((op, activation, weight is not None or channel_taps is not None))
         return real_combine(x, gate, op, activation, weight, bias, channel_taps, channel_pad)
 
+    real_summing = pooled_values.combine_replicated_summing_branches
+
+    def summing_spy(x, gate, op="mul", weight=None, bias=None):  # a softmax over branches, and their sum
+        seen.append((op, "softmax", weight is not None))
+        return real_summing(x, gate, op, weight, bias)
+
     monkeypatch.setattr(pooled_values, "combine_replicated", spy)
+    monkeypatch.setattr(pooled_values, "combine_replicated_summing_branches", summing_spy)
     factory, _ = CONSUMERS[name]
     model = randomise(factory(), 7)
     run_local(model, _input(7, torch.float32)[:1], (5, 7))

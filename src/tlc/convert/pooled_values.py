@@ -86,7 +86,9 @@ import torch
 from torch import nn
 
 from ..ops._common import Pair
-from ..ops.gate import channel_product, channel_product_layer_norm, combine_replicated, product_first_is_cheaper
+from ..ops.gate import (
+    channel_product, channel_product_layer_norm, combine_replicated, combine_replicated_summing_branches, product_first_is_cheaper,
+)
 from ..ops.pool import map_mean, replicate_to
 from .channel_first import (
     batch_last, batch_norm_scale_shift, bound_arguments, channel_first_layer_norm, inference_batch_norm, pointwise_conv,
@@ -153,6 +155,7 @@ _LIKE = {"type_as", "to"}
 
 _MUL = {torch.mul, _T.mul, _T.__mul__, _T.__rmul__}
 _ADD = {torch.add, _T.add, _T.__add__, _T.__radd__}
+_SUM = {torch.sum, _T.sum}
 _SUB = {torch.sub, _T.sub, _T.__sub__}
 _EXPANSIONS = {"expand", "expand_as", "broadcast_to"}
 
@@ -404,6 +407,7 @@ class PooledValues:
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
         self._known_means: dict[tuple, tuple[weakref.ref, int | None, torch.Tensor]] = {}  # see note_window_means
         self._last_map_mean: tuple[weakref.ref, int | None, torch.Tensor] | None = None  # see map_mean
+        self._branch_sum: tuple[weakref.ref, int | None, torch.Tensor] | None = None  # see keep_branch_sum
 
     # --- bookkeeping
     def _track(
@@ -493,7 +497,12 @@ class PooledValues:
         """Whether values started with :meth:`start_pending` (or following them) may still be
         uncomputed, or windows' means noted by :meth:`note_window_means` wait for one."""
         last = self._last_map_mean
-        return bool(self._pending) or bool(self._known_means) or (last is not None and last[0]() is not None)
+        if self._branch_sum is not None and self._branch_sum[0]() is None:  # its product is gone
+            self._branch_sum = None
+        return (
+            bool(self._pending) or bool(self._known_means) or (last is not None and last[0]() is not None)
+            or self._branch_sum is not None
+        )
 
     def note_window_means(self, src: torch.Tensor, window: Pair, valid: torch.Tensor) -> None:
         """The windows' means of ``src`` (N, C, Gh, Gw), ``window`` (kh, kw) clamped, that a pass
@@ -529,6 +538,34 @@ class PooledValues:
         self._last_map_mean = (weakref.ref(src), version_counter(src), mean.clone())
         return mean
 
+    def keep_branch_sum(self, product: torch.Tensor, total: torch.Tensor) -> None:
+        """Keep ``total``, ``torch.sum(product, dim=1)`` to the bit, which the pass that wrote the
+        selective-kernel fusion's weighted branches ``product`` (N, k, C, H, W) gave
+        (:func:`tlc.ops.gate.combine_replicated_summing_branches`): the fusion's next call sums
+        them, and :meth:`take_branch_sum` then answers it without reading the k branches back.
+        Kept with the product itself (a weak reference) and its version, forgotten when a call
+        changes its memory in place (:meth:`before_call`) or it is gone."""
+        self._branch_sum = (weakref.ref(product), version_counter(product), total)
+
+    def take_branch_sum(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The kept sum (:meth:`keep_branch_sum`) where the call is ``torch.sum(product, 1)`` (or
+        ``product.sum(dim=1)``, ``keepdim``, dim -4) of the kept product, unchanged: handed over
+        once. None for any other call."""
+        kept = self._branch_sum
+        if kept is None or not _member(func, _SUM) or not args or kept[0]() is not args[0]:
+            return None
+        product = args[0]
+        bound = bound_arguments(args, kwargs, ("input", "dim", "keepdim"), {"keepdim": False})
+        if bound is None or set(kwargs) - {"dim", "keepdim"} or kept[1] != version_counter(product):
+            return None
+        dim, keepdim = bound.get("dim"), bound["keepdim"]
+        if isinstance(dim, (tuple, list)) and len(dim) == 1:
+            dim = dim[0]
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim % 5 != 1 or not isinstance(keepdim, bool):
+            return None
+        self._branch_sum = None
+        return kept[2].unsqueeze(1) if keepdim else kept[2]
+
     def before_call(self, name: str, args: tuple, kwargs: dict) -> None:
         """Called by the mode before any torch call while values are pending: a call changing a
         tensor in place (``add_``, ``out=``, ``t[i] = v``) first computes the pending values read
@@ -544,6 +581,9 @@ class PooledValues:
         kept = None if self._last_map_mean is None else self._last_map_mean[0]()
         if kept is None or kept.untyped_storage().data_ptr() in addresses:
             self._last_map_mean = None
+        product = None if self._branch_sum is None else self._branch_sum[0]()
+        if product is None or product.untyped_storage().data_ptr() in addresses:
+            self._branch_sum = None
         left = []
         for entry in self._pending:
             if entry._local is not None or entry.ref() is None:
@@ -682,6 +722,10 @@ class PooledValues:
         Raises:
             PooledValueError: the call has no exact local form.
         """
+        if self._branch_sum is not None:
+            total = self.take_branch_sum(func, args, kwargs or {})
+            if total is not None:
+                return total
         if not self._entries:
             return NotImplemented
         found = self._find(args)
@@ -769,6 +813,7 @@ class PooledValues:
         self._pending.clear()
         self._known_means.clear()
         self._last_map_mean = None
+        self._branch_sum = None
         self.spare.clear()
         return leaving
 
@@ -990,6 +1035,12 @@ class _Call:
                 values = values.reshape(*x.shape[:-2], gh, gw)  # a softmax's (N, k, C, gh, gw)
             if form.channel_taps is not None:
                 return combine_replicated(x, values, op, form.activation, None, form.bias, form.channel_taps, form.channel_pad)
+            if form.activation == "softmax" and (form.weight is not None or values.shape[1:-2] == x.shape[1:-2]):
+                # Selective-kernel fusion sums the weighted branches next: the same pass sums them.
+                result, total = combine_replicated_summing_branches(x, values, op, form.weight, form.bias)
+                if total is not None:
+                    self.values.keep_branch_sum(result, total)
+                return result
             if form.weight is not None or values.shape[1:-2] == x.shape[1:-2]:
                 return combine_replicated(x, values, op, form.activation, form.weight, form.bias)
         gate = self.grid.valid_map(e.local).reshape(n, *lead, gh, gw)

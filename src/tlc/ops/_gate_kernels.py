@@ -316,7 +316,7 @@ def _softmax_across_groups(gates, groups, top_sum):  # pragma: no cover (compile
                 gate[j] = gate[j] * total[j]
 
 
-def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, activation, groups, tasks, out):  # pragma: no cover (compiled by numba)
+def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, activation, groups, tasks, sums, out):  # pragma: no cover (compiled by numba)
     """out (N, C, H, W) = x op gate edge-replicated, offset (top, left) (op: ``+`` with ``add``,
     else ``*``), float32, the gate at each valid window position (gh x gw of them) being
     ``act(weight @ values + bias)`` (the product unless ``weight`` has no rows: then ``values``
@@ -333,12 +333,19 @@ def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, ac
     :func:`_channel_product_blocks`, so the same bits before the activation), activated, then
     combined with every output row that replicates it (the edge rows share the first and last)
     while it stays in cache (without a softmax, each plane's row as soon as it is made); the
-    C-plane gate is never written out."""
+    C-plane gate is never written out.
+
+    With a softmax and ``sums`` (N, C / groups, H, W) (else (0, 0, 0, 0)), each output row's
+    sum over the groups goes there too while the row is in cache, from +0 in the groups' order:
+    ``torch.sum`` over the branches' dim of the output viewed (N, groups, C / groups, H, W),
+    bit for bit for up to four groups (selective-kernel fusion sums its weighted branches; that
+    sum otherwise reads the whole output back)."""
     n, c, h = x.shape[0], x.shape[1], x.shape[2]
     gh, gw = values.shape[2], values.shape[3]
     product, band = weight.shape[0] > 0, taps.shape[0] > 0
     with_bias = bias.shape[0] > 0
     rows = n * h
+    summed = activation == 2 and sums.shape[0] == n
     for t in prange(tasks):
         gates = np.empty((c, gw), dtype=x.dtype)
         top_sum = np.empty((2, gw if activation == 2 else 0), dtype=x.dtype)  # a softmax's maxima and sums
@@ -371,6 +378,24 @@ def _gate_rows(x, values, weight, bias, taps, pad, first_tap, top, left, add, ac
                 _softmax_across_groups(gates, groups, top_sum)
             for p in range(c):
                 _combine_row(x[b, p, i], gates[p], left, add, out[b, p, i])
+            if summed:
+                _sum_groups_row(out[b], i, groups, sums[b])
+
+
+def _sum_groups_row(planes, i, groups, sums):  # pragma: no cover (compiled into the kernels)
+    """sums[q, i] = ((+0 + planes[q, i]) + planes[P + q, i]) + ... over the ``groups`` blocks of
+    P = len(sums) planes: torch.sum's order over a dim of at most four (its +0 start turns -0
+    into +0)."""
+    per_group = sums.shape[0]
+    zero = np.float32(0.0)
+    for q in range(per_group):
+        target, first = sums[q, i], planes[q, i]
+        for j in range(target.shape[0]):
+            target[j] = zero + first[j]
+        for g in range(1, groups):
+            source = planes[g * per_group + q, i]
+            for j in range(target.shape[0]):
+                target[j] += source[j]
 
 
 if njit is not None:
@@ -383,4 +408,5 @@ if njit is not None:
     _softmax_pair_row = njit(fastmath={"contract"}, error_model="numpy")(_softmax_pair_row)
     _exp_shifted_row = njit(fastmath={"contract"}, error_model="numpy")(_exp_shifted_row)
     _softmax_across_groups = njit(inline="always")(_softmax_across_groups)
+    _sum_groups_row = njit(inline="always")(_sum_groups_row)
 gate_rows_kernel = parallel_kernel(_gate_rows)

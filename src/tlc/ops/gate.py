@@ -635,11 +635,13 @@ def _fused_gate(
     branches: int = 1,
     taps: torch.Tensor | None = None,
     pad: int = 0,
+    sums: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """:func:`combine_replicated` with a layer, channel taps or an activation by the CPU kernel,
     where it applies (float32, (N, C, H, W) maps, more than one window position, a layer no wider
     than :func:`channel_product` takes; a softmax across ``branches`` blocks of C / branches
-    planes); else None."""
+    planes, the result's sum over them written into ``sums`` (N, C / branches, H, W) where
+    given); else None."""
     if gate_rows_kernel is None or op == "sub" or x.dim() != 4 or gate.dim() != 4:
         return None
     (n, c, h, w), (gn, d, gh, gw) = x.shape, gate.shape
@@ -674,11 +676,46 @@ def _fused_gate(
     top, left = (h - gh) // 2, (w - gw) // 2  # replicate_to's split: (k-1)//2 before
     tasks = min(n * h, 4 * torch.get_num_threads())  # a few runs of rows a thread, for balance
     channel_taps = torch.empty(0, dtype=x.dtype) if taps is None else taps.detach().contiguous()
+    summed = torch.empty((0, 0, 0, 0), dtype=x.dtype) if sums is None else sums
     gate_rows_kernel(
         xs.numpy(), values.numpy(), weight.detach().contiguous().numpy(), shift.numpy(), channel_taps.numpy(), pad, first,
-        top, left, op == "add", _ACTIVATION_CODES[activation], branches, tasks, out.numpy(),
+        top, left, op == "add", _ACTIVATION_CODES[activation], branches, tasks, summed.numpy(), out.numpy(),
     )
     return out
+
+
+# Branches whose sum the gate kernel adds in torch.sum's order (checked up to four: beyond, torch
+# may sum a dim in another order).
+_SUMMED_BRANCHES_MAX = 4
+
+
+def combine_replicated_summing_branches(
+    x: torch.Tensor, gate: torch.Tensor, op: str = "mul", weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``combine_replicated(x, gate, op, "softmax", weight, bias)`` (selective-kernel fusion's
+    branches weighted by a softmax across them at each window position) and the weighted
+    branches' sum ``torch.sum(result, dim=1)``, which that fusion takes next, from the same pass
+    over the output rows where the CPU kernel runs (float32, 2 to 4 branches): the same bits as
+    torch's sum, without reading the k-branch result back (MIRNet's SKFF, 3 x 16 channels at
+    720 x 1280: that sum reads 177 MB). Elsewhere the sum is None (the caller sums).
+
+    Args:
+        x: (N, k, C, H, W) branches.
+        gate, op, weight, bias: as :func:`combine_replicated` takes them with a softmax.
+
+    Returns:
+        (result (N, k, C, H, W), sum (N, C, H, W) or None).
+    """
+    if x.dim() == 5 and 2 <= x.shape[1] <= _SUMMED_BRANCHES_MAX and op in ("mul", "add"):
+        n, k, c, h, w = x.shape
+        if weight is not None and weight.dim() == 4 and weight.shape[2:] == (1, 1):
+            weight = weight.flatten(1)  # a 1x1 convolution's
+        values = gate.reshape(gate.shape[0], -1, *gate.shape[-2:]) if weight is None else gate
+        sums = torch.empty((n, c, h, w), dtype=x.dtype)
+        fused = _fused_gate(x.reshape(n, k * c, h, w), values, op, "softmax", weight, bias, k, sums=sums)
+        if fused is not None:
+            return fused.view(x.shape), sums
+    return combine_replicated(x, gate, op, "softmax", weight, bias), None
 
 
 def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -694,7 +731,7 @@ def pad_replicate(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "ACTIVATIONS", "INTO_FIRST_UNARY", "apply_pointwise", "chain_product", "channel_conv1d", "channel_product", "combine_replicated",
-    "into_first", "is_channel_product",
+    "combine_replicated_summing_branches", "into_first", "is_channel_product",
     "layer_first_is_cheaper", "multiply_replicated", "pad_replicate", "pointwise_sum", "pooled_pointwise",
     "product_first_is_cheaper",
 ]

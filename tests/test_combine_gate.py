@@ -272,6 +272,14 @@ def test_the_branches_sum_is_left_to_the_caller_where_the_kernel_does_not_sum():
         torch.testing.assert_close(weighted, combine_replicated(x, values, "mul", "softmax", weight, None), rtol=0, atol=0)
 
 
+def test_the_branches_sum_refuses_what_combine_replicated_refuses():
+    x = torch.randn(1, 2, 3, 9, 10)
+    with pytest.raises(ValueError, match="branches"):
+        combine_replicated_summing_branches(x, torch.randn(1, 3, 2, 4, 5))  # (N, C, k): not x's (N, k, C)
+    with pytest.raises(ValueError, match="bias without a weight"):
+        combine_replicated_summing_branches(x, torch.randn(1, 2, 3, 4, 5), "mul", None, torch.randn(6))
+
+
 def test_selective_kernel_fusions_sum_comes_from_the_gates_pass(monkeypatch):
     """The corpus's SKFF (three branches) and SKFusion (two) converted: torch.sum over the weighted
     branches is answered from the gate's pass (no sum of the branches runs), the output the same

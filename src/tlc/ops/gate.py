@@ -706,7 +706,9 @@ def combine_replicated_summing_branches(
     Returns:
         (result (N, k, C, H, W), sum (N, C, H, W) or None).
     """
-    if x.dim() == 5 and 2 <= x.shape[1] <= _SUMMED_BRANCHES_MAX and op in ("mul", "add"):
+    # Shapes combine_replicated would refuse go to it (and its error), not to the kernel.
+    plain = weight is None and (bias is not None or gate.shape[:3] != x.shape[:3])
+    if x.dim() == 5 and 2 <= x.shape[1] <= _SUMMED_BRANCHES_MAX and op in ("mul", "add") and not plain:
         n, k, c, h, w = x.shape
         if weight is not None and weight.dim() == 4 and weight.shape[2:] == (1, 1):
             weight = weight.flatten(1)  # a 1x1 convolution's

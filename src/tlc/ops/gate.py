@@ -519,6 +519,22 @@ def combine_replicated(
         2 threads: 8.6 -> 6.6 ms at window 48, 5.1 -> 4.5 at 384); elsewhere torch's sigmoid or
         softmax and the layer as :func:`apply_pointwise` runs it.
     """
+    return _combine(x, gate, op, activation, weight, bias, channel_taps, channel_pad)[0]
+
+
+def _combine(
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    op: str,
+    activation: str | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    channel_taps: torch.Tensor | None,
+    channel_pad: int,
+    sums: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """:func:`combine_replicated`, and whether the gate kernel also wrote the result's sum over
+    the branches into ``sums`` (given with a softmax: see :func:`combine_replicated_summing_branches`)."""
     if op not in ("mul", "add", "sub"):
         raise ValueError(f"op must be 'mul', 'add' or 'sub', not {op!r}")
     if activation is not None and activation not in ACTIVATIONS:
@@ -551,9 +567,9 @@ def combine_replicated(
         branches = x.shape[1] if activation == "softmax" else 1
         flat = x.reshape(x.shape[0], -1, *x.shape[-2:]) if branches > 1 else x  # (N, k * C, H, W)
         values = gate.reshape(gate.shape[0], -1, *gate.shape[-2:]) if weight is None and branches > 1 else gate
-        fused = _fused_gate(flat, values, op, activation, weight, bias, branches, channel_taps, channel_pad)
+        fused = _fused_gate(flat, values, op, activation, weight, bias, branches, channel_taps, channel_pad, sums)
         if fused is not None:
-            return fused.view(x.shape)
+            return fused.view(x.shape), sums is not None
         if channel_taps is not None:  # channel_conv1d at every position, sample by sample
             n, d, gh, gw = gate.shape
             gate = torch.stack([
@@ -567,9 +583,14 @@ def combine_replicated(
             gate = torch.sigmoid(gate)
         elif activation == "softmax":
             gate = torch.softmax(gate.reshape(*x.shape[:3], *gate.shape[-2:]), dim=1)
+    return _combine_activated(x, gate, op), False
+
+
+def _combine_activated(x: torch.Tensor, gate: torch.Tensor, op: str) -> torch.Tensor:
+    """:func:`combine_replicated` of a gate whose layer and activation are done."""
     if op == "sub" and gate.is_floating_point():
         # x - g is x + (-g) in IEEE arithmetic, bit for bit; negating the small map is exact.
-        return combine_replicated(x, -gate, "add")
+        return _combine_activated(x, -gate, "add")
     h, w = x.shape[-2:]
     gh, gw = gate.shape[-2:]
     if (gh == 1 and gw == 1 or (gh, gw) == (h, w)) and not tracing():
@@ -706,18 +727,10 @@ def combine_replicated_summing_branches(
     Returns:
         (result (N, k, C, H, W), sum (N, C, H, W) or None).
     """
-    # Shapes combine_replicated would refuse go to it (and its error), not to the kernel.
-    plain = weight is None and (bias is not None or gate.shape[:3] != x.shape[:3])
-    if x.dim() == 5 and 2 <= x.shape[1] <= _SUMMED_BRANCHES_MAX and op in ("mul", "add") and not plain:
-        n, k, c, h, w = x.shape
-        if weight is not None and weight.dim() == 4 and weight.shape[2:] == (1, 1):
-            weight = weight.flatten(1)  # a 1x1 convolution's
-        values = gate.reshape(gate.shape[0], -1, *gate.shape[-2:]) if weight is None else gate
-        sums = torch.empty((n, c, h, w), dtype=x.dtype)
-        fused = _fused_gate(x.reshape(n, k * c, h, w), values, op, "softmax", weight, bias, k, sums=sums)
-        if fused is not None:
-            return fused.view(x.shape), sums
-    return combine_replicated(x, gate, op, "softmax", weight, bias), None
+    summable = x.dim() == 5 and 2 <= x.shape[1] <= _SUMMED_BRANCHES_MAX and op in ("mul", "add")
+    sums = torch.empty((x.shape[0], *x.shape[2:]), dtype=x.dtype) if summable else None
+    result, summed = _combine(x, gate, op, "softmax", weight, bias, None, 0, sums)
+    return result, sums if summed else None
 
 
 def multiply_replicated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

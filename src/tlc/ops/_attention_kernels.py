@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import parallel_kernel, prange
+from ._numba import njit, parallel_kernel, prange
 
 #: the accumulator's entries: d x d x chunk (float32: 64 KB, the second-level cache's share)
 ACCUMULATOR = 16_384
@@ -97,6 +97,14 @@ def _block_statistics(q, k, row_cuts, col_cuts, groups, chunk, gram, q_sq, k_sq)
                 start = stop
 
 
+def _row_segment(row_cuts, y):  # pragma: no cover (compiled into the kernels)
+    """The row segment s holding row y: row_cuts[s] <= y < row_cuts[s + 1]."""
+    s = 0
+    while row_cuts[s + 1] <= y:
+        s += 1
+    return s
+
+
 def _apply_blocks(attn, v, row_cuts, col_cuts, out):  # pragma: no cover (compiled by numba)
     """attn: (B, S, T, d, d); v, out: (B, d, H, W). Each pixel of block (s, t): out[:, y, x] =
     attn[p, s, t] @ v[:, y, x] (the products in order of the input channel, in the dtype of v)."""
@@ -104,9 +112,7 @@ def _apply_blocks(attn, v, row_cuts, col_cuts, out):  # pragma: no cover (compil
     segments_c = col_cuts.shape[0] - 1
     for job in prange(planes * h):
         p, y = job // h, job % h
-        s = 0
-        while row_cuts[s + 1] <= y:
-            s += 1
+        s = _row_segment(row_cuts, y)
         for t in range(segments_c):
             x0, x1 = col_cuts[t], col_cuts[t + 1]
             weights = attn[p, s, t]
@@ -186,9 +192,7 @@ def _token_application(attn_t, v, row_cuts, col_cuts, heads, out):  # pragma: no
     segments_c = col_cuts.shape[0] - 1
     for job in prange(n_images * h):
         image, y = job // h, job % h
-        s = 0
-        while row_cuts[s + 1] <= y:
-            s += 1
+        s = _row_segment(row_cuts, y)
         v_token, result = np.empty(c, v.dtype), np.empty(c, v.dtype)
         for t in range(segments_c):
             for x in range(col_cuts[t], col_cuts[t + 1]):
@@ -207,6 +211,8 @@ def _token_application(attn_t, v, row_cuts, col_cuts, heads, out):  # pragma: no
                     out[image, y, x, ch] = result[ch]
 
 
+if njit is not None:  # compiled into the kernels that call it
+    _row_segment = njit(inline="always")(_row_segment)
 block_statistics_kernel = parallel_kernel(_block_statistics)
 apply_blocks_kernel = parallel_kernel(_apply_blocks)
 token_statistics_kernel = parallel_kernel(_token_statistics)

@@ -10,6 +10,8 @@ averages the window outputs where they overlap (the reference's placement, descr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -422,19 +424,25 @@ def _laid_out_as_tokens(x: torch.Tensor) -> bool:
     return x.shape[1] * x.shape[2] > 1 and _as_tokens(x).stride(-1) == 1
 
 
-def _token_kernel_applies(qh: torch.Tensor, kh: torch.Tensor) -> bool:
-    """Whether the token kernel computes the block statistics of ``qh``, ``kh`` (N, heads, d, H,
-    W): both laid out as tokens (each token's channels adjacent: the Linear projections of DAT
-    and Retinexformer), narrow heads, float32 / float64, on the CPU without autograd."""
+def _token_kernel_fits(kernel: Callable | None, tokens: tuple[torch.Tensor, ...], others: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether a token ``kernel`` (None without numba) takes ``tokens`` (each (N, heads, d, H, W)
+    laid out as tokens: each token's channels adjacent, the Linear projections of DAT and
+    Retinexformer) and ``others``: narrow heads, float32 / float64 throughout, on the CPU without
+    autograd."""
+    dtype = tokens[0].dtype
     return (
-        token_statistics_kernel is not None
-        and qh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
-        and qh.dtype in (torch.float32, torch.float64)
-        and kh.dtype == qh.dtype
-        and _laid_out_as_tokens(qh)
-        and _laid_out_as_tokens(kh)
-        and cpu_kernel_applies(qh, kh)
+        kernel is not None
+        and tokens[0].shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
+        and dtype in (torch.float32, torch.float64)
+        and all(t.dtype == dtype for t in (*tokens, *others))
+        and all(_laid_out_as_tokens(t) for t in tokens)
+        and cpu_kernel_applies(*tokens, *others)
     )
+
+
+def _token_kernel_applies(qh: torch.Tensor, kh: torch.Tensor) -> bool:
+    """Whether the token kernel computes the block statistics of ``qh``, ``kh`` (N, heads, d, H, W)."""
+    return _token_kernel_fits(token_statistics_kernel, (qh, kh))
 
 
 def _token_kernel_statistics(
@@ -455,16 +463,8 @@ def _token_kernel_statistics(
 
 
 def _token_application_applies(block_attn: torch.Tensor, vh: torch.Tensor) -> bool:
-    """Whether the token kernel applies the blocks' attention to ``vh`` (N, heads, d, H, W): laid
-    out as tokens, narrow heads, float32 / float64, on the CPU without autograd."""
-    return (
-        token_application_kernel is not None
-        and vh.shape[2] <= _TOKEN_KERNEL_MAX_CHANNELS
-        and vh.dtype in (torch.float32, torch.float64)
-        and block_attn.dtype == vh.dtype
-        and _laid_out_as_tokens(vh)
-        and cpu_kernel_applies(vh, block_attn)
-    )
+    """Whether the token kernel applies the blocks' attention to ``vh`` (N, heads, d, H, W)."""
+    return _token_kernel_fits(token_application_kernel, (vh,), (block_attn,))
 
 
 def _token_kernel_application(

@@ -41,3 +41,24 @@ def cases(conformance: Path) -> dict:
 def devices() -> list[str]:
     """CPU always; CUDA where present (the GPU machine runs the same suite)."""
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(owner, name)`` replaces ``owner.name`` (a module's function, a class's method) with
+    one that calls it and records each call: the list it returns gets ``(args, result)`` per call.
+    Undone with the test's ``monkeypatch``."""
+
+    def install(owner: object, name: str) -> list[tuple[tuple, object]]:
+        calls: list[tuple[tuple, object]] = []
+        original = getattr(owner, name)
+
+        def recorded(*args: object) -> object:
+            result = original(*args)
+            calls.append((args, result))
+            return result
+
+        monkeypatch.setattr(owner, name, recorded)
+        return calls
+
+    return install

@@ -326,15 +326,13 @@ def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monke
     torch.testing.assert_close(chained, one_by_one, rtol=0, atol=1e-6)
 
 
-def test_imdns_chain_and_its_first_layer_in_one_pass_give_the_two_passes_bits(monkeypatch):
+def test_imdns_chain_and_its_first_layer_in_one_pass_give_the_two_passes_bits(monkeypatch, spy):
     """The corpus's IMDN converted (720 x 1280 / 4 at train 8, where its gates' chains run): the
     output with its contrast chain and first layer in one pass (pooled_forms.chain_product) is
     the output with the chain computed and then the layer, to the bit."""
     model = converted("imdn", train_size=8)
     x = torch.rand(1, 3, 180, 320, generator=torch.Generator().manual_seed(4))
-    used = []
-    fused_kernel = pooled_forms.chain_product
-    monkeypatch.setattr(pooled_forms, "chain_product", lambda *a: used.append(1) or fused_kernel(*a))
+    used = spy(pooled_forms, "chain_product")
     with torch.no_grad():
         together = model(x)
         assert used

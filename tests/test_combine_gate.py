@@ -280,7 +280,7 @@ def test_the_branches_sum_refuses_what_combine_replicated_refuses():
         combine_replicated_summing_branches(x, torch.randn(1, 2, 3, 4, 5), "mul", None, torch.randn(6))
 
 
-def test_selective_kernel_fusions_sum_comes_from_the_gates_pass(monkeypatch):
+def test_selective_kernel_fusions_sum_comes_from_the_gates_pass(monkeypatch, spy):
     """The corpus's SKFF (three branches) and SKFusion (two) converted: torch.sum over the weighted
     branches is answered from the gate's pass (no sum of the branches runs), the output the same
     bits as with the sum run by torch."""
@@ -288,19 +288,11 @@ def test_selective_kernel_fusions_sum_comes_from_the_gates_pass(monkeypatch):
     x = torch.rand(1, 3, 80, 104, generator=torch.Generator().manual_seed(8))
     for name in ("mirnet-skff", "dehaze-skfusion"):
         model = converted(name)
-        kept, taken = [], []
-        keep, take = pooled_values.PooledValues.keep_branch_sum, pooled_values.PooledValues.take_branch_sum
-        monkeypatch.setattr(pooled_values.PooledValues, "keep_branch_sum", lambda self, p, t: kept.append(1) or keep(self, p, t))
-
-        def taking(self, *args):
-            total = take(self, *args)
-            if total is not None:
-                taken.append(1)
-            return total
-
-        monkeypatch.setattr(pooled_values.PooledValues, "take_branch_sum", taking)
+        kept = spy(pooled_values.PooledValues, "keep_branch_sum")
+        asked = spy(pooled_values.PooledValues, "take_branch_sum")
         with torch.no_grad():
             fused = model(x)
+            taken = [total for _, total in asked if total is not None]
             assert kept and len(taken) == len(kept)
             monkeypatch.setattr(g, "_SUMMED_BRANCHES_MAX", 0)
             kept.clear()
@@ -406,15 +398,13 @@ def test_a_layer_then_its_layer_norm_at_once_equal_the_two_calls(shape, affine, 
     torch.testing.assert_close(got.double(), exact, rtol=tol, atol=tol)
 
 
-def test_gcnets_layer_and_layer_norm_run_at_once(monkeypatch):
+def test_gcnets_layer_and_layer_norm_run_at_once(monkeypatch, spy):
     """The corpus's GCNet converted: its 16 -> 8 layer and LayerNorm([8, 1, 1]) on the pooled
     context at every window position computed together, with the output of the two followed one
     after the other."""
     model = converted("gcnet")
     x = torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(6))
-    calls = []
-    original = pooled_values.channel_product_layer_norm
-    monkeypatch.setattr(pooled_values, "channel_product_layer_norm", lambda *a: calls.append(1) or original(*a))
+    calls = spy(pooled_values, "channel_product_layer_norm")
     with torch.no_grad():
         together = model(x)
         assert calls

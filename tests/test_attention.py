@@ -222,7 +222,7 @@ def test_token_kernel_application(dtype, packed):
 
 
 @pytest.mark.parametrize("packed", [True, False])
-def test_attention_on_tokens_by_the_token_kernel_matches_the_loop(packed, monkeypatch):
+def test_attention_on_tokens_by_the_token_kernel_matches_the_loop(packed, monkeypatch, spy):
     """local_transposed_attention of q, k, v laid out as tokens: with the token kernels'
     statistics and application, with the block loops', and window by window, the same within
     float32 rounding."""
@@ -230,12 +230,10 @@ def test_attention_on_tokens_by_the_token_kernel_matches_the_loop(packed, monkey
     g = torch.Generator().manual_seed(12)
     q, k, v = _as_projected_tokens(1, 2, 8, 23, 30, torch.float32, packed, g)
     temperature = torch.rand(2, 1, 1, generator=g) + 0.5
-    calls = []
-    statistics, application = attention.token_statistics_kernel, attention.token_application_kernel
-    monkeypatch.setattr(attention, "token_statistics_kernel", lambda *a: calls.append("stats") or statistics(*a))
-    monkeypatch.setattr(attention, "token_application_kernel", lambda *a: calls.append("apply") or application(*a))
+    statistics = spy(attention, "token_statistics_kernel")
+    application = spy(attention, "token_application_kernel")
     by_tokens = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
-    assert calls == ["stats", "apply"]
+    assert (len(statistics), len(application)) == (1, 1)
     monkeypatch.setattr(attention, "token_statistics_kernel", None)
     monkeypatch.setattr(attention, "token_application_kernel", None)
     by_loop = tlc.local_transposed_attention(q, k, v, temperature, 2, (9, 14))
@@ -279,15 +277,14 @@ def test_rows_of_blocks_single_blocks_and_the_kernel_all_match_the_loop(shape, h
     # one row segment (the window's height covers the map): tasks from column groups alone
     [((2, 16, 9, 601), 2, (4, 100)), ((1, 8, 7, 333), 1, (20, 37)), ((3, 3, 5, 6), 3, (2, 3))],
 )
-def test_the_block_kernels_match_the_loop_and_the_torch_path(shape, heads, window, dtype, monkeypatch):
+def test_the_block_kernels_match_the_loop_and_the_torch_path(shape, heads, window, dtype, monkeypatch, spy):
     pytest.importorskip("numba")
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(3))
     temperature = torch.rand(heads, 1, 1, dtype=torch.float64, generator=g) + 0.5
     reference = loop_attention(q, k, v, temperature, heads, window)
     args = [t.to(dtype) for t in (q, k, v, temperature)]
-    calls = []
-    monkeypatch.setattr(attention, "apply_blocks_kernel", lambda *a: calls.append(1) or attention_kernels.apply_blocks_kernel(*a))
+    calls = spy(attention, "apply_blocks_kernel")
     out = tlc.local_transposed_attention(*args[:3], args[3], heads, window)
     assert calls  # the kernel ran
     tol = 1e-12 if dtype == torch.float64 else 2e-6
@@ -296,10 +293,9 @@ def test_the_block_kernels_match_the_loop_and_the_torch_path(shape, heads, windo
     torch.testing.assert_close(out, tlc.local_transposed_attention(*args[:3], args[3], heads, window), rtol=0, atol=tol)
 
 
-def test_the_block_kernels_run_only_for_narrow_heads_without_autograd(monkeypatch):
+def test_the_block_kernels_run_only_for_narrow_heads_without_autograd(spy):
     pytest.importorskip("numba")
-    calls = []
-    monkeypatch.setattr(attention, "block_statistics_kernel", lambda *a: calls.append(1) or attention_kernels.block_statistics_kernel(*a))
+    calls = spy(attention, "block_statistics_kernel")
     temperature = torch.ones(1, 1, 1)
     for d, grad, layout, ran in ((8, False, torch.contiguous_format, True), (9, False, torch.contiguous_format, False),
                                  (8, True, torch.contiguous_format, False), (8, False, torch.channels_last, False)):

@@ -209,6 +209,11 @@ def test_bad_chains_are_refused():
 # ----------------------------------------------------------------------------- chains of pooled values
 
 
+def _step_ops(calls: list) -> list[list[str]]:
+    """The steps' ops of each recorded ``evaluate_chain(values, constants, steps, out)`` call."""
+    return [[step.op for step in args[2]] for args, _ in calls]
+
+
 def _srm_chain(values: PooledValues, mean, var, c0, c1, running):
     """SRM's gate on pooled mean and variance, each call through ``values.handle``."""
     call = values.handle
@@ -225,7 +230,7 @@ def _srm_reference(mean, var, c0, c1, running):
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(monkeypatch, batch):
+def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(spy, batch):
     """SRM's eight calls (add, sqrt, two products, a sum, batch norm) on per-window means and
     variances of a 16-channel map: batch 1 evaluates them as one chain of six steps, batch 2 call
     by call; both give the per-window formula's numbers."""
@@ -237,14 +242,7 @@ def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(monkeypatch, batc
     windows = x.unfold(2, window[0], 1).unfold(3, window[1], 1)
     valid_mean = windows.mean((-2, -1))
     valid_var = windows.var((-2, -1), unbiased=False)
-    calls = []
-    original = pooled_forms.evaluate_chain
-
-    def counted(values, constants, steps, out=None):
-        calls.append([s.op for s in steps])
-        return original(values, constants, steps, out)
-
-    monkeypatch.setattr(pooled_forms, "evaluate_chain", counted)
+    calls = spy(pooled_forms, "evaluate_chain")
     values = PooledValues()
     mean = values.start(x.mean((2, 3), keepdim=True), valid_mean, x.shape[-2:], "mean")
     var = values.start(x.var((2, 3), keepdim=True, unbiased=False), valid_var, x.shape[-2:], "var")
@@ -252,7 +250,7 @@ def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(monkeypatch, batc
     torch.testing.assert_close(gate, _srm_reference(mean, var, c0, c1, running), rtol=0, atol=1e-14)
     assert calls == []  # nothing computed before a read
     local = values.local(gate)
-    assert calls == ([["mul", "add", "sqrt", "mul", "add", "addcmul"]] if batch == 1 else [])  # depth first from the root
+    assert _step_ops(calls) == ([["mul", "add", "sqrt", "mul", "add", "addcmul"]] if batch == 1 else [])  # depth first from the root
     gh, gw = valid_mean.shape[-2:]
     expected = _srm_reference(valid_mean, valid_var, c0.view(1, 16, 1, 1), c1.view(1, 16, 1, 1), running)
     torch.testing.assert_close(local, expected.permute(0, 2, 3, 1).reshape(batch * gh * gw, 16, 1, 1), rtol=0, atol=1e-13)
@@ -260,15 +258,13 @@ def test_a_hand_written_gate_on_pooled_statistics_is_one_chain(monkeypatch, batc
     assert len(calls) == (1 if batch == 1 else 0)  # once
 
 
-def test_calls_that_are_not_chain_steps_are_followed(monkeypatch):
+def test_calls_that_are_not_chain_steps_are_followed(spy):
     """A product by a tensor of another dtype (promotion), ``add`` with ``alpha``, an exponent
     other than 2 or 0.5 and a division with a rounding mode are followed call by call, with the
     numbers of the calls; ``pow`` 2 and 0.5 are a product and a root."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 16, 70, 80, generator=g)
-    calls = []
-    original = pooled_forms.evaluate_chain
-    monkeypatch.setattr(pooled_forms, "evaluate_chain", lambda v, c, s, out=None: calls.append([t.op for t in s]) or original(v, c, s, out))
+    calls = spy(pooled_forms, "evaluate_chain")
     values = PooledValues()
     y = values.start(x.mean((2, 3), keepdim=True), valid_local_mean(x, 5), x.shape[-2:])
     before = values.local(y).clone()
@@ -285,7 +281,7 @@ def test_calls_that_are_not_chain_steps_are_followed(monkeypatch):
     squared = call(torch.Tensor.pow, (), (y, 2), {})
     root = call(torch.Tensor.__pow__, (), (call(torch.Tensor.abs, (), (squared,), {}), 0.5), {})
     torch.testing.assert_close(values.local(root), before.abs(), rtol=0, atol=0)  # sqrt(y * y) = |y| in IEEE (no overflow here)
-    assert calls == [["mul", "abs", "sqrt"]]
+    assert _step_ops(calls) == [["mul", "abs", "sqrt"]]
 
 
 def test_a_chain_reads_its_values_as_they_were_before_an_in_place_change():
@@ -306,23 +302,21 @@ def test_a_chain_reads_its_values_as_they_were_before_an_in_place_change():
 
 
 @pytest.mark.parametrize("name", ["srm", "imdn"])
-def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monkeypatch, name):
+def test_converted_models_with_chains_give_the_numbers_of_calls_one_by_one(monkeypatch, spy, name):
     """The corpus's SRM and IMDN at a size where their gates' chains run (IMDN's in one pass with
     its first layer): the converted output as with every call followed on its own (chains
     switched off), within torch's vector sqrt's last bit."""
     model = converted(name)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
-    calls = []
-    original, with_layer = pooled_forms.evaluate_chain, pooled_forms.chain_product
-    monkeypatch.setattr(pooled_forms, "evaluate_chain", lambda *a: calls.append(1) or original(*a))
-    monkeypatch.setattr(pooled_forms, "chain_product", lambda *a: calls.append(2) or with_layer(*a))
+    chains, with_layer = spy(pooled_forms, "evaluate_chain"), spy(pooled_forms, "chain_product")
     with torch.no_grad():
         chained = model(x)
-        assert calls  # the chains ran
+        assert chains or with_layer  # the chains ran
         monkeypatch.setattr(pooled_values, "_CHAIN_MIN_POSITIONS", 10**12)
-        calls.clear()
+        chains.clear()
+        with_layer.clear()
         one_by_one = model(x)
-        assert not calls
+        assert not chains and not with_layer
     torch.testing.assert_close(chained, one_by_one, rtol=0, atol=1e-6)
 
 

@@ -577,7 +577,7 @@ def _squeeze_excitation(c: int, hidden: int, dtype: torch.dtype = torch.float32)
     [(1, 37, 53, (9, 9), 4, True), (2, 24, 17, (5, 11), 4, True), (1, 40, 40, (28, 28), 8, False),
      (3, 9, 13, (4, 3), 4, True), (2, 33, 21, (30, 2), 8, False)],
 )
-def test_pooled_pointwise_is_the_layers_on_the_valid_windows_means(dtype, n, h, w, window, hidden, first):
+def test_pooled_pointwise_is_the_layers_on_the_valid_windows_means(dtype, n, h, w, window, hidden, first, spy):
     """pooled_pointwise(x, layers, window), in either order, against the layers run in float64 on
     float64 valid-window means (avg_pool2d with stride 1): odd and non-square sizes, batch > 1,
     both dtypes; where the layer goes first (16 -> 4 channels; not 16 -> 8 with few positions),
@@ -586,16 +586,14 @@ def test_pooled_pointwise_is_the_layers_on_the_valid_windows_means(dtype, n, h, 
     layers = _squeeze_excitation(c, hidden, dtype)
     x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(h * w), dtype=dtype) + 0.5
     reference = _squeeze_excitation(c, hidden, torch.float64)(F.avg_pool2d(x.double(), window, stride=1))
-    averaged = []
-    mean = gate_ops.valid_local_mean
-    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gate_ops, "valid_local_mean", lambda t, k: averaged.append(t.shape[1]) or mean(t, k))
+    averaged = spy(gate_ops, "valid_local_mean")
+    with torch.no_grad():
         result = pooled_pointwise(x, layers, window)
     assert result.dtype == dtype and result.shape == reference.shape
     tolerance = 2e-6 if dtype == torch.float32 else 1e-13
     assert (result.double() - reference).abs().max().item() <= tolerance
     assert layer_first_is_cheaper((h, w), layers[0], window) == first
-    assert averaged == [hidden if first else c]
+    assert [args[0].shape[1] for args, _ in averaged] == [hidden if first else c]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1013,16 +1013,14 @@ def test_noted_window_means_are_taken_by_their_own_map_only():
     assert not values.pending
 
 
-def test_a_maps_mean_is_computed_once_while_the_map_lives_unchanged(monkeypatch):
+def test_a_maps_mean_is_computed_once_while_the_map_lives_unchanged(spy):
     """PooledValues.map_mean: the second mean of one map (IMDN takes two) comes without a pass of
     its own, as a tensor of its own with the same bits; not for another map at the same memory,
     nor after the map changed in place (its version counted up, or, under inference mode where
     none is counted, a call the mode shows), and not after the forward finished."""
     pooled_values = importlib.import_module("tlc.convert.pooled_values")
 
-    passes = []
-    real_map_mean = pooled_values.map_mean
-    monkeypatch.setattr(pooled_values, "map_mean", lambda x: passes.append(x) or real_map_mean(x))
+    passes = spy(pooled_values, "map_mean")
     memory = torch.rand(1, 3, 6, 7, generator=torch.Generator().manual_seed(1))
     values = PooledValues()
     first = memory.view(1, 3, 6, 7)

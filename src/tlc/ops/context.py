@@ -119,11 +119,13 @@ def local_softmax_pool(x: torch.Tensor, logits: torch.Tensor, window: int | Pair
         weights = torch.softmax(scores.flatten(2), dim=-1)
         context = (x.to(acc).flatten(2) * weights).sum(-1).to(x.dtype)[:, :, None, None]
         return context if valid_only else context.expand(x.shape).contiguous()
-    # Each map's extremes in one pass over the logits as given (rounding to ``acc`` is monotonic:
-    # they round to the scores' extremes), then the weights in place: 1.6 -> 0.9 ms at 720x1280
-    # against amax and amin over the float64 scores and an out-of-place exp.
-    lowest, highest = torch.aminmax(logits.detach().flatten(2), dim=-1, keepdim=True)
-    shift, lowest = highest.unsqueeze(-1).to(acc), lowest.unsqueeze(-1).to(acc)
+    # Each map's extremes taken on the logits as given (rounding to ``acc`` is monotonic: they
+    # round to the scores' extremes), half the bytes of the float64 scores, and the weights
+    # exponentiated in place: 1.17 -> 0.90 ms at 720 x 1280. (torch.aminmax over a dim took
+    # 1.39 ms alone: its reduction over one long dim is slow.)
+    detached = logits.detach()
+    shift = detached.amax(dim=(-2, -1), keepdim=True).to(acc)
+    lowest = detached.amin(dim=(-2, -1), keepdim=True).to(acc)
     if not tracing() and _shared_shift_is_exact(scores.detach(), lowest, shift, (kh, kw)):
         weights = torch.sub(scores, shift).exp_()
         if local_kernels_apply(x, logits):

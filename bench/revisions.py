@@ -12,6 +12,14 @@ numba's cache): the first model takes a minute longer.
 
     python bench/revisions.py --rev HEAD~1 --only cbam,gcnet --train-size 32 --repeats 9
     python bench/revisions.py --rev 9b23353 --train-size 32,256 --keep-freed-memory
+
+A whole model's ratio cannot resolve a millisecond here (a change of 0.3 ms at each of five sites
+read 0.984 and was in fact slower), so ``--ops`` times the local ops themselves instead, old
+against new in turns, at a light shell's full-resolution site (16 channels at ``--size``, the
+window of each ``--train-size`` at level 0: 1.5 times it) and says whether their outputs have the
+same bits:
+
+    python bench/revisions.py --rev HEAD~1 --ops --train-size 32,256 --repeats 15
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import tarfile
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -52,6 +62,81 @@ def extract_package(rev: str, into: Path) -> None:
     (into / "src" / "tlc").rename(into / OLD_NAME)
 
 
+@dataclass(frozen=True)
+class OpCase:
+    """One timed call: ``tlc.ops.<module>.<function>(*args, **kwargs)`` (the same name in both
+    revisions)."""
+
+    name: str
+    module: str
+    function: str
+    args: tuple
+    kwargs: dict
+
+
+def op_cases(size: tuple[int, int], window: int) -> list[OpCase]:
+    """The local ops at a light shell's full-resolution site: 16 channels at ``size``, a square
+    ``window``; the gates' values over the valid windows; seeded."""
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    k = min(window, h, w)
+    gh, gw = h - k + 1, w - k + 1
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    x, half = randn(1, 16, h, w), randn(1, 32, h // 2, w // 2)
+    return [
+        OpCase("windows' means (valid)", "pool", "valid_local_mean", (x, k), {}),
+        OpCase("local mean (replicated)", "pool", "local_mean", (x, k), {}),
+        OpCase("windows' maxima (valid)", "extrema", "valid_local_max", (x, k), {}),
+        OpCase("local variance", "stats", "local_var", (x, k), {}),
+        OpCase("softmax pooling (GCNet)", "context", "local_softmax_pool", (x, randn(1, 1, h, w), k), {"valid_only": True}),
+        OpCase("gate 4 -> 16, sigmoid, x", "gate", "combine_replicated",
+               (x, randn(1, 4, gh, gw), "mul", "sigmoid", randn(16, 4), randn(16)), {}),
+        OpCase("gate 8 -> 16, + (GCNet)", "gate", "combine_replicated",
+               (x, randn(1, 8, gh, gw), "add", None, randn(16, 8), randn(16)), {}),
+        OpCase("gate ECA taps, sigmoid, x", "gate", "combine_replicated",
+               (x, randn(1, 16, gh, gw), "mul", "sigmoid"), {"channel_taps": randn(3), "channel_pad": 1}),
+        OpCase("gate sigmoid, x", "gate", "combine_replicated", (x, randn(1, 16, gh, gw), "mul", "sigmoid"), {}),
+        OpCase("1x1 layer 16 -> 8, every pixel", "gate", "channel_product", (randn(8, 16), x.view(16, h * w)), {}),
+        OpCase("layer norm of 8-row columns", "norm", "layer_norm_columns",
+               (randn(8, gh * gw), torch.rand(8, generator=g) + 0.5, randn(8)), {}),
+        OpCase("group norm, 32 ch at half size", "norm", "local_group_norm", (half, 8, max(1, k // 2)), {}),
+    ]
+
+
+def compare_ops(old_tlc: object, args: argparse.Namespace, trains: list[int]) -> None:
+    """``--ops``: each of :func:`op_cases` by the old revision and the new, in turns."""
+    print(f"{args.rev} (old) against the working tree (new), the local ops at 16 x {args.size[0]} x {args.size[1]}, "
+          f"{args.threads} threads, median of {args.repeats} turns' times")
+    print("| op | window | old ms | new ms | new / old | outputs |")
+    print("|---|---|---|---|---|---|")
+    for train in trains:
+        window = round(1.5 * train)
+        for case in op_cases(args.size, window):
+            new_fn = getattr(importlib.import_module(f"tlc.ops.{case.module}"), case.function)
+            try:
+                old_fn = getattr(importlib.import_module(f"{OLD_NAME}.ops.{case.module}"), case.function)
+            except (ImportError, AttributeError):
+                print(f"| {case.name} | {window} | - | - | - | not in {args.rev} |", flush=True)
+                continue
+            fns: dict[str, Callable[[], object]] = {
+                "old": lambda f=old_fn: f(*case.args, **case.kwargs), "new": lambda f=new_fn: f(*case.args, **case.kwargs)}
+            with torch.inference_mode():
+                old_out, new_out = fns["old"](), fns["new"]()
+                same = "same bits" if torch.equal(old_out, new_out) else f"max diff {(old_out - new_out).abs().max().item():.1e}"
+                times: dict[str, list[float]] = {key: [] for key in fns}
+                for turn in range(args.repeats):
+                    for key in (("old", "new") if turn % 2 == 0 else ("new", "old")):
+                        start = time.perf_counter()
+                        fns[key]()
+                        times[key].append(time.perf_counter() - start)
+            old_ms, new_ms = (1e3 * statistics.median(times[key]) for key in ("old", "new"))
+            ratio = statistics.median(a / b for a, b in zip(times["new"], times["old"]))
+            print(f"| {case.name} | {window} | {old_ms:.2f} | {new_ms:.2f} | {ratio:.3f} | {same} |", flush=True)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -70,6 +155,8 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=(720, 1280), help="HxW of the timed image")
     parser.add_argument("--repeats", type=int, default=7, help="turns (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--ops", action="store_true",
+                        help="time the local ops at a full-resolution site instead of the corpus models")
     add_allocator_options(parser, "revisions")
     args = parser.parse_args()
     allocator_from(args, "revisions")
@@ -89,6 +176,9 @@ def main() -> None:
         extract_package(args.rev, Path(folder))
         sys.path.insert(0, folder)
         old_tlc = importlib.import_module(OLD_NAME)
+        if args.ops:
+            compare_ops(old_tlc, args, trains)
+            return
         print(f"{args.rev} (old) against the working tree (new), {args.size[0]}x{args.size[1]}, "
               f"{args.threads} threads, median of {args.repeats} turns' ratios")
         print("| model | train | original ms | old / original | new / original | new / old | max abs(new - old) |")

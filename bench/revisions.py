@@ -106,7 +106,7 @@ def op_cases(size: tuple[int, int], window: int) -> list[OpCase]:
     ]
 
 
-def compare_ops(old_tlc: object, args: argparse.Namespace, trains: list[int]) -> None:
+def compare_ops(args: argparse.Namespace, trains: list[int]) -> None:
     """``--ops``: each of :func:`op_cases` by the old revision and the new, in turns."""
     print(f"{args.rev} (old) against the working tree (new), the local ops at 16 x {args.size[0]} x {args.size[1]}, "
           f"{args.threads} threads, median of {args.repeats} turns' times")
@@ -175,10 +175,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         extract_package(args.rev, Path(folder))
         sys.path.insert(0, folder)
-        old_tlc = importlib.import_module(OLD_NAME)
         if args.ops:
-            compare_ops(old_tlc, args, trains)
+            compare_ops(args, trains)  # imports the old revision's ops modules by name
             return
+        old_tlc = importlib.import_module(OLD_NAME)
         print(f"{args.rev} (old) against the working tree (new), {args.size[0]}x{args.size[1]}, "
               f"{args.threads} threads, median of {args.repeats} turns' ratios")
         print("| model | train | original ms | old / original | new / original | new / old | max abs(new - old) |")

@@ -13,8 +13,8 @@ numba's cache): the first model takes a minute longer.
     python bench/revisions.py --rev HEAD~1 --only cbam,gcnet --train-size 32 --repeats 9
     python bench/revisions.py --rev 9b23353 --train-size 32,256 --keep-freed-memory
 
-A whole model's ratio cannot resolve a millisecond here (a change of 0.3 ms at each of five sites
-read 0.984 and was in fact slower), so ``--ops`` times the local ops themselves instead, old
+A whole model's ratio cannot resolve a millisecond here (a change 1.1 ms slower at each of five
+sites read 0.984, faster), so ``--ops`` times the local ops themselves instead, old
 against new in turns, at a light shell's full-resolution site (16 channels at ``--size``, the
 window of each ``--train-size`` at level 0: 1.5 times it) and says whether their outputs have the
 same bits:
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="turns (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--ops", action="store_true",
-                        help="time the local ops at a full-resolution site instead of the corpus models")
+                        help="time the local ops at a full-resolution site instead of the corpus models (--only unused)")
     add_allocator_options(parser, "revisions")
     args = parser.parse_args()
     allocator_from(args, "revisions")

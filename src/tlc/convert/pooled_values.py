@@ -362,6 +362,31 @@ def _means_key(src: torch.Tensor, window: Pair) -> tuple:
     return (src.untyped_storage().data_ptr(), src.storage_offset(), tuple(src.shape), src.stride(), src.dtype, tuple(window))
 
 
+# A value kept with the tensor it was computed from: (a weak reference to that tensor, its version
+# then, the value). The memos of PooledValues (windows' means, a map's mean, a branches' sum).
+_Kept = tuple[weakref.ref, int | None, torch.Tensor]
+
+
+def _keep(source: torch.Tensor, value: torch.Tensor) -> _Kept:
+    """``value`` kept with ``source`` as it is now."""
+    return weakref.ref(source), version_counter(source), value
+
+
+def _kept_for(kept: _Kept | None, source: torch.Tensor) -> bool:
+    """Whether ``kept`` was kept with ``source`` itself, unchanged since (not another tensor
+    later at the same memory, nor ``source`` changed in place where versions are counted)."""
+    return kept is not None and kept[0]() is source and kept[1] == version_counter(source)
+
+
+def _unless_written(kept: _Kept | None, addresses: set | frozenset = frozenset()) -> _Kept | None:
+    """``kept`` while the tensor it was kept with lives and its memory is none of ``addresses``
+    (storage addresses a call writes); else None."""
+    source = None if kept is None else kept[0]()
+    if source is None or (addresses and source.untyped_storage().data_ptr() in addresses):
+        return None
+    return kept
+
+
 def _as_local(valid: torch.Tensor, tail: torch.Size) -> torch.Tensor:
     """(N, C, Gh, Gw) values over the windows as local values (N * Gh * Gw, *tail), C = prod(tail)."""
     n, _, gh, gw = valid.shape
@@ -405,9 +430,9 @@ class PooledValues:
         self.read: set[tuple[Hashable, Pair]] = set()  # (source, map size) of windows' means read
         self._taking: set | None = None  # while a pending value is computed: the means it takes (see _track_pending)
         self.spare = SpareBuffers()  # dead local values' buffers, for the next elementwise results
-        self._known_means: dict[tuple, tuple[weakref.ref, int | None, torch.Tensor]] = {}  # see note_window_means
-        self._last_map_mean: tuple[weakref.ref, int | None, torch.Tensor] | None = None  # see map_mean
-        self._branch_sum: tuple[weakref.ref, int | None, torch.Tensor] | None = None  # see keep_branch_sum
+        self._known_means: dict[tuple, _Kept] = {}  # see note_window_means
+        self._last_map_mean: _Kept | None = None  # see map_mean
+        self._branch_sum: _Kept | None = None  # see keep_branch_sum
 
     # --- bookkeeping
     def _track(
@@ -496,11 +521,9 @@ class PooledValues:
     def pending(self) -> bool:
         """Whether values started with :meth:`start_pending` (or following them) may still be
         uncomputed, or windows' means noted by :meth:`note_window_means` wait for one."""
-        last = self._last_map_mean
-        if self._branch_sum is not None and self._branch_sum[0]() is None:  # its product is gone
-            self._branch_sum = None
+        self._branch_sum = _unless_written(self._branch_sum)  # its product gone: the sum freed now
         return (
-            bool(self._pending) or bool(self._known_means) or (last is not None and last[0]() is not None)
+            bool(self._pending) or bool(self._known_means) or _unless_written(self._last_map_mean) is not None
             or self._branch_sum is not None
         )
 
@@ -512,30 +535,26 @@ class PooledValues:
         variance and the mean of one map. They are filed with the map itself (a weak reference)
         and its version: a mean of another map later allocated at the same address (a block of the
         same width further on) never takes them."""
-        self._known_means[_means_key(src, window)] = (weakref.ref(src), version_counter(src), valid)
+        self._known_means[_means_key(src, window)] = _keep(src, valid)
 
     def take_window_means(self, src: torch.Tensor, window: Pair) -> torch.Tensor | None:
         """The windows' means of ``src`` noted by :meth:`note_window_means` (and forgotten: they
         are the caller's now), or None: none noted, or those noted for another map at the same
         memory (the map they were noted for gone, or changed in place since)."""
         noted = self._known_means.pop(_means_key(src, window), None) if self._known_means else None
-        if noted is None:
-            return None
-        ref, version, valid = noted
-        return valid if ref() is src and version_counter(src) == version else None
+        return noted[2] if _kept_for(noted, src) else None
 
     def map_mean(self, src: torch.Tensor) -> torch.Tensor:
         """:func:`tlc.ops.pool.map_mean` of ``src`` (N, C, H, W): (N, C, 1, 1), a new tensor each
         call. The last map's is kept while that map lives unchanged: IMDN's contrast-aware
         attention takes the mean of one map twice (a hand-written mean centring its variance, then
-        an average pooling), a pass over the map each (2.3 ms at 16x720x1280). Kept with the map
+        an average pooling), a pass over the map each (2.3 ms at 16x720x1280). _Kept with the map
         itself (a weak reference) and its version, and forgotten when a call changes the map's
         memory in place (:meth:`before_call`): never another map's or a stale mean."""
-        last = self._last_map_mean
-        if last is not None and last[0]() is src and last[1] == version_counter(src):
-            return last[2].clone()
+        if _kept_for(self._last_map_mean, src):
+            return self._last_map_mean[2].clone()
         mean = map_mean(src)
-        self._last_map_mean = (weakref.ref(src), version_counter(src), mean.clone())
+        self._last_map_mean = _keep(src, mean.clone())
         return mean
 
     def keep_branch_sum(self, product: torch.Tensor, total: torch.Tensor) -> None:
@@ -543,20 +562,19 @@ class PooledValues:
         selective-kernel fusion's weighted branches ``product`` (N, k, C, H, W) gave
         (:func:`tlc.ops.gate.combine_replicated_summing_branches`): the fusion's next call sums
         them, and :meth:`take_branch_sum` then answers it without reading the k branches back.
-        Kept with the product itself (a weak reference) and its version, forgotten when a call
+        _Kept with the product itself (a weak reference) and its version, forgotten when a call
         changes its memory in place (:meth:`before_call`) or it is gone."""
-        self._branch_sum = (weakref.ref(product), version_counter(product), total)
+        self._branch_sum = _keep(product, total)
 
     def take_branch_sum(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The kept sum (:meth:`keep_branch_sum`) where the call is ``torch.sum(product, 1)`` (or
         ``product.sum(dim=1)``, ``keepdim``, dim -4) of the kept product, unchanged: handed over
         once. None for any other call."""
         kept = self._branch_sum
-        if kept is None or not _member(func, _SUM) or not args or kept[0]() is not args[0]:
+        if not _member(func, _SUM) or not args or not _kept_for(kept, args[0]):
             return None
-        product = args[0]
         bound = bound_arguments(args, kwargs, ("input", "dim", "keepdim"), {"keepdim": False})
-        if bound is None or set(kwargs) - {"dim", "keepdim"} or kept[1] != version_counter(product):
+        if bound is None or set(kwargs) - {"dim", "keepdim"}:
             return None
         dim, keepdim = bound.get("dim"), bound["keepdim"]
         if isinstance(dim, (tuple, list)) and len(dim) == 1:
@@ -578,12 +596,8 @@ class PooledValues:
         addresses = {t.untyped_storage().data_ptr() for t in targets}
         for key in [k for k in self._known_means if k[0] in addresses]:  # that map changes: forget them
             del self._known_means[key]
-        kept = None if self._last_map_mean is None else self._last_map_mean[0]()
-        if kept is None or kept.untyped_storage().data_ptr() in addresses:
-            self._last_map_mean = None
-        product = None if self._branch_sum is None else self._branch_sum[0]()
-        if product is None or product.untyped_storage().data_ptr() in addresses:
-            self._branch_sum = None
+        self._last_map_mean = _unless_written(self._last_map_mean, addresses)
+        self._branch_sum = _unless_written(self._branch_sum, addresses)
         left = []
         for entry in self._pending:
             if entry._local is not None or entry.ref() is None:

@@ -548,7 +548,7 @@ class PooledValues:
         """:func:`tlc.ops.pool.map_mean` of ``src`` (N, C, H, W): (N, C, 1, 1), a new tensor each
         call. The last map's is kept while that map lives unchanged: IMDN's contrast-aware
         attention takes the mean of one map twice (a hand-written mean centring its variance, then
-        an average pooling), a pass over the map each (2.3 ms at 16x720x1280). _Kept with the map
+        an average pooling), a pass over the map each (2.3 ms at 16x720x1280). Kept with the map
         itself (a weak reference) and its version, and forgotten when a call changes the map's
         memory in place (:meth:`before_call`): never another map's or a stale mean."""
         if _kept_for(self._last_map_mean, src):
@@ -562,7 +562,7 @@ class PooledValues:
         selective-kernel fusion's weighted branches ``product`` (N, k, C, H, W) gave
         (:func:`tlc.ops.gate.combine_replicated_summing_branches`): the fusion's next call sums
         them, and :meth:`take_branch_sum` then answers it without reading the k branches back.
-        _Kept with the product itself (a weak reference) and its version, forgotten when a call
+        Kept with the product itself (a weak reference) and its version, forgotten when a call
         changes its memory in place (:meth:`before_call`) or it is gone."""
         self._branch_sum = _keep(product, total)
 

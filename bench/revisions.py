@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_allocator_options, allocator_from  # noqa: E402
+from common import add_allocator_options, allocator_from, interleaved_seconds  # noqa: E402
 
 OLD_NAME = "tlc_at_revision"
 #: the corpus models with channel attention (the ones a kernel change moves)
@@ -126,12 +126,7 @@ def compare_ops(args: argparse.Namespace, trains: list[int]) -> None:
             with torch.inference_mode():
                 old_out, new_out = fns["old"](), fns["new"]()
                 same = "same bits" if torch.equal(old_out, new_out) else f"max diff {(old_out - new_out).abs().max().item():.1e}"
-                times: dict[str, list[float]] = {key: [] for key in fns}
-                for turn in range(args.repeats):
-                    for key in (("old", "new") if turn % 2 == 0 else ("new", "old")):
-                        start = time.perf_counter()
-                        fns[key]()
-                        times[key].append(time.perf_counter() - start)
+                times = interleaved_seconds(fns, "cpu", warmup=0, repeats=args.repeats)  # the calls above warmed up
             old_ms, new_ms = (1e3 * statistics.median(times[key]) for key in ("old", "new"))
             ratio = statistics.median(a / b for a, b in zip(times["new"], times["old"]))
             print(f"| {case.name} | {window} | {old_ms:.2f} | {new_ms:.2f} | {ratio:.3f} | {same} |", flush=True)

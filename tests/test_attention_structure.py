@@ -392,6 +392,71 @@ def test_tlc_restormer_uses_the_generic_path():
     assert {op.path: op.window for op in report.converted}["latent.0.attn"] == (6, 6)  # 4x4 tokens at 32x32
 
 
+# ----------------------------------------------------------------------------- a window holding every token
+
+
+BLOCKS = {  # a block and its arguments for an (h, w) map
+    "restormer": (lambda: RestormerAttention(8, 2, bias=True), lambda h, w: (torch.randn(2, 8, h, w),)),
+    "kbnet": (lambda: TransAttention(8, 2, bias=False), lambda h, w: (torch.randn(2, 8, h, w),)),
+    "retinexformer": (lambda: IGMSA(8, 4, 2), lambda h, w: (torch.randn(2, h, w, 8), torch.randn(2, h, w, 8))),
+    "dat": (lambda: ChannelAttention(12, 3), lambda h, w: (torch.randn(2, h * w, 12), h, w)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_a_covering_window_gives_the_modules_own_bits(name, spy):
+    make, inputs = BLOCKS[name]
+    block = randomised(make(), 6)
+    local = LocalTransposedAttention.wrap(block, (12, 20))
+    followed = spy(tlc.nn.attention._LocalChains, "final")
+    torch.manual_seed(7)
+    small, wide, big = inputs(9, 20), inputs(12, 11), inputs(13, 20)  # covered, covered, one row too many
+    with torch.no_grad():
+        for args in (small, small, wide, small, wide):  # first calls followed, the repeats not
+            assert torch.equal(local(*args), block(*args))
+        assert len(followed) == 2
+        # A size the window does not cover is local, after the covered calls as before them.
+        expected = LocalTransposedAttention.wrap(block, (12, 20))(*big)
+        assert not torch.allclose(expected, block(*big), atol=1e-4)
+        assert torch.equal(local(*big), expected) and torch.equal(local(*big), expected)
+        assert len(followed) == 5  # the reference's call and both of these
+
+
+class AttributeLayout(RestormerAttention):
+    """Tokens (N, H*W, C) laid out by attributes a parent sets (``self.size = (h, w)``)."""
+
+    size = (1, 1)
+
+    def forward(self, tokens):
+        n, length, c = tokens.shape
+        return super().forward(tokens.transpose(1, 2).reshape(n, c, *self.size)).flatten(2).transpose(1, 2)
+
+
+def test_a_layout_set_by_attributes_is_not_taken_for_another():
+    block = randomised(AttributeLayout(8, 2, bias=False), 8)
+    local = LocalTransposedAttention.wrap(block, (16, 16))
+    tokens = torch.randn(1, 256, 8)
+    with torch.no_grad():
+        block.size = local.size = (16, 16)  # covered
+        assert torch.equal(local(tokens), block(tokens)) and torch.equal(local(tokens), block(tokens))
+        block.size = local.size = (8, 32)  # as many tokens, wider than the window
+        expected = LocalTransposedAttention.wrap(block, (16, 16))(tokens)
+        assert not torch.allclose(expected, block(tokens), atol=1e-4)
+        torch.testing.assert_close(local(tokens), expected, rtol=0, atol=0)
+
+
+def test_covered_calls_are_not_kept_by_copies_with_another_window():
+    block = randomised(RestormerAttention(8, 2, bias=False), 9)
+    local = LocalTransposedAttention.wrap(block, 16)
+    x = torch.randn(1, 8, 16, 16)
+    with torch.no_grad():
+        local(x)
+        narrower = LocalTransposedAttention.wrap(local, 8)
+        assert torch.equal(narrower(x), LocalTransposedAttention.wrap(block, 8)(x))
+        assert not torch.allclose(narrower(x), block(x), atol=1e-4)
+        assert "_covered_calls" not in pickle.loads(pickle.dumps(local)).__dict__
+
+
 # ----------------------------------------------------------------------------- partial patterns: reported
 
 

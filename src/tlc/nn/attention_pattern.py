@@ -163,6 +163,7 @@ class Chain:
     reason: str | None = None
     done: bool = False
     outcome: Pair | str | None = None  # the layout in the call, or why it can't be made local
+    real: bool = False  # the Gram computed from the normalised q and k (one window holds every token)
 
     @property
     def length(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import tlc
 
@@ -49,11 +50,34 @@ def test_group_norm_matches_brute_force():
 
 
 def test_covering_window_is_torchs_global_norm():
-    x = torch.randn(2, 4, 9, 13)
+    # torch's own op, bit for bit: a converted model computes what the original did where one
+    # window covers the map (at its training size, say).
+    x = 3 + torch.randn(2, 4, 9, 13)
     weight, bias = torch.randn(4), torch.randn(4)
-    torch.testing.assert_close(tlc.local_instance_norm(x, (9, 13), weight, bias), F.instance_norm(x, weight=weight, bias=bias))
-    torch.testing.assert_close(tlc.local_group_norm(x, 2, (50, 50), weight, bias), F.group_norm(x, 2, weight, bias))
-    torch.testing.assert_close(tlc.local_group_norm(x, 1, (50, 50)), F.group_norm(x, 1))
+    assert torch.equal(tlc.local_instance_norm(x, (9, 13), weight, bias), F.instance_norm(x, weight=weight, bias=bias))
+    assert torch.equal(tlc.local_group_norm(x, 2, (50, 50), weight, bias), F.group_norm(x, 2, weight, bias))
+    assert torch.equal(tlc.local_group_norm(x, 1, (50, 50)), F.group_norm(x, 1))
+    instance, group = nn.InstanceNorm2d(4, affine=True), nn.GroupNorm(2, 4)
+    for module in (instance, group):
+        nn.init.normal_(module.weight)
+        nn.init.normal_(module.bias)
+    local_instance = tlc.nn.LocalInstanceNorm2d(4, (9, 14), affine=True)
+    local_group = tlc.nn.LocalGroupNorm(2, 4, (10, 13))
+    local_instance.load_state_dict(instance.state_dict())
+    local_group.load_state_dict(group.state_dict())
+    with torch.no_grad():
+        assert torch.equal(local_instance(x), instance(x)) and torch.equal(local_group(x), group(x))
+        # One row fewer in the window: the local statistics, within rounding of the brute force.
+        narrow = tlc.local_group_norm(x.double(), 2, (8, 13), weight.double(), bias.double())
+        torch.testing.assert_close(narrow, brute_local_group_norm(x.double(), 2, (8, 13), weight.double(), bias.double()))
+        assert (narrow - F.group_norm(x.double(), 2, weight.double(), bias.double())).abs().max() > 1e-3
+
+
+def test_a_one_pixel_map_is_normalised_to_its_bias():
+    # torch's norms refuse a 1x1 map; the local ones give each value minus itself: the bias.
+    x, bias = torch.randn(2, 4, 1, 1), torch.randn(4)
+    torch.testing.assert_close(tlc.local_instance_norm(x, 3, None, bias), bias.view(1, 4, 1, 1).expand(2, 4, 1, 1))
+    torch.testing.assert_close(tlc.local_group_norm(x, 4, 3, None, bias), bias.view(1, 4, 1, 1).expand(2, 4, 1, 1))
 
 
 def test_offset_input_keeps_its_digits():

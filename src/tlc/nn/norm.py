@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import local_group_norm
+from ..ops import local_group_norm, local_instance_norm
 from ..ops._common import Pair, as_pair
 
 
@@ -68,7 +68,7 @@ class LocalInstanceNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input (N, {self.num_features}, H, W), got {tuple(x.shape)}")
-        return local_group_norm(x, self.num_features, self.window, self.weight, self.bias, self.eps)
+        return local_instance_norm(x, self.window, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, window={self.window}, eps={self.eps}, affine={self.affine}"

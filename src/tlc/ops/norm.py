@@ -4,8 +4,9 @@ the layer norm of values laid out in columns (pooled values' per-window vectors)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype
+from ._common import Pair, accumulation_dtype, as_pair, check_feature_map, compute_dtype, tracing
 from ._norm_kernels import fused_column_layer_norm, fused_group_norm_applies, fused_local_group_norm
 from .pool import clamp_window, opaque_local_mean, opaque_local_mean_applies, replicate_to, valid_local_mean
 
@@ -25,8 +26,9 @@ def local_group_norm(
     ``(x - mean) / sqrt(var + eps)``, then ``weight``/``bias`` per channel. Statistics are computed
     in float64 on values centred near the group's mean (its mean; in the CPU kernel the mean of 32
     sampled rows), so the variance keeps its digits even for inputs far from zero. A group holding
-    NaN or an infinity is NaN throughout, as in torch. A window covering the map gives
-    ``torch.nn.functional.group_norm``.
+    NaN or an infinity is NaN throughout, as in torch. A window covering the map is
+    ``torch.nn.functional.group_norm`` itself (its bits: a converted model at its training size
+    computes what the original did).
 
     Args:
         x: (N, C, H, W) floating tensor; C divisible by ``num_groups``.
@@ -43,6 +45,9 @@ def local_group_norm(
     if num_groups < 1 or c % num_groups:
         raise ValueError(f"channels ({c}) must be divisible by num_groups ({num_groups})")
     kh, kw = clamp_window(as_pair(window, "window"), (h, w))
+    if not tracing() and (kh, kw) == (h, w) and h * w > 1:  # (torch refuses a 1x1 map)
+        # One window: torch's own op, so that a converted model keeps the original's bits there.
+        return F.group_norm(x, num_groups, _like(weight, x), _like(bias, x), eps)
     if fused_group_norm_applies(x, weight, bias) and not opaque_local_mean_applies(x):
         return fused_local_group_norm(x, num_groups, (kh, kw), weight, bias, eps)
     acc = accumulation_dtype(x)
@@ -87,8 +92,8 @@ def local_instance_norm(
 ) -> torch.Tensor:
     """Instance norm whose mean and variance are taken over a local window of each channel.
 
-    Equals :func:`local_group_norm` with one group per channel; a window covering the map gives
-    ``torch.nn.functional.instance_norm``.
+    Equals :func:`local_group_norm` with one group per channel; a window covering the map is
+    ``torch.nn.functional.instance_norm`` itself.
 
     Args:
         x: (N, C, H, W) floating tensor.
@@ -100,7 +105,15 @@ def local_instance_norm(
         (N, C, H, W) tensor, same dtype as ``x``.
     """
     check_feature_map(x)
+    size = tuple(x.shape[-2:])
+    if not tracing() and clamp_window(as_pair(window, "window"), size) == size and size[0] * size[1] > 1:
+        return F.instance_norm(x, weight=_like(weight, x), bias=_like(bias, x), eps=eps)  # as local_group_norm
     return local_group_norm(x, x.shape[1], window, weight, bias, eps)
+
+
+def _like(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """An affine parameter in ``x``'s dtype (torch's norms take one dtype)."""
+    return None if t is None else t.to(x.dtype)
 
 
 def layer_norm_columns(

@@ -242,6 +242,28 @@ def test_converted_forwards_repeat_exactly(entry):
         assert max_diff(first, later[0]) < 1e-5
 
 
+@pytest.mark.parametrize("entry", cases(xfail=False))
+def test_covering_windows_give_the_originals_bits(entry):
+    """Above the training size, where every window (1.5x) still covers its map, a converted model
+    computes what the original does, to the bit, at the first forward and those after it (which
+    run as the original). Hand-written statistics summed in parts (IMDN's ``sum(3).sum(2)``) keep
+    their chain's local form: within rounding there."""
+    if entry.fixed_size:
+        pytest.skip("the original runs at its training size only")
+    t = entry.train_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build(entry)
+        converted, _ = tlc.convert(model, **convert_kwargs(entry))
+    x = image(2, t + t // 4, t + t // 8, seed=8)
+    expected = outputs(model, x)
+    for _ in range(2):
+        if entry.name == "imdn":
+            assert max_diff(outputs(converted, x), expected) < 1e-5
+        else:
+            assert max_diff(outputs(converted, x), expected) == 0
+
+
 def test_site_matching():
     """The comparison itself: prefixes match descendants, exact paths only themselves, statuses must agree."""
     expected = (Expected("a.b", "avg-pool", "local"), Expected("a", "sum", "local", exact=True))

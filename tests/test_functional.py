@@ -580,6 +580,62 @@ def test_inputs_no_larger_than_the_calibration_input_run_as_the_original():
     assert torch._C._len_torch_function_stack() == 0
 
 
+def test_inputs_whose_windows_cover_every_map_give_the_originals_bits_then_run_as_it():
+    """Above the calibration input, while every window still covers its map (24 and 12 here),
+    each converted site's global call is its local form: the original's bits at once, and a call
+    alike (the same shapes) runs as the original from then on. Larger maps run locally, before
+    and after."""
+    functional, _ = pair()
+    converted, _ = tlc.convert(functional, 16, rules=(), functional=True)
+    covered, local = [(17, 16), (16, 20), (23, 17), (24, 24)], (37, 45)
+    assert function_mode_depths(converted, converted.tail, [*covered, local, *covered, local]) == [1] * 5 + [0] * 4 + [1]
+    with torch.no_grad():
+        for size in covered:
+            x = image(2, 3, *size)
+            assert torch.equal(converted(x), functional(x)), size
+            x = image(1, 3, *size)  # a new batch size: a call not seen yet, through the mode
+            assert torch.equal(converted(x), functional(x)), size
+        x = image(2, 3, *local)
+        expected = tlc.convert(functional, 16, rules=(), functional=True)[0](x)
+        assert torch.equal(converted(x), expected)
+        assert (expected - functional(x)).abs().max().item() > 1e-3
+
+
+class Upscaling(nn.Module):
+    """A gate after an optional 2x upsampling chosen by a keyword argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = MeanGate()
+
+    def forward(self, x, upscale=False):
+        y = self.head(x)
+        return self.gate(F.interpolate(y, scale_factor=2) if upscale else y)
+
+
+def test_keyword_arguments_and_failed_forwards_never_make_a_call_run_as_the_original():
+    model = perturbed(Upscaling()).eval()
+    converted, report = tlc.convert(model, 16, rules=[])
+    assert [s.window for s in report.call_sites] == [(24, 24)]
+    x = image(1, 3, 20, 20)
+    with torch.no_grad():
+        for _ in range(2):  # 20x20: covered, then run as the original
+            assert torch.equal(converted(x), model(x))
+        big = converted(x, upscale=True)  # 40x40 maps: local
+        assert (big - model(x, upscale=True)).abs().max().item() > 1e-3
+        gate = model.gate
+        y = F.interpolate(model.head(x), scale_factor=2)
+        expected = y * torch.sigmoid(gate.fc(brute_force(y, (24, 24), lambda t: t.mean(-1))))
+        torch.testing.assert_close(big, expected, rtol=0, atol=1e-5)
+        # A forward failing before any site runs leaves nothing behind for its call.
+        failing = converted.head.register_forward_pre_hook(lambda m, args: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            converted(image(2, 3, 40, 40))
+        failing.remove()
+        assert function_mode_depths(converted, converted.gate, [(40, 40)])[0] == 1
+
+
 def test_windows_smaller_than_the_map_run_locally_at_every_size():
     functional, modules = pair()
     with pytest.warns(UserWarning, match="differs from the original"):  # as it should, windows < maps

@@ -19,8 +19,8 @@ from torch import nn
 
 from .ops._common import Pair, as_pair
 
-__all__ = ["Hint", "Pair", "as_pair", "atomic_write", "default_base_size", "exists_error", "eval_mode", "hinted",
-           "one_line", "output_tensors", "write_atomically"]
+__all__ = ["Hint", "Pair", "as_pair", "atomic_write", "call_signature", "default_base_size", "exists_error",
+           "eval_mode", "hinted", "one_line", "output_tensors", "write_atomically"]
 
 BASE_SCALE = 1.5  # the paper's window: about 1.5x the training crop
 
@@ -182,3 +182,33 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags:
             module.train(flag)
+
+
+def call_signature(args: tuple, kwargs: dict, owner: object = None) -> tuple | None:
+    """What decides the shapes a call of ``owner`` computes with: the shapes of its tensor
+    arguments, its other arguments' values (numbers, strings, None, tuples and lists of them) and
+    ``owner``'s own numbers (its attributes holding those: ``self.size = (h, w)`` set by a parent
+    before the call). None where an argument is of another kind (no signature: nothing may be
+    taken from an earlier call)."""
+    try:
+        own = () if owner is None else tuple(
+            (name, _signature(value)) for name, value in vars(owner).items()
+            if isinstance(value, (bool, int, float, tuple))
+        )
+        return _signature(args), tuple((name, _signature(value)) for name, value in kwargs.items()), own
+    except _Unreadable:
+        return None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _signature(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return "tensor", tuple(value.shape)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return type(value).__name__, value
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__, tuple(_signature(v) for v in value)
+    raise _Unreadable

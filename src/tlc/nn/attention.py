@@ -61,7 +61,7 @@ import copy
 import torch
 from torch import nn
 
-from .._util import output_tensors
+from .._util import call_signature, output_tensors
 from ..ops import local_transposed_attention
 from ..ops._common import Pair, as_pair, tracing
 from .attention_pattern import Chain, Follower, NotLocal, Tag, attention_plan, layout_in_call
@@ -186,7 +186,7 @@ class LocalTransposedAttention(nn.Module):
         )
 
     def forward(self, *args: object, **kwargs: object) -> object:
-        key = None if tracing() else _call_key(self, args, kwargs)
+        key = None if tracing() else call_signature(args, kwargs, self)
         covered = self.__dict__.get("_covered_calls")
         if key is not None and covered is not None and key in covered:
             # A call like one whose every attention a single window held: the module as it is.
@@ -226,31 +226,6 @@ class LocalTransposedAttention(nn.Module):
 
 #: How many call signatures a module keeps as covered before starting afresh (inputs of ever new sizes).
 _COVERED_CALLS_KEPT = 32
-
-
-def _call_key(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
-    """What decides the token layout of a call of ``module``: the shapes of its tensor arguments,
-    its other arguments' values and the module's own numbers (``self.H = H`` set by a parent), or
-    None when an argument is of a kind not read here (the call is then always followed)."""
-    try:
-        own = tuple((k, _signature(v)) for k, v in module.__dict__.items() if isinstance(v, (bool, int, float, tuple)))
-        return _signature(args), tuple((k, _signature(v)) for k, v in kwargs.items()), own
-    except _Unreadable:
-        return None
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _signature(value: object) -> object:
-    if isinstance(value, torch.Tensor):
-        return "tensor", tuple(value.shape)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return type(value).__name__, value
-    if isinstance(value, (tuple, list)):
-        return type(value).__name__, tuple(_signature(v) for v in value)
-    raise _Unreadable
 
 
 def _local_instance(cls: type[nn.Module]) -> LocalTransposedAttention:

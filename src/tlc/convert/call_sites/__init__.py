@@ -117,8 +117,12 @@ def convert_call_sites(
     Once checked: where every converted site's window covered its map at the training size, the
     model called on an input no larger than the calibration input (in H and in W; not a part of
     the model run alone) runs as the original model, without the function mode (local and global
-    agree there; maps grow with the image, as the probes showed). Not while tracing, where the
-    graph must hold at every size.
+    agree there; maps grow with the image, as the probes showed). At any size, a converted site
+    pooling or normalising a 4-D map over H and W that its window covers runs its global call,
+    which is then its local form (the original's bits); a call of the model whose every converted
+    site was so (the same shapes of its tensor arguments, other arguments and the model's own
+    numbers: :func:`tlc._util.call_signature`) runs as the original model from then on, without
+    the mode. Not while tracing, where the graph must hold at every size.
 
     Args:
         model: the model, changed in place (forward hooks).

@@ -4,6 +4,7 @@ sites and the answer to each recognised call in each phase."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ...ops import local_softmax_pool, local_var
+from ..._util import call_signature
 from ...ops._common import Pair, tracing
 from ..pooled_values import PooledValues, WindowMeans, meta_call, tensor_args
 from ..rules import Site
@@ -91,6 +93,10 @@ class CallSiteConverter:
         # Inputs no larger than this (H, W) run as the original model, without the mode: every
         # converted site's window covers its map there, so local and global agree. None: never.
         self._covered_up_to: Pair | None = None
+        # After the checks: calls of the model (call_signature) whose every converted site met a
+        # map its window covered: they run as the original model too.
+        self._checked = False
+        self._covered_calls: set[tuple] = set()
         self._thread = threading.local()
         # Calls inside modules that module rules matched (converted or deliberately left global)
         # belong to those rules.
@@ -98,7 +104,7 @@ class CallSiteConverter:
             reopened = any(path == p or path.startswith(p + ".") for p in reopen)
             excluded = not reopened and any(path == p or path.startswith(p + ".") for p in skip)
             enter = Enter(self, path, excluded, reopened)
-            module.register_forward_pre_hook(enter)
+            module.register_forward_pre_hook(enter, with_kwargs=path == "")  # the model's own: its call's signature
             module.register_forward_hook(Leave(enter), always_call=True)
 
     # Thread-local run state; dropped by deepcopy/pickle (it only lives during a forward).
@@ -147,6 +153,9 @@ class CallSiteConverter:
         x_map, logits_map = found
         h, w = x_map.shape[-2:]
         kh, kw = min(site.window[0], h), min(site.window[1], w)
+        if self._checked and (kh, kw) == (h, w) and not tracing():
+            return func(*args, **kwargs)  # one window holds the map: the global product is the local one
+        self._count_local()
         values = self._thread.mode.values
         if (key, (h, w)) not in self._means_read:  # pending: a layer taking it may run on the map first
             means = WindowMeans(x_map, (kh, kw), logits=logits_map)
@@ -155,16 +164,22 @@ class CallSiteConverter:
         return values.start(func(*args, **kwargs), valid, (h, w), source=key)
 
     # --- hooks
-    def enter_module(self, hook: Enter, args: tuple = ()) -> None:
+    def enter_module(self, hook: Enter, args: tuple = (), model: nn.Module | None = None, kwargs: dict | None = None) -> None:
         covered = getattr(self._thread, "covered", None)
         if covered:  # a forward run as the original: only its module calls are followed
             covered.append(hook)
             return
         stack = self._stack()
         size = _map_size(args[0] if args else None)
-        if not stack and hook.path == "" and self._covers(size):  # the model itself, not a part run alone
-            self._thread.covered = [hook]
-            return
+        if not stack and hook.path == "":  # the model itself, not a part run alone
+            signature = (
+                call_signature(args, kwargs or {}, model) if self._checked and self.phase == "apply" and not tracing()
+                else None
+            )
+            if self._covers(size) or (signature is not None and signature in self._covered_calls):
+                self._thread.covered = [hook]
+                return
+            self._thread.signature, self._thread.local_sites = signature, 0
         if not stack:
             if self.phase == "record" and self._calibration_size is None:
                 self._calibration_size = size
@@ -211,6 +226,13 @@ class CallSiteConverter:
             output = mode.values.materialise(output, self._map_fallback)
             self._thread.escaped = mode.values.finish(output)  # pooled values that never met the image
             self._means_read |= mode.values.read
+        signature = getattr(self._thread, "signature", None)
+        # Not after a failed forward (the hook then runs inside torch's exception handler).
+        if signature is not None and hook.path == "" and self._thread.local_sites == 0 and sys.exc_info()[1] is None:
+            if len(self._covered_calls) >= _COVERED_CALLS_KEPT:  # inputs of ever new sizes
+                self._covered_calls.clear()
+            self._covered_calls.add(signature)
+        self._thread.signature = None
         return None if output is given else output
 
     def _covers(self, size: tuple[int, ...] | None) -> bool:
@@ -333,12 +355,15 @@ class CallSiteConverter:
             return self._follow(key, call, func(*args, **kwargs), None)
         self._thread.last = key
         site = converted[0]
+        if self._covered_here(key, call, site, stand_ins is not None and stand_ins.takes(args, kwargs)):
+            return func(*args, **kwargs)  # one window holds the map: the global call is the local one
         if key in self._context_softmax:  # the weights, kept for the product that pools with them
             out = func(*args, **kwargs)
             self._thread.softmaxes[key] = (out, call.x)
             return out
         if key in self._context:
             return self._context_pool(key, func, args, kwargs, site)
+        self._count_local()
         if key in self._pooled_chains and (
             pooled := pooled_statistic(self._thread.mode.values, key, call, site, read=self._means_read)
         ) is not None:
@@ -371,6 +396,24 @@ class CallSiteConverter:
         if call.local is None:
             return func(*args, **kwargs)
         return self._follow(key, call, call.local(site), site)
+
+    def _count_local(self) -> None:
+        """Note that a converted site ran its local form in this forward (it is then no call that
+        runs as the original)."""
+        self._thread.local_sites = getattr(self._thread, "local_sites", 0) + 1
+
+    def _covered_here(self, key: SiteKey, call: Call, site: Site, stand_ins: bool) -> bool:
+        """After the checks: whether the converted site ``key`` reduces a 4-D map over its H and W
+        (a pooling, a mean, a norm) that its window covers in this call, so that its global call is
+        its local form exactly, and the original's own bits. Not for the steps of hand-written
+        statistics written in parts (a sum over W, then over H: their chain reads marks), the
+        reference's approximate pooling, nor while tracing (the graph must hold at every size)."""
+        x = call.x
+        return (
+            self._checked and not stand_ins and not site.fast and call.kind == "map" and call.dims == (2, 3)
+            and key not in self._lazy and key not in self._context and key not in self._context_softmax
+            and x.dim() == 4 and site.window[0] >= x.shape[2] and site.window[1] >= x.shape[3] and not tracing()
+        )
 
     def _lazy_result(
         self, key: SiteKey, func: Callable, args: tuple, kwargs: dict, call: Call, site: Site
@@ -585,6 +628,7 @@ class CallSiteConverter:
             for site, _ in self._windows.values()
         )
         self._covered_up_to = self._calibration_size if probed and covering else None
+        self._checked = True
 
     def start_check(self) -> None:
         """Forget the last converted site run and the escaped pooled values of an earlier forward."""
@@ -615,6 +659,10 @@ class CallSiteConverter:
     def remove(self, model: nn.Module) -> None:
         """Take this converter's hooks off ``model``: its functional ops are global again."""
         remove_call_site_conversion(model, only=self)
+
+
+#: How many calls of the model (call_signature) run as the original before the set starts afresh.
+_COVERED_CALLS_KEPT = 32
 
 
 def _map_size(first: object) -> tuple[int, int] | None:

@@ -72,8 +72,8 @@ class Enter:
         self.converter, self.path, self.excluded = converter, path, excluded
         self.reopened = reopened  # seen even when called from inside an excluded module
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        self.converter.enter_module(self, args)
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+        self.converter.enter_module(self, args, module if self.path == "" else None, kwargs)
 
 
 class Leave:
@@ -288,3 +288,4 @@ def remove_call_site_conversion(model: nn.Module, only: CallSiteConverter | None
                 if owner is not None and (only is None or owner is only):
                     del hooks[hook_id]
                     module._forward_hooks_always_called.pop(hook_id, None)
+                    module._forward_pre_hooks_with_kwargs.pop(hook_id, None)

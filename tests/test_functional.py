@@ -601,6 +601,36 @@ def test_inputs_whose_windows_cover_every_map_give_the_originals_bits_then_run_a
         assert (expected - functional(x)).abs().max().item() > 1e-3
 
 
+class SummedInParts(nn.Module):
+    """IMDN's hand-written mean: a sum over W, then over H, divided by H * W, as a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.head(x)
+        mean = y.sum(3, keepdim=True).sum(2, keepdim=True) / (y.size(2) * y.size(3))
+        return y * torch.sigmoid(self.fc(mean))
+
+
+def test_sums_in_parts_over_a_covered_map_are_the_originals_and_local_beyond():
+    model = perturbed(SummedInParts()).eval()
+    converted, report = tlc.convert(model, 16, rules=[])
+    assert [s.window for s in report.call_sites] == [(24, 24), (24, 1)]
+    with torch.no_grad():
+        for size in [(20, 23), (20, 23), (24, 17)]:
+            x = image(2, 3, *size)
+            assert torch.equal(converted(x), model(x)), size
+        x = image(2, 3, 37, 30)
+        y = model.head(x)
+        expected = y * torch.sigmoid(model.fc(brute_force(y, (24, 24), lambda t: t.mean(-1))))
+        for _ in range(2):
+            torch.testing.assert_close(converted(x), expected, rtol=0, atol=1e-5)
+        assert (expected - model(x)).abs().max().item() > 1e-3
+
+
 class Upscaling(nn.Module):
     """A gate after an optional 2x upsampling chosen by a keyword argument."""
 

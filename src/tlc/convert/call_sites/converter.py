@@ -403,15 +403,16 @@ class CallSiteConverter:
         self._thread.local_sites = getattr(self._thread, "local_sites", 0) + 1
 
     def _covered_here(self, key: SiteKey, call: Call, site: Site, stand_ins: bool) -> bool:
-        """After the checks: whether the converted site ``key`` reduces a 4-D map over its H and W
-        (a pooling, a mean, a norm) that its window covers in this call, so that its global call is
-        its local form exactly, and the original's own bits. Not for the steps of hand-written
-        statistics written in parts (a sum over W, then over H: their chain reads marks), the
-        reference's approximate pooling, nor while tracing (the graph must hold at every size)."""
+        """After the checks: whether the converted site ``key`` works over the H and/or W of a 4-D
+        map (a pooling, a mean, a norm; a sum over W then over H, written in parts) that its window
+        covers whole in this call, so that its global call is its local form exactly, and the
+        original's own bits. Not where a stand-in of an earlier step comes in (that step was not
+        covered), for the reference's approximate pooling, nor while tracing (the graph must hold
+        at every size)."""
         x = call.x
         return (
-            self._checked and not stand_ins and not site.fast and call.kind == "map" and call.dims == (2, 3)
-            and key not in self._lazy and key not in self._context and key not in self._context_softmax
+            self._checked and not stand_ins and not site.fast and call.kind == "map"
+            and bool(call.dims) and set(call.dims) <= {2, 3} and key not in self._context and key not in self._context_softmax
             and x.dim() == 4 and site.window[0] >= x.shape[2] and site.window[1] >= x.shape[3] and not tracing()
         )
 
